@@ -1,0 +1,277 @@
+"""``molt run``: the front ends, the HTTP server, the notifier, and the
+housekeeping that keeps every request moving (expiring plans, recovering
+updates whose worker died, keeping workers running), in one process.
+
+The bot registers itself in ``molt:bot`` (pipeline/restart.py) so a worker can
+ask it to restart onto new code and check that the new process came back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import redis
+import structlog
+
+from bot.base import Adapter
+from bot.console import Console
+from bot.desk import Desk
+from bot.notifier import Notifier
+from bot.server import HttpServer
+from pipeline import approval, queueing, recovery, restart, store
+from pipeline.config import Settings
+from pipeline.exceptions import IllegalTransition
+from pipeline.releases import running_version
+from pipeline.requests import RequestStore
+from pipeline.states import RequestState as S
+
+log = structlog.get_logger(__name__)
+WORKERS_KEY = "molt:bot:workers"
+OWNS_REDIS = "MOLT_OWNS_REDIS"
+HOUSEKEEPING_SECONDS = 1.0
+
+
+class Bot:
+    def __init__(self, settings: Settings, *, console: bool = False) -> None:
+        self.settings = settings
+        self.boot_id = uuid.uuid4().hex[:12]
+        # Stop the embedded Redis at exit only if this process (or the one it replaced) started it.
+        self.embedded = settings.redis_url is None and (
+            os.environ.get(OWNS_REDIS) == "1" or not store.is_running(settings.data_dir)
+        )
+        if self.embedded:
+            os.environ[OWNS_REDIS] = "1"
+        self.conn = store.connect(settings)
+        self.store = RequestStore(self.conn)
+        self.adapters: dict[str, Adapter] = {}
+        self.console: Console | None = None
+        if console:
+            self.console = Console(settings.console_user, self.store)
+            self.adapters["console"] = self.console
+        self.slack: Any = None
+        if settings.slack_bot_token and settings.slack_signing_secret:
+            from bot.slack import Slack
+
+            self.slack = Slack(settings, self.store)
+            self.adapters["slack"] = self.slack
+        self.desk = Desk(settings, self.conn, self.adapters)
+        if self.slack is not None:
+            self.slack.desk = self.desk
+        self.notifier = Notifier(settings, self.conn, self.adapters)
+        self.http = HttpServer(
+            settings.http_host,
+            settings.http_port,
+            self.conn,
+            settings.target_id,
+            self.boot_id,
+            slack_endpoint=self.slack.endpoint if self.slack is not None else None,
+        )
+        self.stopping = threading.Event()
+        self._restart_to: str | None = None
+        self._children: list[subprocess.Popen[bytes]] = []
+
+    # -- life cycle ----------------------------------------------------------
+
+    def run(self) -> int:
+        version = running_version()
+        for adapter in self.adapters.values():
+            adapter.start()
+        port = self.http.start()
+        self.resume_interrupted()
+        self.notifier.start()
+        self._register(port)
+        for target in (self._beat, self._housekeeping, self._control):
+            threading.Thread(target=target, name=f"molt-{target.__name__[1:]}", daemon=True).start()
+        log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
+        if self.console is not None:
+            self.console.reply(
+                self.console.origin,
+                _notice(
+                    f"Molt {version[:7]} is up: HTTP on port {port}, managing {self.settings.target_dir}"
+                ),
+            )
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        try:
+            if self.console is not None:
+                self.console.serve(self.desk, self.stopping)
+            else:
+                while not self.stopping.wait(0.5):
+                    pass
+        except KeyboardInterrupt:
+            pass
+        self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        self.conn.hdel(restart.BOT, "beat")
+        self.notifier.stop()
+        self.http.stop()
+        self.desk.close()
+        for adapter in self.adapters.values():
+            adapter.stop()
+        self._stop_workers()
+        if self.embedded:
+            store.stop_embedded(self.settings.data_dir)
+
+    def _register(self, port: int) -> None:
+        self.conn.hset(
+            restart.BOT,
+            mapping={
+                "pid": os.getpid(),
+                "boot_id": self.boot_id,
+                "version": running_version(),
+                "port": port,
+                "argv": json.dumps(sys.orig_argv),
+                "cwd": os.getcwd(),
+                "beat": f"{time.time():.3f}",
+            },
+        )
+
+    def _beat(self) -> None:
+        while not self.stopping.wait(restart.BEAT_SECONDS):
+            try:
+                if self.conn.hget(restart.BOT, "boot_id") == self.boot_id:
+                    self.conn.hset(restart.BOT, "beat", f"{time.time():.3f}")
+            except redis.RedisError:
+                continue
+
+    # -- restarting itself ---------------------------------------------------
+
+    def _control(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                item = self.conn.blpop([restart.CONTROL], timeout=1)
+            except redis.RedisError:
+                time.sleep(1)
+                continue
+            if not item:
+                continue
+            command = json.loads(item[1])
+            if command.get("action") == "restart":
+                self.restart_self(str(command.get("expect", "")))
+
+    def restart_self(self, expect: str) -> None:
+        """Finish what is in flight, leave the rest in the stream, and exec the new code."""
+        log.info("restarting onto new code", expect=expect[:12])
+        if self.console is not None:
+            self.console.reply(
+                self.console.origin, _notice(f"Molt is restarting onto {expect[:7]}…")
+            )
+        self.stopping.set()
+        self.desk.drain(timeout=10)
+        self.notifier.stop()
+        self.http.stop()
+        for adapter in self.adapters.values():
+            adapter.stop()
+        self.conn.hdel(restart.BOT, "beat")
+        self.conn.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, sys.orig_argv)
+
+    # -- housekeeping --------------------------------------------------------
+
+    def resume_interrupted(self) -> None:
+        """Requests a previous bot process left mid-intake end with a message, or move on."""
+        for request in self.store.active():
+            try:
+                if request.state in (S.RECEIVED, S.PREFLIGHT, S.PLANNING):
+                    self.store.transition(
+                        request.id,
+                        S.FAILED,
+                        actor="molt",
+                        message="Molt restarted before this plan was ready: press Retry",
+                        phase=request.state.value,
+                    )
+                elif request.state is S.APPROVED:
+                    queueing.enqueue(self.settings, self.conn, request.id)
+            except IllegalTransition:
+                continue
+
+    def _housekeeping(self) -> None:
+        while not self.stopping.wait(HOUSEKEEPING_SECONDS):
+            try:
+                self.housekeeping()
+            except Exception:
+                log.exception("housekeeping")
+
+    def housekeeping(self) -> None:
+        for request in self.store.active():
+            if request.state is S.PLAN_READY:
+                approval.expire_if_due(self.settings, self.store, request)
+        recovery.recover_abandoned(self.settings, self.conn)
+        self._keep_workers()
+
+    def _keep_workers(self) -> None:
+        """Keep MOLT_WORKERS embedded workers alive, including after an exec."""
+        wanted = self.settings.workers
+        alive = []
+        for raw in self.conn.lrange(WORKERS_KEY, 0, -1):
+            pid = int(raw)
+            if _running(pid):
+                alive.append(pid)
+        self._children = [c for c in self._children if c.poll() is None]
+        missing = wanted - len(alive)
+        for _ in range(max(0, missing)):
+            alive.append(self._spawn_worker())
+        self.conn.delete(WORKERS_KEY)
+        if alive:
+            self.conn.rpush(WORKERS_KEY, *alive)
+
+    def _spawn_worker(self) -> int:
+        logs = self.settings.data_dir / "workers.log"
+        with open(logs, "ab") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "worker"],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._children.append(child)
+        return child.pid
+
+    def _stop_workers(self) -> None:
+        pids = [int(p) for p in self.conn.lrange(WORKERS_KEY, 0, -1)]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in pids:
+            if _running(pid):  # busy past the grace period: recovery rolls its update back
+                os.killpg(pid, signal.SIGKILL)
+        self.conn.delete(WORKERS_KEY)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie; reaps our own exited children (also ones from before an exec)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _notice(text: str) -> Any:
+    from bot.messages import Message
+
+    return Message(template="notice", title=text)

@@ -1,0 +1,41 @@
+"""The small interface every chat front end implements.
+
+An adapter parses platform input, acks it at once, and hands the text or the
+button press to the ``Desk`` (bot/desk.py), which calls pipeline/ off the
+platform's thread. Messages come back through ``deliver`` (a request's
+conversation, from the notifier) and ``reply`` (an answer to one person that
+belongs to no request: help, status, a refused click).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from bot.messages import Message
+from pipeline.requests import Origin, Request
+
+
+class Adapter(ABC):
+    #: The platform prefix of principals and origins: console, slack, discord, github.
+    platform: str = ""
+
+    def start(self) -> None:  # noqa: B027 - an optional hook
+        """Connect; called once by ``molt run`` before the notifier starts."""
+
+    def stop(self) -> None:  # noqa: B027 - an optional hook
+        """Disconnect; pending deliveries stay in the event stream."""
+
+    @abstractmethod
+    def deliver(self, request: Request, message: Message) -> None:
+        """Show ``message`` in the request's conversation.
+
+        The first message of a request is posted; later ones update it in place
+        where the platform allows (the adapter keeps its handle with
+        ``RequestStore.update(request.id, message_ref=...)``). A private message
+        goes to the requester only. Raising leaves the event unacknowledged, so
+        it is delivered again.
+        """
+
+    @abstractmethod
+    def reply(self, origin: Origin, message: Message) -> None:
+        """Answer one person, outside any request's conversation."""

@@ -1,0 +1,67 @@
+"""The command grammar, the same after `/molt`, `!molt`, a GitHub comment or the console:
+
+deploy <ref> · rollback [codename] · status · queue · history · pause ·
+resume · stop · help · anything else: a change request in plain words
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+MAX_LENGTH = 2000
+OPERATOR_VERBS = frozenset({"status", "queue", "history", "pause", "resume", "stop", "rollback"})
+VERBS = frozenset({"deploy", "help"}) | OPERATOR_VERBS
+
+HELP = (
+    "deploy <ref> — plan deploying a branch, tag or commit; Approve to run it",
+    "rollback [codename] — return to the release before that update (default: the last one)",
+    "status — what is running, what waits, which version is live",
+    "queue — approved requests waiting their turn",
+    "history — the last updates and how they ended",
+    "pause / resume — hold or release the start of new updates",
+    "stop — emergency: roll back the running update and clear the queue",
+    "help — this list",
+    "anything else — a change described in words, planned for you to approve",
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    verb: str  # one of VERBS, "change" for free text, "invalid" with ``error``
+    argument: str = ""
+    text: str = ""
+    error: str = ""
+
+
+def _clean(text: str) -> str:
+    """Drop control and format characters (zero-width tricks), fold whitespace."""
+    kept = "".join(ch if ch in "\n\t" or unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    return re.sub(r"[ \t]+", " ", kept).strip()
+
+
+def parse(text: str) -> Command:
+    if len(text) > MAX_LENGTH:
+        return Command(
+            "invalid", text=text[:200], error=f"that request is over {MAX_LENGTH} characters"
+        )
+    clean = _clean(text)
+    if not clean:
+        return Command("help", text=clean)
+    head, _, rest = clean.partition(" ")
+    verb = head.lower()
+    rest = rest.strip()
+    if verb == "deploy":
+        if not rest or " " in rest:
+            return Command(
+                "invalid", text=clean, error="usage: deploy <ref> (one branch, tag or commit)"
+            )
+        return Command("deploy", rest, clean)
+    if verb == "rollback":
+        if " " in rest:
+            return Command("invalid", text=clean, error="usage: rollback [codename]")
+        return Command("rollback", rest, clean)
+    if verb in VERBS and not rest:
+        return Command(verb, "", clean)
+    return Command("change", clean, clean)

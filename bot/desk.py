@@ -1,0 +1,172 @@
+"""The front desk every adapter talks to.
+
+Adapters ack at once and call ``say`` or ``press``; the work (Redis, git,
+pre-flight tests, planning) runs here on a thread pool, never on the
+platform's thread. Answers that belong to a request travel as events; answers
+to one person (help, status, a refused operator command) go straight back
+through the adapter's ``reply``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import redis
+import structlog
+
+from bot.base import Adapter
+from bot.commands import HELP, OPERATOR_VERBS, Command, parse
+from bot.rendering import refusal_line, render
+from pipeline import approval, audit, authorisation, control, intake
+from pipeline.config import Settings
+from pipeline.exceptions import UnknownRequest
+from pipeline.requests import Origin, RequestStore
+from pipeline.states import RequestState as S
+
+log = structlog.get_logger(__name__)
+
+
+class Desk:
+    def __init__(
+        self,
+        settings: Settings,
+        conn: redis.Redis,
+        adapters: Mapping[str, Adapter],
+        threads: int = 8,
+    ) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.adapters = adapters
+        self.store = RequestStore(conn)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="molt-desk")
+        self._inflight: set[Future[Any]] = set()
+
+    # -- called by adapters (return at once) ------------------------------
+
+    def say(self, origin: Origin, text: str) -> Future[Any]:
+        return self._submit(self._say, origin, text)
+
+    def press(self, origin: Origin, action: str, request_id: str) -> Future[Any]:
+        return self._submit(self._press, origin, action, request_id)
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future = self._pool.submit(self._guarded, fn, *args)
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        return future
+
+    def drain(self, timeout: float) -> bool:
+        """Wait for work in flight (before a restart); true if all finished."""
+        pending = list(self._inflight)
+        for future in pending:
+            try:
+                future.result(timeout=timeout)
+            except Exception:
+                return False
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _guarded(self, fn: Callable[..., Any], origin: Origin, *args: Any) -> Any:
+        try:
+            return fn(origin, *args)
+        except Exception as exc:
+            log.exception("desk action failed", platform=origin.platform)
+            self._reply(origin, "not_allowed", reason=f"that did not work: {exc}")
+            return None
+
+    # -- the work -----------------------------------------------------------
+
+    def _reply(self, origin: Origin, template: str, **context: Any) -> None:
+        adapter = self.adapters.get(origin.platform)
+        if adapter is None:
+            log.warning("no adapter to reply through", platform=origin.platform)
+            return
+        context.setdefault("request_id", "")
+        adapter.reply(origin, render(template, context))
+
+    def _say(self, origin: Origin, text: str) -> None:
+        command = parse(text)
+        if command.verb == "invalid":
+            self._reply(origin, "help", message=command.error, help_lines=HELP)
+        elif command.verb == "help":
+            self._reply(origin, "help", help_lines=HELP)
+        elif command.verb in OPERATOR_VERBS:
+            self._operate(origin, command)
+        else:
+            intake.submit(
+                self.settings, self.conn, origin, command.verb, command.argument, command.text
+            )
+
+    def _operate(self, origin: Origin, command: Command) -> None:
+        principal = origin.principal
+        allowed = authorisation.may_operate(self.settings, principal)
+        if not allowed:
+            audit.append(
+                self.conn,
+                actor=principal,
+                action="operator_refused",
+                detail={"command": command.verb, "reason": allowed.reason},
+            )
+            line = refusal_line(self.settings.refusal_theme, f"{principal}:{command.text}")
+            self._reply(origin, "refused", refusal_line=line, message=allowed.reason)
+            return
+        settings, conn = self.settings, self.conn
+        if command.verb == "status":
+            self._reply(origin, "status", **control.status(settings, conn))
+        elif command.verb == "queue":
+            self._reply(origin, "queue", requests=control.waiting(settings, conn))
+        elif command.verb == "history":
+            self._reply(origin, "history", requests=control.history(conn))
+        elif command.verb == "pause":
+            self._reply(
+                origin, "status", message=control.pause(settings, conn, principal), paused=True
+            )
+        elif command.verb == "resume":
+            self._reply(origin, "status", message=control.resume(settings, conn, principal))
+        elif command.verb == "stop":
+            self._reply(origin, "status", message=control.stop(settings, conn, principal))
+        elif command.verb == "rollback":
+            self._rollback(origin, command)
+
+    def _rollback(self, origin: Origin, command: Command) -> None:
+        """Return to the release before an update, as a deploy of its rollback point."""
+        if command.argument:
+            update = self.store.find(command.argument)
+        else:
+            update = next((r for r in self.store.recent(50) if r.state is S.SUCCEEDED), None)
+        if update is None or update.state is not S.SUCCEEDED or not update.plan:
+            shown = command.argument or "a successful update"
+            self._reply(origin, "not_allowed", reason=f"found no {shown} to roll back")
+            return
+        base = str(update.plan.get("base_commit", ""))
+        text = f"rollback {update.codename or update.id}"
+        intake.submit(self.settings, self.conn, origin, "deploy", base, text)
+
+    def _press(self, origin: Origin, action: str, request_id: str) -> None:
+        principal = origin.principal
+        try:
+            self.store.get(request_id)
+        except UnknownRequest:
+            self._reply(origin, "not_allowed", reason=f"no request {request_id!r}")
+            return
+        if action == "approve":
+            approval.approve(self.settings, self.conn, request_id, principal)
+        elif action == "reject":
+            approval.reject(self.settings, self.conn, request_id, principal)
+        elif action == "retry":
+            decision = intake.retry(self.settings, self.conn, request_id, principal)
+            if not decision:
+                self.store.notify(
+                    request_id,
+                    "not_allowed",
+                    actor=principal,
+                    action="retry_refused",
+                    audience=principal,
+                    data={"reason": decision.reason},
+                )
+        else:
+            self._reply(origin, "not_allowed", reason=f"unknown button {action!r}")

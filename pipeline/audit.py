@@ -1,0 +1,136 @@
+"""The audit trail: append-only, each entry hash-chained to the one before.
+
+Keys:
+  molt:audit              list of JSON entries, oldest first (index = seq)
+  molt:audit:head         "<seq> <hash>" of the newest entry
+  molt:audit:request:<id> list of the seqs that concern one request
+
+An entry is ``{seq, at, actor, action, request_id, detail, prev, hash}`` where
+``hash = sha256(prev + canonical JSON of the other fields)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+AUDIT = "molt:audit"
+HEAD = "molt:audit:head"
+GENESIS = "0" * 64
+
+
+def request_index(request_id: str) -> str:
+    return f"molt:audit:request:{request_id}"
+
+
+def _digest(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((entry["prev"] + canonical).encode()).hexdigest()
+
+
+def read_head(conn: redis.Redis) -> tuple[int, str]:
+    head = conn.get(HEAD)
+    if not head:
+        return -1, GENESIS
+    seq, digest = str(head).split(" ", 1)
+    return int(seq), digest
+
+
+def stage(
+    pipe: Any,
+    head: tuple[int, str],
+    *,
+    actor: str,
+    action: str,
+    request_id: str = "",
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Queue the writes of one entry on a MULTI pipeline whose head was WATCHed."""
+    seq, prev = head
+    entry: dict[str, Any] = {
+        "seq": seq + 1,
+        "at": round(time.time(), 3),
+        "actor": actor,
+        "action": action,
+        "request_id": request_id,
+        "detail": detail or {},
+        "prev": prev,
+    }
+    entry["hash"] = _digest(entry)
+    pipe.rpush(AUDIT, json.dumps(entry, sort_keys=True))
+    pipe.set(HEAD, f"{entry['seq']} {entry['hash']}")
+    if request_id:
+        pipe.rpush(request_index(request_id), entry["seq"])
+    return entry
+
+
+def append(
+    conn: redis.Redis,
+    *,
+    actor: str,
+    action: str,
+    request_id: str = "",
+    detail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Append one entry on its own (state changes audit through RequestStore)."""
+    while True:
+        with conn.pipeline() as pipe:
+            try:
+                pipe.watch(HEAD)
+                head = read_head(pipe)
+                pipe.multi()
+                entry = stage(
+                    pipe, head, actor=actor, action=action, request_id=request_id, detail=detail
+                )
+                pipe.execute()
+                return entry
+            except redis.WatchError:
+                continue
+
+
+def entries(conn: redis.Redis, request_id: str | None = None) -> list[dict[str, Any]]:
+    if request_id is None:
+        return [json.loads(raw) for raw in conn.lrange(AUDIT, 0, -1)]
+    seqs = [int(s) for s in conn.lrange(request_index(request_id), 0, -1)]
+    found = []
+    for seq in seqs:
+        raw = conn.lindex(AUDIT, seq)
+        if raw:
+            found.append(json.loads(raw))
+    return found
+
+
+@dataclass(frozen=True)
+class ChainCheck:
+    ok: bool
+    checked: int
+    broken_at: int | None = None
+    reason: str = ""
+
+
+def verify(conn: redis.Redis) -> ChainCheck:
+    """Walk the chain; name the first entry whose hash or link does not hold."""
+    prev = GENESIS
+    raws = conn.lrange(AUDIT, 0, -1)
+    for index, raw in enumerate(raws):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            return ChainCheck(False, index, index, "entry is not JSON")
+        if entry.get("seq") != index:
+            return ChainCheck(False, index, index, f"sequence {entry.get('seq')} out of place")
+        if entry.get("prev") != prev:
+            return ChainCheck(False, index, index, "link to the previous entry is broken")
+        if entry.get("hash") != _digest(entry):
+            return ChainCheck(False, index, index, "entry was altered")
+        prev = entry["hash"]
+    seq, digest = read_head(conn)
+    if raws and (seq != len(raws) - 1 or digest != prev):
+        return ChainCheck(False, len(raws), len(raws), "entries were removed from the end")
+    return ChainCheck(True, len(raws))

@@ -1,0 +1,181 @@
+"""Molt's settings: one validated object built from the environment and molt.toml.
+
+Every key is spelt the same way in both places (``MOLT_PHASE_TIMEOUT`` in the
+environment or in molt.toml). The environment wins over the file. A bad value
+stops start-up with a ``ConfigError`` naming the variable and what it expected.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from pipeline.exceptions import ConfigError
+
+#: Molt's own checkout: the default target, and where templates/ lives.
+MOLT_HOME = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = MOLT_HOME / "templates"
+
+UserList = Annotated[list[str], NoDecode]
+
+
+def _var(name: str, default: Any = None, **kwargs: Any) -> Any:
+    """A field read from the variable ``name`` (or the field's own name in code)."""
+    return Field(default, validation_alias=AliasChoices(name, name.lower()), **kwargs)
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("MOLT_CONFIG", "molt.toml"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    data_dir: Path = _var("MOLT_DATA_DIR", Path(".molt"))
+    redis_url: str | None = _var("REDIS_URL")
+    target_dir: Path = _var("MOLT_TARGET_DIR", MOLT_HOME)
+    target_remote: str = _var("MOLT_TARGET_REMOTE", "origin", min_length=1)
+    test_command: str = _var("MOLT_TEST_COMMAND", "python -m pytest -q", min_length=1)
+    restart_command: str | None = _var("MOLT_RESTART_COMMAND")
+    health_command: str | None = _var("MOLT_HEALTH_COMMAND")
+    phase_timeout: float = _var("MOLT_PHASE_TIMEOUT", 900.0, gt=0)
+    restart_timeout: float = _var("MOLT_RESTART_TIMEOUT", 120.0, gt=0)
+    boot_timeout: float = _var("MOLT_BOOT_TIMEOUT", 60.0, gt=0)
+    queue_max: int = _var("MOLT_QUEUE_MAX", 10, ge=0)
+    plan_ttl: float = _var("MOLT_PLAN_TTL", 3600.0, gt=0)
+    lock_ttl: float = _var("MOLT_LOCK_TTL", 15.0, ge=1)
+    authorised_users: UserList = _var("MOLT_AUTHORISED_USERS", [])
+    approvers: UserList = _var("MOLT_APPROVERS", [])
+    operators: UserList = _var("MOLT_OPERATORS", [])
+    console_user: str = _var("MOLT_CONSOLE_USER", "", pattern=r"^[\w.@-]*$")
+    http_host: str = _var("MOLT_HTTP_HOST", "127.0.0.1", min_length=1)
+    http_port: int = _var("MOLT_HTTP_PORT", 3000, ge=0, le=65535)
+    workers: int = _var("MOLT_WORKERS", 1, ge=0, le=16)
+    refusal_theme: str = _var("MOLT_REFUSAL_THEME", "moult")
+    min_free_disk_mb: int = _var("MOLT_MIN_FREE_DISK_MB", 200, ge=0)
+    min_free_memory_mb: int = _var("MOLT_MIN_FREE_MEMORY_MB", 100, ge=0)
+    log_level: str = _var("MOLT_LOG_LEVEL", "info", pattern=r"^(?i:debug|info|warning|error)$")
+    slack_bot_token: SecretStr | None = _var("SLACK_BOT_TOKEN")
+    slack_signing_secret: SecretStr | None = _var("SLACK_SIGNING_SECRET")
+    slack_api_url: str = _var("SLACK_API_URL", "https://slack.com/api/", pattern=r"^https?://")
+    slack_command: str = _var("MOLT_SLACK_COMMAND", "/molt", pattern=r"^/[\w-]{1,31}$")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+        )
+
+    @field_validator("authorised_users", "approvers", "operators", mode="before")
+    @classmethod
+    def _split_users(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [item for item in value.split(",")]
+        if isinstance(value, list):
+            users = [str(item).strip() for item in value if str(item).strip()]
+            for user in users:
+                platform, sep, ident = user.partition(":")
+                if not sep or not platform or not ident:
+                    raise ValueError(f"expected platform:id entries, got {user!r}")
+            return users
+        return value
+
+    @field_validator("data_dir", "target_dir", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("refusal_theme", mode="after")
+    @classmethod
+    def _known_theme(cls, value: str) -> str:
+        themes = sorted(p.stem for p in (TEMPLATES_DIR / "refusals").glob("*.txt"))
+        if value not in themes:
+            raise ValueError(f"expected one of {', '.join(themes)}, got {value!r}")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        # Fill the defaults that depend on other fields; the model is frozen.
+        if not self.console_user:
+            object.__setattr__(self, "console_user", _login_name())
+        if not self.authorised_users:
+            object.__setattr__(self, "authorised_users", [f"console:{self.console_user}"])
+        if not self.approvers:
+            object.__setattr__(self, "approvers", list(self.authorised_users))
+        if not self.operators:
+            object.__setattr__(self, "operators", list(self.approvers))
+
+    @cached_property
+    def target_id(self) -> str:
+        """A short stable name for the target, used in Redis keys and paths."""
+        digest = hashlib.sha256(str(self.target_dir).encode()).hexdigest()[:10]
+        return f"{self.target_dir.name}-{digest}"
+
+    @property
+    def manages_itself(self) -> bool:
+        return self.target_dir == MOLT_HOME
+
+    @property
+    def updates_dir(self) -> Path:
+        return self.data_dir / "updates"
+
+    @property
+    def worktrees_dir(self) -> Path:
+        return self.data_dir / "worktrees" / self.target_id
+
+    def secrets(self) -> list[str]:
+        """Every configured credential, for redaction."""
+        values = [self.slack_bot_token, self.slack_signing_secret]
+        return [v.get_secret_value() for v in values if v and v.get_secret_value()]
+
+
+def _login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
+def _variable_for(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings, turning validation errors into one readable ConfigError."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            given = error.get("input")
+            hidden = isinstance(given, dict) or given is None or "slack_" in field
+            shown = "" if hidden else f" (got {given!r})"
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{_variable_for(field)}: {message}{shown}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

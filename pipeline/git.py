@@ -1,0 +1,85 @@
+"""Running git: every call has a timeout and fails with the command and its output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from pipeline.exceptions import GitError
+
+#: Keep git from asking anyone anything, and from reading the user's hooks.
+_ENV = {
+    "GIT_TERMINAL_PROMPT": "0",
+    "GIT_ASKPASS": "true",
+    "SSH_ASKPASS": "true",
+    "GIT_OPTIONAL_LOCKS": "0",
+    "LC_ALL": "C",
+}
+
+
+class Git:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def run(
+        self, *args: str, timeout: float = 60, check: bool = True, input: str | None = None
+    ) -> str:
+        env = {**os.environ, **_ENV}
+        try:
+            result = subprocess.run(
+                ["git", "-C", str(self.path), *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=env,
+                input=input,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise GitError(list(args), -1, f"timed out after {timeout:.0f}s") from exc
+        if check and result.returncode != 0:
+            raise GitError(list(args), result.returncode, result.stderr or result.stdout)
+        return result.stdout
+
+    def run_bytes(self, *args: str, timeout: float = 60, input: bytes | None = None) -> bytes:
+        """Like run(), for output whose byte counts matter (cat-file) or that may not be UTF-8."""
+        env = {**os.environ, **_ENV}
+        try:
+            result = subprocess.run(
+                ["git", "-C", str(self.path), *args],
+                capture_output=True,
+                timeout=timeout,
+                env=env,
+                input=input,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise GitError(list(args), -1, f"timed out after {timeout:.0f}s") from exc
+        if result.returncode != 0:
+            output = result.stderr or result.stdout
+            raise GitError(list(args), result.returncode, output.decode("utf-8", "replace"))
+        return result.stdout
+
+    def ok(self, *args: str, timeout: float = 60) -> bool:
+        try:
+            self.run(*args, timeout=timeout)
+        except GitError:
+            return False
+        return True
+
+    def head(self) -> str:
+        return self.run("rev-parse", "HEAD").strip()
+
+    def branch(self) -> str:
+        """The checked-out branch, or "" when HEAD is detached."""
+        out = self.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False).strip()
+        return out
+
+    def dirty(self) -> list[str]:
+        """Changed or untracked (not ignored) paths, as git status shows them."""
+        out = self.run("status", "--porcelain", "--untracked-files=all")
+        return [line for line in out.splitlines() if line.strip()]
+
+    def resolve(self, rev: str) -> str:
+        return self.run("rev-parse", "--verify", "--end-of-options", f"{rev}^{{commit}}").strip()

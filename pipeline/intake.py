@@ -1,0 +1,130 @@
+"""A request's way from received to plan_ready: authorise, pre-flight, plan.
+
+``submit`` creates the request and runs the rest; chat front ends call it off
+their own threads, since pre-flight may run the target's tests.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+import structlog
+
+from pipeline import authorisation, planning, preflight
+from pipeline.config import Settings
+from pipeline.exceptions import MoltError, PlanningError
+from pipeline.requests import Origin, Request, RequestStore
+from pipeline.states import RequestState as S
+
+log = structlog.get_logger(__name__)
+MOLT = "molt"
+MAX_TEXT = 2000
+
+
+def submit(
+    settings: Settings, conn: redis.Redis, origin: Origin, command: str, argument: str, text: str
+) -> Request:
+    """Take a request in and move it as far as it goes without a person."""
+    store = RequestStore(conn)
+    request = store.create(origin, text[:MAX_TEXT], command, argument[:MAX_TEXT])
+    decision = authorisation.may_request(settings, origin.principal)
+    if not decision:
+        return store.transition(request.id, S.REFUSED, actor=MOLT, message=decision.reason)
+    return advance(settings, conn, request.id)
+
+
+def retry(
+    settings: Settings, conn: redis.Redis, request_id: str, principal: str
+) -> authorisation.Decision:
+    """Run a failed or blocked request again from pre-flight."""
+    store = RequestStore(conn)
+    request = store.get(request_id)
+    decision = authorisation.may_request(settings, principal)
+    if not decision:
+        return decision
+    if request.state not in (S.FAILED, S.BLOCKED):
+        return authorisation.Decision(False, f"this request is {request.state.value}, not failed")
+    try:
+        store.transition(
+            request_id,
+            S.PREFLIGHT,
+            actor=principal,
+            message=f"retry {request.attempt + 1} asked by {principal}",
+            phase="",
+            fields={
+                "attempt": request.attempt + 1,
+                "codename": "",
+                "update_dir": "",
+                "result": None,
+            },
+            allowed_from=frozenset({S.FAILED, S.BLOCKED}),
+        )
+    except MoltError:
+        return authorisation.Decision(False, "this request is already being retried")
+    advance(settings, conn, request_id, checked=True)
+    return authorisation.ALLOWED
+
+
+def advance(
+    settings: Settings, conn: redis.Redis, request_id: str, *, checked: bool = False
+) -> Request:
+    """Pre-flight and planning, ending in plan_ready, blocked or failed."""
+    store = RequestStore(conn)
+    if not checked:
+        store.transition(request_id, S.PREFLIGHT, actor=MOLT, message="running pre-flight checks")
+    request = store.get(request_id)
+    try:
+        if request.command != "deploy":
+            return store.transition(
+                request_id,
+                S.BLOCKED,
+                actor=MOLT,
+                message="change requests in plain words need the LLM planner, which is not "
+                "configured (set ANTHROPIC_API_KEY); `deploy <ref>` works without it",
+                data={"check": "planner"},
+            )
+        started = time.monotonic()
+        results = preflight.run_preflight(settings, conn)
+        failed = next((r for r in results if not r.ok), None)
+        checks = [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]
+        if failed:
+            return store.transition(
+                request_id,
+                S.BLOCKED,
+                actor=MOLT,
+                message=f"pre-flight check '{failed.name}' failed: {failed.detail}",
+                data={"check": failed.name, "checks": checks},
+            )
+        store.transition(
+            request_id,
+            S.PLANNING,
+            actor=MOLT,
+            message=f"pre-flight passed in {time.monotonic() - started:.1f}s; planning",
+            data={"checks": checks},
+        )
+        plan = planning.plan_deploy(settings, conn, request.argument)
+        return store.transition(
+            request_id,
+            S.PLAN_READY,
+            actor=MOLT,
+            message=plan.summary,
+            fields={"plan": plan.to_dict(), "plan_ready_at": time.time()},
+            data={"expires_in": settings.plan_ttl},
+        )
+    except PlanningError as exc:
+        return store.transition(
+            request_id, S.FAILED, actor=MOLT, message=f"planning: {exc}", phase="planning"
+        )
+    except Exception as exc:  # every request ends in a terminal state with a message
+        log.exception("intake failed", request_id=request_id)
+        current = store.get(request_id)
+        if current.terminal:
+            return current
+        return store.transition(
+            request_id,
+            S.FAILED,
+            actor=MOLT,
+            message=f"{current.state.value}: {exc}",
+            phase=current.state.value,
+        )

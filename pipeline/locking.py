@@ -1,0 +1,149 @@
+"""The update lock and the waiting line: one update at a time per target.
+
+Keys:
+  molt:lock:<target_id>   JSON {request_id, codename, holder, since}; expires
+                          unless its holder heartbeats (``UpdateLock.heartbeat``)
+  molt:queue:<target_id>  list of approved request ids, oldest first
+
+A job takes the lock only when its request is at the head of the line, so
+updates land in the order they were approved, however many workers there are.
+A holder that dies stops heartbeating; the lock expires and recovery rolls back
+what it left (pipeline/recovery.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+_RELEASE = """
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v)['request_id'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_REFRESH = """
+local v = redis.call('GET', KEYS[1])
+if v and cjson.decode(v)['request_id'] == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def lock_key(target_id: str) -> str:
+    return f"molt:lock:{target_id}"
+
+
+def queue_key(target_id: str) -> str:
+    return f"molt:queue:{target_id}"
+
+
+@dataclass(frozen=True)
+class Holder:
+    request_id: str
+    codename: str
+    holder: str
+    since: float
+
+
+class UpdateLock:
+    def __init__(self, conn: redis.Redis, target_id: str, ttl: float) -> None:
+        self.conn = conn
+        self.key = lock_key(target_id)
+        self.ttl_ms = int(ttl * 1000)
+
+    def holder(self) -> Holder | None:
+        raw = self.conn.get(self.key)
+        if not raw:
+            return None
+        return Holder(**json.loads(raw))
+
+    def try_lock(self, request_id: str, codename: str) -> Holder | None:
+        """Take the lock; ``None`` when taken, else who holds it."""
+        value = {
+            "request_id": request_id,
+            "codename": codename,
+            "holder": f"{socket.gethostname()}:{os.getpid()}",
+            "since": time.time(),
+        }
+        if self.conn.set(self.key, json.dumps(value), nx=True, px=self.ttl_ms):
+            return None
+        held = self.holder()
+        if held is None:  # expired between the two calls
+            return self.try_lock(request_id, codename)
+        if held.request_id == request_id:
+            return None
+        return held
+
+    def heartbeat(self, request_id: str) -> bool:
+        return bool(self.conn.eval(_REFRESH, 1, self.key, request_id, self.ttl_ms))
+
+    def release(self, request_id: str) -> bool:
+        return bool(self.conn.eval(_RELEASE, 1, self.key, request_id))
+
+    def keep_alive(self, request_id: str) -> Heartbeat:
+        return Heartbeat(self, request_id)
+
+
+class Heartbeat:
+    """Refreshes the lock from a thread while a job runs."""
+
+    def __init__(self, lock: UpdateLock, request_id: str) -> None:
+        self.lock = lock
+        self.request_id = request_id
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="molt-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        interval = self.lock.ttl_ms / 3000
+        while not self._stop.wait(interval):
+            try:
+                if not self.lock.heartbeat(self.request_id):
+                    self.lost = True
+            except redis.RedisError:
+                continue
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+class WaitingLine:
+    """Approved requests waiting for the lock, in order."""
+
+    def __init__(self, conn: redis.Redis, target_id: str) -> None:
+        self.conn = conn
+        self.key = queue_key(target_id)
+
+    def join(self, request_id: str) -> int:
+        """Add a request; returns its 1-based position."""
+        return int(self.conn.rpush(self.key, request_id))
+
+    def leave(self, request_id: str) -> None:
+        self.conn.lrem(self.key, 0, request_id)
+
+    def ids(self) -> list[str]:
+        return [str(i) for i in self.conn.lrange(self.key, 0, -1)]
+
+    def head(self) -> str | None:
+        value = self.conn.lindex(self.key, 0)
+        return str(value) if value else None
+
+    def position(self, request_id: str) -> int | None:
+        ids = self.ids()
+        return ids.index(request_id) + 1 if request_id in ids else None
+
+    def __len__(self) -> int:
+        return int(self.conn.llen(self.key))

@@ -1,0 +1,228 @@
+"""Pre-flight checks: is it safe to plan an update of the target at all?
+
+Each check gives a result with the reason a person reads; the first failing one
+blocks the request. The target's tests at its current commit are run once per
+commit (in a worktree of their own) and remembered under
+``molt:tests:<target_id>:<commit>`` as {passed, count, seconds, at}.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from pipeline import locking
+from pipeline.config import Settings
+from pipeline.exceptions import GitError
+from pipeline.git import Git
+from pipeline.snapshots import Sandbox
+from pipeline.validation import run_tests
+
+#: A failing result is remembered for a short while only, so flaky tests can be retried.
+FAILED_RESULT_TTL = 300
+BOOT_KEY = "molt:boot:{target_id}"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class TestRecord:
+    passed: bool
+    count: int | None
+    seconds: float
+    commit: str
+
+
+def tests_key(target_id: str, commit: str) -> str:
+    return f"molt:tests:{target_id}:{commit}"
+
+
+def recorded_tests(conn: redis.Redis, target_id: str, commit: str) -> TestRecord | None:
+    raw = conn.hgetall(tests_key(target_id, commit))
+    if not raw:
+        return None
+    count = raw.get("count", "")
+    return TestRecord(
+        passed=raw.get("passed") == "1",
+        count=int(count) if count else None,
+        seconds=float(raw.get("seconds", 0)),
+        commit=commit,
+    )
+
+
+def record_tests(conn: redis.Redis, target_id: str, record: TestRecord) -> None:
+    key = tests_key(target_id, record.commit)
+    conn.hset(
+        key,
+        mapping={
+            "passed": "1" if record.passed else "0",
+            "count": "" if record.count is None else str(record.count),
+            "seconds": f"{record.seconds:.3f}",
+            "at": f"{time.time():.3f}",
+        },
+    )
+    conn.expire(key, 7 * 86400 if record.passed else FAILED_RESULT_TTL)
+
+
+def tests_at(settings: Settings, conn: redis.Redis, commit: str) -> TestRecord:
+    """The target's test result at ``commit``, running the tests only if not known."""
+    known = recorded_tests(conn, settings.target_id, commit)
+    if known:
+        return known
+    sandbox = Sandbox(Git(settings.target_dir), settings.worktrees_dir / "preflight")
+    with sandbox.locked():
+        known = recorded_tests(conn, settings.target_id, commit)
+        if known:
+            return known
+        path = sandbox.checkout(commit)
+        log = settings.data_dir / "preflight.log"
+        run = run_tests(settings.test_command, path, settings.phase_timeout, log)
+    record = TestRecord(run.ok, run.passed, run.seconds, commit)
+    record_tests(conn, settings.target_id, record)
+    return record
+
+
+def _redis(settings: Settings, conn: redis.Redis) -> CheckResult:
+    try:
+        conn.ping()
+    except redis.RedisError as exc:
+        return CheckResult("redis", False, f"Redis does not answer: {exc}")
+    return CheckResult("redis", True, "answers")
+
+
+def _capacity(settings: Settings, conn: redis.Redis) -> CheckResult:
+    holder = locking.UpdateLock(conn, settings.target_id, settings.lock_ttl).holder()
+    waiting = len(locking.WaitingLine(conn, settings.target_id))
+    if holder is None:
+        return CheckResult("update lock", True, "free")
+    if waiting < settings.queue_max:
+        return CheckResult(
+            "update lock",
+            True,
+            f"held by {holder.codename or holder.request_id}; {waiting} waiting",
+        )
+    return CheckResult(
+        "update lock",
+        False,
+        f"held by {holder.codename or holder.request_id} and the queue is full "
+        f"({waiting} of MOLT_QUEUE_MAX={settings.queue_max})",
+    )
+
+
+def _last_boot(settings: Settings, conn: redis.Redis) -> CheckResult:
+    raw = conn.hgetall(BOOT_KEY.format(target_id=settings.target_id))
+    if not raw or raw.get("clean") == "1":
+        return CheckResult("last boot", True, "clean")
+    return CheckResult("last boot", False, f"the last boot was not clean: {raw.get('detail', '')!s}")
+
+
+def _resources(settings: Settings, conn: redis.Redis) -> CheckResult:
+    free_mb = shutil.disk_usage(settings.target_dir).free // 2**20
+    if free_mb < settings.min_free_disk_mb:
+        return CheckResult(
+            "resources",
+            False,
+            f"{free_mb} MB free disk, below MOLT_MIN_FREE_DISK_MB={settings.min_free_disk_mb}",
+        )
+    memory_mb = _available_memory_mb()
+    if memory_mb is not None and memory_mb < settings.min_free_memory_mb:
+        return CheckResult(
+            "resources",
+            False,
+            f"{memory_mb} MB memory available, below MOLT_MIN_FREE_MEMORY_MB="
+            f"{settings.min_free_memory_mb}",
+        )
+    shown = f", {memory_mb} MB memory" if memory_mb is not None else ""
+    return CheckResult("resources", True, f"{free_mb} MB disk{shown}")
+
+
+def _available_memory_mb() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) // 1024
+    except OSError:
+        return None
+    return None
+
+
+def _clean_checkout(settings: Settings, conn: redis.Redis) -> CheckResult:
+    live = Git(settings.target_dir)
+    try:
+        dirty = live.dirty()
+    except GitError as exc:
+        return CheckResult(
+            "clean checkout", False, f"{settings.target_dir} is not a git checkout: {exc}"
+        )
+    if dirty:
+        shown = ", ".join(line[3:] for line in dirty[:5])
+        more = f" and {len(dirty) - 5} more" if len(dirty) > 5 else ""
+        return CheckResult("clean checkout", False, f"uncommitted changes: {shown}{more}")
+    data = settings.data_dir
+    if data.is_relative_to(settings.target_dir) and not live.ok("check-ignore", "-q", str(data)):
+        return CheckResult(
+            "clean checkout",
+            False,
+            f"MOLT_DATA_DIR {data} is inside the target but not ignored by git",
+        )
+    return CheckResult("clean checkout", True, f"clean at {live.head()[:7]}")
+
+
+def _remote(settings: Settings, conn: redis.Redis) -> CheckResult:
+    live = Git(settings.target_dir)
+    remote = settings.target_remote
+    for delay in (0.0, 0.3, 1.0):
+        time.sleep(delay)
+        try:
+            live.run("ls-remote", "--quiet", "--end-of-options", remote, "HEAD", timeout=20)
+        except GitError as exc:
+            error = exc
+            continue
+        return CheckResult("remote", True, f"{remote} answers")
+    return CheckResult("remote", False, f"{remote} cannot be reached: {error}")
+
+
+def _tests(settings: Settings, conn: redis.Redis) -> CheckResult:
+    commit = Git(settings.target_dir).head()
+    record = tests_at(settings, conn, commit)
+    if record.passed:
+        counted = f"{record.count} passed" if record.count is not None else "pass"
+        return CheckResult("tests", True, f"{counted} at {commit[:7]} ({record.seconds:.1f}s)")
+    return CheckResult(
+        "tests",
+        False,
+        f"`{settings.test_command}` fails at the current commit {commit[:7]}: fix the service "
+        "before updating it (see preflight.log in MOLT_DATA_DIR)",
+    )
+
+
+CHECKS: tuple[Callable[[Settings, redis.Redis], CheckResult], ...] = (
+    _redis,
+    _capacity,
+    _last_boot,
+    _resources,
+    _clean_checkout,
+    _remote,
+    _tests,
+)
+
+
+def run_preflight(settings: Settings, conn: redis.Redis) -> list[CheckResult]:
+    """Run the checks in order, cheapest first; stop at the first that fails."""
+    results = []
+    for check in CHECKS:
+        result = check(settings, conn)
+        results.append(result)
+        if not result.ok:
+            break
+    return results

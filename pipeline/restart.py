@@ -1,0 +1,169 @@
+"""Restarting the service and checking that it came back.
+
+For any service: MOLT_RESTART_COMMAND, then MOLT_HEALTH_COMMAND until it exits
+0 or MOLT_BOOT_TIMEOUT passes. For Molt itself: the worker asks the bot to
+restart (list ``molt:control:bot``) and waits until a new bot process answers
+/healthz with the expected version. The bot registers itself in the hash
+``molt:bot`` {pid, boot_id, version, port, argv, cwd, beat}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from pipeline.config import Settings
+from pipeline.exceptions import UpdateFailed
+from pipeline.validation import command_env, run_command
+
+BOT = "molt:bot"
+CONTROL = "molt:control:bot"
+#: The bot refreshes its registration this often; twice this without a beat means gone.
+BEAT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class BotInfo:
+    pid: int
+    boot_id: str
+    version: str
+    port: int
+    argv: list[str]
+    cwd: str
+    beat: float
+
+    @property
+    def alive(self) -> bool:
+        if time.time() - self.beat > 5 * BEAT_SECONDS:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def bot_info(conn: redis.Redis) -> BotInfo | None:
+    raw = conn.hgetall(BOT)
+    if not raw:
+        return None
+    return BotInfo(
+        pid=int(raw["pid"]),
+        boot_id=str(raw["boot_id"]),
+        version=str(raw["version"]),
+        port=int(raw["port"]),
+        argv=json.loads(raw["argv"]),
+        cwd=str(raw["cwd"]),
+        beat=float(raw["beat"]),
+    )
+
+
+def healthz(port: int, timeout: float = 1.0) -> dict[str, str] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as reply:
+            body = json.loads(reply.read())
+    except (OSError, ValueError, urllib.error.URLError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def restart(settings: Settings, conn: redis.Redis, expect: str, log_path: Path) -> str:
+    """Restart the service and wait until it is healthy on ``expect``; returns a summary."""
+    if settings.restart_command:
+        code, output, seconds = run_command(
+            settings.restart_command, settings.target_dir, settings.restart_timeout, log_path
+        )
+        if code is None:
+            raise UpdateFailed(
+                "restart", f"restart command did not finish within {settings.restart_timeout:.0f}s"
+            )
+        if code != 0:
+            raise UpdateFailed("restart", f"restart command exited {code}: {output.strip()[-300:]}")
+        return _wait_healthy(settings, log_path, f"restarted in {seconds:.1f}s")
+    if settings.manages_itself:
+        return _restart_self(settings, conn, expect)
+    return _wait_healthy(settings, log_path, "no MOLT_RESTART_COMMAND: nothing to restart")
+
+
+def _wait_healthy(settings: Settings, log_path: Path, done: str) -> str:
+    command = settings.health_command
+    if not command:
+        return done
+    deadline = time.monotonic() + settings.boot_timeout
+    attempts = 0
+    while True:
+        attempts += 1
+        remaining = max(1.0, deadline - time.monotonic())
+        code, output, _ = run_command(command, settings.target_dir, remaining, log_path)
+        if code == 0:
+            return f"{done}; healthy after {attempts} health check(s)"
+        if time.monotonic() >= deadline:
+            tail = output.strip().splitlines()[-1:] or [""]
+            raise UpdateFailed(
+                "verify",
+                f"health command `{command}` still failing after {settings.boot_timeout:.0f}s "
+                f"(exit {code}): {tail[0][:200]}",
+            )
+        time.sleep(0.5)
+
+
+def _restart_self(settings: Settings, conn: redis.Redis, expect: str) -> str:
+    before = bot_info(conn)
+    if before is None or not before.alive:
+        raise UpdateFailed("restart", "Molt's bot is not running, so it cannot restart itself")
+    conn.rpush(CONTROL, json.dumps({"action": "restart", "expect": expect}))
+    started = time.monotonic()
+    deadline = started + settings.boot_timeout
+    while time.monotonic() < deadline:
+        info = bot_info(conn)
+        if info and info.boot_id != before.boot_id:
+            health = healthz(info.port)
+            if health and health.get("status") == "ok" and health.get("version") == expect:
+                return f"Molt came back on {expect[:7]} in {time.monotonic() - started:.1f}s"
+        time.sleep(0.1)
+    info = bot_info(conn)
+    seen = info.version[:7] if info and info.boot_id != before.boot_id else "no new process"
+    raise UpdateFailed(
+        "verify",
+        f"Molt did not report healthy on {expect[:7]} within {settings.boot_timeout:.0f}s ({seen})",
+    )
+
+
+def bring_back(settings: Settings, conn: redis.Redis, expect: str, log_path: Path) -> str:
+    """After a rollback: restart on the restored code, relaunching Molt if it died."""
+    if settings.restart_command or not settings.manages_itself:
+        return restart(settings, conn, expect, log_path)
+    info = bot_info(conn)
+    if info and info.alive:
+        return _restart_self(settings, conn, expect)
+    if info is None:
+        raise UpdateFailed("rollback", "Molt's bot never registered, so it cannot be relaunched")
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            info.argv,
+            cwd=info.cwd,
+            env=command_env() | {"PYTHONDONTWRITEBYTECODE": ""},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + settings.boot_timeout
+    while time.monotonic() < deadline:
+        fresh = bot_info(conn)
+        if fresh and fresh.boot_id != info.boot_id:
+            health = healthz(fresh.port)
+            if health and health.get("version") == expect:
+                return f"Molt relaunched on {expect[:7]}"
+        time.sleep(0.1)
+    raise UpdateFailed("rollback", f"relaunched Molt did not report healthy on {expect[:7]}")

@@ -1,0 +1,184 @@
+"""Validation phases: the same checks in the sandbox (phase one) and on the live
+checkout (phase two): the test command passes within the phase timeout, every
+changed Python file byte-compiles, and the number of passing tests does not drop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# "12 passed", "Ran 12 tests ... OK", "12 passed, 1 failed" (pytest, unittest, plain).
+_PASSED = re.compile(r"\b(\d+) passed\b")
+_UNITTEST = re.compile(r"^Ran (\d+) tests?\b.*?^OK\b", re.M | re.S)
+_OUTPUT_TAIL = 4000
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    seconds: float
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class TestRun:
+    ok: bool
+    passed: int | None  # None when the output says nothing countable
+    seconds: float
+    exit_code: int | None  # None on timeout
+    tail: str
+
+
+@dataclass
+class PhaseResult:
+    phase: str
+    checks: list[Check] = field(default_factory=list)
+    passed: int | None = None
+    test_seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(f"{c.name}: {c.detail}" for c in self.checks if not c.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "passed": self.passed,
+            "checks": [asdict(c) for c in self.checks],
+        }
+
+
+def count_passed(output: str) -> int | None:
+    found = _PASSED.findall(output)
+    if found:
+        return int(found[-1])
+    match = _UNITTEST.search(output)
+    return int(match.group(1)) if match else None
+
+
+def command_env() -> dict[str, str]:
+    """The environment for the service's commands: Molt's interpreter first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.pop("PYTHONPATH", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def run_command(
+    command: str, cwd: Path, timeout: float, log_path: Path | None = None
+) -> tuple[int | None, str, float]:
+    """Run a shell command in its own process group; kill the whole group on timeout."""
+    started = time.monotonic()
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
+    try:
+        proc = subprocess.Popen(
+            command,
+            shell=True,
+            cwd=cwd,
+            env=command_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            code: int | None = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            code = None
+        if log:
+            log.write(f"$ {command}  (in {cwd})\n".encode())
+            log.write(out)
+            log.write(f"\n[exit {code} after {time.monotonic() - started:.2f}s]\n".encode())
+        return code, out.decode(errors="replace"), time.monotonic() - started
+    finally:
+        if log:
+            log.close()
+
+
+def run_tests(command: str, cwd: Path, timeout: float, log_path: Path | None = None) -> TestRun:
+    code, output, seconds = run_command(command, cwd, timeout, log_path)
+    return TestRun(
+        ok=code == 0,
+        passed=count_passed(output),
+        seconds=seconds,
+        exit_code=code,
+        tail=output[-_OUTPUT_TAIL:],
+    )
+
+
+def compile_check(root: Path, paths: Iterable[str]) -> Check:
+    """Byte-compile changed Python files in memory (nothing is written to the tree)."""
+    started = time.monotonic()
+    errors = []
+    count = 0
+    for rel in paths:
+        if not rel.endswith(".py"):
+            continue
+        path = root / rel
+        if not path.is_file():
+            continue
+        count += 1
+        try:
+            compile(path.read_bytes(), str(rel), "exec", dont_inherit=True)
+        except (SyntaxError, ValueError) as exc:
+            errors.append(f"{rel}: {exc}")
+    seconds = time.monotonic() - started
+    if errors:
+        return Check("byte-compile", False, seconds, "; ".join(errors[:3]))
+    return Check("byte-compile", True, seconds, f"{count} files")
+
+
+def run_phase(
+    phase: str,
+    workdir: Path,
+    *,
+    test_command: str,
+    timeout: float,
+    changed_files: Iterable[str],
+    baseline_passed: int | None,
+    log_path: Path | None = None,
+) -> PhaseResult:
+    """One validation phase; stops at the first failing check."""
+    result = PhaseResult(phase)
+    compiled = compile_check(workdir, changed_files)
+    result.checks.append(compiled)
+    if not compiled.ok:
+        return result
+    tests = run_tests(test_command, workdir, timeout, log_path)
+    result.passed = tests.passed
+    result.test_seconds = tests.seconds
+    if tests.exit_code is None:
+        detail = f"`{test_command}` did not finish within {timeout:.0f}s"
+    elif not tests.ok:
+        detail = f"`{test_command}` exited {tests.exit_code}: {_last_lines(tests.tail)}"
+    else:
+        detail = f"{tests.passed} passed" if tests.passed is not None else "exit 0"
+    result.checks.append(Check("tests", tests.ok, tests.seconds, detail))
+    if tests.ok and baseline_passed is not None:
+        dropped = tests.passed is not None and tests.passed < baseline_passed
+        detail = f"{tests.passed} now, {baseline_passed} before"
+        result.checks.append(Check("passing tests", not dropped, 0.0, detail))
+    return result
+
+
+def _last_lines(text: str, count: int = 3) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines[-count:])[-400:]

@@ -1,0 +1,95 @@
+"""Shared fixtures: clean environment, real git repos, embedded Redis, a running Molt."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pipeline import store
+from pipeline.config import Settings, load_settings
+from tests.support import Molt, ServiceRepo
+
+_LEAKY_PREFIXES = ("MOLT_", "SLACK_", "DISCORD_", "GITHUB_", "ANTHROPIC_")
+_LEAKY_NAMES = ("REDIS_URL", "GIT_DIR", "GIT_WORK_TREE", "PYTHONPATH")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep real credentials and settings of this machine out of every test."""
+    for name in list(os.environ):
+        if name.startswith(_LEAKY_PREFIXES) or name in _LEAKY_NAMES:
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MOLT_CONFIG", str(tmp_path / "no-molt.toml"))
+    for who in ("AUTHOR", "COMMITTER"):
+        monkeypatch.setenv(f"GIT_{who}_NAME", "Test Person")
+        monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.invalid")
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> ServiceRepo:
+    """A small Python service: an origin repository and a live clone of it."""
+    return ServiceRepo.create(tmp_path / "service")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "data"
+    path.mkdir()
+    yield path
+    store.stop_embedded(path)
+
+
+@pytest.fixture
+def settings(service: ServiceRepo, data_dir: Path) -> Settings:
+    return load_settings(
+        data_dir=data_dir,
+        target_dir=service.live,
+        test_command=service.test_command,
+        authorised_users=["console:alice", "slack:U1ALICE"],
+        approvers=["console:alice", "console:bob", "slack:U1ALICE", "slack:U2BOB"],
+        console_user="alice",
+    )
+
+
+@pytest.fixture
+def conn(settings: Settings) -> redis.Redis:
+    return store.connect(settings)
+
+
+@pytest.fixture
+def molt_env(service: ServiceRepo, data_dir: Path) -> dict[str, str]:
+    """The environment of a Molt process managing ``service``."""
+    return {
+        "MOLT_DATA_DIR": str(data_dir),
+        "MOLT_TARGET_DIR": str(service.live),
+        "MOLT_TEST_COMMAND": service.test_command,
+        "MOLT_RESTART_COMMAND": "true",
+        "MOLT_HEALTH_COMMAND": "python health.py",
+        "MOLT_BOOT_TIMEOUT": "5",
+        "MOLT_HTTP_PORT": "0",
+        "MOLT_LOCK_TTL": "3",
+        "MOLT_CONSOLE_USER": "alice",
+        "MOLT_AUTHORISED_USERS": "console:alice,slack:U1ALICE",
+        "MOLT_APPROVERS": "console:alice,console:bob,slack:U1ALICE,slack:U2BOB",
+        "MOLT_LOG_LEVEL": "debug",
+    }
+
+
+@pytest.fixture
+def start_molt(molt_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Molt]]:
+    """Start real Molt processes (``molt console`` by default); all stopped at the end."""
+    started: list[Molt] = []
+
+    def start(*args: str, **env: str) -> Molt:
+        molt = Molt(list(args) or ["console"], {**molt_env, **env}, cwd=tmp_path)
+        started.append(molt)
+        return molt
+
+    yield start
+    for molt in started:
+        molt.stop()

@@ -1,0 +1,192 @@
+"""Test helpers: a real service repository and a real Molt process to talk to."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVICE_TESTS = '''\
+"""The service's own test runner: runs every test_* function in checks/."""
+import importlib.util, pathlib, sys, traceback
+
+passed = failed = 0
+for path in sorted(pathlib.Path("checks").glob("test_*.py")):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in sorted(dir(module)):
+        if name.startswith("test_"):
+            try:
+                getattr(module, name)()
+                passed += 1
+            except Exception:
+                failed += 1
+                traceback.print_exc()
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
+'''
+
+HEALTH = '''\
+"""Healthy unless the checkout carries an UNHEALTHY marker."""
+import pathlib, sys
+sys.exit(1 if pathlib.Path("UNHEALTHY").exists() else 0)
+'''
+
+
+def git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(
+        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True
+    )
+    return result.stdout.strip()
+
+
+@dataclass
+class ServiceRepo:
+    """An upstream working copy, a bare origin, and the live checkout Molt manages."""
+
+    work: Path
+    origin: Path
+    live: Path
+    test_command: str = "python service_tests.py"
+
+    @classmethod
+    def create(cls, root: Path) -> ServiceRepo:
+        work, origin, live = root / "work", root / "origin.git", root / "live"
+        work.mkdir(parents=True)
+        git(work, "init", "-q", "-b", "main")
+        repo = cls(work, origin, live)
+        repo.write(
+            {
+                "app.py": "def greet():\n    return 'hello'\n",
+                "service_tests.py": SERVICE_TESTS,
+                "health.py": HEALTH,
+                "checks/test_app.py": (
+                    "from app import greet\n\n\ndef test_greet():\n    assert greet() == 'hello'\n"
+                ),
+                ".gitignore": "__pycache__/\n",
+            }
+        )
+        git(work, "add", "-A")
+        git(work, "commit", "-q", "-m", "first version")
+        subprocess.run(["git", "clone", "-q", "--bare", str(work), str(origin)], check=True)
+        git(work, "remote", "add", "origin", str(origin))
+        git(work, "fetch", "-q", "origin")
+        git(work, "branch", "-q", "--set-upstream-to=origin/main", "main")
+        subprocess.run(["git", "clone", "-q", str(origin), str(live)], check=True)
+        return repo
+
+    def write(self, files: Mapping[str, str | None]) -> None:
+        for rel, content in files.items():
+            path = self.work / rel
+            if content is None:
+                path.unlink()
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+
+    def commit(
+        self, files: Mapping[str, str | None], message: str, *, branch: str = "main", tag: str = ""
+    ) -> str:
+        """Commit ``files`` upstream (None deletes) and push; returns the new sha."""
+        if git(self.work, "branch", "--show-current") != branch:
+            git(self.work, "checkout", "-q", "-B", branch)
+        self.write(files)
+        git(self.work, "add", "-A")
+        git(self.work, "commit", "-q", "-m", message)
+        git(self.work, "push", "-q", "origin", branch)
+        if tag:
+            git(self.work, "tag", tag)
+            git(self.work, "push", "-q", "origin", tag)
+        return git(self.work, "rev-parse", "HEAD")
+
+    def live_head(self) -> str:
+        return git(self.live, "rev-parse", "HEAD")
+
+    def live_status(self) -> str:
+        return git(self.live, "status", "--porcelain", "--untracked-files=all")
+
+
+class Molt:
+    """A real Molt process (``python -m bot.cli ...``) whose output we read line by line."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], cwd: Path) -> None:
+        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bot.cli", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def send(self, line: str) -> int:
+        """Type a line; returns the output position to wait from."""
+        mark = len(self.lines)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+        return mark
+
+    def wait_for(self, pattern: str, timeout: float = 90, since: int = 0) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[since:]:
+                    found = regex.search(line)
+                    if found:
+                        return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no line matching {pattern!r} within {timeout}s; Molt said:\n"
+                        + "\n".join(self.lines[-80:])
+                    )
+                self._changed.wait(min(remaining, 0.2))
+
+    def close_input(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            if self.proc.stdin and not self.proc.stdin.closed:
+                self.proc.stdin.close()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._reader.join(timeout=5)
+        return int(self.proc.returncode)

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import suppress
 from typing import Any
 
 import redis
@@ -54,7 +55,7 @@ class Bot:
         self.adapters: dict[str, Adapter] = {}
         self.console: Console | None = None
         if console:
-            self.console = Console(settings.console_user, self.store)
+            self.console = Console(settings.console_user, self.store, wait=settings.console_wait)
             self.adapters["console"] = self.console
         self.slack: Any = None
         if settings.slack_bot_token and settings.slack_signing_secret:
@@ -240,19 +241,21 @@ class Bot:
         self._children.append(child)
         return child.pid
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, grace: float = 10) -> None:
+        """Warm shutdown (finish the job); past the grace period a second SIGTERM makes RQ
+        kill the work horse, and recovery rolls its update back at the next start."""
         pids = [int(p) for p in self.conn.lrange(WORKERS_KEY, 0, -1)]
+        for attempt in range(2):
+            for pid in pids:
+                with suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + (grace if attempt == 0 else 5)
+            while any(_running(p) for p in pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
         for pid in pids:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-        deadline = time.monotonic() + 10
-        while any(_running(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in pids:
-            if _running(pid):  # busy past the grace period: recovery rolls its update back
-                os.killpg(pid, signal.SIGKILL)
+            if _running(pid):
+                with suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
         self.conn.delete(WORKERS_KEY)
 
 

@@ -71,7 +71,9 @@ class Console(Adapter):
         lines = [f"[{name}] {message.title}"]
         if message.text:
             lines.extend(f"  {line}" for line in message.text.splitlines())
-        lines.extend(f"  {f.name}: {f.value}" for f in message.fields)
+        for f in message.fields:
+            value = f.value.replace("\n", "\n    ")
+            lines.append(f"  {f.name}: {value}")
         if message.buttons:
             shown = " ".join(f"[{b.label}]" for b in message.buttons)
             first = message.buttons[0].action

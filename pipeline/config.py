@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     authorised_users: UserList = _var("MOLT_AUTHORISED_USERS", [])
     approvers: UserList = _var("MOLT_APPROVERS", [])
     operators: UserList = _var("MOLT_OPERATORS", [])
+    console_wait: float = _var("MOLT_CONSOLE_WAIT", 3600.0, gt=0)
     console_user: str = _var("MOLT_CONSOLE_USER", "", pattern=r"^[\w.@-]*$")
     http_host: str = _var("MOLT_HTTP_HOST", "127.0.0.1", min_length=1)
     http_port: int = _var("MOLT_HTTP_PORT", 3000, ge=0, le=65535)

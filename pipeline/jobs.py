@@ -125,11 +125,10 @@ class Update:
         )
 
     def _progress(self, phase: str) -> dict[str, Any]:
-        return {
-            "phase_index": PHASES.index(phase) + 1,
-            "phase_total": len(PHASES),
-            "elapsed": round(time.monotonic() - self.started, 2),
-        }
+        progress: dict[str, Any] = {"elapsed": round(time.monotonic() - self.started, 2)}
+        if phase in PHASES:
+            progress |= {"phase_index": PHASES.index(phase) + 1, "phase_total": len(PHASES)}
+        return progress
 
     def _enter(self, phase: str, message: str, state: S = S.RUNNING) -> None:
         self.store.transition(
@@ -277,6 +276,23 @@ class Update:
     # -- failure ------------------------------------------------------------
 
     def _fail(self, failure: UpdateFailed) -> None:
+        """Roll back, report, clear the queue; never leaves the request unfinished."""
+        try:
+            self._roll_back_and_report(failure)
+        except Exception as exc:
+            log.exception("failure handling failed", request_id=self.request_id)
+            request = self.store.get(self.request_id)
+            if not request.terminal:
+                self.store.transition(
+                    self.request_id,
+                    S.FAILED,
+                    actor=MOLT,
+                    message=f"{failure.reason}; and then rolling back failed: {exc}",
+                    phase=failure.phase,
+                    data={"rollback_failed": True, "log_dir": str(self.log_dir)},
+                )
+
+    def _roll_back_and_report(self, failure: UpdateFailed) -> None:
         request = self.store.get(self.request_id)
         reason = failure.reason
         rolled_back_to = ""

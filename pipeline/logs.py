@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 from collections.abc import Mapping, MutableMapping
+from pathlib import Path
 from typing import Any, TextIO, cast
 
 import structlog

@@ -447,9 +447,15 @@ def success_criteria(
 
 
 def tasks(
-    settings: Settings, short_base: str, short_target: str, rollback_point: str
+    settings: Settings,
+    short_base: str,
+    short_target: str,
+    rollback_point: str,
+    baseline: int | None = None,
 ) -> list[dict[str, Any]]:
     """The worker's steps, each with what must hold before the next one starts."""
+    passing = "tests pass" if baseline is None else f"tests pass ({baseline} or more passing)"
+    validated = f"{passing} and every changed Python file compiles"
     back = f"roll back to the snapshot ({rollback_point})"
     untouched = "discard the sandbox; the live checkout was not touched"
     steps = [
@@ -468,7 +474,7 @@ def tasks(
         (
             "phase 1 validation",
             f"run {settings.test_command!r} and byte-compile changed files in the sandbox",
-            "tests pass and every changed Python file compiles",
+            validated,
             untouched,
         ),
         (
@@ -480,7 +486,7 @@ def tasks(
         (
             "phase 2 validation",
             f"run {settings.test_command!r} and byte-compile changed files on the live checkout",
-            "tests pass and every changed Python file compiles",
+            validated,
             back,
         ),
         (
@@ -550,6 +556,7 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
     rollback_point = f"{short_base} on {branch}" if branch else f"{short_base} (detached)"
     last_run = last_test_run(conn, settings.target_id, base)
     seconds, basis = estimate(conn, settings.target_id, last_run)
+    baseline = int(last_run["count"]) if "count" in last_run else None
 
     name = short_target if _SHA.fullmatch(ref) else ref
     what = (
@@ -579,6 +586,6 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
         estimated_seconds=seconds,
         estimate_basis=basis,
         success_criteria=success_criteria(all_files, last_run, short_target),
-        tasks=tasks(settings, short_base, short_target, rollback_point),
+        tasks=tasks(settings, short_base, short_target, rollback_point, baseline),
         downgrade=downgrade,
     )

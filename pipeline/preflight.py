@@ -123,7 +123,9 @@ def _last_boot(settings: Settings, conn: redis.Redis) -> CheckResult:
     raw = conn.hgetall(BOOT_KEY.format(target_id=settings.target_id))
     if not raw or raw.get("clean") == "1":
         return CheckResult("last boot", True, "clean")
-    return CheckResult("last boot", False, f"the last boot was not clean: {raw.get('detail', '')!s}")
+    return CheckResult(
+        "last boot", False, f"the last boot was not clean: {raw.get('detail', '')!s}"
+    )
 
 
 def _resources(settings: Settings, conn: redis.Redis) -> CheckResult:

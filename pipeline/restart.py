@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,17 @@ def healthz(port: int, timeout: float = 1.0) -> dict[str, str] | None:
     return body if isinstance(body, dict) else None
 
 
-def restart(settings: Settings, conn: redis.Redis, expect: str, log_path: Path) -> str:
-    """Restart the service and wait until it is healthy on ``expect``; returns a summary."""
+def restart(
+    settings: Settings,
+    conn: redis.Redis,
+    expect: str,
+    log_path: Path,
+    verifying: Callable[[], None] = lambda: None,
+) -> str:
+    """Restart the service and wait until it is healthy on ``expect``; returns a summary.
+
+    ``verifying`` is called once the restart was issued and the wait for health begins.
+    """
     if settings.restart_command:
         code, output, seconds = run_command(
             settings.restart_command, settings.target_dir, settings.restart_timeout, log_path
@@ -89,9 +99,11 @@ def restart(settings: Settings, conn: redis.Redis, expect: str, log_path: Path) 
             )
         if code != 0:
             raise UpdateFailed("restart", f"restart command exited {code}: {output.strip()[-300:]}")
+        verifying()
         return _wait_healthy(settings, log_path, f"restarted in {seconds:.1f}s")
     if settings.manages_itself:
-        return _restart_self(settings, conn, expect)
+        return _restart_self(settings, conn, expect, verifying)
+    verifying()
     return _wait_healthy(settings, log_path, "no MOLT_RESTART_COMMAND: nothing to restart")
 
 
@@ -117,11 +129,14 @@ def _wait_healthy(settings: Settings, log_path: Path, done: str) -> str:
         time.sleep(0.5)
 
 
-def _restart_self(settings: Settings, conn: redis.Redis, expect: str) -> str:
+def _restart_self(
+    settings: Settings, conn: redis.Redis, expect: str, verifying: Callable[[], None] = lambda: None
+) -> str:
     before = bot_info(conn)
     if before is None or not before.alive:
         raise UpdateFailed("restart", "Molt's bot is not running, so it cannot restart itself")
     conn.rpush(CONTROL, json.dumps({"action": "restart", "expect": expect}))
+    verifying()
     started = time.monotonic()
     deadline = started + settings.boot_timeout
     while time.monotonic() < deadline:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from pipeline.config import Settings
@@ -136,7 +136,7 @@ def stop_embedded(data_dir: Path) -> None:
     sock = socket_path(data_dir)
     if not _alive(sock):
         return
-    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2)
+    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, retry=Retry(NoBackoff(), 0))
     try:
         client.execute_command("SHUTDOWN", "NOSAVE")
     except redis.ConnectionError:

@@ -189,4 +189,6 @@ class Molt:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._reader.join(timeout=5)
+        if self.proc.stdout:
+            self.proc.stdout.close()
         return int(self.proc.returncode)

@@ -1,21 +1,186 @@
-"""End to end through the console chat: real Molt, real workers, real Redis and git."""
+"""End to end through the console chat: a real Molt process with its real workers,
+the embedded Redis, and real git repositories."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
 from collections.abc import Callable
+from pathlib import Path
 
+import redis
+
+from pipeline import store
+from pipeline.config import load_settings
+from pipeline.requests import RequestStore
 from tests.support import Molt, ServiceRepo
+
+StartMolt = Callable[..., Molt]
+FAILING_CHECK = "def test_new_feature():\n    assert 1 + 1 == 3, 'new feature is broken'\n"
+
+
+def _up(molt: Molt) -> Molt:
+    molt.wait_for(r"Molt \S+ is up")
+    return molt
+
+
+def _store(data_dir: Path) -> RequestStore:
+    return RequestStore(store.connect(load_settings(data_dir=data_dir)))
 
 
 def test_deploy_lands_after_approval_and_reports_success(
-    service: ServiceRepo, start_molt: Callable[..., Molt]
+    service: ServiceRepo, start_molt: StartMolt
 ) -> None:
+    old = service.live_head()
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
-    molt = start_molt()
-    molt.wait_for(r"Molt \S+ is up")
+    molt = _up(start_molt())
     since = molt.send("deploy main")
-    molt.wait_for(r"Plan ready", since=since)
+    molt.wait_for(r"📋 Plan ready", since=since)
+    molt.wait_for(rf"Rollback point: {old[:7]} on main", since=since)
     molt.send("press approve")
     molt.wait_for(r"✅ Live: ", since=since)
     assert service.live_head() == new
+    assert service.live_status() == ""
+    assert "phase 1: tests" in molt.output and "phase 2: tests" in molt.output
+
+
+def test_failing_test_rolls_back_and_retry_runs_again(
+    service: ServiceRepo, start_molt: StartMolt
+) -> None:
+    old = service.live_head()
+    service.commit({"checks/test_new.py": FAILING_CHECK}, "a broken feature")
+    molt = _up(start_molt())
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    molt.wait_for(r"❌ Failed: ", since=since)
+    molt.wait_for(r"new feature is broken|exited 1", since=since)
+    molt.wait_for(r"press retry", since=since)
+    assert service.live_head() == old
+    assert service.live_status() == ""
+
+    fixed = service.commit({"checks/test_new.py": FAILING_CHECK.replace("3", "2")}, "fix it")
+    again = molt.send("press retry")
+    molt.wait_for(r"📋 Plan ready", since=again)
+    molt.send("press approve")
+    molt.wait_for(r"✅ Live: ", since=again)
+    assert service.live_head() == fixed
+
+
+def test_unauthorised_user_gets_a_themed_refusal_and_nothing_is_planned(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path
+) -> None:
+    service.commit({"app.py": "VERSION = 2\n"}, "v2")
+    molt = _up(start_molt(MOLT_CONSOLE_USER="mallory"))
+    since = molt.send("deploy main")
+    molt.wait_for(r"🚫 Request refused", since=since)
+    molt.wait_for(r"not in MOLT_AUTHORISED_USERS", since=since)
+    [request] = _store(data_dir).recent(5)
+    assert request.state.value == "refused"
+    assert request.plan is None
+    assert "Plan ready" not in molt.output
+
+
+def test_a_non_approver_cannot_approve(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path
+) -> None:
+    old = service.live_head()
+    service.commit({"app.py": "VERSION = 2\n"}, "v2")
+    molt = _up(start_molt(MOLT_CONSOLE_USER="carol", MOLT_AUTHORISED_USERS="console:carol"))
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    molt.wait_for(r"only approvers may approve", since=since)
+    [request] = _store(data_dir).recent(5)
+    assert request.state.value == "plan_ready"
+    assert service.live_head() == old
+
+
+def test_health_check_failing_after_restart_rolls_back(
+    service: ServiceRepo, start_molt: StartMolt
+) -> None:
+    old = service.live_head()
+    service.commit({"UNHEALTHY": "the new version cannot serve\n"}, "breaks at runtime")
+    molt = _up(start_molt(MOLT_BOOT_TIMEOUT="2"))
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    molt.wait_for(r"❌ Failed: ", since=since)
+    molt.wait_for(r"health command `python health.py` still failing", since=since)
+    assert service.live_head() == old
+    assert service.live_status() == ""
+
+
+def test_queued_requests_wait_their_turn_and_are_cleared_when_an_update_fails(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
+) -> None:
+    gate = tmp_path / "gate"
+    slow = (
+        "import os, pathlib, time\n\n\ndef test_slow():\n"
+        f"    pathlib.Path({str(tmp_path / 'started')!r}).touch()\n"
+        f"    while not os.path.exists({str(gate)!r}):\n        time.sleep(0.05)\n"
+        "    assert False, 'slow and broken'\n"
+    )
+    old = service.live_head()
+    service.commit({"checks/test_slow.py": slow}, "slow and broken", branch="slow")
+    service.commit({"app.py": "VERSION = 2\n"}, "fine", branch="fine")
+    service.commit({"app.py": "VERSION = 3\n"}, "also fine", branch="fine2")
+    molt = _up(start_molt())
+    first = molt.send("deploy slow")
+    molt.wait_for(r"📋 Plan ready", since=first)
+    molt.send("press approve")
+    second = molt.send("deploy fine")
+    molt.wait_for(r"📋 Plan ready", since=second)
+    molt.send("press approve")
+    third = molt.send("deploy fine2")
+    molt.wait_for(r"📋 Plan ready", since=third)
+    molt.send("press approve")
+    molt.wait_for(r"🚀 Starting ", since=first)
+    molt.wait_for(r"Queued: .*\(#2\)", since=second)
+    queue = molt.send("queue")
+    molt.wait_for(r"Queue: 2 waiting", since=queue)
+    gate.touch()
+    molt.wait_for(r"cleared from the queue because update \S+ failed", since=third)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        states = [r.state.value for r in _store(data_dir).recent(3)]
+        if states == ["failed"] * 3:
+            break
+        time.sleep(0.1)
+    assert states == ["failed"] * 3
+    assert molt.output.count("❌ Failed: ") >= 3
+    assert service.live_head() == old
+
+
+def test_worker_killed_mid_update_is_rolled_back(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
+) -> None:
+    started = tmp_path / "phase2-started"
+    hang = (
+        "import os, pathlib, time\n\n\ndef test_hang_on_live():\n"
+        f"    if os.getcwd() == {str(service.live)!r}:\n"
+        f"        pathlib.Path({str(started)!r}).touch()\n"
+        "        parent = os.getppid()\n"
+        "        while os.getppid() == parent:\n"
+        "            time.sleep(0.1)\n"
+    )
+    old = service.live_head()
+    service.commit({"checks/test_hang.py": hang}, "hangs in phase 2")
+    molt = _up(start_molt())
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert time.monotonic() < deadline, molt.output
+        time.sleep(0.05)
+    assert service.live_head() != old  # the live checkout was touched
+    conn = redis.Redis(unix_socket_path=str(store.socket_path(data_dir)), decode_responses=True)
+    [lock] = conn.keys("molt:lock:*")
+    horse = int(json.loads(conn.get(lock))["holder"].rpartition(":")[2])
+    groups = {os.getpgid(horse), *(int(pid) for pid in conn.lrange("molt:bot:workers", 0, -1))}
+    for group in groups:  # the worker and its work horse, as an OOM killer or a crash would
+        os.killpg(group, signal.SIGKILL)
+    conn.close()
+    molt.wait_for(r"❌ Failed: ", since=since)
+    molt.wait_for(r"worker running this update stopped during phase 2", since=since)
+    assert service.live_head() == old
     assert service.live_status() == ""

@@ -105,19 +105,29 @@ def live(tmp_path: Path, dev: Workspace, origin: Path) -> Path:
     return path
 
 
-@pytest.fixture
-def settings(tmp_path: Path, live: Path) -> Settings:
-    return load_settings(data_dir=tmp_path / "data", target_dir=live, test_command="true")
+@pytest.fixture(scope="module")
+def redis_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One embedded Redis for the module: each test's target has its own keys."""
+    path = tmp_path_factory.mktemp("redis")
+    try:
+        yield path
+    finally:
+        store.stop_embedded(path)
 
 
 @pytest.fixture
-def conn(settings: Settings, tmp_path: Path) -> Iterator[redis.Redis]:
+def settings(redis_dir: Path, live: Path) -> Settings:
+    return load_settings(data_dir=redis_dir, target_dir=live, test_command="true")
+
+
+@pytest.fixture
+def conn(settings: Settings) -> Iterator[redis.Redis]:
     client = store.connect(settings)
     try:
         yield client
     finally:
+        client.flushdb()
         client.close()
-        store.stop_embedded(tmp_path / "data")
 
 
 def test_branch_pushed_after_the_clone_lists_its_commits_files_and_diffstat(
@@ -428,6 +438,7 @@ def test_estimate_falls_back_to_the_last_test_run_and_then_to_nothing(
     assert plan.estimated_seconds == 29
     assert plan.estimate_basis == "the last test run (12 s) plus overhead"
     assert "passing tests do not drop below 40" in plan.success_criteria
+    assert "tests pass (40 or more passing)" in plan.tasks[2]["checkpoint"]
 
 
 def test_success_criteria_and_tasks_say_what_must_hold(
@@ -473,19 +484,14 @@ def test_a_plan_survives_a_round_trip_through_json(
 
 
 def test_a_fetch_that_keeps_failing_names_the_remote(
-    tmp_path: Path, live: Path, monkeypatch: pytest.MonkeyPatch
+    redis_dir: Path, live: Path, conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(planning, "FETCH_BACKOFF", (0.0, 0.0, 0.0))
     settings = load_settings(
-        data_dir=tmp_path / "data", target_dir=live, test_command="true", target_remote="nowhere"
+        data_dir=redis_dir, target_dir=live, test_command="true", target_remote="nowhere"
     )
-    client = store.connect(settings)
-    try:
-        with pytest.raises(PlanningError, match=r"^fetching nowhere: git fetch"):
-            plan_deploy(settings, client, "main")
-    finally:
-        client.close()
-        store.stop_embedded(tmp_path / "data")
+    with pytest.raises(PlanningError, match=r"^fetching nowhere: git fetch"):
+        plan_deploy(settings, conn, "main")
 
 
 def test_imports_are_parsed_across_lines_relatively_and_with_aliases() -> None:

@@ -45,6 +45,7 @@ def use_repo_root() -> None:
 use_repo_root()
 
 import redis  # noqa: E402
+from rq import Queue  # noqa: E402
 
 from bench.repo import GIT_ENV, TEST_COMMAND, generate_repo, git  # noqa: E402
 from pipeline import approval, audit, intake, queueing, store  # noqa: E402
@@ -79,6 +80,7 @@ class Rig:
     conn: redis.Redis
     worker: subprocess.Popen[bytes] | None = None
     worker_log: Path = field(default_factory=Path)
+    _rq_queue: Queue | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -161,7 +163,9 @@ class Rig:
 
     def job_failure(self, request_id: str) -> str:
         """The error of the request's RQ job if it crashed (the request then never ends)."""
-        registry = queueing.rq_queue(self.settings).failed_job_registry
+        if self._rq_queue is None:
+            self._rq_queue = queueing.rq_queue(self.settings)
+        registry = self._rq_queue.failed_job_registry
         for job_id in registry.get_job_ids():
             if job_id.startswith(f"update-{request_id}-"):
                 job = registry.job_class.fetch(job_id, connection=registry.connection)
@@ -192,12 +196,13 @@ class Rig:
                 crashed = self.job_failure(request_id)
                 if crashed:
                     raise BenchFailure(
-                        f"the worker's job crashed with the request still {request.state.value} "
-                        f"({request.phase}): {crashed}"
+                        f"the worker's job crashed ({crashed}) with the request still "
+                        f"{request.state.value} ({request.phase}): {request.message}"
                     )
             if time.monotonic() - began > timeout:
                 raise BenchFailure(
-                    f"still {request.state.value} ({request.phase}) after {timeout:.0f} s"
+                    f"still {request.state.value} ({request.phase}) after {timeout:.0f} s: "
+                    f"{request.message}"
                 )
             time.sleep(POLL_SECONDS)
         return Approved(request, ended - began, approved - began, started_at)

@@ -1,0 +1,222 @@
+"""Slack in HTTP mode, end to end: signed requests against the running bot's real HTTP
+server, its real workers and Redis, and a fake Slack Web API on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import store
+from pipeline.config import load_settings
+from pipeline.requests import RequestStore
+from tests.fakes.slack import (
+    BOT_TOKEN,
+    SIGNING_SECRET,
+    FakeSlack,
+    SignedRequest,
+    block_action,
+    sign,
+    slash_command,
+)
+from tests.support import Molt, ServiceRepo
+
+ALICE = {"user_id": "U1ALICE", "user_name": "alice"}
+BOB = {"user_id": "U2BOB", "user_name": "bob"}
+MALLORY = {"user_id": "U9MALLORY", "user_name": "mallory"}
+POSTING = ("chat.postMessage", "chat.update", "chat.postEphemeral")
+
+
+class SlackBot:
+    """The running Molt, its Slack fake, and what it takes to talk to it like Slack does."""
+
+    def __init__(self, molt: Molt, slack: FakeSlack, data_dir: Path) -> None:
+        self.molt = molt
+        self.slack = slack
+        self.port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        self.store = RequestStore(store.connect(load_settings(data_dir=data_dir)))
+
+    def post(self, signed: SignedRequest | tuple[bytes, dict[str, str]]) -> int:
+        body, headers = signed if isinstance(signed, tuple) else (signed.body, signed.headers)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/slack/events", data=body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return int(exc.code)
+
+    def command(self, text: str, who: dict[str, str] = ALICE) -> int:
+        return self.post(slash_command(text, **who))
+
+    def click(self, action: str, request_id: str, who: dict[str, str] = BOB) -> int:
+        return self.post(block_action(f"molt_{action}", request_id, **who))
+
+    def shown(self, template: str, timeout: float = 60) -> dict[str, Any]:
+        """Wait for a message rendered from ``template``; returns its call's arguments."""
+        try:
+            call = self.slack.wait_for(
+                lambda c: c.method in POSTING and _payload(c.args).get("template") == template,
+                timeout=timeout,
+            )
+        except TimeoutError as exc:
+            shown = [_payload(c.args).get("template") for c in self.slack.calls()]
+            raise AssertionError(f"{exc}\nshown: {shown}\nMolt said:\n{self.molt.output[-3000:]}")
+        return call.args
+
+    def request_id(self, template: str = "plan_ready") -> str:
+        return str(_payload(self.shown(template))["request_id"])
+
+
+def _payload(args: dict[str, Any]) -> dict[str, Any]:
+    metadata = args.get("metadata") or {}
+    return dict(metadata.get("event_payload") or {})
+
+
+def _buttons(args: dict[str, Any]) -> list[str]:
+    return [
+        element["action_id"]
+        for block in args.get("blocks") or []
+        if block.get("type") == "actions"
+        for element in block["elements"]
+    ]
+
+
+@pytest.fixture
+def slack_bot(start_molt: Callable[..., Molt], data_dir: Path) -> Iterator[SlackBot]:
+    with FakeSlack() as slack:
+        molt = start_molt(
+            "run",
+            "--no-console",
+            SLACK_BOT_TOKEN=BOT_TOKEN,
+            SLACK_SIGNING_SECRET=SIGNING_SECRET,
+            SLACK_API_URL=slack.url,
+            MOLT_AUTHORISED_USERS="slack:U1ALICE",
+            MOLT_APPROVERS="slack:U1ALICE,slack:U2BOB",
+            MOLT_PLAN_TTL="600",
+        )
+        yield SlackBot(molt, slack, data_dir)
+
+
+def test_deploy_from_slack_to_success_with_metadata_on_every_message(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
+    new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    assert slack_bot.command("deploy main") == 200
+    plan = slack_bot.shown("plan_ready")
+    assert _buttons(plan) == ["molt_approve", "molt_reject"]
+    request_id = _payload(plan)["request_id"]
+    assert slack_bot.click("approve", request_id) == 200
+    success = slack_bot.shown("success")
+    assert "Live" in success["text"]
+    assert _buttons(success) == []
+    assert service.live_head() == new
+
+    calls = [c for c in slack_bot.slack.calls() if c.method in POSTING]
+    assert calls, "Molt posted nothing"
+    for call in calls:
+        metadata = call.args["metadata"]
+        assert metadata["event_type"] == "molt_update"
+        assert metadata["event_payload"]["request_id"] == request_id
+        assert metadata["event_payload"]["template"]
+    templates = [_payload(c.args)["template"] for c in calls]
+    for expected in ("processing", "plan_ready", "queued", "working", "restarting", "success"):
+        assert expected in templates
+    assert all(_payload(c.args).get("codename") for c in calls if _payload(c.args)["template"] == "success")
+    # One status message, edited in place: one post, then updates of the same ts.
+    posts = [c for c in calls if c.method == "chat.postMessage"]
+    assert len(posts) == 1
+    ts = posts[0].response["ts"]
+    assert all(c.args["ts"] == ts for c in calls if c.method == "chat.update")
+
+
+def test_unauthorised_slack_user_gets_an_ephemeral_refusal(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
+    assert slack_bot.command("deploy main", MALLORY) == 200
+    refusal = slack_bot.shown("refused")
+    call = slack_bot.slack.calls("chat.postEphemeral")[-1]
+    assert call.args["user"] == "U9MALLORY"
+    assert "not in MOLT_AUTHORISED_USERS" in refusal["text"]
+    assert slack_bot.slack.calls("chat.postMessage") == []
+    [request] = slack_bot.store.recent(5)
+    assert request.state.value == "refused" and request.plan is None
+
+
+def test_forged_stale_missing_and_malformed_requests_are_refused(slack_bot: SlackBot) -> None:
+    good = slash_command("status", **ALICE)
+    forged = slash_command("status", secret="not-the-secret", **ALICE)
+    stale = slash_command("status", timestamp=int(time.time()) - 600, **ALICE)
+    assert slack_bot.post(forged) == 401
+    assert slack_bot.post(stale) == 401
+    assert slack_bot.post((good.body, {"Content-Type": "application/x-www-form-urlencoded"})) == 401
+    for body in (b"payload=%7Bnot-json", b"\xff\xfe", b'{"type": 42}', b"command=&text="):
+        status = slack_bot.post((body, sign(body)))
+        assert 400 <= status < 500, (body, status)
+    assert slack_bot.store.recent(5) == []
+
+
+def test_non_approver_click_and_double_click_change_nothing_twice(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
+    service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    slack_bot.command("deploy main")
+    request_id = slack_bot.request_id()
+    assert slack_bot.click("approve", request_id, MALLORY) == 200
+    refused = slack_bot.shown("not_allowed")
+    assert "only approvers" in refused["text"]
+    assert slack_bot.store.get(request_id).state.value == "plan_ready"
+
+    statuses: list[int] = []
+    clicks = [
+        threading.Thread(target=lambda: statuses.append(slack_bot.click("approve", request_id)))
+        for _ in range(2)
+    ]
+    for click in clicks:
+        click.start()
+    for click in clicks:
+        click.join()
+    assert statuses == [200, 200]
+    slack_bot.shown("success")
+    queued = [
+        c for c in slack_bot.slack.calls() if _payload(c.args).get("template") == "queued"
+    ]
+    assert len(queued) == 1
+    approvals = [e for e in _audit(slack_bot, request_id) if e["action"] == "approved"]
+    assert len(approvals) == 1
+
+
+def test_failure_offers_retry_and_retry_plans_again(service: ServiceRepo, slack_bot: SlackBot) -> None:
+    old = service.live_head()
+    service.commit(
+        {"checks/test_new.py": "def test_new():\n    assert False, 'broken'\n"}, "broken"
+    )
+    slack_bot.command("deploy main")
+    request_id = slack_bot.request_id()
+    slack_bot.click("approve", request_id)
+    failure = slack_bot.shown("failure")
+    assert _buttons(failure) == ["molt_retry"]
+    assert old[:7] in failure["text"] or any(old[:7] in str(b) for b in failure["blocks"])
+    assert service.live_head() == old
+    calls_before = len(slack_bot.slack.calls())
+    slack_bot.click("retry", request_id, ALICE)
+    slack_bot.slack.wait_for(
+        lambda c: _payload(c.args).get("template") == "plan_ready"
+        and slack_bot.slack.calls().index(c) >= calls_before,
+        timeout=60,
+    )
+    assert slack_bot.store.get(request_id).attempt == 2
+
+
+def _audit(slack_bot: SlackBot, request_id: str) -> list[dict[str, Any]]:
+    from pipeline import audit
+
+    return audit.entries(slack_bot.store.conn, request_id)

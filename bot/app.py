@@ -93,12 +93,9 @@ class Bot:
             threading.Thread(target=target, name=f"molt-{target.__name__[1:]}", daemon=True).start()
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
         if self.console is not None:
-            self.console.reply(
-                self.console.origin,
-                _notice(
-                    f"Molt {version[:7]} is up: HTTP on port {port}, managing {self.settings.target_dir}"
-                ),
-            )
+            target = self.settings.target_dir
+            notice = _notice(f"Molt {version[:7]} is up on port {port}, managing {target}")
+            self.console.reply(self.console.origin, notice)
         signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
         try:
             if self.console is not None:

@@ -23,9 +23,9 @@ from pipeline.exceptions import GitError, RollbackFailed, UpdateFailed
 from pipeline.git import Git
 from pipeline.locking import UpdateLock, WaitingLine
 from pipeline.planning import Plan
-from pipeline.preflight import TestRecord, record_tests, recorded_tests, tests_at
+from pipeline.preflight import TestRecord, record_tests, recorded_tests, tests_at, update_sandbox
 from pipeline.requests import Request, RequestStore
-from pipeline.snapshots import Sandbox, Snapshot
+from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
 from pipeline.store import connect
 
@@ -177,7 +177,7 @@ class Update:
 
         self._enter("sandbox", f"checking out {plan.target_commit[:7]} in the sandbox")
         began = time.monotonic()
-        sandbox = Sandbox(self.live, settings.worktrees_dir / "sandbox")
+        sandbox = update_sandbox(settings)
         with sandbox.locked():
             path = _transient(lambda: sandbox.checkout(plan.target_commit), "sandbox")
             self._check("sandbox", True, time.monotonic() - began, plan.target_commit[:7])

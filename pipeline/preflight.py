@@ -89,7 +89,13 @@ def tests_at(settings: Settings, conn: redis.Redis, commit: str) -> TestRecord:
         run = run_tests(settings.test_command, path, settings.phase_timeout, log)
     record = TestRecord(run.ok, run.passed, run.seconds, commit)
     record_tests(conn, settings.target_id, record)
+    update_sandbox(settings).prepare()
     return record
+
+
+def update_sandbox(settings: Settings) -> Sandbox:
+    """The worktree updates are validated in (pre-flight has its own, so they never wait)."""
+    return Sandbox(Git(settings.target_dir), settings.worktrees_dir / "sandbox")
 
 
 def _redis(settings: Settings, conn: redis.Redis) -> CheckResult:

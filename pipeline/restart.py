@@ -65,7 +65,7 @@ def bot_info(conn: redis.Redis) -> BotInfo | None:
         port=int(raw["port"]),
         argv=json.loads(raw["argv"]),
         cwd=str(raw["cwd"]),
-        beat=float(raw["beat"]),
+        beat=float(raw.get("beat") or 0),
     )
 
 

@@ -95,6 +95,14 @@ class Sandbox:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield self
 
+    def prepare(self) -> None:
+        """Create the worktree ahead of the first update (``git worktree add`` is the slow part)."""
+        if (self.path / ".git").exists():
+            return
+        with self.locked():
+            if not (self.path / ".git").exists():
+                self.checkout(self.live.head())
+
     def checkout(self, commit: str) -> Path:
         """Make the sandbox an exact, pristine copy of ``commit``."""
         if not (self.path / ".git").exists():

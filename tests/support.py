@@ -119,8 +119,10 @@ class ServiceRepo:
 class Molt:
     """A real Molt process (``python -m bot.cli ...``) whose output we read line by line."""
 
-    def __init__(self, args: list[str], env: Mapping[str, str], cwd: Path) -> None:
-        full_env = {**os.environ, **env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    def __init__(
+        self, args: list[str], env: Mapping[str, str], cwd: Path, pythonpath: Path = ROOT
+    ) -> None:
+        full_env = {**os.environ, **env, "PYTHONPATH": str(pythonpath), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bot.cli", *args],
             stdin=subprocess.PIPE,

@@ -130,7 +130,9 @@ def test_deploy_from_slack_to_success_with_metadata_on_every_message(
     templates = [_payload(c.args)["template"] for c in calls]
     for expected in ("processing", "plan_ready", "queued", "working", "restarting", "success"):
         assert expected in templates
-    assert all(_payload(c.args).get("codename") for c in calls if _payload(c.args)["template"] == "success")
+    assert all(
+        _payload(c.args).get("codename") for c in calls if _payload(c.args)["template"] == "success"
+    )
     # One status message, edited in place: one post, then updates of the same ts.
     posts = [c for c in calls if c.method == "chat.postMessage"]
     assert len(posts) == 1
@@ -186,15 +188,15 @@ def test_non_approver_click_and_double_click_change_nothing_twice(
         click.join()
     assert statuses == [200, 200]
     slack_bot.shown("success")
-    queued = [
-        c for c in slack_bot.slack.calls() if _payload(c.args).get("template") == "queued"
-    ]
+    queued = [c for c in slack_bot.slack.calls() if _payload(c.args).get("template") == "queued"]
     assert len(queued) == 1
     approvals = [e for e in _audit(slack_bot, request_id) if e["action"] == "approved"]
     assert len(approvals) == 1
 
 
-def test_failure_offers_retry_and_retry_plans_again(service: ServiceRepo, slack_bot: SlackBot) -> None:
+def test_failure_offers_retry_and_retry_plans_again(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
     old = service.live_head()
     service.commit(
         {"checks/test_new.py": "def test_new():\n    assert False, 'broken'\n"}, "broken"
@@ -209,8 +211,10 @@ def test_failure_offers_retry_and_retry_plans_again(service: ServiceRepo, slack_
     calls_before = len(slack_bot.slack.calls())
     slack_bot.click("retry", request_id, ALICE)
     slack_bot.slack.wait_for(
-        lambda c: _payload(c.args).get("template") == "plan_ready"
-        and slack_bot.slack.calls().index(c) >= calls_before,
+        lambda c: (
+            _payload(c.args).get("template") == "plan_ready"
+            and slack_bot.slack.calls().index(c) >= calls_before
+        ),
         timeout=60,
     )
     assert slack_bot.store.get(request_id).attempt == 2

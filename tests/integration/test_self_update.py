@@ -1,0 +1,88 @@
+"""Molt managing its own checkout: it updates itself, restarts onto the new code, and
+the new process reports healthy on the new version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, Molt, git
+
+
+def _copy_of_molt(root: Path) -> tuple[Path, Path]:
+    """Molt's source as it is now, as an upstream repo with a bare origin, and a live clone."""
+    work, origin, live = root / "work", root / "origin.git", root / "live"
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        source = ROOT / rel
+        if source.is_file():
+            (work / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / rel)
+    git(work, "init", "-q", "-b", "main")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "Molt as tested")
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(origin)], check=True)
+    git(work, "remote", "add", "origin", str(origin))
+    subprocess.run(["git", "clone", "-q", str(origin), str(live)], check=True)
+    return work, live
+
+
+def _healthz(port: int) -> dict[str, str]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+        return dict(json.loads(reply.read()))
+
+
+@pytest.fixture
+def molt_checkout(tmp_path: Path) -> tuple[Path, Path]:
+    return _copy_of_molt(tmp_path / "molt")
+
+
+def test_molt_updates_itself_and_comes_back_on_the_new_version(
+    molt_checkout: tuple[Path, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    work, live = molt_checkout
+    (work / "templates" / "refusals" / "newtheme.txt").write_text(
+        "\n".join(f"New theme line {n}." for n in range(12)) + "\n"
+    )
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "a new refusal theme")
+    git(work, "push", "-q", "origin", "main")
+    new = git(work, "rev-parse", "HEAD")
+    old = git(live, "rev-parse", "HEAD")
+
+    molt = Molt(
+        ["console"],
+        {
+            "MOLT_DATA_DIR": str(data_dir),
+            "MOLT_TEST_COMMAND": "python -c 'import bot.cli, pipeline.jobs'",
+            "MOLT_HTTP_PORT": "0",
+            "MOLT_CONSOLE_USER": "alice",
+            "MOLT_BOOT_TIMEOUT": "60",
+            "MOLT_LOCK_TTL": "5",
+        },
+        cwd=live,
+        pythonpath=live,
+    )
+    try:
+        molt.wait_for(rf"Molt {old[:7]} is up")
+        since = molt.send("deploy main")
+        molt.wait_for(r"📋 Plan ready", since=since)
+        molt.send("press approve")
+        molt.wait_for(rf"Molt is restarting onto {new[:7]}", since=since)
+        up = molt.wait_for(rf"Molt {new[:7]} is up on port (\d+)", since=since)
+        molt.wait_for(r"✅ Live: ", since=since)
+        assert git(live, "rev-parse", "HEAD") == new
+        assert git(live, "status", "--porcelain") == ""
+        health = _healthz(int(up.group(1)))
+        assert health["status"] == "ok" and health["version"] == new
+    finally:
+        molt.stop()

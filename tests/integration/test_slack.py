@@ -69,7 +69,8 @@ class SlackBot:
             )
         except TimeoutError as exc:
             shown = [_payload(c.args).get("template") for c in self.slack.calls()]
-            raise AssertionError(f"{exc}\nshown: {shown}\nMolt said:\n{self.molt.output[-3000:]}")
+            said = self.molt.output[-3000:]
+            raise AssertionError(f"{exc}\nshown: {shown}\nMolt said:\n{said}") from None
         return call.args
 
     def request_id(self, template: str = "plan_ready") -> str:

@@ -5,10 +5,8 @@ A ``Rig`` is one fresh set-up in a temporary directory: the generated service
 and ``python -m bot.cli worker`` configured through the same settings as
 environment variables. ``rig()`` tears all of it down, whatever happens.
 
-The scripts that use it are run as ``python bench/<name>.py``, which puts
-``bench/`` first on ``sys.path``; ``bench/pipeline.py`` would then shadow the
-``pipeline`` package. ``use_repo_root()`` fixes the path before anything of the
-project is imported.
+The scripts that use it are run as ``python bench/<name>.py`` and put the
+repository root on ``sys.path`` themselves, so ``bench`` imports as a package.
 """
 
 from __future__ import annotations
@@ -27,32 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+from rq import Queue
+
+from bench.repo import GIT_ENV, TEST_COMMAND, generate_repo, git
+from pipeline import approval, audit, intake, queueing, store
+from pipeline.config import Settings, load_settings
+from pipeline.requests import Origin, Request, RequestStore
+from pipeline.states import RequestState as S
+from pipeline.workers import count_workers
+
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
 PRINCIPAL = "console:bench"
 POLL_SECONDS = 0.005
 _LEAKY_PREFIXES = ("MOLT_", "SLACK_", "DISCORD_", "GITHUB_", "ANTHROPIC_")
 _LEAKY_NAMES = ("REDIS_URL", "GIT_DIR", "GIT_WORK_TREE", "PYTHONPATH")
-
-
-def use_repo_root() -> None:
-    """Import ``pipeline`` and ``bench`` from the repository root, not from ``bench/``."""
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH]
-    if str(ROOT) not in sys.path:
-        sys.path.insert(0, str(ROOT))
-
-
-use_repo_root()
-
-import redis  # noqa: E402
-from rq import Queue  # noqa: E402
-
-from bench.repo import GIT_ENV, TEST_COMMAND, generate_repo, git  # noqa: E402
-from pipeline import approval, audit, intake, queueing, store  # noqa: E402
-from pipeline.config import Settings, load_settings  # noqa: E402
-from pipeline.requests import Origin, Request, RequestStore  # noqa: E402
-from pipeline.states import RequestState as S  # noqa: E402
-from pipeline.workers import count_workers  # noqa: E402
 
 
 class BenchFailure(Exception):
@@ -296,12 +283,12 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(kept) if kept else float("nan")
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain text table: numbers to 3 decimals, right-aligned; text left-aligned."""
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
+    """A plain text table: numbers to ``digits`` decimals, right-aligned; text left-aligned."""
 
     def cell(value: Any) -> str:
         if isinstance(value, float):
-            return "-" if value != value else f"{value:.3f}"
+            return "-" if value != value else f"{value:.{digits}f}"
         return str(value)
 
     cells = [[cell(v) for v in row] for row in rows]

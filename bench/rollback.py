@@ -23,10 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 
-from bench.harness import (  # noqa: E402
+from bench.harness import (
     BenchFailure,
     Rig,
     check_seconds,
@@ -36,10 +35,10 @@ from bench.harness import (  # noqa: E402
     rig,
     table,
 )
-from bench.repo import generate_repo  # noqa: E402
-from pipeline import snapshots  # noqa: E402
-from pipeline.git import Git  # noqa: E402
-from pipeline.states import RequestState as S  # noqa: E402
+from bench.repo import generate_repo
+from pipeline import snapshots
+from pipeline.git import Git
+from pipeline.states import RequestState as S
 
 TARGET_SECONDS = 1.0
 

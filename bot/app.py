@@ -89,8 +89,8 @@ class Bot:
         self.resume_interrupted()
         self.notifier.start()
         self._register(port)
-        for target in (self._beat, self._housekeeping, self._control):
-            threading.Thread(target=target, name=f"molt-{target.__name__[1:]}", daemon=True).start()
+        for loop in (self._beat, self._housekeeping, self._control):
+            threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
         if self.console is not None:
             target = self.settings.target_dir

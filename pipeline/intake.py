@@ -14,6 +14,7 @@ import structlog
 from pipeline import authorisation, planning, preflight
 from pipeline.config import Settings
 from pipeline.exceptions import MoltError, PlanningError
+from pipeline.redaction import redact
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
 
@@ -27,7 +28,10 @@ def submit(
 ) -> Request:
     """Take a request in and move it as far as it goes without a person."""
     store = RequestStore(conn)
-    request = store.create(origin, text[:MAX_TEXT], command, argument[:MAX_TEXT])
+    known = settings.secrets()
+    request = store.create(
+        origin, redact(text[:MAX_TEXT], known), command, redact(argument[:MAX_TEXT], known)
+    )
     decision = authorisation.may_request(settings, origin.principal)
     if not decision:
         return store.transition(request.id, S.REFUSED, actor=MOLT, message=decision.reason)

@@ -3,6 +3,7 @@ server, its real workers and Redis, and a fake Slack Web API on loopback."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.error
@@ -92,19 +93,36 @@ def _buttons(args: dict[str, Any]) -> list[str]:
 
 
 @pytest.fixture
-def slack_bot(start_molt: Callable[..., Molt], data_dir: Path) -> Iterator[SlackBot]:
-    with FakeSlack() as slack:
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as fake:
+        yield fake
+
+
+@pytest.fixture
+def start_slack_bot(
+    start_molt: Callable[..., Molt], data_dir: Path, slack: FakeSlack
+) -> Callable[..., SlackBot]:
+    def start(**env: str) -> SlackBot:
         molt = start_molt(
             "run",
             "--no-console",
-            SLACK_BOT_TOKEN=BOT_TOKEN,
-            SLACK_SIGNING_SECRET=SIGNING_SECRET,
-            SLACK_API_URL=slack.url,
-            MOLT_AUTHORISED_USERS="slack:U1ALICE",
-            MOLT_APPROVERS="slack:U1ALICE,slack:U2BOB",
-            MOLT_PLAN_TTL="600",
+            **{
+                "SLACK_BOT_TOKEN": BOT_TOKEN,
+                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+                "SLACK_API_URL": slack.url,
+                "MOLT_AUTHORISED_USERS": "slack:U1ALICE",
+                "MOLT_APPROVERS": "slack:U1ALICE,slack:U2BOB",
+                **env,
+            },
         )
-        yield SlackBot(molt, slack, data_dir)
+        return SlackBot(molt, slack, data_dir)
+
+    return start
+
+
+@pytest.fixture
+def slack_bot(start_slack_bot: Callable[..., SlackBot]) -> SlackBot:
+    return start_slack_bot()
 
 
 def test_deploy_from_slack_to_success_with_metadata_on_every_message(
@@ -225,3 +243,41 @@ def _audit(slack_bot: SlackBot, request_id: str) -> list[dict[str, Any]]:
     from pipeline import audit
 
     return audit.entries(slack_bot.store.conn, request_id)
+
+
+def test_a_plan_nobody_approves_expires_with_a_message(
+    service: ServiceRepo, start_slack_bot: Callable[..., SlackBot]
+) -> None:
+    bot = start_slack_bot(MOLT_PLAN_TTL="1")
+    service.commit({"notes.txt": "x\n"}, "notes")
+    bot.command("deploy main")
+    request_id = bot.request_id()
+    expired = bot.shown("expired")
+    assert _buttons(expired) == []
+    bot.click("approve", request_id)
+    late = bot.shown("not_allowed")
+    assert "expired" in late["text"]
+    assert bot.store.get(request_id).state.value == "expired"
+
+
+def test_secrets_never_reach_messages_audit_events_or_logs(
+    service: ServiceRepo, slack_bot: SlackBot, data_dir: Path
+) -> None:
+    from pipeline import audit, events
+
+    slack_bot.command(f"deploy {BOT_TOKEN}")
+    slack_bot.command(f"please use {SIGNING_SECRET} and ghp_{'a' * 36}")
+    slack_bot.shown("failure")
+    slack_bot.shown("blocked")
+    conn = slack_bot.store.conn
+    seen = [
+        json.dumps([c.args for c in slack_bot.slack.calls()]),
+        json.dumps(audit.entries(conn)),
+        json.dumps(conn.xrange(events.STREAM)),
+        json.dumps([r.to_hash() for r in slack_bot.store.recent(10)]),
+        slack_bot.molt.output,
+        *(p.read_text(errors="replace") for p in data_dir.rglob("*.log")),
+    ]
+    for text in seen:
+        for secret in (BOT_TOKEN, SIGNING_SECRET, "ghp_" + "a" * 36):
+            assert secret not in text

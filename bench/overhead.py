@@ -8,7 +8,7 @@ time the test command ran (phases 1 and 2). ``--warm`` adds a second deploy on
 the same set-up (a further 50-file commit), where the sandbox worktree and the
 base commit's test record already exist.
 
-    python bench/pipeline.py [--runs 5] [--warm]
+    python bench/overhead.py [--runs 5] [--warm]
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 
-from bench.harness import (  # noqa: E402
+from bench.harness import (
     BenchFailure,
     Rig,
     entry_at,
@@ -30,8 +29,8 @@ from bench.harness import (  # noqa: E402
     rig,
     table,
 )
-from bench.repo import TEST_COMMAND, push_change  # noqa: E402
-from pipeline.states import RequestState as S  # noqa: E402
+from bench.repo import TEST_COMMAND, push_change
+from pipeline.states import RequestState as S
 
 TARGET_OVERHEAD = 2.0
 TOP_CHECKS = 8

@@ -1,0 +1,109 @@
+"""Approval: only approvers, once, while fresh; high risk needs a second person."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from pipeline import approval, audit, events, intake
+from pipeline.config import Settings
+from pipeline.locking import WaitingLine
+from pipeline.requests import Origin, Request, RequestStore
+from pipeline.states import RequestState as S
+from tests.support import ServiceRepo
+
+ALICE = Origin("console", "alice")
+
+
+def _planned(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo, files: dict[str, str]
+) -> Request:
+    service.commit(files, "a change")
+    request = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
+    assert request.state is S.PLAN_READY, request.message
+    return request
+
+
+def _private_notes(conn: redis.Redis, audience: str) -> list[str]:
+    return [
+        events.Event.from_fields(i, f).data.get("reason", "")
+        for i, f in conn.xrange(events.STREAM)
+        if f.get("audience") == audience
+    ]
+
+
+def test_approval_queues_the_request(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {"app.py": "def greet():\n    return 'hi'\n"})
+    assert approval.approve(settings, conn, request.id, "console:bob")
+    queued = RequestStore(conn).get(request.id)
+    assert queued.state is S.QUEUED and queued.approver == "console:bob"
+    assert WaitingLine(conn, settings.target_id).ids() == [request.id]
+
+
+def test_a_stranger_cannot_approve_and_is_told_why(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {"notes.txt": "x\n"})
+    decision = approval.approve(settings, conn, request.id, "console:mallory")
+    assert not decision and "only approvers" in decision.reason
+    assert RequestStore(conn).get(request.id).state is S.PLAN_READY
+    assert "only approvers may approve or reject a plan" in _private_notes(conn, "console:mallory")
+    assert "approve_refused" in [e["action"] for e in audit.entries(conn, request.id)]
+
+
+def test_a_second_click_does_nothing(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {"notes.txt": "x\n"})
+    assert approval.approve(settings, conn, request.id, "console:bob")
+    again = approval.approve(settings, conn, request.id, "console:alice")
+    assert not again and "already queued by console:bob" in again.reason
+    assert WaitingLine(conn, settings.target_id).ids() == [request.id]
+
+
+def test_an_expired_plan_cannot_be_approved(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {"notes.txt": "x\n"})
+    short = replace_ttl(settings, 0.2)
+    time.sleep(0.3)
+    decision = approval.approve(short, conn, request.id, "console:bob")
+    assert not decision and "expired" in decision.reason
+    assert RequestStore(conn).get(request.id).state is S.EXPIRED
+
+
+def test_a_high_risk_plan_needs_someone_other_than_its_requester(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {".ci/run": "#!/bin/sh\nexit 0\n"})
+    assert request.plan and request.plan["risk"]["level"] == "high"
+    decision = approval.approve(settings, conn, request.id, "console:alice")
+    assert not decision and "other than its requester" in decision.reason
+    assert approval.approve(settings, conn, request.id, "console:bob")
+
+
+def test_a_full_queue_refuses_the_approval_and_keeps_the_plan(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {"notes.txt": "x\n"})
+    WaitingLine(conn, settings.target_id).join("r-someone-else")
+    small = settings.model_copy(update={"queue_max": 1})
+    decision = approval.approve(small, conn, request.id, "console:bob")
+    assert not decision and "queue is full" in decision.reason
+    assert RequestStore(conn).get(request.id).state is S.PLAN_READY
+
+
+def test_reject_ends_the_request(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {"notes.txt": "x\n"})
+    assert approval.reject(settings, conn, request.id, "console:bob")
+    rejected = RequestStore(conn).get(request.id)
+    assert rejected.state is S.REJECTED and "console:bob" in rejected.message
+
+
+def replace_ttl(settings: Settings, ttl: float) -> Settings:
+    return settings.model_copy(update={"plan_ttl": ttl})

@@ -1,0 +1,85 @@
+"""Settings: defaults that follow from each other, molt.toml, and readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot import cli
+from pipeline.config import MOLT_HOME, load_settings
+from pipeline.exceptions import ConfigError
+
+
+def test_defaults_manage_molt_itself_and_let_the_console_user_in(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MOLT_CONSOLE_USER", "alice")
+    settings = load_settings()
+    assert settings.target_dir == MOLT_HOME and settings.manages_itself
+    assert settings.authorised_users == ["console:alice"]
+    assert settings.approvers == ["console:alice"]
+    assert settings.operators == ["console:alice"]
+    assert settings.test_command == "python -m pytest -q"
+    assert settings.data_dir == (Path.cwd() / ".molt").resolve()
+
+
+def test_lists_are_comma_separated_and_approvers_default_to_the_authorised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MOLT_AUTHORISED_USERS", " slack:U1 , console:bob,")
+    settings = load_settings()
+    assert settings.authorised_users == ["slack:U1", "console:bob"]
+    assert settings.approvers == ["slack:U1", "console:bob"]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("MOLT_PHASE_TIMEOUT", "soon", "MOLT_PHASE_TIMEOUT"),
+        ("MOLT_PHASE_TIMEOUT", "-5", "greater than 0"),
+        ("MOLT_QUEUE_MAX", "many", "MOLT_QUEUE_MAX"),
+        ("MOLT_HTTP_PORT", "70000", "MOLT_HTTP_PORT"),
+        ("MOLT_AUTHORISED_USERS", "alice", "expected platform:id entries"),
+        ("MOLT_REFUSAL_THEME", "pirate", "expected one of"),
+        ("MOLT_SLACK_COMMAND", "molt", "MOLT_SLACK_COMMAND"),
+    ],
+)
+def test_a_bad_value_names_the_variable_and_what_it_expected(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, expected: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert expected in str(caught.value)
+    assert variable in str(caught.value)
+
+
+def test_molt_toml_sets_the_same_keys_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "molt.toml"
+    config.write_text('MOLT_QUEUE_MAX = 3\nMOLT_TEST_COMMAND = "make test"\n')
+    monkeypatch.setenv("MOLT_CONFIG", str(config))
+    monkeypatch.setenv("MOLT_TEST_COMMAND", "tox")
+    settings = load_settings()
+    assert settings.queue_max == 3
+    assert settings.test_command == "tox"
+
+
+def test_secrets_never_appear_in_configuration_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-1234567890-secret")
+    monkeypatch.setenv("SLACK_API_URL", "ftp://nowhere")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "SLACK_API_URL" in str(caught.value)
+    assert "xoxb-1234567890-secret" not in str(caught.value)
+
+
+def test_the_cli_stops_with_the_message_on_a_bad_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MOLT_PLAN_TTL", "forever")
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["status"])
+    assert "MOLT_PLAN_TTL" in str(caught.value.code)

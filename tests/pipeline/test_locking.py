@@ -1,0 +1,38 @@
+"""The update lock says who holds it, expires without heartbeats, and frees only for its owner."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from pipeline.locking import UpdateLock, WaitingLine
+
+
+def test_try_lock_returns_the_holder_when_taken(conn: redis.Redis) -> None:
+    lock = UpdateLock(conn, "svc", ttl=5)
+    assert lock.try_lock("r1", "amber-otter") is None
+    held = lock.try_lock("r2", "brave-crab")
+    assert held is not None and held.request_id == "r1" and held.codename == "amber-otter"
+    assert not lock.release("r2")
+    assert lock.release("r1")
+    assert lock.try_lock("r2", "brave-crab") is None
+
+
+def test_the_lock_expires_unless_its_holder_heartbeats(conn: redis.Redis) -> None:
+    lock = UpdateLock(conn, "svc", ttl=1)
+    lock.try_lock("r1", "amber-otter")
+    with lock.keep_alive("r1"):
+        time.sleep(1.5)
+        assert lock.holder() is not None
+    deadline = time.monotonic() + 5
+    while lock.holder() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lock.holder() is None
+
+
+def test_the_waiting_line_keeps_order(conn: redis.Redis) -> None:
+    line = WaitingLine(conn, "svc")
+    assert [line.join(r) for r in ("a", "b", "c")] == [1, 2, 3]
+    line.leave("a")
+    assert line.head() == "b" and line.position("c") == 2 and len(line) == 2

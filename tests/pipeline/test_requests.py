@@ -1,0 +1,87 @@
+"""The state machine: legal moves only, each audited and emitted in the same step."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from pipeline import audit, events
+from pipeline.exceptions import IllegalTransition
+from pipeline.requests import Origin, RequestStore
+from pipeline.states import TERMINAL, RequestState, can_move
+
+S = RequestState
+ALICE = Origin("console", "alice")
+
+
+def test_every_state_change_writes_the_audit_entry_and_the_event(conn: redis.Redis) -> None:
+    store = RequestStore(conn)
+    request = store.create(ALICE, "deploy main", "deploy", "main")
+    store.transition(request.id, S.PREFLIGHT, actor="molt", message="checking")
+    store.transition(request.id, S.BLOCKED, actor="molt", message="tests fail")
+    actions = [e["action"] for e in audit.entries(conn, request.id)]
+    assert actions == ["received", "preflight", "blocked"]
+    stream = conn.xrange(events.STREAM)
+    assert [fields["state"] for _, fields in stream] == ["preflight", "blocked"]
+    assert [fields["template"] for _, fields in stream] == ["processing", "blocked"]
+    assert store.get(request.id).message == "tests fail"
+    assert request.id not in conn.smembers("molt:requests:active")
+
+
+def test_an_illegal_move_is_refused_and_changes_nothing(conn: redis.Redis) -> None:
+    store = RequestStore(conn)
+    request = store.create(ALICE, "deploy main", "deploy", "main")
+    before = len(audit.entries(conn))
+    with pytest.raises(IllegalTransition):
+        store.transition(request.id, S.SUCCEEDED, actor="molt")
+    assert store.get(request.id).state is S.RECEIVED
+    assert len(audit.entries(conn)) == before
+
+
+def test_two_racing_moves_out_of_the_same_state_succeed_once(conn: redis.Redis) -> None:
+    store = RequestStore(conn)
+    request = store.create(ALICE, "deploy main", "deploy", "main")
+    for state in (S.PREFLIGHT, S.PLANNING, S.PLAN_READY):
+        store.transition(request.id, state, actor="molt")
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def approve(n: int) -> None:
+        barrier.wait()
+        try:
+            store.transition(
+                request.id,
+                S.APPROVED,
+                actor=f"console:u{n}",
+                allowed_from=frozenset({S.PLAN_READY}),
+            )
+            outcomes.append("won")
+        except IllegalTransition:
+            outcomes.append("lost")
+
+    threads = [threading.Thread(target=approve, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes.count("won") == 1
+    assert [e["action"] for e in audit.entries(conn, request.id)].count("approved") == 1
+
+
+def test_terminal_states_lead_nowhere_but_retry() -> None:
+    for state in TERMINAL:
+        for target in RequestState:
+            if can_move(state, target):
+                assert state in (S.FAILED, S.BLOCKED) and target is S.PREFLIGHT
+
+
+def test_request_round_trips_through_redis(conn: redis.Redis) -> None:
+    store = RequestStore(conn)
+    request = store.create(Origin("slack", "U1", "C1", "ana"), "deploy v2", "deploy", "v2")
+    store.update(request.id, message_ref={"channel": "C1", "ts": "1.2"})
+    loaded = store.get(request.id)
+    assert loaded.origin == Origin("slack", "U1", "C1", "ana")
+    assert loaded.message_ref == {"channel": "C1", "ts": "1.2"}
+    assert loaded.plan is None

@@ -13,6 +13,7 @@ the new process.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -38,6 +39,8 @@ SETTLED = frozenset(
     }
 )
 SINCE_ENV = "MOLT_CONSOLE_SINCE"
+#: Light Markdown bold (``*word*``) reads as noise in a terminal.
+_BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 
 
 class Console(Adapter):
@@ -62,6 +65,7 @@ class Console(Adapter):
     # -- output ------------------------------------------------------------
 
     def _print(self, text: str) -> None:
+        text = _BOLD.sub(r"\1", text)
         with self._write:
             self.out.write(text + "\n")
             self.out.flush()

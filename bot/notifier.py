@@ -27,6 +27,8 @@ from pipeline.requests import Origin, Request, RequestStore
 
 log = structlog.get_logger(__name__)
 CONSUMER = "bot"
+#: Deliveries of one event that may fail (with backoff, minutes in all) before it is dropped.
+MAX_ATTEMPTS = 12
 #: Messages that may be skipped when a newer one for the same request is waiting.
 TRANSIENT = frozenset({"processing", "planning", "working", "starting", None})
 
@@ -40,6 +42,7 @@ class Notifier:
         self.adapters = adapters
         self.store = RequestStore(conn)
         self.delivered = 0
+        self._attempts: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="molt-notifier", daemon=True)
 
@@ -91,9 +94,14 @@ class Notifier:
             try:
                 self._deliver(event)
             except Exception as exc:
-                failed = True
-                log.warning("delivery failed; will retry", event=event.id, error=str(exc))
-                continue
+                attempts = self._attempts.get(event.id, 0) + 1
+                self._attempts[event.id] = attempts
+                if attempts < MAX_ATTEMPTS:
+                    failed = True
+                    log.warning("delivery failed; will retry", event=event.id, error=str(exc))
+                    continue
+                log.error("delivery failed; giving up", event=event.id, template=event.template)
+            self._attempts.pop(event.id, None)
             done.append(event.id)
         events.ack(self.conn, *done)
         return failed

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -163,9 +164,11 @@ def bring_back(settings: Settings, conn: redis.Redis, expect: str, log_path: Pat
         return _restart_self(settings, conn, expect)
     if info is None:
         raise UpdateFailed("rollback", "Molt's bot never registered, so it cannot be relaunched")
+    # Headless: the process that died may have owned a terminal; this one cannot.
+    argv = [sys.executable, "-m", "bot.cli", "run", "--no-console"]
     with open(log_path, "ab") as log:
         subprocess.Popen(
-            info.argv,
+            argv,
             cwd=info.cwd,
             env=command_env() | {"PYTHONDONTWRITEBYTECODE": ""},
             stdin=subprocess.DEVNULL,

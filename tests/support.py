@@ -109,6 +109,9 @@ class ServiceRepo:
             git(self.work, "push", "-q", "origin", tag)
         return git(self.work, "rev-parse", "HEAD")
 
+    def work_head(self) -> str:
+        return git(self.work, "rev-parse", "HEAD")
+
     def live_head(self) -> str:
         return git(self.live, "rev-parse", "HEAD")
 

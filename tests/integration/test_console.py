@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,7 @@ import redis
 from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests import RequestStore
-from tests.support import Molt, ServiceRepo
+from tests.support import ROOT, Molt, ServiceRepo
 
 StartMolt = Callable[..., Molt]
 FAILING_CHECK = "def test_new_feature():\n    assert 1 + 1 == 3, 'new feature is broken'\n"
@@ -96,18 +98,90 @@ def test_a_non_approver_cannot_approve(
     assert service.live_head() == old
 
 
-def test_health_check_failing_after_restart_rolls_back(
-    service: ServiceRepo, start_molt: StartMolt
+def test_health_check_failing_after_restart_rolls_back_and_restarts_again(
+    service: ServiceRepo, start_molt: StartMolt, tmp_path: Path
 ) -> None:
+    restarts = tmp_path / "restarts.log"
     old = service.live_head()
     service.commit({"UNHEALTHY": "the new version cannot serve\n"}, "breaks at runtime")
-    molt = _up(start_molt(MOLT_BOOT_TIMEOUT="2"))
+    molt = _up(
+        start_molt(MOLT_BOOT_TIMEOUT="2", MOLT_RESTART_COMMAND=f"git rev-parse HEAD >> {restarts}")
+    )
     since = molt.send("deploy main")
     molt.send("press approve")
     molt.wait_for(r"❌ Failed: ", since=since)
     molt.wait_for(r"health command `python health.py` still failing", since=since)
     assert service.live_head() == old
     assert service.live_status() == ""
+    # Restarted onto the new code, then again onto the snapshot once rolled back.
+    assert restarts.read_text().split() == [service.work_head(), old]
+
+
+def test_a_phase_that_runs_too_long_is_stopped_and_rolled_back(
+    service: ServiceRepo, start_molt: StartMolt
+) -> None:
+    old = service.live_head()
+    slow = "import time\n\n\ndef test_slow():\n    time.sleep(60)\n"
+    service.commit({"checks/test_slow.py": slow}, "slow tests")
+    molt = _up(start_molt(MOLT_PHASE_TIMEOUT="2"))
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    molt.wait_for(r"❌ Failed: ", since=since)
+    molt.wait_for(r"did not finish within 2s", since=since)
+    assert service.live_head() == old
+
+
+def test_events_wait_in_the_stream_while_molt_is_down(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, molt_env: dict[str, str]
+) -> None:
+    from pipeline import intake
+    from pipeline.requests import Origin
+
+    service.commit({"notes.txt": "x\n"}, "notes")
+    first = _up(start_molt())
+    first.stop()
+    settings = load_settings(
+        data_dir=data_dir,
+        target_dir=service.live,
+        test_command=service.test_command,
+        authorised_users=["console:alice"],
+    )
+    conn = store.connect(settings)
+    request = intake.submit(
+        settings, conn, Origin("console", "alice"), "deploy", "main", "deploy main"
+    )
+    assert request.state.value == "plan_ready"
+    second = _up(start_molt())
+    second.wait_for(rf"\[{request.id}\] 📋 Plan ready")
+
+
+def test_history_shows_a_request_and_its_audit_trail(
+    service: ServiceRepo, start_molt: StartMolt, molt_env: dict[str, str], tmp_path: Path
+) -> None:
+    service.commit({"notes.txt": "x\n"}, "notes")
+    molt = _up(start_molt())
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    codename = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "history", codename],
+        env={**os.environ, **molt_env, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for action in (
+        "received",
+        "preflight",
+        "plan_ready",
+        "approved",
+        "queued",
+        "running",
+        "succeeded",
+    ):
+        assert action in result.stdout
+    assert "console:alice" in result.stdout
 
 
 def test_queued_requests_wait_their_turn_and_are_cleared_when_an_update_fails(

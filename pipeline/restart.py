@@ -24,7 +24,7 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.exceptions import UpdateFailed
-from pipeline.validation import command_env, run_command
+from pipeline.validation import run_command
 
 BOT = "molt:bot"
 CONTROL = "molt:control:bot"
@@ -170,7 +170,7 @@ def bring_back(settings: Settings, conn: redis.Redis, expect: str, log_path: Pat
         subprocess.Popen(
             argv,
             cwd=info.cwd,
-            env=command_env() | {"PYTHONDONTWRITEBYTECODE": ""},
+            env=dict(os.environ),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

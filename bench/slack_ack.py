@@ -16,7 +16,10 @@ pool, one keep-alive connection per thread, each request signed with a fresh
 timestamp) at each app, after one warm-up request per connection: half
 ``status`` from an operator, half ``deploy main`` from a user who may not
 request (refused with a themed ephemeral reply). Molt must then have posted
-one ephemeral reply per command before the next load starts.
+one ephemeral reply per command before the next load starts. Besides the
+latencies: the CPU time each server process spent per command (Molt's until
+its last reply, from /proc) and the Redis transactions (EXEC) per command,
+which shows optimistic-lock retries: 1.0 on this mix when none is retried.
 
 Then ``--events`` refused ``deploy main`` commands, one at a time: from the
 request's event being appended to the Redis Stream (its ``at``) to the fake
@@ -408,17 +411,60 @@ def molt_env(data: Path, live: Path, slack_url: str) -> dict[str, str]:
     }
 
 
-def molt_load(setup: Setup, count: int, concurrency: int) -> tuple[Load, float]:
-    """A load on Molt, then every reply posted: (the load, seconds until the last reply)."""
-    started = time.time()
+def molt_load(setup: Setup, count: int, concurrency: int) -> dict[str, float]:
+    """A load on Molt until every reply is posted: its figures, with Molt's CPU and EXECs."""
+    commands = count + concurrency  # the warm-up requests are commands too
+    started, cpu, execs = time.time(), cpu_seconds(setup.molt.proc.pid), redis_execs(setup.data)
     load = fire(setup.molt_port, count, concurrency, command)
-    setup.sent_to_molt += count + concurrency
+    setup.sent_to_molt += commands
     done = fake_wait(
         setup.slack_url, method=EPHEMERAL, count=setup.sent_to_molt, timeout=DRAIN_TIMEOUT
     )
     if done["failed"]:
         raise BenchFailure(f"{done['failed']} ephemeral replies were refused by the fake Slack")
-    return load, float(done["last_at"]) - started
+    return load.figures() | {
+        "cpu": (cpu_seconds(setup.molt.proc.pid) - cpu) * 1000 / commands,
+        "exec": (redis_execs(setup.data) - execs) / commands,
+        "replies": float(done["last_at"]) - started,
+    }
+
+
+def bare_load(setup: Setup, count: int, concurrency: int) -> dict[str, float]:
+    """The same load on the bare app: its figures, with its CPU."""
+    cpu = cpu_seconds(setup.bare.proc.pid)
+    load = fire(setup.bare_port, count, concurrency, command)
+    spent = cpu_seconds(setup.bare.proc.pid) - cpu
+    return load.figures() | {
+        "cpu": spent * 1000 / (count + concurrency),
+        "exec": math.nan,
+        "replies": math.nan,
+    }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux /proc); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return math.nan
+
+
+def molt_redis(data: Path) -> redis.Redis:
+    """A client of Molt's embedded Redis (never starts one)."""
+    return redis.Redis(
+        unix_socket_path=str(store.socket_path(data)), decode_responses=True, socket_timeout=10
+    )
+
+
+def redis_execs(data: Path) -> float:
+    """EXEC calls Molt's Redis has served: transactions, committed or aborted by WATCH."""
+    conn = molt_redis(data)
+    try:
+        stats: dict[str, Any] = conn.info("commandstats")
+        return float(stats.get("cmdstat_exec", {}).get("calls", 0))
+    finally:
+        conn.close()
 
 
 def one_at_a_time(setup: Setup, count: int) -> dict[str, list[float]]:
@@ -462,9 +508,7 @@ def one_at_a_time(setup: Setup, count: int) -> dict[str, list[float]]:
 
 def stream_times(data: Path) -> dict[tuple[str, str], float]:
     """``at`` of each (request id, template) event in Molt's stream (the first one)."""
-    conn = redis.Redis(
-        unix_socket_path=str(store.socket_path(data)), decode_responses=True, socket_timeout=10
-    )
+    conn = molt_redis(data)
     try:
         found: dict[tuple[str, str], float] = {}
         for _id, raw in conn.xrange(events.STREAM):
@@ -477,22 +521,19 @@ def stream_times(data: Path) -> dict[tuple[str, str], float]:
 
 # -- report -------------------------------------------------------------------------------------
 
-KEYS = ("p50", "p90", "p99", "max", "rps", "non200")
+KEYS = ("p50", "p90", "p99", "max", "rps", "non200", "cpu", "exec", "replies")
+HEADERS = ("p50", "p90", "p99", "max", "req/s", "non-200", "cpu/cmd", "EXEC/cmd", "replies s")
 
 
 def _cell(key: str, value: float) -> float | int:
-    return int(value) if key == "non200" else value
+    return int(value) if key == "non200" and value == value else value
 
 
-def _rows(label: str, figures: list[dict[str, float]], drains: list[float]) -> list[list[Any]]:
-    rows: list[list[Any]] = []
-    for n, f in enumerate(figures, 1):
-        drain = drains[n - 1] if drains else float("nan")
-        rows.append([f"{label} {n}", *(_cell(k, f[k]) for k in KEYS), drain])
-    medians = {k: _cell(k, median([f[k] for f in figures])) for k in KEYS}
-    rows.append(
-        [f"{label} median", *(medians[k] for k in KEYS), median(drains) if drains else math.nan]
-    )
+def _rows(label: str, figures: list[dict[str, float]]) -> list[list[Any]]:
+    rows: list[list[Any]] = [
+        [f"{label} {n}", *(_cell(k, f[k]) for k in KEYS)] for n, f in enumerate(figures, 1)
+    ]
+    rows.append([f"{label} median", *(_cell(k, median([f[k] for f in figures])) for k in KEYS)])
     return rows
 
 
@@ -500,18 +541,22 @@ def report(
     args: argparse.Namespace,
     molt: list[dict[str, float]],
     bare: list[dict[str, float]],
-    drains: list[float],
     seq: dict[str, list[float]],
 ) -> None:
     print()
     print(
-        f"acks: {args.count} signed slash commands per run at concurrency {args.concurrency} "
-        "(half `status` from an operator, half refused `deploy main`), after one warm-up "
-        "request per connection; ms; rps = requests / load wall time; replies = load start → "
-        "last ephemeral reply posted (s)"
+        f"acks: {args.count} signed slash commands a run at concurrency {args.concurrency}, "
+        "after one warm-up request per connection;\n"
+        "half `status` from an operator, half `deploy main` refused. Latency in ms; "
+        "req/s = requests / load wall time;\n"
+        "cpu/cmd = ms of CPU the server process spent per command (Molt's until its last "
+        "reply);\n"
+        "EXEC/cmd = Redis transactions per command, aborted ones included (1.0 when none "
+        "is retried);\n"
+        "replies s = load start → Molt's last ephemeral reply posted"
     )
-    headers = ["run", "p50", "p90", "p99", "max", "req/s", "non-200", "replies s"]
-    print(table(headers, _rows("molt", molt, drains) + _rows("bare", bare, []), digits=1))
+    rows = _rows("molt", molt) + _rows("bare", bare)
+    print(table(["run", *HEADERS], rows, digits=1))
 
     seq_ms = {k: sorted(v) for k, v in seq.items()}
     print()
@@ -593,7 +638,6 @@ def bench(args: argparse.Namespace) -> int:
     """Start everything, run the loads and the sequential commands, print the figures."""
     molt_figures: list[dict[str, float]] = []
     bare_figures: list[dict[str, float]] = []
-    drains: list[float] = []
     try:
         with running() as setup:
             print(
@@ -605,12 +649,9 @@ def bench(args: argparse.Namespace) -> int:
                 order = ("molt", "bare") if run % 2 else ("bare", "molt")
                 for which in order:
                     if which == "molt":
-                        load, drain = molt_load(setup, args.count, args.concurrency)
-                        molt_figures.append(load.figures())
-                        drains.append(drain)
+                        molt_figures.append(molt_load(setup, args.count, args.concurrency))
                     else:
-                        load = fire(setup.bare_port, args.count, args.concurrency, command)
-                        bare_figures.append(load.figures())
+                        bare_figures.append(bare_load(setup, args.count, args.concurrency))
                 m, b = molt_figures[-1], bare_figures[-1]
                 print(
                     f"run {run}: molt p99 {m['p99']:.1f} ms, {m['rps']:.0f} req/s; "
@@ -621,7 +662,7 @@ def bench(args: argparse.Namespace) -> int:
     except BenchFailure as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
-    report(args, molt_figures, bare_figures, drains, seq)
+    report(args, molt_figures, bare_figures, seq)
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -184,9 +185,10 @@ class Molt:
         self.proc.stdin.close()
 
     def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            if self.proc.stdin and not self.proc.stdin.closed:
+        if self.proc.stdin and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)

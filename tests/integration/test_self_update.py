@@ -4,13 +4,19 @@ the new process reports healthy on the new version."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
+from pipeline import restart, store
+from pipeline.config import load_settings
+from pipeline.requests import RequestStore
 from tests.support import ROOT, Molt, git
 
 
@@ -86,3 +92,56 @@ def test_molt_updates_itself_and_comes_back_on_the_new_version(
         assert health["status"] == "ok" and health["version"] == new
     finally:
         molt.stop()
+
+
+def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
+    molt_checkout: tuple[Path, Path], data_dir: Path
+) -> None:
+    work, live = molt_checkout
+    app = work / "bot" / "app.py"
+    app.write_text(app.read_text() + '\nraise SystemExit("this release cannot start")\n')
+    git(work, "commit", "-q", "-am", "a release that crashes at start")
+    git(work, "push", "-q", "origin", "main")
+    old = git(live, "rev-parse", "HEAD")
+
+    molt = Molt(
+        ["console"],
+        {
+            "MOLT_DATA_DIR": str(data_dir),
+            "MOLT_TEST_COMMAND": "python -c 'import bot.cli, pipeline.jobs'",
+            "MOLT_HTTP_PORT": "0",
+            "MOLT_CONSOLE_USER": "alice",
+            "MOLT_BOOT_TIMEOUT": "8",
+            "MOLT_LOCK_TTL": "5",
+        },
+        cwd=live,
+        pythonpath=live,
+    )
+    conn = store.connect(load_settings(data_dir=data_dir))
+    try:
+        molt.wait_for(rf"Molt {old[:7]} is up")
+        since = molt.send("deploy main")
+        molt.wait_for(r"📋 Plan ready", since=since)
+        molt.send("press approve")
+        molt.wait_for(r"this release cannot start", since=since)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            [request] = RequestStore(conn).recent(1)
+            if request.terminal:
+                break
+            time.sleep(0.2)
+        assert request.state.value == "failed", request.message
+        assert "did not report healthy" in request.message
+        assert git(live, "rev-parse", "HEAD") == old
+        assert git(live, "status", "--porcelain") == ""
+        info = restart.bot_info(conn)
+        assert info is not None and info.version == old
+        assert _healthz(info.port)["version"] == old
+    finally:
+        molt.stop()
+        info = restart.bot_info(conn)
+        if info is not None and info.alive:  # the relaunched Molt
+            os.kill(info.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while info.alive and time.monotonic() < deadline:
+                time.sleep(0.1)

@@ -103,7 +103,7 @@ class Desk:
 
     def _operate(self, origin: Origin, command: Command) -> None:
         principal = origin.principal
-        allowed = authorisation.may_operate(self.settings, principal)
+        allowed = authorisation.may_operate(self.settings, origin)
         if not allowed:
             audit.append(
                 self.conn,
@@ -154,11 +154,11 @@ class Desk:
             self._reply(origin, "not_allowed", reason=f"no request {request_id!r}")
             return
         if action == "approve":
-            approval.approve(self.settings, self.conn, request_id, principal)
+            approval.approve(self.settings, self.conn, request_id, origin)
         elif action == "reject":
-            approval.reject(self.settings, self.conn, request_id, principal)
+            approval.reject(self.settings, self.conn, request_id, origin)
         elif action == "retry":
-            decision = intake.retry(self.settings, self.conn, request_id, principal)
+            decision = intake.retry(self.settings, self.conn, request_id, origin)
             if not decision:
                 self.store.notify(
                     request_id,

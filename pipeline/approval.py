@@ -16,7 +16,7 @@ from pipeline import authorisation, queueing
 from pipeline.authorisation import Decision
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
-from pipeline.requests import Request, RequestStore
+from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
 
 _FROM_PLAN = frozenset({S.PLAN_READY})
@@ -61,11 +61,12 @@ def expire_if_due(settings: Settings, store: RequestStore, request: Request) -> 
     return True
 
 
-def approve(settings: Settings, conn: redis.Redis, request_id: str, principal: str) -> Decision:
+def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     store = RequestStore(conn)
     request = store.get(request_id)
+    principal = who.principal
     risk = (request.plan or {}).get("risk", {}).get("level", "low")
-    allowed = authorisation.may_approve(settings, principal, request.requester, risk)
+    allowed = authorisation.may_approve(settings, who, request.requester, risk)
     if not allowed:
         return _refuse(store, request, principal, "approve", allowed.reason)
     if expire_if_due(settings, store, request):
@@ -92,10 +93,11 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, principal: s
     return authorisation.ALLOWED
 
 
-def reject(settings: Settings, conn: redis.Redis, request_id: str, principal: str) -> Decision:
+def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     store = RequestStore(conn)
     request = store.get(request_id)
-    allowed = authorisation.may_approve(settings, principal, request.requester, "low")
+    principal = who.principal
+    allowed = authorisation.may_approve(settings, who, request.requester, "low")
     if not allowed:
         return _refuse(store, request, principal, "reject", allowed.reason)
     late = _late(request)

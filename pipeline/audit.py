@@ -12,16 +12,36 @@ An entry is ``{seq, at, actor, action, request_id, detail, prev, hash}`` where
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import random
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+#: Every audited write WATCHes the chain head. Writers in one process take turns, so they do
+#: not keep aborting each other's transactions; across processes a conflict is retried after
+#: a short random pause.
+_WRITING = threading.Lock()
+
 AUDIT = "molt:audit"
 HEAD = "molt:audit:head"
 GENESIS = "0" * 64
+
+
+@contextmanager
+def writing() -> Iterator[None]:
+    with _WRITING:
+        yield
+
+
+def pause_after_conflict(attempt: int) -> None:
+    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
 
 
 def request_index(request_id: str) -> str:
@@ -79,19 +99,21 @@ def append(
     detail: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Append one entry on its own (state changes audit through RequestStore)."""
-    while True:
-        with conn.pipeline() as pipe:
-            try:
-                pipe.watch(HEAD)
-                head = read_head(pipe)
-                pipe.multi()
-                entry = stage(
-                    pipe, head, actor=actor, action=action, request_id=request_id, detail=detail
-                )
-                pipe.execute()
-                return entry
-            except redis.WatchError:
-                continue
+    with writing():
+        for attempt in itertools.count():
+            with conn.pipeline() as pipe:
+                try:
+                    pipe.watch(HEAD)
+                    head = read_head(pipe)
+                    pipe.multi()
+                    entry = stage(
+                        pipe, head, actor=actor, action=action, request_id=request_id, detail=detail
+                    )
+                    pipe.execute()
+                    return entry
+                except redis.WatchError:
+                    pause_after_conflict(attempt)
+    raise AssertionError("unreachable")
 
 
 def entries(conn: redis.Redis, request_id: str | None = None) -> list[dict[str, Any]]:

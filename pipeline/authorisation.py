@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.config import Settings
+from pipeline.requests import Origin
 
 
 @dataclass(frozen=True)
@@ -20,21 +21,25 @@ class Decision:
 ALLOWED = Decision(True)
 
 
-def may_request(settings: Settings, principal: str) -> Decision:
-    if principal in settings.authorised_users:
+def _listed(who: Origin, entries: list[str]) -> bool:
+    return not who.identities.isdisjoint(entries)
+
+
+def may_request(settings: Settings, who: Origin) -> Decision:
+    if _listed(who, settings.authorised_users):
         return ALLOWED
-    return Decision(False, f"{principal} is not in MOLT_AUTHORISED_USERS")
+    return Decision(False, f"{who.principal} is not in MOLT_AUTHORISED_USERS")
 
 
-def may_approve(settings: Settings, principal: str, requester: str, risk: str) -> Decision:
-    if principal not in settings.approvers:
+def may_approve(settings: Settings, who: Origin, requester: str, risk: str) -> Decision:
+    if not _listed(who, settings.approvers):
         return Decision(False, "only approvers may approve or reject a plan")
-    if risk == "high" and principal == requester:
+    if risk == "high" and who.principal == requester:
         return Decision(False, "a high-risk plan needs an approver other than its requester")
     return ALLOWED
 
 
-def may_operate(settings: Settings, principal: str) -> Decision:
-    if principal in settings.operators:
+def may_operate(settings: Settings, who: Origin) -> Decision:
+    if _listed(who, settings.operators):
         return ALLOWED
     return Decision(False, "only operators may do that")

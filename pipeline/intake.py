@@ -32,19 +32,20 @@ def submit(
     request = store.create(
         origin, redact(text[:MAX_TEXT], known), command, redact(argument[:MAX_TEXT], known)
     )
-    decision = authorisation.may_request(settings, origin.principal)
+    decision = authorisation.may_request(settings, origin)
     if not decision:
         return store.transition(request.id, S.REFUSED, actor=MOLT, message=decision.reason)
     return advance(settings, conn, request.id)
 
 
 def retry(
-    settings: Settings, conn: redis.Redis, request_id: str, principal: str
+    settings: Settings, conn: redis.Redis, request_id: str, who: Origin
 ) -> authorisation.Decision:
     """Run a failed or blocked request again from pre-flight."""
     store = RequestStore(conn)
     request = store.get(request_id)
-    decision = authorisation.may_request(settings, principal)
+    principal = who.principal
+    decision = authorisation.may_request(settings, who)
     if not decision:
         return decision
     if request.state not in (S.FAILED, S.BLOCKED):

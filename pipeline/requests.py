@@ -8,12 +8,13 @@ Keys:
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
@@ -24,6 +25,7 @@ from pipeline.states import TERMINAL, RequestState, can_move, template_for
 ALL = "molt:requests"
 ACTIVE = "molt:requests:active"
 _JSON_FIELDS = ("plan", "snapshot", "result", "message_ref", "answers")
+T = TypeVar("T")
 
 
 def request_key(request_id: str) -> str:
@@ -38,11 +40,18 @@ class Origin:
     user: str  # the platform's id for the requester
     channel: str = ""
     user_name: str = ""
+    #: Role ids the platform reports for the user (Discord), matched as ``<platform>-role:<id>``.
+    roles: tuple[str, ...] = ()
 
     @property
     def principal(self) -> str:
         """The ``platform:id`` form used in MOLT_AUTHORISED_USERS and the audit."""
         return f"{self.platform}:{self.user}"
+
+    @property
+    def identities(self) -> frozenset[str]:
+        """Every entry of the user lists that can match this person."""
+        return frozenset({self.principal, *(f"{self.platform}-role:{r}" for r in self.roles)})
 
 
 @dataclass
@@ -79,6 +88,7 @@ class Request:
     def to_hash(self) -> dict[Any, Any]:
         raw = asdict(self)
         origin = raw.pop("origin")
+        origin["roles"] = ",".join(origin["roles"])
         out: dict[Any, Any] = {f"origin_{k}": str(v) for k, v in origin.items()}
         for key, value in raw.items():
             if key in _JSON_FIELDS:
@@ -94,6 +104,7 @@ class Request:
             user=raw["origin_user"],
             channel=raw.get("origin_channel", ""),
             user_name=raw.get("origin_user_name", ""),
+            roles=tuple(r for r in raw.get("origin_roles", "").split(",") if r),
         )
         loaded: dict[str, Any] = {k: json.loads(raw[k]) for k in _JSON_FIELDS if k in raw}
         return cls(
@@ -155,27 +166,42 @@ class RequestStore:
             updated_at=now,
         )
         detail = {"text": text, "command": command, "platform": origin.platform}
-        while True:
-            with self.conn.pipeline() as pipe:
-                try:
-                    pipe.watch(audit.HEAD)
-                    head = audit.read_head(pipe)
-                    pipe.multi()
-                    pipe.hset(request_key(request.id), mapping=request.to_hash())
-                    pipe.zadd(ALL, {request.id: now})
-                    pipe.sadd(ACTIVE, request.id)
-                    audit.stage(
-                        pipe,
-                        head,
-                        actor=origin.principal,
-                        action="received",
-                        request_id=request.id,
-                        detail=detail,
-                    )
-                    pipe.execute()
-                    return request
-                except redis.WatchError:
-                    continue
+
+        def write(pipe: Any) -> Request:
+            head = audit.read_head(pipe)
+            pipe.multi()
+            pipe.hset(request_key(request.id), mapping=request.to_hash())
+            pipe.zadd(ALL, {request.id: now})
+            pipe.sadd(ACTIVE, request.id)
+            audit.stage(
+                pipe,
+                head,
+                actor=origin.principal,
+                action="received",
+                request_id=request.id,
+                detail=detail,
+            )
+            return request
+
+        return self._atomically((), write)
+
+    def _atomically(self, keys: tuple[str, ...], write: Callable[[Any], T]) -> T:
+        """Run ``write`` in one WATCH/MULTI transaction on ``keys`` and the audit chain's head.
+
+        ``write`` reads what it needs, calls ``multi()`` and queues its writes; a conflict
+        with another writer runs it again.
+        """
+        with audit.writing():
+            for attempt in itertools.count():
+                with self.conn.pipeline() as pipe:
+                    try:
+                        pipe.watch(*keys, audit.HEAD)
+                        result = write(pipe)
+                        pipe.execute()
+                        return result
+                    except redis.WatchError:
+                        audit.pause_after_conflict(attempt)
+        raise AssertionError("unreachable")
 
     def get(self, request_id: str) -> Request:
         raw = self.conn.hgetall(request_key(request_id))
@@ -236,63 +262,50 @@ class RequestStore:
         racing each other cannot both succeed.
         """
         key = request_key(request_id)
-        while True:
-            with self.conn.pipeline() as pipe:
-                try:
-                    pipe.watch(key, audit.HEAD)
-                    raw = pipe.hgetall(key)
-                    if not raw:
-                        raise UnknownRequest(request_id)
-                    request = Request.from_hash(raw)
-                    current = request.state
-                    legal = can_move(current, to) and (
-                        allowed_from is None or current in allowed_from
-                    )
-                    if not legal:
-                        raise IllegalTransition(request_id, current.value, to.value)
-                    head = audit.read_head(pipe)
-                    now = time.time()
-                    request.state = to
-                    request.updated_at = now
-                    request.message = message
-                    if phase is not None:
-                        request.phase = phase
-                    for name, value in (fields or {}).items():
-                        setattr(request, name, value)
-                    pipe.multi()
-                    pipe.hset(key, mapping=request.to_hash())
-                    if to in TERMINAL:
-                        pipe.srem(ACTIVE, request_id)
-                    else:
-                        pipe.sadd(ACTIVE, request_id)
-                    detail = {"from": current.value, "to": to.value, "message": message}
-                    if request.phase:
-                        detail["phase"] = request.phase
-                    if request.codename:
-                        detail["codename"] = request.codename
-                    audit.stage(
-                        pipe,
-                        head,
-                        actor=actor,
-                        action=to.value,
-                        request_id=request_id,
-                        detail=detail,
-                    )
-                    event_data = {"message": message, "phase": request.phase, **(data or {})}
-                    events.stage(
-                        pipe,
-                        events.Event(
-                            request_id=request_id,
-                            state=to.value,
-                            template=template_for(to, request.phase),
-                            data=event_data,
-                            at=now,
-                        ),
-                    )
-                    pipe.execute()
-                    return request
-                except redis.WatchError:
-                    continue
+
+        def write(pipe: Any) -> Request:
+            raw = pipe.hgetall(key)
+            if not raw:
+                raise UnknownRequest(request_id)
+            request = Request.from_hash(raw)
+            current = request.state
+            legal = can_move(current, to) and (allowed_from is None or current in allowed_from)
+            if not legal:
+                raise IllegalTransition(request_id, current.value, to.value)
+            head = audit.read_head(pipe)
+            now = time.time()
+            request.state = to
+            request.updated_at = now
+            request.message = message
+            if phase is not None:
+                request.phase = phase
+            for name, value in (fields or {}).items():
+                setattr(request, name, value)
+            pipe.multi()
+            pipe.hset(key, mapping=request.to_hash())
+            if to in TERMINAL:
+                pipe.srem(ACTIVE, request_id)
+            else:
+                pipe.sadd(ACTIVE, request_id)
+            detail = {"from": current.value, "to": to.value, "message": message}
+            if request.phase:
+                detail["phase"] = request.phase
+            if request.codename:
+                detail["codename"] = request.codename
+            audit.stage(
+                pipe, head, actor=actor, action=to.value, request_id=request_id, detail=detail
+            )
+            event = events.Event(
+                request_id=request_id,
+                state=to.value,
+                template=template_for(to, request.phase),
+                data={"message": message, "phase": request.phase, **(data or {})},
+                at=now,
+            )
+            events.stage(pipe, event)
+            return request
+
+        return self._atomically((key,), write)
 
     def notify(
         self,

@@ -37,7 +37,7 @@ def test_approval_queues_the_request(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
     request = _planned(settings, conn, service, {"app.py": "def greet():\n    return 'hi'\n"})
-    assert approval.approve(settings, conn, request.id, "console:bob")
+    assert approval.approve(settings, conn, request.id, Origin("console", "bob"))
     queued = RequestStore(conn).get(request.id)
     assert queued.state is S.QUEUED and queued.approver == "console:bob"
     assert WaitingLine(conn, settings.target_id).ids() == [request.id]
@@ -47,10 +47,11 @@ def test_a_stranger_cannot_approve_and_is_told_why(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
     request = _planned(settings, conn, service, {"notes.txt": "x\n"})
-    decision = approval.approve(settings, conn, request.id, "console:mallory")
+    decision = approval.approve(settings, conn, request.id, Origin("console", "mallory"))
     assert not decision and "only approvers" in decision.reason
     assert RequestStore(conn).get(request.id).state is S.PLAN_READY
-    assert "only approvers may approve or reject a plan" in _private_notes(conn, "console:mallory")
+    notes = _private_notes(conn, "console:mallory")
+    assert "only approvers may approve or reject a plan" in notes
     assert "approve_refused" in [e["action"] for e in audit.entries(conn, request.id)]
 
 
@@ -58,8 +59,8 @@ def test_a_second_click_does_nothing(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
     request = _planned(settings, conn, service, {"notes.txt": "x\n"})
-    assert approval.approve(settings, conn, request.id, "console:bob")
-    again = approval.approve(settings, conn, request.id, "console:alice")
+    assert approval.approve(settings, conn, request.id, Origin("console", "bob"))
+    again = approval.approve(settings, conn, request.id, Origin("console", "alice"))
     assert not again and "already queued by console:bob" in again.reason
     assert WaitingLine(conn, settings.target_id).ids() == [request.id]
 
@@ -70,7 +71,7 @@ def test_an_expired_plan_cannot_be_approved(
     request = _planned(settings, conn, service, {"notes.txt": "x\n"})
     short = replace_ttl(settings, 0.2)
     time.sleep(0.3)
-    decision = approval.approve(short, conn, request.id, "console:bob")
+    decision = approval.approve(short, conn, request.id, Origin("console", "bob"))
     assert not decision and "expired" in decision.reason
     assert RequestStore(conn).get(request.id).state is S.EXPIRED
 
@@ -80,9 +81,9 @@ def test_a_high_risk_plan_needs_someone_other_than_its_requester(
 ) -> None:
     request = _planned(settings, conn, service, {".ci/run": "#!/bin/sh\nexit 0\n"})
     assert request.plan and request.plan["risk"]["level"] == "high"
-    decision = approval.approve(settings, conn, request.id, "console:alice")
+    decision = approval.approve(settings, conn, request.id, Origin("console", "alice"))
     assert not decision and "other than its requester" in decision.reason
-    assert approval.approve(settings, conn, request.id, "console:bob")
+    assert approval.approve(settings, conn, request.id, Origin("console", "bob"))
 
 
 def test_a_full_queue_refuses_the_approval_and_keeps_the_plan(
@@ -91,7 +92,7 @@ def test_a_full_queue_refuses_the_approval_and_keeps_the_plan(
     request = _planned(settings, conn, service, {"notes.txt": "x\n"})
     WaitingLine(conn, settings.target_id).join("r-someone-else")
     small = settings.model_copy(update={"queue_max": 1})
-    decision = approval.approve(small, conn, request.id, "console:bob")
+    decision = approval.approve(small, conn, request.id, Origin("console", "bob"))
     assert not decision and "queue is full" in decision.reason
     assert RequestStore(conn).get(request.id).state is S.PLAN_READY
 
@@ -100,7 +101,7 @@ def test_reject_ends_the_request(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
     request = _planned(settings, conn, service, {"notes.txt": "x\n"})
-    assert approval.reject(settings, conn, request.id, "console:bob")
+    assert approval.reject(settings, conn, request.id, Origin("console", "bob"))
     rejected = RequestStore(conn).get(request.id)
     assert rejected.state is S.REJECTED and "console:bob" in rejected.message
 

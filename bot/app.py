@@ -25,8 +25,9 @@ import structlog
 from bot.base import Adapter
 from bot.console import Console
 from bot.desk import Desk
+from bot.inbox import InboxReader
 from bot.notifier import Notifier
-from bot.server import HttpServer
+from bot.server import HttpProcess
 from pipeline import approval, queueing, recovery, restart, store
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
@@ -64,17 +65,11 @@ class Bot:
             self.slack = Slack(settings, self.store)
             self.adapters["slack"] = self.slack
         self.desk = Desk(settings, self.conn, self.adapters)
-        if self.slack is not None:
-            self.slack.desk = self.desk
+        self.inbox = InboxReader(self.conn, self.desk)
         self.notifier = Notifier(settings, self.conn, self.adapters)
-        self.http = HttpServer(
-            settings.http_host,
-            settings.http_port,
-            self.conn,
-            settings.target_id,
-            self.boot_id,
-            slack_endpoint=self.slack.endpoint if self.slack is not None else None,
-        )
+        # With the console on the terminal, the HTTP process logs to a file instead.
+        http_log = settings.data_dir / "http.log" if console else None
+        self.http = HttpProcess(settings, self.conn, self.boot_id, http_log)
         self.stopping = threading.Event()
         self._restart_to: str | None = None
         self._children: list[subprocess.Popen[bytes]] = []
@@ -87,6 +82,7 @@ class Bot:
             adapter.start()
         port = self.http.start()
         self.resume_interrupted()
+        self.inbox.start()
         self.notifier.start()
         self._register(port)
         for loop in (self._beat, self._housekeeping, self._control):
@@ -111,8 +107,9 @@ class Bot:
     def shutdown(self) -> None:
         self.stopping.set()
         self.conn.hdel(restart.BOT, "beat")
-        self.notifier.stop()
         self.http.stop()
+        self.inbox.stop()
+        self.notifier.stop()
         self.desk.close()
         for adapter in self.adapters.values():
             adapter.stop()
@@ -165,9 +162,10 @@ class Bot:
                 self.console.origin, _notice(f"Molt is restarting onto {expect[:7]}…")
             )
         self.stopping.set()
+        self.http.stop()
+        self.inbox.stop()
         self.desk.drain(timeout=10)
         self.notifier.stop()
-        self.http.stop()
         for adapter in self.adapters.values():
             adapter.stop()
         self.conn.hdel(restart.BOT, "beat")
@@ -203,6 +201,9 @@ class Bot:
                 log.exception("housekeeping")
 
     def housekeeping(self) -> None:
+        if not self.http.alive and not self.stopping.is_set():
+            log.warning("the HTTP server stopped; starting it again")
+            self.conn.hset(restart.BOT, "port", self.http.start())
         for request in self.store.active():
             if request.state is S.PLAN_READY:
                 approval.expire_if_due(self.settings, self.store, request)

@@ -10,9 +10,24 @@ belongs to no request: help, status, a refused click).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from concurrent.futures import Future
+from typing import Any
 
 from bot.messages import Message
 from pipeline.requests import Origin, Request
+
+
+class Front(ABC):
+    """Where adapters hand what people say and press: the desk, or the inbox in front of it.
+
+    Both return at once; the future completes when the work is done.
+    """
+
+    @abstractmethod
+    def say(self, origin: Origin, text: str) -> Future[Any]: ...
+
+    @abstractmethod
+    def press(self, origin: Origin, action: str, request_id: str) -> Future[Any]: ...
 
 
 class Adapter(ABC):

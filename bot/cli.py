@@ -33,6 +33,14 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
     return Bot(settings, console=console).run()
 
 
+def cmd_http(args: argparse.Namespace) -> int:
+    from bot.server import serve
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.secrets())
+    return serve(settings)
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.workers import run_worker
 
@@ -106,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "console", help="the bot with the console chat (reads piped stdin too)"
     ).set_defaults(func=lambda a: cmd_run(a, console=True))
+    sub.add_parser("http", help="the HTTP server alone (molt run starts it)").set_defaults(
+        func=cmd_http
+    )
     worker = sub.add_parser("worker", help="an RQ worker for updates")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(func=cmd_worker)

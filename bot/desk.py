@@ -9,14 +9,17 @@ through the adapter's ``reply``.
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import suppress
 from typing import Any
 
 import redis
 import structlog
 
-from bot.base import Adapter
+from bot.base import Adapter, Front
 from bot.commands import HELP, OPERATOR_VERBS, Command, parse
 from bot.rendering import refusal_line, render
 from pipeline import approval, audit, authorisation, control, intake
@@ -28,19 +31,27 @@ from pipeline.states import RequestState as S
 log = structlog.get_logger(__name__)
 
 
-class Desk:
+def background_thread() -> None:
+    """Lower this thread's CPU priority (Linux: per thread), so acks and the console come first."""
+    with suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+
+
+class Desk(Front):
     def __init__(
         self,
         settings: Settings,
         conn: redis.Redis,
         adapters: Mapping[str, Adapter],
-        threads: int = 8,
+        threads: int = 4,
     ) -> None:
         self.settings = settings
         self.conn = conn
         self.adapters = adapters
         self.store = RequestStore(conn)
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="molt-desk")
+        self._pool = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="molt-desk", initializer=background_thread
+        )
         self._inflight: set[Future[Any]] = set()
 
     # -- called by adapters (return at once) ------------------------------

@@ -19,6 +19,7 @@ import redis
 import structlog
 
 from bot.base import Adapter
+from bot.desk import background_thread
 from bot.rendering import refusal_line, render
 from pipeline import events
 from pipeline.config import Settings
@@ -55,6 +56,7 @@ class Notifier:
         self._thread.join(timeout=timeout)
 
     def _loop(self) -> None:
+        background_thread()
         backoff = 0.0
         while not self._stop.is_set():
             try:

@@ -1,11 +1,22 @@
-"""The bot's HTTP server: /slack/events, /healthz, /metrics, under uvicorn."""
+"""The bot's HTTP server: /slack/events, /healthz, /metrics, under uvicorn.
+
+It runs in a process of its own (``molt http``, started by ``molt run``), which
+only verifies, acks and hands input to the inbox: acks never wait behind the
+bot's work for the interpreter lock. /healthz answers for the bot process that
+started it, through the bot's registration in Redis.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -15,10 +26,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from pipeline import events
+from pipeline import events, restart, store
+from pipeline.config import Settings
 from pipeline.locking import WaitingLine
-from pipeline.releases import running_version
 from pipeline.requests import RequestStore
+
+BOOT_ID_ENV = "MOLT_BOOT_ID"
+
+
+def port_key(boot_id: str) -> str:
+    return f"molt:http:{boot_id}"
+
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -82,18 +100,19 @@ class HttpServer:
         self._thread.join(timeout=10)
 
     async def healthz(self, request: Request) -> Response:
-        body: dict[str, Any] = {
+        """Healthy when the bot that started this server is registered and beating."""
+        body: dict[str, Any] = {"boot_id": self.boot_id}
+        try:
+            info = await asyncio.to_thread(restart.bot_info, self.conn)
+        except redis.RedisError:
+            return JSONResponse(body | {"status": "degraded", "redis": "unreachable"}, 503)
+        if info is None or info.boot_id != self.boot_id or not info.alive:
+            return JSONResponse(body | {"status": "starting"}, status_code=503)
+        body |= {
             "status": "ok",
-            "version": running_version(),
-            "boot_id": self.boot_id,
+            "version": info.version,
             "uptime": round(time.time() - self.started_at, 1),
         }
-        try:
-            await asyncio.to_thread(self.conn.ping)
-        except redis.RedisError:
-            body["status"] = "degraded"
-            body["redis"] = "unreachable"
-            return JSONResponse(body, status_code=503)
         return JSONResponse(body)
 
     async def metrics(self, request: Request) -> Response:
@@ -121,3 +140,90 @@ class HttpServer:
             f"molt_uptime_seconds {time.time() - self.started_at:.1f}",
         ]
         return "\n".join(lines) + "\n"
+
+
+def serve(settings: Settings) -> int:
+    """``molt http``: serve until SIGTERM or until the bot that started it is gone."""
+    boot_id = os.environ.get(BOOT_ID_ENV, "")
+    parent = os.getppid()
+    conn = store.connect(settings)
+    slack_endpoint = None
+    if settings.slack_bot_token and settings.slack_signing_secret:
+        from bot.inbox import Inbox
+        from bot.slack import Slack
+
+        slack = Slack(settings, RequestStore(conn))
+        slack.desk = Inbox(conn)
+        slack.start()
+        slack_endpoint = slack.endpoint
+    server = HttpServer(
+        settings.http_host, settings.http_port, conn, settings.target_id, boot_id, slack_endpoint
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    port = server.start()
+    conn.set(port_key(boot_id), port, ex=3600)
+    while not stopping.wait(0.2):
+        if os.getppid() != parent:
+            break
+    server.stop()
+    return 0
+
+
+class HttpProcess:
+    """The HTTP server's process, as ``molt run`` starts and stops it."""
+
+    def __init__(
+        self, settings: Settings, conn: redis.Redis, boot_id: str, log: Path | None
+    ) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.boot_id = boot_id
+        self.log = log
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 30) -> int:
+        self.conn.delete(port_key(self.boot_id))
+        out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - the child holds it
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "bot.cli", "http"],
+                env={**os.environ, BOOT_ID_ENV: self.boot_id},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT if out else None,
+            )
+        finally:
+            if out:
+                out.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            port = self.conn.get(port_key(self.boot_id))
+            if port:
+                self.port = int(port)
+                return self.port
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                where = f" (see {self.log})" if self.log else ""
+                raise RuntimeError(
+                    f"the HTTP server did not start on {self.settings.http_host}:"
+                    f"{self.settings.http_port}{where}"
+                )
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 10) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -39,7 +39,7 @@ from pipeline.exceptions import ConfigError
 from pipeline.requests import Origin, Request, RequestStore
 
 if TYPE_CHECKING:
-    from bot.desk import Desk
+    from bot.base import Front
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +97,7 @@ class Slack(Adapter):
             raise ConfigError("SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are both needed for Slack")
         self.settings = settings
         self.store = store
-        self.desk: Desk | None = None
+        self.desk: Front | None = None
         base_url = settings.slack_api_url
         self.client = WebClient(
             token=token,
@@ -124,6 +124,7 @@ class Slack(Adapter):
         self._secret = secret.encode()
         self._refs: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._refs_lock = threading.Lock()
+        self._authorised = False
         self.app.command(settings.slack_command)(self._on_command)
         for action in ACTIONS:
             self.app.action(f"molt_{action}")(self._on_button)
@@ -149,6 +150,7 @@ class Slack(Adapter):
         for middleware in getattr(self.app, "_middleware_list", []):
             if isinstance(middleware, SingleTeamAuthorization) and not middleware.auth_test_result:
                 middleware.auth_test_result = result
+        self._authorised = True
         log.info("slack connected", team=result.get("team"), bot_user=result.get("user_id"))
 
     # -- incoming ----------------------------------------------------------
@@ -169,6 +171,9 @@ class Slack(Adapter):
                 return JSONResponse({"error": "invalid request"}, status_code=401)
             log.warning("malformed slack request", problem=problem)
             return JSONResponse({"error": problem}, status_code=400)
+        if self._authorised:
+            # The listeners only ack and hand over: cheaper in place than through a thread.
+            return to_starlette_response(self.app.dispatch(bolt_request))
         # Off the event loop: the first request may still wait on auth.test.
         bolt_response = await run_in_threadpool(self.app.dispatch, bolt_request)
         return to_starlette_response(bolt_response)

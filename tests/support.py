@@ -180,6 +180,16 @@ class Molt:
                     )
                 self._changed.wait(min(remaining, 0.2))
 
+    def wait_count(self, pattern: str, count: int, timeout: float = 90) -> None:
+        """Wait until at least ``count`` lines match ``pattern``."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while sum(1 for line in self.lines if regex.search(line)) < count:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"fewer than {count} lines match {pattern!r}")
+                self._changed.wait(0.2)
+
     def close_input(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()

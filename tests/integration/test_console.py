@@ -221,7 +221,7 @@ def test_queued_requests_wait_their_turn_and_are_cleared_when_an_update_fails(
             break
         time.sleep(0.1)
     assert states == ["failed"] * 3
-    assert molt.output.count("❌ Failed: ") >= 3
+    molt.wait_count(r"❌ Failed: ", 3)
     assert service.live_head() == old
 
 

@@ -29,6 +29,10 @@ class Front(ABC):
     @abstractmethod
     def press(self, origin: Origin, action: str, request_id: str) -> Future[Any]: ...
 
+    @abstractmethod
+    def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
+        """Request changes: plan ``request_id`` again with ``note``."""
+
 
 class Adapter(ABC):
     #: The platform prefix of principals and origins: console, slack, discord, github.

@@ -62,6 +62,9 @@ class Desk(Front):
     def press(self, origin: Origin, action: str, request_id: str) -> Future[Any]:
         return self._submit(self._press, origin, action, request_id)
 
+    def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
+        return self._submit(self._revise, origin, request_id, note)
+
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future = self._pool.submit(self._guarded, fn, *args)
         self._inflight.add(future)
@@ -156,6 +159,23 @@ class Desk(Front):
         base = str(update.plan.get("base_commit", ""))
         text = f"rollback {update.codename or update.id}"
         intake.submit(self.settings, self.conn, origin, "deploy", base, text)
+
+    def _revise(self, origin: Origin, request_id: str, note: str) -> None:
+        try:
+            self.store.get(request_id)
+        except UnknownRequest:
+            self._reply(origin, "not_allowed", reason=f"no request {request_id!r}")
+            return
+        decision = intake.revise(self.settings, self.conn, request_id, origin, note)
+        if not decision:
+            self.store.notify(
+                request_id,
+                "not_allowed",
+                actor=origin.principal,
+                action="revise_refused",
+                audience=origin.principal,
+                data={"reason": decision.reason},
+            )
 
     def _press(self, origin: Origin, action: str, request_id: str) -> None:
         principal = origin.principal

@@ -51,6 +51,9 @@ class Inbox(Front):
     def press(self, origin: Origin, action: str, request_id: str) -> Future[Any]:
         return self._put("press", origin, action=action, request_id=request_id)
 
+    def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
+        return self._put("revise", origin, request_id=request_id, note=note)
+
 
 class InboxReader:
     """The consumer side: a thread in the bot process that hands entries to the desk."""
@@ -100,8 +103,11 @@ class InboxReader:
         try:
             raw = json.loads(fields["origin"])
             origin = Origin(**{**raw, "roles": tuple(raw.get("roles") or ())})
-            if fields.get("kind") == "press":
+            kind = fields.get("kind")
+            if kind == "press":
                 future = self.desk.press(origin, fields["action"], fields["request_id"])
+            elif kind == "revise":
+                future = self.desk.revise(origin, fields["request_id"], fields["note"])
             else:
                 future = self.desk.say(origin, fields.get("text", ""))
         except (KeyError, TypeError, ValueError) as exc:

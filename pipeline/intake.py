@@ -7,6 +7,7 @@ their own threads, since pre-flight may run the target's tests.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import redis
 import structlog
@@ -79,7 +80,8 @@ def advance(
     if not checked:
         store.transition(request_id, S.PREFLIGHT, actor=MOLT, message="running pre-flight checks")
     request = store.get(request_id)
-    try:
+
+    def checks() -> Request:
         if request.command != "deploy":
             return store.transition(
                 request_id,
@@ -92,31 +94,90 @@ def advance(
         started = time.monotonic()
         results = preflight.run_preflight(settings, conn)
         failed = next((r for r in results if not r.ok), None)
-        checks = [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]
+        report = [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]
         if failed:
             return store.transition(
                 request_id,
                 S.BLOCKED,
                 actor=MOLT,
                 message=f"pre-flight check '{failed.name}' failed: {failed.detail}",
-                data={"check": failed.name, "checks": checks},
+                data={"check": failed.name, "checks": report},
             )
         store.transition(
             request_id,
             S.PLANNING,
             actor=MOLT,
             message=f"pre-flight passed in {time.monotonic() - started:.1f}s; planning",
-            data={"checks": checks},
+            data={"checks": report},
         )
-        plan = planning.plan_deploy(settings, conn, request.argument)
+        return make_plan(settings, conn, request_id)
+
+    return _finishing(store, request_id, checks)
+
+
+def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
+    """Plan a request that is in ``planning``; ends in plan_ready or failed."""
+    store = RequestStore(conn)
+
+    def plan() -> Request:
+        request = store.get(request_id)
+        made = planning.plan_deploy(settings, conn, request.argument)
         return store.transition(
             request_id,
             S.PLAN_READY,
             actor=MOLT,
-            message=plan.summary,
-            fields={"plan": plan.to_dict(), "plan_ready_at": time.time()},
+            message=made.summary,
+            fields={"plan": made.to_dict(), "plan_ready_at": time.time()},
             data={"expires_in": settings.plan_ttl},
         )
+
+    return _finishing(store, request_id, plan)
+
+
+def revise(
+    settings: Settings, conn: redis.Redis, request_id: str, who: Origin, note: str
+) -> authorisation.Decision:
+    """ "Request changes": void the plan and plan again with the requester's note.
+
+    For a deploy, a note ``deploy <ref>`` replaces the ref; any other note is kept
+    with the request for the planner and the record.
+    """
+    store = RequestStore(conn)
+    request = store.get(request_id)
+    if who.principal != request.requester:
+        allowed = authorisation.may_approve(settings, who, request.requester, "low")
+        if not allowed:
+            return authorisation.Decision(
+                False, "only the requester or an approver may ask for changes"
+            )
+    if request.state is not S.PLAN_READY:
+        return authorisation.Decision(False, f"this plan is {request.state.value}")
+    note = redact(" ".join(note.split())[:MAX_TEXT], settings.secrets())
+    if not note:
+        return authorisation.Decision(False, "say what should change")
+    argument = request.argument
+    words = note.split()
+    if request.command == "deploy" and len(words) == 2 and words[0].lower() == "deploy":
+        argument = words[1]
+    try:
+        store.transition(
+            request_id,
+            S.PLANNING,
+            actor=who.principal,
+            message=f"changes asked by {who.principal}: {note}",
+            fields={"plan": None, "argument": argument, "answers": [*request.answers, note]},
+            allowed_from=frozenset({S.PLAN_READY}),
+        )
+    except MoltError:
+        return authorisation.Decision(False, "this plan changed meanwhile")
+    make_plan(settings, conn, request_id)
+    return authorisation.ALLOWED
+
+
+def _finishing(store: RequestStore, request_id: str, step: Callable[[], Request]) -> Request:
+    """Run ``step``; whatever goes wrong, the request ends failed with the reason."""
+    try:
+        return step()
     except PlanningError as exc:
         return store.transition(
             request_id, S.FAILED, actor=MOLT, message=f"planning: {exc}", phase="planning"

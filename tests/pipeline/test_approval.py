@@ -108,3 +108,20 @@ def test_reject_ends_the_request(
 
 def replace_ttl(settings: Settings, ttl: float) -> Settings:
     return settings.model_copy(update={"plan_ttl": ttl})
+
+
+def test_request_changes_voids_the_plan_and_plans_again(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {"notes.txt": "x\n"})
+    service.commit({"notes.txt": "y\n"}, "another", branch="other")
+    assert intake.revise(settings, conn, request.id, ALICE, "deploy other")
+    revised = RequestStore(conn).get(request.id)
+    assert revised.state is S.PLAN_READY and revised.argument == "other"
+    assert revised.plan and revised.plan["ref"] == "other"
+    assert revised.answers == ["deploy other"]
+    stranger = intake.revise(settings, conn, request.id, Origin("console", "mallory"), "no")
+    assert not stranger and "requester or an approver" in stranger.reason
+    assert approval.approve(settings, conn, request.id, Origin("console", "bob"))
+    late = intake.revise(settings, conn, request.id, ALICE, "deploy main")
+    assert not late and "queued" in late.reason

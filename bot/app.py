@@ -59,12 +59,19 @@ class Bot:
             self.console = Console(settings.console_user, self.store, wait=settings.console_wait)
             self.adapters["console"] = self.console
         self.slack: Any = None
-        if settings.slack_bot_token and settings.slack_signing_secret:
+        if settings.slack_enabled:
             from bot.slack import Slack
 
             self.slack = Slack(settings, self.store)
             self.adapters["slack"] = self.slack
         self.desk = Desk(settings, self.conn, self.adapters)
+        if settings.discord_token:
+            # In this process (not the HTTP one): a gateway client on a thread of its own.
+            from bot.discord import Discord
+
+            discord_adapter = Discord(settings, self.store)
+            discord_adapter.desk = self.desk
+            self.adapters["discord"] = discord_adapter
         self.inbox = InboxReader(self.conn, self.desk)
         self.notifier = Notifier(settings, self.conn, self.adapters)
         # With the console on the terminal, the HTTP process logs to a file instead.

@@ -33,6 +33,14 @@ class Front(ABC):
     def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
         """Request changes: plan ``request_id`` again with ``note``."""
 
+    @abstractmethod
+    def answer(self, origin: Origin, request_id: str, text: str) -> Future[Any]:
+        """Answers to the planner's questions on ``request_id``."""
+
+    @abstractmethod
+    def home(self, origin: Origin) -> Future[Any]:
+        """Show ``origin``'s home view (Slack's App Home): current update, queue, history."""
+
 
 class Adapter(ABC):
     #: The platform prefix of principals and origins: console, slack, discord, github.
@@ -58,3 +66,6 @@ class Adapter(ABC):
     @abstractmethod
     def reply(self, origin: Origin, message: Message) -> None:
         """Answer one person, outside any request's conversation."""
+
+    def show_home(self, origin: Origin, message: Message) -> None:  # noqa: B027 - optional
+        """A home view, where the platform has one (Slack's App Home); else nothing."""

@@ -23,7 +23,7 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
     from bot.app import Bot
 
     settings = _settings()
-    chat_configured = bool(settings.slack_bot_token and settings.slack_signing_secret)
+    chat_configured = settings.slack_enabled or bool(settings.discord_token)
     if console is None:
         console = not chat_configured and sys.stdin.isatty()
     settings.data_dir.mkdir(parents=True, exist_ok=True)

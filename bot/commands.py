@@ -1,7 +1,7 @@
 """The command grammar, the same after `/molt`, `!molt`, a GitHub comment or the console:
 
 deploy <ref> · rollback [codename] · status · queue · history · pause ·
-resume · stop · help · anything else: a change request in plain words
+resume · stop · help · answer <text> · anything else: a change request in plain words
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 MAX_LENGTH = 2000
 OPERATOR_VERBS = frozenset({"status", "queue", "history", "pause", "resume", "stop", "rollback"})
-VERBS = frozenset({"deploy", "help"}) | OPERATOR_VERBS
+VERBS = frozenset({"deploy", "help", "answer"}) | OPERATOR_VERBS
 
 HELP = (
     "deploy <ref> — plan deploying a branch, tag or commit; Approve to run it",
@@ -22,6 +22,7 @@ HELP = (
     "history — the last updates and how they ended",
     "pause / resume — hold or release the start of new updates",
     "stop — emergency: roll back the running update and clear the queue",
+    "answer <text> — answer the planner's questions on your newest request that asks",
     "help — this list",
     "anything else — a change described in words, planned for you to approve",
 )
@@ -58,6 +59,12 @@ def parse(text: str) -> Command:
                 "invalid", text=clean, error="usage: deploy <ref> (one branch, tag or commit)"
             )
         return Command("deploy", rest, clean)
+    if verb == "answer":
+        if not rest:
+            return Command(
+                "invalid", text=clean, error="usage: answer <your answers to the questions>"
+            )
+        return Command("answer", rest, clean)
     if verb == "rollback":
         if " " in rest:
             return Command("invalid", text=clean, error="usage: rollback [codename]")

@@ -65,6 +65,12 @@ class Desk(Front):
     def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
         return self._submit(self._revise, origin, request_id, note)
 
+    def answer(self, origin: Origin, request_id: str, text: str) -> Future[Any]:
+        return self._submit(self._answer, origin, request_id, text)
+
+    def home(self, origin: Origin) -> Future[Any]:
+        return self._submit(self._home, origin)
+
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         future = self._pool.submit(self._guarded, fn, *args)
         self._inflight.add(future)
@@ -110,6 +116,8 @@ class Desk(Front):
             self._reply(origin, "help", help_lines=HELP)
         elif command.verb in OPERATOR_VERBS:
             self._operate(origin, command)
+        elif command.verb == "answer":
+            self._answer_newest(origin, command.argument)
         else:
             intake.submit(
                 self.settings, self.conn, origin, command.verb, command.argument, command.text
@@ -161,21 +169,62 @@ class Desk(Front):
         intake.submit(self.settings, self.conn, origin, "deploy", base, text)
 
     def _revise(self, origin: Origin, request_id: str, note: str) -> None:
+        self._on_request(origin, request_id, "revise", intake.revise, note)
+
+    def _answer_newest(self, origin: Origin, text: str) -> None:
+        """``answer <text>``: for the speaker's newest request that waits for answers."""
+        waiting = next(
+            (
+                r
+                for r in self.store.recent(100)
+                if r.state is S.NEEDS_INFO and r.requester == origin.principal
+            ),
+            None,
+        )
+        if waiting is None:
+            self._reply(
+                origin, "not_allowed", reason="none of your requests is waiting for answers"
+            )
+            return
+        self._answer(origin, waiting.id, text)
+
+    def _answer(self, origin: Origin, request_id: str, text: str) -> None:
+        self._on_request(origin, request_id, "answer", intake.answer, text)
+
+    def _on_request(
+        self,
+        origin: Origin,
+        request_id: str,
+        action: str,
+        step: Callable[..., authorisation.Decision],
+        text: str,
+    ) -> None:
+        """Run ``step`` on an existing request; a refusal is told to that person alone."""
         try:
             self.store.get(request_id)
         except UnknownRequest:
             self._reply(origin, "not_allowed", reason=f"no request {request_id!r}")
             return
-        decision = intake.revise(self.settings, self.conn, request_id, origin, note)
+        decision = step(self.settings, self.conn, request_id, origin, text)
         if not decision:
             self.store.notify(
                 request_id,
                 "not_allowed",
                 actor=origin.principal,
-                action="revise_refused",
+                action=f"{action}_refused",
                 audience=origin.principal,
                 data={"reason": decision.reason},
             )
+
+    def _home(self, origin: Origin) -> None:
+        adapter = self.adapters.get(origin.platform)
+        if adapter is None:
+            return
+        context = control.status(self.settings, self.conn) | {
+            "history": control.history(self.conn, 10),
+            "request_id": "",
+        }
+        adapter.show_home(origin, render("home", context))
 
     def _press(self, origin: Origin, action: str, request_id: str) -> None:
         principal = origin.principal

@@ -54,6 +54,12 @@ class Inbox(Front):
     def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
         return self._put("revise", origin, request_id=request_id, note=note)
 
+    def answer(self, origin: Origin, request_id: str, text: str) -> Future[Any]:
+        return self._put("answer", origin, request_id=request_id, text=text)
+
+    def home(self, origin: Origin) -> Future[Any]:
+        return self._put("home", origin)
+
 
 class InboxReader:
     """The consumer side: a thread in the bot process that hands entries to the desk."""
@@ -108,6 +114,10 @@ class InboxReader:
                 future = self.desk.press(origin, fields["action"], fields["request_id"])
             elif kind == "revise":
                 future = self.desk.revise(origin, fields["request_id"], fields["note"])
+            elif kind == "answer":
+                future = self.desk.answer(origin, fields["request_id"], fields["text"])
+            elif kind == "home":
+                future = self.desk.home(origin)
             else:
                 future = self.desk.say(origin, fields.get("text", ""))
         except (KeyError, TypeError, ValueError) as exc:

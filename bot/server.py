@@ -148,14 +148,18 @@ def serve(settings: Settings) -> int:
     parent = os.getppid()
     conn = store.connect(settings)
     slack_endpoint = None
-    if settings.slack_bot_token and settings.slack_signing_secret:
+    slack = None
+    if settings.slack_enabled:
         from bot.inbox import Inbox
         from bot.slack import Slack
 
         slack = Slack(settings, RequestStore(conn))
         slack.desk = Inbox(conn)
         slack.start()
-        slack_endpoint = slack.endpoint
+        if settings.slack_app_token:
+            slack.connect_socket_mode()
+        else:
+            slack_endpoint = slack.endpoint
     server = HttpServer(
         settings.http_host, settings.http_port, conn, settings.target_id, boot_id, slack_endpoint
     )
@@ -167,6 +171,8 @@ def serve(settings: Settings) -> int:
     while not stopping.wait(0.2):
         if os.getppid() != parent:
             break
+    if slack is not None:
+        slack.stop()
     server.stop()
     return 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import logging
 import re
 import threading
@@ -45,6 +46,14 @@ log = structlog.get_logger(__name__)
 
 #: The buttons Molt puts on messages; the action id is ``molt_<action>``.
 ACTIONS = ("approve", "reject", "retry")
+#: Request changes opens this modal; submitting it re-plans.
+REVISION_VIEW = "molt_revise"
+#: Messages that are also posted as thread replies, so the channel gets a notification.
+MILESTONES = frozenset({"plan_ready", "needs_info", "restarting", "success", "failure", "blocked"})
+#: How long a delivery id is remembered to recognise Slack's retries.
+SEEN_TTL = 3600
+#: How long a thread keeps pointing at its request (for answers in the thread).
+THREAD_TTL = 30 * 86400
 #: ``event_type`` of the metadata on every message Molt posts.
 EVENT_TYPE = "molt_update"
 
@@ -93,8 +102,11 @@ class Slack(Adapter):
             if settings.slack_signing_secret
             else ""
         )
-        if not token or not secret:
-            raise ConfigError("SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET are both needed for Slack")
+        if not token or not (secret or settings.slack_app_token):
+            raise ConfigError(
+                "Slack needs SLACK_BOT_TOKEN, and SLACK_SIGNING_SECRET (HTTP mode) or "
+                "SLACK_APP_TOKEN (Socket Mode)"
+            )
         self.settings = settings
         self.store = store
         self.desk: Front | None = None
@@ -116,7 +128,8 @@ class Slack(Adapter):
             bolt_logger.setLevel(logging.WARNING)
         self.app = App(
             client=self.client,
-            signing_secret=secret,
+            signing_secret=secret or None,
+            request_verification_enabled=bool(secret),
             process_before_response=True,
             token_verification_enabled=False,
             logger=bolt_logger,
@@ -125,15 +138,42 @@ class Slack(Adapter):
         self._refs: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._refs_lock = threading.Lock()
         self._authorised = False
-        self.app.command(settings.slack_command)(self._on_command)
+        self.socket_mode: Any = None
+        # Ack first, then the lazy part on Bolt's thread: nothing waits on Redis before the ack.
+        self.app.command(settings.slack_command)(ack=_ack, lazy=[self._on_command])
         for action in ACTIONS:
-            self.app.action(f"molt_{action}")(self._on_button)
+            self.app.action(f"molt_{action}")(ack=_ack, lazy=[self._on_button])
+        self.app.action("molt_revise")(ack=_ack, lazy=[self._open_revision])
+        self.app.view(REVISION_VIEW)(ack=_ack, lazy=[self._on_revision])
+        self.app.event("app_home_opened")(ack=_ack, lazy=[self._on_home])
+        self.app.event("message")(ack=_ack, lazy=[self._on_message])
 
     # -- life cycle --------------------------------------------------------
 
     def start(self) -> None:
         """Check the token in the background, so a slow Slack does not hold up a restart."""
         threading.Thread(target=self._warm_up, name="molt-slack-auth", daemon=True).start()
+
+    def connect_socket_mode(self) -> None:
+        """Socket Mode: envelopes over a WebSocket (no public URL), the same listeners.
+
+        The client asks ``apps.connections.open`` for its URL, acks each envelope by its
+        id, and reconnects by itself.
+        """
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        token = self.settings.slack_app_token
+        assert token is not None
+        self.socket_mode = SocketModeHandler(
+            self.app, token.get_secret_value(), web_client=self.client, ping_interval=2
+        )
+        self.socket_mode.connect()
+        log.info("slack socket mode connected")
+
+    def stop(self) -> None:
+        if self.socket_mode is not None:
+            self.socket_mode.close()
+            self.socket_mode = None
 
     def _warm_up(self) -> None:
         """Cache ``auth.test`` where Bolt looks for it, or the first command waits on it."""
@@ -188,34 +228,72 @@ class Slack(Adapter):
         expected = "v0=" + hmac.new(self._secret, signed, hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected.encode(), signature.encode("latin-1"))
 
-    def _on_command(self, ack: Ack, command: dict[str, Any]) -> None:
+    def _first_time(self, key: str) -> bool:
+        """Slack redelivers (retries, Socket Mode reconnects): act on each delivery once."""
+        if not key:
+            return True
+        return bool(self.store.conn.set(f"molt:slack:seen:{key}", 1, nx=True, ex=SEEN_TTL))
+
+    def _on_command(self, command: dict[str, Any]) -> None:
         desk = self.desk
-        if desk is None:
-            ack("Molt is still starting up; try again in a moment.")
+        if desk is None or not self._first_time(str(command.get("trigger_id") or "")):
             return
-        ack()
         origin = Origin(
             "slack", command["user_id"], command["channel_id"], str(command.get("user_name") or "")
         )
         desk.say(origin, str(command.get("text") or "").strip())
 
-    def _on_button(self, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+    def _on_button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        desk = self.desk
+        if desk is None or not self._first_time(str(body.get("trigger_id") or "")):
+            return
+        verb = str(action["action_id"]).removeprefix("molt_")
+        desk.press(_clicker(body), verb, str(action.get("value") or ""))
+
+    def _open_revision(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        """Request changes: a modal asking what to change (the trigger lives 3 s)."""
+        request_id = str(action.get("value") or "")
+        channel = _clicker(body).channel
+        self.client.views_open(
+            trigger_id=body["trigger_id"], view=revision_view(request_id, channel)
+        )
+
+    def _on_revision(self, body: dict[str, Any], view: dict[str, Any]) -> None:
         desk = self.desk
         if desk is None:
-            ack("Molt is still starting up; try again in a moment.")
             return
-        ack()
+        meta = json.loads(view.get("private_metadata") or "{}")
+        values = (view.get("state") or {}).get("values") or {}
+        note = str(((values.get("note") or {}).get("note") or {}).get("value") or "")
         user = body["user"]
-        channel = body.get("channel") or {}
-        container = body.get("container") or {}
         origin = Origin(
             "slack",
             user["id"],
-            str(channel.get("id") or container.get("channel_id") or ""),
+            str(meta.get("channel") or ""),
             str(user.get("username") or user.get("name") or ""),
         )
-        verb = str(action["action_id"]).removeprefix("molt_")
-        desk.press(origin, verb, str(action.get("value") or ""))
+        desk.revise(origin, str(meta.get("request_id") or ""), note)
+
+    def _on_home(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        desk = self.desk
+        if desk is None or event.get("tab", "home") != "home":
+            return
+        if self._first_time(str(body.get("event_id") or "")):
+            desk.home(Origin("slack", str(event["user"])))
+
+    def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """A person's reply in a request's thread answers the planner's questions."""
+        desk = self.desk
+        thread = str(event.get("thread_ts") or "")
+        if desk is None or not thread or event.get("bot_id") or event.get("subtype"):
+            return
+        if not self._first_time(str(body.get("event_id") or "")):
+            return
+        channel = str(event.get("channel") or "")
+        request_id = self.store.conn.get(thread_key(channel, thread))
+        if request_id:
+            origin = Origin("slack", str(event.get("user") or ""), channel)
+            desk.answer(origin, str(request_id), str(event.get("text") or ""))
 
     # -- outgoing ----------------------------------------------------------
 
@@ -224,11 +302,24 @@ class Slack(Adapter):
         if message.private:
             self._ephemeral(request.origin, content)
             return
+        ref = self._root(request, content)
+        if message.template in MILESTONES:
+            # A reply in the thread too, so the channel is notified of what matters.
+            self.client.chat_postMessage(channel=ref["channel"], thread_ts=ref["ts"], **content)
+
+    def show_home(self, origin: Origin, message: Message) -> None:
+        """The App Home tab: the current update, the queue, the last ten updates."""
+        self.client.views_publish(
+            user_id=origin.user, view={"type": "home", "blocks": to_blocks(message)}
+        )
+
+    def _root(self, request: Request, content: dict[str, Any]) -> dict[str, str]:
+        """Post the request's status message, or update it in place; returns where it is."""
         ref = request.message_ref or self._remembered(request.id)
         if ref and ref.get("channel") and ref.get("ts"):
             try:
                 self.client.chat_update(channel=ref["channel"], ts=ref["ts"], **content)
-                return
+                return {"channel": ref["channel"], "ts": ref["ts"]}
             except SlackApiError as exc:
                 if _error_code(exc) not in _REPOST:
                     raise
@@ -243,6 +334,10 @@ class Slack(Adapter):
         new_ref = {"channel": str(posted["channel"]), "ts": str(posted["ts"])}
         self._remember(request.id, new_ref)
         self.store.update(request.id, message_ref=new_ref)
+        self.store.conn.set(
+            thread_key(new_ref["channel"], new_ref["ts"]), request.id, ex=THREAD_TTL
+        )
+        return new_ref
 
     def reply(self, origin: Origin, message: Message) -> None:
         self._ephemeral(origin, _content(message, message.request_id, message.codename))
@@ -266,6 +361,56 @@ class Slack(Adapter):
     def _remembered(self, request_id: str) -> dict[str, str] | None:
         with self._refs_lock:
             return self._refs.get(request_id)
+
+
+def _ack(ack: Ack) -> None:
+    ack()
+
+
+def _clicker(body: dict[str, Any]) -> Origin:
+    user = body["user"]
+    channel = body.get("channel") or {}
+    container = body.get("container") or {}
+    return Origin(
+        "slack",
+        user["id"],
+        str(channel.get("id") or container.get("channel_id") or ""),
+        str(user.get("username") or user.get("name") or ""),
+    )
+
+
+def thread_key(channel: str, ts: str) -> str:
+    return f"molt:slack:thread:{channel}:{ts}"
+
+
+def revision_view(request_id: str, channel: str) -> dict[str, Any]:
+    """The Request changes modal; the request and channel ride in private_metadata."""
+    return {
+        "type": "modal",
+        "callback_id": REVISION_VIEW,
+        "private_metadata": json.dumps({"request_id": request_id, "channel": channel}),
+        "title": {"type": "plain_text", "text": "Request changes"},
+        "submit": {"type": "plain_text", "text": "Plan again"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "note",
+                "label": {"type": "plain_text", "text": "What should change?"},
+                "hint": {
+                    "type": "plain_text",
+                    "text": "The plan is voided and made again with this. "
+                    "For a deploy, `deploy <ref>` picks another ref.",
+                },
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": "note",
+                    "multiline": True,
+                    "max_length": 2000,
+                },
+            }
+        ],
+    }
 
 
 # -- Block Kit ---------------------------------------------------------------

@@ -31,6 +31,9 @@ TEMPLATES_DIR = MOLT_HOME / "templates"
 
 UserList = Annotated[list[str], NoDecode]
 
+#: The model change requests are planned, written and reviewed with (MOLT_MODEL).
+DEFAULT_MODEL = "claude-sonnet-4-6"
+
 
 def _var(name: str, default: Any = None, **kwargs: Any) -> Any:
     """A field read from the variable ``name`` (or the field's own name in code)."""
@@ -71,8 +74,26 @@ class Settings(BaseSettings):
     log_level: str = _var("MOLT_LOG_LEVEL", "info", pattern=r"^(?i:debug|info|warning|error)$")
     slack_bot_token: SecretStr | None = _var("SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = _var("SLACK_SIGNING_SECRET")
+    slack_app_token: SecretStr | None = _var("SLACK_APP_TOKEN")
     slack_api_url: str = _var("SLACK_API_URL", "https://slack.com/api/", pattern=r"^https?://")
     slack_command: str = _var("MOLT_SLACK_COMMAND", "/molt", pattern=r"^/[\w-]{1,31}$")
+    discord_token: SecretStr | None = _var("DISCORD_TOKEN")
+    discord_prefix: str = _var("MOLT_DISCORD_PREFIX", "!molt", pattern=r"^\S{1,32}$")
+    #: Channel ids Discord commands are taken in; empty: every channel the bot can read.
+    discord_channels: UserList = _var("MOLT_DISCORD_CHANNELS", [])
+    discord_api_url: str = _var(
+        "DISCORD_API_URL", "https://discord.com/api/v10", pattern=r"^https?://"
+    )
+    # Change requests in words. Limits per planning and per implementation: model calls
+    # (turns), tokens through all of its calls (input, cached and output), seconds; and the
+    # size of the first plan prompt (instructions, tools, repository map and request).
+    anthropic_api_key: SecretStr | None = _var("ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = _var("ANTHROPIC_BASE_URL", pattern=r"^https?://")
+    model: str = _var("MOLT_MODEL", DEFAULT_MODEL, pattern=r"^[\w.:@/-]{1,100}$")
+    llm_max_turns: int = _var("MOLT_LLM_MAX_TURNS", 40, ge=1, le=500)
+    llm_max_tokens: int = _var("MOLT_LLM_MAX_TOKENS", 2_000_000, ge=10_000)
+    llm_timeout: float = _var("MOLT_LLM_TIMEOUT", 1200.0, gt=0)
+    llm_prompt_budget: int = _var("MOLT_LLM_PROMPT_BUDGET", 24_000, ge=12_000, le=400_000)
 
     @classmethod
     def settings_customise_sources(
@@ -103,6 +124,19 @@ class Settings(BaseSettings):
             return users
         return value
 
+    @field_validator("discord_channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            channels = [str(item).strip() for item in value if str(item).strip()]
+            for channel in channels:
+                if not channel.isdigit():
+                    raise ValueError("expected comma-separated numeric channel ids")
+            return channels
+        return value
+
     @field_validator("data_dir", "target_dir", mode="after")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -127,6 +161,16 @@ class Settings(BaseSettings):
         if not self.operators:
             object.__setattr__(self, "operators", list(self.approvers))
 
+    @property
+    def slack_enabled(self) -> bool:
+        """A bot token, and a way in: the signing secret (HTTP) or an app token (Socket Mode)."""
+        return bool(self.slack_bot_token and (self.slack_signing_secret or self.slack_app_token))
+
+    @property
+    def llm_enabled(self) -> bool:
+        """Change requests in plain words need a key for the model API."""
+        return bool(self.anthropic_api_key and self.anthropic_api_key.get_secret_value())
+
     @cached_property
     def target_id(self) -> str:
         """A short stable name for the target, used in Redis keys and paths."""
@@ -147,8 +191,20 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every configured credential, for redaction."""
-        values = [self.slack_bot_token, self.slack_signing_secret]
+        values = [
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.anthropic_api_key,
+            self.discord_token,
+        ]
         return [v.get_secret_value() for v in values if v and v.get_secret_value()]
+
+
+#: Fields whose given value an error message must not repeat.
+_SECRET_FIELDS = frozenset(
+    name for name, info in Settings.model_fields.items() if info.annotation == SecretStr | None
+)
 
 
 def _login_name() -> str:
@@ -175,7 +231,12 @@ def load_settings(**overrides: Any) -> Settings:
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
             given = error.get("input")
-            hidden = isinstance(given, dict) or given is None or "slack_" in field
+            hidden = (
+                isinstance(given, dict)
+                or given is None
+                or "slack_" in field
+                or field in _SECRET_FIELDS
+            )
             shown = "" if hidden else f" (got {given!r})"
             message = error["msg"].removeprefix("Value error, ")
             problems.append(f"{_variable_for(field)}: {message}{shown}")

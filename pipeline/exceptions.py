@@ -9,6 +9,7 @@ things that went wrong.
     ├── UnknownRequest         no request with that id
     ├── GitError               a git command failed (carries the command and output)
     ├── PlanningError          a ref could not be planned (unknown ref, bad input)
+    │   └── LLMError           the model API failed after its retries, or a model limit ran out
     └── UpdateFailed           an update step failed; carries the phase and reason
         └── RollbackFailed     returning to the snapshot failed as well
 """
@@ -53,6 +54,14 @@ class GitError(MoltError):
 
 class PlanningError(MoltError):
     pass
+
+
+class LLMError(PlanningError):
+    """``status`` is the HTTP status of the last answer (None for a timeout or a limit)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class UpdateFailed(MoltError):

@@ -25,38 +25,27 @@ class Git:
     def run(
         self, *args: str, timeout: float = 60, check: bool = True, input: str | None = None
     ) -> str:
-        env = {**os.environ, **_ENV}
+        encoded = input.encode() if input is not None else None
+        return self.run_bytes(*args, timeout=timeout, check=check, input=encoded).decode(
+            "utf-8", "replace"
+        )
+
+    def run_bytes(
+        self, *args: str, timeout: float = 60, check: bool = True, input: bytes | None = None
+    ) -> bytes:
+        """The raw output, for byte counts that matter (cat-file) or text that may not be UTF-8."""
         try:
             result = subprocess.run(
                 ["git", "-C", str(self.path), *args],
                 capture_output=True,
-                text=True,
                 timeout=timeout,
-                env=env,
+                env={**os.environ, **_ENV},
                 input=input,
                 check=False,
             )
         except subprocess.TimeoutExpired as exc:
             raise GitError(list(args), -1, f"timed out after {timeout:.0f}s") from exc
         if check and result.returncode != 0:
-            raise GitError(list(args), result.returncode, result.stderr or result.stdout)
-        return result.stdout
-
-    def run_bytes(self, *args: str, timeout: float = 60, input: bytes | None = None) -> bytes:
-        """Like run(), for output whose byte counts matter (cat-file) or that may not be UTF-8."""
-        env = {**os.environ, **_ENV}
-        try:
-            result = subprocess.run(
-                ["git", "-C", str(self.path), *args],
-                capture_output=True,
-                timeout=timeout,
-                env=env,
-                input=input,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise GitError(list(args), -1, f"timed out after {timeout:.0f}s") from exc
-        if result.returncode != 0:
             output = result.stderr or result.stdout
             raise GitError(list(args), result.returncode, output.decode("utf-8", "replace"))
         return result.stdout

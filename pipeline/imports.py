@@ -168,7 +168,7 @@ def _python_blobs(git: Git, commit: str) -> list[tuple[str, str]]:
     return blobs
 
 
-def _read_blobs(git: Git, oids: list[str]) -> dict[str, bytes]:
+def read_blobs(git: Git, oids: list[str]) -> dict[str, bytes]:
     """Contents of many blobs from a single ``cat-file --batch``."""
     if not oids:
         return {}
@@ -195,7 +195,7 @@ def read_graph(git: Git, commit: str) -> ImportGraph:
     blobs = _python_blobs(git, commit)
     paths = {path for path, _ in blobs}
     src_layout = any(p.startswith("src/") for p in paths) and "src/__init__.py" not in paths
-    contents = _read_blobs(git, sorted({oid for _, oid in blobs}))
+    contents = read_blobs(git, sorted({oid for _, oid in blobs}))
     graph = ImportGraph(src_layout=src_layout)
     for path, oid in blobs:
         module = module_name(path, src_layout)

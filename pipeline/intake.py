@@ -22,6 +22,8 @@ from pipeline.states import RequestState as S
 log = structlog.get_logger(__name__)
 MOLT = "molt"
 MAX_TEXT = 2000
+#: Questions, answers and asked changes one request may collect before it must start anew.
+MAX_FOLLOW_UPS = 8
 
 
 def submit(
@@ -82,7 +84,7 @@ def advance(
     request = store.get(request_id)
 
     def checks() -> Request:
-        if request.command != "deploy":
+        if request.command != "deploy" and not settings.llm_enabled:
             return store.transition(
                 request_id,
                 S.BLOCKED,
@@ -116,11 +118,13 @@ def advance(
 
 
 def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
-    """Plan a request that is in ``planning``; ends in plan_ready or failed."""
+    """Plan a request that is in ``planning``; ends in plan_ready, needs_info or failed."""
     store = RequestStore(conn)
 
     def plan() -> Request:
         request = store.get(request_id)
+        if request.command != "deploy":
+            return _plan_change(settings, conn, store, request)
         made = planning.plan_deploy(settings, conn, request.argument)
         return store.transition(
             request_id,
@@ -132,6 +136,71 @@ def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request
         )
 
     return _finishing(store, request_id, plan)
+
+
+def _plan_change(
+    settings: Settings, conn: redis.Redis, store: RequestStore, request: Request
+) -> Request:
+    """A change in words, planned by the model: a plan, or its questions for the requester."""
+    from pipeline.llm.planner import plan_change  # the planner's client loads on first use
+
+    planned = plan_change(settings, conn, request)
+    if planned.plan is None:
+        asked = "\n".join(f"{n}. {q}" for n, q in enumerate(planned.questions, start=1))
+        count = len(planned.questions)
+        return store.transition(
+            request.id,
+            S.NEEDS_INFO,
+            actor=MOLT,
+            message=f"the planner asked {count} question{'s' if count != 1 else ''}",
+            fields={"answers": [*request.answers, f"The planner asked:\n{asked}"]},
+            data={"questions": planned.questions},
+        )
+    return store.transition(
+        request.id,
+        S.PLAN_READY,
+        actor=MOLT,
+        message=planned.plan.summary,
+        fields={"plan": planned.plan.to_dict(), "plan_ready_at": time.time()},
+        data={"expires_in": settings.plan_ttl},
+    )
+
+
+def answer(
+    settings: Settings, conn: redis.Redis, request_id: str, who: Origin, text: str
+) -> authorisation.Decision:
+    """The requester's answers to the planner's questions: plan again with everything said."""
+    store = RequestStore(conn)
+    request = store.get(request_id)
+    if who.principal != request.requester:
+        return authorisation.Decision(False, "only the requester can answer the planner")
+    allowed = authorisation.may_request(settings, who)
+    if not allowed:
+        return allowed
+    if request.state is not S.NEEDS_INFO:
+        return authorisation.Decision(
+            False, f"this request is {request.state.value}, not waiting for answers"
+        )
+    if len(request.answers) >= MAX_FOLLOW_UPS:
+        return authorisation.Decision(
+            False, "this request has gone back and forth too often: ask again, in full"
+        )
+    text = redact(" ".join(text.split())[:MAX_TEXT], settings.secrets())
+    if not text:
+        return authorisation.Decision(False, "say what the answers are")
+    try:
+        store.transition(
+            request_id,
+            S.PLANNING,
+            actor=who.principal,
+            message=f"answered by {who.principal}; planning again",
+            fields={"answers": [*request.answers, f"The requester answered: {text}"]},
+            allowed_from=frozenset({S.NEEDS_INFO}),
+        )
+    except MoltError:
+        return authorisation.Decision(False, "this request changed meanwhile")
+    make_plan(settings, conn, request_id)
+    return authorisation.ALLOWED
 
 
 def revise(
@@ -157,15 +226,27 @@ def revise(
         return authorisation.Decision(False, "say what should change")
     argument = request.argument
     words = note.split()
+    follow_up = note
     if request.command == "deploy" and len(words) == 2 and words[0].lower() == "deploy":
         argument = words[1]
+    elif request.command != "deploy":
+        if len(request.answers) >= MAX_FOLLOW_UPS:
+            return authorisation.Decision(
+                False, "this request has gone back and forth too often: ask again, in full"
+            )
+        summary = (request.plan or {}).get("summary", "")
+        follow_up = f"Asked to change the previous plan ({summary}): {note}"
     try:
         store.transition(
             request_id,
             S.PLANNING,
             actor=who.principal,
             message=f"changes asked by {who.principal}: {note}",
-            fields={"plan": None, "argument": argument, "answers": [*request.answers, note]},
+            fields={
+                "plan": None,
+                "argument": argument,
+                "answers": [*request.answers, follow_up],
+            },
             allowed_from=frozenset({S.PLAN_READY}),
         )
     except MoltError:

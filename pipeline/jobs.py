@@ -1,7 +1,9 @@
 """The jobs RQ workers run. Workers import them by path (``pipeline.jobs.run_update``).
 
 One update: wait for the lock → snapshot → sandbox → phase one → apply to live
-→ phase two → restart → verify. Any failure rolls the live checkout back to the
+→ phase two → restart → verify. A change described in words is written in the
+sandbox first (implement), committed there, and phase one starts with the scope
+check and the review of the diff. Any failure rolls the live checkout back to the
 snapshot, restarts again if the service had been restarted, verifies the
 return, clears the waiting line, and ends the request as failed.
 """
@@ -19,10 +21,10 @@ import structlog
 
 from pipeline import codenames, control, queueing, restart, snapshots, validation
 from pipeline.config import Settings, load_settings
-from pipeline.exceptions import GitError, RollbackFailed, UpdateFailed
+from pipeline.exceptions import GitError, LLMError, RollbackFailed, UpdateFailed
 from pipeline.git import Git
 from pipeline.locking import UpdateLock, WaitingLine
-from pipeline.planning import Plan
+from pipeline.planning import Plan, changed_files, import_graph
 from pipeline.preflight import TestRecord, record_tests, recorded_tests, tests_at, update_sandbox
 from pipeline.requests import Request, RequestStore
 from pipeline.snapshots import Snapshot
@@ -32,6 +34,18 @@ from pipeline.store import connect
 log = structlog.get_logger(__name__)
 MOLT = "molt"
 PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "verify")
+CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
+#: Who commits a change written in the sandbox; no hooks run and nothing is signed.
+COMMIT_CONFIG = (
+    "-c",
+    "user.name=Molt",
+    "-c",
+    "user.email=molt@localhost",
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "commit.gpgSign=false",
+)
 T = TypeVar("T")
 
 
@@ -74,6 +88,8 @@ class Update:
         self.touched_live = False
         self.restarted = False
         self.log_dir = Path()
+        self.phases: tuple[str, ...] = PHASES
+        self.report: list[str] = []  # extra lines for the final message (change requests)
 
     # -- the way through --------------------------------------------------
 
@@ -126,8 +142,11 @@ class Update:
 
     def _progress(self, phase: str) -> dict[str, Any]:
         progress: dict[str, Any] = {"elapsed": round(time.monotonic() - self.started, 2)}
-        if phase in PHASES:
-            progress |= {"phase_index": PHASES.index(phase) + 1, "phase_total": len(PHASES)}
+        if phase in self.phases:
+            progress |= {
+                "phase_index": self.phases.index(phase) + 1,
+                "phase_total": len(self.phases),
+            }
         return progress
 
     def _enter(self, phase: str, message: str, state: S = S.RUNNING) -> None:
@@ -145,6 +164,8 @@ class Update:
 
     def _update(self, request: Request) -> str:
         plan = Plan.from_dict(request.plan or {})
+        if plan.kind == "change":
+            self.phases = CHANGE_PHASES
         with self.lock.keep_alive(self.request_id) as heartbeat:
             try:
                 self._steps(plan, heartbeat)
@@ -175,13 +196,16 @@ class Update:
         baseline = self._baseline(self.snapshot.commit)
         changed = [f["path"] for f in plan.files if f.get("status") != "D"]
 
-        self._enter("sandbox", f"checking out {plan.target_commit[:7]} in the sandbox")
-        began = time.monotonic()
         sandbox = update_sandbox(settings)
         with sandbox.locked():
-            path = _transient(lambda: sandbox.checkout(plan.target_commit), "sandbox")
-            self._check("sandbox", True, time.monotonic() - began, plan.target_commit[:7])
-            self._enter("phase 1", "validating in the sandbox")
+            if plan.kind == "change":
+                path, changed = self._write_change(plan, sandbox, heartbeat)
+            else:
+                self._enter("sandbox", f"checking out {plan.target_commit[:7]} in the sandbox")
+                began = time.monotonic()
+                path = _transient(lambda: sandbox.checkout(plan.target_commit), "sandbox")
+                self._check("sandbox", True, time.monotonic() - began, plan.target_commit[:7])
+                self._enter("phase 1", "validating in the sandbox")
             phase_one = validation.run_phase(
                 "phase 1",
                 path,
@@ -230,7 +254,113 @@ class Update:
             settings, self.conn, plan.target_commit, self.log_dir / "restart.log"
         )
         self._check("restart and verify", True, time.monotonic() - began, summary)
-        self._succeed(plan, phase_one.test_seconds + phase_two.test_seconds)
+        self._succeed(plan, phase_one.test_seconds + phase_two.test_seconds, len(changed))
+
+    # -- a change described in words ------------------------------------------
+
+    def _write_change(
+        self, plan: Plan, sandbox: snapshots.Sandbox, heartbeat: Any
+    ) -> tuple[Path, list[str]]:
+        """Implement, commit, check the scope and review, all in the sandbox; the plan's
+        ``target_commit`` is the new commit afterwards. Returns the sandbox and the changed
+        files to validate."""
+        from pipeline.llm import agent, review, scope
+        from pipeline.llm.client import Claude, record_usage
+
+        settings = self.settings
+        request = self.store.get(self.request_id)
+        base = plan.base_commit
+        self._enter("sandbox", f"checking out {base[:7]} in the sandbox")
+        began = time.monotonic()
+        path = _transient(lambda: sandbox.checkout(base), "sandbox")
+        self._check("sandbox", True, time.monotonic() - began, base[:7])
+
+        self._enter("implement", "writing the change in the sandbox")
+        began = time.monotonic()
+        writer = Claude(settings, "implementation")
+        graph = import_graph(settings, self.conn, sandbox.git, base)
+        try:
+            done = agent.implement(
+                settings,
+                writer,
+                path,
+                plan,
+                request,
+                graph,
+                log_path=self.log_dir / "implement.log",
+                guard=lambda: self._guard(heartbeat),
+            )
+        except LLMError as exc:
+            raise UpdateFailed("implement", str(exc)) from exc
+        finally:
+            writer.close()
+            record_usage(self.conn, self.request_id, "implementation", settings.model, writer.usage)
+        left_out = self._drop_strays(sandbox.git, done.files.touched)
+        target = self._commit(sandbox.git, plan, request, done.summary)
+        files = changed_files(sandbox.git, base, target)
+        plan.target_commit = target
+        self.store.update(self.request_id, plan=plan.to_dict())
+        turns = f"{done.turns} model call{'s' if done.turns != 1 else ''}"
+        detail = f"{target[:7]}: {len(files)} files in {turns}; {done.summary}"
+        if left_out:
+            detail += f" (left out {len(left_out)} new files it did not write: {left_out[0]}…)"
+        self._check("implement", True, time.monotonic() - began, detail[:300])
+        self._guard(heartbeat)
+
+        self._enter("phase 1", "checking the change against the plan, then validating it")
+        began = time.monotonic()
+        found = scope.check_scope(plan, files)
+        self._check(
+            "phase 1: scope", found.deviation_ok, time.monotonic() - began, found.deviation_detail()
+        )
+        if found.unplanned:
+            self.report.append(found.deviation_detail())
+        self._check("phase 1: protected paths", found.protected_ok, 0.0, found.protected_detail())
+        if not found.protected_ok:
+            raise UpdateFailed("phase 1", found.protected_detail())
+        if not found.deviation_ok:
+            raise UpdateFailed("phase 1", f"scope: {found.deviation_detail()}")
+
+        began = time.monotonic()
+        reviewer = Claude(settings, "review")
+        diff = sandbox.git.run(
+            "diff", "--no-color", "--no-ext-diff", "--no-textconv", base, target, "--"
+        )
+        try:
+            verdict = review.review(settings, reviewer, plan, request, diff, found)
+        except LLMError as exc:
+            raise UpdateFailed("phase 1", str(exc)) from exc
+        finally:
+            reviewer.close()
+            record_usage(self.conn, self.request_id, "review", settings.model, reviewer.usage)
+        self._check(
+            "phase 1: review", verdict.approved, time.monotonic() - began, verdict.detail()[:600]
+        )
+        if not verdict.approved:
+            raise UpdateFailed("phase 1", f"review {verdict.detail()}")
+        return path, [f["path"] for f in files if f["status"] != "D"]
+
+    def _drop_strays(self, git: Git, written: set[str]) -> list[str]:
+        """Remove new files the implementer did not write (what its test runs left behind);
+        changes to existing files stay, for the scope check to judge."""
+        out = git.run("ls-files", "-z", "--others", "--exclude-standard")
+        strays = sorted(p for p in out.split("\0") if p and p not in written)
+        for rel in strays:
+            (git.path / rel).unlink(missing_ok=True)
+        return strays
+
+    def _commit(self, git: Git, plan: Plan, request: Request, summary: str) -> str:
+        """Commit what the implementer left in the sandbox; the new commit's sha."""
+        git.run("add", "--all")
+        if not git.run("status", "--porcelain").strip():
+            raise UpdateFailed("implement", "the implementer changed nothing")
+        message = (
+            f"{plan.summary}\n\n{summary}\n\n"
+            f"Change request {self.request_id} by {request.requester}, written from the "
+            f"approved plan."
+        )
+        git.run(*COMMIT_CONFIG, "commit", "--quiet", "--no-verify", "-m", message)
+        return git.head()
 
     def _baseline(self, commit: str) -> int | None:
         known = recorded_tests(self.conn, self.settings.target_id, commit)
@@ -251,7 +381,18 @@ class Update:
         if heartbeat.lost:
             raise UpdateFailed(self._phase(), "the update lock was lost (Redis unreachable?)")
 
-    def _succeed(self, plan: Plan, test_seconds: float) -> None:
+    def _usage(self, result: dict[str, Any]) -> str:
+        """Model use of the whole request (every planning round, implementation, review)
+        into ``result``; the sentence for the message, or "" if the model was not used."""
+        from pipeline.llm.client import request_usage
+
+        usage = request_usage(self.conn, self.request_id)
+        if not usage.calls:
+            return ""
+        result["usage"] = usage.to_dict()
+        return f"Model use: {usage.line()}."
+
+    def _succeed(self, plan: Plan, test_seconds: float, changed: int) -> None:
         total = time.monotonic() - self.started
         self.conn.lpush(durations_key(self.settings.target_id), f"{total:.3f}")
         self.conn.ltrim(durations_key(self.settings.target_id), 0, 19)
@@ -259,15 +400,19 @@ class Update:
             "checks": self.checks,
             "total_seconds": round(total, 3),
             "test_seconds": round(test_seconds, 3),
-            "changed_files": len(plan.files),
+            "changed_files": len(plan.files) if plan.kind != "change" else changed,
             "from_commit": plan.base_commit,
             "to_commit": plan.target_commit,
         }
+        message = f"{plan.target_commit[:7]} is live and healthy"
+        if plan.kind == "change":
+            parts = (f"{message}.", *self.report, self._usage(result))
+            message = " ".join(part for part in parts if part)
         self.store.transition(
             self.request_id,
             S.SUCCEEDED,
             actor=MOLT,
-            message=f"{plan.target_commit[:7]} is live and healthy",
+            message=message,
             phase="done",
             fields={"result": result},
             data={"checks": self.checks, "total_seconds": result["total_seconds"]},
@@ -317,13 +462,17 @@ class Update:
                 mapping={"clean": "0", "detail": str(exc)[:500]},
             )
         total = time.monotonic() - self.started
+        result: dict[str, Any] = {"checks": self.checks, "total_seconds": round(total, 3)}
+        spent = self._usage(result)
+        if spent:
+            reason = f"{reason}. {spent}"
         self.store.transition(
             self.request_id,
             S.FAILED,
             actor=MOLT,
             message=reason,
             phase=failure.phase,
-            fields={"result": {"checks": self.checks, "total_seconds": round(total, 3)}},
+            fields={"result": result},
             data={
                 "checks": self.checks,
                 "failed_phase": failure.phase,

@@ -12,7 +12,7 @@ import fnmatch
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,13 @@ PROTECTED_PATHS = (
     "pipeline/config.py",
     "pipeline/states.py",
     "pipeline/requests.py",
+    "pipeline/authorisation.py",
+    "pipeline/jobs.py",
+    "pipeline/recovery.py",
+    "pipeline/redaction.py",
+    "pipeline/llm/tools.py",
+    "pipeline/llm/agent.py",
+    "pipeline/llm/scope.py",
 )
 
 #: Files that change what gets installed (matched like PROTECTED_PATHS).
@@ -105,19 +112,34 @@ class Plan:
     estimated_seconds: float | None
     estimate_basis: str
     success_criteria: list[str]
-    tasks: list[dict[str, Any]]  # {step, name, detail, checkpoint, on_failure}
+    tasks: list[dict[str, Any]]  # {step, name, detail, checkpoint, on_failure[, role, after]}
     downgrade: bool  # target is an ancestor of base: rolling back in history
+    # A change described in words (kind "change") also has these; a deploy leaves them empty.
+    # ``files`` then lists the planned files ({path, status, why}) and ``target_commit``
+    # stays "" until the worker has written the change.
+    scope: str = ""  # what changes, and what does not
+    impact: str = ""  # who and what notices the change
+    dependents: list[str] = field(default_factory=list)  # modules importing the affected ones
+    prerequisites: list[str] = field(default_factory=list)
+    constraints: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)  # checkpoints the reviewer looks for
+    rollback_points: list[str] = field(default_factory=list)
+    effort: dict[str, str] = field(default_factory=dict)  # {estimate, complexity}
+    allow_unplanned: bool = False  # files outside ``files`` are allowed (and reported)
+    usage: dict[str, int] = field(default_factory=dict)  # model tokens spent on planning
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Plan:
-        """Rebuild a stored plan; keys this version does not know are ignored."""
-        missing = [f.name for f in fields(cls) if f.name not in d]
+        """Rebuild a stored plan; keys this version does not know are ignored, and keys
+        an older version did not write take their defaults."""
+        required = [f for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        missing = [f.name for f in required if f.name not in d]
         if missing:
             raise ValueError(f"stored plan lacks {', '.join(missing)}")
-        return cls(**{f.name: d[f.name] for f in fields(cls)})
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
 # -- the ref ------------------------------------------------------------------------------------

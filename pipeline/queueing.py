@@ -23,6 +23,8 @@ def rq_queue(settings: Settings) -> Queue:
 
 def job_timeout(settings: Settings) -> int:
     phases = 3 * settings.phase_timeout + 2 * (settings.restart_timeout + settings.boot_timeout)
+    if settings.llm_enabled:  # a change in words is written and reviewed first
+        phases += 2 * settings.llm_timeout
     return int(phases + _SLACK_SECONDS + settings.queue_max * phases)
 
 

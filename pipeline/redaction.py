@@ -12,9 +12,20 @@ _PATTERNS = [
     re.compile(r"sk-ant-[0-9A-Za-z_-]{8,}"),
     re.compile(r"\bgh[pousr]_[0-9A-Za-z]{20,}"),
     re.compile(r"github_pat_[0-9A-Za-z_]{20,}"),
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
+    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    re.compile(r"\bsk-(?:proj-)?[0-9A-Za-z_-]{20,}"),
+    re.compile(r"\b[rs]k_(?:live|test)_[0-9A-Za-z]{16,}"),
+    re.compile(r"\bAIza[0-9A-Za-z_-]{35}"),
+    re.compile(r"\bglpat-[0-9A-Za-z_-]{20,}"),
+    re.compile(r"\bnpm_[0-9A-Za-z]{36}"),
+    re.compile(r"\beyJ[0-9A-Za-z_-]{10,}\.eyJ[0-9A-Za-z_-]{10,}\.[0-9A-Za-z_-]{10,}"),
+    re.compile(r"(?i)\bbearer\s+[0-9A-Za-z._~+/-]{16,}=*"),
+    re.compile(r"(?<=://)[^\s:/@]+:[^\s@/]{4,}(?=@)"),
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|\Z)", re.S),
-    re.compile(r"(?i)\b(password|passwd|secret|token|api[_-]?key)(\s*[:=]\s*)(['\"]?)[^\s'\"]{6,}"),
+    re.compile(
+        r"(?i)\b((?:\w*_)?(?:password|passwd|secret|token|api[_-]?key|access[_-]?key)(?:_\w*)?)"
+        r"(\s*[:=]\s*)(['\"]?)[^\s'\"]{6,}"
+    ),
 ]
 MASK = "[redacted]"
 

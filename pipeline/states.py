@@ -58,6 +58,8 @@ def template_for(state: RequestState, phase: str = "") -> str | None:
     """The message template a person sees when a request enters ``state``."""
     if state is S.RUNNING:
         return "starting" if phase == "snapshot" else "working"
+    if state is S.RESTARTING and phase == "verify":
+        return "working"
     return {
         S.RECEIVED: "processing",
         S.PREFLIGHT: "processing",

@@ -22,6 +22,8 @@ from bot.commands import MAX_LENGTH, parse
         ("stop", "stop", ""),
         ("help", "help", ""),
         ("", "help", ""),
+        ("answer it returns pong", "answer", "it returns pong"),
+        ("Answer  in app.py,  please", "answer", "in app.py, please"),
         ("add a /ping command", "change", "add a /ping command"),
         ("status of the billing service please", "change", "status of the billing service please"),
     ],
@@ -34,6 +36,11 @@ def test_grammar(text: str, verb: str, argument: str) -> None:
 def test_deploy_needs_exactly_one_ref() -> None:
     assert parse("deploy").verb == "invalid"
     assert "usage: deploy <ref>" in parse("deploy main and also v2").error
+
+
+def test_answer_needs_the_answers() -> None:
+    command = parse("answer")
+    assert command.verb == "invalid" and "usage: answer <" in command.error
 
 
 def test_control_and_zero_width_characters_are_dropped() -> None:

@@ -212,6 +212,7 @@ def test_plan_ready_buttons_carry_the_request_id() -> None:
     assert [(b.label, b.action, b.style, b.value) for b in buttons] == [
         ("Approve", "approve", "primary", "r1"),
         ("Reject", "reject", "danger", "r1"),
+        ("Request changes", "revise", "", "r1"),
     ]
 
 

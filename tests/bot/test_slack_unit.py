@@ -17,7 +17,6 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 import pytest
-import redis
 import uvicorn
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
@@ -101,7 +100,7 @@ def test_plan_ready_has_header_fields_and_buttons_carrying_the_request_id() -> N
     actions = blocks[-1]
     assert actions["type"] == "actions"
     buttons = {b["action_id"]: b for b in actions["elements"]}
-    assert set(buttons) == {"molt_approve", "molt_reject"}
+    assert set(buttons) == {"molt_approve", "molt_reject", "molt_revise"}
     approve, reject = buttons["molt_approve"], buttons["molt_reject"]
     assert approve["value"] == reject["value"] == REQUEST_ID
     assert approve["style"] == "primary" and "confirm" not in approve
@@ -302,18 +301,10 @@ class Served:
 
 
 @pytest.fixture
-def unconnected_store() -> Iterator[RequestStore]:
-    """Never reached: these tests only hand clicks and commands to the desk."""
-    conn = redis.Redis(unix_socket_path="/nonexistent/molt-test.sock")
-    yield RequestStore(conn)
-    conn.close()
-
-
-@pytest.fixture
 def served(
-    tmp_path: Path, fake: FakeSlack, unconnected_store: RequestStore
+    tmp_path: Path, fake: FakeSlack, request_store: RequestStore
 ) -> Iterator[tuple[Served, RecordingDesk]]:
-    slack = Slack(slack_settings(tmp_path, fake), unconnected_store)
+    slack = Slack(slack_settings(tmp_path, fake), request_store)
     desk = RecordingDesk()
     slack.desk = desk  # type: ignore[assignment]
     slack.start()
@@ -347,6 +338,9 @@ def test_a_signed_click_presses_the_button_with_the_request_id(
     assert desk.pressed == [(Origin("slack", "U0BO", "C0DEPLOYS", "bo"), "approve", REQUEST_ID)]
     status, _ = server.send(block_action("molt_reject", REQUEST_ID))
     assert status == 200
+    deadline = time.monotonic() + 5
+    while len(desk.pressed) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert desk.pressed[-1][1:] == ("reject", REQUEST_ID)
 
 
@@ -482,8 +476,10 @@ def test_deliver_posts_once_then_edits_the_status_message(
     slack.deliver(request, plan_ready())
     (update,) = fake.calls("chat.update")
     assert (update.args["channel"], update.args["ts"]) == ("C0DEPLOYS", post.response["ts"])
-    assert len(fake.calls("chat.postMessage")) == 1
-    (shown,) = fake.messages().values()
+    # The plan is a milestone: also a reply in the status message's thread.
+    root, reply = fake.calls("chat.postMessage")
+    assert "thread_ts" not in root.args and reply.args["thread_ts"] == post.response["ts"]
+    shown = fake.messages()[post.response["ts"]]
     assert shown["updates"] == 1
     assert shown["metadata"]["event_payload"] == {
         "request_id": request.id,

@@ -9,6 +9,7 @@ person would see.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import hashlib
@@ -35,7 +36,7 @@ BOT_USER_ID = "U0MOLTBOT"
 BOT_ID = "B0MOLTBOT"
 APP_ID = "A0MOLT"
 #: Arguments Slack takes as JSON text in a form body.
-_JSON_ARGS = ("blocks", "metadata", "attachments")
+_JSON_ARGS = ("blocks", "metadata", "attachments", "view")
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class FakeSlack:
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        #: Set by ``with_socket_mode()``: the WebSocket end of Socket Mode.
+        self.socket_mode: FakeSocketMode | None = None
 
     # -- life cycle --------------------------------------------------------
 
@@ -92,7 +95,15 @@ class FakeSlack:
         self._thread.start()
         return self
 
+    def with_socket_mode(self) -> FakeSocketMode:
+        """Serve Socket Mode too: ``apps.connections.open`` hands out its ws:// URL."""
+        self.socket_mode = FakeSocketMode().start()
+        return self.socket_mode
+
     def stop(self) -> None:
+        if self.socket_mode is not None:
+            self.socket_mode.stop()
+            self.socket_mode = None
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -287,12 +298,28 @@ class FakeSlack:
         )
         return {"ok": True, "message_ts": ts}
 
+    def _views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = args.get("view")
+        if not args.get("trigger_id"):
+            return {"ok": False, "error": "invalid_trigger_id"}
+        if not isinstance(view, dict) or view.get("type") != "modal":
+            return {"ok": False, "error": "invalid_arguments"}
+        opened = {"id": f"V{uuid.uuid4().hex[:10].upper()}", "team_id": self.team_id, **view}
+        return {"ok": True, "view": opened}
+
+    def _views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        view = args.get("view")
+        if not args.get("user_id"):
+            return {"ok": False, "error": "user_not_found"}
+        if not isinstance(view, dict) or view.get("type") != "home":
+            return {"ok": False, "error": "invalid_arguments"}
+        return {"ok": True, "view": {"id": f"V{uuid.uuid4().hex[:10].upper()}", **view}}
+
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.socket_mode is None:
+            return {"ok": False, "error": "invalid_auth"}
         ticket = uuid.uuid4()
-        return {
-            "ok": True,
-            "url": f"ws://127.0.0.1:{self.port}/link/?ticket={ticket}&app_id={APP_ID}",
-        }
+        return {"ok": True, "url": f"{self.socket_mode.url}?ticket={ticket}&app_id={APP_ID}"}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -462,3 +489,217 @@ def block_action(
     }
     body = urlencode({"payload": json.dumps(payload)}).encode()
     return SignedRequest(body, sign(body, secret, timestamp))
+
+
+def view_submission(
+    callback_id: str,
+    private_metadata: str,
+    values: dict[str, Any],
+    *,
+    secret: str = SIGNING_SECRET,
+    user_id: str = "U0ANA",
+    user_name: str = "ana",
+    timestamp: int | None = None,
+) -> SignedRequest:
+    """A signed modal submission: ``payload=`` JSON with the view and its state."""
+    payload: dict[str, Any] = {
+        "type": "view_submission",
+        "team": {"id": TEAM_ID, "domain": TEAM_DOMAIN},
+        "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": TEAM_ID},
+        "api_app_id": APP_ID,
+        "token": "legacy-verification-token",
+        "trigger_id": _trigger_id(),
+        "view": {
+            "id": f"V{uuid.uuid4().hex[:10].upper()}",
+            "team_id": TEAM_ID,
+            "type": "modal",
+            "callback_id": callback_id,
+            "private_metadata": private_metadata,
+            "state": {"values": values},
+            "hash": uuid.uuid4().hex[:20],
+            "app_id": APP_ID,
+            "bot_id": BOT_ID,
+        },
+        "response_urls": [],
+        "is_enterprise_install": False,
+        "enterprise": None,
+    }
+    body = urlencode({"payload": json.dumps(payload)}).encode()
+    return SignedRequest(body, sign(body, secret, timestamp))
+
+
+def signed_event(
+    body: dict[str, Any], *, secret: str = SIGNING_SECRET, retry: int = 0
+) -> SignedRequest:
+    """A signed Events API delivery; ``retry`` > 0 marks it as Slack's redelivery."""
+    raw = json.dumps(body).encode()
+    headers = sign(raw, secret, content_type="application/json")
+    if retry:
+        headers["X-Slack-Retry-Num"] = str(retry)
+        headers["X-Slack-Retry-Reason"] = "http_timeout"
+    return SignedRequest(raw, headers)
+
+
+class FakeSocketMode:
+    """Slack's Socket Mode end on 127.0.0.1: sends envelopes, expects acks by envelope id.
+
+    Like Slack, it keeps sending an envelope that was not acked: on every new connection,
+    with ``retry_attempt`` counting up. ``drop()`` closes the connection, as Slack does
+    when it refreshes one; the client must open a new one.
+    """
+
+    def __init__(self) -> None:
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.connections = 0
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._socket: Any = None
+        self._changed = threading.Condition()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: Any = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/link/"
+
+    def start(self) -> FakeSocketMode:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    async def _serve(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_get("/link/", self._session)
+        self._runner = web.AppRunner(app, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def _session(self, request: Any) -> Any:
+        from aiohttp import WSMsgType, web
+
+        socket = web.WebSocketResponse(autoping=True, heartbeat=None)
+        await socket.prepare(request)
+        with self._changed:
+            self.connections += 1
+            self._socket = socket
+            resend = list(self._pending.values())
+            self._changed.notify_all()
+        hello = {
+            "type": "hello",
+            "num_connections": 1,
+            "debug_info": {"host": "fake-socket-mode", "approximate_connection_time": 3600},
+            "connection_info": {"app_id": APP_ID},
+        }
+        await socket.send_json(hello)
+        for envelope in resend:
+            envelope["retry_attempt"] = int(envelope.get("retry_attempt", 0)) + 1
+            envelope["retry_reason"] = "timeout"
+            await socket.send_json(envelope)
+        async for message in socket:
+            if message.type != WSMsgType.TEXT:
+                continue
+            data = json.loads(message.data)
+            envelope_id = str(data.get("envelope_id") or "")
+            with self._changed:
+                if envelope_id and self._pending.pop(envelope_id, None) is not None:
+                    self.acks[envelope_id] = data
+                    self._changed.notify_all()
+        with self._changed:
+            if self._socket is socket:
+                self._socket = None
+            self._changed.notify_all()
+        return socket
+
+    def send(self, kind: str, payload: dict[str, Any]) -> str:
+        """Send an envelope (now, or on the next connection); returns its id."""
+        envelope_id = str(uuid.uuid4())
+        envelope = {
+            "envelope_id": envelope_id,
+            "type": kind,
+            "accepts_response_payload": kind != "events_api",
+            "payload": payload,
+            "retry_attempt": 0,
+            "retry_reason": "",
+        }
+        with self._changed:
+            self._pending[envelope_id] = envelope
+            socket = self._socket
+        if socket is not None:
+            asyncio.run_coroutine_threadsafe(socket.send_json(envelope), self._loop).result(5)
+        return envelope_id
+
+    def drop(self) -> None:
+        """Close the connection the way Slack does before it rotates one."""
+        with self._changed:
+            socket = self._socket
+        if socket is not None:
+            note = {"type": "disconnect", "reason": "refresh_requested"}
+            asyncio.run_coroutine_threadsafe(socket.send_json(note), self._loop).result(5)
+            asyncio.run_coroutine_threadsafe(socket.close(), self._loop).result(5)
+
+    def wait_connected(self, count: int = 1, timeout: float = 30) -> None:
+        """Wait until ``count`` connections were made in all and one is open."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.connections < count or self._socket is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"{self.connections} Socket Mode connections, not {count}")
+                self._changed.wait(left)
+
+    def wait_ack(self, envelope_id: str, timeout: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while envelope_id not in self.acks:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"envelope {envelope_id} was not acked")
+                self._changed.wait(left)
+            return self.acks[envelope_id]
+
+
+def command_payload(text: str, *, user_id: str = "U0ANA", user_name: str = "ana") -> dict[str, Any]:
+    """A slash command as Socket Mode carries it (the HTTP form's fields, as JSON)."""
+    body = slash_command(text, user_id=user_id, user_name=user_name).body.decode()
+    return dict(parse_qsl(body))
+
+
+def action_payload(
+    action_id: str, value: str, *, user_id: str = "U0ANA", user_name: str = "ana"
+) -> dict[str, Any]:
+    """A button click as Socket Mode carries it."""
+    body = block_action(action_id, value, user_id=user_id, user_name=user_name).body.decode()
+    return dict(json.loads(dict(parse_qsl(body))["payload"]))
+
+
+def event_callback(event: dict[str, Any], *, event_id: str = "") -> dict[str, Any]:
+    """An Events API ``event_callback`` body, as HTTP or Socket Mode carries it."""
+    return {
+        "token": "legacy-verification-token",
+        "team_id": TEAM_ID,
+        "api_app_id": APP_ID,
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
+        "event_time": int(time.time()),
+        "authorizations": [
+            {
+                "team_id": TEAM_ID,
+                "user_id": BOT_USER_ID,
+                "is_bot": True,
+                "is_enterprise_install": False,
+            }
+        ],
+    }

@@ -23,8 +23,11 @@ from tests.fakes.slack import (
     FakeSlack,
     SignedRequest,
     block_action,
+    event_callback,
     sign,
+    signed_event,
     slash_command,
+    view_submission,
 )
 from tests.support import Molt, ServiceRepo
 
@@ -131,10 +134,13 @@ def test_deploy_from_slack_to_success_with_metadata_on_every_message(
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
     assert slack_bot.command("deploy main") == 200
     plan = slack_bot.shown("plan_ready")
-    assert _buttons(plan) == ["molt_approve", "molt_reject"]
+    assert _buttons(plan) == ["molt_approve", "molt_reject", "molt_revise"]
     request_id = _payload(plan)["request_id"]
     assert slack_bot.click("approve", request_id) == 200
     success = slack_bot.shown("success")
+    slack_bot.slack.wait_for(
+        lambda c: "thread_ts" in c.args and _payload(c.args).get("template") == "success"
+    )
     assert "Live" in success["text"]
     assert _buttons(success) == []
     assert service.live_head() == new
@@ -152,11 +158,18 @@ def test_deploy_from_slack_to_success_with_metadata_on_every_message(
     assert all(
         _payload(c.args).get("codename") for c in calls if _payload(c.args)["template"] == "success"
     )
-    # One status message, edited in place: one post, then updates of the same ts.
-    posts = [c for c in calls if c.method == "chat.postMessage"]
-    assert len(posts) == 1
-    ts = posts[0].response["ts"]
+    # One status message, edited in place; milestones are also replies in its thread.
+    roots = [c for c in calls if c.method == "chat.postMessage" and "thread_ts" not in c.args]
+    assert len(roots) == 1
+    ts = roots[0].response["ts"]
     assert all(c.args["ts"] == ts for c in calls if c.method == "chat.update")
+    replies = [c for c in calls if c.method == "chat.postMessage" and "thread_ts" in c.args]
+    assert all(c.args["thread_ts"] == ts for c in replies)
+    assert [_payload(c.args)["template"] for c in replies] == [
+        "plan_ready",
+        "restarting",
+        "success",
+    ]
 
 
 def test_unauthorised_slack_user_gets_an_ephemeral_refusal(
@@ -281,3 +294,98 @@ def test_secrets_never_reach_messages_audit_events_or_logs(
     for text in seen:
         for secret in (BOT_TOKEN, SIGNING_SECRET, "ghp_" + "a" * 36):
             assert secret not in text
+
+
+def test_request_changes_opens_a_modal_and_its_answer_plans_again(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
+    service.commit({"notes.txt": "x\n"}, "notes")
+    other = service.commit({"notes.txt": "y\n"}, "other notes", branch="other")
+    slack_bot.command("deploy main")
+    request_id = slack_bot.request_id()
+    assert slack_bot.click("revise", request_id, ALICE) == 200
+    opened = slack_bot.slack.wait_for(lambda c: c.method == "views.open", timeout=10)
+    view = opened.args["view"]
+    assert view["callback_id"] == "molt_revise"
+    assert json.loads(view["private_metadata"])["request_id"] == request_id
+    answer = {"note": {"note": {"type": "plain_text_input", "value": "deploy other"}}}
+    submitted = view_submission("molt_revise", view["private_metadata"], answer, **ALICE)
+    assert slack_bot.post(submitted) == 200
+    slack_bot.slack.wait_for(
+        lambda c: (
+            _payload(c.args).get("template") == "plan_ready"
+            and "other" in json.dumps(c.args.get("blocks"))
+        ),
+        timeout=60,
+    )
+    revised = slack_bot.store.get(request_id)
+    assert revised.state.value == "plan_ready" and revised.plan
+    assert revised.plan["target_commit"] == other
+
+
+def test_slack_retries_and_repeated_deliveries_are_acted_on_once(slack_bot: SlackBot) -> None:
+    opened = event_callback({"type": "app_home_opened", "user": "U1ALICE", "tab": "home"})
+    assert slack_bot.post(signed_event(opened)) == 200
+    assert slack_bot.post(signed_event(opened, retry=1)) == 200
+    assert slack_bot.post(signed_event(opened, retry=2)) == 200
+    slack_bot.slack.wait_for(lambda c: c.method == "views.publish", timeout=10)
+    command = slash_command("status", **ALICE)
+    for _ in range(3):  # the same delivery, three times
+        assert slack_bot.post(command) == 200
+    slack_bot.shown("status")
+    time.sleep(1)  # give a wrongly repeated delivery the time to show up
+    assert len(slack_bot.slack.calls("views.publish")) == 1
+    statuses = [c for c in slack_bot.slack.calls() if _payload(c.args).get("template") == "status"]
+    assert len(statuses) == 1
+
+
+def test_app_home_shows_the_current_update_queue_and_recent_outcomes(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
+    service.commit({"notes.txt": "x\n"}, "notes")
+    slack_bot.command("deploy main")
+    request_id = slack_bot.request_id()
+    slack_bot.click("approve", request_id)
+    slack_bot.shown("success")
+    codename = slack_bot.store.get(request_id).codename
+    home = event_callback({"type": "app_home_opened", "user": "U2BOB", "tab": "home"})
+    slack_bot.post(signed_event(home))
+    published = slack_bot.slack.wait_for(lambda c: c.method == "views.publish", timeout=10)
+    assert published.args["user_id"] == "U2BOB"
+    shown = json.dumps(published.args["view"]["blocks"])
+    assert "Last updates" in shown and codename in shown and "succeeded" in shown
+    assert "Nothing waiting" in shown
+
+
+def test_rate_limits_are_honoured_and_the_final_status_still_arrives(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
+    service.commit({"notes.txt": "x\n"}, "notes")
+    slack_bot.command("deploy main")
+    request_id = slack_bot.request_id()
+    slack_bot.slack.rate_limit_next(6, retry_after=1)
+    slack_bot.click("approve", request_id)
+    slack_bot.shown("success", timeout=90)
+    limited = [c for c in slack_bot.slack.calls() if c.status == 429]
+    assert len(limited) == 6
+    assert slack_bot.store.get(request_id).state.value == "succeeded"
+
+
+def test_operator_commands_are_for_operators_only(slack_bot: SlackBot) -> None:
+    slack_bot.command("pause", MALLORY)
+    refused = slack_bot.shown("refused")
+    assert "only operators" in refused["text"]
+    assert slack_bot.slack.calls("chat.postEphemeral")[-1].args["user"] == "U9MALLORY"
+    slack_bot.command("pause", BOB)
+    paused = slack_bot.slack.wait_for(
+        lambda c: _payload(c.args).get("template") == "status" and "Paused" in c.args["text"],
+        timeout=20,
+    )
+    assert paused.args["user"] == "U2BOB"
+    slack_bot.command("status", BOB)
+    slack_bot.slack.wait_for(
+        lambda c: _payload(c.args).get("template") == "status" and "paused" in c.args["text"],
+        timeout=20,
+    )
+    slack_bot.command("resume", BOB)
+    slack_bot.slack.wait_for(lambda c: "Resumed" in str(c.args.get("text")), timeout=20)

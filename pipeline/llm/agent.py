@@ -1,0 +1,180 @@
+"""The implementer: Claude writes an approved change plan in the sandbox worktree.
+
+It has the sandbox's file tools and the test command (``tools.SandboxFiles``), nothing else,
+and hard limits: MOLT_LLM_MAX_TURNS model calls, MOLT_LLM_MAX_TOKENS tokens and
+MOLT_LLM_TIMEOUT seconds (both kept by ``Claude``). Every tool call is written, redacted, to
+the update's implement.log. What it leaves behind is checked by ``scope`` and ``review``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from pipeline.config import Settings
+from pipeline.exceptions import LLMError
+from pipeline.git import Git
+from pipeline.imports import ImportGraph
+from pipeline.llm import prompts, repomap
+from pipeline.llm.client import Claude
+from pipeline.llm.planner import CACHE, REQUEST_RESERVE, mark_last
+from pipeline.llm.scope import protected_allowed
+from pipeline.llm.tools import SandboxFiles
+from pipeline.planning import Plan
+from pipeline.redaction import redact
+from pipeline.requests import Request
+
+log = structlog.get_logger(__name__)
+
+AGENT_OUTPUT = 16_000
+MAX_SUMMARY = 500
+
+FINISH: dict[str, Any] = {
+    "name": "finish",
+    "description": "Say the change is complete (the tests pass), with a short summary.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"summary": {"type": "string", "maxLength": MAX_SUMMARY}},
+        "required": ["summary"],
+    },
+}
+
+
+@dataclass
+class Implemented:
+    summary: str
+    turns: int
+    tool_calls: int
+    refused: int
+    files: SandboxFiles
+
+
+def implement(
+    settings: Settings,
+    claude: Claude,
+    root: Path,
+    plan: Plan,
+    request: Request,
+    graph: ImportGraph,
+    *,
+    log_path: Path,
+    guard: Callable[[], None] = lambda: None,
+) -> Implemented:
+    """Run the implementer in ``root`` (checked out at the plan's base commit)."""
+    if claude.deadline is None:
+        claude.deadline = time.monotonic() + settings.llm_timeout
+    files = SandboxFiles(
+        root=root,
+        planned=frozenset(f["path"] for f in plan.files),
+        protected_ok=protected_allowed(plan),
+        allow_unplanned=plan.allow_unplanned,
+        test_command=settings.test_command,
+        test_timeout=settings.phase_timeout,
+        deadline=claude.deadline,
+        log_path=log_path.with_name("implement-tests.log"),
+    )
+    tools = [*files.tools, FINISH]
+    budget = max(
+        500,
+        settings.llm_prompt_budget
+        - repomap.estimate_tokens(prompts.IMPLEMENTER + json.dumps(tools))
+        - REQUEST_RESERVE,
+    )
+    drawn = repomap.build(Git(root), plan.base_commit, graph, budget)
+    system: list[dict[str, Any]] = [
+        {"type": "text", "text": prompts.IMPLEMENTER},
+        {
+            "type": "text",
+            "text": prompts.fence("repository map", drawn.text),
+            "cache_control": CACHE,
+        },
+    ]
+    intro = (
+        "Write this approved change. The approved plan and the original request follow. "
+        "When the tests pass, call finish."
+    )
+    body = "\n\n".join(
+        [
+            intro,
+            prompts.fence("approved plan", prompts.describe_plan(plan.to_dict())),
+            prompts.request_blocks(request.text, request.answers),
+        ]
+    )
+    messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": body}]}]
+    known = tuple(settings.secrets())
+    calls = refused = 0
+    with open(log_path, "a", encoding="utf-8") as trail:
+        for turn in range(1, settings.llm_max_turns + 1):
+            guard()
+            if turn > 1:
+                mark_last(messages)
+            reply = claude.send(
+                system=system,
+                messages=messages,
+                tools=tools,
+                tool_choice={"type": "auto"},
+                max_output=AGENT_OUTPUT,
+            )
+            messages.append({"role": "assistant", "content": reply.content})
+            uses = reply.tool_uses()
+            if not uses:
+                if reply.stop_reason == "max_tokens":
+                    note = "Your answer was cut at the output limit: work in smaller steps."
+                    messages.append({"role": "user", "content": [{"type": "text", "text": note}]})
+                    continue
+                summary = redact(reply.text()[:MAX_SUMMARY], known) or "done"
+                return Implemented(summary, turn, calls, refused, files)
+            results: list[dict[str, Any]] = []
+            finished: str | None = None
+            for use in uses:
+                if use["name"] == "finish":
+                    given = use["input"].get("summary")
+                    finished = " ".join(str(given or "done").split())[:MAX_SUMMARY]
+                    results.append(_result(use, "finished"))
+                    continue
+                outcome = files.call(use["name"], use["input"])
+                calls += 1
+                refused += outcome.is_error
+                _log_call(trail, turn, use, outcome.content, outcome.is_error, known)
+                results.append(_result(use, outcome.content, error=outcome.is_error))
+            if finished is not None:
+                return Implemented(redact(finished, known), turn, calls, refused, files)
+            messages.append({"role": "user", "content": results})
+    raise LLMError(
+        f"implementation did not finish within {settings.llm_max_turns} model calls "
+        "(MOLT_LLM_MAX_TURNS)"
+    )
+
+
+def _result(use: dict[str, Any], content: str, *, error: bool = False) -> dict[str, Any]:
+    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": use["id"], "content": content}
+    if error:
+        block["is_error"] = True
+    return block
+
+
+def _log_call(
+    trail: Any, turn: int, use: dict[str, Any], content: str, error: bool, known: tuple[str, ...]
+) -> None:
+    given = use["input"] if isinstance(use["input"], dict) else {}
+    shown = {
+        k: (v if len(str(v)) <= 200 else f"<{len(str(v))} characters>") for k, v in given.items()
+    }
+    entry = {
+        "turn": turn,
+        "tool": use["name"],
+        "input": shown,
+        "refused" if error else "result": content[:300],
+    }
+    line = redact(json.dumps(entry, ensure_ascii=False), known)
+    trail.write(line + "\n")
+    trail.flush()
+    log.info(
+        "tool call", tool=use["name"], turn=turn, refused=error, path=str(given.get("path", ""))
+    )

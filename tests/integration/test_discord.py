@@ -1,0 +1,419 @@
+"""Discord end to end: the real ``molt run`` process with its discord.py client connected to
+a fake Discord on loopback (REST and gateway), its real workers, Redis and git."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import audit, store
+from pipeline.config import load_settings
+from pipeline.requests import RequestStore
+from tests.fakes.discord import (
+    CHANNEL_ID,
+    EPHEMERAL,
+    ROLE_APPROVERS,
+    ROLE_DEPLOYERS,
+    ROLE_VISITORS,
+    TOKEN,
+    Call,
+    FakeDiscord,
+    Person,
+)
+from tests.support import Molt, ServiceRepo
+
+ALICE = Person("1300000000000000101", "alice")  # may ask, by user id
+DANA = Person("1300000000000000102", "dana", (ROLE_DEPLOYERS,))  # may ask, by role
+BOB = Person("1300000000000000103", "bob", (ROLE_APPROVERS,))  # approver and operator, by role
+MALLORY = Person("1300000000000000109", "mallory")  # nobody
+VICTOR = Person("1300000000000000110", "victor", (ROLE_VISITORS,))  # a role with no rights
+
+POST = "POST /channels/{id}/messages"
+PATCH = "PATCH /channels/{id}/messages/{id}"
+FOLLOWUP = "POST /webhooks/{id}/{token}"
+_FOOTER = re.compile(r"^Molt · (?:(?P<request_id>r\w+) · )?(?P<template>\w+)")
+GREEN, AMBER, RED = 0x2ECC71, 0xF1A90A, 0xE74C3C
+
+
+def _embed(body: Any) -> dict[str, Any]:
+    embeds = (body or {}).get("embeds") or [] if isinstance(body, dict) else []
+    return dict(embeds[0]) if embeds else {}
+
+
+def _stamp(body: Any) -> tuple[str, str]:
+    """(request id, template) from the footer of the message's embed."""
+    footer = (_embed(body).get("footer") or {}).get("text") or ""
+    found = _FOOTER.match(footer)
+    return (found["request_id"] or "", found["template"]) if found else ("", "")
+
+
+def _buttons(body: Any) -> list[str]:
+    return [
+        str(c.get("custom_id"))
+        for row in (body or {}).get("components") or []
+        for c in row.get("components") or []
+    ]
+
+
+def _text(embed: dict[str, Any]) -> str:
+    fields = "\n".join(f"{f['name']}: {f['value']}" for f in embed.get("fields") or [])
+    return f"{embed.get('title', '')}\n{embed.get('description', '')}\n{fields}"
+
+
+class DiscordBot:
+    """The running Molt, the fake Discord it is connected to, and Molt's Redis."""
+
+    def __init__(self, molt: Molt, fake: FakeDiscord, data_dir: Path, sessions: int) -> None:
+        self.molt = molt
+        self.fake = fake
+        self.port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        fake.wait_gateway(lambda g: g["t"] in ("READY",) and g["dir"] == "out", timeout=30)
+        self._wait_sessions(sessions)
+        self.store = RequestStore(store.connect(load_settings(data_dir=data_dir)))
+
+    def _wait_sessions(self, count: int) -> None:
+        ready = [g for g in self.fake.gateway_log() if g["t"] == "READY"]
+        if len(ready) < count:
+            self.fake.wait_gateway(
+                lambda g: g["t"] == "READY" and len(self._readies()) >= count, timeout=30
+            )
+        self.fake.wait_connected()
+
+    def _readies(self) -> list[dict[str, Any]]:
+        return [g for g in self.fake.gateway_log() if g["t"] == "READY"]
+
+    def shown(
+        self, template: str, request_id: str = "", since: int = 0, timeout: float = 90
+    ) -> Call:
+        """Wait for a message (posted, edited or followed up) rendered from ``template``."""
+
+        def matches(call: Call) -> bool:
+            if call.status >= 300 or call.route not in (POST, PATCH, FOLLOWUP):
+                return False
+            shown_id, shown_template = _stamp(call.body)
+            return shown_template == template and (not request_id or shown_id == request_id)
+
+        try:
+            return self.fake.wait_for(
+                lambda c: matches(c) and self.fake.calls().index(c) >= since, timeout=timeout
+            )
+        except TimeoutError as exc:
+            shown = [_stamp(c.body) for c in self.fake.calls() if c.route in (POST, PATCH)]
+            said = self.molt.output[-4000:]
+            raise AssertionError(f"{exc}\nshown: {shown}\nMolt said:\n{said}") from None
+
+    def mark(self) -> int:
+        return len(self.fake.calls())
+
+    def status_message(self, request_id: str) -> dict[str, Any]:
+        ref = self.store.get(request_id).message_ref or {}
+        assert ref.get("channel") == CHANNEL_ID
+        return self.fake.message(str(ref["message"]))
+
+    def plan(self, who: Person = ALICE, text: str = "deploy main") -> str:
+        """Ask in the channel and wait for the plan; returns the request id."""
+        mark = self.mark()
+        self.fake.say(who, f"!molt {text}")
+        request_id, _ = _stamp(self.shown("plan_ready", since=mark).body)
+        return request_id
+
+    def click(self, who: Person, request_id: str, action: str) -> str:
+        message = self.status_message(request_id)
+        return self.fake.click(who, message["id"], f"molt:{action}:{request_id}")
+
+    def templates(self, request_id: str) -> list[str]:
+        """Every template shown for ``request_id`` in the channel, in order."""
+        return [
+            template
+            for c in self.fake.calls()
+            if c.route in (POST, PATCH) and c.status < 300
+            for shown_id, template in [_stamp(c.body)]
+            if shown_id == request_id
+        ]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeDiscord]:
+    with FakeDiscord() as running:
+        yield running
+
+
+@pytest.fixture
+def start_discord_bot(
+    start_molt: Callable[..., Molt], data_dir: Path, fake: FakeDiscord
+) -> Callable[..., DiscordBot]:
+    started: list[DiscordBot] = []
+
+    def start(**env: str) -> DiscordBot:
+        molt = start_molt(
+            "run",
+            "--no-console",
+            **{
+                "DISCORD_TOKEN": TOKEN,
+                "DISCORD_API_URL": fake.api_url,
+                "MOLT_AUTHORISED_USERS": f"discord:{ALICE.id},discord-role:{ROLE_DEPLOYERS}",
+                "MOLT_APPROVERS": f"discord:{ALICE.id},discord-role:{ROLE_APPROVERS}",
+                **env,
+            },
+        )
+        bot = DiscordBot(molt, fake, data_dir, sessions=len(started) + 1)
+        started.append(bot)
+        return bot
+
+    return start
+
+
+@pytest.fixture
+def bot(start_discord_bot: Callable[..., DiscordBot]) -> DiscordBot:
+    return start_discord_bot()
+
+
+def _v2(service: ServiceRepo) -> str:
+    return service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+
+
+def test_message_command_deploys_to_success_in_one_message_edited_in_place(
+    service: ServiceRepo, bot: DiscordBot
+) -> None:
+    new = _v2(service)
+    request_id = bot.plan(ALICE)
+    plan = bot.status_message(request_id)
+    embed = _embed(plan)
+    request = bot.store.get(request_id)
+    assert request.requester == f"discord:{ALICE.id}"
+    assert embed["title"].startswith("📋 Plan ready")
+    risk = request.plan["risk"]["level"] if request.plan else ""
+    assert embed["color"] == {"low": GREEN, "medium": AMBER, "high": RED}[risk]
+    names = [f["name"] for f in embed["fields"]]
+    for name in ("Risk", "Components", "Tests", "Rollback point"):
+        assert name in names
+    assert "**Steps**" in embed["description"]
+    assert _buttons(plan) == [
+        f"molt:approve:{request_id}",
+        f"molt:reject:{request_id}",
+        f"molt:revise:{request_id}",
+    ]
+
+    click = bot.click(BOB, request_id, "approve")
+    bot.shown("success", request_id)
+    assert bot.fake.interaction(click).callback == {"type": 6}
+    assert service.live_head() == new
+    assert bot.store.get(request_id).state.value == "succeeded"
+
+    # One status message: posted once, then edited in place, ending without buttons.
+    posts = [c for c in bot.fake.calls(POST) if _stamp(c.body)[0] == request_id]
+    assert len(posts) == 1
+    message_id = posts[0].response["id"]
+    edits = [c for c in bot.fake.calls(PATCH) if _stamp(c.body)[0] == request_id]
+    assert edits and all(c.path.endswith(f"/{message_id}") for c in edits)
+    final = bot.fake.message(message_id)
+    assert _stamp(final)[1] == "success" and final["components"] == []
+    assert _embed(final)["color"] == GREEN
+    shown = bot.templates(request_id)
+    for template in ("processing", "plan_ready", "queued", "restarting", "success"):
+        assert template in shown
+    assert [c["name"] for c in bot.fake.commands()] == ["molt"]
+
+
+def test_slash_command_from_a_role_member_deploys_to_success(
+    service: ServiceRepo, bot: DiscordBot
+) -> None:
+    new = _v2(service)
+    mark = bot.mark()
+    asked = bot.fake.slash(DANA, "deploy main")
+    answered = bot.fake.wait_interaction(asked, lambda i: i.callback is not None)
+    assert answered.callback == {"type": 5, "data": {"flags": EPHEMERAL}}
+    request_id, _ = _stamp(bot.shown("plan_ready", since=mark).body)
+    request = bot.store.get(request_id)
+    assert request.requester == f"discord:{DANA.id}"
+    assert ROLE_DEPLOYERS in request.origin.roles
+
+    # The "thinking" answer turns into a pointer to the status message, for DANA alone.
+    pointed = bot.fake.wait_interaction(asked, lambda i: bool(i.followups))
+    status = bot.status_message(request_id)
+    assert status["id"] in pointed.followups[0]["content"]
+    assert pointed.followups[0]["flags"] & EPHEMERAL
+
+    bot.click(BOB, request_id, "approve")
+    bot.shown("success", request_id)
+    assert service.live_head() == new
+
+
+def test_unauthorised_user_and_unauthorised_role_are_refused_and_audited(
+    service: ServiceRepo, bot: DiscordBot
+) -> None:
+    said = bot.fake.say(MALLORY, "!molt deploy main")
+    reply = bot.shown("refused")
+    assert reply.body["content"] == f"<@{MALLORY.id}>"
+    assert str(reply.body["message_reference"]["message_id"]) == said
+    assert [str(u) for u in reply.body["allowed_mentions"]["users"]] == [MALLORY.id]
+    assert "not in MOLT_AUTHORISED_USERS" in _text(_embed(reply.body))
+
+    asked = bot.fake.slash(VICTOR, "deploy main")
+    refused = bot.fake.wait_interaction(asked, lambda i: bool(i.followups))
+    assert _stamp(refused.followups[0])[1] == "refused"
+    assert refused.followups[0]["flags"] & EPHEMERAL
+
+    requests = bot.store.recent(5)
+    assert sorted(r.requester for r in requests) == sorted(
+        [f"discord:{MALLORY.id}", f"discord:{VICTOR.id}"]
+    )
+    assert all(r.state.value == "refused" and r.plan is None for r in requests)
+    for request in requests:
+        actions = [e["action"] for e in audit.entries(bot.store.conn, request.id)]
+        assert actions == ["received", "refused"]
+    public = [c for c in bot.fake.calls(POST) if not c.body.get("content")]
+    assert public == [], "nothing is posted for a refused request"
+
+
+def test_a_non_approver_click_is_refused_and_a_double_click_approves_once(
+    service: ServiceRepo, bot: DiscordBot
+) -> None:
+    _v2(service)
+    request_id = bot.plan(ALICE)
+    refused = bot.click(MALLORY, request_id, "approve")
+    answer = bot.fake.wait_interaction(refused, lambda i: bool(i.followups))
+    assert answer.callback == {"type": 6}
+    assert _stamp(answer.followups[0])[1] == "not_allowed"
+    assert answer.followups[0]["flags"] & EPHEMERAL
+    assert "only approvers" in _text(_embed(answer.followups[0]))
+    assert bot.store.get(request_id).state.value == "plan_ready"
+
+    first = bot.click(BOB, request_id, "approve")
+    second = bot.click(BOB, request_id, "approve")
+    bot.shown("success", request_id)
+    for click in (first, second):
+        assert bot.fake.interaction(click).callback == {"type": 6}
+    assert bot.templates(request_id).count("queued") == 1
+    approvals = [e for e in audit.entries(bot.store.conn, request_id) if e["action"] == "approved"]
+    assert len(approvals) == 1
+    late = bot.fake.wait_interaction(second, lambda i: bool(i.followups), timeout=30)
+    late_text = _text(_embed(late.followups[0]))
+    assert "already" in late_text or "is queued" in late_text or "is running" in late_text
+
+
+def test_a_plan_posted_before_a_restart_is_approved_after_it(
+    service: ServiceRepo, start_discord_bot: Callable[..., DiscordBot]
+) -> None:
+    new = _v2(service)
+    first = start_discord_bot()
+    request_id = first.plan(ALICE)
+    message_id = first.status_message(request_id)["id"]
+    first.molt.stop()
+
+    second = start_discord_bot()
+    click = second.fake.click(BOB, message_id, f"molt:approve:{request_id}")
+    second.shown("success", request_id)
+    assert second.fake.interaction(click).callback == {"type": 6}
+    assert service.live_head() == new
+    # The same message carried the plan and carries the outcome.
+    assert second.store.get(request_id).message_ref == {
+        "channel": CHANNEL_ID,
+        "message": message_id,
+    }
+    assert _stamp(second.fake.message(message_id))[1] == "success"
+    # Registered once: the second process found /molt as it wanted it.
+    assert len(second.fake.calls("PUT /applications/{id}/commands")) == 1
+
+
+def test_failure_offers_retry_and_retry_plans_again(service: ServiceRepo, bot: DiscordBot) -> None:
+    old = service.live_head()
+    service.commit(
+        {"checks/test_new.py": "def test_new():\n    assert False, 'broken'\n"}, "broken"
+    )
+    request_id = bot.plan(ALICE)
+    bot.click(BOB, request_id, "approve")
+    failure = bot.shown("failure", request_id)
+    assert _buttons(failure.body) == [f"molt:retry:{request_id}"]
+    assert _embed(failure.body)["color"] == RED
+    assert old[:7] in _text(_embed(failure.body))
+    assert service.live_head() == old
+
+    mark = bot.mark()
+    bot.click(ALICE, request_id, "retry")
+    bot.shown("plan_ready", request_id, since=mark)
+    assert bot.store.get(request_id).attempt == 2
+
+
+def test_request_changes_opens_a_modal_and_plans_the_requested_ref(
+    service: ServiceRepo, bot: DiscordBot
+) -> None:
+    tagged = service.commit({"notes.txt": "v2\n"}, "v2", tag="v2")
+    service.commit({"notes.txt": "v3\n"}, "v3")
+    request_id = bot.plan(ALICE, "deploy main")
+    opened = bot.click(ALICE, request_id, "revise")
+    modal = bot.fake.wait_interaction(opened, lambda i: i.callback is not None).callback
+    assert modal is not None and modal["type"] == 9
+    assert modal["data"]["custom_id"] == f"molt:revision:{request_id}"
+    mark = bot.mark()
+    submitted = bot.fake.submit(
+        ALICE,
+        f"molt:revision:{request_id}",
+        {"note": "deploy v2"},
+        message_id=bot.status_message(request_id)["id"],
+    )
+    assert bot.fake.wait_interaction(submitted, lambda i: i.callback is not None).callback == {
+        "type": 6
+    }
+    bot.shown("plan_ready", request_id, since=mark)
+    assert bot.store.get(request_id).argument == "v2"
+
+    bot.click(BOB, request_id, "approve")
+    bot.shown("success", request_id)
+    assert service.live_head() == tagged
+
+
+def test_a_gateway_outage_mid_update_loses_no_status(service: ServiceRepo, bot: DiscordBot) -> None:
+    new = _v2(service)
+    request_id = bot.plan(ALICE)
+    ready = [g for g in bot.fake.gateway_log() if g["t"] == "READY"][-1]["d"]
+    bot.click(BOB, request_id, "approve")
+    bot.shown("queued", request_id)
+
+    # The gateway goes away mid-update, and the next status edits meet rate limits.
+    bot.fake.drop_gateway(hold=True)
+    bot.fake.rate_limit(2, retry_after=0.4, where=lambda route: route == PATCH)
+    asked = bot.fake.say(BOB, "!molt status")  # waits in the session for the resume
+    bot.shown("success", request_id)
+    assert service.live_head() == new
+    limited = [c for c in bot.fake.calls(PATCH) if c.status == 429]
+    assert len(limited) == 2
+
+    bot.fake.release_gateway()
+    resume = bot.fake.wait_gateway(lambda g: g["dir"] == "in" and g["op"] == 6, timeout=60)
+    assert resume["d"]["session_id"] == ready["session_id"]
+    assert resume["path"] == "/gateway-resume"
+    bot.fake.wait_gateway(lambda g: g["t"] == "RESUMED")
+    status = bot.shown("status")
+    assert str(status.body["message_reference"]["message_id"]) == asked
+
+    shown = bot.templates(request_id)
+    order = [shown.index(t) for t in ("plan_ready", "queued", "restarting", "success")]
+    assert order == sorted(order)
+    assert shown[-1] == "success"
+
+
+def test_missing_message_content_intent_is_reported_and_molt_keeps_running(
+    start_molt: Callable[..., Molt],
+) -> None:
+    with FakeDiscord(privileged_intents=False) as refusing:
+        molt = start_molt(
+            "run",
+            "--no-console",
+            DISCORD_TOKEN=TOKEN,
+            DISCORD_API_URL=refusing.api_url,
+        )
+        port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        molt.wait_for(r"MESSAGE CONTENT INTENT")
+        assert any(g["op"] == 2 for g in refusing.gateway_log())
+        assert not any(g["t"] == "READY" for g in refusing.gateway_log())
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            assert answer.status == 200
+        assert molt.proc.poll() is None
+        lines = [line for line in molt.lines if "MESSAGE CONTENT INTENT" in line]
+        assert lines and "Developer Portal" in lines[0]

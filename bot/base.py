@@ -9,12 +9,35 @@ belongs to no request: help, status, a refused click).
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from concurrent.futures import Future
 from typing import Any
 
 from bot.messages import Message
 from pipeline.requests import Origin, Request
+
+
+class MessageRefs:
+    """Where each request's status message is, kept beside Redis too, so a redelivery
+    after a failed store write edits the message rather than posting it again."""
+
+    def __init__(self, kept: int = 1000) -> None:
+        self._kept = kept
+        self._refs: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remember(self, request_id: str, ref: dict[str, str]) -> None:
+        with self._lock:
+            self._refs[request_id] = ref
+            self._refs.move_to_end(request_id)
+            while len(self._refs) > self._kept:
+                self._refs.popitem(last=False)
+
+    def get(self, request_id: str) -> dict[str, str] | None:
+        with self._lock:
+            return self._refs.get(request_id)
 
 
 class Front(ABC):

@@ -32,7 +32,7 @@ import yarl
 from discord import app_commands
 from discord.gateway import DiscordWebSocket
 
-from bot.base import Adapter
+from bot.base import Adapter, MessageRefs
 from bot.commands import parse
 from bot.messages import Message
 from bot.notifier import TRANSIENT
@@ -133,8 +133,7 @@ class Discord(Adapter):
         self._stopping = threading.Event()
         #: Why Discord stays off (a refused token or intent), so deliveries fail at once.
         self._off = ""
-        self._refs: OrderedDict[str, dict[str, str]] = OrderedDict()
-        self._refs_lock = threading.Lock()
+        self._refs = MessageRefs()
         # Only touched on the client's loop:
         self._contacts = _Contacts()
         self._gates: OrderedDict[int, _EditGate] = OrderedDict()
@@ -336,7 +335,7 @@ class Discord(Adapter):
     def deliver(self, request: Request, message: Message) -> None:
         new_ref = self._call(lambda: self._deliver(request, message))
         if new_ref is not None:
-            self._remember(request.id, new_ref)
+            self._refs.remember(request.id, new_ref)
             self.store.update(request.id, message_ref=new_ref)
 
     def reply(self, origin: Origin, message: Message) -> None:
@@ -370,7 +369,7 @@ class Discord(Adapter):
         client = self._connected()
         embed = to_embed(message, colour_for(message, request))
         buttons = to_buttons(message)
-        ref = request.message_ref or self._remembered(request.id)
+        ref = request.message_ref or self._refs.get(request.id)
         if ref and str(ref.get("channel", "")).isdigit() and str(ref.get("message", "")).isdigit():
             channel_id, message_id = int(ref["channel"]), int(ref["message"])
             gate = self._gate(message_id)
@@ -486,17 +485,6 @@ class Discord(Adapter):
         self._gates.move_to_end(message_id)
         return gate
 
-    def _remember(self, request_id: str, ref: dict[str, str]) -> None:
-        """Kept beside Redis, so a redelivery after a failed store write edits, not reposts."""
-        with self._refs_lock:
-            self._refs[request_id] = ref
-            self._refs.move_to_end(request_id)
-            while len(self._refs) > _REFS_KEPT:
-                self._refs.popitem(last=False)
-
-    def _remembered(self, request_id: str) -> dict[str, str] | None:
-        with self._refs_lock:
-            return self._refs.get(request_id)
 
 
 # -- the discord.py client ----------------------------------------------------

@@ -16,7 +16,6 @@ import logging
 import re
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
-from bot.base import Adapter
+from bot.base import Adapter, MessageRefs
 from bot.messages import Button, Message
 from pipeline.config import Settings
 from pipeline.exceptions import ConfigError
@@ -77,7 +76,6 @@ TEXT_BUDGET = 6000
 _REPOST = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 #: Errors that mean the bot cannot write where the request came from: write to the person.
 _NO_CHANNEL = frozenset({"channel_not_found", "not_in_channel", "is_archived"})
-_REFS_KEPT = 1000
 #: Slack signs each request; an older timestamp may be a replay.
 SIGNATURE_MAX_AGE = 300
 
@@ -135,8 +133,7 @@ class Slack(Adapter):
             logger=bolt_logger,
         )
         self._secret = secret.encode()
-        self._refs: OrderedDict[str, dict[str, str]] = OrderedDict()
-        self._refs_lock = threading.Lock()
+        self._refs = MessageRefs()
         self._authorised = False
         self.socket_mode: Any = None
         # Ack first, then the lazy part on Bolt's thread: nothing waits on Redis before the ack.
@@ -315,7 +312,7 @@ class Slack(Adapter):
 
     def _root(self, request: Request, content: dict[str, Any]) -> dict[str, str]:
         """Post the request's status message, or update it in place; returns where it is."""
-        ref = request.message_ref or self._remembered(request.id)
+        ref = request.message_ref or self._refs.get(request.id)
         if ref and ref.get("channel") and ref.get("ts"):
             try:
                 self.client.chat_update(channel=ref["channel"], ts=ref["ts"], **content)
@@ -332,7 +329,7 @@ class Slack(Adapter):
             # The bot is not in that channel: the app's DM with the requester always works.
             posted = self.client.chat_postMessage(channel=request.origin.user, **content)
         new_ref = {"channel": str(posted["channel"]), "ts": str(posted["ts"])}
-        self._remember(request.id, new_ref)
+        self._refs.remember(request.id, new_ref)
         self.store.update(request.id, message_ref=new_ref)
         self.store.conn.set(
             thread_key(new_ref["channel"], new_ref["ts"]), request.id, ex=THREAD_TTL
@@ -350,17 +347,6 @@ class Slack(Adapter):
                 raise
             self.client.chat_postMessage(channel=origin.user, **content)
 
-    def _remember(self, request_id: str, ref: dict[str, str]) -> None:
-        """Kept beside Redis, so a redelivery after a failed store write edits, not reposts."""
-        with self._refs_lock:
-            self._refs[request_id] = ref
-            self._refs.move_to_end(request_id)
-            while len(self._refs) > _REFS_KEPT:
-                self._refs.popitem(last=False)
-
-    def _remembered(self, request_id: str) -> dict[str, str] | None:
-        with self._refs_lock:
-            return self._refs.get(request_id)
 
 
 def _ack(ack: Ack) -> None:

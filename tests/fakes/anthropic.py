@@ -26,9 +26,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.fakes.loopback import HttpFake
 
 API_KEY = "sk-ant-api03-molt-test-key-0000000000"
 CHARS_PER_TOKEN = 4
@@ -141,59 +142,24 @@ def _blocks(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-class FakeAnthropic:
+class FakeAnthropic(HttpFake):
     """The Messages API on 127.0.0.1, port 0; a context manager, or start()/stop()."""
 
+    name = "fake Anthropic API"
+
     def __init__(self, *turns: Turn | Callable[[dict[str, Any]], Turn], api_key: str = API_KEY):
+        super().__init__()
+        self.handler = _Handler
         self.api_key = api_key
         self._script: list[Turn | Callable[[dict[str, Any]], Turn]] = list(turns)
         self._calls: list[Call] = []
         self._cached: set[str] = set()
         self._ids = itertools.count(1)
         self._changed = threading.Condition()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- life cycle --------------------------------------------------------
-
-    def start(self) -> FakeAnthropic:
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-anthropic", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeAnthropic:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the fake Anthropic API is not running")
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
         """The environment that points Molt at this fake."""

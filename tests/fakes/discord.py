@@ -26,13 +26,14 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes.loopback import AsyncFake
 
 TOKEN = "molt-test-discord-bot-token"
 APPLICATION_ID = "1300000000000000001"
@@ -127,8 +128,10 @@ class _Session:
         self.socket: web.WebSocketResponse | None = None
 
 
-class FakeDiscord:
+class FakeDiscord(AsyncFake):
     """Discord's REST API and gateway on 127.0.0.1, port 0; a context manager."""
+
+    name = "fake Discord"
 
     def __init__(
         self,
@@ -137,6 +140,7 @@ class FakeDiscord:
         privileged_intents: bool = True,
         channels: tuple[str, ...] = (CHANNEL_ID, OTHER_CHANNEL_ID),
     ) -> None:
+        super().__init__()
         self.token = token
         self.privileged_intents = privileged_intents
         self.channels = channels
@@ -153,70 +157,18 @@ class FakeDiscord:
         self._held = False
         self._limits: list[tuple[Callable[[str], bool], float]] = []
         self._ids = itertools.count(1)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._port = 0
 
     # -- life cycle --------------------------------------------------------
 
-    def start(self) -> FakeDiscord:
-        ready = threading.Event()
-        self._thread = threading.Thread(
-            target=self._serve, args=(ready,), name="fake-discord", daemon=True
-        )
-        self._thread.start()
-        if not ready.wait(10) or not self._port:
-            raise RuntimeError("the fake Discord did not start")
-        return self
-
-    def _serve(self, ready: threading.Event) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._open())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._close())
-        finally:
-            ready.set()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _open(self) -> None:
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/gateway", self._gateway_socket)
         app.router.add_get("/gateway-resume", self._gateway_socket)
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self._port = int(self._runner.addresses[0][1])
 
-    async def _close(self) -> None:
+    async def closing(self) -> None:
         for session in self._sessions.values():
             if session.socket is not None and not session.socket.closed:
                 await session.socket.close(code=1001)
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def stop(self) -> None:
-        loop, thread = self._loop, self._thread
-        if loop is not None and thread is not None and thread.is_alive():
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout=10)
-        self._thread = None
-
-    def __enter__(self) -> FakeDiscord:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def api_url(self) -> str:
@@ -226,10 +178,6 @@ class FakeDiscord:
     @property
     def gateway_url(self) -> str:
         return f"ws://127.0.0.1:{self._port}/gateway"
-
-    def _on_loop(self, coroutine: Coroutine[Any, Any, T], timeout: float = 10) -> T:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     # -- what tests look at --------------------------------------------------
 
@@ -334,7 +282,7 @@ class FakeDiscord:
             if session is not None and session.socket is not None:
                 await session.socket.close(code=4000, message=b"fake outage")
 
-        self._on_loop(drop())
+        self.on_loop(drop())
 
     def forget_sessions(self) -> None:
         """Sessions can no longer be resumed: a RESUME gets INVALID_SESSION."""
@@ -367,7 +315,7 @@ class FakeDiscord:
         )
         message["guild_id"] = GUILD_ID
         message["member"] = who.member(with_user=False)
-        self._on_loop(self._store_and_dispatch("MESSAGE_CREATE", message))
+        self.on_loop(self._store_and_dispatch("MESSAGE_CREATE", message))
         return str(message["id"])
 
     def slash(self, who: Person, text: str = "", channel: str = CHANNEL_ID) -> str:
@@ -441,7 +389,7 @@ class FakeDiscord:
             self._interactions[interaction_id] = Interaction(
                 interaction_id, token, kind, who.id, channel
             )
-        self._on_loop(self._dispatch("INTERACTION_CREATE", payload))
+        self.on_loop(self._dispatch("INTERACTION_CREATE", payload))
         return interaction_id
 
     # -- REST ------------------------------------------------------------------

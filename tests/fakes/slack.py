@@ -9,7 +9,6 @@ person would see.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import hashlib
@@ -22,10 +21,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from aiohttp import WSMsgType, web
+
+from tests.fakes.loopback import AsyncFake, HttpFake
 
 BOT_TOKEN = "xoxb-0000-molt-test-token"
 APP_TOKEN = "xapp-1-molt-test-app-token"
@@ -51,8 +53,10 @@ class SlackCall:
     at: float = field(default_factory=time.time)
 
 
-class FakeSlack:
+class FakeSlack(HttpFake):
     """The Slack Web API on 127.0.0.1, port 0; use as a context manager or start()/stop()."""
+
+    name = "fake Slack"
 
     def __init__(
         self,
@@ -62,6 +66,8 @@ class FakeSlack:
         team_id: str = TEAM_ID,
         bot_user_id: str = BOT_USER_ID,
     ) -> None:
+        super().__init__()
+        self.handler = _Handler
         self.token = token
         self.app_token = app_token
         self.team_id = team_id
@@ -74,26 +80,10 @@ class FakeSlack:
         self._retry_after = 1
         self._last_ts = 0.0
         self._changed = threading.Condition()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
         #: Set by ``with_socket_mode()``: the WebSocket end of Socket Mode.
         self.socket_mode: FakeSocketMode | None = None
 
     # -- life cycle --------------------------------------------------------
-
-    def start(self) -> FakeSlack:
-        fake = self
-
-        class Handler(_Handler):
-            owner = fake
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, args=(0.05,), name="fake-slack", daemon=True
-        )
-        self._thread.start()
-        return self
 
     def with_socket_mode(self) -> FakeSocketMode:
         """Serve Socket Mode too: ``apps.connections.open`` hands out its ws:// URL."""
@@ -104,29 +94,7 @@ class FakeSlack:
         if self.socket_mode is not None:
             self.socket_mode.stop()
             self.socket_mode = None
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeSlack:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("the fake Slack is not running")
-        return int(self._server.server_address[1])
+        super().stop()
 
     @property
     def url(self) -> str:
@@ -540,7 +508,7 @@ def signed_event(
     return SignedRequest(raw, headers)
 
 
-class FakeSocketMode:
+class FakeSocketMode(AsyncFake):
     """Slack's Socket Mode end on 127.0.0.1: sends envelopes, expects acks by envelope id.
 
     Like Slack, it keeps sending an envelope that was not acked: on every new connection,
@@ -548,47 +516,28 @@ class FakeSocketMode:
     when it refreshes one; the client must open a new one.
     """
 
+    name = "fake Socket Mode"
+
     def __init__(self) -> None:
+        super().__init__()
         self.acks: dict[str, dict[str, Any]] = {}
         self.connections = 0
         self._pending: dict[str, dict[str, Any]] = {}
         self._socket: Any = None
         self._changed = threading.Condition()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: Any = None
-        self.port = 0
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/link/"
 
-    def start(self) -> FakeSocketMode:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
-        self._loop.close()
-
-    async def _serve(self) -> None:
-        from aiohttp import web
-
-        app = web.Application()
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/link/", self._session)
-        self._runner = web.AppRunner(app, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
 
-    async def _session(self, request: Any) -> Any:
-        from aiohttp import WSMsgType, web
+    async def closing(self) -> None:
+        if self._socket is not None and not self._socket.closed:
+            await self._socket.close()
 
+    async def _session(self, request: web.Request) -> web.WebSocketResponse:
         socket = web.WebSocketResponse(autoping=True, heartbeat=None)
         await socket.prepare(request)
         with self._changed:
@@ -637,7 +586,7 @@ class FakeSocketMode:
             self._pending[envelope_id] = envelope
             socket = self._socket
         if socket is not None:
-            asyncio.run_coroutine_threadsafe(socket.send_json(envelope), self._loop).result(5)
+            self.on_loop(socket.send_json(envelope))
         return envelope_id
 
     def drop(self) -> None:
@@ -645,9 +594,8 @@ class FakeSocketMode:
         with self._changed:
             socket = self._socket
         if socket is not None:
-            note = {"type": "disconnect", "reason": "refresh_requested"}
-            asyncio.run_coroutine_threadsafe(socket.send_json(note), self._loop).result(5)
-            asyncio.run_coroutine_threadsafe(socket.close(), self._loop).result(5)
+            self.on_loop(socket.send_json({"type": "disconnect", "reason": "refresh_requested"}))
+            self.on_loop(socket.close())
 
     def wait_connected(self, count: int = 1, timeout: float = 30) -> None:
         """Wait until ``count`` connections were made in all and one is open."""

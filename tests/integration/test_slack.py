@@ -389,3 +389,39 @@ def test_operator_commands_are_for_operators_only(slack_bot: SlackBot) -> None:
     )
     slack_bot.command("resume", BOB)
     slack_bot.slack.wait_for(lambda c: "Resumed" in str(c.args.get("text")), timeout=20)
+
+
+def test_a_reply_in_the_thread_answers_the_planners_questions(
+    service: ServiceRepo, start_slack_bot: Callable[..., SlackBot]
+) -> None:
+    from tests.conversations import planned
+    from tests.fakes.anthropic import FakeAnthropic, reply, tool
+
+    questions = ["What should ping() return?"]
+    with FakeAnthropic(reply(tool("ask_questions", {"questions": questions})), planned()) as model:
+        bot = start_slack_bot(**model.env())
+        bot.command("add a ping function")
+        asked = bot.shown("needs_info")
+        assert "What should ping() return?" in json.dumps(asked["blocks"])
+        root = next(
+            c for c in bot.slack.calls("chat.postMessage") if "thread_ts" not in c.args
+        ).response
+        request_id = _payload(asked)["request_id"]
+        # Someone else's reply in the thread is not an answer.
+        stranger = {
+            "type": "message",
+            "channel": root["channel"],
+            "user": "U9MALLORY",
+            "text": "it returns PONG",
+            "ts": "1.1",
+            "thread_ts": root["ts"],
+        }
+        bot.post(signed_event(event_callback(stranger)))
+        bot.shown("not_allowed")
+        answer = {**stranger, "user": "U1ALICE", "text": "it returns pong", "ts": "1.2"}
+        bot.post(signed_event(event_callback(answer)))
+        bot.shown("plan_ready")
+        planned_request = bot.store.get(request_id)
+        assert planned_request.state.value == "plan_ready"
+        assert planned_request.answers and "it returns pong" in planned_request.answers[-1]
+        assert "it returns PONG" not in json.dumps(model.calls()[-1].body)

@@ -40,6 +40,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -429,6 +430,20 @@ def molt_load(setup: Setup, count: int, concurrency: int) -> dict[str, float]:
     }
 
 
+def held_load(setup: Setup, count: int, concurrency: int) -> dict[str, float]:
+    """The same load with the bot process stopped (SIGSTOP) until the acks are in: the ack
+    path alone, without Molt's own post-ack work competing for the two cores."""
+    commands = count + concurrency
+    os.kill(setup.molt.proc.pid, signal.SIGSTOP)
+    try:
+        load = fire(setup.molt_port, count, concurrency, command)
+    finally:
+        os.kill(setup.molt.proc.pid, signal.SIGCONT)
+    setup.sent_to_molt += commands
+    fake_wait(setup.slack_url, method=EPHEMERAL, count=setup.sent_to_molt, timeout=DRAIN_TIMEOUT)
+    return load.figures()
+
+
 def bare_load(setup: Setup, count: int, concurrency: int) -> dict[str, float]:
     """The same load on the bare app: its figures, with its CPU."""
     cpu = cpu_seconds(setup.bare.proc.pid)
@@ -638,6 +653,7 @@ def bench(args: argparse.Namespace) -> int:
     """Start everything, run the loads and the sequential commands, print the figures."""
     molt_figures: list[dict[str, float]] = []
     bare_figures: list[dict[str, float]] = []
+    held_figures: list[dict[str, float]] = []
     try:
         with running() as setup:
             print(
@@ -652,6 +668,7 @@ def bench(args: argparse.Namespace) -> int:
                         molt_figures.append(molt_load(setup, args.count, args.concurrency))
                     else:
                         bare_figures.append(bare_load(setup, args.count, args.concurrency))
+                held_figures.append(held_load(setup, args.count, args.concurrency))
                 m, b = molt_figures[-1], bare_figures[-1]
                 print(
                     f"run {run}: molt p99 {m['p99']:.1f} ms, {m['rps']:.0f} req/s; "
@@ -663,6 +680,12 @@ def bench(args: argparse.Namespace) -> int:
         print(f"FAILED: {exc}", file=sys.stderr)
         return 1
     report(args, molt_figures, bare_figures, seq)
+    held = statistics.median(f["p99"] for f in held_figures)
+    bare = statistics.median(f["p99"] for f in bare_figures)
+    print(
+        f"ack path alone (bot process held during the load): median p99 {held:.1f} ms, "
+        f"{held / bare:.2f}x the bare app's"
+    )
     return 0
 
 

@@ -13,10 +13,11 @@ import hashlib
 import hmac
 import json
 import logging
+import queue
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -136,20 +137,27 @@ class Slack(Adapter):
         self._refs = MessageRefs()
         self._authorised = False
         self.socket_mode: Any = None
-        # Ack first, then the lazy part on Bolt's thread: nothing waits on Redis before the ack.
-        self.app.command(settings.slack_command)(ack=_ack, lazy=[self._on_command])
+        # Listeners ack, then queue the rest for one hand-over thread: nothing before the
+        # ack waits on Redis, and no thread is started per request.
+        self._handoffs: queue.SimpleQueue[tuple[str, Callable[[], Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._handoff = threading.Thread(target=self._hand_over, name="molt-slack", daemon=True)
+        self.app.command(settings.slack_command)(self._on_command)
         for action in ACTIONS:
-            self.app.action(f"molt_{action}")(ack=_ack, lazy=[self._on_button])
+            self.app.action(f"molt_{action}")(self._on_button)
+        # Opening a modal must happen within the click's 3 s: on Bolt's own thread.
         self.app.action("molt_revise")(ack=_ack, lazy=[self._open_revision])
-        self.app.view(REVISION_VIEW)(ack=_ack, lazy=[self._on_revision])
-        self.app.event("app_home_opened")(ack=_ack, lazy=[self._on_home])
-        self.app.event("message")(ack=_ack, lazy=[self._on_message])
+        self.app.view(REVISION_VIEW)(self._on_revision)
+        self.app.event("app_home_opened")(self._on_home)
+        self.app.event("message")(self._on_message)
 
     # -- life cycle --------------------------------------------------------
 
     def start(self) -> None:
         """Check the token in the background, so a slow Slack does not hold up a restart."""
         threading.Thread(target=self._warm_up, name="molt-slack-auth", daemon=True).start()
+        self._handoff.start()
 
     def connect_socket_mode(self) -> None:
         """Socket Mode: envelopes over a WebSocket (no public URL), the same listeners.
@@ -171,6 +179,9 @@ class Slack(Adapter):
         if self.socket_mode is not None:
             self.socket_mode.close()
             self.socket_mode = None
+        if self._handoff.is_alive():
+            self._handoffs.put(None)
+            self._handoff.join(timeout=5)
 
     def _warm_up(self) -> None:
         """Cache ``auth.test`` where Bolt looks for it, or the first command waits on it."""
@@ -231,21 +242,38 @@ class Slack(Adapter):
             return True
         return bool(self.store.conn.set(f"molt:slack:seen:{key}", 1, nx=True, ex=SEEN_TTL))
 
-    def _on_command(self, command: dict[str, Any]) -> None:
+    def _later(self, key: str, work: Callable[[], Any]) -> None:
+        self._handoffs.put((key, work))
+
+    def _hand_over(self) -> None:
+        """Deduplicate by delivery id and hand to the desk, in arrival order."""
+        while (item := self._handoffs.get()) is not None:
+            key, work = item
+            try:
+                if self._first_time(key):
+                    work()
+            except Exception:
+                log.exception("handing a Slack delivery over failed")
+
+    def _on_command(self, ack: Ack, command: dict[str, Any]) -> None:
+        ack()
         desk = self.desk
-        if desk is None or not self._first_time(str(command.get("trigger_id") or "")):
+        if desk is None:
             return
         origin = Origin(
             "slack", command["user_id"], command["channel_id"], str(command.get("user_name") or "")
         )
-        desk.say(origin, str(command.get("text") or "").strip())
+        text = str(command.get("text") or "").strip()
+        self._later(str(command.get("trigger_id") or ""), lambda: desk.say(origin, text))
 
-    def _on_button(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+    def _on_button(self, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
+        ack()
         desk = self.desk
-        if desk is None or not self._first_time(str(body.get("trigger_id") or "")):
+        if desk is None:
             return
         verb = str(action["action_id"]).removeprefix("molt_")
-        desk.press(_clicker(body), verb, str(action.get("value") or ""))
+        origin, value = _clicker(body), str(action.get("value") or "")
+        self._later(str(body.get("trigger_id") or ""), lambda: desk.press(origin, verb, value))
 
     def _open_revision(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         """Request changes: a modal asking what to change (the trigger lives 3 s)."""
@@ -255,7 +283,8 @@ class Slack(Adapter):
             trigger_id=body["trigger_id"], view=revision_view(request_id, channel)
         )
 
-    def _on_revision(self, body: dict[str, Any], view: dict[str, Any]) -> None:
+    def _on_revision(self, ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
+        ack()
         desk = self.desk
         if desk is None:
             return
@@ -269,28 +298,34 @@ class Slack(Adapter):
             str(meta.get("channel") or ""),
             str(user.get("username") or user.get("name") or ""),
         )
-        desk.revise(origin, str(meta.get("request_id") or ""), note)
+        request_id = str(meta.get("request_id") or "")
+        self._later("", lambda: desk.revise(origin, request_id, note))
 
-    def _on_home(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+    def _on_home(self, ack: Ack, event: dict[str, Any], body: dict[str, Any]) -> None:
+        ack()
         desk = self.desk
         if desk is None or event.get("tab", "home") != "home":
             return
-        if self._first_time(str(body.get("event_id") or "")):
-            desk.home(Origin("slack", str(event["user"])))
+        origin = Origin("slack", str(event["user"]))
+        self._later(str(body.get("event_id") or ""), lambda: desk.home(origin))
 
-    def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+    def _on_message(self, ack: Ack, event: dict[str, Any], body: dict[str, Any]) -> None:
         """A person's reply in a request's thread answers the planner's questions."""
+        ack()
         desk = self.desk
         thread = str(event.get("thread_ts") or "")
         if desk is None or not thread or event.get("bot_id") or event.get("subtype"):
             return
-        if not self._first_time(str(body.get("event_id") or "")):
-            return
         channel = str(event.get("channel") or "")
-        request_id = self.store.conn.get(thread_key(channel, thread))
-        if request_id:
-            origin = Origin("slack", str(event.get("user") or ""), channel)
-            desk.answer(origin, str(request_id), str(event.get("text") or ""))
+        origin = Origin("slack", str(event.get("user") or ""), channel)
+        text = str(event.get("text") or "")
+
+        def answer() -> None:
+            request_id = self.store.conn.get(thread_key(channel, thread))
+            if request_id:
+                desk.answer(origin, str(request_id), text)
+
+        self._later(str(body.get("event_id") or ""), answer)
 
     # -- outgoing ----------------------------------------------------------
 
@@ -346,7 +381,6 @@ class Slack(Adapter):
             if _error_code(exc) not in _NO_CHANNEL:
                 raise
             self.client.chat_postMessage(channel=origin.user, **content)
-
 
 
 def _ack(ack: Ack) -> None:

@@ -7,6 +7,9 @@ one on the new code.
 
 from __future__ import annotations
 
+import os
+from contextlib import suppress
+
 import structlog
 from rq import Queue, Worker
 
@@ -16,6 +19,7 @@ from pipeline.releases import checkout_version, running_version
 from pipeline.store import connect
 
 log = structlog.get_logger(__name__)
+WORKER_NICENESS = 5
 
 
 class MoltWorker(Worker):
@@ -28,6 +32,9 @@ class MoltWorker(Worker):
 
 def run_worker(settings: Settings, *, burst: bool = False) -> None:
     running_version()
+    # Updates run test suites: let acknowledgements and chat go first on a busy machine.
+    with suppress(OSError):
+        os.nice(WORKER_NICENESS)
     conn = connect(settings, decode=False)
     worker = MoltWorker([Queue(queueing.QUEUE, connection=conn)], connection=conn)
     worker.work(burst=burst, logging_level=settings.log_level.upper(), with_scheduler=False)

@@ -28,7 +28,7 @@ from bot.desk import Desk
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
 from bot.server import HttpProcess
-from pipeline import approval, queueing, recovery, restart, store
+from pipeline import approval, bootguard, queueing, recovery, restart, store
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
 from pipeline.releases import running_version
@@ -39,6 +39,8 @@ log = structlog.get_logger(__name__)
 WORKERS_KEY = "molt:bot:workers"
 OWNS_REDIS = "MOLT_OWNS_REDIS"
 HOUSEKEEPING_SECONDS = 1.0
+#: How long ``run`` leaves the process to ``restart_self`` before shutting down anyway.
+RESTART_WAIT = 60.0
 
 
 class Bot:
@@ -84,6 +86,7 @@ class Bot:
     # -- life cycle ----------------------------------------------------------
 
     def run(self) -> int:
+        recovery.backup_config(self.settings)
         version = running_version()
         for adapter in self.adapters.values():
             adapter.start()
@@ -99,7 +102,13 @@ class Bot:
             target = self.settings.target_dir
             notice = _notice(f"Molt {version[:7]} is up on port {port}, managing {target}")
             self.console.reply(self.console.origin, notice)
-        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        terminated = threading.Event()
+
+        def terminate(*_: Any) -> None:
+            terminated.set()
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, terminate)
         try:
             if self.console is not None:
                 self.console.serve(self.desk, self.stopping)
@@ -107,7 +116,12 @@ class Bot:
                 while not self.stopping.wait(0.5):
                     pass
         except KeyboardInterrupt:
-            pass
+            terminated.set()
+        if self.stopping.is_set() and not terminated.is_set():
+            # restart_self is finishing what is in flight and re-executes this process onto
+            # the new code: shutting down here would stop the workers and the embedded Redis
+            # under it. Should the exec not come, shut down after all.
+            terminated.wait(RESTART_WAIT)
         self.shutdown()
         return 0
 
@@ -137,6 +151,8 @@ class Bot:
                 "beat": f"{time.time():.3f}",
             },
         )
+        # Registered and beating: /healthz answers ok from here on, so this start is good.
+        bootguard.healthy(self.settings, self.conn)
 
     def _beat(self) -> None:
         while not self.stopping.wait(restart.BEAT_SECONDS):
@@ -214,6 +230,8 @@ class Bot:
         for request in self.store.active():
             if request.state is S.PLAN_READY:
                 approval.expire_if_due(self.settings, self.store, request)
+            elif request.state is S.NEEDS_INFO:
+                approval.expire_unanswered(self.settings, self.store, request)
         recovery.recover_abandoned(self.settings, self.conn)
         self._keep_workers()
 

@@ -7,9 +7,14 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pipeline import audit, control, logs, store
-from pipeline.config import Settings, load_settings
+import redis
+
+from pipeline import audit, authorisation, control, logs, recovery, store
+from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import ConfigError, StoreError
+from pipeline.requests import Origin
+from pipeline.states import RequestState as S
+from pipeline.states import template_for
 
 
 def _settings() -> Settings:
@@ -20,7 +25,7 @@ def _settings() -> Settings:
 
 
 def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
-    from bot.app import Bot
+    from pipeline import bootguard
 
     settings = _settings()
     chat_configured = settings.slack_enabled or bool(settings.discord_token)
@@ -30,7 +35,21 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
     logs.configure(
         settings.log_level, settings.secrets(), settings.data_dir / "molt.log" if console else None
     )
-    return Bot(settings, console=console).run()
+    # The boot guard runs before the bot's code is imported: a release can fail at import,
+    # and code that was tampered with must not run before it is checked.
+    boot = bootguard.begin(settings)
+    if not boot.ok:
+        print(f"molt: refusing to start: {boot.reason}", file=sys.stderr)
+        return bootguard.REFUSED_EXIT
+    try:
+        from bot.app import Bot
+
+        code = Bot(settings, console=console).run()
+    except BaseException as exc:
+        boot.ended_by(exc)
+        raise
+    boot.stopped()
+    return code
 
 
 def cmd_http(args: argparse.Namespace) -> int:
@@ -88,6 +107,129 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _operator(settings: Settings, conn: redis.Redis, command: str) -> Origin | None:
+    """The console's principal, if it may operate Molt; a refusal is audited and printed."""
+    origin = Origin("console", settings.console_user, "console", settings.console_user)
+    allowed = authorisation.may_operate(settings, origin)
+    if allowed:
+        return origin
+    audit.append(
+        conn,
+        actor=origin.principal,
+        action="operator_refused",
+        detail={"command": command, "reason": allowed.reason},
+    )
+    print(
+        f"molt: {origin.principal} may not {command}: {allowed.reason} (MOLT_OPERATORS); "
+        "set MOLT_CONSOLE_USER to act as another console user",
+        file=sys.stderr,
+    )
+    return None
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    """pause, resume, stop: the same as in chat, as the console's operator."""
+    settings = _settings()
+    conn = store.connect(settings)
+    origin = _operator(settings, conn, args.command)
+    if origin is None:
+        return 1
+    act = {"pause": control.pause, "resume": control.resume, "stop": control.stop}[args.command]
+    message = act(settings, conn, origin.principal)
+    _print("status", **control.status(settings, conn), message=message)
+    return 0
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    settings = _settings()
+    conn = store.connect(settings)
+    if _operator(settings, conn, "review") is None:
+        return 1
+    _print("review", requests=control.pending(settings, conn), autonomy=settings.autonomy)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Plan the return to the release before an update; it is approved like any plan."""
+    settings = _settings()
+    conn = store.connect(settings)
+    origin = _operator(settings, conn, "rollback")
+    if origin is None:
+        return 1
+    planned = control.rollback(settings, conn, origin, args.codename or "")
+    if isinstance(planned, str):
+        print(f"molt: {planned}", file=sys.stderr)
+        return 1
+    shown = {"autonomy": settings.autonomy, "expires_in": settings.plan_ttl}
+    _print(template_for(planned.state) or "failure", **planned.context(), **shown)
+    if planned.state is S.PLAN_READY:
+        print(f"\nApprove it in chat, or in the console: press approve {planned.id}")
+    return 0 if planned.state in (S.PLAN_READY, S.APPROVED, S.QUEUED) else 1
+
+
+def cmd_recover(args: argparse.Namespace) -> int:
+    """Return a broken installation to a state Molt can run from, and say what was done."""
+    path = config_file()
+    steps = [recovery.restore_config(path, recovery.data_dir_hint(path))]
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        _report(steps)
+        print(f"molt recover: the settings do not load, so it stops here: {exc}", file=sys.stderr)
+        return 1
+    conn = store.connect(settings)
+    steps.extend(recovery.recover(settings, conn, actor=f"console:{settings.console_user}"))
+    _report(steps)
+    broken = [step.name for step in steps if not step.ok]
+    if broken:
+        print(f"molt recover: could not fix everything ({', '.join(broken)}): see ✗ above")
+        return 1
+    print("molt recover: done")
+    return 0
+
+
+def _report(steps: list[recovery.Step]) -> None:
+    for step in steps:
+        print(f"{'✓' if step.ok else '✗'} {step.name}")
+        for line in step.lines:
+            print(f"    {line}")
+
+
+def cmd_release_verify(args: argparse.Namespace) -> int:
+    """Check the target's checkout against its signed releases, as start-up does."""
+    from pipeline import releases
+
+    settings = _settings()
+    try:
+        verdict = releases.verify_checkout(settings, store.connect(settings))
+    except ConfigError as exc:
+        print(f"molt: {exc}", file=sys.stderr)
+        return 1
+    if verdict.ok:
+        print(f"✓ {verdict.reason}")
+        return 0
+    print(f"✗ {verdict.reason}", file=sys.stderr)
+    return 1
+
+
+def cmd_release_rollback(args: argparse.Namespace) -> int:
+    """An operator going back without Molt running: sign the return to the release before
+    an update as a rollback release (moving the checkout there if it is elsewhere)."""
+    from pipeline import releases
+
+    settings = _settings()
+    conn = store.connect(settings)
+    origin = _operator(settings, conn, "release rollback")
+    if origin is None:
+        return 1
+    verdict = releases.operator_rollback(settings, conn, args.codename, origin.principal)
+    if not verdict.ok:
+        print(f"molt: {verdict.reason}", file=sys.stderr)
+        return 1
+    print(f"✓ {verdict.reason}. Start Molt (or restart it) to run it.")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = _settings()
     check = audit.verify(store.connect(settings))
@@ -130,9 +272,41 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("request", nargs="?", help="request id or update codename")
     history.add_argument("-n", "--count", type=int, default=10)
     history.set_defaults(func=cmd_history)
+    for name, what in (
+        ("pause", "hold the start of new updates (requests still get plans)"),
+        ("resume", "let queued updates start again"),
+        ("stop", "emergency: roll back the running update at its next safe point, clear the queue"),
+    ):
+        sub.add_parser(name, help=f"{what}; as the console's operator").set_defaults(
+            func=cmd_control
+        )
+    rollback = sub.add_parser(
+        "rollback", help="plan returning to the release before an update (default: the last)"
+    )
+    rollback.add_argument("codename", nargs="?", help="the update's codename or request id")
+    rollback.set_defaults(func=cmd_rollback)
+    sub.add_parser(
+        "review", help="plans waiting for approval, questions waiting for answers"
+    ).set_defaults(func=cmd_review)
+    sub.add_parser(
+        "recover",
+        help="return a broken installation to its last good state: checkout, requests, config",
+    ).set_defaults(func=cmd_recover)
     audit_cmd = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
+    release_cmd = sub.add_parser("release", help="the signed releases of the target")
+    release_sub = release_cmd.add_subparsers(dest="release_command", required=True)
+    release_sub.add_parser(
+        "verify", help="check the checkout against its signed release, as start-up does"
+    ).set_defaults(func=cmd_release_verify)
+    release_back = release_sub.add_parser(
+        "rollback",
+        help="allow going back to the release before an update, while Molt cannot start: "
+        "signs an operator's rollback release",
+    )
+    release_back.add_argument("codename", help="the codename of the release to undo")
+    release_back.set_defaults(func=cmd_release_rollback)
     return parser
 
 

@@ -1,6 +1,6 @@
 """The command grammar, the same after `/molt`, `!molt`, a GitHub comment or the console:
 
-deploy <ref> · rollback [codename] · status · queue · history · pause ·
+deploy <ref> · rollback [codename] · status · queue · history · review · pause ·
 resume · stop · help · answer <text> · anything else: a change request in plain words
 """
 
@@ -11,7 +11,9 @@ import unicodedata
 from dataclasses import dataclass
 
 MAX_LENGTH = 2000
-OPERATOR_VERBS = frozenset({"status", "queue", "history", "pause", "resume", "stop", "rollback"})
+OPERATOR_VERBS = frozenset(
+    {"status", "queue", "history", "review", "pause", "resume", "stop", "rollback"}
+)
 VERBS = frozenset({"deploy", "help", "answer"}) | OPERATOR_VERBS
 
 HELP = (
@@ -20,6 +22,7 @@ HELP = (
     "status — what is running, what waits, which version is live",
     "queue — approved requests waiting their turn",
     "history — the last updates and how they ended",
+    "review — plans waiting for approval and questions waiting for answers",
     "pause / resume — hold or release the start of new updates",
     "stop — emergency: roll back the running update and clear the queue",
     "answer <text> — answer the planner's questions on your newest request that asks",

@@ -143,6 +143,9 @@ class Desk(Front):
             self._reply(origin, "queue", requests=control.waiting(settings, conn))
         elif command.verb == "history":
             self._reply(origin, "history", requests=control.history(conn))
+        elif command.verb == "review":
+            pending = control.pending(settings, conn)
+            self._reply(origin, "review", requests=pending, autonomy=settings.autonomy)
         elif command.verb == "pause":
             self._reply(
                 origin, "status", message=control.pause(settings, conn, principal), paused=True
@@ -156,17 +159,9 @@ class Desk(Front):
 
     def _rollback(self, origin: Origin, command: Command) -> None:
         """Return to the release before an update, as a deploy of its rollback point."""
-        if command.argument:
-            update = self.store.find(command.argument)
-        else:
-            update = next((r for r in self.store.recent(50) if r.state is S.SUCCEEDED), None)
-        if update is None or update.state is not S.SUCCEEDED or not update.plan:
-            shown = command.argument or "a successful update"
-            self._reply(origin, "not_allowed", reason=f"found no {shown} to roll back")
-            return
-        base = str(update.plan.get("base_commit", ""))
-        text = f"rollback {update.codename or update.id}"
-        intake.submit(self.settings, self.conn, origin, "deploy", base, text)
+        planned = control.rollback(self.settings, self.conn, origin, command.argument)
+        if isinstance(planned, str):
+            self._reply(origin, "not_allowed", reason=planned)
 
     def _revise(self, origin: Origin, request_id: str, note: str) -> None:
         self._on_request(origin, request_id, "revise", intake.revise, note)

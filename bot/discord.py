@@ -486,7 +486,6 @@ class Discord(Adapter):
         return gate
 
 
-
 # -- the discord.py client ----------------------------------------------------
 
 

@@ -2,7 +2,9 @@
 
 A click that is not allowed is audited and answered privately; it changes
 nothing. Two clicks racing each other are settled by the state machine: the
-transition out of plan_ready succeeds once.
+transition out of plan_ready succeeds once. Observe mode, a component switched
+off, the daily limit and a full queue refuse every approval, Molt's own included
+(MOLT_AUTONOMY=auto approves low-risk plans as ``molt:auto``; pipeline/autonomy.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from contextlib import suppress
 
 import redis
 
-from pipeline import authorisation, queueing
+from pipeline import authorisation, autonomy, queueing
 from pipeline.authorisation import Decision
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
@@ -44,21 +46,78 @@ def _late(request: Request) -> str:
     return f"this plan is {request.state.value}"
 
 
-def expire_if_due(settings: Settings, store: RequestStore, request: Request) -> bool:
-    """Expire a plan past MOLT_PLAN_TTL; true if it is (now) expired."""
-    if request.state is not S.PLAN_READY:
+def _expire(
+    settings: Settings,
+    store: RequestStore,
+    request: Request,
+    waiting: S,
+    since: float,
+    message: str,
+) -> bool:
+    """End a request that waited in ``waiting`` longer than MOLT_PLAN_TTL; true if it is
+    (now) expired."""
+    if request.state is not waiting:
         return request.state is S.EXPIRED
-    if time.time() - request.plan_ready_at <= settings.plan_ttl:
+    if time.time() - since <= settings.plan_ttl:
         return False
     with suppress(IllegalTransition):
         store.transition(
             request.id,
             S.EXPIRED,
             actor="molt",
-            message=f"nobody approved it within {settings.plan_ttl / 60:.0f} min",
-            allowed_from=_FROM_PLAN,
+            message=message,
+            allowed_from=frozenset({waiting}),
         )
     return True
+
+
+def expire_if_due(settings: Settings, store: RequestStore, request: Request) -> bool:
+    """Expire a plan past MOLT_PLAN_TTL; true if it is (now) expired."""
+    within = f"{settings.plan_ttl / 60:.0f} min"
+    message = f"nobody approved it within {within}"
+    return _expire(settings, store, request, S.PLAN_READY, request.plan_ready_at, message)
+
+
+def expire_unanswered(settings: Settings, store: RequestStore, request: Request) -> bool:
+    """Expire a request whose questions waited longer than MOLT_PLAN_TTL for answers."""
+    within = f"{settings.plan_ttl / 60:.0f} min"
+    message = f"nobody answered the planner's questions within {within}"
+    return _expire(settings, store, request, S.NEEDS_INFO, request.updated_at, message)
+
+
+def refusal(settings: Settings, conn: redis.Redis, request: Request) -> str:
+    """Why no plan may be approved now, whoever approves it; "" if one may."""
+    held = autonomy.approval_refusal(settings, conn, request)
+    if held:
+        return held
+    waiting = queueing.waiting(settings, conn)
+    if waiting >= settings.queue_max:
+        return f"the queue is full ({waiting} of MOLT_QUEUE_MAX={settings.queue_max}); try later"
+    return ""
+
+
+def approve_automatically(settings: Settings, conn: redis.Redis, request_id: str) -> Decision:
+    """MOLT_AUTONOMY=auto: Molt approves a low-risk plan itself, audited as ``molt:auto``."""
+    store = RequestStore(conn)
+    request = store.get(request_id)
+    reason = _late(request) or refusal(settings, conn, request)
+    if not reason and not autonomy.approves_itself(settings, request.plan or {}):
+        reason = "only low-risk plans are approved by Molt itself"
+    if reason:
+        return Decision(False, reason)
+    try:
+        store.transition(
+            request_id,
+            S.APPROVED,
+            actor=autonomy.AUTO_APPROVER,
+            message="approved by Molt itself: a low-risk plan (MOLT_AUTONOMY=auto)",
+            fields={"approver": autonomy.AUTO_APPROVER},
+            allowed_from=_FROM_PLAN,
+        )
+    except IllegalTransition:
+        return Decision(False, _late(store.get(request_id)))
+    queueing.enqueue(settings, conn, request_id)
+    return authorisation.ALLOWED
 
 
 def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
@@ -74,9 +133,8 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
     late = _late(request)
     if late:
         return _refuse(store, request, principal, "approve", late)
-    waiting = queueing.waiting(settings, conn)
-    if waiting >= settings.queue_max:
-        reason = f"the queue is full ({waiting} of MOLT_QUEUE_MAX={settings.queue_max}); try later"
+    reason = refusal(settings, conn, request)
+    if reason:
         return _refuse(store, request, principal, "approve", reason)
     try:
         store.transition(

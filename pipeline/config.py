@@ -10,6 +10,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,8 +41,13 @@ def _var(name: str, default: Any = None, **kwargs: Any) -> Any:
     return Field(default, validation_alias=AliasChoices(name, name.lower()), **kwargs)
 
 
-def _config_file() -> Path:
+def config_file() -> Path:
+    """The settings file: MOLT_CONFIG, or molt.toml in the working directory."""
     return Path(os.environ.get("MOLT_CONFIG", "molt.toml"))
+
+
+#: How much Molt does on its own (MOLT_AUTONOMY); see pipeline/autonomy.py.
+AUTONOMY_MODES = ("observe", "assisted", "semi", "auto")
 
 
 class Settings(BaseSettings):
@@ -94,6 +100,24 @@ class Settings(BaseSettings):
     llm_max_tokens: int = _var("MOLT_LLM_MAX_TOKENS", 2_000_000, ge=10_000)
     llm_timeout: float = _var("MOLT_LLM_TIMEOUT", 1200.0, gt=0)
     llm_prompt_budget: int = _var("MOLT_LLM_PROMPT_BUDGET", 24_000, ge=12_000, le=400_000)
+    # Signed releases (pipeline/releases.py) and the boot guard (pipeline/bootguard.py).
+    #: The Ed25519 key releases are signed with: PEM, or base64 of its 32 raw bytes. Unset:
+    #: a key created on first run under MOLT_DATA_DIR/keys/.
+    signing_key: SecretStr | None = _var("MOLT_SIGNING_KEY")
+    #: Public keys (base64 or hex of 32 raw bytes) whose signatures are accepted, besides
+    #: the key releases are signed with now: the old key while keys are rotated.
+    trusted_keys: UserList = _var("MOLT_TRUSTED_KEYS", [])
+    #: "<starts>/<seconds>": that many failed starts of one release within that many seconds
+    #: is a crash loop, and the boot guard returns to the last release that started well.
+    crash_loop: str = _var("MOLT_CRASH_LOOP", "3/60", pattern=r"^\s*[1-9]\d*\s*/\s*[1-9]\d*\s*$")
+    # Autonomy and limits (pipeline/autonomy.py): what runs without a person, how much a day,
+    # and which kinds of request are taken at all.
+    autonomy: str = _var("MOLT_AUTONOMY", "assisted")
+    max_changes_per_day: int = _var("MOLT_MAX_CHANGES_PER_DAY", 0, ge=0)
+    require_tests: bool = _var("MOLT_REQUIRE_TESTS", True)
+    allow_deploys: bool = _var("MOLT_ALLOW_DEPLOYS", True)
+    allow_changes: bool = _var("MOLT_ALLOW_CHANGES", True)
+    allow_github: bool = _var("MOLT_ALLOW_GITHUB", True)
 
     @classmethod
     def settings_customise_sources(
@@ -107,7 +131,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=_config_file()),
+            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
         )
 
     @field_validator("authorised_users", "approvers", "operators", mode="before")
@@ -135,6 +159,43 @@ class Settings(BaseSettings):
                 if not channel.isdigit():
                     raise ValueError("expected comma-separated numeric channel ids")
             return channels
+        return value
+
+    @field_validator("autonomy", mode="before")
+    @classmethod
+    def _known_mode(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in AUTONOMY_MODES:
+                raise ValueError(f"expected one of {', '.join(AUTONOMY_MODES)}")
+        return value
+
+    @field_validator("trusted_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list):
+            from pipeline.releases import public_key_bytes
+
+            keys = [str(item).strip() for item in value if str(item).strip()]
+            for key in keys:
+                if public_key_bytes(key) is None:
+                    raise ValueError(
+                        f"expected comma-separated Ed25519 public keys (base64 or hex of 32 "
+                        f"bytes), got {key[:16]!r}"
+                    )
+            return keys
+        return value
+
+    @field_validator("signing_key", mode="after")
+    @classmethod
+    def _readable_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            from pipeline.releases import private_key_from_text
+
+            if private_key_from_text(value.get_secret_value()) is None:
+                raise ValueError("expected an Ed25519 private key: PEM, or base64 of its 32 bytes")
         return value
 
     @field_validator("data_dir", "target_dir", mode="after")
@@ -182,6 +243,12 @@ class Settings(BaseSettings):
         return self.target_dir == MOLT_HOME
 
     @property
+    def crash_loop_limit(self) -> tuple[int, float]:
+        """MOLT_CRASH_LOOP as (failed starts, within seconds)."""
+        starts, seconds = self.crash_loop.split("/")
+        return int(starts), float(seconds)
+
+    @property
     def updates_dir(self) -> Path:
         return self.data_dir / "updates"
 
@@ -197,6 +264,7 @@ class Settings(BaseSettings):
             self.slack_app_token,
             self.anthropic_api_key,
             self.discord_token,
+            self.signing_key,
         ]
         return [v.get_secret_value() for v in values if v and v.get_secret_value()]
 
@@ -226,6 +294,8 @@ def load_settings(**overrides: Any) -> Settings:
     """Build the settings, turning validation errors into one readable ConfigError."""
     try:
         return Settings(**overrides)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid configuration: {config_file()} is not TOML: {exc}") from None
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

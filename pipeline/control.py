@@ -1,22 +1,30 @@
-"""Operator controls: pause, resume, emergency stop, and the views behind
-status, queue and history.
+"""Operator controls: pause, resume, emergency stop, rollback, and the views behind
+status, queue, history and review. Chat (bot/desk.py) and the shell (bot/cli.py) call
+the same functions, so both are audited alike.
 
 Keys:
   molt:paused:<target_id>   set while paused: no new update starts
-  molt:stop:<target_id>     the principal who asked the running update to stop
+  molt:stop:<target_id>     JSON {by, request_id}: who asked which running update to stop;
+                            the update deletes it when it stops, or when it ends anyway
 """
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import redis
 
-from pipeline import audit, queueing
+from pipeline import audit, autonomy, intake, queueing
 from pipeline.config import Settings
 from pipeline.locking import UpdateLock, WaitingLine
 from pipeline.releases import running_version
-from pipeline.requests import RequestStore
+from pipeline.requests import Origin, Request, RequestStore
+from pipeline.states import RequestState as S
+
+#: States of a request that waits for a person: a plan to approve, questions to answer.
+PENDING = (S.PLAN_READY, S.NEEDS_INFO)
 
 
 def paused_key(target_id: str) -> str:
@@ -43,24 +51,75 @@ def resume(settings: Settings, conn: redis.Redis, principal: str) -> str:
     return "Resumed: queued updates will start in turn."
 
 
-def stop_requested(settings: Settings, conn: redis.Redis) -> str | None:
-    value = conn.get(stop_key(settings.target_id))
-    return str(value) if value else None
+def stop_requested(settings: Settings, conn: redis.Redis, request_id: str = "") -> str | None:
+    """Who asked for an emergency stop (of ``request_id``'s update, if given), or None."""
+    raw = conn.get(stop_key(settings.target_id))
+    if not raw:
+        return None
+    try:
+        asked = json.loads(raw)
+    except ValueError:
+        return str(raw)
+    if request_id and asked.get("request_id") not in (request_id, None):
+        return None
+    return str(asked.get("by", "an operator"))
+
+
+def clear_stop(settings: Settings, conn: redis.Redis, request_id: str) -> None:
+    """An update that ends drops a stop aimed at it, so the next update is not stopped."""
+    if stop_requested(settings, conn, request_id) is not None:
+        conn.delete(stop_key(settings.target_id))
 
 
 def stop(settings: Settings, conn: redis.Redis, principal: str) -> str:
-    """Emergency stop: the running update rolls back at its next safe point; the queue empties."""
+    """Emergency stop: the running update rolls back at its next safe point; the queue empties.
+
+    A test command running in a validation phase is killed at once (pipeline/jobs.py), so
+    the next safe point comes within a second, not at the end of the phase.
+    """
     audit.append(conn, actor=principal, action="stop")
     holder = UpdateLock(conn, settings.target_id, settings.lock_ttl).holder()
     cleared = queueing.clear(
         settings, conn, f"cleared from the queue by an emergency stop ({principal})"
     )
-    if holder:
-        conn.set(stop_key(settings.target_id), principal, ex=int(settings.phase_timeout * 4))
-        running = f"update {holder.codename} will roll back at its next safe point"
-    else:
+    if holder is None:
         running = "no update was running"
+    else:
+        current = RequestStore(conn).find(holder.request_id)
+        name = holder.codename or holder.request_id
+        if current is not None and (
+            current.state is S.RESTARTING or current.phase in ("restart", "verify")
+        ):
+            running = (
+                f"update {name} is already restarting the service and cannot stop there; "
+                "it rolls back on its own if the service does not come back healthy"
+            )
+        else:
+            asked = {"by": principal, "request_id": holder.request_id}
+            conn.set(stop_key(settings.target_id), json.dumps(asked), ex=_stop_ttl(settings))
+            running = f"update {name} will roll back at its next safe point"
     return f"Emergency stop: {running}; {len(cleared)} queued request(s) cleared."
+
+
+def _stop_ttl(settings: Settings) -> int:
+    return int(settings.phase_timeout * 4 + settings.restart_timeout + settings.boot_timeout)
+
+
+def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) -> Request | str:
+    """Plan a return to the release before an update (default: the last one that landed),
+    as a deploy of its rollback point: the same pre-flight, approval, phases and restart.
+    Returns the request, or why there is nothing to roll back."""
+    store = RequestStore(conn)
+    if token:
+        update = store.find(token)
+    else:
+        update = next((r for r in store.recent(50) if r.state is S.SUCCEEDED), None)
+    if update is None or update.state is not S.SUCCEEDED or not update.plan:
+        shown = f"successful update {token!r}" if token else "successful update"
+        return f"found no {shown} to roll back"
+    base = str(update.plan.get("base_commit", ""))
+    text = f"{autonomy.ROLLBACK_PREFIX}{update.codename or update.id}"
+    return intake.submit(settings, conn, origin, "deploy", base, text)
 
 
 def status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
@@ -73,7 +132,21 @@ def status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
         "requests": waiting(settings, conn),
         "version": running_version(),
         "target": str(settings.target_dir),
+        "autonomy": settings.autonomy,
+        "started_today": autonomy.started_today(settings, conn),
+        "max_changes_per_day": settings.max_changes_per_day,
+        "switched_off": switched_off(settings),
     }
+
+
+def switched_off(settings: Settings) -> list[str]:
+    """The settings that turn a kind of request off, as they are set."""
+    switches = {
+        "MOLT_ALLOW_DEPLOYS": settings.allow_deploys,
+        "MOLT_ALLOW_CHANGES": settings.allow_changes,
+        "MOLT_ALLOW_GITHUB": settings.allow_github,
+    }
+    return [f"{name}=false" for name, on in switches.items() if not on]
 
 
 def waiting(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
@@ -88,3 +161,23 @@ def waiting(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
 
 def history(conn: redis.Redis, count: int = 10) -> list[dict[str, Any]]:
     return [r.context() | {"updated_at": r.updated_at} for r in RequestStore(conn).recent(count)]
+
+
+def pending(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
+    """Requests waiting for a person, oldest first: plans to approve, questions to answer."""
+    now = time.time()
+    out = []
+    for request in RequestStore(conn).active():
+        if request.state not in PENDING:
+            continue
+        since = request.plan_ready_at if request.state is S.PLAN_READY else request.updated_at
+        age = max(0.0, now - (since or request.created_at))
+        out.append(
+            request.context()
+            | {
+                "age": age,
+                "expires_in": max(0.0, settings.plan_ttl - age),
+                "risk": (request.plan or {}).get("risk", {}).get("level", ""),
+            }
+        )
+    return out

@@ -1,18 +1,21 @@
 """A request's way from received to plan_ready: authorise, pre-flight, plan.
 
 ``submit`` creates the request and runs the rest; chat front ends call it off
-their own threads, since pre-flight may run the target's tests.
+their own threads, since pre-flight may run the target's tests (and, with
+MOLT_AUTONOMY=semi, phase 1 of a deploy). Under MOLT_AUTONOMY=auto a low-risk plan
+is approved by Molt itself as soon as it is ready (pipeline/autonomy.py).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import redis
 import structlog
 
-from pipeline import authorisation, planning, preflight
+from pipeline import approval, authorisation, autonomy, planning, preflight
 from pipeline.config import Settings
 from pipeline.exceptions import MoltError, PlanningError
 from pipeline.redaction import redact
@@ -83,7 +86,19 @@ def advance(
         store.transition(request_id, S.PREFLIGHT, actor=MOLT, message="running pre-flight checks")
     request = store.get(request_id)
 
+    def blocked(message: str, check: str, report: list[dict[str, Any]] | None = None) -> Request:
+        data: dict[str, Any] = {"check": check}
+        if report is not None:
+            data["checks"] = report
+        return store.transition(request_id, S.BLOCKED, actor=MOLT, message=message, data=data)
+
     def checks() -> Request:
+        off = autonomy.switched_off(settings, request)
+        if off:
+            return blocked(off, "switch")
+        limit = autonomy.over_daily_limit(settings, conn, request)
+        if limit:
+            return blocked(limit, "daily limit")
         if request.command != "deploy" and not settings.llm_enabled:
             return store.transition(
                 request_id,
@@ -98,13 +113,12 @@ def advance(
         failed = next((r for r in results if not r.ok), None)
         report = [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]
         if failed:
-            return store.transition(
-                request_id,
-                S.BLOCKED,
-                actor=MOLT,
-                message=f"pre-flight check '{failed.name}' failed: {failed.detail}",
-                data={"check": failed.name, "checks": report},
-            )
+            message = f"pre-flight check '{failed.name}' failed: {failed.detail}"
+            return blocked(message, failed.name, report)
+        untested = autonomy.tests_refusal(settings, conn)
+        if untested:
+            report.append({"name": "tests required", "ok": False, "detail": untested})
+            return blocked(f"pre-flight check 'tests required' failed: {untested}", "tests", report)
         store.transition(
             request_id,
             S.PLANNING,
@@ -126,16 +140,54 @@ def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request
         if request.command != "deploy":
             return _plan_change(settings, conn, store, request)
         made = planning.plan_deploy(settings, conn, request.argument)
-        return store.transition(
-            request_id,
-            S.PLAN_READY,
-            actor=MOLT,
-            message=made.summary,
-            fields={"plan": made.to_dict(), "plan_ready_at": time.time()},
-            data={"expires_in": settings.plan_ttl},
-        )
+        shown = made.to_dict()
+        if settings.autonomy == "semi":
+            store.notify(
+                request_id,
+                "planning",
+                actor=MOLT,
+                action="phase_one_before_approval",
+                data={
+                    "message": f"{made.summary}. Semi mode (MOLT_AUTONOMY=semi): running "
+                    "phase 1 in a sandbox before asking for approval"
+                },
+            )
+            shown["phase_one"] = autonomy.phase_one_before_approval(
+                settings, conn, request_id, made
+            )
+        return _plan_ready(settings, conn, request_id, shown, made.summary)
 
     return _finishing(store, request_id, plan)
+
+
+def _plan_ready(
+    settings: Settings, conn: redis.Redis, request_id: str, plan: dict[str, Any], summary: str
+) -> Request:
+    """Show the plan; under MOLT_AUTONOMY=auto a low-risk one is approved by Molt at once."""
+    store = RequestStore(conn)
+    auto = autonomy.approves_itself(settings, plan)
+    held = approval.refusal(settings, conn, store.get(request_id)) if auto else ""
+    shown = {"expires_in": settings.plan_ttl, "autonomy": settings.autonomy}
+    ready = store.transition(
+        request_id,
+        S.PLAN_READY,
+        actor=MOLT,
+        message=summary,
+        fields={"plan": plan, "plan_ready_at": time.time()},
+        data=shown | {"auto": auto and not held, "auto_held": held},
+    )
+    if not auto or held:
+        return ready
+    decision = approval.approve_automatically(settings, conn, request_id)
+    if not decision:  # something changed in between: show the plan again, with its buttons
+        store.notify(
+            request_id,
+            "plan_ready",
+            actor=MOLT,
+            action="auto_approve_refused",
+            data=shown | {"auto_held": decision.reason},
+        )
+    return store.get(request_id)
 
 
 def _plan_change(
@@ -156,14 +208,7 @@ def _plan_change(
             fields={"answers": [*request.answers, f"The planner asked:\n{asked}"]},
             data={"questions": planned.questions},
         )
-    return store.transition(
-        request.id,
-        S.PLAN_READY,
-        actor=MOLT,
-        message=planned.plan.summary,
-        fields={"plan": planned.plan.to_dict(), "plan_ready_at": time.time()},
-        data={"expires_in": settings.plan_ttl},
-    )
+    return _plan_ready(settings, conn, request.id, planned.plan.to_dict(), planned.plan.summary)
 
 
 def answer(

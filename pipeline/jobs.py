@@ -19,7 +19,16 @@ from typing import Any, TypeVar
 import redis
 import structlog
 
-from pipeline import codenames, control, queueing, restart, snapshots, validation
+from pipeline import (
+    autonomy,
+    codenames,
+    control,
+    queueing,
+    releases,
+    restart,
+    snapshots,
+    validation,
+)
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import GitError, LLMError, RollbackFailed, UpdateFailed
 from pipeline.git import Git
@@ -90,6 +99,7 @@ class Update:
         self.log_dir = Path()
         self.phases: tuple[str, ...] = PHASES
         self.report: list[str] = []  # extra lines for the final message (change requests)
+        self.release: releases.Manifest | None = None  # signed after phase 2
 
     # -- the way through --------------------------------------------------
 
@@ -100,6 +110,7 @@ class Update:
         try:
             return self._update(request)
         finally:
+            control.clear_stop(self.settings, self.conn, self.request_id)
             self.lock.release(self.request_id)
 
     def _wait_for_turn(self) -> Request | None:
@@ -113,6 +124,17 @@ class Update:
                 codename = codenames.new_codename(self.conn)
                 if self.lock.try_lock(self.request_id, codename) is None:
                     self.line.leave(self.request_id)
+                    refused = autonomy.start_refusal(self.settings, self.conn, request)
+                    if refused:
+                        self.lock.release(self.request_id)
+                        self.store.transition(
+                            self.request_id,
+                            S.FAILED,
+                            actor=MOLT,
+                            message=f"not started: {refused}",
+                            phase="queued",
+                        )
+                        return None
                     return self._begin(request, codename)
             time.sleep(0.05)
 
@@ -130,6 +152,7 @@ class Update:
         self.log_dir = self.settings.updates_dir / f"{codename}-{stamp}"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
+        autonomy.record_start(self.settings, self.conn, request)
         return self.store.transition(
             self.request_id,
             S.RUNNING,
@@ -214,11 +237,13 @@ class Update:
                 changed_files=changed,
                 baseline_passed=baseline,
                 log_path=self.log_dir / "phase1.log",
+                require_count=settings.require_tests,
+                stop=self._stop_asked,
             )
         self._record_phase(phase_one)
+        self._guard(heartbeat)
         if not phase_one.ok:
             raise UpdateFailed("phase 1", phase_one.reason)
-        self._guard(heartbeat)
 
         self._enter("apply", f"moving the live checkout to {plan.target_commit[:7]}")
         began = time.monotonic()
@@ -236,8 +261,11 @@ class Update:
             changed_files=changed,
             baseline_passed=baseline,
             log_path=self.log_dir / "phase2.log",
+            require_count=settings.require_tests,
+            stop=self._stop_asked,
         )
         self._record_phase(phase_two)
+        self._guard(heartbeat)
         if not phase_two.ok:
             raise UpdateFailed("phase 2", phase_two.reason)
         record_tests(
@@ -245,7 +273,7 @@ class Update:
             settings.target_id,
             TestRecord(True, phase_two.passed, phase_two.test_seconds, plan.target_commit),
         )
-        self._guard(heartbeat)
+        self._sign_release(plan)
 
         self._enter("restart", "restarting the service", state=S.RESTARTING)
         began = time.monotonic()
@@ -255,6 +283,22 @@ class Update:
         )
         self._check("restart and verify", True, time.monotonic() - began, summary)
         self._succeed(plan, phase_one.test_seconds + phase_two.test_seconds, len(changed))
+
+    def _sign_release(self, plan: Plan) -> None:
+        """The release manifest of what passed phase 2, signed before the restart: the
+        restarted Molt checks it at start-up."""
+        began = time.monotonic()
+        assert self.snapshot is not None
+        self.release = releases.record_update(
+            self.settings,
+            self.conn,
+            self.store.get(self.request_id),
+            commit=plan.target_commit,
+            parent=self.snapshot.commit,
+            checks=self.checks,
+        )
+        detail = f"{self.release.describe()}, key {self.release.key_id}"
+        self._check("release", True, time.monotonic() - began, detail)
 
     # -- a change described in words ------------------------------------------
 
@@ -372,9 +416,17 @@ class Update:
         for check in result.checks:
             self._check(f"{result.phase}: {check.name}", check.ok, check.seconds, check.detail)
 
+    def _stop_asked(self) -> bool:
+        """Asked by a validation phase's running test command, several times a second, so
+        that an emergency stop kills it and reaches the next safe point at once."""
+        try:
+            return control.stop_requested(self.settings, self.conn, self.request_id) is not None
+        except redis.RedisError:
+            return False
+
     def _guard(self, heartbeat: Any) -> None:
         """A safe point: stop here if asked to, or if the lock is no longer ours."""
-        stopper = control.stop_requested(self.settings, self.conn)
+        stopper = control.stop_requested(self.settings, self.conn, self.request_id)
         if stopper:
             self.conn.delete(control.stop_key(self.settings.target_id))
             raise UpdateFailed(self._phase(), f"emergency stop by {stopper}")
@@ -403,8 +455,11 @@ class Update:
             "changed_files": len(plan.files) if plan.kind != "change" else changed,
             "from_commit": plan.base_commit,
             "to_commit": plan.target_commit,
+            "release": self.release.release if self.release else None,
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
+        if self.release is not None:
+            message += f" as signed release {self.release.release}"
         if plan.kind == "change":
             parts = (f"{message}.", *self.report, self._usage(result))
             message = " ".join(part for part in parts if part)
@@ -437,6 +492,29 @@ class Update:
                     data={"rollback_failed": True, "log_dir": str(self.log_dir)},
                 )
 
+    def _sign_return(self, failure: UpdateFailed) -> None:
+        """Going back to the snapshot after this update's release was signed is a release of
+        its own (``rollback``), signed before the checkout moves, so that the Molt that starts
+        on it is not refused as a downgrade."""
+        assert self.snapshot is not None
+        codename = self.store.get(self.request_id).codename or self.request_id
+        try:
+            back = releases.record_return(
+                self.settings,
+                self.conn,
+                commit=self.snapshot.commit,
+                from_commit=self.live.head(),
+                codename=codenames.new_codename(self.conn),
+                reason=f"update {codename} failed in {failure.phase}: {failure.reason}",
+                request_id=self.request_id,
+            )
+        except Exception as exc:  # the rollback itself matters more
+            log.exception("signing the return to the snapshot", request_id=self.request_id)
+            self._check("rollback release", False, 0.0, str(exc)[:200])
+            return
+        if back is not None:
+            self._check("rollback release", True, 0.0, f"{back.describe()}, key {back.key_id}")
+
     def _roll_back_and_report(self, failure: UpdateFailed) -> None:
         request = self.store.get(self.request_id)
         reason = failure.reason
@@ -446,6 +524,7 @@ class Update:
         try:
             if self.snapshot is not None:
                 if self.touched_live:
+                    self._sign_return(failure)
                     seconds = snapshots.restore(self.live, self.snapshot)
                     self._check("rollback", True, seconds, f"back on {self.snapshot.short}")
                 if self.restarted:

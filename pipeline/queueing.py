@@ -28,6 +28,11 @@ def job_timeout(settings: Settings) -> int:
     return int(phases + _SLACK_SECONDS + settings.queue_max * phases)
 
 
+def job_id(request_id: str, attempt: int) -> str:
+    """The RQ job of one attempt of a request."""
+    return f"update-{request_id}-{attempt}"
+
+
 def waiting(settings: Settings, conn: redis.Redis) -> int:
     return len(WaitingLine(conn, settings.target_id))
 
@@ -49,7 +54,7 @@ def enqueue(settings: Settings, conn: redis.Redis, request_id: str) -> int:
     rq_queue(settings).enqueue(
         "pipeline.jobs.run_update",
         request_id,
-        job_id=f"update-{request_id}-{request.attempt}",
+        job_id=job_id(request_id, request.attempt),
         job_timeout=job_timeout(settings),
         result_ttl=86400,
         failure_ttl=7 * 86400,

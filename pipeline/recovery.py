@@ -1,29 +1,65 @@
-"""Finishing what a dead worker left half-done.
+"""Finishing what a dead worker left half-done, and ``molt recover``.
 
 A job heartbeats its update lock. When a request is running but nobody holds
 its lock any more (the worker was killed, or lost Redis for longer than the
 lock's TTL), the request is rolled back to its snapshot and failed with a
-message, exactly as if the job had failed by itself.
+message, exactly as if the job had failed by itself (``recover_abandoned``,
+run by the bot's housekeeping and before each update starts).
+
+``molt recover`` is for when Molt itself is down or broken: it returns the live
+checkout to the snapshot of an update that was left half-done, makes the
+requests in Redis consistent (ending stuck ones with a message, releasing a lock
+whose holder is gone), and restores molt.toml from the backup ``molt run``
+keeps. Each step reports what it did; ``ok`` is false where it could not fix
+something.
+
+Files:
+  MOLT_DATA_DIR/config-backup/<config name>.<UTC time>   the last KEEP_BACKUPS versions
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import socket
 import time
+import tomllib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 import structlog
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
-from pipeline.config import Settings
-from pipeline.exceptions import UpdateFailed
+from pipeline import audit, control, queueing, restart, snapshots
+from pipeline import store as stores
+from pipeline.config import Settings, config_file, load_settings
+from pipeline.exceptions import (
+    ConfigError,
+    GitError,
+    IllegalTransition,
+    UnknownRequest,
+    UpdateFailed,
+)
+from pipeline.git import Git
 from pipeline.jobs import Update
-from pipeline.locking import UpdateLock
-from pipeline.requests import RequestStore
+from pipeline.locking import Holder, UpdateLock, WaitingLine
+from pipeline.requests import ACTIVE, Request, RequestStore
 from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
 
 log = structlog.get_logger(__name__)
 _RESTARTED_PHASES = ("restart", "verify")
+KEEP_BACKUPS = 10
+BACKUP_DIR = "config-backup"
+_STAMP = re.compile(r"\.\d{8}T\d{12}Z$")
+_INTAKE = (S.RECEIVED, S.PREFLIGHT, S.PLANNING)
+#: An approved request is queued within moments; one older than this was dropped.
+_APPROVED_GRACE = 60.0
+_JOB_ALIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
 
 
 def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
@@ -62,3 +98,373 @@ def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
         finally:
             lock.release(request.id)
     return recovered
+
+
+# -- the config backup ------------------------------------------------------------------------
+
+
+def backups(data_dir: Path, name: str) -> list[Path]:
+    """Saved copies of the config file called ``name``, oldest first."""
+    folder = data_dir / BACKUP_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob(f"{name}.*") if _STAMP.search(p.name))
+
+
+def backup_config(settings: Settings, path: Path | None = None) -> Path | None:
+    """Keep a copy of the config file that just loaded, if it changed since the last copy;
+    returns the new copy, or None. ``molt run`` calls this at each start."""
+    path = path or config_file()
+    if not path.is_file():
+        return None
+    content = path.read_bytes()
+    saved = backups(settings.data_dir, path.name)
+    if saved and saved[-1].read_bytes() == content:
+        return None
+    folder = settings.data_dir / BACKUP_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    copy = folder / f"{path.name}.{stamp}"
+    partial = folder / f".{copy.name}.partial"
+    partial.write_bytes(content)
+    partial.replace(copy)
+    for old in backups(settings.data_dir, path.name)[:-KEEP_BACKUPS]:
+        old.unlink(missing_ok=True)
+    return copy
+
+
+# -- molt recover -----------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    """One step of ``molt recover``: what it found and did, and whether all is well now."""
+
+    name: str
+    lines: list[str] = field(default_factory=list)
+    ok: bool = True
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+    def fail(self, line: str) -> None:
+        self.lines.append(line)
+        self.ok = False
+
+
+def config_problem(path: Path) -> str:
+    """Why the settings do not load with ``path`` as the config file; "" if they do."""
+    try:
+        with path.open("rb") as handle:
+            tomllib.load(handle)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    except tomllib.TOMLDecodeError as exc:
+        return f"is not valid TOML: {exc}"
+    before = os.environ.get("MOLT_CONFIG")
+    os.environ["MOLT_CONFIG"] = str(path)
+    try:
+        load_settings()
+    except ConfigError as exc:
+        return " ".join(str(exc).split())
+    finally:
+        if before is None:
+            os.environ.pop("MOLT_CONFIG", None)
+        else:
+            os.environ["MOLT_CONFIG"] = before
+    return ""
+
+
+def data_dir_hint(path: Path) -> Path:
+    """MOLT_DATA_DIR before the settings can load: the environment, the config file if it
+    still parses, else the default."""
+    value = os.environ.get("MOLT_DATA_DIR")
+    if not value:
+        try:
+            with path.open("rb") as handle:
+                raw = tomllib.load(handle)
+            value = str(raw.get("MOLT_DATA_DIR") or raw.get("molt_data_dir") or "")
+        except (OSError, tomllib.TOMLDecodeError):
+            value = ""
+    return Path(value or ".molt").expanduser().resolve()
+
+
+def restore_config(path: Path, data_dir: Path) -> Step:
+    """Put back the newest backup of the config file if it is missing or does not load
+    (and the backup does); a broken file is kept beside it, renamed."""
+    step = Step("config")
+    saved = backups(data_dir, path.name)
+    newest = saved[-1] if saved else None
+    if not path.exists():
+        if newest is None:
+            step.say(f"no {path} and no backup of one: the settings come from the environment")
+            return step
+        problem = config_problem(newest)
+        if problem:
+            step.fail(f"{path} is missing, and its newest backup {newest} does not load: {problem}")
+            return step
+        shutil.copy2(newest, path)
+        step.say(f"{path} was missing: restored it from {newest}")
+        return step
+    problem = config_problem(path)
+    if not problem:
+        step.say(f"{path} loads; nothing to restore")
+        return step
+    if newest is None:
+        step.fail(f"{path} does not load ({problem}), and there is no backup in {data_dir}")
+        return step
+    if config_problem(newest):
+        step.fail(
+            f"{path} does not load ({problem}), and neither does its newest backup {newest}: "
+            "left as it is"
+        )
+        return step
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    kept = path.with_name(f"{path.name}.broken-{stamp}")
+    path.replace(kept)
+    shutil.copy2(newest, path)
+    step.say(
+        f"{path} did not load ({problem}): restored it from {newest}; the broken file is {kept}"
+    )
+    return step
+
+
+def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
+    """The release and requests steps of ``molt recover`` (the config step comes first,
+    before the settings can load: ``restore_config``)."""
+    audit.append(conn, actor=actor, action="recover")
+    store = RequestStore(conn)
+    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    requests = Step("requests")
+    holder = lock.holder()
+    if holder is not None and _gone(holder):
+        lock.release(holder.request_id)
+        requests.say(
+            f"released the update lock of {holder.codename or holder.request_id}: "
+            f"its holder {holder.holder} is gone"
+        )
+        holder = None
+    live = holder.request_id if holder else ""
+    abandoned = [r for r in store.active() if r.state in (S.RUNNING, S.RESTARTING) and r.id != live]
+    release, outcome = _return_to_snapshot(settings, conn, abandoned)
+    _settle_requests(settings, conn, requests, live, outcome)
+    return [release, requests]
+
+
+def _gone(holder: Holder) -> bool:
+    """The lock's holder is a process on this machine that no longer runs."""
+    host, _, pid = holder.holder.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not _alive(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie that nobody reaped (its parent died with it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _where(git: Git) -> str:
+    head, branch = git.head(), git.branch()
+    return f"{head[:7]} on {branch}" if branch else f"{head[:7]} (detached)"
+
+
+def _return_to_snapshot(
+    settings: Settings, conn: redis.Redis, abandoned: list[Request]
+) -> tuple[Step, str]:
+    """The last known good release: the snapshot the newest half-done update took before it
+    touched the live checkout. Returns the step, and what happened to the checkout (for the
+    messages of the requests ended)."""
+    step = Step("release")
+    live = Git(settings.target_dir)
+    with_snapshot = [r for r in abandoned if r.snapshot]
+    try:
+        where = _where(live)
+        dirty = live.dirty()
+    except GitError as exc:
+        step.fail(f"cannot read the live checkout {settings.target_dir}: {exc}")
+        return step, "the live checkout could not be read"
+    if not with_snapshot:
+        if dirty:
+            shown = ", ".join(line[3:] for line in dirty[:5])
+            step.fail(
+                f"no update was left half-done, but the live checkout at {where} has "
+                f"uncommitted changes ({shown}): left alone; commit or discard them "
+                "(pre-flight blocks every update until then)"
+            )
+        else:
+            step.say(f"no update was left half-done; the live checkout stays at {where}")
+        if settings.manages_itself:
+            step.say(_last_good_release(settings, conn, live.head()))
+        return step, "the live checkout was left as it was"
+    newest = max(with_snapshot, key=lambda r: r.updated_at)
+    snapshot = Snapshot.from_dict(newest.snapshot or {})
+    name = newest.codename or newest.id
+    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    taken = lock.try_lock(newest.id, newest.codename)
+    if taken is not None:
+        step.fail(f"update {taken.codename or taken.request_id} started meanwhile: left alone")
+        return step, "the live checkout was left as it was"
+    try:
+        at_snapshot = live.head() == snapshot.commit and live.branch() == snapshot.branch
+        if at_snapshot and not dirty:
+            step.say(f"the live checkout is at {where}, the snapshot of update {name}, already")
+        else:
+            snapshots.restore(live, snapshot)
+            step.say(
+                f"returned the live checkout from {where} to {_where(live)}: the snapshot "
+                f"update {name} took before it stopped half-done in {newest.phase or 'its run'}"
+            )
+        if newest.state is S.RESTARTING or newest.phase in _RESTARTED_PHASES:
+            step.say(_restart_after(settings, conn, newest, snapshot))
+    except UpdateFailed as exc:
+        step.fail(f"returning to snapshot {snapshot.short} of update {name}: {exc.reason}")
+        return step, f"returning the live checkout to {snapshot.short} failed"
+    finally:
+        lock.release(newest.id)
+    return step, f"the live checkout was returned to its snapshot {snapshot.short}"
+
+
+def _last_good_release(settings: Settings, conn: redis.Redis, head: str) -> str:
+    """For Molt itself: the newest signed release that started healthy (the boot guard
+    records them), and whether the checkout is on it. Going back to it is the boot guard's
+    job: it signs the return as a rollback release when this release fails to start."""
+    from pipeline.bootguard import last_good
+
+    good = last_good(settings, conn, exclude="")
+    if good is None:
+        return "no signed release of Molt has reported healthy yet"
+    if good.target_commit == head:
+        return f"that is {good.describe()}, the last release of Molt that started healthy"
+    return (
+        f"the last release of Molt that started healthy is {good.describe()} at {good.short}; "
+        "if this one does not start, the boot guard returns there (MOLT_CRASH_LOOP)"
+    )
+
+
+def _restart_after(settings: Settings, conn: redis.Redis, request: Request, to: Snapshot) -> str:
+    """The service had been restarted onto the update: restart it on the snapshot."""
+    if settings.restart_command:
+        log_path = Path(request.update_dir or settings.updates_dir) / "restart.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        summary = restart.restart(settings, conn, to.commit, log_path)
+        return f"restarted the service on {to.short}: {summary}"
+    if settings.manages_itself:
+        return f"Molt had restarted onto the update: start it again (`molt run`) on {to.short}"
+    return (
+        "the service had been restarted onto the update and no MOLT_RESTART_COMMAND is set: "
+        f"restart it yourself on {to.short}"
+    )
+
+
+def _settle_requests(
+    settings: Settings, conn: redis.Redis, step: Step, live: str, outcome: str
+) -> None:
+    """Make the requests in Redis consistent: the active set holds only unfinished
+    requests, the waiting line only queued ones, and nothing waits for a job or a
+    process that is gone."""
+    store = RequestStore(conn)
+    dropped = []
+    for request_id in sorted(str(i) for i in conn.smembers(ACTIVE)):
+        try:
+            found: Request | None = store.get(request_id)
+        except UnknownRequest:
+            found = None
+        if found is None or found.terminal:
+            conn.srem(ACTIVE, request_id)
+            dropped.append(f"{request_id} ({found.state.value if found else 'unknown'})")
+    if dropped:
+        step.say(f"removed finished requests from the active set: {', '.join(dropped)}")
+    line = WaitingLine(conn, settings.target_id)
+    for request_id in line.ids():
+        found = store.find(request_id)
+        if found is None or found.state is not S.QUEUED:
+            line.leave(request_id)
+            shown = found.state.value if found else "unknown"
+            step.say(f"removed {request_id} ({shown}) from the waiting line")
+    bot = restart.bot_info(conn)
+    bot_alive = bot is not None and bot.alive
+    ended = 0
+    for request in store.active():
+        why = _stuck(settings, conn, request, live, bot_alive, outcome)
+        if not why:
+            continue
+        try:
+            store.transition(
+                request.id,
+                S.FAILED,
+                actor="molt:recover",
+                message=f"ended by molt recover: {why}",
+                phase=request.phase or request.state.value,
+            )
+        except IllegalTransition as exc:
+            step.fail(f"could not end {request.id}: {exc}")
+            continue
+        line.leave(request.id)
+        ended += 1
+        step.say(f"ended {request.codename or request.id} ({request.state.value}): {why}")
+    if not live and control.stop_requested(settings, conn):
+        conn.delete(control.stop_key(settings.target_id))
+        step.say("dropped an emergency stop no update is left to obey")
+    left = store.active()
+    waiting_people = sum(1 for r in left if r.state in control.PENDING)
+    summary = f"{len(left)} open request(s) left"
+    if waiting_people:
+        summary += f", {waiting_people} waiting for a person"
+    if not ended and not dropped and step.ok:
+        summary = f"consistent: {summary}"
+    step.say(summary)
+
+
+def _stuck(
+    settings: Settings,
+    conn: redis.Redis,
+    request: Request,
+    live: str,
+    bot_alive: bool,
+    outcome: str,
+) -> str:
+    """Why ``request`` can no longer move on by itself; "" if it can (or waits for a person)."""
+    age = time.time() - request.updated_at
+    if request.state in (S.RUNNING, S.RESTARTING):
+        if request.id == live:
+            return ""
+        phase = request.phase or request.state.value
+        return f"its update stopped during {phase} and no worker runs it any more; {outcome}"
+    if request.state is S.QUEUED:
+        if WaitingLine(conn, settings.target_id).position(request.id) is None:
+            return "it was queued but had left the waiting line"
+        if not _job_waiting(settings, request):
+            return "it was queued but no worker job was waiting to run it"
+        return ""
+    if request.state is S.APPROVED:
+        if bot_alive and age < _APPROVED_GRACE:
+            return ""
+        return "it was approved but never queued"
+    if request.state in _INTAKE:
+        window = 2 * settings.phase_timeout + settings.llm_timeout
+        if bot_alive and age < window:
+            return ""
+        return "Molt stopped before its plan was ready"
+    return ""
+
+
+def _job_waiting(settings: Settings, request: Request) -> bool:
+    rq_conn = stores.connect(settings, decode=False)
+    try:
+        job = Job.fetch(queueing.job_id(request.id, request.attempt), connection=rq_conn)
+        return job.get_status() in _JOB_ALIVE
+    except NoSuchJobError:
+        return False
+    finally:
+        rq_conn.close()

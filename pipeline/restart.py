@@ -5,6 +5,10 @@ For any service: MOLT_RESTART_COMMAND, then MOLT_HEALTH_COMMAND until it exits
 restart (list ``molt:control:bot``) and waits until a new bot process answers
 /healthz with the expected version. The bot registers itself in the hash
 ``molt:bot`` {pid, boot_id, version, port, argv, cwd, beat}.
+
+The wait for Molt ends early when the boot guard's records (pipeline/bootguard.py)
+say the new release will not come: refused by the release check, in a crash
+loop, rolled back by the guard, or exited at start with nothing to restart it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pathlib import Path
 
 import redis
 
+from pipeline import bootguard
 from pipeline.config import Settings
 from pipeline.exceptions import UpdateFailed
 from pipeline.validation import run_command
@@ -136,16 +141,31 @@ def _restart_self(
     before = bot_info(conn)
     if before is None or not before.alive:
         raise UpdateFailed("restart", "Molt's bot is not running, so it cannot restart itself")
+    asked = time.time()
     conn.rpush(CONTROL, json.dumps({"action": "restart", "expect": expect}))
     verifying()
     started = time.monotonic()
     deadline = started + settings.boot_timeout
+    failed_since: dict[str, float] = {}  # start id → when it was first seen failed
     while time.monotonic() < deadline:
         info = bot_info(conn)
         if info and info.boot_id != before.boot_id:
             health = healthz(info.port)
             if health and health.get("status") == "ok" and health.get("version") == expect:
                 return f"Molt came back on {expect[:7]} in {time.monotonic() - started:.1f}s"
+        trouble = bootguard.trouble(settings, conn, expect, asked)
+        if trouble:
+            raise UpdateFailed("verify", trouble)
+        last = bootguard.latest_start(settings, conn)
+        if last is not None and last.commit == expect and last.at >= asked and last.failed:
+            seen_at = failed_since.setdefault(last.id, time.monotonic())
+            if time.monotonic() - seen_at > bootguard.RESTART_GRACE:
+                why = f" ({last.detail})" if last.detail else ""
+                raise UpdateFailed(
+                    "verify",
+                    f"Molt did not report healthy on {expect[:7]}: it exited at start and "
+                    f"nothing started it again{why}",
+                )
         time.sleep(0.1)
     info = bot_info(conn)
     seen = info.version[:7] if info and info.boot_id != before.boot_id else "no new process"
@@ -156,14 +176,39 @@ def _restart_self(
 
 
 def bring_back(settings: Settings, conn: redis.Redis, expect: str, log_path: Path) -> str:
-    """After a rollback: restart on the restored code, relaunching Molt if it died."""
+    """After a rollback: restart on the restored code, relaunching Molt if it died.
+
+    A Molt already back on ``expect`` (the boot guard re-executed onto it) is left as it is;
+    while a supervisor or the boot guard is bringing Molt back, Molt is not launched a second
+    time; a start that hung on the rolled-back code is stopped first.
+    """
     if settings.restart_command or not settings.manages_itself:
         return restart(settings, conn, expect, log_path)
     info = bot_info(conn)
     if info and info.alive:
+        health = healthz(info.port)
+        if info.version == expect and health and health.get("version") == expect:
+            return f"Molt is back on {expect[:7]}"
         return _restart_self(settings, conn, expect)
     if info is None:
         raise UpdateFailed("rollback", "Molt's bot never registered, so it cannot be relaunched")
+    bootguard.stop_stale(settings, conn, keep=expect)
+    deadline = time.monotonic() + settings.boot_timeout
+    launched = False
+    while time.monotonic() < deadline:
+        fresh = bot_info(conn)
+        if fresh and fresh.boot_id != info.boot_id and fresh.alive:
+            health = healthz(fresh.port)
+            if health and health.get("status") == "ok" and health.get("version") == expect:
+                return f"Molt {'relaunched' if launched else 'came back'} on {expect[:7]}"
+        if not launched and not bootguard.starting(settings, conn):
+            _launch(info, log_path)
+            launched = True
+        time.sleep(0.1)
+    raise UpdateFailed("rollback", f"relaunched Molt did not report healthy on {expect[:7]}")
+
+
+def _launch(info: BotInfo, log_path: Path) -> None:
     # Headless: the process that died may have owned a terminal; this one cannot.
     argv = [sys.executable, "-m", "bot.cli", "run", "--no-console"]
     with open(log_path, "ab") as log:
@@ -176,12 +221,3 @@ def bring_back(settings: Settings, conn: redis.Redis, expect: str, log_path: Pat
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + settings.boot_timeout
-    while time.monotonic() < deadline:
-        fresh = bot_info(conn)
-        if fresh and fresh.boot_id != info.boot_id:
-            health = healthz(fresh.port)
-            if health and health.get("version") == expect:
-                return f"Molt relaunched on {expect[:7]}"
-        time.sleep(0.1)
-    raise UpdateFailed("rollback", f"relaunched Molt did not report healthy on {expect[:7]}")

@@ -1,6 +1,11 @@
 """Validation phases: the same checks in the sandbox (phase one) and on the live
 checkout (phase two): the test command passes within the phase timeout, every
 changed Python file byte-compiles, and the number of passing tests does not drop.
+With ``require_count`` (MOLT_REQUIRE_TESTS) the test command must also report at
+least one passing test that can be counted.
+
+A running command can be stopped early (an emergency stop): ``stop`` is asked
+every ``STOP_POLL_SECONDS`` and, once true, the command's process group is killed.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,8 @@ from typing import Any
 _PASSED = re.compile(r"\b(\d+) passed\b")
 _UNITTEST = re.compile(r"^Ran (\d+) tests?\b.*?^OK\b", re.M | re.S)
 _OUTPUT_TAIL = 4000
+#: How often a running command asks whether it should stop.
+STOP_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -35,8 +42,9 @@ class TestRun:
     ok: bool
     passed: int | None  # None when the output says nothing countable
     seconds: float
-    exit_code: int | None  # None on timeout
+    exit_code: int | None  # None on timeout or when stopped
     tail: str
+    stopped: bool = False
 
 
 @dataclass
@@ -83,7 +91,21 @@ def run_command(
     command: str, cwd: Path, timeout: float, log_path: Path | None = None
 ) -> tuple[int | None, str, float]:
     """Run a shell command in its own process group; kill the whole group on timeout."""
+    code, output, seconds, _ = _run(command, cwd, timeout, log_path, None)
+    return code, output, seconds
+
+
+def _run(
+    command: str,
+    cwd: Path,
+    timeout: float,
+    log_path: Path | None,
+    stop: Callable[[], bool] | None,
+) -> tuple[int | None, str, float, bool]:
+    """``run_command`` that also kills the group as soon as ``stop()`` says so; the last
+    value says whether it did (the exit code is then None, as on a timeout)."""
     started = time.monotonic()
+    deadline = started + timeout
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
     try:
         proc = subprocess.Popen(
@@ -96,31 +118,56 @@ def run_command(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-            code: int | None = proc.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
-            code = None
+        code: int | None = None
+        stopped = False
+        while True:
+            wait = deadline - time.monotonic()
+            if stop is not None:
+                wait = min(wait, STOP_POLL_SECONDS)
+            try:
+                out, _ = proc.communicate(timeout=max(wait, 0.01))
+                code = proc.returncode
+                break
+            except subprocess.TimeoutExpired:
+                stopped = stop is not None and stop()
+                if stopped or time.monotonic() >= deadline:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    out, _ = proc.communicate()
+                    code = None
+                    break
         if log:
             log.write(f"$ {command}  (in {cwd})\n".encode())
             log.write(out)
             log.write(f"\n[exit {code} after {time.monotonic() - started:.2f}s]\n".encode())
-        return code, out.decode(errors="replace"), time.monotonic() - started
+        return code, out.decode(errors="replace"), time.monotonic() - started, stopped
     finally:
         if log:
             log.close()
 
 
-def run_tests(command: str, cwd: Path, timeout: float, log_path: Path | None = None) -> TestRun:
-    code, output, seconds = run_command(command, cwd, timeout, log_path)
+def run_tests(
+    command: str,
+    cwd: Path,
+    timeout: float,
+    log_path: Path | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> TestRun:
+    code, output, seconds, stopped = _run(command, cwd, timeout, log_path, stop)
     return TestRun(
         ok=code == 0,
         passed=count_passed(output),
         seconds=seconds,
         exit_code=code,
         tail=output[-_OUTPUT_TAIL:],
+        stopped=stopped,
+    )
+
+
+def no_countable_tests(command: str) -> str:
+    """Why a run without a count of passing tests is refused (MOLT_REQUIRE_TESTS)."""
+    return (
+        f'`{command}` ran no tests Molt could count (it looks for "N passed" or '
+        'unittest\'s "Ran N tests … OK"), and MOLT_REQUIRE_TESTS is on'
     )
 
 
@@ -155,24 +202,37 @@ def run_phase(
     changed_files: Iterable[str],
     baseline_passed: int | None,
     log_path: Path | None = None,
+    require_count: bool = False,
+    stop: Callable[[], bool] | None = None,
 ) -> PhaseResult:
-    """One validation phase; stops at the first failing check."""
+    """One validation phase; stops at the first failing check.
+
+    ``require_count``: the tests must report at least one passing test (a run that
+    exits 0 without a countable "N passed" fails). ``stop``: asked while the tests run;
+    once it says so, they are killed and the check says they were stopped.
+    """
     result = PhaseResult(phase)
     compiled = compile_check(workdir, changed_files)
     result.checks.append(compiled)
     if not compiled.ok:
         return result
-    tests = run_tests(test_command, workdir, timeout, log_path)
+    tests = run_tests(test_command, workdir, timeout, log_path, stop)
     result.passed = tests.passed
     result.test_seconds = tests.seconds
-    if tests.exit_code is None:
+    ok = tests.ok
+    if tests.stopped:
+        detail = f"`{test_command}` was stopped"
+    elif tests.exit_code is None:
         detail = f"`{test_command}` did not finish within {timeout:.0f}s"
     elif not tests.ok:
         detail = f"`{test_command}` exited {tests.exit_code}: {_last_lines(tests.tail)}"
+    elif require_count and not tests.passed:
+        ok = False
+        detail = no_countable_tests(test_command)
     else:
         detail = f"{tests.passed} passed" if tests.passed is not None else "exit 0"
-    result.checks.append(Check("tests", tests.ok, tests.seconds, detail))
-    if tests.ok and baseline_passed is not None:
+    result.checks.append(Check("tests", ok, tests.seconds, detail))
+    if ok and baseline_passed is not None:
         dropped = tests.passed is not None and tests.passed < baseline_passed
         detail = f"{tests.passed} now, {baseline_passed} before"
         result.checks.append(Check("passing tests", not dropped, 0.0, detail))

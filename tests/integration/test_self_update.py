@@ -69,7 +69,7 @@ def test_molt_updates_itself_and_comes_back_on_the_new_version(
         ["console"],
         {
             "MOLT_DATA_DIR": str(data_dir),
-            "MOLT_TEST_COMMAND": "python -c 'import bot.cli, pipeline.jobs'",
+            "MOLT_TEST_COMMAND": "python -c \"import bot.cli, pipeline.jobs; print('1 passed')\"",
             "MOLT_HTTP_PORT": "0",
             "MOLT_CONSOLE_USER": "alice",
             "MOLT_BOOT_TIMEOUT": "60",
@@ -90,6 +90,12 @@ def test_molt_updates_itself_and_comes_back_on_the_new_version(
         assert git(live, "status", "--porcelain") == ""
         health = _healthz(int(up.group(1)))
         assert health["status"] == "ok" and health["version"] == new
+        # The worker that ran the update finished it, then started again on the new code.
+        workers_log = data_dir / "workers.log"
+        deadline = time.monotonic() + 60
+        while "this worker starts again on it" not in workers_log.read_text():
+            assert time.monotonic() < deadline, workers_log.read_text()[-2000:]
+            time.sleep(0.2)
     finally:
         molt.stop()
 
@@ -108,7 +114,7 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
         ["console"],
         {
             "MOLT_DATA_DIR": str(data_dir),
-            "MOLT_TEST_COMMAND": "python -c 'import bot.cli, pipeline.jobs'",
+            "MOLT_TEST_COMMAND": "python -c \"import bot.cli, pipeline.jobs; print('1 passed')\"",
             "MOLT_HTTP_PORT": "0",
             "MOLT_CONSOLE_USER": "alice",
             "MOLT_BOOT_TIMEOUT": "8",
@@ -132,6 +138,8 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
             time.sleep(0.2)
         assert request.state.value == "failed", request.message
         assert "did not report healthy" in request.message
+        assert "it exited at start and nothing started it again" in request.message
+        assert "(this release cannot start)" in request.message
         assert git(live, "rev-parse", "HEAD") == old
         assert git(live, "status", "--porcelain") == ""
         info = restart.bot_info(conn)

@@ -1,0 +1,180 @@
+"""How much Molt does without a person, and the limits around it.
+
+MOLT_AUTONOMY:
+  observe   plans are made and shown; nothing can be approved, nothing runs
+  assisted  every plan needs an approver (the default)
+  semi      phase 1 runs in a sandbox before approval, so the plan shows its results;
+            applying still needs an approver and still runs both phases
+  auto      Molt approves low-risk plans itself (actor ``molt:auto``); others need a person
+
+Limits and switches, each checked at intake (the request ends blocked), at approval (the
+click is refused, the plan stays) and when an update is about to start (it ends failed):
+MOLT_MAX_CHANGES_PER_DAY, MOLT_ALLOW_DEPLOYS, MOLT_ALLOW_CHANGES, MOLT_ALLOW_GITHUB.
+A rollback (``rollback [codename]``, operators only) is exempt from the deploy switch and
+the daily limit: it returns to a release that ran before. MOLT_REQUIRE_TESTS is checked
+at pre-flight here and in every validation phase (pipeline/validation.py).
+
+Keys:
+  molt:started:<target_id>  sorted set of "<request_id>:<attempt>" by the time its update began
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from pipeline import preflight, validation
+from pipeline.config import Settings
+from pipeline.git import Git
+from pipeline.planning import Plan
+from pipeline.requests import Request
+from pipeline.snapshots import Sandbox
+
+#: Who approves a plan when MOLT_AUTONOMY=auto does it.
+AUTO_APPROVER = "molt:auto"
+DAY_SECONDS = 86400
+#: The text of a rollback's request starts with this (bot/desk.py, bot/cli.py).
+ROLLBACK_PREFIX = "rollback "
+
+
+def started_key(target_id: str) -> str:
+    return f"molt:started:{target_id}"
+
+
+def is_rollback(request: Request) -> bool:
+    """A deploy made by ``rollback [codename]`` (pipeline/control.py)."""
+    return request.command == "deploy" and request.text.startswith(ROLLBACK_PREFIX)
+
+
+def switched_off(settings: Settings, request: Request) -> str:
+    """The reason this kind of request is not taken, naming the setting; "" if it is."""
+    if request.origin.platform == "github" and not settings.allow_github:
+        return "requests from GitHub are switched off here (MOLT_ALLOW_GITHUB=false)"
+    if request.command == "deploy" and not settings.allow_deploys and not is_rollback(request):
+        return (
+            "deploys are switched off here (MOLT_ALLOW_DEPLOYS=false); "
+            "operators can still `rollback`"
+        )
+    if request.command != "deploy" and not settings.allow_changes:
+        return "change requests in words are switched off here (MOLT_ALLOW_CHANGES=false)"
+    return ""
+
+
+# -- the daily limit ----------------------------------------------------------------------------
+
+
+def record_start(settings: Settings, conn: redis.Redis, request: Request) -> None:
+    """Count an update that is starting, for MOLT_MAX_CHANGES_PER_DAY."""
+    key = started_key(settings.target_id)
+    now = time.time()
+    conn.zadd(key, {f"{request.id}:{request.attempt}": now})
+    conn.zremrangebyscore(key, "-inf", now - DAY_SECONDS)
+
+
+def started_today(settings: Settings, conn: redis.Redis) -> int:
+    """Updates started in the last 24 hours on this target."""
+    return int(conn.zcount(started_key(settings.target_id), time.time() - DAY_SECONDS, "+inf"))
+
+
+def over_daily_limit(settings: Settings, conn: redis.Redis, request: Request) -> str:
+    """Why no further update may start today, naming the setting; "" if one may."""
+    limit = settings.max_changes_per_day
+    if not limit or is_rollback(request):
+        return ""
+    key = started_key(settings.target_id)
+    since = time.time() - DAY_SECONDS
+    started = conn.zrangebyscore(key, since, "+inf", withscores=True)
+    if len(started) < limit:
+        return ""
+    # The window frees up when the oldest start still counted turns 24 hours old.
+    oldest = float(started[len(started) - limit][1])
+    free_at = datetime.fromtimestamp(oldest + DAY_SECONDS, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    updates = "update" if limit == 1 else "updates"
+    return (
+        f"the daily limit is reached (MOLT_MAX_CHANGES_PER_DAY={limit}): {len(started)} "
+        f"{updates} started in the last 24 hours; the next may start after {free_at}"
+    )
+
+
+# -- gates ----------------------------------------------------------------------------------------
+
+
+def observe_only(settings: Settings) -> str:
+    if settings.autonomy == "observe":
+        return "Molt is in observe mode (MOLT_AUTONOMY=observe): plans are shown, nothing runs"
+    return ""
+
+
+def approval_refusal(settings: Settings, conn: redis.Redis, request: Request) -> str:
+    """Why a plan may not be approved now (by anyone), or ""."""
+    return (
+        observe_only(settings)
+        or switched_off(settings, request)
+        or over_daily_limit(settings, conn, request)
+    )
+
+
+def start_refusal(settings: Settings, conn: redis.Redis, request: Request) -> str:
+    """Why an approved update may not start (settings may have changed since), or ""."""
+    return approval_refusal(settings, conn, request)
+
+
+def tests_refusal(settings: Settings, conn: redis.Redis) -> str:
+    """MOLT_REQUIRE_TESTS at pre-flight: the target's tests at its current commit must have
+    reported at least one passing test that can be counted (pre-flight ran them)."""
+    if not settings.require_tests:
+        return ""
+    commit = Git(settings.target_dir).head()
+    record = preflight.recorded_tests(conn, settings.target_id, commit)
+    if record is None or not record.passed or record.count:
+        return ""
+    return (
+        f"{validation.no_countable_tests(settings.test_command)} (at {commit[:7]}): "
+        "make the test command report its tests, or set MOLT_REQUIRE_TESTS=false"
+    )
+
+
+def approves_itself(settings: Settings, plan: dict[str, Any]) -> bool:
+    """MOLT_AUTONOMY=auto approves low-risk plans; everything else waits for a person."""
+    return settings.autonomy == "auto" and plan.get("risk", {}).get("level") == "low"
+
+
+# -- semi: phase 1 before approval ------------------------------------------------------------
+
+
+def phase_one_before_approval(
+    settings: Settings, conn: redis.Redis, request_id: str, plan: Plan
+) -> dict[str, Any]:
+    """Run a deploy's phase 1 now, so the approver sees its result (MOLT_AUTONOMY=semi).
+
+    It runs in the caller's thread like pre-flight's test run, in pre-flight's worktree
+    (so it never waits for an update that holds the update sandbox), and changes nothing
+    live. The same phase runs again after approval: this one only informs.
+    """
+    baseline = preflight.tests_at(settings, conn, plan.base_commit)
+    changed = [f["path"] for f in plan.files if f.get("status") != "D"]
+    logs = settings.data_dir / "plans"
+    logs.mkdir(parents=True, exist_ok=True)
+    sandbox = Sandbox(Git(settings.target_dir), settings.worktrees_dir / "preflight")
+    with sandbox.locked():
+        path = sandbox.checkout(plan.target_commit)
+        result = validation.run_phase(
+            "phase 1",
+            path,
+            test_command=settings.test_command,
+            timeout=settings.phase_timeout,
+            changed_files=changed,
+            baseline_passed=baseline.count if baseline.passed else None,
+            log_path=logs / f"{request_id}-phase1.log",
+            require_count=settings.require_tests,
+        )
+    return result.to_dict() | {
+        "ok": result.ok,
+        "reason": result.reason,
+        "commit": plan.target_commit,
+        "seconds": round(result.test_seconds, 3),
+        "log": str(logs / f"{request_id}-phase1.log"),
+    }

@@ -34,7 +34,7 @@ import structlog
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from pipeline import audit, control, queueing, restart, snapshots
+from pipeline import audit, codenames, control, queueing, releases, restart, snapshots
 from pipeline import store as stores
 from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import (
@@ -320,6 +320,17 @@ def _return_to_snapshot(
         if at_snapshot and not dirty:
             step.say(f"the live checkout is at {where}, the snapshot of update {name}, already")
         else:
+            # A return past a signed release is a release of its own, or the next start of
+            # Molt would be refused as a downgrade.
+            releases.record_return(
+                settings,
+                conn,
+                commit=snapshot.commit,
+                from_commit=live.head(),
+                codename=codenames.new_codename(conn),
+                reason=f"molt recover: update {name} stopped half-done",
+                request_id=newest.id,
+            )
             snapshots.restore(live, snapshot)
             step.say(
                 f"returned the live checkout from {where} to {_where(live)}: the snapshot "

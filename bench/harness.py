@@ -36,7 +36,8 @@ from pipeline.states import RequestState as S
 from pipeline.workers import count_workers
 
 ROOT = Path(__file__).resolve().parent.parent
-PRINCIPAL = "console:bench"
+BENCH = Origin("console", "bench")
+PRINCIPAL = BENCH.principal
 POLL_SECONDS = 0.005
 _LEAKY_PREFIXES = ("MOLT_", "SLACK_", "DISCORD_", "GITHUB_", "ANTHROPIC_")
 _LEAKY_NAMES = ("REDIS_URL", "GIT_DIR", "GIT_WORK_TREE", "PYTHONPATH")
@@ -138,7 +139,7 @@ class Rig:
         request = intake.submit(
             self.settings,
             self.conn,
-            Origin("console", PRINCIPAL.split(":", 1)[1]),
+            BENCH,
             "deploy",
             "main",
             "deploy main",
@@ -166,7 +167,7 @@ class Rig:
         requests = RequestStore(self.conn)
         started_at = time.time()
         began = time.monotonic()
-        decision = approval.approve(self.settings, self.conn, request_id, PRINCIPAL)
+        decision = approval.approve(self.settings, self.conn, request_id, BENCH)
         approved = time.monotonic()
         if not decision:
             raise BenchFailure(f"approval refused: {decision.reason}")

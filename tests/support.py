@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -13,6 +14,10 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+import redis
+
+from pipeline import store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +47,40 @@ HEALTH = '''\
 import pathlib, sys
 sys.exit(1 if pathlib.Path("UNHEALTHY").exists() else 0)
 '''
+
+
+def hang_on_live(live: Path, started: Path) -> str:
+    """A service check that, on the live checkout only (phase 2), touches ``started`` and
+    waits until the process running it is gone: an update to kill in the middle."""
+    return (
+        "import os, pathlib, time\n\n\ndef test_hang_on_live():\n"
+        f"    if os.getcwd() == {str(live)!r}:\n"
+        f"        pathlib.Path({str(started)!r}).touch()\n"
+        "        parent = os.getppid()\n"
+        "        while os.getppid() == parent:\n"
+        "            time.sleep(0.1)\n"
+    )
+
+
+def update_processes(data_dir: Path) -> set[int]:
+    """The process groups running Molt's update: its workers and the work horse holding the
+    update lock (RQ puts the horse in a group of its own)."""
+    conn = redis.Redis(unix_socket_path=str(store.socket_path(data_dir)), decode_responses=True)
+    try:
+        [lock] = conn.keys("molt:lock:*")
+        horse = int(json.loads(conn.get(lock) or "{}")["holder"].rpartition(":")[2])
+        workers = {int(pid) for pid in conn.lrange("molt:bot:workers", 0, -1)}
+    finally:
+        conn.close()
+    return {os.getpgid(horse), *workers}
+
+
+def wait_for_file(path: Path, molt: Molt, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared; Molt said:\n{molt.output}")
+        time.sleep(0.05)
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -3,7 +3,6 @@ the embedded Redis, and real git repositories."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,12 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
 from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests import RequestStore
-from tests.support import ROOT, Molt, ServiceRepo
+from tests.support import ROOT, Molt, ServiceRepo, hang_on_live, update_processes, wait_for_file
 
 StartMolt = Callable[..., Molt]
 FAILING_CHECK = "def test_new_feature():\n    assert 1 + 1 == 3, 'new feature is broken'\n"
@@ -229,31 +226,16 @@ def test_worker_killed_mid_update_is_rolled_back(
     service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
 ) -> None:
     started = tmp_path / "phase2-started"
-    hang = (
-        "import os, pathlib, time\n\n\ndef test_hang_on_live():\n"
-        f"    if os.getcwd() == {str(service.live)!r}:\n"
-        f"        pathlib.Path({str(started)!r}).touch()\n"
-        "        parent = os.getppid()\n"
-        "        while os.getppid() == parent:\n"
-        "            time.sleep(0.1)\n"
-    )
+    hang = hang_on_live(service.live, started)
     old = service.live_head()
     service.commit({"checks/test_hang.py": hang}, "hangs in phase 2")
     molt = _up(start_molt())
     since = molt.send("deploy main")
     molt.send("press approve")
-    deadline = time.monotonic() + 60
-    while not started.exists():
-        assert time.monotonic() < deadline, molt.output
-        time.sleep(0.05)
+    wait_for_file(started, molt)
     assert service.live_head() != old  # the live checkout was touched
-    conn = redis.Redis(unix_socket_path=str(store.socket_path(data_dir)), decode_responses=True)
-    [lock] = conn.keys("molt:lock:*")
-    horse = int(json.loads(conn.get(lock))["holder"].rpartition(":")[2])
-    groups = {os.getpgid(horse), *(int(pid) for pid in conn.lrange("molt:bot:workers", 0, -1))}
-    for group in groups:  # the worker and its work horse, as an OOM killer or a crash would
+    for group in update_processes(data_dir):  # as an OOM killer or a crash would
         os.killpg(group, signal.SIGKILL)
-    conn.close()
     molt.wait_for(r"❌ Failed: ", since=since)
     molt.wait_for(r"worker running this update stopped during phase 2", since=since)
     assert service.live_head() == old

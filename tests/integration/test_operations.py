@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,14 @@ from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests import RequestStore
 from pipeline.states import RequestState as S
-from tests.support import ROOT, Molt, ServiceRepo
+from tests.support import (
+    ROOT,
+    Molt,
+    ServiceRepo,
+    hang_on_live,
+    update_processes,
+    wait_for_file,
+)
 
 StartMolt = Callable[..., Molt]
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
@@ -50,14 +56,6 @@ def _cli(
     )
 
 
-def _wait_for_file(path: Path, molt: Molt) -> None:
-    deadline = time.monotonic() + 90
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared; Molt said:\n{molt.output}")
-        time.sleep(0.05)
-
-
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's zombie may stay until the system reaps it)."""
     try:
@@ -83,7 +81,7 @@ def test_an_emergency_stop_during_phase_one_rolls_back_and_clears_the_queue(
     first = molt.send("deploy slow")
     molt.wait_for(r"📋 Plan ready", since=first)
     molt.send("press approve")
-    _wait_for_file(started, molt)  # phase 1 runs the endless test in the sandbox
+    wait_for_file(started, molt)  # phase 1 runs the endless test in the sandbox
     second = molt.send("deploy fine")
     molt.wait_for(r"📋 Plan ready", since=second)
     molt.send("press approve")
@@ -318,28 +316,16 @@ def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(
     tmp_path: Path,
 ) -> None:
     started = tmp_path / "phase2-started"
-    hang = (
-        "import os, pathlib, time\n\n\ndef test_hang_on_live():\n"
-        f"    if os.getcwd() == {str(service.live)!r}:\n"
-        f"        pathlib.Path({str(started)!r}).touch()\n"
-        "        parent = os.getppid()\n"
-        "        while os.getppid() == parent:\n"
-        "            time.sleep(0.1)\n"
-    )
+    hang = hang_on_live(service.live, started)
     old = service.live_head()
     new = service.commit({"checks/test_hang.py": hang}, "hangs in phase 2")
     molt = _up(start_molt())
     molt.send("deploy main")
     molt.send("press approve")
-    _wait_for_file(started, molt)
+    wait_for_file(started, molt)
     assert service.live_head() == new  # the live checkout was moved to the update
-    conn = redis.Redis(unix_socket_path=str(store.socket_path(data_dir)), decode_responses=True)
-    [lock] = conn.keys("molt:lock:*")
-    horse = int(json.loads(conn.get(lock) or "{}")["holder"].rpartition(":")[2])
-    workers = [int(pid) for pid in conn.lrange("molt:bot:workers", 0, -1)]
-    conn.close()
     # All of Molt dies at once (a power cut, an OOM killer): nothing is left to roll back.
-    for group in {os.getpgid(horse), *workers, molt.proc.pid}:
+    for group in {*update_processes(data_dir), molt.proc.pid}:
         os.killpg(group, signal.SIGKILL)
     molt.stop()
     [request] = _store(data_dir).recent(1)

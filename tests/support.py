@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,14 +160,21 @@ class ServiceRepo:
 
 
 class Molt:
-    """A real Molt process (``python -m bot.cli ...``) whose output we read line by line."""
+    """A real Molt process (``python -m bot.cli ...``) whose output we read line by line.
+
+    ``launcher`` replaces ``python -m bot.cli`` (a supervisor that starts Molt itself)."""
 
     def __init__(
-        self, args: list[str], env: Mapping[str, str], cwd: Path, pythonpath: Path = ROOT
+        self,
+        args: list[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        pythonpath: Path = ROOT,
+        launcher: Sequence[str] = (sys.executable, "-m", "bot.cli"),
     ) -> None:
         full_env = {**os.environ, **env, "PYTHONPATH": str(pythonpath), "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", *args],
+            [*launcher, *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

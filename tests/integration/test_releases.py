@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,28 +44,6 @@ while not stopping:
         break
     time.sleep(0.3)
 """
-
-
-class Supervised(Molt):
-    """``molt <args>`` under SUPERVISOR; the output of every start, in one stream."""
-
-    def __init__(
-        self, args: list[str], env: Mapping[str, str], cwd: Path, pythonpath: Path
-    ) -> None:
-        full_env = {**os.environ, **env, "PYTHONPATH": str(pythonpath), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", SUPERVISOR, *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-            cwd=cwd,
-            start_new_session=True,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
@@ -230,7 +207,13 @@ def test_a_crash_loop_under_a_supervisor_returns_to_the_last_good_release(
         {"bot/app.py": app + '\nraise SystemExit("this release cannot start")\n'},
         "a release that crashes at start",
     )
-    molt = Supervised(["console"], _env(data_dir, MOLT_CRASH_LOOP="2/60"), live, live)
+    molt = Molt(
+        ["console"],
+        _env(data_dir, MOLT_CRASH_LOOP="2/60"),
+        live,
+        live,
+        launcher=(sys.executable, "-c", SUPERVISOR),
+    )
     settings = load_settings(data_dir=data_dir, target_dir=live)
     conn = store.connect(settings)
     try:

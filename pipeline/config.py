@@ -137,29 +137,20 @@ class Settings(BaseSettings):
     @field_validator("authorised_users", "approvers", "operators", mode="before")
     @classmethod
     def _split_users(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [item for item in value.split(",")]
-        if isinstance(value, list):
-            users = [str(item).strip() for item in value if str(item).strip()]
-            for user in users:
-                platform, sep, ident = user.partition(":")
-                if not sep or not platform or not ident:
-                    raise ValueError(f"expected platform:id entries, got {user!r}")
-            return users
-        return value
+        users = _listed(value)
+        for user in users or []:
+            platform, sep, ident = user.partition(":")
+            if not sep or not platform or not ident:
+                raise ValueError(f"expected platform:id entries, got {user!r}")
+        return value if users is None else users
 
     @field_validator("discord_channels", mode="before")
     @classmethod
     def _split_channels(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, list):
-            channels = [str(item).strip() for item in value if str(item).strip()]
-            for channel in channels:
-                if not channel.isdigit():
-                    raise ValueError("expected comma-separated numeric channel ids")
-            return channels
-        return value
+        channels = _listed(value)
+        if any(not channel.isdigit() for channel in channels or []):
+            raise ValueError("expected comma-separated numeric channel ids")
+        return value if channels is None else channels
 
     @field_validator("autonomy", mode="before")
     @classmethod
@@ -173,20 +164,18 @@ class Settings(BaseSettings):
     @field_validator("trusted_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, list):
-            from pipeline.releases import public_key_bytes
+        keys = _listed(value)
+        if keys is None:
+            return value
+        from pipeline.releases import public_key_bytes
 
-            keys = [str(item).strip() for item in value if str(item).strip()]
-            for key in keys:
-                if public_key_bytes(key) is None:
-                    raise ValueError(
-                        f"expected comma-separated Ed25519 public keys (base64 or hex of 32 "
-                        f"bytes), got {key[:16]!r}"
-                    )
-            return keys
-        return value
+        for key in keys:
+            if public_key_bytes(key) is None:
+                raise ValueError(
+                    f"expected comma-separated Ed25519 public keys (base64 or hex of 32 "
+                    f"bytes), got {key[:16]!r}"
+                )
+        return keys
 
     @field_validator("signing_key", mode="after")
     @classmethod
@@ -273,6 +262,16 @@ class Settings(BaseSettings):
 _SECRET_FIELDS = frozenset(
     name for name, info in Settings.model_fields.items() if info.annotation == SecretStr | None
 )
+
+
+def _listed(value: Any) -> list[str] | None:
+    """A comma-separated string or a list (molt.toml) as clean items; None for other types,
+    which pydantic then refuses with its own message."""
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, list):
+        return [str(item).strip() for item in value if str(item).strip()]
+    return None
 
 
 def _login_name() -> str:

@@ -31,7 +31,7 @@ from bot.server import HttpProcess
 from pipeline import approval, bootguard, queueing, recovery, restart, store
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
-from pipeline.releases import running_version
+from pipeline.manifests import running_version
 from pipeline.requests import RequestStore
 from pipeline.states import RequestState as S
 

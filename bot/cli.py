@@ -197,11 +197,11 @@ def _report(steps: list[recovery.Step]) -> None:
 
 def cmd_release_verify(args: argparse.Namespace) -> int:
     """Check the target's checkout against its signed releases, as start-up does."""
-    from pipeline import releases
+    from pipeline import verification
 
     settings = _settings()
     try:
-        verdict = releases.verify_checkout(settings, store.connect(settings))
+        verdict = verification.verify_checkout(settings, store.connect(settings))
     except ConfigError as exc:
         print(f"molt: {exc}", file=sys.stderr)
         return 1
@@ -215,14 +215,14 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
 def cmd_release_rollback(args: argparse.Namespace) -> int:
     """An operator going back without Molt running: sign the return to the release before
     an update as a rollback release (moving the checkout there if it is elsewhere)."""
-    from pipeline import releases
+    from pipeline import rollbacks
 
     settings = _settings()
     conn = store.connect(settings)
     origin = _operator(settings, conn, "release rollback")
     if origin is None:
         return 1
-    verdict = releases.operator_rollback(settings, conn, args.codename, origin.principal)
+    verdict = rollbacks.operator_rollback(settings, conn, args.codename, origin.principal)
     if not verdict.ok:
         print(f"molt: {verdict.reason}", file=sys.stderr)
         return 1

@@ -43,7 +43,7 @@ from enum import StrEnum
 import redis
 import structlog
 
-from pipeline import audit, releases, store
+from pipeline import audit, ledger, manifests, releases, store, verification
 from pipeline.config import MOLT_HOME, Settings
 from pipeline.exceptions import ConfigError, UpdateFailed
 from pipeline.git import Git
@@ -204,7 +204,7 @@ class Boot:
         self.commit = commit
         self.ok = True
         self.reason = ""
-        self.verdict: releases.Verdict | None = None
+        self.verdict: verification.Verdict | None = None
 
     def end(self, ending: Ending, detail: str = "") -> None:
         if not self.start_id:
@@ -265,7 +265,7 @@ def begin(settings: Settings) -> Boot:
     if started_redis:
         os.environ[OWNS_REDIS] = "1"
     conn = store.connect(settings)
-    commit = releases.running_version()
+    commit = manifests.running_version()
     if not settings.manages_itself:
         _current = Boot(settings, conn, "", commit)
         return _current
@@ -274,9 +274,9 @@ def begin(settings: Settings) -> Boot:
     if loop is not None:
         _answer(boot, loop)
     try:
-        verdict = releases.verify_running(settings, conn)
+        verdict = verification.verify_running(settings, conn)
     except ConfigError as exc:
-        verdict = releases.Verdict(False, str(exc))
+        verdict = verification.Verdict(False, str(exc))
     boot.verdict = verdict
     if not verdict:
         boot.refuse(verdict.reason)
@@ -315,7 +315,7 @@ def healthy(settings: Settings, conn: redis.Redis) -> None:
     if not settings.manages_itself:
         return
     now = f"{time.time():.3f}"
-    commit = releases.running_version()
+    commit = manifests.running_version()
     if _current is not None and _current.start_id:
         conn.hset(start_key(settings.target_id, _current.start_id), "healthy_at", now)
     conn.hset(good_key(settings.target_id), commit, now)
@@ -383,10 +383,10 @@ def _answer(boot: Boot, loop: CrashLoop) -> None:
     _exec()
 
 
-def last_good(settings: Settings, conn: redis.Redis, exclude: str) -> releases.Manifest | None:
+def last_good(settings: Settings, conn: redis.Redis, exclude: str) -> manifests.Manifest | None:
     """The newest signed release, other than ``exclude``, that once reported healthy."""
     good = set(conn.hkeys(good_key(settings.target_id)))
-    for manifest in reversed(releases.ledger(settings, conn).good):
+    for manifest in reversed(ledger.read(settings, conn).good):
         if manifest.target_commit != exclude and manifest.target_commit in good:
             return manifest
     return None
@@ -396,7 +396,7 @@ def _return_to(
     settings: Settings,
     conn: redis.Redis,
     git: Git,
-    good: releases.Manifest,
+    good: manifests.Manifest,
     loop: CrashLoop,
     detail: str,
 ) -> None:
@@ -404,7 +404,7 @@ def _return_to(
     from pipeline.requests import RequestStore
 
     store_ = RequestStore(conn)
-    bad = releases.ledger(settings, conn).newest_for(loop.commit)
+    bad = ledger.read(settings, conn).newest_for(loop.commit)
     request = store_.find(bad.request_id) if bad and bad.request_id else None
     snapshot = (request.snapshot or {}) if request else {}
     if request and not request.terminal and snapshot.get("commit") == good.target_commit:

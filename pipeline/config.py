@@ -3,18 +3,25 @@
 Every key is spelt the same way in both places (``MOLT_PHASE_TIMEOUT`` in the
 environment or in molt.toml). The environment wins over the file. A bad value
 stops start-up with a ``ConfigError`` naming the variable and what it expected.
+The key settings are decoded here (``key_bytes``, ``private_key``), so that a key that
+cannot be read stops start-up too; pipeline/keys.py holds the keys themselves.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import getpass
 import hashlib
 import os
+import re
 import tomllib
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
@@ -100,7 +107,8 @@ class Settings(BaseSettings):
     llm_max_tokens: int = _var("MOLT_LLM_MAX_TOKENS", 2_000_000, ge=10_000)
     llm_timeout: float = _var("MOLT_LLM_TIMEOUT", 1200.0, gt=0)
     llm_prompt_budget: int = _var("MOLT_LLM_PROMPT_BUDGET", 24_000, ge=12_000, le=400_000)
-    # Signed releases (pipeline/releases.py) and the boot guard (pipeline/bootguard.py).
+    # Signed releases (pipeline/releases.py, keys in pipeline/keys.py) and the boot guard
+    # (pipeline/bootguard.py).
     #: The Ed25519 key releases are signed with: PEM, or base64 of its 32 raw bytes. Unset:
     #: a key created on first run under MOLT_DATA_DIR/keys/.
     signing_key: SecretStr | None = _var("MOLT_SIGNING_KEY")
@@ -167,10 +175,8 @@ class Settings(BaseSettings):
         keys = _listed(value)
         if keys is None:
             return value
-        from pipeline.releases import public_key_bytes
-
         for key in keys:
-            if public_key_bytes(key) is None:
+            if key_bytes(key) is None:
                 raise ValueError(
                     f"expected comma-separated Ed25519 public keys (base64 or hex of 32 "
                     f"bytes), got {key[:16]!r}"
@@ -180,11 +186,9 @@ class Settings(BaseSettings):
     @field_validator("signing_key", mode="after")
     @classmethod
     def _readable_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and value.get_secret_value().strip():
-            from pipeline.releases import private_key_from_text
-
-            if private_key_from_text(value.get_secret_value()) is None:
-                raise ValueError("expected an Ed25519 private key: PEM, or base64 of its 32 bytes")
+        text = value.get_secret_value() if value is not None else ""
+        if text.strip() and private_key(text) is None:
+            raise ValueError("expected an Ed25519 private key: PEM, or base64 of its 32 bytes")
         return value
 
     @field_validator("data_dir", "target_dir", mode="after")
@@ -272,6 +276,37 @@ def _listed(value: Any) -> list[str] | None:
     if isinstance(value, list):
         return [str(item).strip() for item in value if str(item).strip()]
     return None
+
+
+def key_bytes(text: str) -> bytes | None:
+    """32 raw bytes from hex or base64 (either alphabet, padding optional): a trusted key
+    of MOLT_TRUSTED_KEYS, or the seed of MOLT_SIGNING_KEY. None if it is not that."""
+    text = text.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text)
+    padded = text + "=" * (-len(text) % 4)
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            raw = decode(padded.encode())
+        except (binascii.Error, ValueError):
+            continue
+        if len(raw) == 32:
+            return raw
+    return None
+
+
+def private_key(text: str) -> Ed25519PrivateKey | None:
+    """An Ed25519 private key as MOLT_SIGNING_KEY or the key file holds it: PEM (PKCS#8), or
+    base64/hex of the 32-byte seed. None if it is not one."""
+    text = text.strip()
+    if "-----BEGIN" in text:
+        try:
+            key = serialization.load_pem_private_key(text.encode(), password=None)
+        except (ValueError, TypeError):
+            return None
+        return key if isinstance(key, Ed25519PrivateKey) else None
+    raw = key_bytes(text)
+    return Ed25519PrivateKey.from_private_bytes(raw) if raw else None
 
 
 def _login_name() -> str:

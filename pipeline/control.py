@@ -16,10 +16,10 @@ from typing import Any
 
 import redis
 
-from pipeline import audit, autonomy, intake, queueing
+from pipeline import audit, authorisation, autonomy, intake, queueing
 from pipeline.config import Settings
 from pipeline.locking import UpdateLock, WaitingLine
-from pipeline.releases import running_version
+from pipeline.manifests import ReleaseKind, running_version
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
 
@@ -120,6 +120,15 @@ def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) 
     base = str(update.plan.get("base_commit", ""))
     text = f"{autonomy.ROLLBACK_PREFIX}{update.codename or update.id}"
     return intake.submit(settings, conn, origin, "deploy", base, text)
+
+
+def release_kind(settings: Settings, request: Request) -> ReleaseKind:
+    """The kind of release an update of ``request`` signs: a rollback only for a rollback an
+    operator asked for, checked again here (MOLT_OPERATORS may have changed since)."""
+    operator = authorisation.may_operate(settings, request.origin)
+    if autonomy.is_rollback(request) and operator:
+        return ReleaseKind.ROLLBACK
+    return ReleaseKind.UPDATE
 
 
 def status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pipeline import (
     autonomy,
     codenames,
     control,
+    manifests,
     queueing,
     releases,
     restart,
@@ -99,7 +100,7 @@ class Update:
         self.log_dir = Path()
         self.phases: tuple[str, ...] = PHASES
         self.report: list[str] = []  # extra lines for the final message (change requests)
-        self.release: releases.Manifest | None = None  # signed after phase 2
+        self.release: manifests.Manifest | None = None  # signed after phase 2
 
     # -- the way through --------------------------------------------------
 
@@ -289,10 +290,12 @@ class Update:
         restarted Molt checks it at start-up."""
         began = time.monotonic()
         assert self.snapshot is not None
+        request = self.store.get(self.request_id)
         self.release = releases.record_update(
             self.settings,
             self.conn,
-            self.store.get(self.request_id),
+            request,
+            kind=control.release_kind(self.settings, request),
             commit=plan.target_commit,
             parent=self.snapshot.commit,
             checks=self.checks,

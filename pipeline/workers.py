@@ -21,7 +21,7 @@ from rq.job import Job
 
 from pipeline import queueing
 from pipeline.config import Settings
-from pipeline.releases import checkout_version, running_version
+from pipeline.manifests import checkout_version, running_version
 from pipeline.store import connect
 
 log = structlog.get_logger(__name__)

@@ -14,12 +14,15 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pipeline import audit, releases
+from pipeline import audit, control, keys, ledger, releases
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import ConfigError
 from pipeline.git import Git
-from pipeline.releases import Problem, ReleaseKind
+from pipeline.manifests import Manifest, ReleaseKind
 from pipeline.requests import Origin, RequestStore
+from pipeline.rollbacks import operator_rollback
+from pipeline.trees import check_tree, tree_hash_at
+from pipeline.verification import Problem, verify_checkout
 from tests.support import ServiceRepo, git
 
 
@@ -56,8 +59,8 @@ def _deploy(service: ServiceRepo, settings: Settings, conn: redis.Redis, files: 
 def test_the_first_check_records_a_signed_baseline_and_audits_it(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
-    assert releases.verify_checkout(settings, conn).problem is Problem.NO_RELEASE
-    verdict = releases.verify_checkout(settings, conn, baseline=True)
+    assert verify_checkout(settings, conn).problem is Problem.NO_RELEASE
+    verdict = verify_checkout(settings, conn, baseline=True)
     assert verdict.ok and verdict.baseline
     assert verdict.manifest is not None and verdict.manifest.release == 1
     assert verdict.manifest.kind is ReleaseKind.BASELINE
@@ -65,22 +68,22 @@ def test_the_first_check_records_a_signed_baseline_and_audits_it(
     assert "is now the signed baseline, release 1 (baseline by " in verdict.reason
     [entry] = [e for e in audit.entries(conn) if e["action"] == "release_baseline"]
     assert entry["detail"]["commit"] == service.live_head()
-    again = releases.verify_checkout(settings, conn, baseline=True)
+    again = verify_checkout(settings, conn, baseline=True)
     assert again.ok and not again.baseline and "tracked files are intact" in again.reason
 
 
 def test_the_key_is_created_once_readable_only_by_its_owner(settings: Settings) -> None:
-    key = releases.signing_key(settings)
+    key = keys.signing_key(settings)
     path = settings.data_dir / "keys" / "release-signing.pem"
     assert path.stat().st_mode & 0o777 == 0o600
     assert (settings.data_dir / "keys").stat().st_mode & 0o777 == 0o700
-    assert releases.signing_key(settings).key_id == key.key_id
+    assert keys.signing_key(settings).key_id == key.key_id
     assert (settings.data_dir / "keys" / "release-signing.pub").read_text().strip() == (
         key.public_b64
     )
     path.chmod(0o644)
     with pytest.raises(ConfigError, match=r"can be read by others \(mode 644\): `chmod 600"):
-        releases.signing_key(settings)
+        keys.signing_key(settings)
 
 
 def test_a_signing_key_from_the_environment_is_pem_or_base64(
@@ -88,7 +91,7 @@ def test_a_signing_key_from_the_environment_is_pem_or_base64(
 ) -> None:
     seed, public = _key_text()
     monkeypatch.setenv("MOLT_SIGNING_KEY", seed)
-    from_seed = releases.signing_key(load_settings())
+    from_seed = keys.signing_key(load_settings())
     assert from_seed.public_b64 == public and from_seed.source == "MOLT_SIGNING_KEY"
     pem = from_seed.private.private_bytes(
         serialization.Encoding.PEM,
@@ -96,7 +99,7 @@ def test_a_signing_key_from_the_environment_is_pem_or_base64(
         serialization.NoEncryption(),
     ).decode()
     monkeypatch.setenv("MOLT_SIGNING_KEY", pem)
-    assert releases.signing_key(load_settings()).key_id == from_seed.key_id
+    assert keys.signing_key(load_settings()).key_id == from_seed.key_id
     assert pem in load_settings().secrets()
     monkeypatch.setenv("MOLT_SIGNING_KEY", "not a key")
     with pytest.raises(ConfigError, match="MOLT_SIGNING_KEY: expected an Ed25519 private key"):
@@ -108,21 +111,21 @@ def test_a_signing_key_from_the_environment_is_pem_or_base64(
 
 
 def test_an_edited_manifest_no_longer_verifies(settings: Settings, conn: redis.Redis) -> None:
-    baseline = releases.verify_checkout(settings, conn, baseline=True).manifest
+    baseline = verify_checkout(settings, conn, baseline=True).manifest
     assert baseline is not None
-    trusted = releases.trusted_keys(settings)
-    assert releases.signature_problem(baseline, trusted) == ""
-    again = releases.Manifest.from_json(baseline.to_json())
+    trusted = keys.trusted_keys(settings)
+    assert keys.signature_problem(baseline, trusted) == ""
+    again = Manifest.from_json(baseline.to_json())
     assert again == baseline and again.canonical() == baseline.canonical()
-    forged = releases.Manifest.from_json(baseline.to_json().replace('"release": 1', '"release": 9'))
-    assert releases.signature_problem(forged, trusted) == "altered"
+    forged = Manifest.from_json(baseline.to_json().replace('"release": 1', '"release": 9'))
+    assert keys.signature_problem(forged, trusted) == "altered"
 
     # Edited on disk and in Redis alike: the release check names what happened.
-    path = releases.releases_dir(settings) / baseline.file_name
+    path = ledger.releases_dir(settings) / baseline.file_name
     edited = json.loads(path.read_text()) | {"checks": [{"name": "tests", "ok": True}]}
     path.write_text(json.dumps(edited))
-    conn.hset(releases.releases_key(settings.target_id), "1", json.dumps(edited))
-    verdict = releases.verify_checkout(settings, conn)
+    conn.hset(ledger.releases_key(settings.target_id), "1", json.dumps(edited))
+    verdict = verify_checkout(settings, conn)
     assert verdict.problem is Problem.ALTERED
     assert "was altered after it was signed" in verdict.reason
 
@@ -130,12 +133,12 @@ def test_an_edited_manifest_no_longer_verifies(settings: Settings, conn: redis.R
 def test_tampered_files_are_named(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
-    releases.verify_checkout(settings, conn, baseline=True)
+    verify_checkout(settings, conn, baseline=True)
     (service.live / "app.py").write_text("def greet():\n    return 'pwned'\n")
     (service.live / "health.py").unlink()
     (service.live / "checks" / "extra.py").write_text("x = 1\n")
     os.chmod(service.live / "service_tests.py", 0o755)  # the mode alone is not a change
-    verdict = releases.verify_checkout(settings, conn)
+    verdict = verify_checkout(settings, conn)
     assert verdict.problem is Problem.TAMPERED
     assert "modified: app.py; missing: health.py; added: checks/extra.py" in verdict.reason
     assert verdict.paths == ["app.py", "health.py", "checks/extra.py"]
@@ -144,11 +147,11 @@ def test_tampered_files_are_named(
 def test_a_commit_no_release_names_is_refused(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
-    releases.verify_checkout(settings, conn, baseline=True)
+    verify_checkout(settings, conn, baseline=True)
     before = service.live_head()
     service.commit({"app.py": "VERSION = 2\n"}, "pulled by hand")
     git(service.live, "pull", "-q", "--ff-only")
-    verdict = releases.verify_checkout(settings, conn)
+    verdict = verify_checkout(settings, conn)
     assert verdict.problem is Problem.UNSIGNED
     assert f"{service.live_head()[:7]} is not a signed release" in verdict.reason
     assert f"`git checkout {before[:7]}`" in verdict.reason
@@ -157,46 +160,46 @@ def test_a_commit_no_release_names_is_refused(
 def test_a_downgrade_is_refused_until_a_rollback_release_allows_it(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
-    old = releases.verify_checkout(settings, conn, baseline=True).manifest
+    old = verify_checkout(settings, conn, baseline=True).manifest
     assert old is not None
     new = _deploy(service, settings, conn, {"app.py": "VERSION = 2\n"})
-    assert releases.verify_checkout(settings, conn).manifest.release == 2  # type: ignore[union-attr]
+    assert verify_checkout(settings, conn).manifest.release == 2  # type: ignore[union-attr]
     git(service.live, "reset", "-q", "--hard", old.target_commit)
-    verdict = releases.verify_checkout(settings, conn)
+    verdict = verify_checkout(settings, conn)
     assert verdict.problem is Problem.DOWNGRADE
     assert f"{old.short} is release 1 (baseline by " in verdict.reason
     assert f"lower than release 2 (update-{new[:5]}, update) of {new[:7]}" in verdict.reason
     assert f"`molt release rollback update-{new[:5]}`" in verdict.reason
 
-    back = releases.operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
+    back = operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
     assert back.ok, back.reason
     assert back.manifest is not None and back.manifest.release == 3
     assert back.manifest.kind is ReleaseKind.ROLLBACK
     assert back.manifest.operator == "console:alice"
     assert back.manifest.parent_commit == new
-    assert releases.verify_checkout(settings, conn).ok
+    assert verify_checkout(settings, conn).ok
 
 
 def test_an_operator_rollback_moves_a_clean_checkout_back(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
-    old = releases.verify_checkout(settings, conn, baseline=True).manifest
+    old = verify_checkout(settings, conn, baseline=True).manifest
     assert old is not None
     new = _deploy(service, settings, conn, {"app.py": "VERSION = 2\n"})
     (service.live / "app.py").write_text("VERSION = 3\n")
-    refused = releases.operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
+    refused = operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
     assert not refused.ok and "uncommitted changes: app.py" in refused.reason
     git(service.live, "checkout", "--", ".")
-    done = releases.operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
+    done = operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
     assert done.ok and service.live_head() == old.target_commit
-    unknown = releases.operator_rollback(settings, conn, "no-such-update", "console:alice")
+    unknown = operator_rollback(settings, conn, "no-such-update", "console:alice")
     assert "no signed release is named 'no-such-update'" in unknown.reason
 
 
 def test_returning_after_a_failed_update_is_signed_only_when_needed(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
-    old = releases.verify_checkout(settings, conn, baseline=True).manifest
+    old = verify_checkout(settings, conn, baseline=True).manifest
     assert old is not None
     kept = releases.record_return(
         settings, conn, commit=old.target_commit, from_commit="x" * 40, codename="c", reason="r"
@@ -213,38 +216,38 @@ def test_returning_after_a_failed_update_is_signed_only_when_needed(
     )
     assert back is not None and back.describe() == "release 3 (calm-heron, rollback by molt)"
     git(service.live, "reset", "-q", "--hard", old.target_commit)
-    assert releases.verify_checkout(settings, conn).ok
+    assert verify_checkout(settings, conn).ok
 
 
 def test_keys_rotate_through_the_trusted_list(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
-    releases.verify_checkout(settings, conn, baseline=True)
-    old_public = releases.signing_key(settings).public_b64
+    verify_checkout(settings, conn, baseline=True)
+    old_public = keys.signing_key(settings).public_b64
     seed, _ = _key_text()
     rotated = settings.model_copy(
         update={"signing_key": load_settings(signing_key=seed).signing_key}
     )
-    verdict = releases.verify_checkout(rotated, conn)
+    verdict = verify_checkout(rotated, conn)
     assert verdict.problem is Problem.UNTRUSTED
     assert "add its public key to MOLT_TRUSTED_KEYS" in verdict.reason
     hex_key = base64.b64decode(old_public).hex()
     both = rotated.model_copy(update={"trusted_keys": [hex_key]})
-    assert releases.verify_checkout(both, conn).ok
+    assert verify_checkout(both, conn).ok
     _deploy(service, both, conn, {"app.py": "VERSION = 2\n"})
-    assert releases.verify_checkout(rotated, conn).ok  # the old key is no longer needed
+    assert verify_checkout(rotated, conn).ok  # the old key is no longer needed
 
 
 def test_manifests_survive_a_wiped_redis(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
-    releases.verify_checkout(settings, conn, baseline=True)
+    verify_checkout(settings, conn, baseline=True)
     _deploy(service, settings, conn, {"app.py": "VERSION = 2\n"})
-    conn.delete(releases.releases_key(settings.target_id), releases.highest_key(settings.target_id))
-    verdict = releases.verify_checkout(settings, conn)
+    conn.delete(ledger.releases_key(settings.target_id), ledger.highest_key(settings.target_id))
+    verdict = verify_checkout(settings, conn)
     assert verdict.ok and verdict.highest == 2
-    assert sorted(conn.hkeys(releases.releases_key(settings.target_id))) == ["1", "2"]
-    assert conn.get(releases.highest_key(settings.target_id)) == "2"
+    assert sorted(conn.hkeys(ledger.releases_key(settings.target_id))) == ["1", "2"]
+    assert conn.get(ledger.highest_key(settings.target_id)) == "2"
 
 
 def test_the_tree_hash_is_the_same_from_git_and_from_disk(service: ServiceRepo) -> None:
@@ -252,11 +255,11 @@ def test_the_tree_hash_is_the_same_from_git_and_from_disk(service: ServiceRepo) 
     commit = service.commit({}, "a symlink")
     git(service.live, "pull", "-q", "--ff-only")
     live = Git(service.live)
-    expected = releases.tree_hash_at(live, commit)
-    assert releases.check_tree(live, commit, expected).paths == []
+    expected = tree_hash_at(live, commit)
+    assert check_tree(live, commit, expected).paths == []
     (service.live / "link").unlink()
     (service.live / "link").symlink_to("health.py")
-    assert releases.check_tree(live, commit, expected).modified == ["link"]
+    assert check_tree(live, commit, expected).modified == ["link"]
 
 
 def test_molt_release_verify_checks_another_target(
@@ -270,7 +273,7 @@ def test_molt_release_verify_checks_another_target(
     command = [sys.executable, "-m", "bot.cli", "release", "verify"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 1 and "no release of" in first.stderr
-    releases.verify_checkout(settings, conn, baseline=True)
+    verify_checkout(settings, conn, baseline=True)
     ok = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0 and "is signed release 1 (baseline by " in ok.stdout
 
@@ -284,18 +287,25 @@ def test_an_update_signs_its_checks_and_a_rollback_names_its_operator(
     git(service.live, "pull", "-q", "--ff-only")
     checks = [{"name": "phase 2: tests", "ok": True, "seconds": 0.25, "detail": "3 passed"}]
     deploy = requests.create(Origin("console", "alice"), "deploy main", "deploy", "main")
+    kind = control.release_kind(settings, deploy)
     update = releases.record_update(
-        settings, conn, deploy, commit=new, parent=parent, checks=checks
+        settings, conn, deploy, kind=kind, commit=new, parent=parent, checks=checks
     )
     assert (update.release, update.kind, update.operator) == (2, ReleaseKind.UPDATE, "")
     assert update.checks == checks and update.parent_commit == parent
-    baseline = releases.ledger(settings, conn).by_release(1)
+    baseline = ledger.read(settings, conn).by_release(1)
     assert baseline is not None and baseline.target_commit == parent  # what ran before
 
     for who, kind in (("alice", ReleaseKind.ROLLBACK), ("mallory", ReleaseKind.UPDATE)):
         asked = requests.create(Origin("console", who), "rollback amber-otter", "deploy", parent)
         back = releases.record_update(
-            settings, conn, asked, commit=parent, parent=new, checks=checks
+            settings,
+            conn,
+            asked,
+            kind=control.release_kind(settings, asked),
+            commit=parent,
+            parent=new,
+            checks=checks,
         )
         assert back.kind is kind
-    assert releases.ledger(settings, conn).by_release(3).operator == "console:alice"  # type: ignore[union-attr]
+    assert ledger.read(settings, conn).by_release(3).operator == "console:alice"  # type: ignore[union-attr]

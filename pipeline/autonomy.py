@@ -10,9 +10,10 @@ MOLT_AUTONOMY:
 Limits and switches, each checked at intake (the request ends blocked), at approval (the
 click is refused, the plan stays) and when an update is about to start (it ends failed):
 MOLT_MAX_CHANGES_PER_DAY, MOLT_ALLOW_DEPLOYS, MOLT_ALLOW_CHANGES, MOLT_ALLOW_GITHUB.
-A rollback (``rollback [codename]``, operators only) is exempt from the deploy switch and
-the daily limit: it returns to a release that ran before. MOLT_REQUIRE_TESTS is checked
-at pre-flight here and in every validation phase (pipeline/validation.py).
+A rollback (a request of command ``rollback``, pipeline/control.py; operators only) is
+exempt from the deploy switch and the daily limit: it returns to a release that ran
+before. MOLT_REQUIRE_TESTS is checked at pre-flight here and in every validation phase
+(pipeline/validation.py).
 
 Keys:
   molt:started:<target_id>  sorted set of "<request_id>:<attempt>" by the time its update began
@@ -36,29 +37,22 @@ from pipeline.snapshots import Sandbox
 #: Who approves a plan when MOLT_AUTONOMY=auto does it.
 AUTO_APPROVER = "molt:auto"
 DAY_SECONDS = 86400
-#: The text of a rollback's request starts with this (bot/desk.py, bot/cli.py).
-ROLLBACK_PREFIX = "rollback "
 
 
 def started_key(target_id: str) -> str:
     return f"molt:started:{target_id}"
 
 
-def is_rollback(request: Request) -> bool:
-    """A deploy made by ``rollback [codename]`` (pipeline/control.py)."""
-    return request.command == "deploy" and request.text.startswith(ROLLBACK_PREFIX)
-
-
 def switched_off(settings: Settings, request: Request) -> str:
     """The reason this kind of request is not taken, naming the setting; "" if it is."""
     if request.origin.platform == "github" and not settings.allow_github:
         return "requests from GitHub are switched off here (MOLT_ALLOW_GITHUB=false)"
-    if request.command == "deploy" and not settings.allow_deploys and not is_rollback(request):
+    if request.command == "deploy" and not settings.allow_deploys:
         return (
             "deploys are switched off here (MOLT_ALLOW_DEPLOYS=false); "
             "operators can still `rollback`"
         )
-    if request.command != "deploy" and not settings.allow_changes:
+    if not request.deploys and not settings.allow_changes:
         return "change requests in words are switched off here (MOLT_ALLOW_CHANGES=false)"
     return ""
 
@@ -82,7 +76,7 @@ def started_today(settings: Settings, conn: redis.Redis) -> int:
 def over_daily_limit(settings: Settings, conn: redis.Redis, request: Request) -> str:
     """Why no further update may start today, naming the setting; "" if one may."""
     limit = settings.max_changes_per_day
-    if not limit or is_rollback(request):
+    if not limit or request.command == "rollback":
         return ""
     key = started_key(settings.target_id)
     since = time.time() - DAY_SECONDS

@@ -106,8 +106,9 @@ def _stop_ttl(settings: Settings) -> int:
 
 
 def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) -> Request | str:
-    """Plan a return to the release before an update (default: the last one that landed),
-    as a deploy of its rollback point: the same pre-flight, approval, phases and restart.
+    """Plan a return to the release before an update (default: the last one that landed):
+    a request of its own command, ``rollback``, planned as a deploy of the update's
+    rollback point, with the same pre-flight, approval, phases and restart.
     Returns the request, or why there is nothing to roll back."""
     store = RequestStore(conn)
     if token:
@@ -118,15 +119,15 @@ def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) 
         shown = f"successful update {token!r}" if token else "successful update"
         return f"found no {shown} to roll back"
     base = str(update.plan.get("base_commit", ""))
-    text = f"{autonomy.ROLLBACK_PREFIX}{update.codename or update.id}"
-    return intake.submit(settings, conn, origin, "deploy", base, text)
+    text = f"rollback {update.codename or update.id}"
+    return intake.submit(settings, conn, origin, "rollback", base, text)
 
 
 def release_kind(settings: Settings, request: Request) -> ReleaseKind:
     """The kind of release an update of ``request`` signs: a rollback only for a rollback an
     operator asked for, checked again here (MOLT_OPERATORS may have changed since)."""
     operator = authorisation.may_operate(settings, request.origin)
-    if autonomy.is_rollback(request) and operator:
+    if request.command == "rollback" and operator:
         return ReleaseKind.ROLLBACK
     return ReleaseKind.UPDATE
 

@@ -99,7 +99,7 @@ def advance(
         limit = autonomy.over_daily_limit(settings, conn, request)
         if limit:
             return blocked(limit, "daily limit")
-        if request.command != "deploy" and not settings.llm_enabled:
+        if not request.deploys and not settings.llm_enabled:
             return store.transition(
                 request_id,
                 S.BLOCKED,
@@ -137,7 +137,7 @@ def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request
 
     def plan() -> Request:
         request = store.get(request_id)
-        if request.command != "deploy":
+        if not request.deploys:
             return _plan_change(settings, conn, store, request)
         made = planning.plan_deploy(settings, conn, request.argument)
         shown = made.to_dict()
@@ -272,9 +272,9 @@ def revise(
     argument = request.argument
     words = note.split()
     follow_up = note
-    if request.command == "deploy" and len(words) == 2 and words[0].lower() == "deploy":
+    if request.deploys and len(words) == 2 and words[0].lower() == "deploy":
         argument = words[1]
-    elif request.command != "deploy":
+    elif not request.deploys:
         if len(request.answers) >= MAX_FOLLOW_UPS:
             return authorisation.Decision(
                 False, "this request has gone back and forth too often: ask again, in full"

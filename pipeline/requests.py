@@ -25,6 +25,8 @@ from pipeline.states import TERMINAL, RequestState, can_move, template_for
 ALL = "molt:requests"
 ACTIVE = "molt:requests:active"
 _JSON_FIELDS = ("plan", "snapshot", "result", "message_ref", "answers")
+#: Commands planned as a deploy of a commit; any other is a change described in words.
+DEPLOY_COMMANDS = frozenset({"deploy", "rollback"})
 T = TypeVar("T")
 
 
@@ -59,7 +61,7 @@ class Request:
     id: str
     origin: Origin
     text: str
-    command: str  # "deploy" or "change"
+    command: str  # "deploy", "rollback" (a deploy of an update's rollback point) or "change"
     argument: str
     state: RequestState = RequestState.RECEIVED
     phase: str = ""
@@ -84,6 +86,11 @@ class Request:
     @property
     def requester(self) -> str:
         return self.origin.principal
+
+    @property
+    def deploys(self) -> bool:
+        """Planned as a deploy of a commit (``deploy``, ``rollback``), not a change in words."""
+        return self.command in DEPLOY_COMMANDS
 
     def to_hash(self) -> dict[Any, Any]:
         raw = asdict(self)

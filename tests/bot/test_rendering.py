@@ -242,6 +242,13 @@ def test_success_shows_what_changed_each_check_and_the_total() -> None:
     assert fields["Total time"] == "5 min 12 s"
 
 
+@pytest.mark.parametrize("name", ["processing", "planning", "success"])
+def test_a_rollback_reads_as_the_deploy_of_its_rollback_point(name: str) -> None:
+    rollback = full_context() | {"command": "rollback", "text": "rollback amber-otter"}
+    assert render(name, rollback) == render(name, full_context() | {"text": rollback["text"]})
+    assert "v1.4" in render(name, rollback).text
+
+
 def test_queued_shows_the_position() -> None:
     message = render("queued", {"request_id": "r1", "position": 3, "ahead": 2})
     assert "#3" in message.title

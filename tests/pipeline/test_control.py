@@ -162,7 +162,7 @@ def test_the_daily_limit_blocks_new_requests_and_refuses_approval_but_not_a_roll
     assert not decision and "MOLT_MAX_CHANGES_PER_DAY=1" in decision.reason
     assert RequestStore(conn).get(planned.id).state is S.PLAN_READY
 
-    rollback = intake.submit(limited, conn, ALICE, "deploy", "main", "rollback amber-otter")
+    rollback = intake.submit(limited, conn, ALICE, "rollback", "main", "rollback amber-otter")
     assert rollback.state is S.PLAN_READY
     assert control.status(limited, conn)["started_today"] == 1
 
@@ -179,9 +179,11 @@ def test_a_switched_off_component_blocks_with_a_message_naming_the_setting(
     assert "MOLT_ALLOW_DEPLOYS=false" in text and "Nothing was changed" in text
     blocked_entry = [e for e in audit.entries(conn, blocked.id) if e["action"] == "blocked"]
     assert "MOLT_ALLOW_DEPLOYS=false" in blocked_entry[0]["detail"]["message"]
-    # An operator's rollback still goes through.
-    rollback = intake.submit(no_deploys, conn, ALICE, "deploy", "main", "rollback amber-otter")
+    # An operator's rollback still goes through; a deploy is not one for what its text says.
+    rollback = intake.submit(no_deploys, conn, ALICE, "rollback", "main", "rollback amber-otter")
     assert rollback.state is S.PLAN_READY
+    worded = intake.submit(no_deploys, conn, ALICE, "deploy", "main", "rollback amber-otter")
+    assert worded.state is S.BLOCKED and "MOLT_ALLOW_DEPLOYS=false" in worded.message
 
     no_changes = _with(settings, allow_changes=False)
     change = intake.submit(no_changes, conn, ALICE, "change", "add a ping", "add a ping")

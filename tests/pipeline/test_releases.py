@@ -297,7 +297,7 @@ def test_an_update_signs_its_checks_and_a_rollback_names_its_operator(
     assert baseline is not None and baseline.target_commit == parent  # what ran before
 
     for who, kind in (("alice", ReleaseKind.ROLLBACK), ("mallory", ReleaseKind.UPDATE)):
-        asked = requests.create(Origin("console", who), "rollback amber-otter", "deploy", parent)
+        asked = requests.create(Origin("console", who), "rollback amber-otter", "rollback", parent)
         back = releases.record_update(
             settings,
             conn,

@@ -164,12 +164,10 @@ def phase_one_before_approval(
         result = validation.run_phase(
             "phase 1",
             path,
-            test_command=settings.test_command,
-            timeout=settings.phase_timeout,
+            validation.PhaseSpec.from_settings(settings),
             changed_files=changed,
             baseline_passed=baseline.count if baseline.passed else None,
             log_path=logs / f"{request_id}-phase1.log",
-            require_count=settings.require_tests,
         )
     return result.to_dict() | {
         "ok": result.ok,

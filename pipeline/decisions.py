@@ -24,4 +24,3 @@ class Decision:
 
 #: Allowed, with nothing to say.
 ALLOWED = Decision(True)
-

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import redis
 
-from pipeline import locking
+from pipeline import boots, locking
 from pipeline.config import Settings
 from pipeline.exceptions import GitError
 from pipeline.git import Git
@@ -25,7 +25,6 @@ from pipeline.validation import run_tests
 
 #: A failing result is remembered for a short while only, so flaky tests can be retried.
 FAILED_RESULT_TTL = 300
-BOOT_KEY = "molt:boot:{target_id}"
 
 
 @dataclass(frozen=True)
@@ -126,12 +125,10 @@ def _capacity(settings: Settings, conn: redis.Redis) -> CheckResult:
 
 
 def _last_boot(settings: Settings, conn: redis.Redis) -> CheckResult:
-    raw = conn.hgetall(BOOT_KEY.format(target_id=settings.target_id))
-    if not raw or raw.get("clean") == "1":
+    clean, detail = boots.last_boot(settings, conn)
+    if clean:
         return CheckResult("last boot", True, "clean")
-    return CheckResult(
-        "last boot", False, f"the last boot was not clean: {raw.get('detail', '')!s}"
-    )
+    return CheckResult("last boot", False, f"the last boot was not clean: {detail}")
 
 
 def _resources(settings: Settings, conn: redis.Redis) -> CheckResult:

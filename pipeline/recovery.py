@@ -34,7 +34,7 @@ import structlog
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from pipeline import audit, codenames, control, queueing, releases, restart, snapshots
+from pipeline import audit, boots, codenames, control, queueing, releases, restart, snapshots
 from pipeline import store as stores
 from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import (
@@ -45,14 +45,14 @@ from pipeline.exceptions import (
     UpdateFailed,
 )
 from pipeline.git import Git
-from pipeline.jobs import Update
 from pipeline.locking import Holder, UpdateLock, WaitingLine
+from pipeline.processes import alive
 from pipeline.requests import ACTIVE, Request, RequestStore
+from pipeline.rollback import RESTARTED_PHASES, Trail, undo
 from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
 
 log = structlog.get_logger(__name__)
-_RESTARTED_PHASES = ("restart", "verify")
 KEEP_BACKUPS = 10
 BACKUP_DIR = "config-backup"
 _STAMP = re.compile(r"\.\d{8}T\d{12}Z$")
@@ -79,21 +79,15 @@ def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
             if current.state not in (S.RUNNING, S.RESTARTING):
                 continue
             log.warning("recovering abandoned update", request_id=request.id, phase=current.phase)
-            update = Update(settings, conn, request.id)
-            update.started = time.monotonic() - (time.time() - current.updated_at)
-            update.log_dir = Path(current.update_dir or settings.updates_dir)
-            if current.snapshot:
-                update.snapshot = Snapshot.from_dict(current.snapshot)
-                update.touched_live = True
-            update.restarted = current.state is S.RESTARTING or current.phase in _RESTARTED_PHASES
+            restarted = current.state is S.RESTARTING or current.phase in RESTARTED_PHASES
+            trail = Trail.left_by(settings, current, since=current.updated_at, restarted=restarted)
             phase = current.phase or "update"
-            update._fail(
-                UpdateFailed(
-                    phase,
-                    f"the worker running this update stopped during {phase} "
-                    "(killed, crashed or cut off from Redis)",
-                )
+            failure = UpdateFailed(
+                phase,
+                f"the worker running this update stopped during {phase} "
+                "(killed, crashed or cut off from Redis)",
             )
+            undo(settings, conn, request.id, failure, trail)
             recovered.append(request.id)
         finally:
             lock.release(request.id)
@@ -256,22 +250,7 @@ def _gone(holder: Holder) -> bool:
     host, _, pid = holder.holder.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    return not _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie that nobody reaped (its parent died with it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return not alive(int(pid))
 
 
 def _where(git: Git) -> str:
@@ -336,7 +315,7 @@ def _return_to_snapshot(
                 f"returned the live checkout from {where} to {_where(live)}: the snapshot "
                 f"update {name} took before it stopped half-done in {newest.phase or 'its run'}"
             )
-        if newest.state is S.RESTARTING or newest.phase in _RESTARTED_PHASES:
+        if newest.state is S.RESTARTING or newest.phase in RESTARTED_PHASES:
             step.say(_restart_after(settings, conn, newest, snapshot))
     except UpdateFailed as exc:
         step.fail(f"returning to snapshot {snapshot.short} of update {name}: {exc.reason}")
@@ -350,9 +329,7 @@ def _last_good_release(settings: Settings, conn: redis.Redis, head: str) -> str:
     """For Molt itself: the newest signed release that started healthy (the boot guard
     records them), and whether the checkout is on it. Going back to it is the boot guard's
     job: it signs the return as a rollback release when this release fails to start."""
-    from pipeline.bootguard import last_good
-
-    good = last_good(settings, conn, exclude="")
+    good = boots.last_good(settings, conn, exclude="")
     if good is None:
         return "no signed release of Molt has reported healthy yet"
     if good.target_commit == head:

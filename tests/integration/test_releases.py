@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import audit, bootguard, restart, store
+from pipeline import audit, bootguard, boots, restart, store
 from pipeline.config import load_settings
 from pipeline.locking import UpdateLock
 from pipeline.requests import RequestStore
@@ -240,7 +240,7 @@ def test_a_crash_loop_under_a_supervisor_returns_to_the_last_good_release(
         assert request.codename == failed.group(1) and request.state.value == "failed"
         guard = "; the boot guard returned to release 1 (baseline by "
         assert (guard in request.message) is worker_dies
-        boot = conn.hgetall(bootguard.boot_key(settings.target_id))
+        boot = conn.hgetall(boots.boot_key(settings.target_id))
         assert boot["clean"] == "1" and boot["commit"] == old
     finally:
         molt.stop()

@@ -22,7 +22,7 @@ from pipeline.exceptions import ConfigError
 from pipeline.locking import UpdateLock, WaitingLine
 from pipeline.requests import ACTIVE, Origin, Request, RequestStore
 from pipeline.states import RequestState as S
-from pipeline.validation import run_phase
+from pipeline.validation import PhaseSpec, run_phase
 from tests.support import ServiceRepo
 
 ALICE = Origin("console", "alice")
@@ -223,11 +223,9 @@ def test_require_tests_fails_a_phase_whose_tests_report_no_count(
     result = run_phase(
         "phase 1",
         service.live,
-        test_command="python -c 'print(\"ok\")'",
-        timeout=60,
+        PhaseSpec("python -c 'print(\"ok\")'", timeout=60, require_count=required),
         changed_files=["app.py"],
         baseline_passed=None,
-        require_count=required,
     )
     assert result.ok is not required
     if required:
@@ -241,8 +239,7 @@ def test_a_phase_asked_to_stop_kills_its_test_command(service: ServiceRepo, tmp_
     result = run_phase(
         "phase 1",
         service.live,
-        test_command=command,
-        timeout=600,
+        PhaseSpec(command, timeout=600),
         changed_files=[],
         baseline_passed=None,
         stop=pid_file.exists,

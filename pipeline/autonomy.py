@@ -14,8 +14,7 @@ A rollback (``rollback [codename]``, operators only) is exempt from the deploy s
 the daily limit: it returns to a release that ran before. MOLT_REQUIRE_TESTS is checked
 at pre-flight here and in every validation phase (pipeline/validation.py).
 
-Keys:
-  molt:started:<target_id>  sorted set of "<request_id>:<attempt>" by the time its update began
+Updates that began are counted in the target's ``started`` key (pipeline/keyspace.py).
 """
 
 from __future__ import annotations
@@ -29,19 +28,17 @@ import redis
 from pipeline import preflight, validation
 from pipeline.config import Settings
 from pipeline.git import Git
+from pipeline.keyspace import TargetKeys
 from pipeline.planning import Plan
 from pipeline.requests import Request
 from pipeline.snapshots import Sandbox
+from pipeline.targets import Target
 
 #: Who approves a plan when MOLT_AUTONOMY=auto does it.
 AUTO_APPROVER = "molt:auto"
 DAY_SECONDS = 86400
 #: The text of a rollback's request starts with this (bot/desk.py, bot/cli.py).
 ROLLBACK_PREFIX = "rollback "
-
-
-def started_key(target_id: str) -> str:
-    return f"molt:started:{target_id}"
 
 
 def is_rollback(request: Request) -> bool:
@@ -68,7 +65,7 @@ def switched_off(settings: Settings, request: Request) -> str:
 
 def record_start(settings: Settings, conn: redis.Redis, request: Request) -> None:
     """Count an update that is starting, for MOLT_MAX_CHANGES_PER_DAY."""
-    key = started_key(settings.target_id)
+    key = TargetKeys(settings.target_id).started
     now = time.time()
     conn.zadd(key, {f"{request.id}:{request.attempt}": now})
     conn.zremrangebyscore(key, "-inf", now - DAY_SECONDS)
@@ -76,7 +73,8 @@ def record_start(settings: Settings, conn: redis.Redis, request: Request) -> Non
 
 def started_today(settings: Settings, conn: redis.Redis) -> int:
     """Updates started in the last 24 hours on this target."""
-    return int(conn.zcount(started_key(settings.target_id), time.time() - DAY_SECONDS, "+inf"))
+    key = TargetKeys(settings.target_id).started
+    return int(conn.zcount(key, time.time() - DAY_SECONDS, "+inf"))
 
 
 def over_daily_limit(settings: Settings, conn: redis.Redis, request: Request) -> str:
@@ -84,7 +82,7 @@ def over_daily_limit(settings: Settings, conn: redis.Redis, request: Request) ->
     limit = settings.max_changes_per_day
     if not limit or is_rollback(request):
         return ""
-    key = started_key(settings.target_id)
+    key = TargetKeys(settings.target_id).started
     since = time.time() - DAY_SECONDS
     started = conn.zrangebyscore(key, since, "+inf", withscores=True)
     if len(started) < limit:
@@ -128,7 +126,7 @@ def tests_refusal(settings: Settings, conn: redis.Redis) -> str:
     if not settings.require_tests:
         return ""
     commit = Git(settings.target_dir).head()
-    record = preflight.recorded_tests(conn, settings.target_id, commit)
+    record = Target(settings, conn).tests.at(commit)
     if record is None or not record.passed or record.count:
         return ""
     return (

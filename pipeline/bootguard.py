@@ -35,14 +35,14 @@ import time
 import redis
 import structlog
 
-from pipeline import audit, boots, codenames, releases, snapshots, store
+from pipeline import audit, codenames, releases, snapshots, store
 from pipeline.boots import CrashLoop, Ending
 from pipeline.config import MOLT_HOME, Settings
 from pipeline.exceptions import ConfigError, UpdateFailed
 from pipeline.git import Git
-from pipeline.locking import UpdateLock
 from pipeline.requests import RequestStore
 from pipeline.rollback import Trail, undo
+from pipeline.targets import Target
 
 log = structlog.get_logger(__name__)
 
@@ -77,7 +77,7 @@ class Boot:
         if not self.start_id:
             return
         try:
-            boots.record_ending(self.settings, self.conn, self.start_id, ending, detail)
+            Target(self.settings, self.conn).boots.record_ending(self.start_id, ending, detail)
         except redis.RedisError:
             log.warning("could not record how this start ended", ending=ending.value)
 
@@ -100,7 +100,7 @@ class Boot:
         self.reason = reason
         self.end(Ending.REFUSED, reason)
         detail = f"refused to start {self.commit[:7]}: {reason}"
-        boots.mark_unclean(self.settings, self.conn, detail, commit=self.commit)
+        Target(self.settings, self.conn).boots.mark_unclean(detail, commit=self.commit)
         audit.append(
             self.conn,
             actor=releases.MOLT,
@@ -126,10 +126,11 @@ def begin(settings: Settings) -> Boot:
         _current = Boot(settings, conn, "", commit)
         return _current
     # The start this process exec'd from (children inherit the variable too: not theirs).
-    start_id = boots.record_start(settings, conn, commit, os.environ.get(START_ENV, ""))
+    records = Target(settings, conn).boots
+    start_id = records.record_start(commit, os.environ.get(START_ENV, ""))
     os.environ[START_ENV] = start_id
     boot = _current = Boot(settings, conn, start_id, commit)
-    loop = boots.crash_loop(settings, conn, commit, exclude=boot.start_id)
+    loop = records.crash_loop(commit, exclude=boot.start_id)
     if loop is not None:
         _answer(boot, loop)
     try:
@@ -153,7 +154,7 @@ def healthy(settings: Settings, conn: redis.Redis) -> None:
     if not settings.manages_itself:
         return
     start_id = _current.start_id if _current is not None else ""
-    boots.record_healthy(settings, conn, start_id, releases.running_version())
+    Target(settings, conn).boots.record_healthy(start_id, releases.running_version())
 
 
 def ended_by(exc: BaseException) -> None:
@@ -169,14 +170,15 @@ def _answer(boot: Boot, loop: CrashLoop) -> None:
     there is nothing to return to (or an update's worker does not finish its rollback)."""
     settings, conn = boot.settings, boot.conn
     log.error("crash loop", detail=loop.describe())
-    if boots.started_well(settings, conn, loop.commit):
+    target = Target(settings, conn)
+    if target.boots.started_well(loop.commit):
         detail = f"{loop.describe()}; it has started well before, so it stays"
-        boots.mark_unclean(settings, conn, detail)
+        target.boots.mark_unclean(detail)
         return
     git = Git(MOLT_HOME)
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = target.lock
     deadline = time.monotonic() + settings.boot_timeout
-    while (holder := lock.try_lock(GUARD, GUARD)) is not None:
+    while not (holder := lock.try_lock(GUARD, GUARD)).ours:
         # The update that installed this release is still verifying it: its worker rolls
         # back, and this process follows the checkout once it moved.
         if git.head() != loop.commit:
@@ -189,10 +191,10 @@ def _answer(boot: Boot, loop: CrashLoop) -> None:
         if git.head() != loop.commit:
             detail = f"{loop.describe()}; the checkout moved on meanwhile"
         else:
-            good = boots.last_good(settings, conn, exclude=loop.commit)
+            good = target.boots.last_good(exclude=loop.commit)
             if good is None:
                 detail = f"{loop.describe()}; no release started well before it"
-                boots.mark_unclean(settings, conn, detail)
+                target.boots.mark_unclean(detail)
                 return
             detail = (
                 f"{loop.describe()}; the boot guard returned to {good.describe()} of {good.short}"
@@ -240,7 +242,7 @@ def _return_to(
                 action="boot_guard_rollback",
                 data={"message": detail, "phase": "boot", "rolled_back_to": good.short},
             )
-    boots.record_guard_rollback(settings, conn, loop.commit, good.target_commit, detail)
+    Target(settings, conn).boots.record_guard_rollback(loop.commit, good.target_commit, detail)
     audit.append(
         conn,
         actor=releases.MOLT,

@@ -22,15 +22,17 @@ from pipeline import autonomy, change, codenames, control, releases, restart, sn
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import UpdateFailed
 from pipeline.git import Git
-from pipeline.locking import Heartbeat, UpdateLock, WaitingLine
+from pipeline.locking import Heartbeat
 from pipeline.planning import Plan
-from pipeline.preflight import TestRecord, record_tests, recorded_tests, tests_at, update_sandbox
+from pipeline.preflight import tests_at, update_sandbox
+from pipeline.records import TestRecord
 from pipeline.recovery import recover_abandoned
 from pipeline.requests import Request, RequestStore
 from pipeline.retries import transient
 from pipeline.rollback import Trail, undo
 from pipeline.states import RequestState as S
 from pipeline.store import connect
+from pipeline.targets import Target
 from pipeline.usage import model_use
 from pipeline.validation import PhaseResult, PhaseSpec, run_phase
 
@@ -38,10 +40,6 @@ log = structlog.get_logger(__name__)
 MOLT = "molt"
 PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "verify")
 CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
-
-
-def durations_key(target_id: str) -> str:
-    return f"molt:durations:{target_id}"
 
 
 def run_update(request_id: str) -> str:
@@ -60,8 +58,9 @@ class Update:
         self.store = RequestStore(conn)
         self.request_id = request_id
         self.live = Git(settings.target_dir)
-        self.lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
-        self.line = WaitingLine(conn, settings.target_id)
+        self.target = Target(settings, conn)
+        self.lock = self.target.lock
+        self.line = self.target.line
         self.spec = PhaseSpec.from_settings(settings)
         self.trail = Trail(log_dir=Path(), started=time.monotonic())
         self.phases: tuple[str, ...] = PHASES
@@ -90,7 +89,7 @@ class Update:
                 return None
             if self._may_start():
                 codename = codenames.new_codename(self.conn)
-                if self.lock.try_lock(self.request_id, codename) is None:
+                if self.lock.try_lock(self.request_id, codename).ours:
                     self.line.leave(self.request_id)
                     return self._begin(request, codename)
             time.sleep(0.05)
@@ -157,7 +156,7 @@ class Update:
         """A safe point: stop here if asked to, or if the lock is no longer ours."""
         stopper = control.stop_requested(self.settings, self.conn, self.request_id)
         if stopper:
-            self.conn.delete(control.stop_key(self.settings.target_id))
+            self.conn.delete(self.target.keys.stop)
             raise UpdateFailed(self._phase(), f"emergency stop by {stopper}")
         if self.heartbeat is not None and self.heartbeat.lost:
             raise UpdateFailed(self._phase(), "the update lock was lost (Redis unreachable?)")
@@ -216,7 +215,7 @@ class Update:
         self.check("snapshot", True, time.monotonic() - began, snapshot.short)
 
     def _baseline(self, commit: str) -> int | None:
-        known = recorded_tests(self.conn, self.settings.target_id, commit)
+        known = self.target.tests.at(commit)
         if known is None:
             known = tests_at(self.settings, self.conn, commit)
         return known.count if known.passed else None
@@ -283,7 +282,7 @@ class Update:
         self.enter("phase 2", "validating the live checkout")
         result = self._validate("phase 2", self.settings.target_dir, changed, baseline)
         record = TestRecord(True, result.passed, result.test_seconds, plan.target_commit)
-        record_tests(self.conn, self.settings.target_id, record)
+        self.target.tests.record(record)
         return result
 
     def _sign_release(self, plan: Plan) -> None:
@@ -312,8 +311,7 @@ class Update:
 
     def _succeed(self, plan: Plan, test_seconds: float, changed: int) -> None:
         total = self.trail.elapsed
-        self.conn.lpush(durations_key(self.settings.target_id), f"{total:.3f}")
-        self.conn.ltrim(durations_key(self.settings.target_id), 0, 19)
+        self.target.durations.add(total)
         result = {
             "checks": self.trail.checks,
             "total_seconds": round(total, 3),

@@ -34,7 +34,7 @@ import structlog
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from pipeline import audit, boots, codenames, control, queueing, releases, restart, snapshots
+from pipeline import audit, codenames, control, queueing, releases, restart, snapshots
 from pipeline import store as stores
 from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import (
@@ -45,12 +45,14 @@ from pipeline.exceptions import (
     UpdateFailed,
 )
 from pipeline.git import Git
-from pipeline.locking import Holder, UpdateLock, WaitingLine
+from pipeline.keyspace import TargetKeys
+from pipeline.locking import Holder
 from pipeline.processes import alive
 from pipeline.requests import ACTIVE, Request, RequestStore
 from pipeline.rollback import RESTARTED_PHASES, Trail, undo
 from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 
 log = structlog.get_logger(__name__)
 KEEP_BACKUPS = 10
@@ -65,14 +67,14 @@ _JOB_ALIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus
 def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
     """Roll back every running request whose job is gone; returns their ids."""
     store = RequestStore(conn)
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = Target(settings, conn).lock
     recovered = []
     for request in store.active():
         if request.state not in (S.RUNNING, S.RESTARTING):
             continue
         if lock.holder() is not None:
             continue
-        if lock.try_lock(request.id, request.codename) is not None:
+        if not lock.try_lock(request.id, request.codename).ours:
             continue
         try:
             current = store.get(request.id)
@@ -228,7 +230,7 @@ def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
     before the settings can load: ``restore_config``)."""
     audit.append(conn, actor=actor, action="recover")
     store = RequestStore(conn)
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = Target(settings, conn).lock
     requests = Step("requests")
     holder = lock.holder()
     if holder is not None and _gone(holder):
@@ -289,9 +291,9 @@ def _return_to_snapshot(
     newest = max(with_snapshot, key=lambda r: r.updated_at)
     snapshot = Snapshot.from_dict(newest.snapshot or {})
     name = newest.codename or newest.id
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = Target(settings, conn).lock
     taken = lock.try_lock(newest.id, newest.codename)
-    if taken is not None:
+    if not taken.ours:
         step.fail(f"update {taken.codename or taken.request_id} started meanwhile: left alone")
         return step, "the live checkout was left as it was"
     try:
@@ -329,7 +331,7 @@ def _last_good_release(settings: Settings, conn: redis.Redis, head: str) -> str:
     """For Molt itself: the newest signed release that started healthy (the boot guard
     records them), and whether the checkout is on it. Going back to it is the boot guard's
     job: it signs the return as a rollback release when this release fails to start."""
-    good = boots.last_good(settings, conn, exclude="")
+    good = Target(settings, conn).boots.last_good(exclude="")
     if good is None:
         return "no signed release of Molt has reported healthy yet"
     if good.target_commit == head:
@@ -373,7 +375,7 @@ def _settle_requests(
             dropped.append(f"{request_id} ({found.state.value if found else 'unknown'})")
     if dropped:
         step.say(f"removed finished requests from the active set: {', '.join(dropped)}")
-    line = WaitingLine(conn, settings.target_id)
+    line = Target(settings, conn).line
     for request_id in line.ids():
         found = store.find(request_id)
         if found is None or found.state is not S.QUEUED:
@@ -402,7 +404,7 @@ def _settle_requests(
         ended += 1
         step.say(f"ended {request.codename or request.id} ({request.state.value}): {why}")
     if not live and control.stop_requested(settings, conn):
-        conn.delete(control.stop_key(settings.target_id))
+        conn.delete(TargetKeys(settings.target_id).stop)
         step.say("dropped an emergency stop no update is left to obey")
     left = store.active()
     waiting_people = sum(1 for r in left if r.state in control.PENDING)
@@ -430,7 +432,7 @@ def _stuck(
         phase = request.phase or request.state.value
         return f"its update stopped during {phase} and no worker runs it any more; {outcome}"
     if request.state is S.QUEUED:
-        if WaitingLine(conn, settings.target_id).position(request.id) is None:
+        if Target(settings, conn).line.position(request.id) is None:
             return "it was queued but had left the waiting line"
         if not _job_waiting(settings, request):
             return "it was queued but no worker job was waiting to run it"

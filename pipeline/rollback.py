@@ -20,13 +20,14 @@ from typing import Any
 import redis
 import structlog
 
-from pipeline import boots, codenames, queueing, releases, restart, snapshots
+from pipeline import codenames, queueing, releases, restart, snapshots
 from pipeline.config import Settings
 from pipeline.exceptions import RollbackFailed, UpdateFailed
 from pipeline.git import Git
 from pipeline.requests import Request, RequestStore
 from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 from pipeline.usage import model_use
 
 log = structlog.get_logger(__name__)
@@ -115,7 +116,7 @@ def _roll_back_and_report(
             rolled_back_to = trail.snapshot.short
         except UpdateFailed as exc:
             failure = RollbackFailed(failure.phase, f"{failure.reason}; and then {exc}")
-            boots.mark_unclean(settings, conn, str(exc))
+            Target(settings, conn).boots.mark_unclean(str(exc))
     total = round(trail.elapsed, 3)
     result: dict[str, Any] = {"checks": trail.checks, "total_seconds": total}
     spent = model_use(conn, request_id, result)

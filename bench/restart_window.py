@@ -50,8 +50,8 @@ from bench.harness import BenchFailure, clean_environment, median, table
 from bench.repo import GIT_ENV
 from pipeline import approval, audit, intake, store
 from pipeline.config import Settings, load_settings
-from pipeline.locking import UpdateLock
 from pipeline.requests import Origin, Request, RequestStore
+from pipeline.targets import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE = Origin("console", "alice", "console", "alice")
@@ -237,7 +237,7 @@ class Setup:
             time.sleep(0.005)
         else:
             raise BenchFailure("the bot was never asked to restart")
-        holder = UpdateLock(self.conn, self.settings.target_id, self.settings.lock_ttl).holder()
+        holder = Target(self.settings, self.conn).lock.holder()
         if holder is None:
             raise BenchFailure("no update holds the lock")
         os.killpg(os.getpgid(int(holder.holder.rpartition(":")[2])), signal.SIGKILL)

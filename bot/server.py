@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from pipeline import events, restart, store
 from pipeline.config import Settings
+from pipeline.keyspace import TargetKeys
 from pipeline.locking import WaitingLine
 from pipeline.requests import RequestStore
 
@@ -126,7 +127,7 @@ class HttpServer:
         lines += [f'molt_requests{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
         lines += [
             "# TYPE molt_queue_length gauge",
-            f"molt_queue_length {len(WaitingLine(self.conn, self.target_id))}",
+            f"molt_queue_length {len(WaitingLine(self.conn, TargetKeys(self.target_id).queue))}",
         ]
         pending = 0
         try:

@@ -15,8 +15,7 @@ exempt from the deploy switch and the daily limit: it returns to a release that 
 before. MOLT_REQUIRE_TESTS is checked at pre-flight here and in every validation phase
 (pipeline/validation.py).
 
-Keys:
-  molt:started:<target_id>  sorted set of "<request_id>:<attempt>" by the time its update began
+Updates that began are counted in the target's ``started`` key (pipeline/keyspace.py).
 """
 
 from __future__ import annotations
@@ -30,17 +29,15 @@ import redis
 from pipeline import preflight, validation
 from pipeline.config import Settings
 from pipeline.git import Git
+from pipeline.keyspace import TargetKeys
 from pipeline.planning import Plan
 from pipeline.requests import Request
 from pipeline.snapshots import Sandbox
+from pipeline.targets import Target
 
 #: Who approves a plan when MOLT_AUTONOMY=auto does it.
 AUTO_APPROVER = "molt:auto"
 DAY_SECONDS = 86400
-
-
-def started_key(target_id: str) -> str:
-    return f"molt:started:{target_id}"
 
 
 def switched_off(settings: Settings, request: Request) -> str:
@@ -62,7 +59,7 @@ def switched_off(settings: Settings, request: Request) -> str:
 
 def record_start(settings: Settings, conn: redis.Redis, request: Request) -> None:
     """Count an update that is starting, for MOLT_MAX_CHANGES_PER_DAY."""
-    key = started_key(settings.target_id)
+    key = TargetKeys(settings.target_id).started
     now = time.time()
     conn.zadd(key, {f"{request.id}:{request.attempt}": now})
     conn.zremrangebyscore(key, "-inf", now - DAY_SECONDS)
@@ -70,7 +67,8 @@ def record_start(settings: Settings, conn: redis.Redis, request: Request) -> Non
 
 def started_today(settings: Settings, conn: redis.Redis) -> int:
     """Updates started in the last 24 hours on this target."""
-    return int(conn.zcount(started_key(settings.target_id), time.time() - DAY_SECONDS, "+inf"))
+    key = TargetKeys(settings.target_id).started
+    return int(conn.zcount(key, time.time() - DAY_SECONDS, "+inf"))
 
 
 def over_daily_limit(settings: Settings, conn: redis.Redis, request: Request) -> str:
@@ -78,7 +76,7 @@ def over_daily_limit(settings: Settings, conn: redis.Redis, request: Request) ->
     limit = settings.max_changes_per_day
     if not limit or request.command == "rollback":
         return ""
-    key = started_key(settings.target_id)
+    key = TargetKeys(settings.target_id).started
     since = time.time() - DAY_SECONDS
     started = conn.zrangebyscore(key, since, "+inf", withscores=True)
     if len(started) < limit:
@@ -122,7 +120,7 @@ def tests_refusal(settings: Settings, conn: redis.Redis) -> str:
     if not settings.require_tests:
         return ""
     commit = Git(settings.target_dir).head()
-    record = preflight.recorded_tests(conn, settings.target_id, commit)
+    record = Target(settings, conn).tests.at(commit)
     if record is None or not record.passed or record.count:
         return ""
     return (
@@ -158,12 +156,10 @@ def phase_one_before_approval(
         result = validation.run_phase(
             "phase 1",
             path,
-            test_command=settings.test_command,
-            timeout=settings.phase_timeout,
+            validation.PhaseSpec.from_settings(settings),
             changed_files=changed,
             baseline_passed=baseline.count if baseline.passed else None,
             log_path=logs / f"{request_id}-phase1.log",
-            require_count=settings.require_tests,
         )
     return result.to_dict() | {
         "ok": result.ok,

@@ -12,7 +12,7 @@ must not live in the code it guards). When Molt manages itself, ``begin``:
   with a message in its thread, and the process re-executes on the good code.
   If an update's worker is still waiting for this start, the worker rolls back
   and the guard waits for it instead;
-- verifies the running release (pipeline/releases.py) and refuses to start
+- verifies the running release (pipeline/verification.py) and refuses to start
   with the reason when it does not hold.
 
 The bot calls ``healthy`` once it is registered and /healthz answers ok, which
@@ -20,34 +20,29 @@ marks the boot clean. A worker waiting for a restarted Molt reads ``trouble``
 to stop waiting early, and ``starting`` to tell whether someone (a supervisor,
 the guard) is already bringing Molt back.
 
-Keys:
-  molt:boot:<target_id>              hash: the last boot {clean, detail, commit, at}
-                                     (pre-flight reads ``clean``)
-  molt:boot:<target_id>:starts       list of start ids, newest first (the last 50)
-  molt:boot:<target_id>:start:<id>   hash {commit, pid, at, healthy_at, ended, ended_at, detail}
-  molt:boot:<target_id>:good         hash: commit → when a start on it last reported healthy
-  molt:boot:<target_id>:rollback     hash {from, to, detail, at}: the guard's last rollback
+What it records, and what a waiting worker reads, are the boot records
+(pipeline/boots.py); an update it fails goes down the one failure path
+(pipeline/rollback.py).
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import sys
 import time
-import uuid
-from dataclasses import dataclass
-from enum import StrEnum
 
 import redis
 import structlog
 
-from pipeline import audit, ledger, manifests, releases, store, verification
+from pipeline import audit, codenames, ledger, manifests, releases, snapshots, store, verification
+from pipeline.boots import CrashLoop, Ending
 from pipeline.config import MOLT_HOME, Settings
 from pipeline.exceptions import ConfigError, UpdateFailed
 from pipeline.git import Git
-from pipeline.locking import UpdateLock
+from pipeline.requests import RequestStore
+from pipeline.rollback import Trail, undo
+from pipeline.targets import Target
 
 log = structlog.get_logger(__name__)
 
@@ -59,136 +54,8 @@ LOCK_FD_ENV = "MOLT_INSTANCE_FD"
 OWNS_REDIS = "MOLT_OWNS_REDIS"
 #: The guard's name in the update lock while it rolls back.
 GUARD = "boot-guard"
-#: A failed start that nothing replaced within this long was not going to be replaced:
-#: supervisors restart within a second or two (systemd's RestartSec is 100 ms by default).
-RESTART_GRACE = 3.0
-KEEP_STARTS = 50
 #: A refused start exits with this code, so a supervisor's logs tell it from a crash.
 REFUSED_EXIT = 3
-
-
-class Ending(StrEnum):
-    STOPPED = "stopped"  # asked to stop (SIGTERM, quit) and shut down cleanly
-    RESTARTED = "restarted"  # re-executed itself onto new code
-    FAILED = "failed"  # raised before or while running
-    REFUSED = "refused"  # the release check refused the code
-    ROLLED_BACK = "rolled_back"  # the boot guard replaced this release with an older one
-
-
-FAILED_ENDINGS = frozenset({Ending.FAILED.value, Ending.REFUSED.value, Ending.ROLLED_BACK.value})
-
-
-def boot_key(target_id: str) -> str:
-    return f"molt:boot:{target_id}"
-
-
-def starts_key(target_id: str) -> str:
-    return f"molt:boot:{target_id}:starts"
-
-
-def start_key(target_id: str, start_id: str) -> str:
-    return f"molt:boot:{target_id}:start:{start_id}"
-
-
-def good_key(target_id: str) -> str:
-    return f"molt:boot:{target_id}:good"
-
-
-def rollback_key(target_id: str) -> str:
-    return f"molt:boot:{target_id}:rollback"
-
-
-def _alive(pid: int) -> bool:
-    """Running and not a zombie; never this process (a start recorded under our pid before
-    a container restart, say, is over)."""
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-@dataclass(frozen=True)
-class Start:
-    id: str
-    commit: str
-    pid: int
-    at: float
-    healthy_at: float
-    ended: str
-    ended_at: float
-    detail: str
-
-    @property
-    def alive(self) -> bool:
-        return not self.ended and _alive(self.pid)
-
-    @property
-    def failed(self) -> bool:
-        """Ended, or died, without ever reporting healthy."""
-        if self.healthy_at:
-            return False
-        if self.ended:
-            return self.ended in FAILED_ENDINGS
-        return not _alive(self.pid)
-
-
-def starts(settings: Settings, conn: redis.Redis, limit: int = KEEP_STARTS) -> list[Start]:
-    """Recorded starts, newest first."""
-    found = []
-    for start_id in conn.lrange(starts_key(settings.target_id), 0, limit - 1):
-        raw = conn.hgetall(start_key(settings.target_id, str(start_id)))
-        if not raw:
-            continue
-        found.append(
-            Start(
-                id=str(start_id),
-                commit=str(raw.get("commit", "")),
-                pid=int(raw.get("pid") or 0),
-                at=float(raw.get("at") or 0),
-                healthy_at=float(raw.get("healthy_at") or 0),
-                ended=str(raw.get("ended", "")),
-                ended_at=float(raw.get("ended_at") or 0),
-                detail=str(raw.get("detail", "")),
-            )
-        )
-    return found
-
-
-@dataclass(frozen=True)
-class CrashLoop:
-    commit: str
-    failures: list[Start]
-    within: float
-
-    def describe(self) -> str:
-        why = next((f.detail for f in self.failures if f.detail), "")
-        return (
-            f"Molt failed to start {len(self.failures)} times within {self.within:.0f}s on "
-            f"{self.commit[:7]}" + (f" ({why})" if why else "")
-        )
-
-
-def crash_loop(
-    settings: Settings, conn: redis.Redis, commit: str, exclude: str = ""
-) -> CrashLoop | None:
-    """MOLT_CRASH_LOOP failed starts of ``commit`` within its window, or None."""
-    count, within = settings.crash_loop_limit
-    since = time.time() - within
-    failures = [
-        s
-        for s in starts(settings, conn)
-        if s.commit == commit and s.id != exclude and s.at >= since and s.failed
-    ]
-    return CrashLoop(commit, failures, within) if len(failures) >= count else None
 
 
 # -- one start --------------------------------------------------------------------
@@ -209,12 +76,8 @@ class Boot:
     def end(self, ending: Ending, detail: str = "") -> None:
         if not self.start_id:
             return
-        key = start_key(self.settings.target_id, self.start_id)
         try:
-            if self.conn.hsetnx(key, "ended", ending.value):
-                self.conn.hset(
-                    key, mapping={"ended_at": f"{time.time():.3f}", "detail": detail[:500]}
-                )
+            Target(self.settings, self.conn).boots.record_ending(self.start_id, ending, detail)
         except redis.RedisError:
             log.warning("could not record how this start ended", ending=ending.value)
 
@@ -236,15 +99,8 @@ class Boot:
         self.ok = False
         self.reason = reason
         self.end(Ending.REFUSED, reason)
-        self.conn.hset(
-            boot_key(self.settings.target_id),
-            mapping={
-                "clean": "0",
-                "detail": f"refused to start {self.commit[:7]}: {reason}"[:500],
-                "commit": self.commit,
-                "at": f"{time.time():.3f}",
-            },
-        )
+        detail = f"refused to start {self.commit[:7]}: {reason}"
+        Target(self.settings, self.conn).boots.mark_unclean(detail, commit=self.commit)
         audit.append(
             self.conn,
             actor=releases.MOLT,
@@ -269,8 +125,12 @@ def begin(settings: Settings) -> Boot:
     if not settings.manages_itself:
         _current = Boot(settings, conn, "", commit)
         return _current
-    boot = _current = Boot(settings, conn, _record_start(settings, conn, commit), commit)
-    loop = crash_loop(settings, conn, commit, exclude=boot.start_id)
+    # The start this process exec'd from (children inherit the variable too: not theirs).
+    records = Target(settings, conn).boots
+    start_id = records.record_start(commit, os.environ.get(START_ENV, ""))
+    os.environ[START_ENV] = start_id
+    boot = _current = Boot(settings, conn, start_id, commit)
+    loop = records.crash_loop(commit, exclude=boot.start_id)
     if loop is not None:
         _answer(boot, loop)
     try:
@@ -289,40 +149,12 @@ def begin(settings: Settings) -> Boot:
     return boot
 
 
-def _record_start(settings: Settings, conn: redis.Redis, commit: str) -> str:
-    tid = settings.target_id
-    # The start this process exec'd from (children inherit the variable too: not theirs).
-    previous = os.environ.get(START_ENV, "")
-    exec_d = previous and conn.hget(start_key(tid, previous), "pid") == str(os.getpid())
-    if exec_d and conn.hsetnx(start_key(tid, previous), "ended", Ending.RESTARTED.value):
-        conn.hset(start_key(tid, previous), "ended_at", f"{time.time():.3f}")
-    start_id = uuid.uuid4().hex[:12]
-    with conn.pipeline() as pipe:
-        pipe.hset(
-            start_key(tid, start_id),
-            mapping={"commit": commit, "pid": os.getpid(), "at": f"{time.time():.3f}"},
-        )
-        pipe.expire(start_key(tid, start_id), 7 * 86400)
-        pipe.lpush(starts_key(tid), start_id)
-        pipe.ltrim(starts_key(tid), 0, KEEP_STARTS - 1)
-        pipe.execute()
-    os.environ[START_ENV] = start_id
-    return start_id
-
-
 def healthy(settings: Settings, conn: redis.Redis) -> None:
     """The bot is registered and answers /healthz: this release started well."""
     if not settings.manages_itself:
         return
-    now = f"{time.time():.3f}"
-    commit = manifests.running_version()
-    if _current is not None and _current.start_id:
-        conn.hset(start_key(settings.target_id, _current.start_id), "healthy_at", now)
-    conn.hset(good_key(settings.target_id), commit, now)
-    conn.hset(
-        boot_key(settings.target_id),
-        mapping={"clean": "1", "detail": "", "commit": commit, "at": now},
-    )
+    start_id = _current.start_id if _current is not None else ""
+    Target(settings, conn).boots.record_healthy(start_id, manifests.running_version())
 
 
 def ended_by(exc: BaseException) -> None:
@@ -338,19 +170,15 @@ def _answer(boot: Boot, loop: CrashLoop) -> None:
     there is nothing to return to (or an update's worker does not finish its rollback)."""
     settings, conn = boot.settings, boot.conn
     log.error("crash loop", detail=loop.describe())
-    if conn.hexists(good_key(settings.target_id), loop.commit):
-        conn.hset(
-            boot_key(settings.target_id),
-            mapping={
-                "clean": "0",
-                "detail": f"{loop.describe()}; it has started well before, so it stays",
-            },
-        )
+    target = Target(settings, conn)
+    if target.boots.started_well(loop.commit):
+        detail = f"{loop.describe()}; it has started well before, so it stays"
+        target.boots.mark_unclean(detail)
         return
     git = Git(MOLT_HOME)
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = target.lock
     deadline = time.monotonic() + settings.boot_timeout
-    while (holder := lock.try_lock(GUARD, GUARD)) is not None:
+    while not (holder := lock.try_lock(GUARD, GUARD)).ours:
         # The update that installed this release is still verifying it: its worker rolls
         # back, and this process follows the checkout once it moved.
         if git.head() != loop.commit:
@@ -363,15 +191,10 @@ def _answer(boot: Boot, loop: CrashLoop) -> None:
         if git.head() != loop.commit:
             detail = f"{loop.describe()}; the checkout moved on meanwhile"
         else:
-            good = last_good(settings, conn, exclude=loop.commit)
+            good = target.boots.last_good(exclude=loop.commit)
             if good is None:
-                conn.hset(
-                    boot_key(settings.target_id),
-                    mapping={
-                        "clean": "0",
-                        "detail": f"{loop.describe()}; no release started well before it",
-                    },
-                )
+                detail = f"{loop.describe()}; no release started well before it"
+                target.boots.mark_unclean(detail)
                 return
             detail = (
                 f"{loop.describe()}; the boot guard returned to {good.describe()} of {good.short}"
@@ -383,15 +206,6 @@ def _answer(boot: Boot, loop: CrashLoop) -> None:
     _exec()
 
 
-def last_good(settings: Settings, conn: redis.Redis, exclude: str) -> manifests.Manifest | None:
-    """The newest signed release, other than ``exclude``, that once reported healthy."""
-    good = set(conn.hkeys(good_key(settings.target_id)))
-    for manifest in reversed(ledger.read(settings, conn).good):
-        if manifest.target_commit != exclude and manifest.target_commit in good:
-            return manifest
-    return None
-
-
 def _return_to(
     settings: Settings,
     conn: redis.Redis,
@@ -400,15 +214,16 @@ def _return_to(
     loop: CrashLoop,
     detail: str,
 ) -> None:
-    from pipeline import codenames, snapshots
-    from pipeline.requests import RequestStore
-
-    store_ = RequestStore(conn)
+    """Back on ``good``: through the failure path of the update that installed the crashing
+    release when its snapshot is ``good``, else as a rollback release of the guard's own."""
+    requests = RequestStore(conn)
     bad = ledger.read(settings, conn).newest_for(loop.commit)
-    request = store_.find(bad.request_id) if bad and bad.request_id else None
+    request = requests.find(bad.request_id) if bad and bad.request_id else None
     snapshot = (request.snapshot or {}) if request else {}
     if request and not request.terminal and snapshot.get("commit") == good.target_commit:
-        _fail_update(settings, conn, request.id, detail)
+        # This process is the restart: it re-executes afterwards, so nothing restarts here.
+        trail = Trail.left_by(settings, request, since=request.created_at, restarted=False)
+        undo(settings, conn, request.id, UpdateFailed("verify", detail), trail)
     else:
         releases.record_return(
             settings,
@@ -420,22 +235,14 @@ def _return_to(
         )
         snapshots.restore(git, snapshots.Snapshot(good.target_commit, git.branch(), time.time()))
         if request is not None:
-            store_.notify(
+            requests.notify(
                 request.id,
                 "failure",
                 actor=releases.MOLT,
                 action="boot_guard_rollback",
                 data={"message": detail, "phase": "boot", "rolled_back_to": good.short},
             )
-    now = f"{time.time():.3f}"
-    conn.hset(
-        boot_key(settings.target_id),
-        mapping={"clean": "0", "detail": detail[:500], "commit": loop.commit, "at": now},
-    )
-    conn.hset(
-        rollback_key(settings.target_id),
-        mapping={"from": loop.commit, "to": good.target_commit, "detail": detail, "at": now},
-    )
+    Target(settings, conn).boots.record_guard_rollback(loop.commit, good.target_commit, detail)
     audit.append(
         conn,
         actor=releases.MOLT,
@@ -445,90 +252,10 @@ def _return_to(
     )
 
 
-def _fail_update(settings: Settings, conn: redis.Redis, request_id: str, detail: str) -> None:
-    """The update that installed the crashing release ends here, as its worker would have
-    ended it: back to its snapshot, a rollback release, and a failure in its thread."""
-    from pathlib import Path
-
-    from pipeline.jobs import Update
-    from pipeline.requests import RequestStore
-    from pipeline.snapshots import Snapshot
-
-    request = RequestStore(conn).get(request_id)
-    update = Update(settings, conn, request_id)
-    update.started = time.monotonic() - (time.time() - request.created_at)
-    update.log_dir = Path(request.update_dir or settings.updates_dir)
-    update.snapshot = Snapshot.from_dict(request.snapshot or {})
-    update.touched_live = True
-    update.restarted = False  # this process is the restart: it re-executes afterwards
-    update._fail(UpdateFailed("verify", detail))
-
-
 def _exec() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, sys.orig_argv)
-
-
-# -- for a worker waiting for Molt to come back ------------------------------------------
-
-
-def trouble(settings: Settings, conn: redis.Redis, commit: str, since: float) -> str | None:
-    """Why a start of ``commit`` (asked for at ``since``) will not come: the guard rolled it
-    back, the release check refused it, or it is in a crash loop. None: keep waiting."""
-    rolled = conn.hgetall(rollback_key(settings.target_id))
-    if rolled.get("from") == commit and float(rolled.get("at") or 0) >= since:
-        return str(rolled.get("detail", ""))
-    count, within = settings.crash_loop_limit
-    latest = starts(settings, conn, count + 5)
-    recent = [s for s in latest if s.commit == commit and s.at >= since]
-    refused = next((s for s in recent if s.ended == Ending.REFUSED.value), None)
-    if refused is not None:
-        return f"Molt refused to start {commit[:7]}: {refused.detail}"
-    failures = [s for s in recent if s.failed and s.at >= time.time() - within]
-    return CrashLoop(commit, failures, within).describe() if len(failures) >= count else None
-
-
-def latest_start(settings: Settings, conn: redis.Redis) -> Start | None:
-    found = starts(settings, conn, 1)
-    return found[0] if found else None
-
-
-def starting(settings: Settings, conn: redis.Redis) -> bool:
-    """Someone is bringing Molt back: a start is under way, or one began moments ago (a
-    supervisor restarting it)."""
-    for start in starts(settings, conn, 5):
-        if start.alive and not start.healthy_at:
-            return True
-        if time.time() - start.at < RESTART_GRACE:
-            return True
-    return False
-
-
-def stop_stale(settings: Settings, conn: redis.Redis, keep: str) -> list[int]:
-    """Stop starts on code other than ``keep`` that have hung for longer than
-    MOLT_BOOT_TIMEOUT without reporting healthy; returns their pids."""
-    stopped = []
-    for start in starts(settings, conn, 10):
-        too_long = time.time() - start.at > settings.boot_timeout
-        if start.alive and not start.healthy_at and start.commit != keep and too_long:
-            log.warning("stopping a start that hung", pid=start.pid, commit=start.commit[:12])
-            _terminate(start.pid)
-            stopped.append(start.pid)
-    return stopped
-
-
-def _terminate(pid: int, grace: float = 5.0) -> None:
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not _alive(pid):
-            return
 
 
 # -- one Molt per data directory --------------------------------------------------------

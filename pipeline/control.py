@@ -2,10 +2,9 @@
 status, queue, history and review. Chat (bot/desk.py) and the shell (bot/cli.py) call
 the same functions, so both are audited alike.
 
-Keys:
-  molt:paused:<target_id>   set while paused: no new update starts
-  molt:stop:<target_id>     JSON {by, request_id}: who asked which running update to stop;
-                            the update deletes it when it stops, or when it ends anyway
+The target's ``paused`` key (pipeline/keyspace.py) is set while no new update may start;
+its ``stop`` key holds JSON {by, request_id}: who asked which running update to stop; the
+update deletes it when it stops, or when it ends anyway.
 """
 
 from __future__ import annotations
@@ -18,42 +17,35 @@ import redis
 
 from pipeline import audit, authorisation, autonomy, intake, queueing
 from pipeline.config import Settings
-from pipeline.locking import UpdateLock, WaitingLine
+from pipeline.keyspace import TargetKeys
 from pipeline.manifests import ReleaseKind, running_version
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 
 #: States of a request that waits for a person: a plan to approve, questions to answer.
 PENDING = (S.PLAN_READY, S.NEEDS_INFO)
 
 
-def paused_key(target_id: str) -> str:
-    return f"molt:paused:{target_id}"
-
-
-def stop_key(target_id: str) -> str:
-    return f"molt:stop:{target_id}"
-
-
 def is_paused(settings: Settings, conn: redis.Redis) -> bool:
-    return bool(conn.exists(paused_key(settings.target_id)))
+    return bool(conn.exists(TargetKeys(settings.target_id).paused))
 
 
 def pause(settings: Settings, conn: redis.Redis, principal: str) -> str:
-    conn.set(paused_key(settings.target_id), principal)
+    conn.set(TargetKeys(settings.target_id).paused, principal)
     audit.append(conn, actor=principal, action="pause")
     return "Paused: no new update will start until `resume`. Requests still get plans."
 
 
 def resume(settings: Settings, conn: redis.Redis, principal: str) -> str:
-    conn.delete(paused_key(settings.target_id))
+    conn.delete(TargetKeys(settings.target_id).paused)
     audit.append(conn, actor=principal, action="resume")
     return "Resumed: queued updates will start in turn."
 
 
 def stop_requested(settings: Settings, conn: redis.Redis, request_id: str = "") -> str | None:
     """Who asked for an emergency stop (of ``request_id``'s update, if given), or None."""
-    raw = conn.get(stop_key(settings.target_id))
+    raw = conn.get(TargetKeys(settings.target_id).stop)
     if not raw:
         return None
     try:
@@ -68,7 +60,7 @@ def stop_requested(settings: Settings, conn: redis.Redis, request_id: str = "") 
 def clear_stop(settings: Settings, conn: redis.Redis, request_id: str) -> None:
     """An update that ends drops a stop aimed at it, so the next update is not stopped."""
     if stop_requested(settings, conn, request_id) is not None:
-        conn.delete(stop_key(settings.target_id))
+        conn.delete(TargetKeys(settings.target_id).stop)
 
 
 def stop(settings: Settings, conn: redis.Redis, principal: str) -> str:
@@ -78,7 +70,7 @@ def stop(settings: Settings, conn: redis.Redis, principal: str) -> str:
     the next safe point comes within a second, not at the end of the phase.
     """
     audit.append(conn, actor=principal, action="stop")
-    holder = UpdateLock(conn, settings.target_id, settings.lock_ttl).holder()
+    holder = Target(settings, conn).lock.holder()
     cleared = queueing.clear(
         settings, conn, f"cleared from the queue by an emergency stop ({principal})"
     )
@@ -96,7 +88,7 @@ def stop(settings: Settings, conn: redis.Redis, principal: str) -> str:
             )
         else:
             asked = {"by": principal, "request_id": holder.request_id}
-            conn.set(stop_key(settings.target_id), json.dumps(asked), ex=_stop_ttl(settings))
+            conn.set(TargetKeys(settings.target_id).stop, json.dumps(asked), ex=_stop_ttl(settings))
             running = f"update {name} will roll back at its next safe point"
     return f"Emergency stop: {running}; {len(cleared)} queued request(s) cleared."
 
@@ -134,7 +126,7 @@ def release_kind(settings: Settings, request: Request) -> ReleaseKind:
 
 def status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
     store = RequestStore(conn)
-    holder = UpdateLock(conn, settings.target_id, settings.lock_ttl).holder()
+    holder = Target(settings, conn).lock.holder()
     current = store.get(holder.request_id).context() if holder else {}
     return {
         "paused": is_paused(settings, conn),
@@ -162,7 +154,7 @@ def switched_off(settings: Settings) -> list[str]:
 def waiting(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
     store = RequestStore(conn)
     out = []
-    for position, request_id in enumerate(WaitingLine(conn, settings.target_id).ids(), start=1):
+    for position, request_id in enumerate(Target(settings, conn).line.ids(), start=1):
         found = store.find(request_id)
         if found:
             out.append(found.context() | {"position": position})

@@ -6,9 +6,8 @@ newest manifests does not make an older release look like the newest (a downgrad
 The ``Ledger`` sorts what is stored by its signature: trusted, by an untrusted key, or
 altered after it was signed (pipeline/keys.py).
 
-Keys:
-  molt:releases:<target_id>          hash: release number → signed manifest (JSON)
-  molt:releases:<target_id>:highest  the highest release number seen
+Keys: the target's ``releases`` (hash: release number → signed manifest, JSON) and
+``highest_release`` (pipeline/keyspace.py).
 Files:
   MOLT_DATA_DIR/releases/<target_id>/<release>-<codename>.json
   MOLT_DATA_DIR/releases/<target_id>/.lock  held while a release is numbered and stored
@@ -28,15 +27,8 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.keys import signature_problem, trusted_keys
+from pipeline.keyspace import TargetKeys
 from pipeline.manifests import Manifest
-
-
-def releases_key(target_id: str) -> str:
-    return f"molt:releases:{target_id}"
-
-
-def highest_key(target_id: str) -> str:
-    return f"molt:releases:{target_id}:highest"
 
 
 def releases_dir(settings: Settings) -> Path:
@@ -56,7 +48,7 @@ def writing(settings: Settings) -> Iterator[None]:
 def stored(settings: Settings, conn: redis.Redis) -> list[Manifest]:
     """Every manifest of this target, from Redis and from the files, as found (unchecked)."""
     found: dict[tuple[int, str], Manifest] = {}
-    raws: list[str | bytes] = list(conn.hvals(releases_key(settings.target_id)))
+    raws: list[str | bytes] = list(conn.hvals(TargetKeys(settings.target_id).releases))
     folder = releases_dir(settings)
     if folder.is_dir():
         raws += [p.read_bytes() for p in sorted(folder.glob("*.json"))]
@@ -105,7 +97,7 @@ def read(settings: Settings, conn: redis.Redis) -> Ledger:
     for manifest in stored(settings, conn):
         problem = signature_problem(manifest, trusted)
         {"": good, "untrusted": untrusted, "altered": altered}[problem].append(manifest)
-    seen = int(conn.get(highest_key(settings.target_id)) or 0)
+    seen = int(conn.get(TargetKeys(settings.target_id).highest_release) or 0)
     highest = max([seen, *(m.release for m in good)])
     return Ledger(good, untrusted, altered, highest)
 
@@ -119,14 +111,16 @@ def store(settings: Settings, conn: redis.Redis, manifest: Manifest) -> None:
     partial.write_text(manifest.to_json() + "\n")
     os.replace(partial, path)
     with conn.pipeline() as pipe:
-        pipe.hset(releases_key(settings.target_id), str(manifest.release), manifest.to_json())
+        pipe.hset(
+            TargetKeys(settings.target_id).releases, str(manifest.release), manifest.to_json()
+        )
         pipe.execute()
     raise_highest(settings, conn, manifest.release)
 
 
 def raise_highest(settings: Settings, conn: redis.Redis, release: int) -> None:
     """The highest release seen only goes up (a script, so two writers cannot lower it)."""
-    key = highest_key(settings.target_id)
+    key = TargetKeys(settings.target_id).highest_release
     conn.eval(
         "local v = tonumber(redis.call('GET', KEYS[1]) or '0') "
         "if tonumber(ARGV[1]) > v then redis.call('SET', KEYS[1], ARGV[1]) end return 1",
@@ -138,9 +132,9 @@ def raise_highest(settings: Settings, conn: redis.Redis, release: int) -> None:
 
 def mirror(settings: Settings, conn: redis.Redis, known: Ledger) -> None:
     """Put back into Redis what only the files still have (after Redis was wiped)."""
-    have = set(conn.hkeys(releases_key(settings.target_id)))
+    have = set(conn.hkeys(TargetKeys(settings.target_id).releases))
     missing: dict[Any, Any] = {
         str(m.release): m.to_json() for m in known.good if str(m.release) not in have
     }
     if missing:
-        conn.hset(releases_key(settings.target_id), mapping=missing)
+        conn.hset(TargetKeys(settings.target_id).releases, mapping=missing)

@@ -1,9 +1,7 @@
 """The update lock and the waiting line: one update at a time per target.
 
-Keys:
-  molt:lock:<target_id>   JSON {request_id, codename, holder, since}; expires
-                          unless its holder heartbeats (``UpdateLock.heartbeat``)
-  molt:queue:<target_id>  list of approved request ids, oldest first
+Their keys are the target's (pipeline/keyspace.py): the lock expires unless its
+holder heartbeats (``UpdateLock.heartbeat``).
 
 A job takes the lock only when its request is at the head of the line, so
 updates land in the order they were approved, however many workers there are.
@@ -18,7 +16,7 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
@@ -37,26 +35,21 @@ return 0
 """
 
 
-def lock_key(target_id: str) -> str:
-    return f"molt:lock:{target_id}"
-
-
-def queue_key(target_id: str) -> str:
-    return f"molt:queue:{target_id}"
-
-
 @dataclass(frozen=True)
 class Holder:
+    """Who holds the lock; ``ours`` when ``try_lock`` took it (or already had it)."""
+
     request_id: str
     codename: str
     holder: str
     since: float
+    ours: bool = False
 
 
 class UpdateLock:
-    def __init__(self, conn: redis.Redis, target_id: str, ttl: float) -> None:
+    def __init__(self, conn: redis.Redis, key: str, ttl: float) -> None:
         self.conn = conn
-        self.key = lock_key(target_id)
+        self.key = key
         self.ttl_ms = int(ttl * 1000)
 
     def holder(self) -> Holder | None:
@@ -65,22 +58,16 @@ class UpdateLock:
             return None
         return Holder(**json.loads(raw))
 
-    def try_lock(self, request_id: str, codename: str) -> Holder | None:
-        """Take the lock; ``None`` when taken, else who holds it."""
-        value = {
-            "request_id": request_id,
-            "codename": codename,
-            "holder": f"{socket.gethostname()}:{os.getpid()}",
-            "since": time.time(),
-        }
-        if self.conn.set(self.key, json.dumps(value), nx=True, px=self.ttl_ms):
-            return None
+    def try_lock(self, request_id: str, codename: str) -> Holder:
+        """Take the lock for ``request_id``; the holder says whether it is ``ours``."""
+        mine = Holder(request_id, codename, f"{socket.gethostname()}:{os.getpid()}", time.time())
+        value = json.dumps({k: v for k, v in asdict(mine).items() if k != "ours"})
+        if self.conn.set(self.key, value, nx=True, px=self.ttl_ms):
+            return replace(mine, ours=True)
         held = self.holder()
         if held is None:  # expired between the two calls
             return self.try_lock(request_id, codename)
-        if held.request_id == request_id:
-            return None
-        return held
+        return replace(held, ours=held.request_id == request_id)
 
     def heartbeat(self, request_id: str) -> bool:
         return bool(self.conn.eval(_REFRESH, 1, self.key, request_id, self.ttl_ms))
@@ -123,9 +110,9 @@ class Heartbeat:
 class WaitingLine:
     """Approved requests waiting for the lock, in order."""
 
-    def __init__(self, conn: redis.Redis, target_id: str) -> None:
+    def __init__(self, conn: redis.Redis, key: str) -> None:
         self.conn = conn
-        self.key = queue_key(target_id)
+        self.key = key
 
     def join(self, request_id: str) -> int:
         """Add a request; returns its 1-based position."""

@@ -2,8 +2,8 @@
 
 Each check gives a result with the reason a person reads; the first failing one
 blocks the request. The target's tests at its current commit are run once per
-commit (in a worktree of their own) and remembered under
-``molt:tests:<target_id>:<commit>`` as {passed, count, seconds, at}.
+commit (in a worktree of their own) and remembered in the target's test records
+(pipeline/records.py).
 """
 
 from __future__ import annotations
@@ -16,16 +16,13 @@ from pathlib import Path
 
 import redis
 
-from pipeline import locking
 from pipeline.config import Settings
 from pipeline.exceptions import GitError
 from pipeline.git import Git
+from pipeline.records import TestRecord
 from pipeline.snapshots import Sandbox
+from pipeline.targets import Target
 from pipeline.validation import run_tests
-
-#: A failing result is remembered for a short while only, so flaky tests can be retried.
-FAILED_RESULT_TTL = 300
-BOOT_KEY = "molt:boot:{target_id}"
 
 
 @dataclass(frozen=True)
@@ -35,60 +32,22 @@ class CheckResult:
     detail: str
 
 
-@dataclass(frozen=True)
-class TestRecord:
-    passed: bool
-    count: int | None
-    seconds: float
-    commit: str
-
-
-def tests_key(target_id: str, commit: str) -> str:
-    return f"molt:tests:{target_id}:{commit}"
-
-
-def recorded_tests(conn: redis.Redis, target_id: str, commit: str) -> TestRecord | None:
-    raw = conn.hgetall(tests_key(target_id, commit))
-    if not raw:
-        return None
-    count = raw.get("count", "")
-    return TestRecord(
-        passed=raw.get("passed") == "1",
-        count=int(count) if count else None,
-        seconds=float(raw.get("seconds", 0)),
-        commit=commit,
-    )
-
-
-def record_tests(conn: redis.Redis, target_id: str, record: TestRecord) -> None:
-    key = tests_key(target_id, record.commit)
-    conn.hset(
-        key,
-        mapping={
-            "passed": "1" if record.passed else "0",
-            "count": "" if record.count is None else str(record.count),
-            "seconds": f"{record.seconds:.3f}",
-            "at": f"{time.time():.3f}",
-        },
-    )
-    conn.expire(key, 7 * 86400 if record.passed else FAILED_RESULT_TTL)
-
-
 def tests_at(settings: Settings, conn: redis.Redis, commit: str) -> TestRecord:
     """The target's test result at ``commit``, running the tests only if not known."""
-    known = recorded_tests(conn, settings.target_id, commit)
+    records = Target(settings, conn).tests
+    known = records.at(commit)
     if known:
         return known
     sandbox = Sandbox(Git(settings.target_dir), settings.worktrees_dir / "preflight")
     with sandbox.locked():
-        known = recorded_tests(conn, settings.target_id, commit)
+        known = records.at(commit)
         if known:
             return known
         path = sandbox.checkout(commit)
         log = settings.data_dir / "preflight.log"
         run = run_tests(settings.test_command, path, settings.phase_timeout, log)
     record = TestRecord(run.ok, run.passed, run.seconds, commit)
-    record_tests(conn, settings.target_id, record)
+    records.record(record)
     update_sandbox(settings).prepare()
     return record
 
@@ -107,8 +66,9 @@ def _redis(settings: Settings, conn: redis.Redis) -> CheckResult:
 
 
 def _capacity(settings: Settings, conn: redis.Redis) -> CheckResult:
-    holder = locking.UpdateLock(conn, settings.target_id, settings.lock_ttl).holder()
-    waiting = len(locking.WaitingLine(conn, settings.target_id))
+    target = Target(settings, conn)
+    holder = target.lock.holder()
+    waiting = len(target.line)
     if holder is None:
         return CheckResult("update lock", True, "free")
     if waiting < settings.queue_max:
@@ -126,12 +86,10 @@ def _capacity(settings: Settings, conn: redis.Redis) -> CheckResult:
 
 
 def _last_boot(settings: Settings, conn: redis.Redis) -> CheckResult:
-    raw = conn.hgetall(BOOT_KEY.format(target_id=settings.target_id))
-    if not raw or raw.get("clean") == "1":
+    clean, detail = Target(settings, conn).boots.last_boot()
+    if clean:
         return CheckResult("last boot", True, "clean")
-    return CheckResult(
-        "last boot", False, f"the last boot was not clean: {raw.get('detail', '')!s}"
-    )
+    return CheckResult("last boot", False, f"the last boot was not clean: {detail}")
 
 
 def _resources(settings: Settings, conn: redis.Redis) -> CheckResult:

@@ -8,9 +8,9 @@ from rq import Queue
 from pipeline import store as stores
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
-from pipeline.locking import UpdateLock, WaitingLine
 from pipeline.requests import RequestStore
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 
 QUEUE = "molt-updates"
 #: How long a job may wait for the lock and run, beyond its phases.
@@ -34,15 +34,15 @@ def job_id(request_id: str, attempt: int) -> str:
 
 
 def waiting(settings: Settings, conn: redis.Redis) -> int:
-    return len(WaitingLine(conn, settings.target_id))
+    return len(Target(settings, conn).line)
 
 
 def enqueue(settings: Settings, conn: redis.Redis, request_id: str) -> int:
     """Queue an approved request; returns its position (1 = next to run)."""
     store = RequestStore(conn)
-    line = WaitingLine(conn, settings.target_id)
-    position = line.join(request_id)
-    held = UpdateLock(conn, settings.target_id, settings.lock_ttl).holder()
+    target = Target(settings, conn)
+    position = target.line.join(request_id)
+    held = target.lock.holder()
     running = 1 if held else 0
     request = store.transition(
         request_id,
@@ -66,7 +66,7 @@ def enqueue(settings: Settings, conn: redis.Redis, request_id: str) -> int:
 def clear(settings: Settings, conn: redis.Redis, reason: str) -> list[str]:
     """Fail every waiting request with ``reason``; each gets its own message and Retry."""
     store = RequestStore(conn)
-    line = WaitingLine(conn, settings.target_id)
+    line = Target(settings, conn).line
     cleared = []
     for request_id in line.ids():
         line.leave(request_id)

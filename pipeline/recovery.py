@@ -45,14 +45,16 @@ from pipeline.exceptions import (
     UpdateFailed,
 )
 from pipeline.git import Git
-from pipeline.jobs import Update
-from pipeline.locking import Holder, UpdateLock, WaitingLine
+from pipeline.keyspace import TargetKeys
+from pipeline.locking import Holder
+from pipeline.processes import alive
 from pipeline.requests import ACTIVE, Request, RequestStore
+from pipeline.rollback import RESTARTED_PHASES, Trail, undo
 from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 
 log = structlog.get_logger(__name__)
-_RESTARTED_PHASES = ("restart", "verify")
 KEEP_BACKUPS = 10
 BACKUP_DIR = "config-backup"
 _STAMP = re.compile(r"\.\d{8}T\d{12}Z$")
@@ -65,35 +67,29 @@ _JOB_ALIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus
 def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
     """Roll back every running request whose job is gone; returns their ids."""
     store = RequestStore(conn)
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = Target(settings, conn).lock
     recovered = []
     for request in store.active():
         if request.state not in (S.RUNNING, S.RESTARTING):
             continue
         if lock.holder() is not None:
             continue
-        if lock.try_lock(request.id, request.codename) is not None:
+        if not lock.try_lock(request.id, request.codename).ours:
             continue
         try:
             current = store.get(request.id)
             if current.state not in (S.RUNNING, S.RESTARTING):
                 continue
             log.warning("recovering abandoned update", request_id=request.id, phase=current.phase)
-            update = Update(settings, conn, request.id)
-            update.started = time.monotonic() - (time.time() - current.updated_at)
-            update.log_dir = Path(current.update_dir or settings.updates_dir)
-            if current.snapshot:
-                update.snapshot = Snapshot.from_dict(current.snapshot)
-                update.touched_live = True
-            update.restarted = current.state is S.RESTARTING or current.phase in _RESTARTED_PHASES
+            restarted = current.state is S.RESTARTING or current.phase in RESTARTED_PHASES
+            trail = Trail.left_by(settings, current, since=current.updated_at, restarted=restarted)
             phase = current.phase or "update"
-            update._fail(
-                UpdateFailed(
-                    phase,
-                    f"the worker running this update stopped during {phase} "
-                    "(killed, crashed or cut off from Redis)",
-                )
+            failure = UpdateFailed(
+                phase,
+                f"the worker running this update stopped during {phase} "
+                "(killed, crashed or cut off from Redis)",
             )
+            undo(settings, conn, request.id, failure, trail)
             recovered.append(request.id)
         finally:
             lock.release(request.id)
@@ -234,7 +230,7 @@ def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
     before the settings can load: ``restore_config``)."""
     audit.append(conn, actor=actor, action="recover")
     store = RequestStore(conn)
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = Target(settings, conn).lock
     requests = Step("requests")
     holder = lock.holder()
     if holder is not None and _gone(holder):
@@ -256,22 +252,7 @@ def _gone(holder: Holder) -> bool:
     host, _, pid = holder.holder.rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
-    return not _alive(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie that nobody reaped (its parent died with it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+    return not alive(int(pid))
 
 
 def _where(git: Git) -> str:
@@ -310,9 +291,9 @@ def _return_to_snapshot(
     newest = max(with_snapshot, key=lambda r: r.updated_at)
     snapshot = Snapshot.from_dict(newest.snapshot or {})
     name = newest.codename or newest.id
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = Target(settings, conn).lock
     taken = lock.try_lock(newest.id, newest.codename)
-    if taken is not None:
+    if not taken.ours:
         step.fail(f"update {taken.codename or taken.request_id} started meanwhile: left alone")
         return step, "the live checkout was left as it was"
     try:
@@ -336,7 +317,7 @@ def _return_to_snapshot(
                 f"returned the live checkout from {where} to {_where(live)}: the snapshot "
                 f"update {name} took before it stopped half-done in {newest.phase or 'its run'}"
             )
-        if newest.state is S.RESTARTING or newest.phase in _RESTARTED_PHASES:
+        if newest.state is S.RESTARTING or newest.phase in RESTARTED_PHASES:
             step.say(_restart_after(settings, conn, newest, snapshot))
     except UpdateFailed as exc:
         step.fail(f"returning to snapshot {snapshot.short} of update {name}: {exc.reason}")
@@ -350,9 +331,7 @@ def _last_good_release(settings: Settings, conn: redis.Redis, head: str) -> str:
     """For Molt itself: the newest signed release that started healthy (the boot guard
     records them), and whether the checkout is on it. Going back to it is the boot guard's
     job: it signs the return as a rollback release when this release fails to start."""
-    from pipeline.bootguard import last_good
-
-    good = last_good(settings, conn, exclude="")
+    good = Target(settings, conn).boots.last_good(exclude="")
     if good is None:
         return "no signed release of Molt has reported healthy yet"
     if good.target_commit == head:
@@ -396,7 +375,7 @@ def _settle_requests(
             dropped.append(f"{request_id} ({found.state.value if found else 'unknown'})")
     if dropped:
         step.say(f"removed finished requests from the active set: {', '.join(dropped)}")
-    line = WaitingLine(conn, settings.target_id)
+    line = Target(settings, conn).line
     for request_id in line.ids():
         found = store.find(request_id)
         if found is None or found.state is not S.QUEUED:
@@ -425,7 +404,7 @@ def _settle_requests(
         ended += 1
         step.say(f"ended {request.codename or request.id} ({request.state.value}): {why}")
     if not live and control.stop_requested(settings, conn):
-        conn.delete(control.stop_key(settings.target_id))
+        conn.delete(TargetKeys(settings.target_id).stop)
         step.say("dropped an emergency stop no update is left to obey")
     left = store.active()
     waiting_people = sum(1 for r in left if r.state in control.PENDING)
@@ -453,7 +432,7 @@ def _stuck(
         phase = request.phase or request.state.value
         return f"its update stopped during {phase} and no worker runs it any more; {outcome}"
     if request.state is S.QUEUED:
-        if WaitingLine(conn, settings.target_id).position(request.id) is None:
+        if Target(settings, conn).line.position(request.id) is None:
             return "it was queued but had left the waiting line"
         if not _job_waiting(settings, request):
             return "it was queued but no worker job was waiting to run it"

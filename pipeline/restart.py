@@ -6,7 +6,7 @@ restart (list ``molt:control:bot``) and waits until a new bot process answers
 /healthz with the expected version. The bot registers itself in the hash
 ``molt:bot`` {pid, boot_id, version, port, argv, cwd, beat}.
 
-The wait for Molt ends early when the boot guard's records (pipeline/bootguard.py)
+The wait for Molt ends early when the boot records (pipeline/boots.py)
 say the new release will not come: refused by the release check, in a crash
 loop, rolled back by the guard, or exited at start with nothing to restart it.
 """
@@ -26,9 +26,10 @@ from pathlib import Path
 
 import redis
 
-from pipeline import bootguard
+from pipeline.boots import RESTART_GRACE
 from pipeline.config import Settings
 from pipeline.exceptions import UpdateFailed
+from pipeline.targets import Target
 from pipeline.validation import run_command
 
 BOT = "molt:bot"
@@ -147,19 +148,20 @@ def _restart_self(
     started = time.monotonic()
     deadline = started + settings.boot_timeout
     failed_since: dict[str, float] = {}  # start id → when it was first seen failed
+    records = Target(settings, conn).boots
     while time.monotonic() < deadline:
         info = bot_info(conn)
         if info and info.boot_id != before.boot_id:
             health = healthz(info.port)
             if health and health.get("status") == "ok" and health.get("version") == expect:
                 return f"Molt came back on {expect[:7]} in {time.monotonic() - started:.1f}s"
-        trouble = bootguard.trouble(settings, conn, expect, asked)
+        trouble = records.trouble(expect, asked)
         if trouble:
             raise UpdateFailed("verify", trouble)
-        last = bootguard.latest_start(settings, conn)
+        last = records.latest_start()
         if last is not None and last.commit == expect and last.at >= asked and last.failed:
             seen_at = failed_since.setdefault(last.id, time.monotonic())
-            if time.monotonic() - seen_at > bootguard.RESTART_GRACE:
+            if time.monotonic() - seen_at > RESTART_GRACE:
                 why = f" ({last.detail})" if last.detail else ""
                 raise UpdateFailed(
                     "verify",
@@ -192,7 +194,8 @@ def bring_back(settings: Settings, conn: redis.Redis, expect: str, log_path: Pat
         return _restart_self(settings, conn, expect)
     if info is None:
         raise UpdateFailed("rollback", "Molt's bot never registered, so it cannot be relaunched")
-    bootguard.stop_stale(settings, conn, keep=expect)
+    records = Target(settings, conn).boots
+    records.stop_stale(keep=expect)
     deadline = time.monotonic() + settings.boot_timeout
     launched = False
     while time.monotonic() < deadline:
@@ -201,7 +204,7 @@ def bring_back(settings: Settings, conn: redis.Redis, expect: str, log_path: Pat
             health = healthz(fresh.port)
             if health and health.get("status") == "ok" and health.get("version") == expect:
                 return f"Molt {'relaunched' if launched else 'came back'} on {expect[:7]}"
-        if not launched and not bootguard.starting(settings, conn):
+        if not launched and not records.starting():
             _launch(info, log_path)
             launched = True
         time.sleep(0.1)

@@ -14,9 +14,9 @@ from pipeline import codenames, ledger, snapshots
 from pipeline.config import Settings
 from pipeline.git import Git
 from pipeline.ledger import Ledger
-from pipeline.locking import UpdateLock
 from pipeline.manifests import Manifest, ReleaseKind
 from pipeline.releases import sign_release
+from pipeline.targets import Target
 from pipeline.trees import SHOWN_PATHS, check_tree
 from pipeline.verification import Problem, Verdict, verify_checkout
 
@@ -34,9 +34,9 @@ def operator_rollback(
     if isinstance(point, Verdict):
         return point
     undone, back = point
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
+    lock = Target(settings, conn).lock
     holder = lock.try_lock(f"rollback-{codename}", codename)
-    if holder is not None:
+    if not holder.ours:
         return Verdict(
             False,
             f"update {holder.codename or holder.request_id} is running: wait for it, or `stop` it",

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.config import Settings
+
 # "12 passed", "Ran 12 tests ... OK", "12 passed, 1 failed" (pytest, unittest, plain).
 _PASSED = re.compile(r"\b(\d+) passed\b")
 _UNITTEST = re.compile(r"^Ran (\d+) tests?\b.*?^OK\b", re.M | re.S)
@@ -193,21 +195,33 @@ def compile_check(root: Path, paths: Iterable[str]) -> Check:
     return Check("byte-compile", True, seconds, f"{count} files")
 
 
+@dataclass(frozen=True)
+class PhaseSpec:
+    """What every validation phase checks, from the settings: the sandbox's phase and the
+    live checkout's run the same test command, with the same limits."""
+
+    test_command: str
+    timeout: float
+    require_count: bool = False  # MOLT_REQUIRE_TESTS
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PhaseSpec:
+        return cls(settings.test_command, settings.phase_timeout, settings.require_tests)
+
+
 def run_phase(
     phase: str,
     workdir: Path,
+    spec: PhaseSpec,
     *,
-    test_command: str,
-    timeout: float,
     changed_files: Iterable[str],
     baseline_passed: int | None,
     log_path: Path | None = None,
-    require_count: bool = False,
     stop: Callable[[], bool] | None = None,
 ) -> PhaseResult:
     """One validation phase; stops at the first failing check.
 
-    ``require_count``: the tests must report at least one passing test (a run that
+    ``spec.require_count``: the tests must report at least one passing test (a run that
     exits 0 without a countable "N passed" fails). ``stop``: asked while the tests run;
     once it says so, they are killed and the check says they were stopped.
     """
@@ -216,19 +230,19 @@ def run_phase(
     result.checks.append(compiled)
     if not compiled.ok:
         return result
-    tests = run_tests(test_command, workdir, timeout, log_path, stop)
+    tests = run_tests(spec.test_command, workdir, spec.timeout, log_path, stop)
     result.passed = tests.passed
     result.test_seconds = tests.seconds
     ok = tests.ok
     if tests.stopped:
-        detail = f"`{test_command}` was stopped"
+        detail = f"`{spec.test_command}` was stopped"
     elif tests.exit_code is None:
-        detail = f"`{test_command}` did not finish within {timeout:.0f}s"
+        detail = f"`{spec.test_command}` did not finish within {spec.timeout:.0f}s"
     elif not tests.ok:
-        detail = f"`{test_command}` exited {tests.exit_code}: {_last_lines(tests.tail)}"
-    elif require_count and not tests.passed:
+        detail = f"`{spec.test_command}` exited {tests.exit_code}: {_last_lines(tests.tail)}"
+    elif spec.require_count and not tests.passed:
         ok = False
-        detail = no_countable_tests(test_command)
+        detail = no_countable_tests(spec.test_command)
     else:
         detail = f"{tests.passed} passed" if tests.passed is not None else "exit 0"
     result.checks.append(Check("tests", ok, tests.seconds, detail))

@@ -9,16 +9,15 @@ honouring ``retry-after``; what still fails becomes an ``LLMError`` saying what 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-import redis
 import structlog
 
-from pipeline import audit
 from pipeline.config import Settings
 from pipeline.exceptions import LLMError
 from pipeline.redaction import redact, redact_data
+from pipeline.usage import Usage, tokens
 
 log = structlog.get_logger(__name__)
 
@@ -26,59 +25,6 @@ log = structlog.get_logger(__name__)
 MAX_RETRIES = 2
 #: One call never waits longer than this for an answer, whatever time is left.
 CALL_TIMEOUT = 600.0
-USAGE_ACTION = "model_usage"
-
-
-@dataclass
-class Usage:
-    """Tokens of one or more calls, as the API reports them."""
-
-    input_tokens: int = 0  # input not read from or written to the cache
-    output_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    calls: int = 0
-
-    @property
-    def total(self) -> int:
-        return (
-            self.input_tokens
-            + self.output_tokens
-            + self.cache_read_input_tokens
-            + self.cache_creation_input_tokens
-        )
-
-    def add(self, other: Usage) -> Usage:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        return self
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Usage:
-        return cls(**{f.name: _count(data.get(f.name)) for f in fields(cls)})
-
-    def line(self) -> str:
-        """What a person reads: "12,300 tokens in (10,240 from the cache), 820 out, 3 calls"."""
-        read, written = self.cache_read_input_tokens, self.cache_creation_input_tokens
-        given = self.input_tokens + read + written
-        cached = []
-        if read:
-            cached.append(f"{read:,} read from the cache")
-        if written:
-            cached.append(f"{written:,} written to it")
-        detail = f" ({', '.join(cached)})" if cached else ""
-        calls = "1 call" if self.calls == 1 else f"{self.calls} calls"
-        return f"{given:,} tokens in{detail}, {self.output_tokens:,} out, {calls}"
-
-
-def _count(value: Any) -> int:
-    try:
-        return max(0, int(value or 0))
-    except (TypeError, ValueError):
-        return 0
 
 
 @dataclass(frozen=True)
@@ -182,10 +128,10 @@ class Claude:
                 f"times): {redact(str(exc), self._secrets)[:200]}"
             ) from exc
         usage = Usage(
-            input_tokens=_count(message.usage.input_tokens),
-            output_tokens=_count(message.usage.output_tokens),
-            cache_read_input_tokens=_count(getattr(message.usage, "cache_read_input_tokens", 0)),
-            cache_creation_input_tokens=_count(
+            input_tokens=tokens(message.usage.input_tokens),
+            output_tokens=tokens(message.usage.output_tokens),
+            cache_read_input_tokens=tokens(getattr(message.usage, "cache_read_input_tokens", 0)),
+            cache_creation_input_tokens=tokens(
                 getattr(message.usage, "cache_creation_input_tokens", 0)
             ),
             calls=1,
@@ -259,24 +205,3 @@ def _plain(block: Any) -> dict[str, Any]:
         given = block.input if isinstance(block.input, dict) else {}
         return {"type": "tool_use", "id": str(block.id), "name": str(block.name), "input": given}
     return {}
-
-
-def record_usage(conn: redis.Redis, request_id: str, task: str, model: str, usage: Usage) -> None:
-    """One audit entry per task; the report adds up a request's entries."""
-    if usage.calls:
-        audit.append(
-            conn,
-            actor="molt",
-            action=USAGE_ACTION,
-            request_id=request_id,
-            detail={"task": task, "model": model, **usage.to_dict()},
-        )
-
-
-def request_usage(conn: redis.Redis, request_id: str) -> Usage:
-    """Every model call made for one request (planning rounds, implementation, review)."""
-    total = Usage()
-    for entry in audit.entries(conn, request_id):
-        if entry.get("action") == USAGE_ACTION:
-            total.add(Usage.from_dict(entry.get("detail") or {}))
-    return total

@@ -26,11 +26,12 @@ from pipeline.exceptions import GitError, LLMError, PlanningError
 from pipeline.git import Git
 from pipeline.imports import ImportGraph
 from pipeline.llm import prompts, repomap
-from pipeline.llm.client import Claude, Usage, record_usage
+from pipeline.llm.client import Claude
 from pipeline.llm.tools import READ_TOOLS, CommitFiles, Refused, clean_path
 from pipeline.planning import Plan
 from pipeline.redaction import redact, redact_data
 from pipeline.requests import Request
+from pipeline.usage import Usage, record_usage
 
 log = structlog.get_logger(__name__)
 

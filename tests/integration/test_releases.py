@@ -17,8 +17,9 @@ import pytest
 
 from pipeline import audit, bootguard, restart, store
 from pipeline.config import load_settings
-from pipeline.locking import UpdateLock
+from pipeline.keyspace import TargetKeys
 from pipeline.requests import RequestStore
+from pipeline.targets import Target
 from tests.integration.test_self_update import _copy_of_molt, _healthz
 from tests.support import ROOT, Molt, ServiceRepo, git
 
@@ -223,7 +224,7 @@ def test_a_crash_loop_under_a_supervisor_returns_to_the_last_good_release(
         molt.send("press approve")
         molt.wait_for(rf"Molt is restarting onto {new[:7]}", since=since)
         if worker_dies:
-            holder = UpdateLock(conn, settings.target_id, settings.lock_ttl).holder()
+            holder = Target(settings, conn).lock.holder()
             assert holder is not None
             os.killpg(os.getpgid(int(holder.holder.rpartition(":")[2])), signal.SIGKILL)
 
@@ -240,7 +241,7 @@ def test_a_crash_loop_under_a_supervisor_returns_to_the_last_good_release(
         assert request.codename == failed.group(1) and request.state.value == "failed"
         guard = "; the boot guard returned to release 1 (baseline by "
         assert (guard in request.message) is worker_dies
-        boot = conn.hgetall(bootguard.boot_key(settings.target_id))
+        boot = conn.hgetall(TargetKeys(settings.target_id).boot)
         assert boot["clean"] == "1" and boot["commit"] == old
     finally:
         molt.stop()

@@ -8,9 +8,9 @@ import redis
 
 from pipeline import approval, audit, events, intake
 from pipeline.config import Settings
-from pipeline.locking import WaitingLine
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 from tests.support import ServiceRepo
 
 ALICE = Origin("console", "alice")
@@ -40,7 +40,7 @@ def test_approval_queues_the_request(
     assert approval.approve(settings, conn, request.id, Origin("console", "bob"))
     queued = RequestStore(conn).get(request.id)
     assert queued.state is S.QUEUED and queued.approver == "console:bob"
-    assert WaitingLine(conn, settings.target_id).ids() == [request.id]
+    assert Target(settings, conn).line.ids() == [request.id]
 
 
 def test_a_stranger_cannot_approve_and_is_told_why(
@@ -62,7 +62,7 @@ def test_a_second_click_does_nothing(
     assert approval.approve(settings, conn, request.id, Origin("console", "bob"))
     again = approval.approve(settings, conn, request.id, Origin("console", "alice"))
     assert not again and "already queued by console:bob" in again.reason
-    assert WaitingLine(conn, settings.target_id).ids() == [request.id]
+    assert Target(settings, conn).line.ids() == [request.id]
 
 
 def test_an_expired_plan_cannot_be_approved(
@@ -90,7 +90,7 @@ def test_a_full_queue_refuses_the_approval_and_keeps_the_plan(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
     request = _planned(settings, conn, service, {"notes.txt": "x\n"})
-    WaitingLine(conn, settings.target_id).join("r-someone-else")
+    Target(settings, conn).line.join("r-someone-else")
     small = settings.model_copy(update={"queue_max": 1})
     decision = approval.approve(small, conn, request.id, Origin("console", "bob"))
     assert not decision and "queue is full" in decision.reason

@@ -13,6 +13,8 @@ import redis
 
 from pipeline import bootguard
 from pipeline.config import Settings
+from pipeline.keyspace import TargetKeys
+from pipeline.targets import Target
 from tests.support import ROOT
 
 COMMIT = "c0ffee" + "0" * 34
@@ -23,8 +25,8 @@ def _start(
 ) -> None:
     """A recorded start (a dead process unless ``pid`` says otherwise)."""
     record = {"commit": COMMIT, "pid": 999_999, "at": f"{time.time() - ago:.3f}"} | fields
-    conn.hset(bootguard.start_key(settings.target_id, start_id), mapping=record)
-    conn.lpush(bootguard.starts_key(settings.target_id), start_id)
+    conn.hset(TargetKeys(settings.target_id).start(start_id), mapping=record)
+    conn.lpush(TargetKeys(settings.target_id).starts, start_id)
 
 
 def test_failed_starts_within_the_window_make_a_crash_loop(
@@ -34,49 +36,49 @@ def test_failed_starts_within_the_window_make_a_crash_loop(
     _start(limited, conn, "long-ago", ago=600, ended="failed", detail="old trouble")
     _start(limited, conn, "served", healthy_at=time.time(), ended="stopped")
     _start(limited, conn, "running", pid=os.getppid())  # alive, not ended: still starting
-    assert bootguard.crash_loop(limited, conn, COMMIT) is None
+    assert Target(limited, conn).boots.crash_loop(COMMIT) is None
     _start(limited, conn, "crashed", detail="")  # died without a word
-    assert bootguard.crash_loop(limited, conn, COMMIT) is None
+    assert Target(limited, conn).boots.crash_loop(COMMIT) is None
     _start(limited, conn, "raised", ended="failed", detail="this release cannot start")
-    loop = bootguard.crash_loop(limited, conn, COMMIT)
+    loop = Target(limited, conn).boots.crash_loop(COMMIT)
     assert loop is not None and [s.id for s in loop.failures] == ["raised", "crashed"]
     assert loop.describe() == (
         "Molt failed to start 2 times within 60s on c0ffee0 (this release cannot start)"
     )
-    assert bootguard.crash_loop(limited, conn, COMMIT, exclude="raised") is None
-    assert bootguard.crash_loop(limited, conn, "another" + COMMIT[7:]) is None
+    assert Target(limited, conn).boots.crash_loop(COMMIT, exclude="raised") is None
+    assert Target(limited, conn).boots.crash_loop("another" + COMMIT[7:]) is None
 
 
 def test_a_waiting_worker_learns_why_the_new_release_will_not_come(
     settings: Settings, conn: redis.Redis
 ) -> None:
     asked = time.time() - 5
-    assert bootguard.trouble(settings, conn, COMMIT, asked) is None
+    assert Target(settings, conn).boots.trouble(COMMIT, asked) is None
     _start(settings, conn, "before", ago=10, ended="refused", detail="old news")
-    assert bootguard.trouble(settings, conn, COMMIT, asked) is None
+    assert Target(settings, conn).boots.trouble(COMMIT, asked) is None
     _start(settings, conn, "now", ended="refused", detail="the checkout differs: app.py")
-    assert bootguard.trouble(settings, conn, COMMIT, asked) == (
+    assert Target(settings, conn).boots.trouble(COMMIT, asked) == (
         "Molt refused to start c0ffee0: the checkout differs: app.py"
     )
     conn.hset(
-        bootguard.rollback_key(settings.target_id),
+        TargetKeys(settings.target_id).guard_rollback,
         mapping={"from": COMMIT, "detail": "the boot guard returned", "at": time.time()},
     )
-    assert bootguard.trouble(settings, conn, COMMIT, asked) == "the boot guard returned"
+    assert Target(settings, conn).boots.trouble(COMMIT, asked) == "the boot guard returned"
 
 
 def test_someone_is_bringing_molt_back_while_a_start_is_under_way(
     settings: Settings, conn: redis.Redis
 ) -> None:
-    assert not bootguard.starting(settings, conn)
+    assert not Target(settings, conn).boots.starting()
     _start(settings, conn, "dead", ago=30, ended="failed")
-    assert not bootguard.starting(settings, conn)
+    assert not Target(settings, conn).boots.starting()
     _start(settings, conn, "alive", ago=30, pid=os.getppid())
-    assert bootguard.starting(settings, conn)
-    conn.hset(bootguard.start_key(settings.target_id, "alive"), "healthy_at", time.time())
-    assert not bootguard.starting(settings, conn)
+    assert Target(settings, conn).boots.starting()
+    conn.hset(TargetKeys(settings.target_id).start("alive"), "healthy_at", time.time())
+    assert not Target(settings, conn).boots.starting()
     _start(settings, conn, "just-now", ago=0.5, ended="failed")  # a supervisor cycling
-    assert bootguard.starting(settings, conn)
+    assert Target(settings, conn).boots.starting()
 
 
 @pytest.mark.parametrize(
@@ -95,7 +97,7 @@ def test_how_a_start_ended_is_recorded(
     boot = bootguard.Boot(settings, conn, "mine", COMMIT)
     boot.ended_by(raised)
     boot.stopped()  # the first ending stays
-    [start] = bootguard.starts(settings, conn)
+    [start] = Target(settings, conn).boots.starts()
     assert (start.ended, start.detail) == (ending, detail)
     assert start.failed is (ending == "failed")
 

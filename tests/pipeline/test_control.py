@@ -19,10 +19,10 @@ from bot.rendering import render
 from pipeline import approval, audit, autonomy, control, events, intake, queueing, recovery
 from pipeline.config import MOLT_HOME, Settings, load_settings
 from pipeline.exceptions import ConfigError
-from pipeline.locking import UpdateLock, WaitingLine
 from pipeline.requests import ACTIVE, Origin, Request, RequestStore
 from pipeline.states import RequestState as S
-from pipeline.validation import run_phase
+from pipeline.targets import Target
+from pipeline.validation import PhaseSpec, run_phase
 from tests.support import ServiceRepo
 
 ALICE = Origin("console", "alice")
@@ -85,7 +85,7 @@ def test_auto_mode_approves_a_low_risk_plan_itself_and_audits_it_as_molt(
     request = _deploy(auto, conn)
     queued = RequestStore(conn).get(request.id)
     assert queued.state is S.QUEUED and queued.approver == "molt:auto"
-    assert WaitingLine(conn, settings.target_id).ids() == [request.id]
+    assert Target(settings, conn).line.ids() == [request.id]
     approved = [e for e in audit.entries(conn, request.id) if e["action"] == "approved"]
     assert approved[0]["actor"] == "molt:auto"
     assert "MOLT_AUTONOMY=auto" in approved[0]["detail"]["message"]
@@ -225,11 +225,9 @@ def test_require_tests_fails_a_phase_whose_tests_report_no_count(
     result = run_phase(
         "phase 1",
         service.live,
-        test_command="python -c 'print(\"ok\")'",
-        timeout=60,
+        PhaseSpec("python -c 'print(\"ok\")'", timeout=60, require_count=required),
         changed_files=["app.py"],
         baseline_passed=None,
-        require_count=required,
     )
     assert result.ok is not required
     if required:
@@ -243,8 +241,7 @@ def test_a_phase_asked_to_stop_kills_its_test_command(service: ServiceRepo, tmp_
     result = run_phase(
         "phase 1",
         service.live,
-        test_command=command,
-        timeout=600,
+        PhaseSpec(command, timeout=600),
         changed_files=[],
         baseline_passed=None,
         stop=pid_file.exists,
@@ -279,8 +276,8 @@ def test_stop_clears_the_queue_with_a_message_each_and_aims_at_the_running_updat
     first, second = _deploy(settings, conn), _deploy(settings, conn)
     for request in (first, second):
         assert approval.approve(settings, conn, request.id, BOB)
-    lock = UpdateLock(conn, settings.target_id, settings.lock_ttl)
-    assert lock.try_lock("r-running", "brave-otter") is None
+    lock = Target(settings, conn).lock
+    assert lock.try_lock("r-running", "brave-otter").ours
 
     said = control.stop(settings, conn, "console:alice")
     assert said == (
@@ -292,7 +289,7 @@ def test_stop_clears_the_queue_with_a_message_each_and_aims_at_the_running_updat
         assert cleared.state is S.FAILED
         assert cleared.message == "cleared from the queue by an emergency stop (console:alice)"
         assert "Retry" in _labels(_shown(conn, cleared, "failure"))
-    assert WaitingLine(conn, settings.target_id).ids() == []
+    assert Target(settings, conn).line.ids() == []
     assert control.stop_requested(settings, conn, "r-running") == "console:alice"
     assert control.stop_requested(settings, conn, "r-other") is None
     control.clear_stop(settings, conn, "r-running")
@@ -414,7 +411,7 @@ def test_recover_makes_the_requests_in_redis_consistent(
     finished = store.create(ALICE, "deploy x", "deploy", "x")
     store.transition(finished.id, S.REFUSED, actor="molt", message="no")
     conn.sadd(ACTIVE, finished.id, "r-vanished")
-    WaitingLine(conn, settings.target_id).join(finished.id)
+    Target(settings, conn).line.join(finished.id)
     holder = {
         "request_id": "r-gone",
         "codename": "lost-lobster",
@@ -436,7 +433,7 @@ def test_recover_makes_the_requests_in_redis_consistent(
         "ended by molt recover: it was queued but no worker job was waiting to run it"
     )
     assert store.get(planned.id).state is S.PLAN_READY  # waits for a person: left alone
-    assert UpdateLock(conn, settings.target_id, settings.lock_ttl).holder() is None
+    assert Target(settings, conn).lock.holder() is None
     assert set(conn.smembers(ACTIVE)) == {planned.id}
     assert "no update was left half-done" in release.lines[0]
 

@@ -6,21 +6,22 @@ import time
 
 import redis
 
+from pipeline.keyspace import TargetKeys
 from pipeline.locking import UpdateLock, WaitingLine
 
 
 def test_try_lock_returns_the_holder_when_taken(conn: redis.Redis) -> None:
-    lock = UpdateLock(conn, "svc", ttl=5)
-    assert lock.try_lock("r1", "amber-otter") is None
+    lock = UpdateLock(conn, TargetKeys("svc").lock, ttl=5)
+    assert lock.try_lock("r1", "amber-otter").ours
     held = lock.try_lock("r2", "brave-crab")
-    assert held is not None and held.request_id == "r1" and held.codename == "amber-otter"
+    assert not held.ours and held.request_id == "r1" and held.codename == "amber-otter"
     assert not lock.release("r2")
     assert lock.release("r1")
-    assert lock.try_lock("r2", "brave-crab") is None
+    assert lock.try_lock("r2", "brave-crab").ours
 
 
 def test_the_lock_expires_unless_its_holder_heartbeats(conn: redis.Redis) -> None:
-    lock = UpdateLock(conn, "svc", ttl=1)
+    lock = UpdateLock(conn, TargetKeys("svc").lock, ttl=1)
     lock.try_lock("r1", "amber-otter")
     with lock.keep_alive("r1"):
         time.sleep(1.5)
@@ -32,7 +33,7 @@ def test_the_lock_expires_unless_its_holder_heartbeats(conn: redis.Redis) -> Non
 
 
 def test_the_waiting_line_keeps_order(conn: redis.Redis) -> None:
-    line = WaitingLine(conn, "svc")
+    line = WaitingLine(conn, TargetKeys("svc").queue)
     assert [line.join(r) for r in ("a", "b", "c")] == [1, 2, 3]
     line.leave("a")
     assert line.head() == "b" and line.position("c") == 2 and len(line) == 2

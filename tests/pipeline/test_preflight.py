@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import redis
 
-from pipeline import intake, preflight
+from pipeline import intake
 from pipeline.config import Settings
-from pipeline.locking import UpdateLock, WaitingLine
 from pipeline.requests import Origin
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 from tests.support import ServiceRepo
 
 ALICE = Origin("console", "alice")
@@ -43,7 +43,7 @@ def test_test_results_are_remembered_per_commit(
     service.commit({"notes.txt": "x\n"}, "notes")
     assert _submit(settings, conn)[0] is S.PLAN_READY
     head = service.live_head()
-    record = preflight.recorded_tests(conn, settings.target_id, head)
+    record = Target(settings, conn).tests.at(head)
     assert record is not None and record.passed and record.count == 1
     log = settings.data_dir / "preflight.log"
     runs = log.read_text().count("$ python service_tests.py")
@@ -55,8 +55,8 @@ def test_a_held_lock_with_a_full_queue_blocks(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
     service.commit({"notes.txt": "x\n"}, "notes")
-    UpdateLock(conn, settings.target_id, 30).try_lock("r-other", "amber-otter")
-    WaitingLine(conn, settings.target_id).join("r-waiting")
+    Target(settings, conn).lock.try_lock("r-other", "amber-otter")
+    Target(settings, conn).line.join("r-waiting")
     small = settings.model_copy(update={"queue_max": 1})
     state, message = _submit(small, conn)
     assert state is S.BLOCKED and "amber-otter" in message and "queue is full" in message

@@ -18,6 +18,7 @@ from pipeline import audit, control, keys, ledger, releases
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import ConfigError
 from pipeline.git import Git
+from pipeline.keyspace import TargetKeys
 from pipeline.manifests import Manifest, ReleaseKind
 from pipeline.requests import Origin, RequestStore
 from pipeline.rollbacks import operator_rollback
@@ -124,7 +125,7 @@ def test_an_edited_manifest_no_longer_verifies(settings: Settings, conn: redis.R
     path = ledger.releases_dir(settings) / baseline.file_name
     edited = json.loads(path.read_text()) | {"checks": [{"name": "tests", "ok": True}]}
     path.write_text(json.dumps(edited))
-    conn.hset(ledger.releases_key(settings.target_id), "1", json.dumps(edited))
+    conn.hset(TargetKeys(settings.target_id).releases, "1", json.dumps(edited))
     verdict = verify_checkout(settings, conn)
     assert verdict.problem is Problem.ALTERED
     assert "was altered after it was signed" in verdict.reason
@@ -243,11 +244,13 @@ def test_manifests_survive_a_wiped_redis(
 ) -> None:
     verify_checkout(settings, conn, baseline=True)
     _deploy(service, settings, conn, {"app.py": "VERSION = 2\n"})
-    conn.delete(ledger.releases_key(settings.target_id), ledger.highest_key(settings.target_id))
+    conn.delete(
+        TargetKeys(settings.target_id).releases, TargetKeys(settings.target_id).highest_release
+    )
     verdict = verify_checkout(settings, conn)
     assert verdict.ok and verdict.highest == 2
-    assert sorted(conn.hkeys(ledger.releases_key(settings.target_id))) == ["1", "2"]
-    assert conn.get(ledger.highest_key(settings.target_id)) == "2"
+    assert sorted(conn.hkeys(TargetKeys(settings.target_id).releases)) == ["1", "2"]
+    assert conn.get(TargetKeys(settings.target_id).highest_release) == "2"
 
 
 def test_the_tree_hash_is_the_same_from_git_and_from_disk(service: ServiceRepo) -> None:

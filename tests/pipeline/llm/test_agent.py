@@ -162,12 +162,12 @@ def test_the_implementer_stops_when_its_time_is_up(
 def test_new_files_the_implementer_did_not_write_are_left_out_of_the_change(
     llm_settings: Settings, conn: redis.Redis, sandbox: Path
 ) -> None:
-    from pipeline.jobs import Update
+    from pipeline.change import drop_strays
 
     (sandbox / "ping.py").write_text("written through the tools\n")
     (sandbox / "test-report.xml").write_text("left by a test run\n")
     (sandbox / "app.py").write_text("changed by a test run\n")
-    left_out = Update(llm_settings, conn, "r0")._drop_strays(Git(sandbox), {"ping.py"})
+    left_out = drop_strays(Git(sandbox), {"ping.py"})
     assert left_out == ["test-report.xml"]
     status = {line.strip() for line in git(sandbox, "status", "--porcelain").splitlines()}
     assert status == {"M app.py", "?? ping.py"}

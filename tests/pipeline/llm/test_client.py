@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from pipeline.llm.client import Usage
+from pipeline.usage import Usage
 from tests.support import ROOT
 
 

@@ -1,0 +1,75 @@
+"""What Molt remembers of a target's past runs: the test run at each commit (pre-flight
+reuses it, phases compare against it) and how long recent updates took (plans estimate
+from them). Their keys come from the target (pipeline/keyspace.py).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from pipeline.keyspace import TargetKeys
+
+#: A failing result is remembered for a short while only, so flaky tests can be retried.
+FAILED_RESULT_TTL = 300
+PASSED_RESULT_TTL = 7 * 86400
+#: How many update durations are kept.
+KEEP_DURATIONS = 20
+
+
+@dataclass(frozen=True)
+class TestRecord:
+    passed: bool
+    count: int | None
+    seconds: float
+    commit: str
+
+
+class TestRecords:
+    """The test command's result per commit of one target."""
+
+    def __init__(self, conn: redis.Redis, keys: TargetKeys) -> None:
+        self.conn = conn
+        self.keys = keys
+
+    def at(self, commit: str) -> TestRecord | None:
+        raw = self.conn.hgetall(self.keys.tests(commit))
+        if not raw:
+            return None
+        count = raw.get("count", "")
+        return TestRecord(
+            passed=raw.get("passed") == "1",
+            count=int(count) if count else None,
+            seconds=float(raw.get("seconds", 0)),
+            commit=commit,
+        )
+
+    def record(self, record: TestRecord) -> None:
+        key = self.keys.tests(record.commit)
+        self.conn.hset(
+            key,
+            mapping={
+                "passed": "1" if record.passed else "0",
+                "count": "" if record.count is None else str(record.count),
+                "seconds": f"{record.seconds:.3f}",
+                "at": f"{time.time():.3f}",
+            },
+        )
+        self.conn.expire(key, PASSED_RESULT_TTL if record.passed else FAILED_RESULT_TTL)
+
+
+class Durations:
+    """Seconds the last updates of one target took, newest first."""
+
+    def __init__(self, conn: redis.Redis, key: str) -> None:
+        self.conn = conn
+        self.key = key
+
+    def add(self, seconds: float) -> None:
+        self.conn.lpush(self.key, f"{seconds:.3f}")
+        self.conn.ltrim(self.key, 0, KEEP_DURATIONS - 1)
+
+    def recent(self) -> list[float]:
+        return [float(v) for v in self.conn.lrange(self.key, 0, -1)]

@@ -1,0 +1,55 @@
+"""A target: one service Molt manages, with everything Molt keeps for it in Redis.
+
+``Target`` joins the target's settings to a Redis connection and hands out what lives
+under its keys (pipeline/keyspace.py names them): the update lock and waiting line,
+the test records and update durations, and the boot records. Code that needs one of
+them asks the target instead of spelling a key.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import redis
+
+from pipeline.boots import BootRecords
+from pipeline.config import Settings
+from pipeline.keyspace import TargetKeys
+from pipeline.locking import UpdateLock, WaitingLine
+from pipeline.records import Durations, TestRecords
+from pipeline.requests import RequestStore
+
+
+class Target:
+    def __init__(self, settings: Settings, conn: redis.Redis) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.keys = TargetKeys(settings.target_id)
+
+    @property
+    def id(self) -> str:
+        return self.settings.target_id
+
+    @cached_property
+    def store(self) -> RequestStore:
+        return RequestStore(self.conn)
+
+    @cached_property
+    def lock(self) -> UpdateLock:
+        return UpdateLock(self.conn, self.keys.lock, self.settings.lock_ttl)
+
+    @cached_property
+    def line(self) -> WaitingLine:
+        return WaitingLine(self.conn, self.keys.queue)
+
+    @cached_property
+    def tests(self) -> TestRecords:
+        return TestRecords(self.conn, self.keys)
+
+    @cached_property
+    def durations(self) -> Durations:
+        return Durations(self.conn, self.keys.durations)
+
+    @cached_property
+    def boots(self) -> BootRecords:
+        return BootRecords(self.settings, self.conn, self.keys)

@@ -78,18 +78,13 @@ class Slack(Adapter):
             token_verification_enabled=False,
             logger=bolt_logger,
         )
+        self.desk: Front | None = None
         self.socket_mode: Any = None
         self.events = Endpoint(self.app, secret)
-        self.listeners = Listeners(self.app, self.client, store, settings.slack_command)
+        self.listeners = Listeners(
+            self.app, self.client, store, settings.slack_command, desk=lambda: self.desk
+        )
         self.delivery = Delivery(self.client, store)
-
-    @property
-    def desk(self) -> Front | None:
-        return self.listeners.desk
-
-    @desk.setter
-    def desk(self, desk: Front | None) -> None:
-        self.listeners.desk = desk
 
     # -- life cycle --------------------------------------------------------
 

@@ -37,10 +37,19 @@ SEEN_TTL = 3600
 class Listeners:
     """Bolt's listeners for Molt, and the thread that hands their work to the desk."""
 
-    def __init__(self, app: App, client: WebClient, store: RequestStore, command: str) -> None:
+    def __init__(
+        self,
+        app: App,
+        client: WebClient,
+        store: RequestStore,
+        command: str,
+        *,
+        desk: Callable[[], Front | None],
+    ) -> None:
         self.client = client
         self.store = store
-        self.desk: Front | None = None
+        #: The adapter's desk, once it has one.
+        self.desk = desk
         self._handoffs: queue.SimpleQueue[tuple[str, Callable[[], Any]] | None] = (
             queue.SimpleQueue()
         )
@@ -81,9 +90,13 @@ class Listeners:
             except Exception:
                 log.exception("handing a Slack delivery over failed")
 
-    def _on_command(self, ack: Ack, command: dict[str, Any]) -> None:
+    def _acked(self, ack: Ack) -> Front | None:
+        """Ack first (Slack wants it within 3 s); then the desk to hand to, if there is one."""
         ack()
-        desk = self.desk
+        return self.desk()
+
+    def _on_command(self, ack: Ack, command: dict[str, Any]) -> None:
+        desk = self._acked(ack)
         if desk is None:
             return
         origin = Origin(
@@ -93,8 +106,7 @@ class Listeners:
         self._later(str(command.get("trigger_id") or ""), lambda: desk.say(origin, text))
 
     def _on_button(self, ack: Ack, body: dict[str, Any], action: dict[str, Any]) -> None:
-        ack()
-        desk = self.desk
+        desk = self._acked(ack)
         if desk is None:
             return
         verb = str(action["action_id"]).removeprefix("molt_")
@@ -110,8 +122,7 @@ class Listeners:
         )
 
     def _on_revision(self, ack: Ack, body: dict[str, Any], view: dict[str, Any]) -> None:
-        ack()
-        desk = self.desk
+        desk = self._acked(ack)
         if desk is None:
             return
         meta = json.loads(view.get("private_metadata") or "{}")
@@ -122,8 +133,7 @@ class Listeners:
         self._later("", lambda: desk.revise(origin, request_id, note))
 
     def _on_home(self, ack: Ack, event: dict[str, Any], body: dict[str, Any]) -> None:
-        ack()
-        desk = self.desk
+        desk = self._acked(ack)
         if desk is None or event.get("tab", "home") != "home":
             return
         origin = Origin("slack", str(event["user"]))
@@ -131,8 +141,7 @@ class Listeners:
 
     def _on_message(self, ack: Ack, event: dict[str, Any], body: dict[str, Any]) -> None:
         """A person's reply in a request's thread answers the planner's questions."""
-        ack()
-        desk = self.desk
+        desk = self._acked(ack)
         thread = str(event.get("thread_ts") or "")
         if desk is None or not thread or event.get("bot_id") or event.get("subtype"):
             return

@@ -13,22 +13,20 @@ from typing import Any
 import discord
 import pytest
 
-import bot.discord as adapter_module
-from bot.discord import (
+import bot.discord.adapter as adapter_module
+from bot.discord import Discord
+from bot.discord.embeds import (
     BLURPLE,
-    BUTTON_ID,
     EMBED_LIMIT,
     GREEN,
     RED,
-    Discord,
     colour_for,
-    command_signature,
-    command_text,
     discord_markdown,
-    submitted_value,
-    to_buttons,
     to_embed,
 )
+from bot.discord.gateway import command_signature
+from bot.discord.listeners import command_text
+from bot.discord.views import BUTTON_ID, submitted_value, to_buttons
 from bot.messages import Button, Message, MessageField
 from bot.rendering import render
 from pipeline import store as embedded

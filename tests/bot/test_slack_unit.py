@@ -26,7 +26,8 @@ from starlette.routing import Route
 
 from bot.messages import Button, Message, MessageField
 from bot.rendering import render
-from bot.slack import Slack, to_blocks
+from bot.slack import Slack
+from bot.slack.blocks import to_blocks
 from pipeline import store as embedded
 from pipeline.config import Settings, load_settings
 from pipeline.requests import Origin, RequestStore

@@ -1,0 +1,149 @@
+"""The Slack adapter: a Bolt app and a Web API client, with Molt's listeners and delivery.
+
+Bolt runs with ``process_before_response`` so the listeners' ack is the HTTP response, and
+verifies every request's signature. In HTTP mode ``endpoint`` serves POST /slack/events;
+in Socket Mode the same listeners get envelopes over a WebSocket.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from slack_bolt import App
+from slack_bolt.middleware.authorization.single_team_authorization import (
+    SingleTeamAuthorization,
+)
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry import RateLimitErrorRetryHandler, default_retry_handlers
+from starlette.requests import Request as HttpRequest
+from starlette.responses import Response
+
+from bot.base import Adapter
+from bot.messages import Message
+from bot.slack.delivery import Delivery, error_code
+from bot.slack.endpoint import Endpoint
+from bot.slack.listeners import Listeners
+from pipeline.config import Settings
+from pipeline.exceptions import ConfigError
+from pipeline.requests import Origin, Request, RequestStore
+
+if TYPE_CHECKING:
+    from bot.base import Front
+
+log = structlog.get_logger(__name__)
+
+
+class Slack(Adapter):
+    platform = "slack"
+
+    def __init__(self, settings: Settings, store: RequestStore) -> None:
+        token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
+        secret = (
+            settings.slack_signing_secret.get_secret_value()
+            if settings.slack_signing_secret
+            else ""
+        )
+        if not token or not (secret or settings.slack_app_token):
+            raise ConfigError(
+                "Slack needs SLACK_BOT_TOKEN, and SLACK_SIGNING_SECRET (HTTP mode) or "
+                "SLACK_APP_TOKEN (Socket Mode)"
+            )
+        self.settings = settings
+        self.store = store
+        base_url = settings.slack_api_url
+        self.client = WebClient(
+            token=token,
+            base_url=base_url if base_url.endswith("/") else base_url + "/",
+            timeout=15,
+            # slack_sdk does not retry a 429 by itself.
+            retry_handlers=[
+                *default_retry_handlers(),
+                RateLimitErrorRetryHandler(max_retry_count=3),
+            ],
+        )
+        # The client carries the token (Bolt warns when both are given). Bolt's info
+        # lines would dump request bodies, legacy verification token included.
+        bolt_logger = logging.getLogger("bot.slack.bolt")
+        if bolt_logger.level == logging.NOTSET:
+            bolt_logger.setLevel(logging.WARNING)
+        self.app = App(
+            client=self.client,
+            signing_secret=secret or None,
+            request_verification_enabled=bool(secret),
+            process_before_response=True,
+            token_verification_enabled=False,
+            logger=bolt_logger,
+        )
+        self.desk: Front | None = None
+        self.socket_mode: Any = None
+        self.events = Endpoint(self.app, secret)
+        self.listeners = Listeners(
+            self.app, self.client, store, settings.slack_command, desk=lambda: self.desk
+        )
+        self.delivery = Delivery(self.client, store)
+
+    # -- life cycle --------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the token in the background, so a slow Slack does not hold up a restart."""
+        threading.Thread(target=self._warm_up, name="molt-slack-auth", daemon=True).start()
+        self.listeners.start()
+
+    def connect_socket_mode(self) -> None:
+        """Socket Mode: envelopes over a WebSocket (no public URL), the same listeners.
+
+        The client asks ``apps.connections.open`` for its URL, acks each envelope by its
+        id, and reconnects by itself.
+        """
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        token = self.settings.slack_app_token
+        assert token is not None
+        self.socket_mode = SocketModeHandler(
+            self.app, token.get_secret_value(), web_client=self.client, ping_interval=2
+        )
+        self.socket_mode.connect()
+        log.info("slack socket mode connected")
+
+    def stop(self) -> None:
+        if self.socket_mode is not None:
+            self.socket_mode.close()
+            self.socket_mode = None
+        self.listeners.stop()
+
+    def _warm_up(self) -> None:
+        """Cache ``auth.test`` where Bolt looks for it, or the first command waits on it."""
+        try:
+            result = self.client.auth_test()
+        except SlackApiError as exc:
+            log.error("SLACK_BOT_TOKEN refused by auth.test", error=error_code(exc))
+            return
+        except Exception as exc:
+            log.warning(
+                "auth.test unreachable; Bolt will retry on the first request", error=str(exc)
+            )
+            return
+        for middleware in getattr(self.app, "_middleware_list", []):
+            if isinstance(middleware, SingleTeamAuthorization) and not middleware.auth_test_result:
+                middleware.auth_test_result = result
+        self.events.authorised = True
+        log.info("slack connected", team=result.get("team"), bot_user=result.get("user_id"))
+
+    # -- in and out --------------------------------------------------------
+
+    async def endpoint(self, request: HttpRequest) -> Response:
+        """POST /slack/events (HTTP mode)."""
+        return await self.events.serve(request)
+
+    def deliver(self, request: Request, message: Message) -> None:
+        self.delivery.deliver(request, message)
+
+    def reply(self, origin: Origin, message: Message) -> None:
+        self.delivery.reply(origin, message)
+
+    def show_home(self, origin: Origin, message: Message) -> None:
+        self.delivery.show_home(origin, message)

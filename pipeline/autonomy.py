@@ -29,7 +29,7 @@ import redis
 from pipeline import preflight, validation
 from pipeline.config import Settings
 from pipeline.git import Git
-from pipeline.planning import Plan
+from pipeline.plans import Plan
 from pipeline.requests import Request
 from pipeline.snapshots import Sandbox
 

@@ -29,11 +29,14 @@ from pipeline import (
     snapshots,
     validation,
 )
+from pipeline.changes import changed_files
 from pipeline.config import Settings, load_settings
+from pipeline.estimates import durations_key
 from pipeline.exceptions import GitError, LLMError, RollbackFailed, UpdateFailed
 from pipeline.git import Git
 from pipeline.locking import UpdateLock, WaitingLine
-from pipeline.planning import Plan, changed_files, import_graph
+from pipeline.planning import import_graph
+from pipeline.plans import Plan
 from pipeline.preflight import TestRecord, record_tests, recorded_tests, tests_at, update_sandbox
 from pipeline.requests import Request, RequestStore
 from pipeline.snapshots import Snapshot
@@ -56,10 +59,6 @@ COMMIT_CONFIG = (
     "commit.gpgSign=false",
 )
 T = TypeVar("T")
-
-
-def durations_key(target_id: str) -> str:
-    return f"molt:durations:{target_id}"
 
 
 def run_update(request_id: str) -> str:

@@ -26,7 +26,7 @@ from pipeline.llm.client import Claude
 from pipeline.llm.planner import CACHE, REQUEST_RESERVE, mark_last
 from pipeline.llm.scope import protected_allowed
 from pipeline.llm.tools import SandboxFiles
-from pipeline.planning import Plan
+from pipeline.plans import Plan
 from pipeline.redaction import redact
 from pipeline.requests import Request
 

@@ -21,16 +21,19 @@ import redis
 import structlog
 
 from pipeline import planning
+from pipeline.changes import protected_paths
 from pipeline.config import Settings
+from pipeline.estimates import estimate, last_test_run
 from pipeline.exceptions import GitError, LLMError, PlanningError
 from pipeline.git import Git
 from pipeline.imports import ImportGraph
 from pipeline.llm import prompts, repomap
 from pipeline.llm.client import Claude, Usage, record_usage
 from pipeline.llm.tools import READ_TOOLS, CommitFiles, Refused, clean_path
-from pipeline.planning import Plan
+from pipeline.plans import Plan
 from pipeline.redaction import redact, redact_data
 from pipeline.requests import Request
+from pipeline.risk import assess_risk
 
 log = structlog.get_logger(__name__)
 
@@ -465,10 +468,10 @@ def build_plan(
 
     known = tuple(settings.secrets())
     paths = [f["path"] for f in files]
-    protected = planning.protected_paths(paths)
+    protected = protected_paths(paths)
     counted = [{**f, "insertions": 0, "deletions": 0} for f in files]
     diffstat = {"files": len(files), "insertions": 0, "deletions": 0}
-    risk = planning.assess_risk(counted, diffstat, protected, removed=0, downgrade=False)
+    risk = assess_risk(counted, diffstat, protected, removed=0, downgrade=False)
     allow_unplanned = raw.get("allow_unplanned_files") is True
     if allow_unplanned:
         _raise_risk(risk, "medium", "the plan allows changing files it does not list")
@@ -484,8 +487,8 @@ def build_plan(
 
     short_base = base[:7]
     rollback_point = f"{short_base} on {branch}" if branch else f"{short_base} (detached)"
-    last_run = planning.last_test_run(conn, settings.target_id, base)
-    seconds, basis = planning.estimate(conn, settings.target_id, last_run)
+    last_run = last_test_run(conn, settings.target_id, base)
+    seconds, basis = estimate(conn, settings.target_id, last_run)
     baseline = int(last_run["count"]) if "count" in last_run else None
     criteria = [
         "the reviewer finds that the diff does what this plan says, and nothing else",

@@ -14,7 +14,7 @@ from pipeline.llm import prompts
 from pipeline.llm.client import Claude
 from pipeline.llm.planner import CACHE
 from pipeline.llm.scope import Scope
-from pipeline.planning import Plan
+from pipeline.plans import Plan
 from pipeline.redaction import redact
 from pipeline.requests import Request
 

@@ -43,6 +43,7 @@ PROTECTED_PATHS = (
     "pipeline/workers.py",
     "pipeline/llm/tools.py",
     "pipeline/llm/agent.py",
+    "pipeline/llm/turns.py",
     "pipeline/llm/scope.py",
 )
 

@@ -8,6 +8,7 @@ The worker writes each update's duration (seconds, newest first) under
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -65,3 +66,23 @@ def estimate(
         seconds = last_run["seconds"]
         return 2 * seconds + 5, f"the last test run ({_seconds(seconds)}) plus overhead"
     return None, "no past runs"
+
+
+@dataclass(frozen=True)
+class PastRuns:
+    """What Redis remembers that bears on an update from one base commit."""
+
+    last_run: dict[str, float]  # the tests at the base: ``seconds`` and passing ``count``
+    seconds: float | None  # how long the update should take
+    basis: str  # what that guess rests on
+
+    @property
+    def baseline(self) -> int | None:
+        """Passing tests the update must not drop below, when the count is known."""
+        return int(self.last_run["count"]) if "count" in self.last_run else None
+
+
+def past_runs(conn: redis.Redis, target_id: str, base: str) -> PastRuns:
+    last_run = last_test_run(conn, target_id, base)
+    seconds, basis = estimate(conn, target_id, last_run)
+    return PastRuns(last_run, seconds, basis)

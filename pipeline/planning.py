@@ -11,19 +11,20 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import redis
 
 from pipeline.changes import changed_files, protected_paths, touched_paths
 from pipeline.config import Settings
-from pipeline.estimates import estimate, last_test_run
+from pipeline.estimates import past_runs
 from pipeline.exceptions import GitError, PlanningError
 from pipeline.git import Git
 from pipeline.imports import ImportGraph, read_graph
 from pipeline.plans import Plan
 from pipeline.risk import assess_risk, plural
+from pipeline.tasks import deploy_tasks, rollback_to, success_criteria
 
 MAX_COMMITS = 50
 MAX_FILES = 500
@@ -143,6 +144,27 @@ def _count(git: Git, revs: str) -> int:
     return int(git.run("rev-list", "--count", "--end-of-options", revs, "--").strip() or 0)
 
 
+@dataclass(frozen=True)
+class _Between:
+    """The commits between live and the target, read in the direction the deploy goes."""
+
+    downgrade: bool  # the target is an ancestor of live: rolling back in history
+    total: int  # commits the deploy adds, or for a downgrade removes
+    removed: int  # commits live has that the target lacks
+    commits: list[dict[str, str]]
+
+
+def _between(git: Git, base: str, target: str) -> _Between:
+    downgrade = git.ok("merge-base", "--is-ancestor", target, base)
+    if downgrade:
+        commit_range = f"{target}..{base}"
+        removed = _count(git, commit_range)
+        return _Between(True, removed, removed, _commits(git, commit_range))
+    commit_range = f"{base}..{target}"
+    added, removed = _count(git, commit_range), _count(git, f"{target}..{base}")
+    return _Between(False, added, removed, _commits(git, commit_range))
+
+
 # -- components ---------------------------------------------------------------------------------
 
 
@@ -181,86 +203,21 @@ def components(graph: ImportGraph, paths: list[str]) -> list[str]:
     return names
 
 
-# -- criteria and tasks ------------------------------------------------------------------------
-
-
-def success_criteria(
-    files: list[dict[str, Any]], last_run: dict[str, float], short_target: str
-) -> list[str]:
-    criteria = ["tests pass in the sandbox (phase 1) and on the live checkout (phase 2)"]
-    if "count" in last_run:
-        criteria.append(f"passing tests do not drop below {int(last_run['count'])}")
-    if any(f["path"].endswith(".py") and f["status"] != "D" for f in files):
-        criteria.append("all changed Python files byte-compile")
-    criteria.append(f"the service restarts and its health check passes on {short_target}")
-    return criteria
-
-
-def tasks(
-    settings: Settings,
-    short_base: str,
-    short_target: str,
-    rollback_point: str,
-    baseline: int | None = None,
-) -> list[dict[str, Any]]:
-    """The worker's steps, each with what must hold before the next one starts."""
-    passing = "tests pass" if baseline is None else f"tests pass ({baseline} or more passing)"
-    validated = f"{passing} and every changed Python file compiles"
-    back = f"roll back to the snapshot ({rollback_point})"
-    untouched = "discard the sandbox; the live checkout was not touched"
-    steps = [
-        (
-            "snapshot",
-            f"record {rollback_point} as the point to return to",
-            f"the snapshot of {short_base} is saved",
-            "stop; nothing has changed",
-        ),
-        (
-            "prepare sandbox",
-            f"check out {short_target} in the sandbox worktree",
-            f"the sandbox is at {short_target} and clean",
-            untouched,
-        ),
-        (
-            "phase 1 validation",
-            f"run {settings.test_command!r} and byte-compile changed files in the sandbox",
-            validated,
-            untouched,
-        ),
-        (
-            "apply to live",
-            f"move the live checkout to {short_target}",
-            f"the live checkout is at {short_target} and clean",
-            back,
-        ),
-        (
-            "phase 2 validation",
-            f"run {settings.test_command!r} and byte-compile changed files on the live checkout",
-            validated,
-            back,
-        ),
-        (
-            "restart",
-            f"run {settings.restart_command!r}"
-            if settings.restart_command
-            else "restart the service",
-            "the service is running again",
-            back,
-        ),
-        (
-            "verify",
-            "health check: the new version reports healthy",
-            f"{short_target} is live and healthy",
-            back,
-        ),
-    ]
-    return [
-        {"step": n, "name": name, "detail": detail, "checkpoint": checkpoint, "on_failure": fail}
-        for n, (name, detail, checkpoint, fail) in enumerate(steps, start=1)
-    ]
-
-
 # -- the plan -----------------------------------------------------------------------------------
+
+
+def _summary(ref: str, short_target: str, between: _Between, diffstat: dict[str, int]) -> str:
+    name = short_target if _SHA.fullmatch(ref) else ref
+    total = plural(between.total, "commit")
+    what = (
+        f"Deploy {name} ({short_target}), a downgrade: removes {total}"
+        if between.downgrade
+        else f"Deploy {name} ({short_target}): {total}"
+    )
+    return (
+        f"{what}, {plural(diffstat['files'], 'file')}, "
+        f"+{diffstat['insertions']} -{diffstat['deletions']}"
+    )
 
 
 def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
@@ -281,17 +238,7 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
     if target == base:
         raise PlanningError(f"already running {short_target}: nothing to deploy")
 
-    downgrade = git.ok("merge-base", "--is-ancestor", target, base)
-    if downgrade:
-        commit_range = f"{target}..{base}"
-        added, removed = 0, _count(git, commit_range)
-        total = removed
-    else:
-        commit_range = f"{base}..{target}"
-        added, removed = _count(git, commit_range), _count(git, f"{target}..{base}")
-        total = added
-    commits = _commits(git, commit_range)
-
+    between = _between(git, base, target)
     all_files = changed_files(git, base, target)
     diffstat = {
         "files": len(all_files),
@@ -301,31 +248,21 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
     paths = touched_paths(all_files)
     protected = protected_paths(paths)
     graph = import_graph(settings, conn, git, target)
-    risk = assess_risk(all_files, diffstat, protected, removed=removed, downgrade=downgrade)
-
-    rollback_point = f"{short_base} on {branch}" if branch else f"{short_base} (detached)"
-    last_run = last_test_run(conn, settings.target_id, base)
-    seconds, basis = estimate(conn, settings.target_id, last_run)
-    baseline = int(last_run["count"]) if "count" in last_run else None
-
-    name = short_target if _SHA.fullmatch(ref) else ref
-    what = (
-        f"Deploy {name} ({short_target}), a downgrade: removes {plural(total, 'commit')}"
-        if downgrade
-        else f"Deploy {name} ({short_target}): {plural(total, 'commit')}"
+    risk = assess_risk(
+        all_files, diffstat, protected, removed=between.removed, downgrade=between.downgrade
     )
-    summary = (
-        f"{what}, {plural(diffstat['files'], 'file')}, "
-        f"+{diffstat['insertions']} -{diffstat['deletions']}"
-    )
+
+    rollback_point = rollback_to(short_base, branch)
+    past = past_runs(conn, settings.target_id, base)
+
     return Plan(
         kind="deploy",
         ref=ref,
         target_commit=target,
         base_commit=base,
         base_branch=branch,
-        summary=summary,
-        commits=commits,
+        summary=_summary(ref, short_target, between, diffstat),
+        commits=between.commits,
         diffstat=diffstat,
         files=all_files[:MAX_FILES],
         components=components(graph, paths),
@@ -333,9 +270,9 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
         protected=protected,
         test_command=settings.test_command,
         rollback_point=rollback_point,
-        estimated_seconds=seconds,
-        estimate_basis=basis,
-        success_criteria=success_criteria(all_files, last_run, short_target),
-        tasks=tasks(settings, short_base, short_target, rollback_point, baseline),
-        downgrade=downgrade,
+        estimated_seconds=past.seconds,
+        estimate_basis=past.basis,
+        success_criteria=success_criteria(all_files, past.last_run, short_target),
+        tasks=deploy_tasks(settings, short_base, short_target, rollback_point, past.baseline),
+        downgrade=between.downgrade,
     )

@@ -30,7 +30,7 @@ from pipeline import preflight, validation
 from pipeline.config import Settings
 from pipeline.git import Git
 from pipeline.keyspace import TargetKeys
-from pipeline.planning import Plan
+from pipeline.plans import Plan
 from pipeline.requests import Request
 from pipeline.snapshots import Sandbox
 from pipeline.targets import Target

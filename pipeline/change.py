@@ -17,11 +17,13 @@ from typing import Any, Protocol
 
 import redis
 
+from pipeline.changes import changed_files
 from pipeline.config import Settings
 from pipeline.exceptions import LLMError, UpdateFailed
 from pipeline.git import Git
 from pipeline.llm.scope import Scope, check_scope
-from pipeline.planning import Plan, changed_files, import_graph
+from pipeline.planning import import_graph
+from pipeline.plans import Plan
 from pipeline.requests import Request, RequestStore
 from pipeline.retries import transient
 from pipeline.snapshots import Sandbox

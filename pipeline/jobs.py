@@ -23,7 +23,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.exceptions import UpdateFailed
 from pipeline.git import Git
 from pipeline.locking import Heartbeat
-from pipeline.planning import Plan
+from pipeline.plans import Plan
 from pipeline.preflight import tests_at, update_sandbox
 from pipeline.records import TestRecord
 from pipeline.recovery import recover_abandoned

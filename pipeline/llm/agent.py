@@ -13,20 +13,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
 from pipeline.config import Settings
-from pipeline.exceptions import LLMError
 from pipeline.git import Git
 from pipeline.imports import ImportGraph
 from pipeline.llm import prompts, repomap
-from pipeline.llm.client import Claude
-from pipeline.llm.planner import CACHE, REQUEST_RESERVE, mark_last
+from pipeline.llm.client import Claude, Reply
 from pipeline.llm.scope import protected_allowed
 from pipeline.llm.tools import SandboxFiles
-from pipeline.planning import Plan
+from pipeline.llm.turns import Done, converse, text, tool, tool_result
+from pipeline.plans import Plan
 from pipeline.redaction import redact
 from pipeline.requests import Request
 
@@ -35,15 +34,12 @@ log = structlog.get_logger(__name__)
 AGENT_OUTPUT = 16_000
 MAX_SUMMARY = 500
 
-FINISH: dict[str, Any] = {
-    "name": "finish",
-    "description": "Say the change is complete (the tests pass), with a short summary.",
-    "input_schema": {
-        "type": "object",
-        "properties": {"summary": {"type": "string", "maxLength": MAX_SUMMARY}},
-        "required": ["summary"],
-    },
-}
+FINISH = tool(
+    "finish",
+    "Say the change is complete (the tests pass), with a short summary.",
+    {"summary": {"type": "string", "maxLength": MAX_SUMMARY}},
+    ["summary"],
+)
 
 
 @dataclass
@@ -84,17 +80,9 @@ def implement(
         500,
         settings.llm_prompt_budget
         - repomap.estimate_tokens(prompts.IMPLEMENTER + json.dumps(tools))
-        - REQUEST_RESERVE,
+        - prompts.REQUEST_RESERVE,
     )
     drawn = repomap.build(Git(root), plan.base_commit, graph, budget)
-    system: list[dict[str, Any]] = [
-        {"type": "text", "text": prompts.IMPLEMENTER},
-        {
-            "type": "text",
-            "text": prompts.fence("repository map", drawn.text),
-            "cache_control": CACHE,
-        },
-    ]
     intro = (
         "Write this approved change. The approved plan and the original request follow. "
         "When the tests pass, call finish."
@@ -106,57 +94,58 @@ def implement(
             prompts.request_blocks(request.text, request.answers),
         ]
     )
-    messages: list[dict[str, Any]] = [{"role": "user", "content": [{"type": "text", "text": body}]}]
-    known = tuple(settings.secrets())
-    calls = refused = 0
     with open(log_path, "a", encoding="utf-8") as trail:
-        for turn in range(1, settings.llm_max_turns + 1):
-            guard()
-            if turn > 1:
-                mark_last(messages)
-            reply = claude.send(
-                system=system,
-                messages=messages,
-                tools=tools,
-                tool_choice={"type": "auto"},
-                max_output=AGENT_OUTPUT,
-            )
-            messages.append({"role": "assistant", "content": reply.content})
-            uses = reply.tool_uses()
-            if not uses:
-                if reply.stop_reason == "max_tokens":
-                    note = "Your answer was cut at the output limit: work in smaller steps."
-                    messages.append({"role": "user", "content": [{"type": "text", "text": note}]})
-                    continue
-                summary = redact(reply.text()[:MAX_SUMMARY], known) or "done"
-                return Implemented(summary, turn, calls, refused, files)
-            results: list[dict[str, Any]] = []
-            finished: str | None = None
-            for use in uses:
-                if use["name"] == "finish":
-                    given = use["input"].get("summary")
-                    finished = " ".join(str(given or "done").split())[:MAX_SUMMARY]
-                    results.append(_result(use, "finished"))
-                    continue
-                outcome = files.call(use["name"], use["input"])
-                calls += 1
-                refused += outcome.is_error
-                _log_call(trail, turn, use, outcome.content, outcome.is_error, known)
-                results.append(_result(use, outcome.content, error=outcome.is_error))
-            if finished is not None:
-                return Implemented(redact(finished, known), turn, calls, refused, files)
-            messages.append({"role": "user", "content": results})
-    raise LLMError(
-        f"implementation did not finish within {settings.llm_max_turns} model calls "
-        "(MOLT_LLM_MAX_TURNS)"
-    )
+        work = _Work(files, trail, tuple(settings.secrets()))
+        return converse(
+            claude,
+            system=prompts.with_map(prompts.IMPLEMENTER, drawn.text),
+            messages=[{"role": "user", "content": [text(body)]}],
+            tools=tools,
+            tool_choice={"type": "auto"},
+            max_output=AGENT_OUTPUT,
+            limit=settings.llm_max_turns,
+            respond=work.respond,
+            what="implementation",
+            setting="MOLT_LLM_MAX_TURNS",
+            before=guard,
+        )
 
 
-def _result(use: dict[str, Any], content: str, *, error: bool = False) -> dict[str, Any]:
-    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": use["id"], "content": content}
-    if error:
-        block["is_error"] = True
-    return block
+@dataclass
+class _Work:
+    """The implementer's side of the conversation: it runs the tools and counts the calls."""
+
+    files: SandboxFiles
+    trail: TextIO  # implement.log
+    known: tuple[str, ...]  # secrets to redact
+    calls: int = 0
+    refused: int = 0
+
+    def respond(self, turn: int, reply: Reply) -> Done[Implemented] | list[dict[str, Any]]:
+        uses = reply.tool_uses()
+        if not uses:
+            if reply.stop_reason == "max_tokens":
+                return [text("Your answer was cut at the output limit: work in smaller steps.")]
+            return self._done(turn, redact(reply.text()[:MAX_SUMMARY], self.known) or "done")
+        results: list[dict[str, Any]] = []
+        finished: str | None = None
+        for use in uses:
+            if use["name"] == "finish":
+                given = use["input"].get("summary")
+                finished = " ".join(str(given or "done").split())[:MAX_SUMMARY]
+                results.append(tool_result(use, "finished"))
+                continue
+            outcome = self.files.call(use["name"], use["input"])
+            self.calls += 1
+            self.refused += outcome.is_error
+            _log_call(self.trail, turn, use, outcome.content, outcome.is_error, self.known)
+            results.append(tool_result(use, outcome.content, error=outcome.is_error))
+        if finished is not None:
+            return self._done(turn, redact(finished, self.known))
+        return results
+
+    def _done(self, turn: int, summary: str) -> Done[Implemented]:
+        return Done(Implemented(summary, turn, self.calls, self.refused, self.files))
 
 
 def _log_call(

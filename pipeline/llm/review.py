@@ -12,9 +12,9 @@ from typing import Any
 from pipeline.config import Settings
 from pipeline.llm import prompts
 from pipeline.llm.client import Claude
-from pipeline.llm.planner import CACHE
 from pipeline.llm.scope import Scope
-from pipeline.planning import Plan
+from pipeline.llm.turns import text, tool
+from pipeline.plans import Plan
 from pipeline.redaction import redact
 from pipeline.requests import Request
 
@@ -23,23 +23,20 @@ MAX_REASONS = 10
 #: The diff shown, in characters of the prompt budget (3 characters a token, see repomap).
 DIFF_SHARE = 0.6
 
-SUBMIT_REVIEW: dict[str, Any] = {
-    "name": "submit_review",
-    "description": "Say whether the diff does what the approved plan says, and why.",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "verdict": {"type": "string", "enum": ["approve", "reject"]},
-            "reasons": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_REASONS,
-                "items": {"type": "string", "maxLength": 400},
-            },
+SUBMIT_REVIEW = tool(
+    "submit_review",
+    "Say whether the diff does what the approved plan says, and why.",
+    {
+        "verdict": {"type": "string", "enum": ["approve", "reject"]},
+        "reasons": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": MAX_REASONS,
+            "items": {"type": "string", "maxLength": 400},
         },
-        "required": ["verdict", "reasons"],
     },
-}
+    ["verdict", "reasons"],
+)
 
 
 @dataclass(frozen=True)
@@ -73,8 +70,8 @@ def review(
         ]
     )
     reply = claude.send(
-        system=[{"type": "text", "text": prompts.REVIEWER, "cache_control": CACHE}],
-        messages=[{"role": "user", "content": [{"type": "text", "text": body}]}],
+        system=[{"type": "text", "text": prompts.REVIEWER, "cache_control": prompts.CACHE}],
+        messages=[{"role": "user", "content": [text(body)]}],
         tools=[SUBMIT_REVIEW],
         tool_choice={"type": "tool", "name": SUBMIT_REVIEW["name"]},
         max_output=REVIEW_OUTPUT,

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.changes import protected_paths
 from pipeline.exceptions import GitError
 from pipeline.git import Git
 from pipeline.llm.prompts import fence
-from pipeline.planning import protected_paths
 from pipeline.redaction import MASK, redact
 from pipeline.validation import run_tests
 

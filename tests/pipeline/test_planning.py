@@ -17,7 +17,8 @@ from pipeline.config import Settings, load_settings
 from pipeline.exceptions import PlanningError
 from pipeline.git import Git
 from pipeline.imports import ImportGraph, module_name, parse_imports
-from pipeline.planning import Plan, plan_deploy
+from pipeline.planning import plan_deploy
+from pipeline.plans import Plan
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -335,11 +336,6 @@ def test_touching_a_protected_path_is_high_risk_and_names_it(
     assert plan.protected == [".ci/run"]
     assert plan.risk["level"] == "high"
     assert "touches protected path .ci/run" in plan.risk["reasons"]
-
-
-def test_molts_own_safety_modules_and_secrets_are_protected() -> None:
-    paths = ["pipeline/approval.py", "deploy/id_rsa", "certs/site.pem", ".env.prod", "app.py"]
-    assert planning.protected_paths(paths) == paths[:4]
 
 
 def test_more_than_twenty_files_is_medium_risk(

@@ -18,7 +18,7 @@ from pipeline.git import Git
 from pipeline.imports import read_graph
 from pipeline.llm import agent
 from pipeline.llm.client import Claude
-from pipeline.planning import Plan
+from pipeline.plans import Plan
 from pipeline.requests import Origin, Request
 from tests.conversations import planned
 from tests.fakes.anthropic import FakeAnthropic, reply, text, tool

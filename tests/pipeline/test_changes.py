@@ -1,0 +1,10 @@
+"""What changes between two commits: which paths are protected."""
+
+from __future__ import annotations
+
+from pipeline import changes
+
+
+def test_molts_own_safety_modules_and_secrets_are_protected() -> None:
+    paths = ["pipeline/approval.py", "deploy/id_rsa", "certs/site.pem", ".env.prod", "app.py"]
+    assert changes.protected_paths(paths) == paths[:4]

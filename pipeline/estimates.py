@@ -32,7 +32,7 @@ def last_test_run(target: Target, commit: str) -> dict[str, float]:
 
 def estimate(target: Target, last_run: dict[str, float]) -> tuple[float | None, str]:
     """How long the update should take, and what the guess rests on."""
-    durations = target.durations.recent()[:RECENT_DURATIONS]
+    durations = target.durations.recent(RECENT_DURATIONS)
     if durations:
         basis = (
             "the last update"

@@ -71,5 +71,15 @@ class Durations:
         self.conn.lpush(self.key, f"{seconds:.3f}")
         self.conn.ltrim(self.key, 0, KEEP_DURATIONS - 1)
 
-    def recent(self) -> list[float]:
-        return [float(v) for v in self.conn.lrange(self.key, 0, -1)]
+    def recent(self, count: int = KEEP_DURATIONS) -> list[float]:
+        """The newest ``count`` entries that are durations at all (others are skipped)."""
+        found = (_seconds(v) for v in self.conn.lrange(self.key, 0, count - 1))
+        return [n for n in found if n is not None]
+
+
+def _seconds(value: object) -> float | None:
+    try:
+        number = float(value.decode() if isinstance(value, bytes) else str(value))
+    except ValueError:
+        return None
+    return number if 0 <= number < float("inf") else None

@@ -17,6 +17,7 @@ from pipeline.config import Settings, load_settings
 from pipeline.exceptions import PlanningError
 from pipeline.git import Git
 from pipeline.imports import ImportGraph, module_name, parse_imports
+from pipeline.keyspace import TargetKeys
 from pipeline.planning import plan_deploy
 from pipeline.plans import Plan
 
@@ -399,7 +400,7 @@ def test_estimate_is_the_median_of_recent_update_durations(
     dev.branch("timed")
     dev.commit("Timed", {"pkg/core.py": "VERSION = 5\n"})
     dev.push("timed")
-    key = f"molt:durations:{settings.target_id}"
+    key = TargetKeys(settings.target_id).durations
     conn.rpush(key, "30", "10", "20", "oops", *(["900"] * 10))
 
     plan = plan_deploy(settings, conn, "timed")

@@ -1,0 +1,20 @@
+"""Molt's front ends: platform input in, platform messages out. Nothing here knows git, RQ
+or tests; the work is pipeline/'s.
+
+One request, module by module, in the order it meets them:
+
+1. ``cli`` is the ``molt`` command; ``molt run`` starts the bot (``app``): its adapters, the
+   desk, the notifier, the workers it supervises and housekeeping. The HTTP server
+   (``server``: /slack/events, /healthz, /metrics) runs in a process of its own and hands
+   what arrives to the bot through ``inbox``.
+2. An adapter behind the small interface in ``base`` (``console``, ``slack/``,
+   ``discord/``) parses the platform's input, acks within the platform's limit and calls
+   the ``desk``.
+3. The ``desk`` reads the command with the one grammar of every front end (``commands``)
+   and does the work on its own threads: intake, approval, operator controls.
+4. Workers never talk to a platform: every step is an event on a Redis Stream. The
+   ``notifier`` reads it and acknowledges each event only once it is shown.
+5. Each event is rendered from templates/ (``rendering``) into one platform-neutral
+   ``messages.Message``, which the adapter turns into Block Kit, a Discord embed or console
+   text, cut to the platform's limits by ``fitting``.
+"""

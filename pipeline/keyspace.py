@@ -25,69 +25,50 @@ are named by the module that owns them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+#: Attribute of ``TargetKeys`` → its key; ``{id}`` is the target's id.
+FORMATS = {
+    "lock": "molt:lock:{id}",
+    "queue": "molt:queue:{id}",
+    "durations": "molt:durations:{id}",
+    "started": "molt:started:{id}",
+    "paused": "molt:paused:{id}",
+    "stop": "molt:stop:{id}",
+    "releases": "molt:releases:{id}",
+    "highest_release": "molt:releases:{id}:highest",
+    "boot": "molt:boot:{id}",
+    "starts": "molt:boot:{id}:starts",
+    "good_starts": "molt:boot:{id}:good",
+    "guard_rollback": "molt:boot:{id}:rollback",
+}
 
 
 @dataclass(frozen=True)
 class TargetKeys:
     target_id: str
+    lock: str = field(init=False)
+    queue: str = field(init=False)
+    durations: str = field(init=False)
+    started: str = field(init=False)
+    paused: str = field(init=False)
+    stop: str = field(init=False)
+    releases: str = field(init=False)
+    highest_release: str = field(init=False)
+    boot: str = field(init=False)
+    starts: str = field(init=False)
+    good_starts: str = field(init=False)
+    guard_rollback: str = field(init=False)
 
-    def _key(self, kind: str, *more: str) -> str:
-        return ":".join(("molt", kind, self.target_id, *more))
-
-    @property
-    def lock(self) -> str:
-        return self._key("lock")
-
-    @property
-    def queue(self) -> str:
-        return self._key("queue")
-
-    @property
-    def durations(self) -> str:
-        return self._key("durations")
+    def __post_init__(self) -> None:
+        for name, key in FORMATS.items():
+            object.__setattr__(self, name, key.format(id=self.target_id))
 
     def tests(self, commit: str) -> str:
-        return self._key("tests", commit)
+        return f"molt:tests:{self.target_id}:{commit}"
 
     def imports(self, commit: str) -> str:
-        return self._key("imports", commit)
-
-    @property
-    def started(self) -> str:
-        return self._key("started")
-
-    @property
-    def paused(self) -> str:
-        return self._key("paused")
-
-    @property
-    def stop(self) -> str:
-        return self._key("stop")
-
-    @property
-    def releases(self) -> str:
-        return self._key("releases")
-
-    @property
-    def highest_release(self) -> str:
-        return self._key("releases", "highest")
-
-    @property
-    def boot(self) -> str:
-        return self._key("boot")
-
-    @property
-    def starts(self) -> str:
-        return self._key("boot", "starts")
+        return f"molt:imports:{self.target_id}:{commit}"
 
     def start(self, start_id: str) -> str:
-        return self._key("boot", "start", start_id)
-
-    @property
-    def good_starts(self) -> str:
-        return self._key("boot", "good")
-
-    @property
-    def guard_rollback(self) -> str:
-        return self._key("boot", "rollback")
+        return f"molt:boot:{self.target_id}:start:{start_id}"

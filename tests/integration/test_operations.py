@@ -298,7 +298,10 @@ def test_audit_verify_names_the_first_broken_entry(
     molt.stop()
     intact = _cli(molt_env, tmp_path, "audit", "verify")
     assert intact.returncode == 0 and "audit chain intact" in intact.stdout
-    conn = redis.Redis(unix_socket_path=str(store.socket_path(data_dir)), decode_responses=True)
+    # Every Molt process has stopped, and the embedded Redis with them: tamper with the
+    # trail it kept on disk, through a server started again on the same data.
+    sock = store.ensure_embedded(data_dir)
+    conn = redis.Redis(unix_socket_path=str(sock), decode_responses=True)
     entry = json.loads(conn.lindex("molt:audit", 2) or "{}")
     entry["actor"] = "console:mallory"
     conn.lset("molt:audit", 2, json.dumps(entry, sort_keys=True))

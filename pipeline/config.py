@@ -53,6 +53,10 @@ def config_file() -> Path:
     return Path(os.environ.get("MOLT_CONFIG", "molt.toml"))
 
 
+#: MOLT_TEST_COMMAND when unset; Molt's own suite runs in parallel, the way scripts/test runs it.
+DEFAULT_TEST_COMMAND = "python -m pytest -q"
+SELF_TEST_COMMAND = "python -m pytest -q -n 2"
+
 #: How much Molt does on its own (MOLT_AUTONOMY); see pipeline/autonomy.py.
 AUTONOMY_MODES = ("observe", "assisted", "semi", "auto")
 
@@ -64,7 +68,7 @@ class Settings(BaseSettings):
     redis_url: str | None = _var("REDIS_URL")
     target_dir: Path = _var("MOLT_TARGET_DIR", MOLT_HOME)
     target_remote: str = _var("MOLT_TARGET_REMOTE", "origin", min_length=1)
-    test_command: str = _var("MOLT_TEST_COMMAND", "python -m pytest -q", min_length=1)
+    test_command: str = _var("MOLT_TEST_COMMAND", "", min_length=1, validate_default=False)
     restart_command: str | None = _var("MOLT_RESTART_COMMAND")
     health_command: str | None = _var("MOLT_HEALTH_COMMAND")
     phase_timeout: float = _var("MOLT_PHASE_TIMEOUT", 900.0, gt=0)
@@ -206,6 +210,9 @@ class Settings(BaseSettings):
 
     def model_post_init(self, __context: Any) -> None:
         # Fill the defaults that depend on other fields; the model is frozen.
+        if not self.test_command:
+            default = SELF_TEST_COMMAND if self.manages_itself else DEFAULT_TEST_COMMAND
+            object.__setattr__(self, "test_command", default)
         if not self.console_user:
             object.__setattr__(self, "console_user", _login_name())
         if not self.authorised_users:

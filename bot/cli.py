@@ -205,7 +205,7 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"molt: {exc}", file=sys.stderr)
         return 1
-    if verdict.ok:
+    if verdict.allowed:
         print(f"✓ {verdict.reason}")
         return 0
     print(f"✗ {verdict.reason}", file=sys.stderr)
@@ -223,7 +223,7 @@ def cmd_release_rollback(args: argparse.Namespace) -> int:
     if origin is None:
         return 1
     verdict = rollbacks.operator_rollback(settings, conn, args.codename, origin.principal)
-    if not verdict.ok:
+    if not verdict.allowed:
         print(f"molt: {verdict.reason}", file=sys.stderr)
         return 1
     print(f"✓ {verdict.reason}. Start Molt (or restart it) to run it.")

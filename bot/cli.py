@@ -156,9 +156,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     origin = _operator(settings, conn, "rollback")
     if origin is None:
         return 1
-    planned = control.rollback(settings, conn, origin, args.codename or "")
-    if isinstance(planned, str):
-        print(f"molt: {planned}", file=sys.stderr)
+    asked = control.rollback(settings, conn, origin, args.codename or "")
+    planned = asked.request
+    if planned is None:
+        print(f"molt: {asked.reason}", file=sys.stderr)
         return 1
     shown = {"autonomy": settings.autonomy, "expires_in": settings.plan_ttl}
     _print(template_for(planned.state) or "failure", **planned.context(), **shown)

@@ -24,6 +24,7 @@ from bot.commands import HELP, OPERATOR_VERBS, Command, parse
 from bot.rendering import refusal_line, render
 from pipeline import approval, audit, authorisation, control, intake
 from pipeline.config import Settings
+from pipeline.decisions import Decision
 from pipeline.exceptions import UnknownRequest
 from pipeline.requests import Origin, RequestStore
 from pipeline.states import RequestState as S
@@ -159,9 +160,9 @@ class Desk(Front):
 
     def _rollback(self, origin: Origin, command: Command) -> None:
         """Return to the release before an update, as a deploy of its rollback point."""
-        planned = control.rollback(self.settings, self.conn, origin, command.argument)
-        if isinstance(planned, str):
-            self._reply(origin, "not_allowed", reason=planned)
+        asked = control.rollback(self.settings, self.conn, origin, command.argument)
+        if not asked:
+            self._reply(origin, "not_allowed", reason=asked.reason)
 
     def _revise(self, origin: Origin, request_id: str, note: str) -> None:
         self._on_request(origin, request_id, "revise", intake.revise, note)
@@ -191,7 +192,7 @@ class Desk(Front):
         origin: Origin,
         request_id: str,
         action: str,
-        step: Callable[..., authorisation.Decision],
+        step: Callable[..., Decision],
         text: str,
     ) -> None:
         """Run ``step`` on an existing request; a refusal is told to that person alone."""

@@ -23,7 +23,7 @@ from pipeline.manifests import Manifest, ReleaseKind
 from pipeline.requests import Origin, RequestStore
 from pipeline.rollbacks import operator_rollback
 from pipeline.trees import check_tree, tree_hash_at
-from pipeline.verification import Problem, verify_checkout
+from pipeline.verification import Problem, Verdict, verify_checkout
 from tests.support import ServiceRepo, git
 
 
@@ -71,6 +71,14 @@ def test_the_first_check_records_a_signed_baseline_and_audits_it(
     assert entry["detail"]["commit"] == service.live_head()
     again = verify_checkout(settings, conn, baseline=True)
     assert again.allowed and not again.baseline and "tracked files are intact" in again.reason
+
+
+def test_a_verdict_names_its_problem_as_its_check_and_takes_its_details_by_name() -> None:
+    refused = Verdict(False, "downgrade refused", problem=Problem.DOWNGRADE, highest=2)
+    assert not refused and refused.check == "release:downgrade"
+    assert Verdict(True, "verified").check == "release"
+    with pytest.raises(TypeError):
+        Verdict(False, "downgrade refused", Problem.DOWNGRADE)  # type: ignore[call-arg]
 
 
 def test_the_key_is_created_once_readable_only_by_its_owner(settings: Settings) -> None:

@@ -156,9 +156,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     origin = _operator(settings, conn, "rollback")
     if origin is None:
         return 1
-    planned = control.rollback(settings, conn, origin, args.codename or "")
-    if isinstance(planned, str):
-        print(f"molt: {planned}", file=sys.stderr)
+    asked = control.rollback(settings, conn, origin, args.codename or "")
+    planned = asked.request
+    if planned is None:
+        print(f"molt: {asked.reason}", file=sys.stderr)
         return 1
     shown = {"autonomy": settings.autonomy, "expires_in": settings.plan_ttl}
     _print(template_for(planned.state) or "failure", **planned.context(), **shown)
@@ -205,7 +206,7 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"molt: {exc}", file=sys.stderr)
         return 1
-    if verdict.ok:
+    if verdict.allowed:
         print(f"✓ {verdict.reason}")
         return 0
     print(f"✗ {verdict.reason}", file=sys.stderr)
@@ -223,7 +224,7 @@ def cmd_release_rollback(args: argparse.Namespace) -> int:
     if origin is None:
         return 1
     verdict = rollbacks.operator_rollback(settings, conn, args.codename, origin.principal)
-    if not verdict.ok:
+    if not verdict.allowed:
         print(f"molt: {verdict.reason}", file=sys.stderr)
         return 1
     print(f"✓ {verdict.reason}. Start Molt (or restart it) to run it.")

@@ -24,6 +24,7 @@ from bot.commands import HELP, OPERATOR_VERBS, Command, parse
 from bot.rendering import refusal_line, render
 from pipeline import approval, audit, authorisation, control, intake
 from pipeline.config import Settings
+from pipeline.decisions import Decision
 from pipeline.exceptions import UnknownRequest
 from pipeline.requests import Origin, RequestStore
 from pipeline.states import RequestState as S
@@ -110,58 +111,75 @@ class Desk(Front):
 
     def _say(self, origin: Origin, text: str) -> None:
         command = parse(text)
-        if command.verb == "invalid":
-            self._reply(origin, "help", message=command.error, help_lines=HELP)
-        elif command.verb == "help":
-            self._reply(origin, "help", help_lines=HELP)
-        elif command.verb in OPERATOR_VERBS:
-            self._operate(origin, command)
-        elif command.verb == "answer":
-            self._answer_newest(origin, command.argument)
-        else:
-            intake.submit(
-                self.settings, self.conn, origin, command.verb, command.argument, command.text
-            )
-
-    def _operate(self, origin: Origin, command: Command) -> None:
-        principal = origin.principal
-        allowed = authorisation.may_operate(self.settings, origin)
-        if not allowed:
-            audit.append(
-                self.conn,
-                actor=principal,
-                action="operator_refused",
-                detail={"command": command.verb, "reason": allowed.reason},
-            )
-            line = refusal_line(self.settings.refusal_theme, f"{principal}:{command.text}")
-            self._reply(origin, "refused", refusal_line=line, message=allowed.reason)
+        if command.verb in OPERATOR_VERBS and not self._may_operate(origin, command):
             return
-        settings, conn = self.settings, self.conn
-        if command.verb == "status":
-            self._reply(origin, "status", **control.status(settings, conn))
-        elif command.verb == "queue":
-            self._reply(origin, "queue", requests=control.waiting(settings, conn))
-        elif command.verb == "history":
-            self._reply(origin, "history", requests=control.history(conn))
-        elif command.verb == "review":
-            pending = control.pending(settings, conn)
-            self._reply(origin, "review", requests=pending, autonomy=settings.autonomy)
-        elif command.verb == "pause":
-            self._reply(
-                origin, "status", message=control.pause(settings, conn, principal), paused=True
-            )
-        elif command.verb == "resume":
-            self._reply(origin, "status", message=control.resume(settings, conn, principal))
-        elif command.verb == "stop":
-            self._reply(origin, "status", message=control.stop(settings, conn, principal))
-        elif command.verb == "rollback":
-            self._rollback(origin, command)
+        BY_VERB.get(command.verb, Desk._ask)(self, origin, command)
+
+    def _may_operate(self, origin: Origin, command: Command) -> bool:
+        """Operators only: anyone else is answered with a themed refusal, and audited."""
+        allowed = authorisation.may_operate(self.settings, origin)
+        if allowed:
+            return True
+        principal = origin.principal
+        audit.append(
+            self.conn,
+            actor=principal,
+            action="operator_refused",
+            detail={"command": command.verb, "reason": allowed.reason},
+        )
+        line = refusal_line(self.settings.refusal_theme, f"{principal}:{command.text}")
+        self._reply(origin, "refused", refusal_line=line, message=allowed.reason)
+        return False
+
+    # -- one handler per verb (the table BY_VERB, below the class) -------------
+
+    def _ask(self, origin: Origin, command: Command) -> None:
+        """``deploy <ref>`` or a change in words: a new request."""
+        intake.submit(
+            self.settings, self.conn, origin, command.verb, command.argument, command.text
+        )
+
+    def _help(self, origin: Origin, command: Command) -> None:
+        self._reply(origin, "help", help_lines=HELP)
+
+    def _invalid(self, origin: Origin, command: Command) -> None:
+        self._reply(origin, "help", message=command.error, help_lines=HELP)
+
+    def _answer_command(self, origin: Origin, command: Command) -> None:
+        self._answer_newest(origin, command.argument)
+
+    def _status(self, origin: Origin, command: Command) -> None:
+        self._reply(origin, "status", **control.status(self.settings, self.conn))
+
+    def _queue(self, origin: Origin, command: Command) -> None:
+        self._reply(origin, "queue", requests=control.waiting(self.settings, self.conn))
+
+    def _history(self, origin: Origin, command: Command) -> None:
+        self._reply(origin, "history", requests=control.history(self.conn))
+
+    def _review(self, origin: Origin, command: Command) -> None:
+        pending = control.pending(self.settings, self.conn)
+        self._reply(origin, "review", requests=pending, autonomy=self.settings.autonomy)
+
+    def _pause(self, origin: Origin, command: Command) -> None:
+        said = control.pause(self.settings, self.conn, origin.principal)
+        self._reply(origin, "status", message=said, paused=True)
+
+    def _resume(self, origin: Origin, command: Command) -> None:
+        said = control.resume(self.settings, self.conn, origin.principal)
+        self._reply(origin, "status", message=said)
+
+    def _stop(self, origin: Origin, command: Command) -> None:
+        said = control.stop(self.settings, self.conn, origin.principal)
+        self._reply(origin, "status", message=said)
 
     def _rollback(self, origin: Origin, command: Command) -> None:
         """Return to the release before an update, as a deploy of its rollback point."""
-        planned = control.rollback(self.settings, self.conn, origin, command.argument)
-        if isinstance(planned, str):
-            self._reply(origin, "not_allowed", reason=planned)
+        asked = control.rollback(self.settings, self.conn, origin, command.argument)
+        if not asked:
+            self._reply(origin, "not_allowed", reason=asked.reason)
+
+    # -- answers on an existing request ----------------------------------------
 
     def _revise(self, origin: Origin, request_id: str, note: str) -> None:
         self._on_request(origin, request_id, "revise", intake.revise, note)
@@ -191,25 +209,26 @@ class Desk(Front):
         origin: Origin,
         request_id: str,
         action: str,
-        step: Callable[..., authorisation.Decision],
+        step: Callable[..., Decision],
         text: str,
     ) -> None:
         """Run ``step`` on an existing request; a refusal is told to that person alone."""
-        try:
-            self.store.get(request_id)
-        except UnknownRequest:
-            self._reply(origin, "not_allowed", reason=f"no request {request_id!r}")
+        if not self._known(origin, request_id):
             return
         decision = step(self.settings, self.conn, request_id, origin, text)
         if not decision:
-            self.store.notify(
-                request_id,
-                "not_allowed",
-                actor=origin.principal,
-                action=f"{action}_refused",
-                audience=origin.principal,
-                data={"reason": decision.reason},
-            )
+            self._refused(origin, request_id, action, decision)
+
+    def _refused(self, origin: Origin, request_id: str, action: str, decision: Decision) -> None:
+        """Tell the one who asked, and only them, why ``action`` on the request was refused."""
+        self.store.notify(
+            request_id,
+            "not_allowed",
+            actor=origin.principal,
+            action=f"{action}_refused",
+            audience=origin.principal,
+            data={"reason": decision.reason},
+        )
 
     def _home(self, origin: Origin) -> None:
         adapter = self.adapters.get(origin.platform)
@@ -221,12 +240,17 @@ class Desk(Front):
         }
         adapter.show_home(origin, render("home", context))
 
-    def _press(self, origin: Origin, action: str, request_id: str) -> None:
-        principal = origin.principal
+    def _known(self, origin: Origin, request_id: str) -> bool:
+        """Whether the request exists; if not, the one who asked is told so."""
         try:
             self.store.get(request_id)
         except UnknownRequest:
             self._reply(origin, "not_allowed", reason=f"no request {request_id!r}")
+            return False
+        return True
+
+    def _press(self, origin: Origin, action: str, request_id: str) -> None:
+        if not self._known(origin, request_id):
             return
         if action == "approve":
             approval.approve(self.settings, self.conn, request_id, origin)
@@ -235,13 +259,24 @@ class Desk(Front):
         elif action == "retry":
             decision = intake.retry(self.settings, self.conn, request_id, origin)
             if not decision:
-                self.store.notify(
-                    request_id,
-                    "not_allowed",
-                    actor=principal,
-                    action="retry_refused",
-                    audience=principal,
-                    data={"reason": decision.reason},
-                )
+                self._refused(origin, request_id, "retry", decision)
         else:
             self._reply(origin, "not_allowed", reason=f"unknown button {action!r}")
+
+
+#: What each verb of the grammar (bot/commands.py) does; "invalid" is a command that did
+#: not parse, and any verb not here (``deploy``, a change in words) is a new request.
+#: Operator verbs (OPERATOR_VERBS) pass ``Desk._may_operate`` first.
+BY_VERB: dict[str, Callable[[Desk, Origin, Command], None]] = {
+    "help": Desk._help,
+    "invalid": Desk._invalid,
+    "answer": Desk._answer_command,
+    "status": Desk._status,
+    "queue": Desk._queue,
+    "history": Desk._history,
+    "review": Desk._review,
+    "pause": Desk._pause,
+    "resume": Desk._resume,
+    "stop": Desk._stop,
+    "rollback": Desk._rollback,
+}

@@ -5,6 +5,8 @@ nothing. Two clicks racing each other are settled by the state machine: the
 transition out of plan_ready succeeds once. Observe mode, a component switched
 off, the daily limit and a full queue refuse every approval, Molt's own included
 (MOLT_AUTONOMY=auto approves low-risk plans as ``molt:auto``; pipeline/autonomy.py).
+A refusal is a Decision whose check is "authorisation", "expired", "late", "queue-full",
+"autonomy" (not a plan Molt approves itself) or one of pipeline/autonomy.py's.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from contextlib import suppress
 import redis
 
 from pipeline import authorisation, autonomy, queueing
-from pipeline.authorisation import Decision
 from pipeline.config import Settings
+from pipeline.decisions import ALLOWED, Decision
 from pipeline.exceptions import IllegalTransition
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
@@ -25,25 +27,35 @@ _FROM_PLAN = frozenset({S.PLAN_READY})
 
 
 def _refuse(
-    store: RequestStore, request: Request, principal: str, action: str, reason: str
+    store: RequestStore, request: Request, principal: str, action: str, decision: Decision
 ) -> Decision:
+    """Tell the one who clicked, and only them, why the click changed nothing."""
     store.notify(
         request.id,
         "not_allowed",
         actor=principal,
         action=f"{action}_refused",
         audience=principal,
-        data={"reason": reason},
+        data={"reason": decision.reason},
     )
-    return Decision(False, reason)
+    return decision
 
 
-def _late(request: Request) -> str:
+def _late(request: Request) -> Decision:
+    """Whether the plan still waits for its answer."""
+    return ALLOWED if request.state is S.PLAN_READY else _too_late(request)
+
+
+def _too_late(request: Request) -> Decision:
+    """The refusal of a click that came after the plan was answered (or, lost in a race
+    with a revision, after it was planned anew: then there is nothing more to say)."""
     if request.state is S.PLAN_READY:
-        return ""
+        return Decision(False, "", "late")
     if request.approver:
-        return f"this plan was already {request.state.value} by {request.approver}"
-    return f"this plan is {request.state.value}"
+        return Decision(
+            False, f"this plan was already {request.state.value} by {request.approver}", "late"
+        )
+    return Decision(False, f"this plan is {request.state.value}", "late")
 
 
 def _expire(
@@ -85,39 +97,33 @@ def expire_unanswered(settings: Settings, store: RequestStore, request: Request)
     return _expire(settings, store, request, S.NEEDS_INFO, request.updated_at, message)
 
 
-def refusal(settings: Settings, conn: redis.Redis, request: Request) -> str:
-    """Why no plan may be approved now, whoever approves it; "" if one may."""
-    held = autonomy.approval_refusal(settings, conn, request)
-    if held:
-        return held
+def approvable(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
+    """Whether any plan may be approved now, whoever approves it: the limits of
+    pipeline/autonomy.py, and room in the queue."""
+    limits = autonomy.limits_allow(settings, conn, request)
+    if not limits:
+        return limits
     waiting = queueing.waiting(settings, conn)
     if waiting >= settings.queue_max:
-        return f"the queue is full ({waiting} of MOLT_QUEUE_MAX={settings.queue_max}); try later"
-    return ""
+        return Decision(
+            False,
+            f"the queue is full ({waiting} of MOLT_QUEUE_MAX={settings.queue_max}); try later",
+            "queue-full",
+        )
+    return ALLOWED
 
 
 def approve_automatically(settings: Settings, conn: redis.Redis, request_id: str) -> Decision:
     """MOLT_AUTONOMY=auto: Molt approves a low-risk plan itself, audited as ``molt:auto``."""
     store = RequestStore(conn)
     request = store.get(request_id)
-    reason = _late(request) or refusal(settings, conn, request)
-    if not reason and not autonomy.approves_itself(settings, request.plan or {}):
-        reason = "only low-risk plans are approved by Molt itself"
-    if reason:
-        return Decision(False, reason)
-    try:
-        store.transition(
-            request_id,
-            S.APPROVED,
-            actor=autonomy.AUTO_APPROVER,
-            message="approved by Molt itself: a low-risk plan (MOLT_AUTONOMY=auto)",
-            fields={"approver": autonomy.AUTO_APPROVER},
-            allowed_from=_FROM_PLAN,
-        )
-    except IllegalTransition:
-        return Decision(False, _late(store.get(request_id)))
-    queueing.enqueue(settings, conn, request_id)
-    return authorisation.ALLOWED
+    decision = _late(request) and approvable(settings, conn, request)
+    if decision and not autonomy.approves_itself(settings, request.plan or {}):
+        decision = Decision(False, "only low-risk plans are approved by Molt itself", "autonomy")
+    if not decision:
+        return decision
+    message = "approved by Molt itself: a low-risk plan (MOLT_AUTONOMY=auto)"
+    return _approved(settings, conn, request_id, autonomy.AUTO_APPROVER, message)
 
 
 def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
@@ -125,51 +131,52 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
     request = store.get(request_id)
     principal = who.principal
     risk = (request.plan or {}).get("risk", {}).get("level", "low")
-    allowed = authorisation.may_approve(settings, who, request.requester, risk)
-    if not allowed:
-        return _refuse(store, request, principal, "approve", allowed.reason)
-    if expire_if_due(settings, store, request):
-        return _refuse(store, request, principal, "approve", "this plan has expired: ask again")
-    late = _late(request)
-    if late:
-        return _refuse(store, request, principal, "approve", late)
-    reason = refusal(settings, conn, request)
-    if reason:
-        return _refuse(store, request, principal, "approve", reason)
-    try:
-        store.transition(
-            request_id,
-            S.APPROVED,
-            actor=principal,
-            message=f"approved by {principal}",
-            fields={"approver": principal},
-            allowed_from=_FROM_PLAN,
-        )
-    except IllegalTransition:
-        return _refuse(store, request, principal, "approve", _late(store.get(request_id)))
-    queueing.enqueue(settings, conn, request_id)
-    return authorisation.ALLOWED
+    decision = authorisation.may_approve(settings, who, request.requester, risk)
+    if decision and expire_if_due(settings, store, request):
+        decision = Decision(False, "this plan has expired: ask again", "expired")
+    decision = decision and _late(request) and approvable(settings, conn, request)
+    if decision:
+        decision = _approved(settings, conn, request_id, principal, f"approved by {principal}")
+    if not decision:
+        return _refuse(store, request, principal, "approve", decision)
+    return decision
 
 
 def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     store = RequestStore(conn)
     request = store.get(request_id)
     principal = who.principal
-    allowed = authorisation.may_approve(settings, who, request.requester, "low")
-    if not allowed:
-        return _refuse(store, request, principal, "reject", allowed.reason)
-    late = _late(request)
-    if late:
-        return _refuse(store, request, principal, "reject", late)
+    decision = authorisation.may_approve(settings, who, request.requester, "low") and _late(request)
+    if decision:
+        decision = _answered(store, request_id, S.REJECTED, principal, f"rejected by {principal}")
+    if not decision:
+        return _refuse(store, request, principal, "reject", decision)
+    return decision
+
+
+def _approved(
+    settings: Settings, conn: redis.Redis, request_id: str, approver: str, message: str
+) -> Decision:
+    """Approve the plan and queue its update; a click that lost the race is told so."""
+    decision = _answered(RequestStore(conn), request_id, S.APPROVED, approver, message)
+    if decision:
+        queueing.enqueue(settings, conn, request_id)
+    return decision
+
+
+def _answered(
+    store: RequestStore, request_id: str, answer: S, approver: str, message: str
+) -> Decision:
+    """Move the plan out of plan_ready, once: the state machine settles two racing clicks."""
     try:
         store.transition(
             request_id,
-            S.REJECTED,
-            actor=principal,
-            message=f"rejected by {principal}",
-            fields={"approver": principal},
+            answer,
+            actor=approver,
+            message=message,
+            fields={"approver": approver},
             allowed_from=_FROM_PLAN,
         )
     except IllegalTransition:
-        return _refuse(store, request, principal, "reject", _late(store.get(request_id)))
-    return authorisation.ALLOWED
+        return _too_late(store.get(request_id))
+    return ALLOWED

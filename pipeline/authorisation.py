@@ -3,22 +3,11 @@ only: nothing a requester writes can change it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from pipeline.config import Settings
+from pipeline.decisions import ALLOWED, Decision
 from pipeline.requests import Origin
 
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str = ""
-
-    def __bool__(self) -> bool:
-        return self.allowed
-
-
-ALLOWED = Decision(True)
+CHECK = "authorisation"
 
 
 def _listed(who: Origin, entries: list[str]) -> bool:
@@ -28,18 +17,18 @@ def _listed(who: Origin, entries: list[str]) -> bool:
 def may_request(settings: Settings, who: Origin) -> Decision:
     if _listed(who, settings.authorised_users):
         return ALLOWED
-    return Decision(False, f"{who.principal} is not in MOLT_AUTHORISED_USERS")
+    return Decision(False, f"{who.principal} is not in MOLT_AUTHORISED_USERS", CHECK)
 
 
 def may_approve(settings: Settings, who: Origin, requester: str, risk: str) -> Decision:
     if not _listed(who, settings.approvers):
-        return Decision(False, "only approvers may approve or reject a plan")
+        return Decision(False, "only approvers may approve or reject a plan", CHECK)
     if risk == "high" and who.principal == requester:
-        return Decision(False, "a high-risk plan needs an approver other than its requester")
+        return Decision(False, "a high-risk plan needs an approver other than its requester", CHECK)
     return ALLOWED
 
 
 def may_operate(settings: Settings, who: Origin) -> Decision:
     if _listed(who, settings.operators):
         return ALLOWED
-    return Decision(False, "only operators may do that")
+    return Decision(False, "only operators may do that", CHECK)

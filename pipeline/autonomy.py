@@ -10,10 +10,11 @@ MOLT_AUTONOMY:
 Limits and switches, each checked at intake (the request ends blocked), at approval (the
 click is refused, the plan stays) and when an update is about to start (it ends failed):
 MOLT_MAX_CHANGES_PER_DAY, MOLT_ALLOW_DEPLOYS, MOLT_ALLOW_CHANGES, MOLT_ALLOW_GITHUB.
-A rollback (a request of command ``rollback``, pipeline/control.py; operators only) is
-exempt from the deploy switch and the daily limit: it returns to a release that ran
-before. MOLT_REQUIRE_TESTS is checked at pre-flight here and in every validation phase
-(pipeline/validation.py).
+Each answers with a Decision (pipeline/decisions.py) whose check is "observe", "switch",
+"daily limit" or "tests". A rollback (a request of command ``rollback``,
+pipeline/control.py; operators only) is exempt from the deploy switch and the daily
+limit: it returns to a release that ran before. MOLT_REQUIRE_TESTS is checked at
+pre-flight here and in every validation phase (pipeline/validation.py).
 
 Updates that began are counted in the target's ``started`` key (pipeline/keyspace.py).
 """
@@ -28,6 +29,7 @@ import redis
 
 from pipeline import preflight, validation
 from pipeline.config import Settings
+from pipeline.decisions import ALLOWED, Decision
 from pipeline.git import Git
 from pipeline.keyspace import TargetKeys
 from pipeline.plans import Plan
@@ -40,18 +42,22 @@ AUTO_APPROVER = "molt:auto"
 DAY_SECONDS = 86400
 
 
-def switched_off(settings: Settings, request: Request) -> str:
-    """The reason this kind of request is not taken, naming the setting; "" if it is."""
+def switched_on(settings: Settings, request: Request) -> Decision:
+    """Whether this kind of request is taken here; a refusal names the setting."""
     if request.origin.platform == "github" and not settings.allow_github:
-        return "requests from GitHub are switched off here (MOLT_ALLOW_GITHUB=false)"
+        return _switch("requests from GitHub are switched off here (MOLT_ALLOW_GITHUB=false)")
     if request.command == "deploy" and not settings.allow_deploys:
-        return (
+        return _switch(
             "deploys are switched off here (MOLT_ALLOW_DEPLOYS=false); "
             "operators can still `rollback`"
         )
     if not request.deploys and not settings.allow_changes:
-        return "change requests in words are switched off here (MOLT_ALLOW_CHANGES=false)"
-    return ""
+        return _switch("change requests in words are switched off here (MOLT_ALLOW_CHANGES=false)")
+    return ALLOWED
+
+
+def _switch(reason: str) -> Decision:
+    return Decision(False, reason, "switch")
 
 
 # -- the daily limit ----------------------------------------------------------------------------
@@ -71,61 +77,70 @@ def started_today(settings: Settings, conn: redis.Redis) -> int:
     return int(conn.zcount(key, time.time() - DAY_SECONDS, "+inf"))
 
 
-def over_daily_limit(settings: Settings, conn: redis.Redis, request: Request) -> str:
-    """Why no further update may start today, naming the setting; "" if one may."""
+def within_daily_limit(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
+    """Whether a further update may start today; a refusal names the setting."""
     limit = settings.max_changes_per_day
     if not limit or request.command == "rollback":
-        return ""
+        return ALLOWED
     key = TargetKeys(settings.target_id).started
     since = time.time() - DAY_SECONDS
     started = conn.zrangebyscore(key, since, "+inf", withscores=True)
     if len(started) < limit:
-        return ""
+        return ALLOWED
     # The window frees up when the oldest start still counted turns 24 hours old.
     oldest = float(started[len(started) - limit][1])
     free_at = datetime.fromtimestamp(oldest + DAY_SECONDS, UTC).strftime("%Y-%m-%d %H:%M UTC")
     updates = "update" if limit == 1 else "updates"
-    return (
+    return Decision(
+        False,
         f"the daily limit is reached (MOLT_MAX_CHANGES_PER_DAY={limit}): {len(started)} "
-        f"{updates} started in the last 24 hours; the next may start after {free_at}"
+        f"{updates} started in the last 24 hours; the next may start after {free_at}",
+        "daily limit",
     )
 
 
 # -- gates ----------------------------------------------------------------------------------------
 
 
-def observe_only(settings: Settings) -> str:
+def may_act(settings: Settings) -> Decision:
+    """Whether anything may run at all: not in observe mode."""
     if settings.autonomy == "observe":
-        return "Molt is in observe mode (MOLT_AUTONOMY=observe): plans are shown, nothing runs"
-    return ""
+        return Decision(
+            False,
+            "Molt is in observe mode (MOLT_AUTONOMY=observe): plans are shown, nothing runs",
+            "observe",
+        )
+    return ALLOWED
 
 
-def approval_refusal(settings: Settings, conn: redis.Redis, request: Request) -> str:
-    """Why a plan may not be approved now (by anyone), or ""."""
+def limits_allow(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
+    """Whether a plan may be approved now (by anyone): the mode, the switches, the limit."""
     return (
-        observe_only(settings)
-        or switched_off(settings, request)
-        or over_daily_limit(settings, conn, request)
+        may_act(settings)
+        and switched_on(settings, request)
+        and within_daily_limit(settings, conn, request)
     )
 
 
-def start_refusal(settings: Settings, conn: redis.Redis, request: Request) -> str:
-    """Why an approved update may not start (settings may have changed since), or ""."""
-    return approval_refusal(settings, conn, request)
+def may_start(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
+    """Whether an approved update may start (settings may have changed since approval)."""
+    return limits_allow(settings, conn, request)
 
 
-def tests_refusal(settings: Settings, conn: redis.Redis) -> str:
+def tests_countable(settings: Settings, conn: redis.Redis) -> Decision:
     """MOLT_REQUIRE_TESTS at pre-flight: the target's tests at its current commit must have
     reported at least one passing test that can be counted (pre-flight ran them)."""
     if not settings.require_tests:
-        return ""
+        return ALLOWED
     commit = Git(settings.target_dir).head()
     record = Target(settings, conn).tests.at(commit)
     if record is None or not record.passed or record.count:
-        return ""
-    return (
+        return ALLOWED
+    return Decision(
+        False,
         f"{validation.no_countable_tests(settings.test_command)} (at {commit[:7]}): "
-        "make the test command report its tests, or set MOLT_REQUIRE_TESTS=false"
+        "make the test command report its tests, or set MOLT_REQUIRE_TESTS=false",
+        "tests",
     )
 
 

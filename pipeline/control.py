@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
 from pipeline import audit, authorisation, autonomy, intake, queueing
 from pipeline.config import Settings
+from pipeline.decisions import Decision
 from pipeline.keyspace import TargetKeys
 from pipeline.manifests import ReleaseKind, running_version
 from pipeline.requests import Origin, Request, RequestStore
@@ -97,11 +99,17 @@ def _stop_ttl(settings: Settings) -> int:
     return int(settings.phase_timeout * 4 + settings.restart_timeout + settings.boot_timeout)
 
 
-def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) -> Request | str:
+@dataclass(frozen=True)
+class RollbackAsked(Decision):
+    """The answer to ``rollback``: allowed with the request it became, or why there was none."""
+
+    request: Request | None = field(default=None, kw_only=True)
+
+
+def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) -> RollbackAsked:
     """Plan a return to the release before an update (default: the last one that landed):
     a request of its own command, ``rollback``, planned as a deploy of the update's
-    rollback point, with the same pre-flight, approval, phases and restart.
-    Returns the request, or why there is nothing to roll back."""
+    rollback point, with the same pre-flight, approval, phases and restart."""
     store = RequestStore(conn)
     if token:
         update = store.find(token)
@@ -109,10 +117,11 @@ def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) 
         update = next((r for r in store.recent(50) if r.state is S.SUCCEEDED), None)
     if update is None or update.state is not S.SUCCEEDED or not update.plan:
         shown = f"successful update {token!r}" if token else "successful update"
-        return f"found no {shown} to roll back"
+        return RollbackAsked(False, f"found no {shown} to roll back", "rollback")
     base = str(update.plan.get("base_commit", ""))
     text = f"rollback {update.codename or update.id}"
-    return intake.submit(settings, conn, origin, "rollback", base, text)
+    asked = intake.submit(settings, conn, origin, "rollback", base, text)
+    return RollbackAsked(True, request=asked)
 
 
 def release_kind(settings: Settings, request: Request) -> ReleaseKind:

@@ -3,8 +3,11 @@ limits, approval, release verification, operator controls.
 
 A refusal is not a fault (pipeline/exceptions.py holds those): it is a ``Decision``
 whose ``allowed`` is false, whose ``reason`` is the sentence a person reads, and whose
-``check`` names what decided, in a form stable enough for the audit and for metrics
-("authorisation", "preflight:tests", "daily-limit", "release:downgrade").
+``check`` names what decided, in a form stable enough for the audit and for metrics:
+"authorisation", a pre-flight check's name ("clean checkout", "tests"), "switch",
+"daily limit", "observe", "queue-full", "late", "expired", "release:downgrade".
+Checks that may refuse in several ways are combined with ``and``: the first refusal, or
+the last (allowed) answer.
 """
 
 from __future__ import annotations

@@ -4,12 +4,17 @@
 their own threads, since pre-flight may run the target's tests (and, with
 MOLT_AUTONOMY=semi, phase 1 of a deploy). Under MOLT_AUTONOMY=auto a low-risk plan
 is approved by Molt itself as soon as it is ready (pipeline/autonomy.py).
+
+``advance`` runs named steps: the gates, pre-flight, planning. A refusal among them
+ends the request blocked, its data naming the Decision's check: "switch", "daily
+limit", "planner", the failing pre-flight check's name, or "tests".
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import redis
@@ -17,6 +22,7 @@ import structlog
 
 from pipeline import approval, authorisation, autonomy, planning, preflight
 from pipeline.config import Settings
+from pipeline.decisions import ALLOWED, Decision
 from pipeline.exceptions import MoltError, PlanningError
 from pipeline.redaction import redact
 from pipeline.requests import Origin, Request, RequestStore
@@ -27,6 +33,10 @@ MOLT = "molt"
 MAX_TEXT = 2000
 #: Questions, answers and asked changes one request may collect before it must start anew.
 MAX_FOLLOW_UPS = 8
+#: The answer once a request has collected MAX_FOLLOW_UPS.
+TOO_MANY_FOLLOW_UPS = Decision(
+    False, "this request has gone back and forth too often: ask again, in full", "follow-ups"
+)
 
 
 def submit(
@@ -44,9 +54,7 @@ def submit(
     return advance(settings, conn, request.id)
 
 
-def retry(
-    settings: Settings, conn: redis.Redis, request_id: str, who: Origin
-) -> authorisation.Decision:
+def retry(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     """Run a failed or blocked request again from pre-flight."""
     store = RequestStore(conn)
     request = store.get(request_id)
@@ -55,7 +63,7 @@ def retry(
     if not decision:
         return decision
     if request.state not in (S.FAILED, S.BLOCKED):
-        return authorisation.Decision(False, f"this request is {request.state.value}, not failed")
+        return Decision(False, f"this request is {request.state.value}, not failed", "state")
     try:
         store.transition(
             request_id,
@@ -72,92 +80,118 @@ def retry(
             allowed_from=frozenset({S.FAILED, S.BLOCKED}),
         )
     except MoltError:
-        return authorisation.Decision(False, "this request is already being retried")
+        return Decision(False, "this request is already being retried", "late")
     advance(settings, conn, request_id, checked=True)
-    return authorisation.ALLOWED
+    return ALLOWED
 
 
 def advance(
     settings: Settings, conn: redis.Redis, request_id: str, *, checked: bool = False
 ) -> Request:
     """Pre-flight and planning, ending in plan_ready, blocked or failed."""
-    store = RequestStore(conn)
     if not checked:
-        store.transition(request_id, S.PREFLIGHT, actor=MOLT, message="running pre-flight checks")
-    request = store.get(request_id)
-
-    def blocked(message: str, check: str, report: list[dict[str, Any]] | None = None) -> Request:
-        data: dict[str, Any] = {"check": check}
-        if report is not None:
-            data["checks"] = report
-        return store.transition(request_id, S.BLOCKED, actor=MOLT, message=message, data=data)
-
-    def checks() -> Request:
-        off = autonomy.switched_off(settings, request)
-        if off:
-            return blocked(off, "switch")
-        limit = autonomy.over_daily_limit(settings, conn, request)
-        if limit:
-            return blocked(limit, "daily limit")
-        if not request.deploys and not settings.llm_enabled:
-            return store.transition(
-                request_id,
-                S.BLOCKED,
-                actor=MOLT,
-                message="change requests in plain words need the LLM planner, which is not "
-                "configured (set ANTHROPIC_API_KEY); `deploy <ref>` works without it",
-                data={"check": "planner"},
-            )
-        started = time.monotonic()
-        results = preflight.run_preflight(settings, conn)
-        failed = next((r for r in results if not r.ok), None)
-        report = [{"name": r.name, "ok": r.ok, "detail": r.detail} for r in results]
-        if failed:
-            message = f"pre-flight check '{failed.name}' failed: {failed.detail}"
-            return blocked(message, failed.name, report)
-        untested = autonomy.tests_refusal(settings, conn)
-        if untested:
-            report.append({"name": "tests required", "ok": False, "detail": untested})
-            return blocked(f"pre-flight check 'tests required' failed: {untested}", "tests", report)
-        store.transition(
-            request_id,
-            S.PLANNING,
-            actor=MOLT,
-            message=f"pre-flight passed in {time.monotonic() - started:.1f}s; planning",
-            data={"checks": report},
+        RequestStore(conn).transition(
+            request_id, S.PREFLIGHT, actor=MOLT, message="running pre-flight checks"
         )
-        return make_plan(settings, conn, request_id)
-
-    return _finishing(store, request_id, checks)
+    return _finishing(settings, conn, request_id, _checked_and_planned)
 
 
 def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
     """Plan a request that is in ``planning``; ends in plan_ready, needs_info or failed."""
+    return _finishing(settings, conn, request_id, _plan)
+
+
+def _checked_and_planned(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
+    """The gates, then pre-flight; planning if all pass, else blocked by the one that refused."""
     store = RequestStore(conn)
+    gate = _gates(settings, conn, store.get(request_id))
+    if not gate:
+        return _blocked(store, request_id, gate)
+    started = time.monotonic()
+    checked, report = _preflight(settings, conn)
+    if not checked:
+        return _blocked(store, request_id, checked, report)
+    store.transition(
+        request_id,
+        S.PLANNING,
+        actor=MOLT,
+        message=f"pre-flight passed in {time.monotonic() - started:.1f}s; planning",
+        data={"checks": report},
+    )
+    return _plan(settings, conn, request_id)
 
-    def plan() -> Request:
-        request = store.get(request_id)
-        if not request.deploys:
-            return _plan_change(settings, conn, store, request)
-        made = planning.plan_deploy(settings, conn, request.argument)
-        shown = made.to_dict()
-        if settings.autonomy == "semi":
-            store.notify(
-                request_id,
-                "planning",
-                actor=MOLT,
-                action="phase_one_before_approval",
-                data={
-                    "message": f"{made.summary}. Semi mode (MOLT_AUTONOMY=semi): running "
-                    "phase 1 in a sandbox before asking for approval"
-                },
-            )
-            shown["phase_one"] = autonomy.phase_one_before_approval(
-                settings, conn, request_id, made
-            )
-        return _plan_ready(settings, conn, request_id, shown, made.summary)
 
-    return _finishing(store, request_id, plan)
+def _gates(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
+    """What refuses a request before any check runs: a switch, the daily limit, no planner."""
+    return (
+        autonomy.switched_on(settings, request)
+        and autonomy.within_daily_limit(settings, conn, request)
+        and _planner(settings, request)
+    )
+
+
+def _planner(settings: Settings, request: Request) -> Decision:
+    if request.deploys or settings.llm_enabled:
+        return ALLOWED
+    return Decision(
+        False,
+        "change requests in plain words need the LLM planner, which is not configured "
+        "(set ANTHROPIC_API_KEY); `deploy <ref>` works without it",
+        "planner",
+    )
+
+
+def _preflight(settings: Settings, conn: redis.Redis) -> tuple[Decision, list[dict[str, Any]]]:
+    """Run the pre-flight checks and MOLT_REQUIRE_TESTS: the first refusal, and the report
+    of every check run (what the blocked and planning messages list)."""
+    results = preflight.run_preflight(settings, conn)
+    report = [{"name": r.check, "ok": r.allowed, "detail": r.reason} for r in results]
+    failed = next((r for r in results if not r), None)
+    if failed is not None:
+        message = f"pre-flight check '{failed.check}' failed: {failed.reason}"
+        return replace(failed, reason=message), report
+    untested = autonomy.tests_countable(settings, conn)
+    if not untested:
+        report.append({"name": "tests required", "ok": False, "detail": untested.reason})
+        message = f"pre-flight check 'tests required' failed: {untested.reason}"
+        return replace(untested, reason=message), report
+    return ALLOWED, report
+
+
+def _blocked(
+    store: RequestStore,
+    request_id: str,
+    decision: Decision,
+    report: list[dict[str, Any]] | None = None,
+) -> Request:
+    """End the request blocked: the refusal's reason, its check, and the checks run."""
+    data: dict[str, Any] = {"check": decision.check}
+    if report is not None:
+        data["checks"] = report
+    return store.transition(request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data)
+
+
+def _plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
+    """A deploy's plan (under MOLT_AUTONOMY=semi with its phase 1 run), or a change's."""
+    store = RequestStore(conn)
+    request = store.get(request_id)
+    if not request.deploys:
+        return _plan_change(settings, conn, store, request)
+    made = planning.plan_deploy(settings, conn, request.argument)
+    shown = made.to_dict()
+    if settings.autonomy == "semi":
+        store.notify(
+            request_id,
+            "planning",
+            actor=MOLT,
+            action="phase_one_before_approval",
+            data={
+                "message": f"{made.summary}. Semi mode (MOLT_AUTONOMY=semi): running "
+                "phase 1 in a sandbox before asking for approval"
+            },
+        )
+        shown["phase_one"] = autonomy.phase_one_before_approval(settings, conn, request_id, made)
+    return _plan_ready(settings, conn, request_id, shown, made.summary)
 
 
 def _plan_ready(
@@ -166,7 +200,7 @@ def _plan_ready(
     """Show the plan; under MOLT_AUTONOMY=auto a low-risk one is approved by Molt at once."""
     store = RequestStore(conn)
     auto = autonomy.approves_itself(settings, plan)
-    held = approval.refusal(settings, conn, store.get(request_id)) if auto else ""
+    held = approval.approvable(settings, conn, store.get(request_id)) if auto else ALLOWED
     shown = {"expires_in": settings.plan_ttl, "autonomy": settings.autonomy}
     ready = store.transition(
         request_id,
@@ -174,9 +208,9 @@ def _plan_ready(
         actor=MOLT,
         message=summary,
         fields={"plan": plan, "plan_ready_at": time.time()},
-        data=shown | {"auto": auto and not held, "auto_held": held},
+        data=shown | {"auto": auto and held.allowed, "auto_held": "" if held else held.reason},
     )
-    if not auto or held:
+    if not auto or not held:
         return ready
     decision = approval.approve_automatically(settings, conn, request_id)
     if not decision:  # something changed in between: show the plan again, with its buttons
@@ -213,44 +247,37 @@ def _plan_change(
 
 def answer(
     settings: Settings, conn: redis.Redis, request_id: str, who: Origin, text: str
-) -> authorisation.Decision:
+) -> Decision:
     """The requester's answers to the planner's questions: plan again with everything said."""
     store = RequestStore(conn)
     request = store.get(request_id)
     if who.principal != request.requester:
-        return authorisation.Decision(False, "only the requester can answer the planner")
+        return Decision(False, "only the requester can answer the planner", authorisation.CHECK)
     allowed = authorisation.may_request(settings, who)
     if not allowed:
         return allowed
     if request.state is not S.NEEDS_INFO:
-        return authorisation.Decision(
-            False, f"this request is {request.state.value}, not waiting for answers"
+        return Decision(
+            False, f"this request is {request.state.value}, not waiting for answers", "state"
         )
     if len(request.answers) >= MAX_FOLLOW_UPS:
-        return authorisation.Decision(
-            False, "this request has gone back and forth too often: ask again, in full"
-        )
+        return TOO_MANY_FOLLOW_UPS
     text = redact(" ".join(text.split())[:MAX_TEXT], settings.secrets())
     if not text:
-        return authorisation.Decision(False, "say what the answers are")
-    try:
-        store.transition(
-            request_id,
-            S.PLANNING,
-            actor=who.principal,
-            message=f"answered by {who.principal}; planning again",
-            fields={"answers": [*request.answers, f"The requester answered: {text}"]},
-            allowed_from=frozenset({S.NEEDS_INFO}),
-        )
-    except MoltError:
-        return authorisation.Decision(False, "this request changed meanwhile")
-    make_plan(settings, conn, request_id)
-    return authorisation.ALLOWED
+        return Decision(False, "say what the answers are", "empty")
+    return _plan_again(
+        settings,
+        conn,
+        request,
+        who,
+        f"answered by {who.principal}; planning again",
+        {"answers": [*request.answers, f"The requester answered: {text}"]},
+    )
 
 
 def revise(
     settings: Settings, conn: redis.Redis, request_id: str, who: Origin, note: str
-) -> authorisation.Decision:
+) -> Decision:
     """ "Request changes": void the plan and plan again with the requester's note.
 
     For a deploy, a note ``deploy <ref>`` replaces the ref; any other note is kept
@@ -261,14 +288,14 @@ def revise(
     if who.principal != request.requester:
         allowed = authorisation.may_approve(settings, who, request.requester, "low")
         if not allowed:
-            return authorisation.Decision(
-                False, "only the requester or an approver may ask for changes"
+            return Decision(
+                False, "only the requester or an approver may ask for changes", allowed.check
             )
     if request.state is not S.PLAN_READY:
-        return authorisation.Decision(False, f"this plan is {request.state.value}")
+        return Decision(False, f"this plan is {request.state.value}", "late")
     note = redact(" ".join(note.split())[:MAX_TEXT], settings.secrets())
     if not note:
-        return authorisation.Decision(False, "say what should change")
+        return Decision(False, "say what should change", "empty")
     argument = request.argument
     words = note.split()
     follow_up = note
@@ -276,34 +303,55 @@ def revise(
         argument = words[1]
     elif not request.deploys:
         if len(request.answers) >= MAX_FOLLOW_UPS:
-            return authorisation.Decision(
-                False, "this request has gone back and forth too often: ask again, in full"
-            )
+            return TOO_MANY_FOLLOW_UPS
         summary = (request.plan or {}).get("summary", "")
         follow_up = f"Asked to change the previous plan ({summary}): {note}"
+    return _plan_again(
+        settings,
+        conn,
+        request,
+        who,
+        f"changes asked by {who.principal}: {note}",
+        {"plan": None, "argument": argument, "answers": [*request.answers, follow_up]},
+    )
+
+
+def _plan_again(
+    settings: Settings,
+    conn: redis.Redis,
+    request: Request,
+    who: Origin,
+    message: str,
+    fields: dict[str, Any],
+) -> Decision:
+    """Back to planning from where ``request`` waited (its questions, or its plan), once:
+    a request that moved on meanwhile is not planned twice."""
     try:
-        store.transition(
-            request_id,
+        RequestStore(conn).transition(
+            request.id,
             S.PLANNING,
             actor=who.principal,
-            message=f"changes asked by {who.principal}: {note}",
-            fields={
-                "plan": None,
-                "argument": argument,
-                "answers": [*request.answers, follow_up],
-            },
-            allowed_from=frozenset({S.PLAN_READY}),
+            message=message,
+            fields=fields,
+            allowed_from=frozenset({request.state}),
         )
     except MoltError:
-        return authorisation.Decision(False, "this plan changed meanwhile")
-    make_plan(settings, conn, request_id)
-    return authorisation.ALLOWED
+        changed = "plan" if request.state is S.PLAN_READY else "request"
+        return Decision(False, f"this {changed} changed meanwhile", "late")
+    make_plan(settings, conn, request.id)
+    return ALLOWED
 
 
-def _finishing(store: RequestStore, request_id: str, step: Callable[[], Request]) -> Request:
+def _finishing(
+    settings: Settings,
+    conn: redis.Redis,
+    request_id: str,
+    step: Callable[[Settings, redis.Redis, str], Request],
+) -> Request:
     """Run ``step``; whatever goes wrong, the request ends failed with the reason."""
+    store = RequestStore(conn)
     try:
-        return step()
+        return step(settings, conn, request_id)
     except PlanningError as exc:
         return store.transition(
             request_id, S.FAILED, actor=MOLT, message=f"planning: {exc}", phase="planning"

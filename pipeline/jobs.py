@@ -102,14 +102,14 @@ class Update:
         return True
 
     def _begin(self, request: Request, codename: str) -> Request | None:
-        refused = autonomy.start_refusal(self.settings, self.conn, request)
-        if refused:
+        decision = autonomy.may_start(self.settings, self.conn, request)
+        if not decision:
             self.lock.release(self.request_id)
             self.store.transition(
                 self.request_id,
                 S.FAILED,
                 actor=MOLT,
-                message=f"not started: {refused}",
+                message=f"not started: {decision.reason}",
                 phase="queued",
             )
             return None

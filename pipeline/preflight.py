@@ -1,9 +1,9 @@
 """Pre-flight checks: is it safe to plan an update of the target at all?
 
-Each check gives a result with the reason a person reads; the first failing one
-blocks the request. The target's tests at its current commit are run once per
-commit (in a worktree of their own) and remembered in the target's test records
-(pipeline/records.py).
+Each check gives a Decision (pipeline/decisions.py) whose ``check`` is the check's name
+and whose ``reason`` says what it found; the first refusal blocks the request. The
+target's tests at its current commit are run once per commit (in a worktree of their
+own) and remembered in the target's test records (pipeline/records.py).
 """
 
 from __future__ import annotations
@@ -11,25 +11,18 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
 from pipeline.config import Settings
+from pipeline.decisions import Decision
 from pipeline.exceptions import GitError
 from pipeline.git import Git
 from pipeline.records import TestRecord
 from pipeline.snapshots import Sandbox
 from pipeline.targets import Target
 from pipeline.validation import run_tests
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str
-    ok: bool
-    detail: str
 
 
 def tests_at(settings: Settings, conn: redis.Redis, commit: str) -> TestRecord:
@@ -57,59 +50,60 @@ def update_sandbox(settings: Settings) -> Sandbox:
     return Sandbox(Git(settings.target_dir), settings.worktrees_dir / "sandbox")
 
 
-def _redis(settings: Settings, conn: redis.Redis) -> CheckResult:
+def _redis(settings: Settings, conn: redis.Redis) -> Decision:
     try:
         conn.ping()
     except redis.RedisError as exc:
-        return CheckResult("redis", False, f"Redis does not answer: {exc}")
-    return CheckResult("redis", True, "answers")
+        return Decision(False, check="redis", reason=f"Redis does not answer: {exc}")
+    return Decision(True, check="redis", reason="answers")
 
 
-def _capacity(settings: Settings, conn: redis.Redis) -> CheckResult:
+def _capacity(settings: Settings, conn: redis.Redis) -> Decision:
     target = Target(settings, conn)
     holder = target.lock.holder()
     waiting = len(target.line)
     if holder is None:
-        return CheckResult("update lock", True, "free")
+        return Decision(True, check="update lock", reason="free")
     if waiting < settings.queue_max:
-        return CheckResult(
-            "update lock",
+        return Decision(
             True,
-            f"held by {holder.codename or holder.request_id}; {waiting} waiting",
+            check="update lock",
+            reason=f"held by {holder.codename or holder.request_id}; {waiting} waiting",
         )
-    return CheckResult(
-        "update lock",
+    return Decision(
         False,
-        f"held by {holder.codename or holder.request_id} and the queue is full "
+        check="update lock",
+        reason=f"held by {holder.codename or holder.request_id} and the queue is full "
         f"({waiting} of MOLT_QUEUE_MAX={settings.queue_max})",
     )
 
 
-def _last_boot(settings: Settings, conn: redis.Redis) -> CheckResult:
+def _last_boot(settings: Settings, conn: redis.Redis) -> Decision:
     clean, detail = Target(settings, conn).boots.last_boot()
     if clean:
-        return CheckResult("last boot", True, "clean")
-    return CheckResult("last boot", False, f"the last boot was not clean: {detail}")
+        return Decision(True, check="last boot", reason="clean")
+    return Decision(False, check="last boot", reason=f"the last boot was not clean: {detail}")
 
 
-def _resources(settings: Settings, conn: redis.Redis) -> CheckResult:
+def _resources(settings: Settings, conn: redis.Redis) -> Decision:
     free_mb = shutil.disk_usage(settings.target_dir).free // 2**20
     if free_mb < settings.min_free_disk_mb:
-        return CheckResult(
-            "resources",
+        return Decision(
             False,
-            f"{free_mb} MB free disk, below MOLT_MIN_FREE_DISK_MB={settings.min_free_disk_mb}",
+            check="resources",
+            reason=f"{free_mb} MB free disk, below MOLT_MIN_FREE_DISK_MB="
+            f"{settings.min_free_disk_mb}",
         )
     memory_mb = _available_memory_mb()
     if memory_mb is not None and memory_mb < settings.min_free_memory_mb:
-        return CheckResult(
-            "resources",
+        return Decision(
             False,
-            f"{memory_mb} MB memory available, below MOLT_MIN_FREE_MEMORY_MB="
+            check="resources",
+            reason=f"{memory_mb} MB memory available, below MOLT_MIN_FREE_MEMORY_MB="
             f"{settings.min_free_memory_mb}",
         )
     shown = f", {memory_mb} MB memory" if memory_mb is not None else ""
-    return CheckResult("resources", True, f"{free_mb} MB disk{shown}")
+    return Decision(True, check="resources", reason=f"{free_mb} MB disk{shown}")
 
 
 def _available_memory_mb() -> int | None:
@@ -122,29 +116,31 @@ def _available_memory_mb() -> int | None:
     return None
 
 
-def _clean_checkout(settings: Settings, conn: redis.Redis) -> CheckResult:
+def _clean_checkout(settings: Settings, conn: redis.Redis) -> Decision:
     live = Git(settings.target_dir)
     try:
         dirty = live.dirty()
     except GitError as exc:
-        return CheckResult(
-            "clean checkout", False, f"{settings.target_dir} is not a git checkout: {exc}"
+        return Decision(
+            False,
+            check="clean checkout",
+            reason=f"{settings.target_dir} is not a git checkout: {exc}",
         )
     if dirty:
         shown = ", ".join(line[3:] for line in dirty[:5])
         more = f" and {len(dirty) - 5} more" if len(dirty) > 5 else ""
-        return CheckResult("clean checkout", False, f"uncommitted changes: {shown}{more}")
+        return Decision(False, check="clean checkout", reason=f"uncommitted changes: {shown}{more}")
     data = settings.data_dir
     if data.is_relative_to(settings.target_dir) and not live.ok("check-ignore", "-q", str(data)):
-        return CheckResult(
-            "clean checkout",
+        return Decision(
             False,
-            f"MOLT_DATA_DIR {data} is inside the target but not ignored by git",
+            check="clean checkout",
+            reason=f"MOLT_DATA_DIR {data} is inside the target but not ignored by git",
         )
-    return CheckResult("clean checkout", True, f"clean at {live.head()[:7]}")
+    return Decision(True, check="clean checkout", reason=f"clean at {live.head()[:7]}")
 
 
-def _remote(settings: Settings, conn: redis.Redis) -> CheckResult:
+def _remote(settings: Settings, conn: redis.Redis) -> Decision:
     live = Git(settings.target_dir)
     remote = settings.target_remote
     for delay in (0.0, 0.3, 1.0):
@@ -154,25 +150,27 @@ def _remote(settings: Settings, conn: redis.Redis) -> CheckResult:
         except GitError as exc:
             error = exc
             continue
-        return CheckResult("remote", True, f"{remote} answers")
-    return CheckResult("remote", False, f"{remote} cannot be reached: {error}")
+        return Decision(True, check="remote", reason=f"{remote} answers")
+    return Decision(False, check="remote", reason=f"{remote} cannot be reached: {error}")
 
 
-def _tests(settings: Settings, conn: redis.Redis) -> CheckResult:
+def _tests(settings: Settings, conn: redis.Redis) -> Decision:
     commit = Git(settings.target_dir).head()
     record = tests_at(settings, conn, commit)
     if record.passed:
         counted = f"{record.count} passed" if record.count is not None else "pass"
-        return CheckResult("tests", True, f"{counted} at {commit[:7]} ({record.seconds:.1f}s)")
-    return CheckResult(
-        "tests",
+        return Decision(
+            True, check="tests", reason=f"{counted} at {commit[:7]} ({record.seconds:.1f}s)"
+        )
+    return Decision(
         False,
-        f"`{settings.test_command}` fails at the current commit {commit[:7]}: fix the service "
-        "before updating it (see preflight.log in MOLT_DATA_DIR)",
+        check="tests",
+        reason=f"`{settings.test_command}` fails at the current commit {commit[:7]}: fix the "
+        "service before updating it (see preflight.log in MOLT_DATA_DIR)",
     )
 
 
-CHECKS: tuple[Callable[[Settings, redis.Redis], CheckResult], ...] = (
+CHECKS: tuple[Callable[[Settings, redis.Redis], Decision], ...] = (
     _redis,
     _capacity,
     _last_boot,
@@ -183,12 +181,12 @@ CHECKS: tuple[Callable[[Settings, redis.Redis], CheckResult], ...] = (
 )
 
 
-def run_preflight(settings: Settings, conn: redis.Redis) -> list[CheckResult]:
+def run_preflight(settings: Settings, conn: redis.Redis) -> list[Decision]:
     """Run the checks in order, cheapest first; stop at the first that fails."""
     results = []
     for check in CHECKS:
         result = check(settings, conn)
         results.append(result)
-        if not result.ok:
+        if not result:
             break
     return results

@@ -62,7 +62,7 @@ def operator_rollback(
     finally:
         lock.release(f"rollback-{codename}")
     verdict = verify_checkout(settings, conn)
-    if not verdict.ok:
+    if not verdict:
         return verdict
     return Verdict(
         True,
@@ -77,13 +77,13 @@ def _rollback_point(known: Ledger, codename: str) -> tuple[Manifest, Manifest] |
     """The release of update ``codename`` and the signed release before it, or why not."""
     undone = known.by_codename(codename)
     if undone is None:
-        return Verdict(False, f"no signed release is named {codename!r}", Problem.UNSIGNED)
+        return Verdict(False, f"no signed release is named {codename!r}", problem=Problem.UNSIGNED)
     back = known.newest_for(undone.parent_commit) if undone.parent_commit else None
     if back is None:
         return Verdict(
             False,
             f"{undone.describe()} has no signed release before it to return to",
-            Problem.UNSIGNED,
+            problem=Problem.UNSIGNED,
         )
     return undone, back
 
@@ -99,14 +99,16 @@ def _checkout_refusal(settings: Settings, live: Git, back: Manifest) -> Verdict 
             False,
             f"the checkout is at {back.short} but differs from {back.describe()}: "
             f"{tree.describe()}",
-            Problem.TAMPERED,
-            back,
+            problem=Problem.TAMPERED,
+            manifest=back,
             paths=tree.paths,
         )
     dirty = live.dirty()
     if dirty:
         shown = ", ".join(line[3:] for line in dirty[:SHOWN_PATHS])
-        return Verdict(False, f"the checkout has uncommitted changes: {shown}", Problem.TAMPERED)
+        return Verdict(
+            False, f"the checkout has uncommitted changes: {shown}", problem=Problem.TAMPERED
+        )
     if not live.ok("cat-file", "-e", f"{back.target_commit}^{{commit}}"):
         live.run("fetch", "--quiet", settings.target_remote)
     return None

@@ -2,7 +2,8 @@
 
 A tree that differs from its signed release, a commit no release names, a signature by
 a key nobody trusts, a manifest edited after it was signed, or a release number lower
-than one already seen (a silent downgrade) is refused, with a reason a person reads.
+than one already seen (a silent downgrade) is refused, with a reason a person reads: a
+``Verdict``, the Decision of pipeline/decisions.py whose check is "release:<problem>".
 The first start of an installation, with no manifest at all, records the running commit
 as the signed baseline (release 1).
 """
@@ -19,6 +20,7 @@ import structlog
 
 from pipeline import ledger
 from pipeline.config import Settings
+from pipeline.decisions import Decision
 from pipeline.exceptions import GitError
 from pipeline.git import Git
 from pipeline.ledger import Ledger
@@ -40,17 +42,22 @@ class Problem(StrEnum):
 
 
 @dataclass(frozen=True)
-class Verdict:
-    ok: bool
-    reason: str  # what a person reads
-    problem: Problem = Problem.NONE
-    manifest: Manifest | None = None
-    highest: int = 0
-    paths: list[str] = field(default_factory=list)
-    baseline: bool = False  # this check recorded the installation's first release
+class Verdict(Decision):
+    """A Decision on a checkout; its ``check`` is "release", or "release:<problem>" for a
+    refusal with a known problem ("release:downgrade"). Everything after the reason is
+    keyword-only, so nothing lands in ``check`` by position."""
 
-    def __bool__(self) -> bool:
-        return self.ok
+    check: str = field(init=False, default="")
+    problem: Problem = field(default=Problem.NONE, kw_only=True)
+    manifest: Manifest | None = field(default=None, kw_only=True)
+    highest: int = field(default=0, kw_only=True)
+    paths: list[str] = field(default_factory=list, kw_only=True)
+    #: This check recorded the installation's first release.
+    baseline: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        named = f"release:{self.problem.value}" if self.problem else "release"
+        object.__setattr__(self, "check", named)
 
 
 #: What a manifest naming the commit says when its signature does not count.
@@ -86,7 +93,7 @@ def verify_checkout(
             return Verdict(
                 False,
                 f"no release of {settings.target_dir} is recorded yet",
-                Problem.NO_RELEASE,
+                problem=Problem.NO_RELEASE,
             )
         return _baseline(settings, conn, git, commit)
     mine = known.newest_for(commit)
@@ -100,10 +107,10 @@ def verify_checkout(
             f"{tree.describe() or 'the tracked files hash differently'}. Undo that "
             f"(`git checkout -- . && git clean -fd` in {settings.target_dir}) or deploy the "
             "change through Molt.",
-            Problem.TAMPERED,
-            mine,
-            known.highest,
-            tree.paths,
+            problem=Problem.TAMPERED,
+            manifest=mine,
+            highest=known.highest,
+            paths=tree.paths,
         )
     if mine.release < known.highest:
         return _downgrade(known, mine, commit)
@@ -125,7 +132,7 @@ def _baseline(settings: Settings, conn: redis.Redis, git: Git, commit: str) -> V
             False,
             f"no release is recorded yet, and the checkout differs from {commit[:7]} "
             f"({tree.describe()}): the first release can only be recorded for a clean commit",
-            Problem.TAMPERED,
+            problem=Problem.TAMPERED,
             paths=tree.paths,
         )
     manifest = sign_release(
@@ -170,7 +177,7 @@ def _no_trusted_release(settings: Settings, known: Ledger, commit: str) -> Verdi
         if named:
             m = named[-1]
             why = _BAD_SIGNATURES[problem].format(short=short, release=m.describe(), key=m.key_id)
-            return Verdict(False, why, problem, m, known.highest)
+            return Verdict(False, why, problem=problem, manifest=m, highest=known.highest)
     last = known.by_release(known.highest) or (known.good[-1] if known.good else None)
     back = (
         f" The last release is {last.release} ({last.short}): return to it "
@@ -182,7 +189,7 @@ def _no_trusted_release(settings: Settings, known: Ledger, commit: str) -> Verdi
         False,
         f"{short} is not a signed release: no trusted release manifest names it, so it was "
         f"not installed by Molt.{back}",
-        Problem.UNSIGNED,
+        problem=Problem.UNSIGNED,
         highest=known.highest,
     )
 
@@ -199,7 +206,7 @@ def _downgrade(known: Ledger, mine: Manifest, commit: str) -> Verdict:
         f"downgrade refused: {commit[:7]} is {mine.describe()}, lower than {seen} already "
         f"seen. If going back is meant, an operator allows it with `molt release rollback "
         f"{named}` (a signed, audited rollback release){back}.",
-        Problem.DOWNGRADE,
-        mine,
-        known.highest,
+        problem=Problem.DOWNGRADE,
+        manifest=mine,
+        highest=known.highest,
     )

@@ -301,8 +301,9 @@ def test_stop_clears_the_queue_with_a_message_each_and_aims_at_the_running_updat
 def test_rollback_without_a_successful_update_says_so(
     settings: Settings, conn: redis.Redis
 ) -> None:
-    assert control.rollback(settings, conn, ALICE, "") == "found no successful update to roll back"
-    said = control.rollback(settings, conn, ALICE, "amber-otter")
+    none = control.rollback(settings, conn, ALICE, "")
+    assert none.reason == "found no successful update to roll back"
+    said = control.rollback(settings, conn, ALICE, "amber-otter").reason
     assert said == "found no successful update 'amber-otter' to roll back"
 
 

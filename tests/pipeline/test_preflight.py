@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis
 
-from pipeline import intake
+from pipeline import events, intake
 from pipeline.config import Settings
 from pipeline.requests import Origin
 from pipeline.states import RequestState as S
@@ -90,3 +90,28 @@ def test_free_text_without_a_planner_gets_a_clear_answer(
 def test_an_unknown_ref_fails_planning_with_a_reason(settings: Settings, conn: redis.Redis) -> None:
     request = intake.submit(settings, conn, ALICE, "deploy", "v9.9", "deploy v9.9")
     assert request.state is S.FAILED and "unknown ref 'v9.9'" in request.message
+
+
+def _blocked_check(conn: redis.Redis, request_id: str) -> str:
+    """The ``check`` a blocked request's event names (for the audit and metrics)."""
+    found = [
+        events.Event.from_fields(i, f)
+        for i, f in conn.xrange(events.STREAM)
+        if f.get("request_id") == request_id and f.get("state") == "blocked"
+    ]
+    assert found, f"no blocked event for {request_id}"
+    return str(found[-1].data["check"])
+
+
+def test_a_blocked_request_names_the_check_that_blocked_it(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    (service.live / "scratch.txt").write_text("left behind\n")
+    dirty = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
+    assert _blocked_check(conn, dirty.id) == "clean checkout"
+    (service.live / "scratch.txt").unlink()
+    words = intake.submit(settings, conn, ALICE, "change", "add a ping", "add a ping")
+    assert _blocked_check(conn, words.id) == "planner"
+    off = settings.model_copy(update={"allow_deploys": False})
+    switched = intake.submit(off, conn, ALICE, "deploy", "main", "deploy main")
+    assert _blocked_check(conn, switched.id) == "switch"

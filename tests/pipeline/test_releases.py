@@ -23,7 +23,7 @@ from pipeline.manifests import Manifest, ReleaseKind
 from pipeline.requests import Origin, RequestStore
 from pipeline.rollbacks import operator_rollback
 from pipeline.trees import check_tree, tree_hash_at
-from pipeline.verification import Problem, verify_checkout
+from pipeline.verification import Problem, Verdict, verify_checkout
 from tests.support import ServiceRepo, git
 
 
@@ -62,7 +62,7 @@ def test_the_first_check_records_a_signed_baseline_and_audits_it(
 ) -> None:
     assert verify_checkout(settings, conn).problem is Problem.NO_RELEASE
     verdict = verify_checkout(settings, conn, baseline=True)
-    assert verdict.ok and verdict.baseline
+    assert verdict.allowed and verdict.baseline
     assert verdict.manifest is not None and verdict.manifest.release == 1
     assert verdict.manifest.kind is ReleaseKind.BASELINE
     assert verdict.manifest.target_commit == service.live_head()
@@ -70,7 +70,15 @@ def test_the_first_check_records_a_signed_baseline_and_audits_it(
     [entry] = [e for e in audit.entries(conn) if e["action"] == "release_baseline"]
     assert entry["detail"]["commit"] == service.live_head()
     again = verify_checkout(settings, conn, baseline=True)
-    assert again.ok and not again.baseline and "tracked files are intact" in again.reason
+    assert again.allowed and not again.baseline and "tracked files are intact" in again.reason
+
+
+def test_a_verdict_names_its_problem_as_its_check_and_takes_its_details_by_name() -> None:
+    refused = Verdict(False, "downgrade refused", problem=Problem.DOWNGRADE, highest=2)
+    assert not refused and refused.check == "release:downgrade"
+    assert Verdict(True, "verified").check == "release"
+    with pytest.raises(TypeError):
+        Verdict(False, "downgrade refused", Problem.DOWNGRADE)  # type: ignore[call-arg]
 
 
 def test_the_key_is_created_once_readable_only_by_its_owner(settings: Settings) -> None:
@@ -173,12 +181,12 @@ def test_a_downgrade_is_refused_until_a_rollback_release_allows_it(
     assert f"`molt release rollback update-{new[:5]}`" in verdict.reason
 
     back = operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
-    assert back.ok, back.reason
+    assert back.allowed, back.reason
     assert back.manifest is not None and back.manifest.release == 3
     assert back.manifest.kind is ReleaseKind.ROLLBACK
     assert back.manifest.operator == "console:alice"
     assert back.manifest.parent_commit == new
-    assert verify_checkout(settings, conn).ok
+    assert verify_checkout(settings, conn).allowed
 
 
 def test_an_operator_rollback_moves_a_clean_checkout_back(
@@ -189,10 +197,10 @@ def test_an_operator_rollback_moves_a_clean_checkout_back(
     new = _deploy(service, settings, conn, {"app.py": "VERSION = 2\n"})
     (service.live / "app.py").write_text("VERSION = 3\n")
     refused = operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
-    assert not refused.ok and "uncommitted changes: app.py" in refused.reason
+    assert not refused.allowed and "uncommitted changes: app.py" in refused.reason
     git(service.live, "checkout", "--", ".")
     done = operator_rollback(settings, conn, f"update-{new[:5]}", "console:alice")
-    assert done.ok and service.live_head() == old.target_commit
+    assert done.allowed and service.live_head() == old.target_commit
     unknown = operator_rollback(settings, conn, "no-such-update", "console:alice")
     assert "no signed release is named 'no-such-update'" in unknown.reason
 
@@ -217,7 +225,7 @@ def test_returning_after_a_failed_update_is_signed_only_when_needed(
     )
     assert back is not None and back.describe() == "release 3 (calm-heron, rollback by molt)"
     git(service.live, "reset", "-q", "--hard", old.target_commit)
-    assert verify_checkout(settings, conn).ok
+    assert verify_checkout(settings, conn).allowed
 
 
 def test_keys_rotate_through_the_trusted_list(
@@ -234,9 +242,9 @@ def test_keys_rotate_through_the_trusted_list(
     assert "add its public key to MOLT_TRUSTED_KEYS" in verdict.reason
     hex_key = base64.b64decode(old_public).hex()
     both = rotated.model_copy(update={"trusted_keys": [hex_key]})
-    assert verify_checkout(both, conn).ok
+    assert verify_checkout(both, conn).allowed
     _deploy(service, both, conn, {"app.py": "VERSION = 2\n"})
-    assert verify_checkout(rotated, conn).ok  # the old key is no longer needed
+    assert verify_checkout(rotated, conn).allowed  # the old key is no longer needed
 
 
 def test_manifests_survive_a_wiped_redis(
@@ -248,7 +256,7 @@ def test_manifests_survive_a_wiped_redis(
         TargetKeys(settings.target_id).releases, TargetKeys(settings.target_id).highest_release
     )
     verdict = verify_checkout(settings, conn)
-    assert verdict.ok and verdict.highest == 2
+    assert verdict.allowed and verdict.highest == 2
     assert sorted(conn.hkeys(TargetKeys(settings.target_id).releases)) == ["1", "2"]
     assert conn.get(TargetKeys(settings.target_id).highest_release) == "2"
 

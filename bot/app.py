@@ -24,11 +24,11 @@ import structlog
 
 from bot.base import Adapter
 from bot.console import Console
-from bot.desk import Desk
+from bot.desk import Desk, background_thread
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
 from bot.server import HttpProcess
-from pipeline import approval, bootguard, queueing, recovery, restart, store
+from pipeline import approval, bootguard, preflight, queueing, recovery, restart, store
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
 from pipeline.manifests import running_version
@@ -88,7 +88,7 @@ class Bot:
         self.inbox.start()
         self.notifier.start()
         self._register(port)
-        for loop in (self._beat, self._housekeeping, self._control):
+        for loop in (self._beat, self._housekeeping, self._control, self._warm):
             threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
         if self.console is not None:
@@ -208,6 +208,17 @@ class Bot:
                     queueing.enqueue(self.settings, self.conn, request.id)
             except IllegalTransition:
                 continue
+
+    def _warm(self) -> None:
+        """The pre-flight test run of the live commit, now, at a low priority: the first
+        request finds it done or joins it instead of waiting for a whole run."""
+        background_thread()
+        try:
+            record = preflight.warm(self.settings, self.conn, self.stopping.is_set)
+        except Exception:
+            log.exception("the pre-flight test run at start-up failed")
+            return
+        log.info("pre-flight tests at start-up", passed=record.passed, seconds=record.seconds)
 
     def _housekeeping(self) -> None:
         while not self.stopping.wait(HOUSEKEEPING_SECONDS):

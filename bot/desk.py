@@ -38,6 +38,12 @@ def background_thread() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
+#: Verbs whose work may run pre-flight (the target's tests) or the planner: they wait on the
+#: desk's planning threads, so that ``help``, ``status`` and a click never wait behind them.
+PLANNING_VERBS = frozenset({"deploy", "change", "rollback", "answer"})
+PLANNING_BUTTONS = frozenset({"retry"})
+
+
 class Desk(Front):
     def __init__(
         self,
@@ -50,30 +56,36 @@ class Desk(Front):
         self.conn = conn
         self.adapters = adapters
         self.store = RequestStore(conn)
-        self._pool = ThreadPoolExecutor(
+        self._quick = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="molt-desk", initializer=background_thread
+        )
+        self._planning = ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="molt-plan", initializer=background_thread
         )
         self._inflight: set[Future[Any]] = set()
 
     # -- called by adapters (return at once) ------------------------------
 
     def say(self, origin: Origin, text: str) -> Future[Any]:
-        return self._submit(self._say, origin, text)
+        command = parse(text)
+        pool = self._planning if command.verb in PLANNING_VERBS else self._quick
+        return self._submit(pool, self._say, origin, command)
 
     def press(self, origin: Origin, action: str, request_id: str) -> Future[Any]:
-        return self._submit(self._press, origin, action, request_id)
+        pool = self._planning if action in PLANNING_BUTTONS else self._quick
+        return self._submit(pool, self._press, origin, action, request_id)
 
     def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
-        return self._submit(self._revise, origin, request_id, note)
+        return self._submit(self._planning, self._revise, origin, request_id, note)
 
     def answer(self, origin: Origin, request_id: str, text: str) -> Future[Any]:
-        return self._submit(self._answer, origin, request_id, text)
+        return self._submit(self._planning, self._answer, origin, request_id, text)
 
     def home(self, origin: Origin) -> Future[Any]:
-        return self._submit(self._home, origin)
+        return self._submit(self._quick, self._home, origin)
 
-    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future = self._pool.submit(self._guarded, fn, *args)
+    def _submit(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future = pool.submit(self._guarded, fn, *args)
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
         return future
@@ -89,7 +101,8 @@ class Desk(Front):
         return True
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._quick.shutdown(wait=False, cancel_futures=True)
+        self._planning.shutdown(wait=False, cancel_futures=True)
 
     def _guarded(self, fn: Callable[..., Any], origin: Origin, *args: Any) -> Any:
         try:
@@ -109,8 +122,7 @@ class Desk(Front):
         context.setdefault("request_id", "")
         adapter.reply(origin, render(template, context))
 
-    def _say(self, origin: Origin, text: str) -> None:
-        command = parse(text)
+    def _say(self, origin: Origin, command: Command) -> None:
         if command.verb in OPERATOR_VERBS and not self._may_operate(origin, command):
             return
         BY_VERB.get(command.verb, Desk._ask)(self, origin, command)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import redis
@@ -108,7 +109,7 @@ def _checked_and_planned(settings: Settings, conn: redis.Redis, request_id: str)
     if not gate:
         return _blocked(store, request_id, gate)
     started = time.monotonic()
-    checked, report = _preflight(settings, conn)
+    checked, report = _preflight(settings, conn, partial(_tests_running, store, request_id))
     if not checked:
         return _blocked(store, request_id, checked, report)
     store.transition(
@@ -141,10 +142,19 @@ def _planner(settings: Settings, request: Request) -> Decision:
     )
 
 
-def _preflight(settings: Settings, conn: redis.Redis) -> tuple[Decision, list[dict[str, Any]]]:
+def _tests_running(store: RequestStore, request_id: str, how: str) -> None:
+    """The request waits for the pre-flight test run: its status message says how long."""
+    store.notify(
+        request_id, "processing", actor=MOLT, action="preflight_tests", data={"waiting": how}
+    )
+
+
+def _preflight(
+    settings: Settings, conn: redis.Redis, progress: preflight.Progress
+) -> tuple[Decision, list[dict[str, Any]]]:
     """Run the pre-flight checks and MOLT_REQUIRE_TESTS: the first refusal, and the report
     of every check run (what the blocked and planning messages list)."""
-    results = preflight.run_preflight(settings, conn)
+    results = preflight.run_preflight(settings, conn, progress)
     report = [{"name": r.check, "ok": r.allowed, "detail": r.reason} for r in results]
     failed = next((r for r in results if not r), None)
     if failed is not None:

@@ -6,6 +6,7 @@
   molt:queue:<id>                  the waiting line: approved request ids, oldest first
   molt:durations:<id>              list: seconds the last 20 updates took, newest first
   molt:tests:<id>:<commit>         hash {passed, count, seconds}: the test run at a commit
+  molt:tests:<id>:<commit>:running when the pre-flight test run at a commit began, while it runs
   molt:imports:<id>:<commit>       the target's import graph at a commit (planning's cache)
   molt:started:<id>                sorted set "<request_id>:<attempt>" by when the update
                                    began (MOLT_MAX_CHANGES_PER_DAY)
@@ -66,6 +67,9 @@ class TargetKeys:
 
     def tests(self, commit: str) -> str:
         return f"molt:tests:{self.target_id}:{commit}"
+
+    def tests_running(self, commit: str) -> str:
+        return f"molt:tests:{self.target_id}:{commit}:running"
 
     def imports(self, commit: str) -> str:
         return f"molt:imports:{self.target_id}:{commit}"

@@ -3,7 +3,9 @@
 Each check gives a Decision (pipeline/decisions.py) whose ``check`` is the check's name
 and whose ``reason`` says what it found; the first refusal blocks the request. The
 target's tests at its current commit are run once per commit (in a worktree of their
-own) and remembered in the target's test records (pipeline/records.py).
+own) and remembered in the target's test records (pipeline/records.py). The bot starts
+that run in the background as it starts, so the first request finds it done or joins it;
+while a request waits for it, ``progress`` is told how long the run has been going.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as StillRunning
 from pathlib import Path
 
 import redis
@@ -24,25 +28,79 @@ from pipeline.snapshots import Sandbox
 from pipeline.targets import Target
 from pipeline.validation import run_tests
 
+#: A request waiting for the pre-flight test run hears of it after this many seconds, and
+#: again every PROGRESS_SECONDS (coalesced by each platform's status message).
+FIRST_PROGRESS = 1.0
+PROGRESS_SECONDS = 15.0
+#: Told how a run the request waits for is going: a sentence a person reads.
+Progress = Callable[[str], None]
 
-def tests_at(settings: Settings, conn: redis.Redis, commit: str) -> TestRecord:
-    """The target's test result at ``commit``, running the tests only if not known."""
-    records = Target(settings, conn).tests
-    known = records.at(commit)
+
+def tests_at(
+    settings: Settings,
+    conn: redis.Redis,
+    commit: str,
+    stop: Callable[[], bool] | None = None,
+) -> TestRecord:
+    """The target's test result at ``commit``, running the tests only if not known. A run
+    already going (another request's, or the one started with the bot) is joined: this
+    waits for it and reads its record. ``stop``: asked while the tests run; a stopped run
+    is not recorded."""
+    target = Target(settings, conn)
+    known = target.tests.at(commit)
     if known:
         return known
     sandbox = Sandbox(Git(settings.target_dir), settings.worktrees_dir / "preflight")
     with sandbox.locked():
-        known = records.at(commit)
+        known = target.tests.at(commit)
         if known:
             return known
         path = sandbox.checkout(commit)
         log = settings.data_dir / "preflight.log"
-        run = run_tests(settings.test_command, path, settings.phase_timeout, log)
+        running = target.keys.tests_running(commit)
+        conn.set(running, f"{time.time():.3f}", ex=int(settings.phase_timeout) + 60)
+        try:
+            run = run_tests(settings.test_command, path, settings.phase_timeout, log, stop)
+        finally:
+            conn.delete(running)
     record = TestRecord(run.ok, run.passed, run.seconds, commit)
-    records.record(record)
+    if run.stopped:
+        return record
+    target.tests.record(record)
     update_sandbox(settings).prepare()
     return record
+
+
+def warm(settings: Settings, conn: redis.Redis, stop: Callable[[], bool]) -> TestRecord:
+    """The pre-flight test run of the live commit, started as the bot starts (and so after
+    every self-update) rather than by the first request; ``stop`` ends it with the bot."""
+    return tests_at(settings, conn, Git(settings.target_dir).head(), stop)
+
+
+def watched_tests_at(
+    settings: Settings, conn: redis.Redis, commit: str, progress: Progress
+) -> TestRecord:
+    """``tests_at``, telling ``progress`` how long the run has been going while it goes."""
+    target = Target(settings, conn)
+    known = target.tests.at(commit)
+    if known:
+        return known
+    with ThreadPoolExecutor(1, thread_name_prefix="molt-preflight") as pool:
+        run = pool.submit(tests_at, settings, conn, commit)
+        began, wait = time.time(), FIRST_PROGRESS
+        while True:
+            try:
+                return run.result(timeout=wait)
+            except StillRunning:
+                since = conn.get(target.keys.tests_running(commit))
+                going = time.time() - (float(since) if since else began)
+                progress(f"the tests at {commit[:7]} have been running for {_duration(going)}")
+                wait = PROGRESS_SECONDS
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
 
 
 def update_sandbox(settings: Settings) -> Sandbox:
@@ -154,9 +212,9 @@ def _remote(settings: Settings, conn: redis.Redis) -> Decision:
     return Decision(False, check="remote", reason=f"{remote} cannot be reached: {error}")
 
 
-def _tests(settings: Settings, conn: redis.Redis) -> Decision:
+def _tests(settings: Settings, conn: redis.Redis, progress: Progress) -> Decision:
     commit = Git(settings.target_dir).head()
-    record = tests_at(settings, conn, commit)
+    record = watched_tests_at(settings, conn, commit, progress)
     if record.passed:
         counted = f"{record.count} passed" if record.count is not None else "pass"
         return Decision(
@@ -170,6 +228,7 @@ def _tests(settings: Settings, conn: redis.Redis) -> Decision:
     )
 
 
+#: The checks before the test run, cheapest first.
 CHECKS: tuple[Callable[[Settings, redis.Redis], Decision], ...] = (
     _redis,
     _capacity,
@@ -177,16 +236,22 @@ CHECKS: tuple[Callable[[Settings, redis.Redis], Decision], ...] = (
     _resources,
     _clean_checkout,
     _remote,
-    _tests,
 )
 
 
-def run_preflight(settings: Settings, conn: redis.Redis) -> list[Decision]:
-    """Run the checks in order, cheapest first; stop at the first that fails."""
+def _quiet(_: str) -> None:
+    """Nobody is told how the test run goes."""
+
+
+def run_preflight(
+    settings: Settings, conn: redis.Redis, progress: Progress = _quiet
+) -> list[Decision]:
+    """Run the checks in order, cheapest first, the tests last; stop at the first that fails."""
     results = []
     for check in CHECKS:
         result = check(settings, conn)
         results.append(result)
         if not result:
-            break
+            return results
+    results.append(_tests(settings, conn, progress))
     return results

@@ -216,14 +216,14 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
 def cmd_release_rollback(args: argparse.Namespace) -> int:
     """An operator going back without Molt running: sign the return to the release before
     an update as a rollback release (moving the checkout there if it is elsewhere)."""
-    from pipeline import rollbacks
+    from pipeline import release_rollback
 
     settings = _settings()
     conn = store.connect(settings)
     origin = _operator(settings, conn, "release rollback")
     if origin is None:
         return 1
-    verdict = rollbacks.operator_rollback(settings, conn, args.codename, origin.principal)
+    verdict = release_rollback.operator_rollback(settings, conn, args.codename, origin.principal)
     if not verdict.allowed:
         print(f"molt: {verdict.reason}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ One request, module by module, in the order it meets them:
    (switches, daily limit, observe mode) and ``preflight`` may block it. Every refusal is a
    ``decisions.Decision`` with the reason a person reads.
 2. Planning. ``planning`` plans ``deploy <ref>`` from real git: the changed files and
-   protected paths (``changes``), the risk (``risk``), the time it should take
+   protected paths (``diffs``), the risk (``risk``), the time it should take
    (``estimates``) and the worker's steps (``tasks``), into a ``plans.Plan``. A change in
    words is planned by the model (``llm``).
 3. Approval (``approval``): approvers only, once, while the plan is fresh. ``queueing`` puts
@@ -25,7 +25,7 @@ One request, module by module, in the order it meets them:
 5. Failure. ``rollback.undo`` is the one way back to the snapshot, for the job, for an
    update whose worker died (``recovery``, also ``molt recover``) and for the boot guard
    (``bootguard``), which checks each start of Molt (``verification``) and keeps the boot
-   records (``boots``). An operator's return to an earlier release is ``rollbacks``.
+   records (``boots``). An operator's return to an earlier release is ``release_rollback``.
 6. Operators (``control``): pause, resume, stop, rollback, and the status, queue, history
    and review views.
 

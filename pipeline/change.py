@@ -17,8 +17,8 @@ from typing import Any, Protocol
 
 import redis
 
-from pipeline.changes import changed_files
 from pipeline.config import Settings
+from pipeline.diffs import changed_files
 from pipeline.exceptions import LLMError, UpdateFailed
 from pipeline.git import Git
 from pipeline.llm.scope import Scope, check_scope

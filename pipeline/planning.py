@@ -16,8 +16,8 @@ from pathlib import Path
 
 import redis
 
-from pipeline.changes import changed_files, protected_paths, touched_paths
 from pipeline.config import Settings
+from pipeline.diffs import changed_files, protected_paths, touched_paths
 from pipeline.estimates import past_runs
 from pipeline.exceptions import GitError, PlanningError
 from pipeline.git import Git

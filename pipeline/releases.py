@@ -6,7 +6,7 @@ pipeline/keys.py, and kept in the ledger, pipeline/ledger.py). Its caller says w
 kind of release it is: an update, or a rollback an operator asked for. At start-up Molt
 checks the release of the code it runs (pipeline/verification.py). Going back is allowed
 only as a new, higher release of kind ``rollback`` that says who asked for it: an
-operator's (pipeline/rollbacks.py), or Molt's own when it returns to what ran before
+operator's (pipeline/release_rollback.py), or Molt's own when it returns to what ran before
 (``record_return``: a failed update, the boot guard).
 """
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.changes import matches, touched_paths
+from pipeline.diffs import matches, touched_paths
 
 LEVELS = ("low", "medium", "high")
 
-#: Files that change what gets installed (matched like changes.PROTECTED_PATHS).
+#: Files that change what gets installed (matched like diffs.PROTECTED_PATHS).
 DEPENDENCY_MANIFESTS = (
     "pyproject.toml",
     "requirements*.txt",

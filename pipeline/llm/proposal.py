@@ -14,8 +14,8 @@ from typing import Any
 
 import redis
 
-from pipeline.changes import protected_paths
 from pipeline.config import Settings
+from pipeline.diffs import protected_paths
 from pipeline.estimates import past_runs
 from pipeline.imports import ImportGraph
 from pipeline.llm.client import Claude

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.changes import protected_paths
+from pipeline.diffs import protected_paths
 from pipeline.plans import Plan
 
 MAX_SHOWN = 8
@@ -58,7 +58,7 @@ class Scope:
 
 
 def check_scope(plan: Plan, files: list[dict[str, Any]]) -> Scope:
-    """``files`` as ``changes.changed_files`` gives them, between the base and the change."""
+    """``files`` as ``diffs.changed_files`` gives them, between the base and the change."""
     changed = sorted(
         {f["path"] for f in files} | {f["old_path"] for f in files if f.get("old_path")}
     )

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.changes import protected_paths
+from pipeline.diffs import protected_paths
 from pipeline.exceptions import GitError
 from pipeline.git import Git
 from pipeline.llm.prompts import fence

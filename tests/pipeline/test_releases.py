@@ -20,8 +20,8 @@ from pipeline.exceptions import ConfigError
 from pipeline.git import Git
 from pipeline.keyspace import TargetKeys
 from pipeline.manifests import Manifest, ReleaseKind
+from pipeline.release_rollback import operator_rollback
 from pipeline.requests import Origin, RequestStore
-from pipeline.rollbacks import operator_rollback
 from pipeline.trees import check_tree, tree_hash_at
 from pipeline.verification import Problem, Verdict, verify_checkout
 from tests.support import ServiceRepo, git

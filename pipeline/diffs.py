@@ -46,7 +46,7 @@ PROTECTED_PATHS = (
     "pipeline/trees.py",
     "pipeline/ledger.py",
     "pipeline/verification.py",
-    "pipeline/rollbacks.py",
+    "pipeline/release_rollback.py",
     "pipeline/bootguard.py",
     "pipeline/boots.py",
     "pipeline/restart.py",

@@ -246,6 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="molt", description="Change running software from chat, safely."
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _process_commands(sub)
+    _operator_commands(sub)
+    _record_commands(sub)
+    return parser
+
+
+def _process_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The processes Molt runs as: the bot, its HTTP server, a worker."""
     run = sub.add_parser("run", help="the bot: chat front ends, HTTP server, notifier, workers")
     run.add_argument(
         "--console",
@@ -263,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="an RQ worker for updates")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     worker.set_defaults(func=cmd_worker)
+
+
+def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """What an operator asks at a shell, as in chat."""
     sub.add_parser("status", help="what runs, what waits, which version").set_defaults(
         func=cmd_status
     )
@@ -293,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
         "recover",
         help="return a broken installation to its last good state: checkout, requests, config",
     ).set_defaults(func=cmd_recover)
+
+
+def _record_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The audit trail and the signed releases."""
     audit_cmd = sub.add_parser("audit", help="the audit trail")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
     audit_sub.add_parser("verify", help="check the hash chain").set_defaults(func=cmd_audit_verify)
@@ -308,7 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release_back.add_argument("codename", help="the codename of the release to undo")
     release_back.set_defaults(func=cmd_release_rollback)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

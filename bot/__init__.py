@@ -16,5 +16,7 @@ One request, module by module, in the order it meets them:
    ``notifier`` reads it and acknowledges each event only once it is shown.
 5. Each event is rendered from templates/ (``rendering``) into one platform-neutral
    ``messages.Message``, which the adapter turns into Block Kit, a Discord embed or console
-   text, cut to the platform's limits by ``fitting``.
+   text, cut to the platform's limits by ``fitting``. The people Molt names in it are
+   marked while rendering and named by each adapter as its platform names them
+   (``people``: ``<@U1ALICE>`` in Slack, the name in the console).
 """

@@ -5,6 +5,8 @@ takes the newest request that shows an Approve button, waiting for one if the
 plan is not ready yet). When stdin ends, the console waits until every request
 it started has settled (ended, or waits for a person), then exits.
 
+People are named by their console names (``bob``), others by their principals.
+
 Lines are read from the file descriptor byte by byte, so that when Molt
 restarts itself (exec) the unread rest of a piped script is still there for
 the new process.
@@ -19,6 +21,7 @@ import threading
 import time
 from typing import TextIO
 
+from bot import people
 from bot.base import Adapter
 from bot.desk import Desk
 from bot.messages import Message
@@ -65,7 +68,7 @@ class Console(Adapter):
     # -- output ------------------------------------------------------------
 
     def _print(self, text: str) -> None:
-        text = _BOLD.sub(r"\1", text)
+        text = _BOLD.sub(r"\1", people.address(text, "console"))
         with self._write:
             self.out.write(text + "\n")
             self.out.flush()
@@ -89,7 +92,7 @@ class Console(Adapter):
             self._changed.notify_all()
 
     def reply(self, origin: Origin, message: Message) -> None:
-        self._print("\n".join(["  " + line for line in message.plain().splitlines()]))
+        self._print("\n".join(["  " + line for line in message.marked().splitlines()]))
 
     # -- input -------------------------------------------------------------
 

@@ -1,9 +1,15 @@
 """One platform-neutral message, rendered from a template; each adapter turns
-it into Block Kit, a Discord embed, a GitHub comment or console text."""
+it into Block Kit, a Discord embed, a GitHub comment or console text.
+
+Its title, text and fields carry the people Molt names marked (bot/people.py): an adapter
+names them with ``people.address`` after its own escaping; ``plain()`` shows them as the
+context gave them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from bot import people
 
 
 @dataclass(frozen=True)
@@ -33,7 +39,12 @@ class Message:
     private: bool = False
 
     def plain(self) -> str:
-        """The message as plain text (console, notification fallbacks)."""
+        """The message as plain text, people as the context gave them (the CLI, logs)."""
+        return people.unmarked(self.marked())
+
+    def marked(self) -> str:
+        """The message as plain text with its people still marked, for an adapter to name
+        (notification fallbacks, the console)."""
         lines = [self.title]
         if self.text:
             lines.append(self.text)

@@ -3,6 +3,7 @@
 Templates are data (one TOML file per outcome, every string a Jinja2 template) so the
 wording can change without touching code. Missing context keys render empty, at any depth,
 because events carry only what the step knew; fields whose value renders empty are dropped.
+The people Molt names in a message are marked (bot/people.py) for each adapter to name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from jinja2 import ChainableUndefined, Environment, Template, Undefined
 
+from bot import people
 from bot.messages import Button, Message, MessageField
 from pipeline.config import TEMPLATES_DIR
 
@@ -129,6 +131,7 @@ def _text(rendered: str) -> str:
 def render(template: str, context: dict[str, Any]) -> Message:
     """Render the template named ``template`` (a file stem in templates/) with ``context``."""
     compiled = _template(template)
+    context = people.vouched(context)
     request_id = str(context.get("request_id") or "")
     fields: list[MessageField] = []
     for name_t, value_t in compiled.fields:
@@ -137,7 +140,7 @@ def render(template: str, context: dict[str, Any]) -> Message:
             fields.append(MessageField(name=" ".join(name_t.render(context).split()), value=value))
     buttons: list[Button] = []
     for label_t, action_t, style_t in compiled.buttons:
-        label = " ".join(label_t.render(context).split())
+        label = " ".join(people.unmarked(label_t.render(context)).split())
         if label:  # a label rendering empty is how a template makes a button conditional
             buttons.append(
                 Button(

@@ -1,5 +1,9 @@
 """Messages as Discord embeds: coloured by outcome or risk, in Discord's Markdown, within
 its limits, with a footer naming the request and the step (``Molt · r1a2b3c4d · queued``).
+
+The people Molt names (bot/people.py) become mentions, ``<@1300…>``, in the description and
+field values, where Discord shows them by name; embeds never ping anyone. Titles, field
+names and footers show no mentions, so there people stay as the context gave them.
 """
 
 from __future__ import annotations
@@ -8,6 +12,7 @@ import re
 
 import discord
 
+from bot import people
 from bot.fitting import clip, units
 from bot.messages import Message
 from pipeline.requests import Request
@@ -38,6 +43,8 @@ OUTCOME_COLOURS = {
 NO_MENTIONS = discord.AllowedMentions.none()
 
 _CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
+#: What a cut may leave of a mention (``<@1300``): Discord would show it as it is.
+_TORN = re.compile(r"<(?:@!?\d*)?$")
 _SINGLE_BOLD = re.compile(r"(?<![*\w])\*(?![\s*])([^*\n]+?)(?<![\s*])\*(?![*\w])")
 
 
@@ -60,17 +67,17 @@ def discord_markdown(text: str) -> str:
 
 def to_embed(message: Message, colour: int = BLURPLE) -> discord.Embed:
     """``message`` as an embed within Discord's limits (6000 in all, 25 fields, 1024 a value)."""
-    title = clip(" ".join(message.title.split()), TITLE_LIMIT)
+    title = clip(" ".join(people.unmarked(message.title).split()), TITLE_LIMIT)
     footer = _footer(message)
     fields = _fields(message)
     note_room = 40  # for "· N more fields not shown" in the footer
     budget = EMBED_LIMIT - units(title) - units(footer) - note_room
     wanted = sum(units(n) + units(v) for n, v in fields[:FIELDS_LIMIT])
-    text = discord_markdown(message.text).strip()
+    text = _named(discord_markdown(message.text)).strip()
     description = ""
     if text:
         room = min(DESCRIPTION_LIMIT, budget - min(wanted, budget // 2))
-        description = clip(text, room)
+        description = clip(text, room, torn=_TORN)
         budget -= units(description)
     embed = discord.Embed(title=title or None, description=description or None, colour=colour)
     shown = 0
@@ -80,7 +87,7 @@ def to_embed(message: Message, colour: int = BLURPLE) -> discord.Embed:
             room = budget - units(name)
             if room < 20:
                 break
-            value = clip(value, room)
+            value = clip(value, room, torn=_TORN)
             cost = units(name) + units(value)
         embed.add_field(name=name, value=value, inline=len(value) <= 40 and "\n" not in value)
         budget -= cost
@@ -89,8 +96,8 @@ def to_embed(message: Message, colour: int = BLURPLE) -> discord.Embed:
     if left_out:
         footer += f" · {left_out} more field{'s' if left_out != 1 else ''} not shown"
     if not (title or description or shown):
-        fallback = message.plain().strip() or message.template or "Molt"
-        embed.description = clip(fallback, min(DESCRIPTION_LIMIT, budget))
+        fallback = _named(message.marked()).strip() or message.template or "Molt"
+        embed.description = clip(fallback, min(DESCRIPTION_LIMIT, budget), torn=_TORN)
     embed.set_footer(text=footer)
     return embed
 
@@ -99,11 +106,16 @@ def _fields(message: Message) -> list[tuple[str, str]]:
     """The fields with something to show, each name and value within its own limit."""
     fields: list[tuple[str, str]] = []
     for field in message.fields:
-        value = clip(discord_markdown(field.value).strip(), FIELD_VALUE_LIMIT)
+        value = clip(_named(discord_markdown(field.value)).strip(), FIELD_VALUE_LIMIT, torn=_TORN)
         if value:
-            name = clip(" ".join(field.name.split()), FIELD_NAME_LIMIT) or "\u200b"
+            name = people.unmarked(" ".join(field.name.split()))
+            name = clip(name, FIELD_NAME_LIMIT) or "\u200b"
             fields.append((name, value))
     return fields
+
+
+def _named(text: str) -> str:
+    return people.address(text, "discord")
 
 
 def _footer(message: Message) -> str:

@@ -1,6 +1,9 @@
 """Messages as Block Kit: header, text, fields and buttons within Slack's limits, the
 Request changes modal, and mrkdwn that request text cannot turn into a mention or a link.
 
+The people Molt names (bot/people.py) become mentions, ``<@U1ALICE>``, which Slack shows by
+name and which notify that person; they are written in after the text is escaped.
+
 Every message Molt posts carries metadata of ``event_type`` ``molt_update`` with its
 request id, template and codename, for tools that read the channel.
 """
@@ -11,7 +14,7 @@ import json
 import re
 from typing import Any
 
-from bot import fitting
+from bot import fitting, people
 from bot.fitting import units
 from bot.messages import Button, Message
 
@@ -39,15 +42,16 @@ BLOCKS_TEXT_BUDGET = 11_000
 TEXT_BUDGET = 6000
 
 _DOUBLE_BOLD = re.compile(r"\*\*(\S(?:.*?\S)?)\*\*")
-#: What a cut may leave of an escape (``&lt;``): Slack would show it as it is.
-_PARTIAL_ENTITY = re.compile(r"&[a-z]{0,3}$")
+#: What a cut may leave of an escape (``&lt;``) or a mention (``<@U1AL``): Slack would
+#: show it as it is. Escaped text has no ``<`` but the mentions written in after.
+_TORN = re.compile(r"&[a-z]{0,3}$|<[^<>]*$")
 
 
 def to_blocks(message: Message) -> list[dict[str, Any]]:
     """``message`` as Block Kit: header, text, fields, buttons, within Slack's limits."""
     blocks: list[dict[str, Any]] = []
     budget = BLOCKS_TEXT_BUDGET
-    title = " ".join(message.title.split())
+    title = " ".join(people.unmarked(message.title).split())
     if title:
         title = _clip(title, HEADER_LIMIT)
         blocks.append(
@@ -61,7 +65,7 @@ def to_blocks(message: Message) -> list[dict[str, Any]]:
     if text:
         allowance = min(TEXT_BUDGET, budget)
         cut = _clip(text, allowance)
-        pieces = fitting.pieces(cut, SECTION_LIMIT, torn=_PARTIAL_ENTITY)[:room]
+        pieces = fitting.pieces(cut, SECTION_LIMIT, torn=_TORN)[:room]
         for piece in pieces:
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": piece}})
             budget -= units(piece)
@@ -70,7 +74,7 @@ def to_blocks(message: Message) -> list[dict[str, Any]]:
     blocks.extend(_field_blocks(message, budget, room))
     blocks.extend(actions)
     if not blocks:
-        fallback = mrkdwn(message.plain()).strip() or message.template or "Molt"
+        fallback = mrkdwn(message.marked()).strip() or message.template or "Molt"
         blocks.append(
             {"type": "section", "text": {"type": "mrkdwn", "text": _clip(fallback, SECTION_LIMIT)}}
         )
@@ -149,9 +153,14 @@ def _confirm(button: Button, message: Message) -> dict[str, Any]:
 
 
 def mrkdwn(text: str) -> str:
-    """Light Markdown as Slack mrkdwn: ``*bold*`` stays, ``**bold**`` becomes it, and
-    ``& < >`` are escaped so request text cannot become a mention or a link."""
-    return _DOUBLE_BOLD.sub(r"*\1*", _escape(text))
+    """Light Markdown as Slack mrkdwn: ``*bold*`` stays, ``**bold**`` becomes it, ``& < >``
+    are escaped so request text cannot become a mention or a link, and then the people
+    Molt names become mentions."""
+    return _named(_DOUBLE_BOLD.sub(r"*\1*", _escape(text)))
+
+
+def _named(escaped: str) -> str:
+    return people.address(escaped, "slack")
 
 
 def _escape(text: str) -> str:
@@ -160,8 +169,9 @@ def _escape(text: str) -> str:
 
 
 def _clip(text: str, limit: int) -> str:
-    """``text`` within ``limit`` units, with an ellipsis, never ending in half an escape."""
-    return fitting.clip(text, limit, torn=_PARTIAL_ENTITY)
+    """``text`` within ``limit`` units, with an ellipsis, never ending in half an escape
+    or half a mention."""
+    return fitting.clip(text, limit, torn=_TORN)
 
 
 def content(message: Message, request_id: str, codename: str) -> dict[str, Any]:
@@ -170,7 +180,7 @@ def content(message: Message, request_id: str, codename: str) -> dict[str, Any]:
     if codename:
         payload["codename"] = codename
     # The fallback shows in notifications, where <!channel> would still ping.
-    fallback = _escape(message.plain().strip() or message.template or "Molt")
+    fallback = _named(_escape(message.marked().strip() or message.template or "Molt"))
     return {
         "text": _clip(fallback, FALLBACK_LIMIT),
         "blocks": to_blocks(message),

@@ -19,6 +19,7 @@ from bot.discord.embeds import (
     BLURPLE,
     EMBED_LIMIT,
     GREEN,
+    NO_MENTIONS,
     RED,
     colour_for,
     discord_markdown,
@@ -28,6 +29,7 @@ from bot.discord.gateway import command_signature
 from bot.discord.listeners import command_text
 from bot.discord.views import BUTTON_ID, submitted_value, to_buttons
 from bot.messages import Button, Message, MessageField
+from bot.people import mark
 from bot.rendering import render
 from pipeline import store as embedded
 from pipeline.config import load_settings
@@ -198,6 +200,38 @@ def test_slack_style_bold_becomes_discord_bold_outside_code() -> None:
     assert discord_markdown("**already** bold") == "**already** bold"
     assert discord_markdown("run `a *b* c` now") == "run `a *b* c` now"
     assert discord_markdown("2 * 3 * 4 and • items") == "2 * 3 * 4 and • items"
+
+
+def test_the_approver_is_a_mention_that_pings_nobody() -> None:
+    context = {"request_id": REQUEST_ID, "approver": f"discord:{ANA.id}"}
+    embed = to_embed(render("queued", context)).to_dict()
+    assert f"Approved by **<@{ANA.id}>**." in str(embed.get("description"))
+    assert NO_MENTIONS.to_dict() == {"parse": []}
+
+
+def test_request_text_that_names_someone_mentions_nobody_in_discord() -> None:
+    context = {
+        "request_id": REQUEST_ID,
+        "command": "change",
+        "requester": "ana",
+        "requester_id": f"discord:{ANA.id}",
+        "text": "add a ping for discord:1300000000000000103",
+    }
+    description = str(to_embed(render("processing", context)).description)
+    assert description.startswith(f"**<@{ANA.id}>** asked: ")
+    assert "for discord:1300000000000000103" in description
+    assert "<@1300000000000000103>" not in description
+
+
+def test_a_cut_never_splits_a_mention_in_discord() -> None:
+    mentions = " ".join(mark(f"discord:{ANA.id}") for _ in range(300))
+    value = mark(f"discord:{ANA.id}") * 60
+    message = Message("history", "History", text=mentions, fields=(MessageField("By", value),))
+    embed = to_embed(message)
+    for text in (str(embed.description), embed.fields[0].value or ""):
+        assert text.endswith("…")
+        assert text.rstrip("…").endswith(f"<@{ANA.id}>")
+        assert text.count("<") == text.count(">")
 
 
 @pytest.mark.parametrize(

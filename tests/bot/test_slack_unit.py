@@ -25,9 +25,10 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from bot.messages import Button, Message, MessageField
+from bot.people import mark
 from bot.rendering import render
 from bot.slack import Slack
-from bot.slack.blocks import to_blocks
+from bot.slack.blocks import content, to_blocks
 from pipeline import store as embedded
 from pipeline.config import Settings, load_settings
 from pipeline.requests import Origin, RequestStore
@@ -158,6 +159,43 @@ def test_huge_messages_stay_within_block_kit_limits() -> None:
 def test_light_markdown_becomes_mrkdwn() -> None:
     message = Message("help", "Help", text="**Deploy** a `ref` with *care* <here>")
     assert to_blocks(message)[1]["text"]["text"] == "*Deploy* a `ref` with *care* &lt;here&gt;"
+
+
+def test_the_approver_is_a_mention_in_the_blocks_and_the_notification_text() -> None:
+    context = {"request_id": REQUEST_ID, "approver": "slack:U2BOB", "message": "position 1"}
+    posted = content(render("queued", context), REQUEST_ID, "amber-otter")
+    assert "Approved by *<@U2BOB>*." in posted["blocks"][1]["text"]["text"]
+    assert "<@U2BOB>" in posted["text"]
+    assert "&lt;@" not in json.dumps(posted)
+
+
+def test_someone_on_another_platform_is_shown_by_principal() -> None:
+    context = {"request_id": REQUEST_ID, "approver": "console:bob"}
+    assert "Approved by *console:bob*." in to_blocks(render("queued", context))[1]["text"]["text"]
+
+
+def test_request_text_that_names_someone_mentions_nobody() -> None:
+    context = {
+        "request_id": REQUEST_ID,
+        "command": "change",
+        "requester": "ana",
+        "requester_id": "slack:U0ANA",
+        "text": "add a ping for slack:U2BOB <@U2BOB> <!channel>",
+    }
+    text = to_blocks(render("processing", context))[1]["text"]["text"]
+    assert text.startswith("*<@U0ANA>* asked: ")
+    assert "for slack:U2BOB &lt;@U2BOB&gt; &lt;!channel&gt;" in text
+    assert "<@U2BOB>" not in text
+
+
+def test_a_cut_never_splits_a_mention() -> None:
+    mentions = " ".join(mark("slack:U2BOB") for _ in range(800))
+    blocks = to_blocks(Message("history", "History", text=mentions))
+    texts = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert len(texts) > 1
+    for text in texts:
+        assert text.rstrip("…").endswith("<@U2BOB>")
+        assert text.count("<") == text.count(">") == text.count("<@U2BOB>")
 
 
 # -- the fake Web API with a real WebClient --------------------------------------

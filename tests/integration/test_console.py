@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline import store
+from pipeline import audit, store
 from pipeline.config import load_settings
 from pipeline.requests import RequestStore
 from tests.support import ROOT, Molt, ServiceRepo, hang_on_live, update_processes, wait_for_file
@@ -65,6 +65,24 @@ def test_failing_test_rolls_back_and_retry_runs_again(
     molt.send("press approve")
     molt.wait_for(r"✅ Live: ", since=again)
     assert service.live_head() == fixed
+
+
+def test_people_are_named_by_their_console_names_and_audited_as_principals(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path
+) -> None:
+    service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    molt = _up(start_molt())
+    since = molt.send("deploy main")
+    molt.wait_for(r"requested by alice\.", since=since)
+    molt.send("press approve")
+    molt.wait_for(r"Approved by alice\.", since=since)
+    molt.wait_for(r"✅ Live: ", since=since)
+    assert "console:alice" not in molt.output[since:]
+    requests = _store(data_dir)
+    [request] = requests.recent(5)
+    assert request.approver == "console:alice"
+    approved = [e for e in audit.entries(requests.conn, request.id) if e["action"] == "approved"]
+    assert [e["actor"] for e in approved] == ["console:alice"]
 
 
 def test_unauthorised_user_gets_a_themed_refusal_and_nothing_is_planned(

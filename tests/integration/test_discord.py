@@ -297,6 +297,22 @@ def test_a_non_approver_click_is_refused_and_a_double_click_approves_once(
     assert "already" in late_text or "is queued" in late_text or "is running" in late_text
 
 
+def test_people_are_discord_mentions_that_ping_nobody_and_principals_in_the_audit(
+    service: ServiceRepo, bot: DiscordBot
+) -> None:
+    _v2(service)
+    request_id = bot.plan(ALICE)
+    assert f"requested by <@{ALICE.id}>" in str(_embed(bot.status_message(request_id)))
+    bot.click(BOB, request_id, "approve")
+    queued = bot.shown("queued", request_id)
+    assert f"Approved by **<@{BOB.id}>**." in _embed(queued.body)["description"]
+    assert queued.body["allowed_mentions"] == {"parse": []}
+    bot.shown("success", request_id)
+    [approved] = [e for e in audit.entries(bot.store.conn, request_id) if e["action"] == "approved"]
+    assert approved["actor"] == f"discord:{BOB.id}"
+    assert approved["detail"]["message"] == f"approved by discord:{BOB.id}"
+
+
 def test_a_plan_posted_before_a_restart_is_approved_after_it(
     service: ServiceRepo, start_discord_bot: Callable[..., DiscordBot]
 ) -> None:

@@ -226,6 +226,42 @@ def test_non_approver_click_and_double_click_change_nothing_twice(
     assert len(approvals) == 1
 
 
+def test_people_are_slack_mentions_in_messages_and_principals_in_the_audit(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
+    service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    slack_bot.command("deploy main")
+    plan = slack_bot.shown("plan_ready")
+    assert "requested by <@U1ALICE>" in json.dumps(plan["blocks"])
+    request_id = _payload(plan)["request_id"]
+    slack_bot.click("approve", request_id)
+    queued = slack_bot.shown("queued")
+    assert "Approved by *<@U2BOB>*." in json.dumps(queued["blocks"])
+    assert "Approved by *<@U2BOB>*." in queued["text"]
+    assert "slack:U2BOB" not in json.dumps(queued)
+    slack_bot.shown("success")
+    [approved] = [e for e in _audit(slack_bot, request_id) if e["action"] == "approved"]
+    assert approved["actor"] == "slack:U2BOB"
+    assert approved["detail"]["message"] == "approved by slack:U2BOB"
+    assert slack_bot.store.get(request_id).approver == "slack:U2BOB"
+
+
+def test_request_text_naming_someone_mentions_nobody(
+    service: ServiceRepo, start_slack_bot: Callable[..., SlackBot]
+) -> None:
+    from tests.fakes.anthropic import FakeAnthropic, reply, tool
+
+    asking = reply(tool("ask_questions", {"questions": ["Which route?"]}))
+    with FakeAnthropic(asking) as model:
+        bot = start_slack_bot(**model.env())
+        bot.command("add a ping route, as slack:U2BOB and <@U2BOB> asked")
+        asked = bot.shown("needs_info")
+    shown = json.dumps(asked)
+    assert "<@U1ALICE>" in shown  # the requester, named by Molt
+    assert "as slack:U2BOB and &lt;@U2BOB&gt; asked" in shown
+    assert "<@U2BOB>" not in shown
+
+
 def test_failure_offers_retry_and_retry_plans_again(
     service: ServiceRepo, slack_bot: SlackBot
 ) -> None:

@@ -63,7 +63,7 @@ def retry(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -
     if not decision:
         return decision
     if request.state not in (S.FAILED, S.BLOCKED):
-        return Decision(False, f"this request is {request.state.value}, not failed", "state")
+        return approval.moved_on(request)
     try:
         store.transition(
             request_id,
@@ -257,9 +257,7 @@ def answer(
     if not allowed:
         return allowed
     if request.state is not S.NEEDS_INFO:
-        return Decision(
-            False, f"this request is {request.state.value}, not waiting for answers", "state"
-        )
+        return approval.moved_on(request, "answers")
     if len(request.answers) >= MAX_FOLLOW_UPS:
         return TOO_MANY_FOLLOW_UPS
     text = redact(" ".join(text.split())[:MAX_TEXT], settings.secrets())
@@ -292,7 +290,7 @@ def revise(
                 False, "only the requester or an approver may ask for changes", allowed.check
             )
     if request.state is not S.PLAN_READY:
-        return Decision(False, f"this plan is {request.state.value}", "late")
+        return approval.moved_on(request)
     note = redact(" ".join(note.split())[:MAX_TEXT], settings.secrets())
     if not note:
         return Decision(False, "say what should change", "empty")

@@ -8,7 +8,8 @@ the request is now, with the message it ended with and what can be done (``moved
 also when it loses that race halfway, between the approval and the enqueue.
 Observe mode, a component switched off, the daily limit and a full queue refuse every
 approval, Molt's own included (MOLT_AUTONOMY=auto approves low-risk plans as
-``molt:auto``; pipeline/autonomy.py).
+``molt:auto``; pipeline/autonomy.py), and an approver's Retry of an unchanged plan,
+which approves it (``approves_on_retry``).
 A refusal is a Decision whose check is "authorisation", "expired", "late", "queue-full",
 "autonomy" (not a plan Molt approves itself) or one of pipeline/autonomy.py's.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import time
 from contextlib import suppress
+from typing import Any
 
 import redis
 
@@ -194,6 +196,46 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
     if not decision:
         return _refuse(store, request, principal, "approve", decision)
     return decision
+
+
+def unchanged(previous: dict[str, Any] | None, plan: dict[str, Any]) -> bool:
+    """Whether a retry's new plan is the one approved before: the same target commit onto
+    the same base, at the same risk. A change in words is planned anew by the model, its
+    commit known only once written, so it never is."""
+    if not previous or previous.get("kind") != plan.get("kind") or plan.get("kind") == "change":
+        return False
+    commits = ("base_commit", "target_commit")
+    if not all(plan.get(k) and previous.get(k) == plan.get(k) for k in commits):
+        return False
+    return bool(previous.get("risk") == plan.get("risk"))
+
+
+def approves_on_retry(
+    settings: Settings, who: Origin, request: Request, plan: dict[str, Any]
+) -> bool:
+    """Whether ``who`` pressing Retry approves ``plan``, the request's new plan: it is
+    unchanged from the one approved before (still ``request.plan``), and ``who`` may
+    approve it (so a high-risk plan still needs someone other than its requester)."""
+    level = plan.get("risk", {}).get("level", "low")
+    may = authorisation.may_approve(settings, who, request.requester, level)
+    return bool(request.approver) and unchanged(request.plan, plan) and may.allowed
+
+
+def approve_on_retry(
+    settings: Settings, conn: redis.Redis, request_id: str, who: Origin
+) -> Decision:
+    """An approver's Retry of an unchanged plan is its approval, audited as such."""
+    request = RequestStore(conn).get(request_id)
+    level = (request.plan or {}).get("risk", {}).get("level", "low")
+    decision = (
+        authorisation.may_approve(settings, who, request.requester, level)
+        and _late(request)
+        and approvable(settings, conn, request)
+    )
+    if not decision:
+        return decision
+    message = f"approved by {who.principal} by pressing Retry: the plan is unchanged"
+    return _approved(settings, conn, request_id, who.principal, message)
 
 
 def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:

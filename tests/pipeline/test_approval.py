@@ -11,7 +11,7 @@ from pipeline.config import Settings
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
 from pipeline.targets import Target
-from tests.support import ServiceRepo
+from tests.support import ServiceRepo, git
 
 ALICE = Origin("console", "alice")
 
@@ -190,3 +190,61 @@ def test_every_click_on_a_request_that_moved_on_says_where_it_is_and_what_to_do(
         "this plan was already rejected by console:bob; ask again if it is still wanted"
     )
     assert late.check == "late"
+
+
+def test_an_approvers_retry_of_an_unchanged_deploy_is_its_approval(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _failed(settings, conn, _planned(settings, conn, service, {"notes.txt": "x\n"}))
+    assert intake.retry(settings, conn, request.id, ALICE)
+    retried = RequestStore(conn).get(request.id)
+    assert (retried.state, retried.attempt) == (S.QUEUED, 2)
+    assert retried.approver == "console:alice"
+    assert Target(settings, conn).line.ids() == [request.id]
+    approvals = [e for e in audit.entries(conn, request.id) if e["action"] == "approved"]
+    assert [(e["actor"], e["detail"]["message"]) for e in approvals] == [
+        ("console:bob", "approved by console:bob"),
+        ("console:alice", "approved by console:alice by pressing Retry: the plan is unchanged"),
+    ]
+    shown = [events.Event.from_fields(i, f) for i, f in conn.xrange(events.STREAM)]
+    plans = [e.data.get("approved_on_retry") for e in shown if e.template == "plan_ready"]
+    assert plans == ["", "console:alice"]  # the second plan is shown as approved, no buttons
+
+
+def test_a_non_approvers_retry_posts_the_plan_for_approval(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    carol = Origin("console", "carol")
+    with_carol = settings.model_copy(
+        update={"authorised_users": [*settings.authorised_users, carol.principal]}
+    )
+    request = _failed(settings, conn, _planned(settings, conn, service, {"notes.txt": "x\n"}))
+    assert intake.retry(with_carol, conn, request.id, carol)
+    assert RequestStore(conn).get(request.id).state is S.PLAN_READY
+    assert Target(settings, conn).line.ids() == []
+
+
+def test_a_retry_after_the_base_moved_asks_for_approval_again(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    landed = service.commit({"notes.txt": "x\n"}, "landed meanwhile")
+    request = _failed(settings, conn, _planned(settings, conn, service, {"more.txt": "y\n"}))
+    git(service.live, "fetch", "-q", "origin")
+    git(service.live, "merge", "-q", "--ff-only", landed)
+    assert intake.retry(settings, conn, request.id, ALICE)
+    retried = RequestStore(conn).get(request.id)
+    assert retried.state is S.PLAN_READY
+    assert retried.plan and retried.plan["base_commit"] == landed
+
+
+def test_a_high_risk_plan_retried_by_its_requester_asks_for_approval_again(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    request = _planned(settings, conn, service, {".ci/run": "#!/bin/sh\nexit 0\n"})
+    assert request.plan and request.plan["risk"]["level"] == "high"
+    failed = _failed(settings, conn, request)
+    assert intake.retry(settings, conn, failed.id, ALICE)
+    retried = RequestStore(conn).get(request.id)
+    assert retried.state is S.PLAN_READY
+    approvals = [e["actor"] for e in audit.entries(conn, request.id) if e["action"] == "approved"]
+    assert approvals == ["console:bob"]

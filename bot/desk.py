@@ -4,7 +4,8 @@ Adapters ack at once and call ``say`` or ``press``; the work (Redis, git,
 pre-flight tests, planning) runs here on a thread pool, never on the
 platform's thread. Answers that belong to a request travel as events; answers
 to one person (help, status, a refused operator command) go straight back
-through the adapter's ``reply``.
+through the adapter's ``reply``. A click on a request that moved on meanwhile is
+refused like any other click, saying where the request is now, never "that did not work".
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from bot.rendering import refusal_line, render
 from pipeline import approval, audit, authorisation, control, intake
 from pipeline.config import Settings
 from pipeline.decisions import Decision
-from pipeline.exceptions import UnknownRequest
+from pipeline.exceptions import IllegalTransition, UnknownRequest
 from pipeline.requests import Origin, RequestStore
 from pipeline.states import RequestState as S
 
@@ -227,7 +228,10 @@ class Desk(Front):
         """Run ``step`` on an existing request; a refusal is told to that person alone."""
         if not self._known(origin, request_id):
             return
-        decision = step(self.settings, self.conn, request_id, origin, text)
+        try:
+            decision = step(self.settings, self.conn, request_id, origin, text)
+        except IllegalTransition:  # a race the step did not settle: it moved on meanwhile
+            decision = approval.moved_on(self.store.get(request_id))
         if not decision:
             self._refused(origin, request_id, action, decision)
 
@@ -264,16 +268,20 @@ class Desk(Front):
     def _press(self, origin: Origin, action: str, request_id: str) -> None:
         if not self._known(origin, request_id):
             return
-        if action == "approve":
-            approval.approve(self.settings, self.conn, request_id, origin)
-        elif action == "reject":
-            approval.reject(self.settings, self.conn, request_id, origin)
-        elif action == "retry":
-            decision = intake.retry(self.settings, self.conn, request_id, origin)
-            if not decision:
-                self._refused(origin, request_id, "retry", decision)
-        else:
-            self._reply(origin, "not_allowed", reason=f"unknown button {action!r}")
+        try:
+            if action == "approve":  # approve and reject tell their refusals themselves
+                approval.approve(self.settings, self.conn, request_id, origin)
+            elif action == "reject":
+                approval.reject(self.settings, self.conn, request_id, origin)
+            elif action == "retry":
+                decision = intake.retry(self.settings, self.conn, request_id, origin)
+                if not decision:
+                    self._refused(origin, request_id, "retry", decision)
+            else:
+                self._reply(origin, "not_allowed", reason=f"unknown button {action!r}")
+        except IllegalTransition:  # a race the step did not settle: it moved on meanwhile
+            moved_on = approval.moved_on(self.store.get(request_id))
+            self._refused(origin, request_id, action, moved_on)
 
 
 #: What each verb of the grammar (bot/commands.py) does; "invalid" is a command that did

@@ -2,9 +2,14 @@
 
 A click that is not allowed is audited and answered privately; it changes
 nothing. Two clicks racing each other are settled by the state machine: the
-transition out of plan_ready succeeds once. Observe mode, a component switched
-off, the daily limit and a full queue refuse every approval, Molt's own included
-(MOLT_AUTONOMY=auto approves low-risk plans as ``molt:auto``; pipeline/autonomy.py).
+transition out of plan_ready succeeds once. A click that comes after its request
+moved on (it failed, was cleared from the queue, succeeded, expired…) is told where
+the request is now, with the message it ended with and what can be done (``moved_on``),
+also when it loses that race halfway, between the approval and the enqueue.
+Observe mode, a component switched off, the daily limit and a full queue refuse every
+approval, Molt's own included (MOLT_AUTONOMY=auto approves low-risk plans as
+``molt:auto``; pipeline/autonomy.py), and an approver's Retry of an unchanged plan,
+which approves it (``approves_on_retry``).
 A refusal is a Decision whose check is "authorisation", "expired", "late", "queue-full",
 "autonomy" (not a plan Molt approves itself) or one of pipeline/autonomy.py's.
 """
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import time
 from contextlib import suppress
+from typing import Any
 
 import redis
 
@@ -22,8 +28,48 @@ from pipeline.decisions import ALLOWED, Decision
 from pipeline.exceptions import IllegalTransition
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 
 _FROM_PLAN = frozenset({S.PLAN_READY})
+#: Where a request is now, as a click that came after it moved on is told.
+_NOW = {
+    S.RECEIVED: "is being checked",
+    S.REFUSED: "was refused",
+    S.PREFLIGHT: "is running its pre-flight checks",
+    S.BLOCKED: "was blocked",
+    S.NEEDS_INFO: "waits for answers to the planner's questions",
+    S.PLANNING: "is being planned",
+    S.PLAN_READY: "has a new plan waiting for approval",
+    S.REJECTED: "was rejected",
+    S.EXPIRED: "expired",
+    S.APPROVED: "was approved",
+    S.QUEUED: "is queued",
+    S.RUNNING: "is running",
+    S.RESTARTING: "is restarting the service",
+    S.SUCCEEDED: "succeeded",
+    S.FAILED: "failed",
+    S.CANCELLED: "was cancelled",
+}
+_ASK_AGAIN = "ask again if it is still wanted"
+_RESULT_FOLLOWS = "its result is posted when it ends"
+#: What the person can do about a request in that state.
+_NEXT = {
+    S.BLOCKED: "press Retry to check it again",
+    S.FAILED: "press Retry to run it again",
+    S.REFUSED: _ASK_AGAIN,
+    S.REJECTED: _ASK_AGAIN,
+    S.EXPIRED: _ASK_AGAIN,
+    S.CANCELLED: _ASK_AGAIN,
+    S.APPROVED: _RESULT_FOLLOWS,
+    S.QUEUED: _RESULT_FOLLOWS,
+    S.RUNNING: _RESULT_FOLLOWS,
+    S.RESTARTING: _RESULT_FOLLOWS,
+}
+#: States an approver's answer led to: who answered says more than the state's message.
+_ANSWERED = frozenset({S.APPROVED, S.QUEUED, S.REJECTED})
+_CLEARED = "cleared from the queue"
+#: The longest part of a request's message a refused click repeats.
+_LONGEST = 300
 
 
 def _refuse(
@@ -43,19 +89,29 @@ def _refuse(
 
 def _late(request: Request) -> Decision:
     """Whether the plan still waits for its answer."""
-    return ALLOWED if request.state is S.PLAN_READY else _too_late(request)
+    return ALLOWED if request.state is S.PLAN_READY else moved_on(request)
 
 
-def _too_late(request: Request) -> Decision:
-    """The refusal of a click that came after the plan was answered (or, lost in a race
-    with a revision, after it was planned anew: then there is nothing more to say)."""
-    if request.state is S.PLAN_READY:
-        return Decision(False, "", "late")
-    if request.approver:
-        return Decision(
-            False, f"this plan was already {request.state.value} by {request.approver}", "late"
-        )
-    return Decision(False, f"this plan is {request.state.value}", "late")
+def moved_on(request: Request, waiting_for: str = "") -> Decision:
+    """The refusal of a click that came after its request moved on: where the request is
+    now, the message it ended with, and what the person can do (Retry where it applies).
+    ``waiting_for`` names what the click needed the request to wait for, said first."""
+    state = request.state
+    lines = request.message.strip().splitlines()
+    said = lines[0].rstrip(". ") if lines else ""
+    if len(said) > _LONGEST:
+        said = said[: _LONGEST - 1] + "…"
+    subject = "this request"
+    if state is S.FAILED and said.startswith(_CLEARED):
+        what = f"was {said}"
+    elif state in _ANSWERED and request.approver:
+        subject, what = "this plan", f"was already {state.value} by {request.approver}"
+    else:
+        what = _NOW[state] + (f": {said}" if said else "")
+    if waiting_for:
+        subject = f"this request is not waiting for {waiting_for}: it"
+    then = _NEXT.get(state)
+    return Decision(False, f"{subject} {what}" + (f"; {then}" if then else ""), "late")
 
 
 def _expire(
@@ -142,6 +198,46 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
     return decision
 
 
+def unchanged(previous: dict[str, Any] | None, plan: dict[str, Any]) -> bool:
+    """Whether a retry's new plan is the one approved before: the same target commit onto
+    the same base, at the same risk. A change in words is planned anew by the model, its
+    commit known only once written, so it never is."""
+    if not previous or previous.get("kind") != plan.get("kind") or plan.get("kind") == "change":
+        return False
+    commits = ("base_commit", "target_commit")
+    if not all(plan.get(k) and previous.get(k) == plan.get(k) for k in commits):
+        return False
+    return bool(previous.get("risk") == plan.get("risk"))
+
+
+def approves_on_retry(
+    settings: Settings, who: Origin, request: Request, plan: dict[str, Any]
+) -> bool:
+    """Whether ``who`` pressing Retry approves ``plan``, the request's new plan: it is
+    unchanged from the one approved before (still ``request.plan``), and ``who`` may
+    approve it (so a high-risk plan still needs someone other than its requester)."""
+    level = plan.get("risk", {}).get("level", "low")
+    may = authorisation.may_approve(settings, who, request.requester, level)
+    return bool(request.approver) and unchanged(request.plan, plan) and may.allowed
+
+
+def approve_on_retry(
+    settings: Settings, conn: redis.Redis, request_id: str, who: Origin
+) -> Decision:
+    """An approver's Retry of an unchanged plan is its approval, audited as such."""
+    request = RequestStore(conn).get(request_id)
+    level = (request.plan or {}).get("risk", {}).get("level", "low")
+    decision = (
+        authorisation.may_approve(settings, who, request.requester, level)
+        and _late(request)
+        and approvable(settings, conn, request)
+    )
+    if not decision:
+        return decision
+    message = f"approved by {who.principal} by pressing Retry: the plan is unchanged"
+    return _approved(settings, conn, request_id, who.principal, message)
+
+
 def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     store = RequestStore(conn)
     request = store.get(request_id)
@@ -159,9 +255,21 @@ def _approved(
 ) -> Decision:
     """Approve the plan and queue its update; a click that lost the race is told so."""
     decision = _answered(RequestStore(conn), request_id, S.APPROVED, approver, message)
-    if decision:
+    return decision and _queued(settings, conn, request_id)
+
+
+def _queued(settings: Settings, conn: redis.Redis, request_id: str) -> Decision:
+    """Queue an approved request. One that moved on in between (the update ahead failed
+    and cleared the queue, say) stays where it is, out of the waiting line, and the click
+    is told what happened to it."""
+    try:
         queueing.enqueue(settings, conn, request_id)
-    return decision
+    except IllegalTransition:
+        current = RequestStore(conn).get(request_id)
+        if current.terminal:  # not waiting for anything: its place in the line is stale
+            Target(settings, conn).line.leave(request_id)
+        return moved_on(current)
+    return ALLOWED
 
 
 def _answered(
@@ -178,5 +286,5 @@ def _answered(
             allowed_from=_FROM_PLAN,
         )
     except IllegalTransition:
-        return _too_late(store.get(request_id))
+        return moved_on(store.get(request_id))
     return ALLOWED

@@ -3,7 +3,9 @@
 ``submit`` creates the request and runs the rest; chat front ends call it off
 their own threads, since pre-flight may run the target's tests (and, with
 MOLT_AUTONOMY=semi, phase 1 of a deploy). Under MOLT_AUTONOMY=auto a low-risk plan
-is approved by Molt itself as soon as it is ready (pipeline/autonomy.py).
+is approved by Molt itself as soon as it is ready (pipeline/autonomy.py). ``retry``
+runs a failed or blocked request again from pre-flight; when an approver pressed it and
+the new plan is unchanged, the press is its approval (pipeline/approval.py).
 
 ``advance`` runs named steps: the gates, pre-flight, planning. A refusal among them
 ends the request blocked, its data naming the Decision's check: "switch", "daily
@@ -64,7 +66,7 @@ def retry(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -
     if not decision:
         return decision
     if request.state not in (S.FAILED, S.BLOCKED):
-        return Decision(False, f"this request is {request.state.value}, not failed", "state")
+        return approval.moved_on(request)
     try:
         store.transition(
             request_id,
@@ -82,19 +84,22 @@ def retry(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -
         )
     except MoltError:
         return Decision(False, "this request is already being retried", "late")
-    advance(settings, conn, request_id, checked=True)
+    advance(settings, conn, request_id, retried_by=who)
     return ALLOWED
 
 
 def advance(
-    settings: Settings, conn: redis.Redis, request_id: str, *, checked: bool = False
+    settings: Settings, conn: redis.Redis, request_id: str, *, retried_by: Origin | None = None
 ) -> Request:
-    """Pre-flight and planning, ending in plan_ready, blocked or failed."""
-    if not checked:
+    """Pre-flight and planning, ending in plan_ready, blocked or failed (or, when
+    ``retried_by`` already moved it back to pre-flight and approves an unchanged plan by
+    that press, queued)."""
+    if retried_by is None:
         RequestStore(conn).transition(
             request_id, S.PREFLIGHT, actor=MOLT, message="running pre-flight checks"
         )
-    return _finishing(settings, conn, request_id, _checked_and_planned)
+    step = partial(_checked_and_planned, retried_by=retried_by)
+    return _finishing(settings, conn, request_id, step)
 
 
 def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
@@ -102,7 +107,9 @@ def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request
     return _finishing(settings, conn, request_id, _plan)
 
 
-def _checked_and_planned(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
+def _checked_and_planned(
+    settings: Settings, conn: redis.Redis, request_id: str, retried_by: Origin | None = None
+) -> Request:
     """The gates, then pre-flight; planning if all pass, else blocked by the one that refused."""
     store = RequestStore(conn)
     gate = _gates(settings, conn, store.get(request_id))
@@ -119,7 +126,7 @@ def _checked_and_planned(settings: Settings, conn: redis.Redis, request_id: str)
         message=f"pre-flight passed in {time.monotonic() - started:.1f}s; planning",
         data={"checks": report},
     )
-    return _plan(settings, conn, request_id)
+    return _plan(settings, conn, request_id, retried_by)
 
 
 def _gates(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
@@ -181,8 +188,11 @@ def _blocked(
     return store.transition(request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data)
 
 
-def _plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
-    """A deploy's plan (under MOLT_AUTONOMY=semi with its phase 1 run), or a change's."""
+def _plan(
+    settings: Settings, conn: redis.Redis, request_id: str, retried_by: Origin | None = None
+) -> Request:
+    """A deploy's plan (under MOLT_AUTONOMY=semi with its phase 1 run), or a change's (always
+    posted for approval: a retry plans it anew)."""
     store = RequestStore(conn)
     request = store.get(request_id)
     if not request.deploys:
@@ -201,35 +211,55 @@ def _plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
             },
         )
         shown["phase_one"] = autonomy.phase_one_before_approval(settings, conn, request_id, made)
-    return _plan_ready(settings, conn, request_id, shown, made.summary)
+    return _plan_ready(settings, conn, request_id, shown, made.summary, retried_by)
 
 
 def _plan_ready(
-    settings: Settings, conn: redis.Redis, request_id: str, plan: dict[str, Any], summary: str
+    settings: Settings,
+    conn: redis.Redis,
+    request_id: str,
+    plan: dict[str, Any],
+    summary: str,
+    retried_by: Origin | None = None,
 ) -> Request:
-    """Show the plan; under MOLT_AUTONOMY=auto a low-risk one is approved by Molt at once."""
+    """Show the plan, and approve it at once when its approver is known already: the one
+    who pressed Retry, if it is unchanged; under MOLT_AUTONOMY=auto, Molt if it is low risk."""
     store = RequestStore(conn)
-    auto = autonomy.approves_itself(settings, plan)
-    held = approval.approvable(settings, conn, store.get(request_id)) if auto else ALLOWED
+    request = store.get(request_id)  # its plan is still the one before this one
+    presser = None
+    if retried_by is not None and approval.approves_on_retry(settings, retried_by, request, plan):
+        presser = retried_by
+    auto = presser is None and autonomy.approves_itself(settings, plan)
+    held = approval.approvable(settings, conn, request) if auto or presser else ALLOWED
     shown = {"expires_in": settings.plan_ttl, "autonomy": settings.autonomy}
+    held_key = "retry_held" if presser else "auto_held"
+    at_once = {
+        "auto": auto and held.allowed,
+        "approved_on_retry": presser.principal if presser and held else "",
+        held_key: "" if held else held.reason,
+    }
     ready = store.transition(
         request_id,
         S.PLAN_READY,
         actor=MOLT,
         message=summary,
         fields={"plan": plan, "plan_ready_at": time.time()},
-        data=shown | {"auto": auto and held.allowed, "auto_held": "" if held else held.reason},
+        data=shown | at_once,
     )
-    if not auto or not held:
+    if not (auto or presser) or not held:
         return ready
-    decision = approval.approve_automatically(settings, conn, request_id)
-    if not decision:  # something changed in between: show the plan again, with its buttons
+    if presser is not None:
+        decision = approval.approve_on_retry(settings, conn, request_id, presser)
+    else:
+        decision = approval.approve_automatically(settings, conn, request_id)
+    if not decision and store.get(request_id).state is S.PLAN_READY:
+        # something changed in between: show the plan again, with its buttons
         store.notify(
             request_id,
             "plan_ready",
             actor=MOLT,
-            action="auto_approve_refused",
-            data=shown | {"auto_held": decision.reason},
+            action=f"{'retry' if presser else 'auto'}_approve_refused",
+            data=shown | {held_key: decision.reason},
         )
     return store.get(request_id)
 
@@ -267,9 +297,7 @@ def answer(
     if not allowed:
         return allowed
     if request.state is not S.NEEDS_INFO:
-        return Decision(
-            False, f"this request is {request.state.value}, not waiting for answers", "state"
-        )
+        return approval.moved_on(request, "answers")
     if len(request.answers) >= MAX_FOLLOW_UPS:
         return TOO_MANY_FOLLOW_UPS
     text = redact(" ".join(text.split())[:MAX_TEXT], settings.secrets())
@@ -302,7 +330,7 @@ def revise(
                 False, "only the requester or an approver may ask for changes", allowed.check
             )
     if request.state is not S.PLAN_READY:
-        return Decision(False, f"this plan is {request.state.value}", "late")
+        return approval.moved_on(request)
     note = redact(" ".join(note.split())[:MAX_TEXT], settings.secrets())
     if not note:
         return Decision(False, "say what should change", "empty")

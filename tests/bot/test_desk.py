@@ -1,5 +1,6 @@
-"""The desk: every verb of the grammar reaches what it names, and long work never keeps
-a quick answer waiting."""
+"""The desk: every verb of the grammar reaches what it names, long work never keeps a
+quick answer waiting, and a click that came too late is answered like any other refused
+click."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from bot.base import Adapter
 from bot.commands import OPERATOR_VERBS, VERBS
 from bot.desk import BY_VERB, Desk
 from bot.messages import Message
+from pipeline import approval, audit, events, intake
 from pipeline.config import Settings
-from pipeline.requests import Origin, Request
+from pipeline.requests import Origin, Request, RequestStore
+from pipeline.states import RequestState as S
 from tests.support import ServiceRepo
 
 ALICE = Origin("console", "alice")
@@ -61,3 +64,35 @@ def test_status_and_help_answer_while_long_pre_flight_runs_fill_the_desk(
         for deploy in deploys:
             deploy.result(timeout=120)
         desk.close()
+
+
+def test_a_click_on_a_request_that_moved_on_is_refused_to_that_person_alone(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    """Retry, Request changes and answers on a request that succeeded, failed or was
+    answered are told where it is now, audited, and never "that did not work"."""
+    service.commit({"notes.txt": "x\n"}, "notes")
+    request = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
+    assert approval.reject(settings, conn, request.id, Origin("console", "bob"))
+    desk = Desk(settings, conn, {})
+    try:
+        desk.press(ALICE, "retry", request.id).result(timeout=60)
+        desk.revise(ALICE, request.id, "deploy other").result(timeout=60)
+        desk.answer(ALICE, request.id, "yes").result(timeout=60)
+    finally:
+        desk.close()
+    said = "this plan was already rejected by console:bob; ask again if it is still wanted"
+    unanswerable = "this request is not waiting for answers: it was already rejected by console:bob"
+    told = [
+        (e.template, e.data.get("reason"))
+        for e in (events.Event.from_fields(i, f) for i, f in conn.xrange(events.STREAM))
+        if e.audience == ALICE.principal
+    ]
+    assert told == [
+        ("not_allowed", said),
+        ("not_allowed", said),
+        ("not_allowed", f"{unanswerable}; ask again if it is still wanted"),
+    ]
+    refused = [e["action"] for e in audit.entries(conn, request.id) if "refused" in e["action"]]
+    assert refused == ["retry_refused", "revise_refused", "answer_refused"]
+    assert RequestStore(conn).get(request.id).state is S.REJECTED

@@ -258,3 +258,35 @@ def test_worker_killed_mid_update_is_rolled_back(
     molt.wait_for(r"worker running this update stopped during phase 2", since=since)
     assert service.live_head() == old
     assert service.live_status() == ""
+
+
+def test_an_approvers_retry_of_an_unchanged_plan_runs_it_without_asking_again(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
+) -> None:
+    """Once the cause outside the code is fixed, Retry by an approver is the approval of
+    the same plan, audited as such."""
+    ready = tmp_path / "ready"
+    check = f"import os\n\n\ndef test_ready():\n    assert os.path.exists({str(ready)!r})\n"
+    new = service.commit({"checks/test_ready.py": check}, "needs something outside the code")
+    molt = _up(start_molt())
+    since = molt.send("deploy main")
+    molt.wait_for(r"📋 Plan ready", since=since)
+    molt.send("press approve")
+    molt.wait_for(r"❌ Failed: ", since=since)
+    ready.touch()
+    again = molt.send("press retry")
+    molt.wait_for(r"Unchanged since it was approved:\S* console:alice approved it", since=again)
+    molt.wait_for(r"✅ Live: ", since=again)
+    assert service.live_head() == new
+    assert "that did not work" not in molt.output
+    requests = _store(data_dir)
+    [request] = requests.recent(5)
+    approvals = [
+        (e["actor"], e["detail"]["message"])
+        for e in audit.entries(requests.conn, request.id)
+        if e["action"] == "approved"
+    ]
+    assert approvals == [
+        ("console:alice", "approved by console:alice"),
+        ("console:alice", "approved by console:alice by pressing Retry: the plan is unchanged"),
+    ]

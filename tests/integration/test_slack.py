@@ -288,6 +288,24 @@ def test_failure_offers_retry_and_retry_plans_again(
     assert slack_bot.store.get(request_id).attempt == 2
 
 
+def test_an_approve_click_after_the_update_failed_says_what_happened(
+    service: ServiceRepo, slack_bot: SlackBot
+) -> None:
+    service.commit({"checks/test_new.py": "def test_new():\n    assert False\n"}, "broken")
+    slack_bot.command("deploy main")
+    request_id = slack_bot.request_id()
+    slack_bot.click("approve", request_id)
+    slack_bot.shown("failure")
+    assert slack_bot.click("approve", request_id) == 200
+    late = slack_bot.shown("not_allowed")
+    assert "this request failed: " in late["text"]
+    assert "press Retry to run it again" in late["text"]
+    assert "that did not work" not in late["text"]
+    assert slack_bot.store.get(request_id).state.value == "failed"
+    refused = [e for e in _audit(slack_bot, request_id) if e["action"] == "approve_refused"]
+    assert [e["actor"] for e in refused] == ["slack:U2BOB"]
+
+
 def _audit(slack_bot: SlackBot, request_id: str) -> list[dict[str, Any]]:
     from pipeline import audit
 

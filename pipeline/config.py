@@ -60,6 +60,12 @@ SELF_TEST_COMMAND = "python -m pytest -q -n 2"
 #: How much Molt does on its own (MOLT_AUTONOMY); see pipeline/autonomy.py.
 AUTONOMY_MODES = ("observe", "assisted", "semi", "auto")
 
+#: What tests that fail, then pass when run again, do to a phase (MOLT_FLAKY; see
+#: pipeline/reruns.py): fail it anyway, naming them as flaky, or let it pass.
+FLAKY_FAIL = "fail"
+FLAKY_PASS = "pass"
+FLAKY_MODES = (FLAKY_FAIL, FLAKY_PASS)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
@@ -72,6 +78,10 @@ class Settings(BaseSettings):
     restart_command: str | None = _var("MOLT_RESTART_COMMAND")
     health_command: str | None = _var("MOLT_HEALTH_COMMAND")
     phase_timeout: float = _var("MOLT_PHASE_TIMEOUT", 900.0, gt=0)
+    #: Seconds between refreshes of a running phase's status message; at least 2, so one
+    #: update's edits stay well inside Slack's chat.update limit (about 50 a minute).
+    progress_interval: float = _var("MOLT_PROGRESS_INTERVAL", 15.0, ge=2)
+    flaky: str = _var("MOLT_FLAKY", FLAKY_FAIL)
     restart_timeout: float = _var("MOLT_RESTART_TIMEOUT", 120.0, gt=0)
     boot_timeout: float = _var("MOLT_BOOT_TIMEOUT", 60.0, gt=0)
     queue_max: int = _var("MOLT_QUEUE_MAX", 10, ge=0)
@@ -171,6 +181,15 @@ class Settings(BaseSettings):
             value = value.strip().lower()
             if value not in AUTONOMY_MODES:
                 raise ValueError(f"expected one of {', '.join(AUTONOMY_MODES)}")
+        return value
+
+    @field_validator("flaky", mode="before")
+    @classmethod
+    def _known_flaky(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in FLAKY_MODES:
+                raise ValueError(f"expected one of {', '.join(FLAKY_MODES)}")
         return value
 
     @field_validator("trusted_keys", mode="before")

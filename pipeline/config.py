@@ -22,7 +22,14 @@ from typing import Annotated, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -65,6 +72,8 @@ AUTONOMY_MODES = ("observe", "assisted", "semi", "auto")
 FLAKY_FAIL = "fail"
 FLAKY_PASS = "pass"
 FLAKY_MODES = (FLAKY_FAIL, FLAKY_PASS)
+#: Settings that take one of a few words, and the words.
+_MODES = {"autonomy": AUTONOMY_MODES, "flaky": FLAKY_MODES}
 
 
 class Settings(BaseSettings):
@@ -174,22 +183,14 @@ class Settings(BaseSettings):
             raise ValueError("expected comma-separated numeric channel ids")
         return value if channels is None else channels
 
-    @field_validator("autonomy", mode="before")
+    @field_validator("autonomy", "flaky", mode="before")
     @classmethod
-    def _known_mode(cls, value: Any) -> Any:
+    def _known_mode(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
             value = value.strip().lower()
-            if value not in AUTONOMY_MODES:
-                raise ValueError(f"expected one of {', '.join(AUTONOMY_MODES)}")
-        return value
-
-    @field_validator("flaky", mode="before")
-    @classmethod
-    def _known_flaky(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.strip().lower()
-            if value not in FLAKY_MODES:
-                raise ValueError(f"expected one of {', '.join(FLAKY_MODES)}")
+            modes = _MODES[info.field_name or ""]
+            if value not in modes:
+                raise ValueError(f"expected one of {', '.join(modes)}")
         return value
 
     @field_validator("trusted_keys", mode="before")

@@ -91,7 +91,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     settings = _settings()
     conn = store.connect(settings)
     if not args.request:
-        _print("history", requests=control.history(conn, args.count))
+        flaky = control.flaky_tests(settings, conn)
+        _print("history", requests=control.history(conn, args.count), flaky=flaky)
         return 0
     from pipeline.requests import RequestStore
 

@@ -42,6 +42,8 @@ SETTLED = frozenset(
     }
 )
 SINCE_ENV = "MOLT_CONSOLE_SINCE"
+#: The field of a running phase's status that a progress refresh fills (templates/working.toml).
+PROGRESS_FIELD = "Progress"
 #: Light Markdown bold (``*word*``) reads as noise in a terminal.
 _BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 
@@ -61,6 +63,7 @@ class Console(Adapter):
         self.last_template: dict[str, str] = {}
         self._changed = threading.Condition()
         self._write = threading.Lock()
+        self._progress_open = False  # a progress line is shown and not yet ended (terminal)
         self.booted = time.time()
         self.since = float(os.environ.get(SINCE_ENV) or self.booted)
         os.environ[SINCE_ENV] = repr(self.since)
@@ -70,11 +73,26 @@ class Console(Adapter):
     def _print(self, text: str) -> None:
         text = _BOLD.sub(r"\1", people.address(text, "console"))
         with self._write:
-            self.out.write(text + "\n")
+            self.out.write(("\n" if self._progress_open else "") + text + "\n")
+            self._progress_open = False
+            self.out.flush()
+
+    def _print_progress(self, line: str) -> None:
+        """One progress line, rewritten in place on a terminal (a new line when piped)."""
+        with self._write:
+            if self.out.isatty():
+                self.out.write(f"\r\x1b[2K{line}")
+                self._progress_open = True
+            else:
+                self.out.write(line + "\n")
             self.out.flush()
 
     def deliver(self, request: Request, message: Message) -> None:
         name = message.codename or request.id
+        progress = [f.value for f in message.fields if f.name == PROGRESS_FIELD]
+        if message.template == "working" and progress:
+            self._print_progress(f"[{name}] ⏳ {progress[0]}")
+            return
         lines = [f"[{name}] {message.title}"]
         if message.text:
             lines.extend(f"  {line}" for line in message.text.splitlines())

@@ -168,7 +168,8 @@ class Desk(Front):
         self._reply(origin, "queue", requests=control.waiting(self.settings, self.conn))
 
     def _history(self, origin: Origin, command: Command) -> None:
-        self._reply(origin, "history", requests=control.history(self.conn))
+        flaky = control.flaky_tests(self.settings, self.conn)
+        self._reply(origin, "history", requests=control.history(self.conn), flaky=flaky)
 
     def _review(self, origin: Origin, command: Command) -> None:
         pending = control.pending(self.settings, self.conn)

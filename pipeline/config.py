@@ -22,7 +22,14 @@ from typing import Annotated, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -60,6 +67,14 @@ SELF_TEST_COMMAND = "python -m pytest -q -n 2"
 #: How much Molt does on its own (MOLT_AUTONOMY); see pipeline/autonomy.py.
 AUTONOMY_MODES = ("observe", "assisted", "semi", "auto")
 
+#: What tests that fail, then pass when run again, do to a phase (MOLT_FLAKY; see
+#: pipeline/reruns.py): fail it anyway, naming them as flaky, or let it pass.
+FLAKY_FAIL = "fail"
+FLAKY_PASS = "pass"
+FLAKY_MODES = (FLAKY_FAIL, FLAKY_PASS)
+#: Settings that take one of a few words, and the words.
+_MODES = {"autonomy": AUTONOMY_MODES, "flaky": FLAKY_MODES}
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
@@ -72,6 +87,10 @@ class Settings(BaseSettings):
     restart_command: str | None = _var("MOLT_RESTART_COMMAND")
     health_command: str | None = _var("MOLT_HEALTH_COMMAND")
     phase_timeout: float = _var("MOLT_PHASE_TIMEOUT", 900.0, gt=0)
+    #: Seconds between refreshes of a running phase's status message; at least 2, so one
+    #: update's edits stay well inside Slack's chat.update limit (about 50 a minute).
+    progress_interval: float = _var("MOLT_PROGRESS_INTERVAL", 15.0, ge=2)
+    flaky: str = _var("MOLT_FLAKY", FLAKY_FAIL)
     restart_timeout: float = _var("MOLT_RESTART_TIMEOUT", 120.0, gt=0)
     boot_timeout: float = _var("MOLT_BOOT_TIMEOUT", 60.0, gt=0)
     queue_max: int = _var("MOLT_QUEUE_MAX", 10, ge=0)
@@ -164,13 +183,14 @@ class Settings(BaseSettings):
             raise ValueError("expected comma-separated numeric channel ids")
         return value if channels is None else channels
 
-    @field_validator("autonomy", mode="before")
+    @field_validator("autonomy", "flaky", mode="before")
     @classmethod
-    def _known_mode(cls, value: Any) -> Any:
+    def _known_mode(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
             value = value.strip().lower()
-            if value not in AUTONOMY_MODES:
-                raise ValueError(f"expected one of {', '.join(AUTONOMY_MODES)}")
+            modes = _MODES[info.field_name or ""]
+            if value not in modes:
+                raise ValueError(f"expected one of {', '.join(modes)}")
         return value
 
     @field_validator("trusted_keys", mode="before")

@@ -1,6 +1,6 @@
 """Operator controls: pause, resume, emergency stop, rollback, and the views behind
-status, queue, history and review. Chat (bot/desk.py) and the shell (bot/cli.py) call
-the same functions, so both are audited alike.
+status, queue, history (with the target's flaky tests) and review. Chat (bot/desk.py) and
+the shell (bot/cli.py) call the same functions, so both are audited alike.
 
 The target's ``paused`` key (pipeline/keyspace.py) is set while no new update may start;
 its ``stop`` key holds JSON {by, request_id}: who asked which running update to stop; the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
@@ -172,6 +172,11 @@ def waiting(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
 
 def history(conn: redis.Redis, count: int = 10) -> list[dict[str, Any]]:
     return [r.context() | {"updated_at": r.updated_at} for r in RequestStore(conn).recent(count)]
+
+
+def flaky_tests(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
+    """The target's tests that failed, then passed when run again, most recent first."""
+    return [asdict(test) for test in Target(settings, conn).flaky.all()]
 
 
 def pending(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:

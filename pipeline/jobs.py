@@ -25,6 +25,7 @@ from pipeline.git import Git
 from pipeline.locking import Heartbeat
 from pipeline.plans import Plan
 from pipeline.preflight import tests_at, update_sandbox
+from pipeline.progress import TestProgress, Ticker
 from pipeline.records import TestRecord
 from pipeline.recovery import recover_abandoned
 from pipeline.requests import Request, RequestStore
@@ -67,6 +68,7 @@ class Update:
         self.notes: list[str] = []  # extra lines for the final message (change requests)
         self.release: manifests.Manifest | None = None  # signed after phase 2
         self.heartbeat: Heartbeat | None = None
+        self.flaky: list[str] = []  # tests that failed, then passed when run again
 
     # -- waiting its turn ---------------------------------------------------------------
 
@@ -252,22 +254,35 @@ class Update:
     def _validate(
         self, phase: str, path: Path, changed: list[str], baseline: int | None
     ) -> PhaseResult:
-        """One validation phase, its checks recorded; a safe point after it."""
-        result = run_phase(
-            phase,
-            path,
-            self.spec,
-            changed_files=changed,
-            baseline_passed=baseline,
-            log_path=self.trail.log_dir / f"{phase.replace(' ', '')}.log",
-            stop=self._stop_asked,
-        )
+        """One validation phase, its status message refreshed while it runs, its checks and
+        flaky tests recorded; a safe point after it."""
+        seen = TestProgress()
+        with Ticker(self.settings.progress_interval, lambda: self._show_progress(phase, seen)):
+            result = run_phase(
+                phase,
+                path,
+                self.spec,
+                changed_files=changed,
+                baseline_passed=baseline,
+                log_path=self.trail.log_dir / f"{phase.replace(' ', '')}.log",
+                stop=self._stop_asked,
+                watch=seen.feed,
+            )
         for found in result.checks:
             self.check(f"{phase}: {found.name}", found.ok, found.seconds, found.detail)
+        if result.flaky:
+            codename = self.store.get(self.request_id).codename
+            self.target.flaky.record(result.flaky, codename, phase)
+            self.flaky.extend(t for t in result.flaky if t not in self.flaky)
         self.guard()
         if not result.ok:
             raise UpdateFailed(phase, result.reason)
         return result
+
+    def _show_progress(self, phase: str, seen: TestProgress) -> None:
+        """A refresh of the status message while ``phase`` runs (its time, and pytest's
+        share done and failures so far): an event, not a state change, so not audited."""
+        self.store.refresh(self.request_id, self._progress(phase) | {"progress": seen.snapshot()})
 
     def _apply(self, plan: Plan) -> None:
         assert self.trail.snapshot is not None
@@ -322,6 +337,7 @@ class Update:
             "from_commit": plan.base_commit,
             "to_commit": plan.target_commit,
             "release": self.release.release if self.release else None,
+            "flaky": self.flaky,
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:

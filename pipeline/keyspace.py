@@ -8,6 +8,8 @@
   molt:tests:<id>:<commit>         hash {passed, count, seconds}: the test run at a commit
   molt:tests:<id>:<commit>:running when the pre-flight test run at a commit began, while it runs
   molt:imports:<id>:<commit>       the target's import graph at a commit (planning's cache)
+  molt:flaky:<id>                  hash: test → JSON {count, last_at, codename, phase}: tests
+                                   that failed, then passed when run again
   molt:started:<id>                sorted set "<request_id>:<attempt>" by when the update
                                    began (MOLT_MAX_CHANGES_PER_DAY)
   molt:paused:<id>                 who paused new updates
@@ -33,6 +35,7 @@ FORMATS = {
     "lock": "molt:lock:{id}",
     "queue": "molt:queue:{id}",
     "durations": "molt:durations:{id}",
+    "flaky": "molt:flaky:{id}",
     "started": "molt:started:{id}",
     "paused": "molt:paused:{id}",
     "stop": "molt:stop:{id}",
@@ -51,6 +54,7 @@ class TargetKeys:
     lock: str = field(init=False)
     queue: str = field(init=False)
     durations: str = field(init=False)
+    flaky: str = field(init=False)
     started: str = field(init=False)
     paused: str = field(init=False)
     stop: str = field(init=False)

@@ -1,12 +1,15 @@
 """What Molt remembers of a target's past runs: the test run at each commit (pre-flight
-reuses it, phases compare against it) and how long recent updates took (plans estimate
-from them). Their keys come from the target (pipeline/keyspace.py).
+reuses it, phases compare against it), how long recent updates took (plans estimate
+from them) and which tests were flaky (``history`` shows them). Their keys come from the
+target (pipeline/keyspace.py).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -75,6 +78,55 @@ class Durations:
         """The newest ``count`` entries that are durations at all (others are skipped)."""
         found = (_seconds(v) for v in self.conn.lrange(self.key, 0, count - 1))
         return [n for n in found if n is not None]
+
+
+@dataclass(frozen=True)
+class FlakyTest:
+    name: str
+    count: int  # updates' phases in which it failed, then passed when run again
+    last_at: float
+    codename: str  # the update that saw it last
+    phase: str
+
+
+class FlakyTests:
+    """Tests of one target that failed, then passed when run again: how often, and when and
+    in which update last. Only the update holding the target's lock writes it."""
+
+    def __init__(self, conn: redis.Redis, key: str) -> None:
+        self.conn = conn
+        self.key = key
+
+    def record(self, names: list[str], codename: str, phase: str) -> None:
+        if not names:
+            return
+        known = {t.name: t for t in self.all()}
+        now = time.time()
+        entries: dict[Any, Any] = {}
+        for name in dict.fromkeys(names):
+            count = known[name].count + 1 if name in known else 1
+            seen = {"count": count, "last_at": now, "codename": codename, "phase": phase}
+            entries[name] = json.dumps(seen, sort_keys=True)
+        self.conn.hset(self.key, mapping=entries)
+
+    def all(self) -> list[FlakyTest]:
+        """Newest first."""
+        found = []
+        for name, raw in self.conn.hgetall(self.key).items():
+            try:
+                seen = json.loads(raw)
+                found.append(
+                    FlakyTest(
+                        str(name),
+                        int(seen["count"]),
+                        float(seen["last_at"]),
+                        str(seen.get("codename", "")),
+                        str(seen.get("phase", "")),
+                    )
+                )
+            except (ValueError, KeyError, TypeError):
+                continue
+        return sorted(found, key=lambda t: t.last_at, reverse=True)
 
 
 def _seconds(value: object) -> float | None:

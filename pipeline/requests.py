@@ -314,6 +314,24 @@ class RequestStore:
 
         return self._atomically((key,), write)
 
+    def refresh(self, request_id: str, data: dict[str, Any]) -> None:
+        """A progress refresh of the request's status message while a step runs: an event
+        for its conversation, and neither a state change nor an audit entry (a long phase
+        would otherwise grow the audit trail by a line every few seconds, saying nothing)."""
+        request = self.get(request_id)
+        if request.terminal:
+            return
+        events.emit(
+            self.conn,
+            events.Event(
+                request_id=request_id,
+                state=request.state.value,
+                template=template_for(request.state, request.phase),
+                data={"message": request.message, "phase": request.phase, **data},
+                at=time.time(),
+            ),
+        )
+
     def notify(
         self,
         request_id: str,

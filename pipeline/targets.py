@@ -2,7 +2,7 @@
 
 ``Target`` joins the target's settings to a Redis connection and hands out what lives
 under its keys (pipeline/keyspace.py names them): the update lock and waiting line,
-the test records and update durations, and the boot records. Code that needs one of
+the test records, update durations and flaky tests, and the boot records. Code that needs one of
 them asks the target instead of spelling a key.
 """
 
@@ -16,7 +16,7 @@ from pipeline.boots import BootRecords
 from pipeline.config import Settings
 from pipeline.keyspace import TargetKeys
 from pipeline.locking import UpdateLock, WaitingLine
-from pipeline.records import Durations, TestRecords
+from pipeline.records import Durations, FlakyTests, TestRecords
 from pipeline.requests import RequestStore
 
 
@@ -49,6 +49,10 @@ class Target:
     @cached_property
     def durations(self) -> Durations:
         return Durations(self.conn, self.keys.durations)
+
+    @cached_property
+    def flaky(self) -> FlakyTests:
+        return FlakyTests(self.conn, self.keys.flaky)
 
     @cached_property
     def boots(self) -> BootRecords:

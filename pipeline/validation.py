@@ -5,7 +5,13 @@ With ``require_count`` (MOLT_REQUIRE_TESTS) the test command must also report at
 least one passing test that can be counted.
 
 A running command can be stopped early (an emergency stop): ``stop`` is asked
-every ``STOP_POLL_SECONDS`` and, once true, the command's process group is killed.
+every ``STOP_POLL_SECONDS`` and, once true, the command's process group is killed. Its
+output is read as it comes, so a watcher (pipeline/progress.py) sees how far it got.
+
+When the test command fails, the failures run once more (pipeline/reruns.py says what
+runs): tests that then pass are flaky, named in the check, and with MOLT_FLAKY=pass the
+phase passes when every failure passed; their passes count toward "passing tests". A
+timeout or a stop is never run again.
 """
 
 from __future__ import annotations
@@ -15,13 +21,19 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from pipeline.config import Settings
+import structlog
+
+from pipeline import reruns
+from pipeline.config import FLAKY_FAIL, FLAKY_PASS, Settings
+
+logger = structlog.get_logger(__name__)
 
 # "12 passed", "Ran 12 tests ... OK", "12 passed, 1 failed" (pytest, unittest, plain).
 _PASSED = re.compile(r"\b(\d+) passed\b")
@@ -47,6 +59,7 @@ class TestRun:
     exit_code: int | None  # None on timeout or when stopped
     tail: str
     stopped: bool = False
+    output: str = field(default="", repr=False)
 
 
 @dataclass
@@ -55,6 +68,8 @@ class PhaseResult:
     checks: list[Check] = field(default_factory=list)
     passed: int | None = None
     test_seconds: float = 0.0
+    #: Tests that failed, then passed when run again.
+    flaky: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -69,6 +84,7 @@ class PhaseResult:
             "phase": self.phase,
             "passed": self.passed,
             "checks": [asdict(c) for c in self.checks],
+            "flaky": self.flaky,
         }
 
 
@@ -103,9 +119,11 @@ def _run(
     timeout: float,
     log_path: Path | None,
     stop: Callable[[], bool] | None,
+    watch: Callable[[bytes], None] | None = None,
 ) -> tuple[int | None, str, float, bool]:
     """``run_command`` that also kills the group as soon as ``stop()`` says so; the last
-    value says whether it did (the exit code is then None, as on a timeout)."""
+    value says whether it did (the exit code is then None, as on a timeout). ``watch`` sees
+    the output as it comes."""
     started = time.monotonic()
     deadline = started + timeout
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
@@ -120,6 +138,7 @@ def _run(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+        reader = _Reader(proc, watch)
         code: int | None = None
         stopped = False
         while True:
@@ -127,16 +146,16 @@ def _run(
             if stop is not None:
                 wait = min(wait, STOP_POLL_SECONDS)
             try:
-                out, _ = proc.communicate(timeout=max(wait, 0.01))
-                code = proc.returncode
+                code = proc.wait(timeout=max(wait, 0.01))
                 break
             except subprocess.TimeoutExpired:
                 stopped = stop is not None and stop()
                 if stopped or time.monotonic() >= deadline:
                     os.killpg(proc.pid, signal.SIGKILL)
-                    out, _ = proc.communicate()
+                    proc.wait()
                     code = None
                     break
+        out = reader.output()
         if log:
             log.write(f"$ {command}  (in {cwd})\n".encode())
             log.write(out)
@@ -147,14 +166,43 @@ def _run(
             log.close()
 
 
+class _Reader:
+    """Reads a command's output as it comes, in a thread of its own, so that ``watch`` sees
+    it while the command runs (progress) and a full pipe never holds the command up."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], watch: Callable[[bytes], None] | None):
+        self._chunks: list[bytes] = []
+        self._watch = watch
+        self._thread = threading.Thread(
+            target=self._read, args=(proc.stdout,), name="molt-output", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        with stream:
+            for chunk in iter(lambda: os.read(stream.fileno(), 65536), b""):
+                self._chunks.append(chunk)
+                if self._watch is not None:
+                    try:
+                        self._watch(chunk)
+                    except Exception as exc:  # progress is never worth the run
+                        logger.warning("watching test output failed", error=str(exc))
+
+    def output(self) -> bytes:
+        """Everything the command wrote, once its output ended."""
+        self._thread.join()
+        return b"".join(self._chunks)
+
+
 def run_tests(
     command: str,
     cwd: Path,
     timeout: float,
     log_path: Path | None = None,
     stop: Callable[[], bool] | None = None,
+    watch: Callable[[bytes], None] | None = None,
 ) -> TestRun:
-    code, output, seconds, stopped = _run(command, cwd, timeout, log_path, stop)
+    code, output, seconds, stopped = _run(command, cwd, timeout, log_path, stop, watch)
     return TestRun(
         ok=code == 0,
         passed=count_passed(output),
@@ -162,6 +210,7 @@ def run_tests(
         exit_code=code,
         tail=output[-_OUTPUT_TAIL:],
         stopped=stopped,
+        output=output,
     )
 
 
@@ -203,10 +252,13 @@ class PhaseSpec:
     test_command: str
     timeout: float
     require_count: bool = False  # MOLT_REQUIRE_TESTS
+    flaky: str = FLAKY_FAIL  # MOLT_FLAKY
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PhaseSpec:
-        return cls(settings.test_command, settings.phase_timeout, settings.require_tests)
+        return cls(
+            settings.test_command, settings.phase_timeout, settings.require_tests, settings.flaky
+        )
 
 
 def run_phase(
@@ -218,39 +270,103 @@ def run_phase(
     baseline_passed: int | None,
     log_path: Path | None = None,
     stop: Callable[[], bool] | None = None,
+    watch: Callable[[bytes], None] | None = None,
 ) -> PhaseResult:
     """One validation phase; stops at the first failing check.
 
     ``spec.require_count``: the tests must report at least one passing test (a run that
     exits 0 without a countable "N passed" fails). ``stop``: asked while the tests run;
-    once it says so, they are killed and the check says they were stopped.
+    once it says so, they are killed and the check says they were stopped. ``watch``: sees
+    the test command's output as it comes. Failed tests are run once more (never after a
+    timeout or a stop); ``spec.flaky`` says whether tests that then pass fail the phase.
     """
     result = PhaseResult(phase)
     compiled = compile_check(workdir, changed_files)
     result.checks.append(compiled)
     if not compiled.ok:
         return result
-    tests = run_tests(spec.test_command, workdir, spec.timeout, log_path, stop)
-    result.passed = tests.passed
-    result.test_seconds = tests.seconds
-    ok = tests.ok
-    if tests.stopped:
-        detail = f"`{spec.test_command}` was stopped"
-    elif tests.exit_code is None:
-        detail = f"`{spec.test_command}` did not finish within {spec.timeout:.0f}s"
-    elif not tests.ok:
-        detail = f"`{spec.test_command}` exited {tests.exit_code}: {_last_lines(tests.tail)}"
-    elif spec.require_count and not tests.passed:
-        ok = False
-        detail = no_countable_tests(spec.test_command)
-    else:
-        detail = f"{tests.passed} passed" if tests.passed is not None else "exit 0"
-    result.checks.append(Check("tests", ok, tests.seconds, detail))
-    if ok and baseline_passed is not None:
-        dropped = tests.passed is not None and tests.passed < baseline_passed
-        detail = f"{tests.passed} now, {baseline_passed} before"
+    tests = run_tests(spec.test_command, workdir, spec.timeout, log_path, stop, watch)
+    again = None
+    if not tests.ok and not tests.stopped and tests.exit_code is not None:
+        again = run_again(spec, workdir, tests, log_path, stop)
+        result.flaky = list(again.flaky)
+    result.test_seconds = tests.seconds + (again.run.seconds if again else 0.0)
+    result.passed = again.passed if again and again.run.ok else tests.passed
+    check = _tests_check(spec, tests, again, result.passed)
+    result.checks.append(check)
+    if check.ok and baseline_passed is not None:
+        dropped = result.passed is not None and result.passed < baseline_passed
+        detail = f"{result.passed} now, {baseline_passed} before"
         result.checks.append(Check("passing tests", not dropped, 0.0, detail))
     return result
+
+
+@dataclass(frozen=True)
+class RunAgain:
+    """The failed tests run once more: the run, what failed then passed (flaky), what failed
+    again, and how many tests passed in all once the rerun's passes are counted."""
+
+    rerun: reruns.Rerun
+    run: TestRun
+    flaky: tuple[str, ...]
+    failed_again: tuple[str, ...]
+    passed: int | None
+
+
+def run_again(
+    spec: PhaseSpec,
+    workdir: Path,
+    first: TestRun,
+    log_path: Path | None,
+    stop: Callable[[], bool] | None,
+) -> RunAgain:
+    """Run what failed once more, within what is left of the phase's time."""
+    assert first.exit_code is not None
+    rerun = reruns.plan_rerun(spec.test_command, first.output, first.exit_code)
+    left = max(spec.timeout - first.seconds, 1.0)
+    run = run_tests(rerun.command, workdir, left, log_path, stop)
+    flaky, again = reruns.judge(rerun, run.ok, run.output)
+    passed = (first.passed or 0) + len(flaky) if rerun.only_failed else run.passed
+    return RunAgain(rerun, run, flaky, again, passed)
+
+
+def _tests_check(
+    spec: PhaseSpec, tests: TestRun, again: RunAgain | None, passed: int | None
+) -> Check:
+    command = spec.test_command
+    seconds = tests.seconds + (again.run.seconds if again else 0.0)
+    if tests.stopped or (again and again.run.stopped):
+        return Check("tests", False, seconds, f"`{command}` was stopped")
+    if tests.exit_code is None:
+        detail = f"`{command}` did not finish within {spec.timeout:.0f}s"
+        return Check("tests", False, seconds, detail)
+    if again is not None:
+        return _after_rerun(spec, tests, again, passed, seconds)
+    if spec.require_count and not tests.passed:
+        return Check("tests", False, seconds, no_countable_tests(command))
+    detail = f"{tests.passed} passed" if tests.passed is not None else "exit 0"
+    return Check("tests", True, seconds, detail)
+
+
+def _after_rerun(
+    spec: PhaseSpec, tests: TestRun, again: RunAgain, passed: int | None, seconds: float
+) -> Check:
+    """The tests check once the failures ran again: passed only when every failure passed
+    and MOLT_FLAKY=pass; either way the flaky tests are named."""
+    flaky = ", ".join(again.flaky)
+    if again.run.ok and spec.flaky == FLAKY_PASS:
+        counted = f"{passed} passed" if passed is not None else "exit 0 when run again"
+        return Check("tests", True, seconds, f"{counted}; flaky (failed, then passed): {flaky}")
+    said = [f"`{spec.test_command}` exited {tests.exit_code}: {_last_lines(tests.tail)}"]
+    if again.flaky:
+        said.append(f"flaky (failed, then passed when run again): {flaky}")
+    if again.run.exit_code is None:
+        said.append("running the failures again did not finish within the phase's time")
+    elif again.failed_again:
+        said.append(f"failed again when run again: {', '.join(again.failed_again)}")
+    if again.run.ok:
+        said.append("MOLT_FLAKY=fail fails the phase on flaky tests")
+    return Check("tests", False, seconds, "; ".join(said))
 
 
 def _last_lines(text: str, count: int = 3) -> str:

@@ -266,6 +266,31 @@ def test_working_shows_phase_progress_and_elapsed_time() -> None:
     assert "1 min 5 s" in message.text
 
 
+def test_a_running_phase_shows_its_time_share_done_and_failures_when_refreshed() -> None:
+    context = {"request_id": "r1", "phase": "phase 1", "phase_index": 3, "phase_total": 7}
+    assert "Progress" not in [f.name for f in render("working", context).fields]
+    progress = {"seconds": 330, "share": 45, "failed": 2}
+    fields = {f.name: f.value for f in render("working", context | {"progress": progress}).fields}
+    assert fields["Progress"] == (
+        "phase 1 running for 5 min 30 s: 45% of tests done, 2 failed so far"
+    )
+    other_runner = {"progress": {"seconds": 20.0}}
+    fields = {f.name: f.value for f in render("working", context | other_runner).fields}
+    assert fields["Progress"] == "phase 1 running for 20.0 s"
+
+
+def test_success_and_history_name_flaky_tests() -> None:
+    flaky = "tests/test_a.py::test_sometimes"
+    success = render("success", full_context() | {"result": {"flaky": [flaky]}})
+    fields = {f.name: f.value for f in success.fields}
+    assert fields["Flaky tests"] == f"• `{flaky}` failed, then passed when run again"
+    seen = {"name": flaky, "count": 2, "last_at": 0, "codename": "amber-otter", "phase": "phase 2"}
+    history = render("history", {"request_id": "", "requests": [], "flaky": [seen]})
+    assert f"`{flaky}`: 2 times, last 1970-01-01 00:00 UTC in amber-otter (phase 2)" in (
+        history.text
+    )
+
+
 def test_fields_that_render_empty_are_dropped() -> None:
     bare = render("plan_ready", {"request_id": "r1", "plan": {"risk": {"level": "low"}}})
     assert [f.name for f in bare.fields] == ["Risk"]

@@ -24,6 +24,16 @@ def test_defaults_manage_molt_itself_and_let_the_console_user_in(
     assert settings.data_dir == (Path.cwd() / ".molt").resolve()
 
 
+def test_flaky_tests_fail_a_phase_and_progress_refreshes_every_15_s_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = load_settings()
+    assert settings.flaky == "fail"
+    assert settings.progress_interval == 15
+    monkeypatch.setenv("MOLT_FLAKY", " Pass ")
+    assert load_settings().flaky == "pass"
+
+
 def test_lists_are_comma_separated_and_approvers_default_to_the_authorised(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -43,6 +53,8 @@ def test_lists_are_comma_separated_and_approvers_default_to_the_authorised(
         ("MOLT_AUTHORISED_USERS", "alice", "expected platform:id entries"),
         ("MOLT_REFUSAL_THEME", "pirate", "expected one of"),
         ("MOLT_SLACK_COMMAND", "molt", "MOLT_SLACK_COMMAND"),
+        ("MOLT_FLAKY", "retry", "expected one of fail, pass"),
+        ("MOLT_PROGRESS_INTERVAL", "0.5", "greater than or equal to 2"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_it_expected(

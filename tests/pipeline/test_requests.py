@@ -30,6 +30,23 @@ def test_every_state_change_writes_the_audit_entry_and_the_event(conn: redis.Red
     assert request.id not in conn.smembers("molt:requests:active")
 
 
+def test_a_progress_refresh_is_an_event_for_the_conversation_but_no_audit_entry(
+    conn: redis.Redis,
+) -> None:
+    store = RequestStore(conn)
+    request = store.create(ALICE, "deploy main", "deploy", "main")
+    store.transition(request.id, S.PREFLIGHT, actor="molt", message="checking")
+    audited = len(audit.entries(conn))
+    store.refresh(request.id, {"progress": {"seconds": 15.0, "share": 45, "failed": 1}})
+    assert len(audit.entries(conn)) == audited
+    [*_, (_, shown)] = conn.xrange(events.STREAM)
+    event = events.Event.from_fields("", shown)
+    assert (event.state, event.template, event.audience) == ("preflight", "processing", "")
+    assert event.data["progress"] == {"seconds": 15.0, "share": 45, "failed": 1}
+    assert event.data["message"] == "checking"
+    assert store.get(request.id).state is S.PREFLIGHT
+
+
 def test_an_illegal_move_is_refused_and_changes_nothing(conn: redis.Redis) -> None:
     store = RequestStore(conn)
     request = store.create(ALICE, "deploy main", "deploy", "main")

@@ -19,9 +19,10 @@ One request, module by module, in the order it meets them:
    (``locking``; a ``targets.Target`` hands out the lock, the line and the records kept for
    the target, under the keys ``keyspace`` names), snapshots the live checkout
    (``snapshots``), writes a change in words in the sandbox (``change``), validates it there
-   (``validation``, phase 1), applies it, validates the live checkout (phase 2), signs the
-   release (``releases``, with ``manifests``, ``keys``, ``trees`` and ``ledger``), restarts
-   the service and verifies it came back (``restart``).
+   (``validation``, phase 1; ``progress`` reports a long run as it goes, ``reruns`` runs
+   failed tests once more to tell flaky ones from broken ones), applies it, validates the
+   live checkout (phase 2), signs the release (``releases``, with ``manifests``, ``keys``,
+   ``trees`` and ``ledger``), restarts the service and verifies it came back (``restart``).
 5. Failure. ``rollback.undo`` is the one way back to the snapshot, for the job, for an
    update whose worker died (``recovery``, also ``molt recover``) and for the boot guard
    (``bootguard``), which checks each start of Molt (``verification``) and keeps the boot

@@ -233,6 +233,7 @@ class Bot:
             elif request.state is S.NEEDS_INFO:
                 approval.expire_unanswered(self.settings, self.store, request)
         recovery.recover_abandoned(self.settings, self.conn)
+        recovery.keep_line_moving(self.settings, self.conn)
         self._keep_workers()
 
     def _keep_workers(self) -> None:

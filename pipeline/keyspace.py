@@ -4,6 +4,10 @@
 
   molt:lock:<id>                   the update lock: JSON {request_id, codename, holder, since}
   molt:queue:<id>                  the waiting line: approved request ids, oldest first
+  molt:queue:<id>:stalled          JSON {head, since}: the line was seen waiting with the lock
+                                   free and no job to run it (recovery gives it one)
+  molt:command:<id>                hash {request_id, pgid, started, command}: the test command
+                                   an update is running, and its process group
   molt:durations:<id>              list: seconds the last 20 updates took, newest first
   molt:tests:<id>:<commit>         hash {passed, count, seconds}: the test run at a commit
   molt:imports:<id>:<commit>       the target's import graph at a commit (planning's cache)
@@ -42,6 +46,14 @@ class TargetKeys:
     @property
     def queue(self) -> str:
         return self._key("queue")
+
+    @property
+    def stalled(self) -> str:
+        return self._key("queue", "stalled")
+
+    @property
+    def command(self) -> str:
+        return self._key("command")
 
     @property
     def durations(self) -> str:

@@ -6,6 +6,9 @@ least one passing test that can be counted.
 
 A running command can be stopped early (an emergency stop): ``stop`` is asked
 every ``STOP_POLL_SECONDS`` and, once true, the command's process group is killed.
+A test command runs in a process group of its own that ``started`` is told about (the
+job records it, so that a rollback after the worker died kills it), and on Linux it is
+killed with the process that started it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.processes import die_with_parent
 
 # "12 passed", "Ran 12 tests ... OK", "12 passed, 1 failed" (pytest, unittest, plain).
 _PASSED = re.compile(r"\b(\d+) passed\b")
@@ -103,9 +107,14 @@ def _run(
     timeout: float,
     log_path: Path | None,
     stop: Callable[[], bool] | None,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[int | None, str, float, bool]:
     """``run_command`` that also kills the group as soon as ``stop()`` says so; the last
-    value says whether it did (the exit code is then None, as on a timeout)."""
+    value says whether it did (the exit code is then None, as on a timeout).
+
+    With ``on_start`` (a test command) the group's id is handed to it once it runs, and the
+    command dies with this process: a test command never outlives the update it checks.
+    A restart command does not die with it (it may be what starts the service)."""
     started = time.monotonic()
     deadline = started + timeout
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
@@ -119,7 +128,10 @@ def _run(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if on_start else None,
         )
+        if on_start:
+            on_start(proc.pid)
         code: int | None = None
         stopped = False
         while True:
@@ -153,8 +165,11 @@ def run_tests(
     timeout: float,
     log_path: Path | None = None,
     stop: Callable[[], bool] | None = None,
+    started: Callable[[int], None] | None = None,
 ) -> TestRun:
-    code, output, seconds, stopped = _run(command, cwd, timeout, log_path, stop)
+    code, output, seconds, stopped = _run(
+        command, cwd, timeout, log_path, stop, started or _unrecorded
+    )
     return TestRun(
         ok=code == 0,
         passed=count_passed(output),
@@ -163,6 +178,10 @@ def run_tests(
         tail=output[-_OUTPUT_TAIL:],
         stopped=stopped,
     )
+
+
+def _unrecorded(pid: int) -> None:
+    """A test command nobody records still dies with the process that started it."""
 
 
 def no_countable_tests(command: str) -> str:
@@ -218,19 +237,21 @@ def run_phase(
     baseline_passed: int | None,
     log_path: Path | None = None,
     stop: Callable[[], bool] | None = None,
+    started: Callable[[int], None] | None = None,
 ) -> PhaseResult:
     """One validation phase; stops at the first failing check.
 
     ``spec.require_count``: the tests must report at least one passing test (a run that
     exits 0 without a countable "N passed" fails). ``stop``: asked while the tests run;
-    once it says so, they are killed and the check says they were stopped.
+    once it says so, they are killed and the check says they were stopped. ``started``:
+    told the test command's process group once it runs.
     """
     result = PhaseResult(phase)
     compiled = compile_check(workdir, changed_files)
     result.checks.append(compiled)
     if not compiled.ok:
         return result
-    tests = run_tests(spec.test_command, workdir, spec.timeout, log_path, stop)
+    tests = run_tests(spec.test_command, workdir, spec.timeout, log_path, stop, started)
     result.passed = tests.passed
     result.test_seconds = tests.seconds
     ok = tests.ok

@@ -82,7 +82,7 @@ def test_approvals_in_the_same_instant_never_leave_the_queue_stuck(
     service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
     worker = start_molt("worker")
     worker.wait_for(r"Listening on|molt-updates")
-    rounds = 25
+    rounds = 20
     for round_ in range(1, rounds + 1):
         plans = _plans(settings, conn, 4)
         git(service.live, "commit", "-q", "--allow-empty", "-m", f"moved by hand {round_}")

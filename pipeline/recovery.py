@@ -322,11 +322,7 @@ def _return_to_snapshot(
     touched the live checkout. Returns the step, and what happened to the checkout (for the
     messages of the requests ended)."""
     step = Step("release")
-    command = RunningCommand(conn, Target(settings, conn).keys.command)
-    for request in abandoned:
-        killed = command.stop_left(request.id)
-        if killed:
-            step.say(f"update {request.codename or request.id} stopped half-done: {killed}")
+    _stop_left_commands(settings, conn, abandoned, step)
     live = Git(settings.target_dir)
     with_snapshot = [r for r in abandoned if r.snapshot]
     try:
@@ -385,6 +381,18 @@ def _return_to_snapshot(
     finally:
         lock.release(newest.id)
     return step, f"the live checkout was returned to its snapshot {snapshot.short}"
+
+
+def _stop_left_commands(
+    settings: Settings, conn: redis.Redis, abandoned: list[Request], step: Step
+) -> None:
+    """A test command a half-done update left running goes first: it runs in the checkout
+    about to be restored."""
+    command = RunningCommand(conn, Target(settings, conn).keys.command)
+    for request in abandoned:
+        killed = command.stop_left(request.id)
+        if killed:
+            step.say(f"update {request.codename or request.id} stopped half-done: {killed}")
 
 
 def _last_good_release(settings: Settings, conn: redis.Redis, head: str) -> str:

@@ -450,12 +450,12 @@ def _settle_requests(
             line.leave(request_id)
             shown = found.state.value if found else "unknown"
             step.say(f"removed {request_id} ({shown}) from the waiting line")
-    _give_the_line_a_job(settings, conn, step, live)
+    served = _serve_the_line(settings, conn, step)
     bot = restart.bot_info(conn)
     bot_alive = bot is not None and bot.alive
     ended = 0
     for request in store.active():
-        why = _stuck(settings, conn, request, live, bot_alive, outcome)
+        why = _stuck(settings, conn, request, live, bot_alive, outcome, served)
         if not why:
             continue
         try:
@@ -492,8 +492,10 @@ def _stuck(
     live: str,
     bot_alive: bool,
     outcome: str,
+    served: bool,
 ) -> str:
-    """Why ``request`` can no longer move on by itself; "" if it can (or waits for a person)."""
+    """Why ``request`` can no longer move on by itself; "" if it can (or waits for a person).
+    ``served``: a worker job is there to take the waiting line's next turn."""
     age = time.time() - request.updated_at
     if request.state in (S.RUNNING, S.RESTARTING):
         if request.id == live:
@@ -505,7 +507,7 @@ def _stuck(
             return ""
         if Target(settings, conn).line.position(request.id) is None:
             return "it was queued but had left the waiting line"
-        if not _line_has_job(settings):
+        if not served:
             return "it was queued but no worker job was waiting to run it"
         return ""
     if request.state is S.APPROVED:
@@ -521,24 +523,31 @@ def _stuck(
 
 
 def _line_has_job(settings: Settings) -> bool:
-    """A job is queued or started to take the line's next turn (any job runs the head)."""
+    """A job is queued, being taken or started to take the line's next turn (any job runs
+    the head)."""
     queue = queueing.rq_queue(settings)
     try:
-        ids = [*queue.get_job_ids(), *queue.started_job_registry.get_job_ids()]
+        ids = [
+            *queue.get_job_ids(),
+            *queue.intermediate_queue.get_job_ids(),
+            *queue.started_job_registry.get_job_ids(),
+        ]
         jobs = Job.fetch_many(ids, connection=queue.connection)
         return any(job is not None and job.get_status() in _JOB_ALIVE for job in jobs)
     finally:
         queue.connection.close()
 
 
-def _give_the_line_a_job(settings: Settings, conn: redis.Redis, step: Step, live: str) -> None:
-    """A line that waits with no job to run it gets one when a worker is there to take it;
-    with no worker, its requests are ended below (nothing would ever run them)."""
+def _serve_the_line(settings: Settings, conn: redis.Redis, step: Step) -> bool:
+    """Whether a worker job is there for the waiting line's next turn; a line with none
+    gets one when a worker runs to take it (with no worker, its requests are ended: nothing
+    would ever run them)."""
+    if _line_has_job(settings):
+        return True
     head = Target(settings, conn).line.head()
-    if head is None or live or _line_has_job(settings) or not count_workers(settings):
-        return
-    request = RequestStore(conn).find(head)
-    if request is None or request.state is not S.QUEUED:
-        return
+    request = RequestStore(conn).find(head) if head else None
+    if request is None or request.state is not S.QUEUED or not count_workers(settings):
+        return False
     job = queueing.add_job(settings, request, again=True)
     step.say(f"the waiting line had no job to run it: added {job}")
+    return True

@@ -200,6 +200,6 @@ def test_a_line_whose_job_was_lost_gets_one_again(
                 time.sleep(0.2)
         assert "the waiting line had no job to run it: added update-" in said, said
         assert not _settled(conn, [request])
-        assert RequestStore(conn).get(request.id).state is S.SUCCEEDED
+        ended = RequestStore(conn).get(request.id)
+        assert ended.state is S.SUCCEEDED, f"{repair}: {ended.message}"
         worker.stop()
-

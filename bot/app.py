@@ -237,10 +237,13 @@ class Bot:
             elif request.state is S.NEEDS_INFO:
                 approval.expire_unanswered(self.settings, self.store, request)
         recovery.recover_abandoned(self.settings, self.conn)
+        recovery.keep_line_moving(self.settings, self.conn)
         self._keep_workers()
 
     def _keep_workers(self) -> None:
         """Keep MOLT_WORKERS embedded workers alive, including after an exec."""
+        if self.stopping.is_set():  # shutting down: no new worker that nobody would stop
+            return
         wanted = self.settings.workers
         alive = []
         for raw in self.conn.lrange(WORKERS_KEY, 0, -1):
@@ -271,7 +274,8 @@ class Bot:
     def _stop_workers(self, grace: float = 10) -> None:
         """Warm shutdown (finish the job); past the grace period a second SIGTERM makes RQ
         kill the work horse, and recovery rolls its update back at the next start."""
-        pids = [int(p) for p in self.conn.lrange(WORKERS_KEY, 0, -1)]
+        listed = {int(p) for p in self.conn.lrange(WORKERS_KEY, 0, -1)}
+        pids = sorted(listed | {c.pid for c in self._children if c.poll() is None})
         for attempt in range(2):
             for pid in pids:
                 with suppress(ProcessLookupError):

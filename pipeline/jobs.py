@@ -1,6 +1,7 @@
 """The jobs RQ workers run. Workers import them by path (``pipeline.jobs.run_update``).
 
-One update, step by step: wait for its turn and the lock → snapshot → sandbox →
+A job is a turn: it waits for the update lock, then runs whichever request heads the
+waiting line (pipeline/queueing.py). One update, step by step: snapshot → sandbox →
 phase one → apply to live → phase two → sign the release → restart → verify. A
 change described in words is written in the sandbox first (pipeline/change.py).
 Any failure goes down the one failure path (pipeline/rollback.py): back to the
@@ -18,13 +19,24 @@ from typing import Any
 import redis
 import structlog
 
-from pipeline import autonomy, change, codenames, control, manifests, releases, restart, snapshots
+from pipeline import (
+    autonomy,
+    change,
+    codenames,
+    control,
+    manifests,
+    queueing,
+    releases,
+    restart,
+    snapshots,
+)
 from pipeline.config import Settings, load_settings
-from pipeline.exceptions import UpdateFailed
+from pipeline.exceptions import IllegalTransition, UpdateFailed
 from pipeline.git import Git
 from pipeline.locking import Heartbeat
 from pipeline.plans import Plan
 from pipeline.preflight import tests_at, update_sandbox
+from pipeline.processes import RunningCommand
 from pipeline.progress import TestProgress, Ticker
 from pipeline.records import TestRecord
 from pipeline.recovery import recover_abandoned
@@ -41,17 +53,48 @@ log = structlog.get_logger(__name__)
 MOLT = "molt"
 PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "verify")
 CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
+#: How often a job waiting for its turn looks at the lock and the line again.
+_TURN_POLL_SECONDS = 0.05
 
 
 def run_update(request_id: str) -> str:
-    """RQ entry point."""
+    """RQ entry point. ``request_id`` names the approval that put this job on the queue;
+    the job runs whichever request heads the line once the lock is free (a turn, see
+    pipeline/queueing.py), so no job ever waits for a request queued behind it."""
     settings = load_settings()
     conn = connect(settings)
-    return Update(settings, conn, request_id).run()
+    turn = wait_for_turn(settings, conn)
+    if turn is None:
+        log.info("nothing waiting in the line", enqueued_for=request_id)
+        return "not run"
+    taken, codename = turn
+    return Update(settings, conn, taken).run(codename)
+
+
+def wait_for_turn(settings: Settings, conn: redis.Redis) -> tuple[str, str] | None:
+    """Block until the update lock is free, then take it for the head of the line; returns
+    the request whose turn it is and the update's codename, or None once the line is empty.
+
+    Before each try with the lock free, an update left abandoned is rolled back first.
+    """
+    target = Target(settings, conn)
+    codename = ""
+    while len(target.line):
+        if not control.is_paused(settings, conn):
+            if target.lock.holder() is None:
+                recover_abandoned(settings, conn)
+            codename = codename or codenames.new_codename(conn)
+            turn = queueing.take_turn(settings, conn, codename)
+            if turn.taken:
+                return turn.taken, codename
+            if not turn.wait:
+                return None
+        time.sleep(_TURN_POLL_SECONDS)
+    return None
 
 
 class Update:
-    """One run of an approved request on this worker."""
+    """One run of an approved request on this worker, once it is its turn."""
 
     def __init__(self, settings: Settings, conn: redis.Redis, request_id: str) -> None:
         self.settings = settings
@@ -69,39 +112,29 @@ class Update:
         self.release: manifests.Manifest | None = None  # signed after phase 2
         self.heartbeat: Heartbeat | None = None
         self.flaky: list[str] = []  # tests that failed, then passed when run again
+        self.command = RunningCommand(conn, self.target.keys.command)
 
-    # -- waiting its turn ---------------------------------------------------------------
+    # -- starting, the lock taken for it ------------------------------------------------
 
-    def run(self) -> str:
-        request = self._wait_for_turn()
-        if request is None:
-            return "not run"
+    def run(self, codename: str) -> str:
         try:
+            request = self._start(codename)
+            if request is None:
+                return "not run"
             return self._update(request)
         finally:
             control.clear_stop(self.settings, self.conn, self.request_id)
             self.lock.release(self.request_id)
 
-    def _wait_for_turn(self) -> Request | None:
-        """Block until this request heads the line and holds the lock."""
-        while True:
-            request = self.store.get(self.request_id)
-            if request.state is not S.QUEUED:
-                self.line.leave(self.request_id)
-                return None
-            if self._may_start():
-                codename = codenames.new_codename(self.conn)
-                if self.lock.try_lock(self.request_id, codename).ours:
-                    self.line.leave(self.request_id)
-                    return self._begin(request, codename)
-            time.sleep(0.05)
-
-    def _may_start(self) -> bool:
-        """Head of the line, not paused, and no abandoned update left to roll back."""
-        if self.line.head() != self.request_id or control.is_paused(self.settings, self.conn):
-            return False
-        recover_abandoned(self.settings, self.conn)
-        return True
+    def _start(self, codename: str) -> Request | None:
+        """Mark the request running (or refused), then let it leave the line: a request
+        is in the line until it runs, so a worker dying in between leaves it waiting."""
+        try:
+            return self._begin(self.store.get(self.request_id), codename)
+        except IllegalTransition:  # cleared or failed since its turn was taken
+            return None
+        finally:
+            self.line.leave(self.request_id)
 
     def _begin(self, request: Request, codename: str) -> Request | None:
         decision = autonomy.may_start(self.settings, self.conn, request)
@@ -173,6 +206,14 @@ class Update:
             return control.stop_requested(self.settings, self.conn, self.request_id) is not None
         except redis.RedisError:
             return False
+
+    def _running(self, pid: int) -> None:
+        """The test command started: its process group is recorded for whoever rolls this
+        update back if this worker dies (pipeline/rollback.py kills it first)."""
+        try:
+            self.command.record(self.request_id, pid, self.spec.test_command)
+        except redis.RedisError:
+            log.warning("could not record the test command", request_id=self.request_id)
 
     # -- the way through ----------------------------------------------------------------
 
@@ -255,19 +296,25 @@ class Update:
         self, phase: str, path: Path, changed: list[str], baseline: int | None
     ) -> PhaseResult:
         """One validation phase, its status message refreshed while it runs, its checks and
-        flaky tests recorded; a safe point after it."""
+        flaky tests recorded; a safe point after it. Its test command's process group is on
+        record while it runs (a rollback after this worker died kills it)."""
         seen = TestProgress()
-        with Ticker(self.settings.progress_interval, lambda: self._show_progress(phase, seen)):
-            result = run_phase(
-                phase,
-                path,
-                self.spec,
-                changed_files=changed,
-                baseline_passed=baseline,
-                log_path=self.trail.log_dir / f"{phase.replace(' ', '')}.log",
-                stop=self._stop_asked,
-                watch=seen.feed,
-            )
+        ticker = Ticker(self.settings.progress_interval, lambda: self._show_progress(phase, seen))
+        try:
+            with ticker:
+                result = run_phase(
+                    phase,
+                    path,
+                    self.spec,
+                    changed_files=changed,
+                    baseline_passed=baseline,
+                    log_path=self.trail.log_dir / f"{phase.replace(' ', '')}.log",
+                    stop=self._stop_asked,
+                    watch=seen.feed,
+                    started=self._running,
+                )
+        finally:
+            self.command.clear(self.request_id)
         for found in result.checks:
             self.check(f"{phase}: {found.name}", found.ok, found.seconds, found.detail)
         if result.flaky:

@@ -4,6 +4,10 @@
 
   molt:lock:<id>                   the update lock: JSON {request_id, codename, holder, since}
   molt:queue:<id>                  the waiting line: approved request ids, oldest first
+  molt:queue:<id>:stalled          JSON {head, since}: the line was seen waiting with the lock
+                                   free and no job to run it (recovery gives it one)
+  molt:command:<id>                hash {request_id, pgid, started, command}: the test command
+                                   an update is running, and its process group
   molt:durations:<id>              list: seconds the last 20 updates took, newest first
   molt:tests:<id>:<commit>         hash {passed, count, seconds}: the test run at a commit
   molt:tests:<id>:<commit>:running when the pre-flight test run at a commit began, while it runs
@@ -34,6 +38,8 @@ from dataclasses import dataclass, field
 FORMATS = {
     "lock": "molt:lock:{id}",
     "queue": "molt:queue:{id}",
+    "stalled": "molt:queue:{id}:stalled",
+    "command": "molt:command:{id}",
     "durations": "molt:durations:{id}",
     "flaky": "molt:flaky:{id}",
     "started": "molt:started:{id}",
@@ -53,6 +59,8 @@ class TargetKeys:
     target_id: str
     lock: str = field(init=False)
     queue: str = field(init=False)
+    stalled: str = field(init=False)
+    command: str = field(init=False)
     durations: str = field(init=False)
     flaky: str = field(init=False)
     started: str = field(init=False)

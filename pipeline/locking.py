@@ -3,8 +3,9 @@
 Their keys are the target's (pipeline/keyspace.py): the lock expires unless its
 holder heartbeats (``UpdateLock.heartbeat``).
 
-A job takes the lock only when its request is at the head of the line, so
-updates land in the order they were approved, however many workers there are.
+The lock is taken for the request at the head of the line, in one transaction with
+reading the line (pipeline/queueing.py ``take_turn``), so updates land in the order they
+joined the line, however many workers there are and whichever job a worker takes.
 A holder that dies stops heartbeating; the lock expires and recovery rolls back
 what it left (pipeline/recovery.py).
 """
@@ -26,6 +27,13 @@ local v = redis.call('GET', KEYS[1])
 if v and cjson.decode(v)['request_id'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+_JOIN = """
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+for i, id in ipairs(ids) do
+  if id == ARGV[1] then return i end
+end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
 _REFRESH = """
 local v = redis.call('GET', KEYS[1])
 if v and cjson.decode(v)['request_id'] == ARGV[1] then
@@ -46,6 +54,14 @@ class Holder:
     ours: bool = False
 
 
+def _mine(request_id: str, codename: str) -> Holder:
+    return Holder(request_id, codename, f"{socket.gethostname()}:{os.getpid()}", time.time())
+
+
+def _value(holder: Holder) -> str:
+    return json.dumps({k: v for k, v in asdict(holder).items() if k != "ours"})
+
+
 class UpdateLock:
     def __init__(self, conn: redis.Redis, key: str, ttl: float) -> None:
         self.conn = conn
@@ -58,11 +74,14 @@ class UpdateLock:
             return None
         return Holder(**json.loads(raw))
 
+    def value_for(self, request_id: str, codename: str) -> str:
+        """The lock's value when this process holds it for ``request_id``."""
+        return _value(_mine(request_id, codename))
+
     def try_lock(self, request_id: str, codename: str) -> Holder:
         """Take the lock for ``request_id``; the holder says whether it is ``ours``."""
-        mine = Holder(request_id, codename, f"{socket.gethostname()}:{os.getpid()}", time.time())
-        value = json.dumps({k: v for k, v in asdict(mine).items() if k != "ours"})
-        if self.conn.set(self.key, value, nx=True, px=self.ttl_ms):
+        mine = _mine(request_id, codename)
+        if self.conn.set(self.key, _value(mine), nx=True, px=self.ttl_ms):
             return replace(mine, ours=True)
         held = self.holder()
         if held is None:  # expired between the two calls
@@ -115,8 +134,9 @@ class WaitingLine:
         self.key = key
 
     def join(self, request_id: str) -> int:
-        """Add a request; returns its 1-based position."""
-        return int(self.conn.rpush(self.key, request_id))
+        """Add a request at the end, unless it is in the line already; returns its 1-based
+        position."""
+        return int(self.conn.eval(_JOIN, 1, self.key, request_id))
 
     def leave(self, request_id: str) -> None:
         self.conn.lrem(self.key, 0, request_id)

@@ -1,14 +1,30 @@
-"""Putting approved requests on the RQ queue, in the waiting line, and clearing it."""
+"""The waiting line is the order of work: approved requests join it, jobs take turns from it.
+
+Approving a request puts it in the target's waiting line and one job on the RQ queue. A
+job stands for a turn, not for a request: once the update lock is free it takes whichever
+request heads the line (``take_turn``), so however RQ orders the jobs and whichever worker
+takes one, the line's head runs next, and a job that finds the line empty just ends.
+
+There are as many jobs as requests waiting, or more: each approval adds one of each, and a
+job takes at most one request. A job lost with its worker (killed while it waited, or timed
+out) leaves a line with nobody to run it: pipeline/recovery.py gives such a line a job
+again (``add_job``), from the bot's housekeeping and from ``molt recover``.
+"""
 
 from __future__ import annotations
 
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
 import redis
 from rq import Queue
+from rq.job import Job
 
 from pipeline import store as stores
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
-from pipeline.requests import RequestStore
+from pipeline.requests import Request, RequestStore, request_key
 from pipeline.states import RequestState as S
 from pipeline.targets import Target
 
@@ -29,7 +45,7 @@ def job_timeout(settings: Settings) -> int:
 
 
 def job_id(request_id: str, attempt: int) -> str:
-    """The RQ job of one attempt of a request."""
+    """The RQ job the approval of one attempt of a request put on the queue."""
     return f"update-{request_id}-{attempt}"
 
 
@@ -38,29 +54,111 @@ def waiting(settings: Settings, conn: redis.Redis) -> int:
 
 
 def enqueue(settings: Settings, conn: redis.Redis, request_id: str) -> int:
-    """Queue an approved request; returns its position (1 = next to run)."""
+    """Queue an approved request; returns its position (1 = next to run).
+
+    The request joins the line before it is marked queued, so the line's order is the
+    order of approval; a job meeting a head that is still approved waits the moment it
+    takes to be marked. Joining again (a queueing that stopped half-way) keeps the place.
+    """
     store = RequestStore(conn)
     target = Target(settings, conn)
     position = target.line.join(request_id)
     held = target.lock.holder()
     running = 1 if held else 0
-    request = store.transition(
-        request_id,
-        S.QUEUED,
-        actor="molt",
-        message=f"position {position}" + (f", after {held.codename}" if held else ""),
-        data={"position": position, "ahead": position - 1 + running},
-    )
+    try:
+        request = store.transition(
+            request_id,
+            S.QUEUED,
+            actor="molt",
+            message=f"position {position}" + (f", after {held.codename}" if held else ""),
+            data={"position": position, "ahead": position - 1 + running},
+        )
+    except IllegalTransition:
+        if store.get(request_id).state is not S.QUEUED:
+            target.line.leave(request_id)
+        raise
+    add_job(settings, request)
+    return position
+
+
+def add_job(settings: Settings, request: Request, *, again: bool = False) -> str:
+    """One more job to run the line, named after the request it was added for."""
+    name = job_id(request.id, request.attempt)
+    if again:  # the first job of this attempt exists, or did
+        name += f"-again-{secrets.token_hex(3)}"
     rq_queue(settings).enqueue(
         "pipeline.jobs.run_update",
-        request_id,
-        job_id=job_id(request_id, request.attempt),
+        request.id,
+        job_id=name,
         job_timeout=job_timeout(settings),
         result_ttl=86400,
         failure_ttl=7 * 86400,
-        description=f"update {request_id}: {request.argument}",
+        description=f"update {request.id}: {request.argument} (runs the head of the line)",
     )
-    return position
+    return name
+
+
+def jobs_queued(settings: Settings) -> int:
+    """Jobs on the RQ queue that no worker took yet (their data still there)."""
+    queue = rq_queue(settings)
+    try:
+        found = Job.fetch_many(queue.get_job_ids(), connection=queue.connection)
+        return sum(1 for job in found if job is not None)
+    finally:
+        queue.connection.close()
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What a job found: ``taken``, the request whose turn it is (the lock is now held for
+    it); else ``wait`` (the lock is held, or the head is being queued) or the line is empty."""
+
+    taken: str = ""
+    wait: bool = False
+
+
+def take_turn(settings: Settings, conn: redis.Redis, codename: str) -> Turn:
+    """Take the update lock for the head of the line, in one transaction with reading both.
+
+    The head stays in the line until it is marked running; a head that no longer waits
+    (cleared, failed) is dropped from the line and the next one looked at.
+    """
+    target = Target(settings, conn)
+    while True:
+        with conn.pipeline() as pipe:
+            try:
+                turn = _try_turn(pipe, target, codename)
+            except redis.WatchError:
+                continue
+        if turn is not None:
+            return turn
+
+
+def _try_turn(pipe: Any, target: Target, codename: str) -> Turn | None:
+    """One try of ``take_turn``; None when it dropped a head that no longer waits."""
+    keys = target.keys
+    pipe.watch(keys.lock, keys.queue)
+    if pipe.exists(keys.lock):
+        return Turn(wait=True)
+    head = _text(pipe.lindex(keys.queue, 0))
+    if not head:
+        return Turn()
+    pipe.watch(request_key(head))
+    state = _text(pipe.hget(request_key(head), "state"))
+    if state == S.APPROVED.value:  # being queued this instant
+        return Turn(wait=True)
+    pipe.multi()
+    if state != S.QUEUED.value:
+        pipe.lrem(keys.queue, 0, head)
+        pipe.execute()
+        return None
+    pipe.set(keys.lock, target.lock.value_for(head, codename), px=target.lock.ttl_ms)
+    pipe.execute()
+    return Turn(taken=head)
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else value or ""
 
 
 def clear(settings: Settings, conn: redis.Redis, reason: str) -> list[str]:

@@ -4,7 +4,13 @@ A job heartbeats its update lock. When a request is running but nobody holds
 its lock any more (the worker was killed, or lost Redis for longer than the
 lock's TTL), the request is rolled back to its snapshot and failed with a
 message, exactly as if the job had failed by itself (``recover_abandoned``,
-run by the bot's housekeeping and before each update starts).
+run by the bot's housekeeping and before each update starts). A test command the dead
+worker left running is killed first (pipeline/rollback.py).
+
+The waiting line runs as long as a job is on the RQ queue to take its next turn
+(pipeline/queueing.py). A job can be lost with its worker (killed while it waited, or
+timed out); ``keep_line_moving``, run by the bot's housekeeping, gives a line that waits
+with the lock free and no job a job again.
 
 ``molt recover`` is for when Molt itself is down or broken: it returns the live
 checkout to the snapshot of an update that was left half-done, makes the
@@ -19,6 +25,7 @@ Files:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,11 +38,9 @@ from pathlib import Path
 
 import redis
 import structlog
-from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from pipeline import audit, codenames, control, queueing, releases, restart, snapshots
-from pipeline import store as stores
 from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import (
     ConfigError,
@@ -47,12 +52,13 @@ from pipeline.exceptions import (
 from pipeline.git import Git
 from pipeline.keyspace import TargetKeys
 from pipeline.locking import Holder
-from pipeline.processes import alive
+from pipeline.processes import RunningCommand, alive
 from pipeline.requests import ACTIVE, Request, RequestStore
 from pipeline.rollback import RESTARTED_PHASES, Trail, undo
 from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
 from pipeline.targets import Target
+from pipeline.workers import count_workers
 
 log = structlog.get_logger(__name__)
 KEEP_BACKUPS = 10
@@ -62,6 +68,9 @@ _INTAKE = (S.RECEIVED, S.PREFLIGHT, S.PLANNING)
 #: An approved request is queued within moments; one older than this was dropped.
 _APPROVED_GRACE = 60.0
 _JOB_ALIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+#: How long a line waits with the lock free and no job before it gets one (a job a worker
+#: just took needs a moment to take its turn).
+_STALL_GRACE = 3.0
 
 
 def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
@@ -94,6 +103,52 @@ def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
         finally:
             lock.release(request.id)
     return recovered
+
+
+def keep_line_moving(settings: Settings, conn: redis.Redis) -> str:
+    """Give a waiting line that nothing runs a job again: its head waits, the lock is free,
+    updates are not paused, and no job is on the RQ queue, twice ``_STALL_GRACE`` apart.
+    Returns what it did, "" if nothing."""
+    target = Target(settings, conn)
+    head = target.line.head()
+    stalled = (
+        head is not None
+        and target.lock.holder() is None
+        and not control.is_paused(settings, conn)
+        and queueing.jobs_queued(settings) == 0
+    )
+    seen = json.loads(conn.get(target.keys.stalled) or "{}")
+    if not stalled or seen.get("head") != head:
+        if stalled:
+            conn.set(target.keys.stalled, json.dumps({"head": head, "since": time.time()}))
+        else:
+            conn.delete(target.keys.stalled)
+        return ""
+    if time.time() - float(seen["since"]) < _STALL_GRACE:
+        return ""
+    conn.delete(target.keys.stalled)
+    assert head is not None
+    done = _give_job(settings, conn, head)
+    log.warning("the waiting line had stalled", detail=done)
+    return done
+
+
+def _give_job(settings: Settings, conn: redis.Redis, head: str) -> str:
+    """What the head of a line nothing runs needs: a job, the rest of its queueing, or to
+    leave the line it no longer waits in."""
+    request = RequestStore(conn).find(head)
+    name = request.codename or request.id if request else head
+    if request is None or request.state not in (S.QUEUED, S.APPROVED):
+        Target(settings, conn).line.leave(head)
+        return f"removed {name} from the waiting line: it no longer waited"
+    if request.state is S.APPROVED:  # queueing it stopped half-way
+        try:
+            queueing.enqueue(settings, conn, head)
+        except IllegalTransition:
+            return ""
+        return f"finished queueing {name}: it had joined the waiting line and stopped there"
+    job = queueing.add_job(settings, request, again=True)
+    return f"the waiting line had no job to run it: added {job} for {name}, at its head"
 
 
 # -- the config backup ------------------------------------------------------------------------
@@ -267,6 +322,7 @@ def _return_to_snapshot(
     touched the live checkout. Returns the step, and what happened to the checkout (for the
     messages of the requests ended)."""
     step = Step("release")
+    _stop_left_commands(settings, conn, abandoned, step)
     live = Git(settings.target_dir)
     with_snapshot = [r for r in abandoned if r.snapshot]
     try:
@@ -327,6 +383,18 @@ def _return_to_snapshot(
     return step, f"the live checkout was returned to its snapshot {snapshot.short}"
 
 
+def _stop_left_commands(
+    settings: Settings, conn: redis.Redis, abandoned: list[Request], step: Step
+) -> None:
+    """A test command a half-done update left running goes first: it runs in the checkout
+    about to be restored."""
+    command = RunningCommand(conn, Target(settings, conn).keys.command)
+    for request in abandoned:
+        killed = command.stop_left(request.id)
+        if killed:
+            step.say(f"update {request.codename or request.id} stopped half-done: {killed}")
+
+
 def _last_good_release(settings: Settings, conn: redis.Redis, head: str) -> str:
     """For Molt itself: the newest signed release that started healthy (the boot guard
     records them), and whether the checkout is on it. Going back to it is the boot guard's
@@ -382,11 +450,12 @@ def _settle_requests(
             line.leave(request_id)
             shown = found.state.value if found else "unknown"
             step.say(f"removed {request_id} ({shown}) from the waiting line")
+    served = _serve_the_line(settings, conn, step)
     bot = restart.bot_info(conn)
     bot_alive = bot is not None and bot.alive
     ended = 0
     for request in store.active():
-        why = _stuck(settings, conn, request, live, bot_alive, outcome)
+        why = _stuck(settings, conn, request, live, bot_alive, outcome, served)
         if not why:
             continue
         try:
@@ -423,8 +492,10 @@ def _stuck(
     live: str,
     bot_alive: bool,
     outcome: str,
+    served: bool,
 ) -> str:
-    """Why ``request`` can no longer move on by itself; "" if it can (or waits for a person)."""
+    """Why ``request`` can no longer move on by itself; "" if it can (or waits for a person).
+    ``served``: a worker job is there to take the waiting line's next turn."""
     age = time.time() - request.updated_at
     if request.state in (S.RUNNING, S.RESTARTING):
         if request.id == live:
@@ -432,9 +503,11 @@ def _stuck(
         phase = request.phase or request.state.value
         return f"its update stopped during {phase} and no worker runs it any more; {outcome}"
     if request.state is S.QUEUED:
+        if request.id == live:  # its turn was just taken
+            return ""
         if Target(settings, conn).line.position(request.id) is None:
             return "it was queued but had left the waiting line"
-        if not _job_waiting(settings, request):
+        if not served:
             return "it was queued but no worker job was waiting to run it"
         return ""
     if request.state is S.APPROVED:
@@ -449,12 +522,32 @@ def _stuck(
     return ""
 
 
-def _job_waiting(settings: Settings, request: Request) -> bool:
-    rq_conn = stores.connect(settings, decode=False)
+def _line_has_job(settings: Settings) -> bool:
+    """A job is queued, being taken or started to take the line's next turn (any job runs
+    the head)."""
+    queue = queueing.rq_queue(settings)
     try:
-        job = Job.fetch(queueing.job_id(request.id, request.attempt), connection=rq_conn)
-        return job.get_status() in _JOB_ALIVE
-    except NoSuchJobError:
-        return False
+        ids = [
+            *queue.get_job_ids(),
+            *queue.intermediate_queue.get_job_ids(),
+            *queue.started_job_registry.get_job_ids(),
+        ]
+        jobs = Job.fetch_many(ids, connection=queue.connection)
+        return any(job is not None and job.get_status() in _JOB_ALIVE for job in jobs)
     finally:
-        rq_conn.close()
+        queue.connection.close()
+
+
+def _serve_the_line(settings: Settings, conn: redis.Redis, step: Step) -> bool:
+    """Whether a worker job is there for the waiting line's next turn; a line with none
+    gets one when a worker runs to take it (with no worker, its requests are ended: nothing
+    would ever run them)."""
+    if _line_has_job(settings):
+        return True
+    head = Target(settings, conn).line.head()
+    request = RequestStore(conn).find(head) if head else None
+    if request is None or request.state is not S.QUEUED or not count_workers(settings):
+        return False
+    job = queueing.add_job(settings, request, again=True)
+    step.say(f"the waiting line had no job to run it: added {job}")
+    return True

@@ -24,6 +24,7 @@ from pipeline import codenames, queueing, releases, restart, snapshots
 from pipeline.config import Settings
 from pipeline.exceptions import RollbackFailed, UpdateFailed
 from pipeline.git import Git
+from pipeline.processes import RunningCommand
 from pipeline.requests import Request, RequestStore
 from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
@@ -77,6 +78,7 @@ def undo(
     """Roll back, report, clear the queue; never leaves the request unfinished."""
     store = RequestStore(conn)
     try:
+        failure = _stop_left_command(settings, conn, request_id, failure)
         _roll_back_and_report(settings, conn, store, request_id, failure, trail)
     except Exception as exc:
         log.exception("failure handling failed", request_id=request_id)
@@ -89,6 +91,18 @@ def undo(
                 phase=failure.phase,
                 data={"rollback_failed": True, "log_dir": str(trail.log_dir)},
             )
+
+
+def _stop_left_command(
+    settings: Settings, conn: redis.Redis, request_id: str, failure: UpdateFailed
+) -> UpdateFailed:
+    """Kill the test command the update left running, if it still runs; the failure then
+    says so."""
+    killed = RunningCommand(conn, Target(settings, conn).keys.command).stop_left(request_id)
+    if not killed:
+        return failure
+    log.warning("killed a test command left running", request_id=request_id, detail=killed)
+    return type(failure)(failure.phase, f"{failure.reason}; {killed}")
 
 
 def _roll_back_and_report(

@@ -7,6 +7,9 @@ least one passing test that can be counted.
 A running command can be stopped early (an emergency stop): ``stop`` is asked
 every ``STOP_POLL_SECONDS`` and, once true, the command's process group is killed. Its
 output is read as it comes, so a watcher (pipeline/progress.py) sees how far it got.
+A test command runs in a process group of its own that ``started`` is told about (the
+job records it, so that a rollback after the worker died kills it), and on Linux it is
+killed with the process that started it.
 
 When the test command fails, the failures run once more (pipeline/reruns.py says what
 runs): tests that then pass are flaky, named in the check, and with MOLT_FLAKY=pass the
@@ -32,6 +35,7 @@ import structlog
 
 from pipeline import reruns
 from pipeline.config import FLAKY_FAIL, FLAKY_PASS, Settings
+from pipeline.processes import die_with_parent
 
 logger = structlog.get_logger(__name__)
 
@@ -120,10 +124,15 @@ def _run(
     log_path: Path | None,
     stop: Callable[[], bool] | None,
     watch: Callable[[bytes], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> tuple[int | None, str, float, bool]:
     """``run_command`` that also kills the group as soon as ``stop()`` says so; the last
     value says whether it did (the exit code is then None, as on a timeout). ``watch`` sees
-    the output as it comes."""
+    the output as it comes.
+
+    With ``on_start`` (a test command) the group's id is handed to it once it runs, and the
+    command dies with this process: a test command never outlives the update it checks.
+    A restart command does not die with it (it may be what starts the service)."""
     started = time.monotonic()
     deadline = started + timeout
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
@@ -137,8 +146,11 @@ def _run(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent() if on_start else None,
         )
         reader = _Reader(proc, watch)
+        if on_start:
+            on_start(proc.pid)
         code: int | None = None
         stopped = False
         while True:
@@ -201,8 +213,11 @@ def run_tests(
     log_path: Path | None = None,
     stop: Callable[[], bool] | None = None,
     watch: Callable[[bytes], None] | None = None,
+    started: Callable[[int], None] | None = None,
 ) -> TestRun:
-    code, output, seconds, stopped = _run(command, cwd, timeout, log_path, stop, watch)
+    code, output, seconds, stopped = _run(
+        command, cwd, timeout, log_path, stop, watch, started or _unrecorded
+    )
     return TestRun(
         ok=code == 0,
         passed=count_passed(output),
@@ -212,6 +227,10 @@ def run_tests(
         stopped=stopped,
         output=output,
     )
+
+
+def _unrecorded(pid: int) -> None:
+    """A test command nobody records still dies with the process that started it."""
 
 
 def no_countable_tests(command: str) -> str:
@@ -271,13 +290,15 @@ def run_phase(
     log_path: Path | None = None,
     stop: Callable[[], bool] | None = None,
     watch: Callable[[bytes], None] | None = None,
+    started: Callable[[int], None] | None = None,
 ) -> PhaseResult:
     """One validation phase; stops at the first failing check.
 
     ``spec.require_count``: the tests must report at least one passing test (a run that
     exits 0 without a countable "N passed" fails). ``stop``: asked while the tests run;
     once it says so, they are killed and the check says they were stopped. ``watch``: sees
-    the test command's output as it comes. Failed tests are run once more (never after a
+    the test command's output as it comes. ``started``: told the test command's process
+    group once it runs (the rerun's too). Failed tests are run once more (never after a
     timeout or a stop); ``spec.flaky`` says whether tests that then pass fail the phase.
     """
     result = PhaseResult(phase)
@@ -285,10 +306,10 @@ def run_phase(
     result.checks.append(compiled)
     if not compiled.ok:
         return result
-    tests = run_tests(spec.test_command, workdir, spec.timeout, log_path, stop, watch)
+    tests = run_tests(spec.test_command, workdir, spec.timeout, log_path, stop, watch, started)
     again = None
     if not tests.ok and not tests.stopped and tests.exit_code is not None:
-        again = run_again(spec, workdir, tests, log_path, stop)
+        again = run_again(spec, workdir, tests, log_path, stop, started)
         result.flaky = list(again.flaky)
     result.test_seconds = tests.seconds + (again.run.seconds if again else 0.0)
     result.passed = again.passed if again and again.run.ok else tests.passed
@@ -319,12 +340,13 @@ def run_again(
     first: TestRun,
     log_path: Path | None,
     stop: Callable[[], bool] | None,
+    started: Callable[[int], None] | None = None,
 ) -> RunAgain:
     """Run what failed once more, within what is left of the phase's time."""
     assert first.exit_code is not None
     rerun = reruns.plan_rerun(spec.test_command, first.output, first.exit_code)
     left = max(spec.timeout - first.seconds, 1.0)
-    run = run_tests(rerun.command, workdir, left, log_path, stop)
+    run = run_tests(rerun.command, workdir, left, log_path, stop, started=started)
     flaky, again = reruns.judge(rerun, run.ok, run.output)
     passed = (first.passed or 0) + len(flaky) if rerun.only_failed else run.passed
     return RunAgain(rerun, run, flaky, again, passed)

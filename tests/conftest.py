@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import redis
 
 from pipeline import store
 from pipeline.config import Settings, load_settings
-from tests.support import Molt, ServiceRepo
+from tests.support import Molt, ServiceRepo, processes_in
 
 _LEAKY_PREFIXES = ("MOLT_", "SLACK_", "DISCORD_", "GITHUB_", "ANTHROPIC_")
 _LEAKY_NAMES = ("REDIS_URL", "GIT_DIR", "GIT_WORK_TREE", "PYTHONPATH")
@@ -28,6 +30,24 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv(f"GIT_{who}_NAME", "Test Person")
         monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.invalid")
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+@pytest.fixture(autouse=True)
+def no_process_left(tmp_path: Path) -> Iterator[None]:
+    """A test leaves no process running in its directories (a service's test command, a
+    worker, a Redis server): each gets a few seconds to finish stopping, then fails it."""
+    yield
+    deadline = time.monotonic() + 10
+    left = processes_in(tmp_path)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = processes_in(tmp_path)
+    for found in left:
+        try:
+            os.kill(int(found.split()[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+    assert not left, "processes left running:\n" + "\n".join(left)
 
 
 @pytest.fixture

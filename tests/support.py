@@ -75,6 +75,23 @@ def update_processes(data_dir: Path) -> set[int]:
     return {os.getpgid(horse), *workers}
 
 
+def processes_in(root: Path) -> list[str]:
+    """Live processes whose working directory is ``root`` or below it: ``pid command``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cwd = Path(os.readlink(proc / "cwd"))
+            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+            command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and (cwd == root or root in cwd.parents):
+            found.append(f"{proc.name} {command}")
+    return found
+
+
 def wait_for_file(path: Path, molt: Molt, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():

@@ -14,7 +14,15 @@ from pathlib import Path
 from pipeline import audit, store
 from pipeline.config import load_settings
 from pipeline.requests import RequestStore
-from tests.support import ROOT, Molt, ServiceRepo, hang_on_live, update_processes, wait_for_file
+from tests.support import (
+    ROOT,
+    Molt,
+    ServiceRepo,
+    hang_on_live,
+    processes_in,
+    update_processes,
+    wait_for_file,
+)
 
 StartMolt = Callable[..., Molt]
 FAILING_CHECK = "def test_new_feature():\n    assert 1 + 1 == 3, 'new feature is broken'\n"
@@ -256,6 +264,41 @@ def test_worker_killed_mid_update_is_rolled_back(
         os.killpg(group, signal.SIGKILL)
     molt.wait_for(r"❌ Failed: ", since=since)
     molt.wait_for(r"worker running this update stopped during phase 2", since=since)
+    assert service.live_head() == old
+    assert service.live_status() == ""
+    assert processes_in(service.live) == []  # its test command went with it
+
+
+def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
+) -> None:
+    """The test command's own children outlive its shell (they ignore their parent's
+    death): the rollback of the abandoned update kills its whole process group first."""
+    started = tmp_path / "phase2-started"
+    stubborn = (
+        "import os, pathlib, signal, subprocess, sys, time\n\n\ndef test_stubborn():\n"
+        f"    if os.getcwd() == {str(service.live)!r}:\n"
+        "        subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"        pathlib.Path({str(started)!r}).touch()\n"
+        "        signal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+        "        time.sleep(600)\n"
+    )
+    old = service.live_head()
+    service.commit({"checks/test_stubborn.py": stubborn}, "never ends in phase 2")
+    molt = _up(start_molt())
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    wait_for_file(started, molt)
+    assert processes_in(service.live)  # the test command runs in the live checkout
+    for group in update_processes(data_dir):
+        os.killpg(group, signal.SIGKILL)
+    molt.wait_for(r"worker running this update stopped during phase 2", since=since)
+    molt.wait_for(
+        r"its test command `python service_tests\.py` was still running "
+        r"\(process group \d+, 2 process\(es\)\) and was killed first",
+        since=since,
+    )
+    assert processes_in(service.live) == []
     assert service.live_head() == old
     assert service.live_status() == ""
 

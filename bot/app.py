@@ -75,6 +75,9 @@ class Bot:
         self.stopping = threading.Event()
         self._restart_to: str | None = None
         self._children: list[subprocess.Popen[bytes]] = []
+        # Housekeeping starts workers and shutdown stops them: one at a time, so that no
+        # worker is started after shutdown looked for the ones to stop.
+        self._workers_lock = threading.Lock()
 
     # -- life cycle ----------------------------------------------------------
 
@@ -242,8 +245,11 @@ class Bot:
 
     def _keep_workers(self) -> None:
         """Keep MOLT_WORKERS embedded workers alive, including after an exec."""
-        if self.stopping.is_set():  # shutting down: no new worker that nobody would stop
-            return
+        with self._workers_lock:
+            if not self.stopping.is_set():  # shutting down: no worker that nobody would stop
+                self._top_up_workers()
+
+    def _top_up_workers(self) -> None:
         wanted = self.settings.workers
         alive = []
         for raw in self.conn.lrange(WORKERS_KEY, 0, -1):
@@ -274,6 +280,10 @@ class Bot:
     def _stop_workers(self, grace: float = 10) -> None:
         """Warm shutdown (finish the job); past the grace period a second SIGTERM makes RQ
         kill the work horse, and recovery rolls its update back at the next start."""
+        with self._workers_lock:
+            self._stop_listed_workers(grace)
+
+    def _stop_listed_workers(self, grace: float) -> None:
         listed = {int(p) for p in self.conn.lrange(WORKERS_KEY, 0, -1)}
         pids = sorted(listed | {c.pid for c in self._children if c.poll() is None})
         for attempt in range(2):

@@ -272,3 +272,30 @@ class Molt:
         if self.proc.stdout:
             self.proc.stdout.close()
         return int(self.proc.returncode)
+
+
+def run_cli(
+    molt_env: dict[str, str], cwd: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``molt <args>`` in a process of its own, as an operator at a shell would run it."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot.cli", *args],
+        env={**os.environ, **molt_env, **env, "PYTHONPATH": str(ROOT)},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def fails_once(marker: Path) -> str:
+    """A check (tests/support.py's runner, or pytest) that fails the first time it runs and
+    passes after: a flaky test."""
+    return (
+        "import pathlib\n\n\ndef test_sometimes():\n"
+        f"    marker = pathlib.Path({str(marker)!r})\n"
+        "    if not marker.exists():\n"
+        "        marker.touch()\n"
+        "        raise AssertionError('fails the first time only')\n"
+    )

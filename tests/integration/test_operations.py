@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,10 +17,10 @@ from pipeline.config import load_settings
 from pipeline.requests import RequestStore
 from pipeline.states import RequestState as S
 from tests.support import (
-    ROOT,
     Molt,
     ServiceRepo,
     hang_on_live,
+    run_cli,
     update_processes,
     wait_for_file,
 )
@@ -39,21 +37,6 @@ def _up(molt: Molt) -> Molt:
 
 def _store(data_dir: Path) -> RequestStore:
     return RequestStore(store.connect(load_settings(data_dir=data_dir)))
-
-
-def _cli(
-    molt_env: dict[str, str], cwd: Path, *args: str, **env: str
-) -> subprocess.CompletedProcess[str]:
-    """``molt <args>`` in a process of its own, as an operator at a shell would run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        env={**os.environ, **molt_env, **env, "PYTHONPATH": str(ROOT)},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
 
 
 def _running(pid: int) -> bool:
@@ -172,7 +155,7 @@ def test_auto_mode_lands_a_low_risk_plan_itself_and_leaves_medium_risk_to_a_pers
     molt.wait_for(r"Approved by molt:auto", since=since)
     codename = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
     assert service.live_head() == new
-    trail = _cli(molt_env, tmp_path, "history", codename)
+    trail = run_cli(molt_env, tmp_path, "history", codename)
     assert trail.returncode == 0
     assert any("molt:auto" in line and "approved" in line for line in trail.stdout.splitlines())
 
@@ -243,23 +226,23 @@ def test_operator_controls_from_the_shell_act_as_the_console_operator(
     review = molt.send("review")
     molt.wait_for(r"Waiting for a person: 1", since=review)
     molt.wait_for(r"waits for approval · LOW risk · asked by alice", since=review)
-    shown = _cli(molt_env, tmp_path, "review")
+    shown = run_cli(molt_env, tmp_path, "review")
     assert shown.returncode == 0, shown.stderr
     assert "Waiting for a person: 1" in shown.stdout
     assert "waits for approval · LOW risk · asked by alice" in shown.stdout
 
-    paused = _cli(molt_env, tmp_path, "pause")
+    paused = run_cli(molt_env, tmp_path, "pause")
     assert paused.returncode == 0, paused.stderr
     assert "Paused: no new update will start until `resume`" in paused.stdout
-    assert "Molt status: paused" in _cli(molt_env, tmp_path, "status").stdout
+    assert "Molt status: paused" in run_cli(molt_env, tmp_path, "status").stdout
     molt.send("press approve")
     molt.wait_for(r"🕒 Queued", since=since)
-    resumed = _cli(molt_env, tmp_path, "resume")
+    resumed = run_cli(molt_env, tmp_path, "resume")
     assert resumed.returncode == 0 and "Resumed" in resumed.stdout
     codename = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
     assert service.live_head() == new
 
-    rollback = _cli(molt_env, tmp_path, "rollback", codename)
+    rollback = run_cli(molt_env, tmp_path, "rollback", codename)
     assert rollback.returncode == 0, rollback.stderr
     assert "📋 Plan ready" in rollback.stdout and "a downgrade" in rollback.stdout
     [planned] = _store(data_dir).recent(1)
@@ -270,18 +253,18 @@ def test_operator_controls_from_the_shell_act_as_the_console_operator(
     molt.wait_for(r"✅ Live: ", since=pressed)
     assert service.live_head() == old
 
-    stopped = _cli(molt_env, tmp_path, "stop")
+    stopped = run_cli(molt_env, tmp_path, "stop")
     assert stopped.returncode == 0
     assert "Emergency stop: no update was running; 0 queued request(s) cleared." in stopped.stdout
-    nothing = _cli(molt_env, tmp_path, "rollback", "no-such-update")
+    nothing = run_cli(molt_env, tmp_path, "rollback", "no-such-update")
     assert nothing.returncode == 1
     assert "found no successful update 'no-such-update' to roll back" in nothing.stderr
 
-    refused = _cli(molt_env, tmp_path, "pause", MOLT_CONSOLE_USER="mallory")
+    refused = run_cli(molt_env, tmp_path, "pause", MOLT_CONSOLE_USER="mallory")
     assert refused.returncode == 1
     assert "console:mallory may not pause: only operators may do that" in refused.stderr
-    assert "Molt status: paused" not in _cli(molt_env, tmp_path, "status").stdout
-    trail = _cli(molt_env, tmp_path, "history")
+    assert "Molt status: paused" not in run_cli(molt_env, tmp_path, "status").stdout
+    trail = run_cli(molt_env, tmp_path, "history")
     assert trail.returncode == 0
 
 
@@ -297,7 +280,7 @@ def test_audit_verify_names_the_first_broken_entry(
     since = molt.send("deploy main")
     molt.wait_for(r"📋 Plan ready", since=since)
     molt.stop()
-    intact = _cli(molt_env, tmp_path, "audit", "verify")
+    intact = run_cli(molt_env, tmp_path, "audit", "verify")
     assert intact.returncode == 0 and "audit chain intact" in intact.stdout
     # Every Molt process has stopped, and the embedded Redis with them: tamper with the
     # trail it kept on disk, through a server started again on the same data.
@@ -307,7 +290,7 @@ def test_audit_verify_names_the_first_broken_entry(
     entry["actor"] = "console:mallory"
     conn.lset("molt:audit", 2, json.dumps(entry, sort_keys=True))
     conn.close()
-    broken = _cli(molt_env, tmp_path, "audit", "verify")
+    broken = run_cli(molt_env, tmp_path, "audit", "verify")
     assert broken.returncode == 1
     assert "audit chain broken at entry #2: entry was altered" in broken.stderr
 
@@ -335,7 +318,7 @@ def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(
     [request] = _store(data_dir).recent(1)
     assert request.state is S.RUNNING
 
-    recovered = _cli(molt_env, tmp_path, "recover")
+    recovered = run_cli(molt_env, tmp_path, "recover")
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     out = recovered.stdout
     assert "✓ config" in out and "✓ release" in out and "✓ requests" in out
@@ -353,7 +336,7 @@ def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(
     ended = _store(data_dir).get(request.id)
     assert ended.state is S.FAILED and ended.message.startswith("ended by molt recover: ")
 
-    again = _cli(molt_env, tmp_path, "recover")
+    again = run_cli(molt_env, tmp_path, "recover")
     assert again.returncode == 0
     assert "no update was left half-done" in again.stdout
     assert "consistent: 0 open request(s) left" in again.stdout
@@ -374,7 +357,7 @@ def test_molt_run_keeps_a_config_backup_that_recover_restores(
     assert backup.read_text() == 'MOLT_REFUSAL_THEME = "butler"\n'
 
     config.write_text('MOLT_REFUSAL_THEME = "pirate"\n')
-    fixed = _cli(molt_env, tmp_path, "recover", MOLT_CONFIG=str(config))
+    fixed = run_cli(molt_env, tmp_path, "recover", MOLT_CONFIG=str(config))
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr
     assert f"{config} did not load (invalid configuration: MOLT_REFUSAL_THEME" in fixed.stdout
     assert f"restored it from {backup}" in fixed.stdout
@@ -383,7 +366,7 @@ def test_molt_run_keeps_a_config_backup_that_recover_restores(
     for saved in (data_dir / "config-backup").iterdir():
         saved.unlink()
     config.write_text("MOLT_REFUSAL_THEME = \n")
-    unfixable = _cli(molt_env, tmp_path, "recover", MOLT_CONFIG=str(config))
+    unfixable = run_cli(molt_env, tmp_path, "recover", MOLT_CONFIG=str(config))
     assert unfixable.returncode == 1
     assert "✗ config" in unfixable.stdout and "there is no backup" in unfixable.stdout
     assert "the settings do not load, so it stops here" in unfixable.stderr

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support import Molt, ServiceRepo
+from tests.support import Molt, ServiceRepo, fails_once
 
 StartMolt = Callable[..., Molt]
 PYTEST = "python -m pytest -q -p no:cacheprovider"
@@ -37,16 +37,6 @@ def _fake_pytest(path: Path, live: Path) -> str:
     return f"python {path}"
 
 
-def _fails_once(marker: Path) -> str:
-    return (
-        "import pathlib\n\n\ndef test_sometimes():\n"
-        f"    marker = pathlib.Path({str(marker)!r})\n"
-        "    if not marker.exists():\n"
-        "        marker.touch()\n"
-        "        raise AssertionError('fails the first time only')\n"
-    )
-
-
 FLAKY_ID = "checks/test_flaky.py::test_sometimes"
 
 
@@ -73,7 +63,7 @@ def test_a_flaky_test_fails_the_update_by_default_naming_it_and_history_keeps_it
     service: ServiceRepo, start_molt: StartMolt, tmp_path: Path
 ) -> None:
     old = service.live_head()
-    service.commit({"checks/test_flaky.py": _fails_once(tmp_path / "ran")}, "a flaky test")
+    service.commit({"checks/test_flaky.py": fails_once(tmp_path / "ran")}, "a flaky test")
     molt = _up(start_molt(MOLT_TEST_COMMAND=PYTEST))
     since = molt.send("deploy main")
     molt.send("press approve")
@@ -89,7 +79,7 @@ def test_a_flaky_test_fails_the_update_by_default_naming_it_and_history_keeps_it
 def test_with_flaky_pass_a_flaky_test_lands_and_the_success_message_lists_it(
     service: ServiceRepo, start_molt: StartMolt, tmp_path: Path
 ) -> None:
-    new = service.commit({"checks/test_flaky.py": _fails_once(tmp_path / "ran")}, "a flaky test")
+    new = service.commit({"checks/test_flaky.py": fails_once(tmp_path / "ran")}, "a flaky test")
     molt = _up(start_molt(MOLT_TEST_COMMAND=PYTEST, MOLT_FLAKY="pass"))
     since = molt.send("deploy main")
     molt.send("press approve")

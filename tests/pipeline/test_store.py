@@ -14,19 +14,7 @@ import redis
 
 from pipeline import store
 from pipeline.processes import alive
-from tests.support import ROOT, Molt
-
-
-def _cli(molt_env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bot.cli", *args],
-        env={**os.environ, **molt_env, "PYTHONPATH": str(ROOT)},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.support import ROOT, Molt, run_cli
 
 
 def _server_pid(data_dir: Path) -> int:
@@ -91,7 +79,7 @@ def test_a_shell_command_alone_leaves_no_redis_server_behind(
     molt_env: dict[str, str], data_dir: Path, tmp_path: Path
 ) -> None:
     for command in (("history",), ("status",), ("audit", "verify")):
-        done = _cli(molt_env, tmp_path, *command)
+        done = run_cli(molt_env, tmp_path, *command)
         assert done.returncode == 0, done.stderr
         assert _servers(data_dir) == [], f"redis-server still runs after `molt {command[0]}`"
         assert not _answers(data_dir)
@@ -103,7 +91,7 @@ def test_a_shell_command_leaves_the_server_to_the_molt_still_using_it(
     molt = start_molt()
     molt.wait_for(r"Molt \S+ is up")
     pid = _server_pid(data_dir)
-    assert _cli(molt_env, tmp_path, "history").returncode == 0
+    assert run_cli(molt_env, tmp_path, "history").returncode == 0
     assert alive(pid) and _answers(data_dir)
     assert molt.stop() == 0
     _wait_gone(pid, "after the last Molt process of its data directory stopped")
@@ -114,7 +102,7 @@ def test_a_killed_worker_leaves_the_server_to_the_next_start_which_adopts_it(
 ) -> None:
     pid = _left_by_a_killed_worker(molt_env, data_dir, tmp_path)
     assert alive(pid)
-    assert _cli(molt_env, tmp_path, "history").returncode == 0
+    assert run_cli(molt_env, tmp_path, "history").returncode == 0
     _wait_gone(pid, "after the command that adopted it, its last user, ended")
     assert _servers(data_dir) == []
 
@@ -125,7 +113,7 @@ def test_a_server_that_no_longer_answers_is_replaced(
     hung = _left_by_a_killed_worker(molt_env, data_dir, tmp_path)
     os.kill(hung, signal.SIGSTOP)
     try:
-        done = _cli(molt_env, tmp_path, "history")
+        done = run_cli(molt_env, tmp_path, "history")
         assert done.returncode == 0, done.stderr
         assert not alive(hung)
         assert _servers(data_dir) == []

@@ -7,19 +7,10 @@ from pathlib import Path
 
 from pipeline.config import FLAKY_FAIL, FLAKY_PASS
 from pipeline.validation import PhaseResult, PhaseSpec, run_phase
+from tests.support import fails_once
 
 PYTEST = "python -m pytest -q -p no:cacheprovider"
 STEADY = "def test_one():\n    pass\n\n\ndef test_two():\n    pass\n"
-
-
-def _fails_once(marker: Path) -> str:
-    return (
-        "import pathlib\n\n\ndef test_sometimes():\n"
-        f"    marker = pathlib.Path({str(marker)!r})\n"
-        "    if not marker.exists():\n"
-        "        marker.touch()\n"
-        "        raise AssertionError('fails the first time only')\n"
-    )
 
 
 def _service(root: Path, files: dict[str, str]) -> Path:
@@ -43,7 +34,7 @@ def test_a_test_that_fails_once_fails_the_phase_by_default_and_is_named_flaky(
 ) -> None:
     root = _service(
         tmp_path / "svc",
-        {"test_steady.py": STEADY, "test_flaky.py": _fails_once(tmp_path / "ran")},
+        {"test_steady.py": STEADY, "test_flaky.py": fails_once(tmp_path / "ran")},
     )
     result = _phase(root, PYTEST, FLAKY_FAIL)
     assert not result.ok
@@ -57,7 +48,7 @@ def test_a_test_that_fails_once_fails_the_phase_by_default_and_is_named_flaky(
 def test_with_flaky_pass_the_phase_passes_and_counts_the_rerun_passes(tmp_path: Path) -> None:
     root = _service(
         tmp_path / "svc",
-        {"test_steady.py": STEADY, "test_flaky.py": _fails_once(tmp_path / "ran")},
+        {"test_steady.py": STEADY, "test_flaky.py": fails_once(tmp_path / "ran")},
     )
     log = tmp_path / "phase1.log"
     result = _phase(root, PYTEST, FLAKY_PASS, baseline=3, log=log)

@@ -60,6 +60,12 @@ class Bot:
             self.slack = Slack(settings, self.store)
             self.adapters["slack"] = self.slack
         self.desk = Desk(settings, self.conn, self.adapters)
+        if settings.github_enabled:
+            from bot.github import GitHub
+
+            github = GitHub(settings, self.store)
+            github.desk = self.desk
+            self.adapters["github"] = github
         if settings.discord_token:
             # In this process (not the HTTP one): a gateway client on a thread of its own.
             from bot.discord import Discord

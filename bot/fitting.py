@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 
 ELLIPSIS = "…"
+_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
+_SINGLE_BOLD = re.compile(r"(?<![*\w])\*(?![\s*])([^*\n]+?)(?<![\s*])\*(?![*\w])")
 
 
 def units(text: str) -> int:
@@ -58,3 +60,10 @@ def pieces(text: str, limit: int, *, torn: re.Pattern[str] | None = None) -> lis
             found.append(head.rstrip())
         rest = rest[len(head) :].lstrip("\n")
     return found
+
+
+def double_bold(text: str) -> str:
+    """Templates write Slack's ``*bold*``, which Discord and GitHub show in italics: make it
+    ``**bold**`` (code spans are left as they are)."""
+    parts = _CODE.split(text)
+    return "".join(p if i % 2 else _SINGLE_BOLD.sub(r"**\1**", p) for i, p in enumerate(parts))

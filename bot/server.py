@@ -1,4 +1,4 @@
-"""The bot's HTTP server: /slack/events, /healthz, /metrics, under uvicorn.
+"""The bot's HTTP server: /slack/events, /github/webhook, /healthz, /metrics, under uvicorn.
 
 It runs in a process of its own (``molt http``, started by ``molt run``), which
 only verifies, acks and hands input to the inbox: acks never wait behind the
@@ -51,6 +51,7 @@ class HttpServer:
         target_id: str,
         boot_id: str,
         slack_endpoint: Endpoint | None = None,
+        github_endpoint: Endpoint | None = None,
     ) -> None:
         self.conn = conn
         self.target_id = target_id
@@ -62,6 +63,8 @@ class HttpServer:
         ]
         if slack_endpoint is not None:
             routes.append(Route("/slack/events", slack_endpoint, methods=["POST"]))
+        if github_endpoint is not None:
+            routes.append(Route("/github/webhook", github_endpoint, methods=["POST"]))
         self.app = Starlette(routes=routes)
         config = uvicorn.Config(
             self.app,
@@ -161,8 +164,20 @@ def serve(settings: Settings) -> int:
             slack.connect_socket_mode()
         else:
             slack_endpoint = slack.endpoint
+    github_endpoint = None
+    if settings.github_enabled and settings.github_webhook_secret is not None:
+        from bot.github.webhook import Webhook
+
+        secret = settings.github_webhook_secret.get_secret_value()
+        github_endpoint = Webhook(conn, secret, settings.github_repos).serve
     server = HttpServer(
-        settings.http_host, settings.http_port, conn, settings.target_id, boot_id, slack_endpoint
+        settings.http_host,
+        settings.http_port,
+        conn,
+        settings.target_id,
+        boot_id,
+        slack_endpoint,
+        github_endpoint,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

@@ -120,6 +120,24 @@ class Settings(BaseSettings):
     discord_api_url: str = _var(
         "DISCORD_API_URL", "https://discord.com/api/v10", pattern=r"^https?://"
     )
+    # The GitHub front end (bot/github/): a token or an App, the repositories it watches.
+    github_token: SecretStr | None = _var("GITHUB_TOKEN")
+    github_app_id: str | None = _var("GITHUB_APP_ID", pattern=r"^\d{1,20}$")
+    github_app_private_key: SecretStr | None = _var("GITHUB_APP_PRIVATE_KEY")
+    github_app_installation_id: str | None = _var(
+        "GITHUB_APP_INSTALLATION_ID", pattern=r"^\d{1,20}$"
+    )
+    github_api_url: str = _var("GITHUB_API_URL", "https://api.github.com", pattern=r"^https?://")
+    #: Signs webhook deliveries; unset, GitHub is polled only (no public URL needed).
+    github_webhook_secret: SecretStr | None = _var("GITHUB_WEBHOOK_SECRET")
+    github_repos: UserList = _var("MOLT_GITHUB_REPOS", [])
+    github_label: str = _var("MOLT_GITHUB_LABEL", "molt", pattern=r"^[^,\s][^,]{0,49}$")
+    #: Seconds between polls for labelled issues and comments a webhook may have missed; 0 off.
+    github_poll: float = _var("MOLT_GITHUB_POLL", 60.0, ge=0)
+    github_deployments: bool = _var("MOLT_GITHUB_DEPLOYMENTS", False)
+    github_environment: str = _var("MOLT_GITHUB_ENVIRONMENT", "production", min_length=1)
+    #: Seconds between two writes to GitHub (GitHub asks for at least one).
+    github_write_interval: float = _var("MOLT_GITHUB_WRITE_INTERVAL", 1.0, ge=0)
     # Change requests in words. Limits per planning and per implementation: model calls
     # (turns), tokens through all of its calls (input, cached and output), seconds; and the
     # size of the first plan prompt (instructions, tools, repository map and request).
@@ -174,6 +192,15 @@ class Settings(BaseSettings):
             if not sep or not platform or not ident:
                 raise ValueError(f"expected platform:id entries, got {user!r}")
         return value if users is None else users
+
+    @field_validator("github_repos", mode="before")
+    @classmethod
+    def _split_repos(cls, value: Any) -> Any:
+        repos = _listed(value)
+        for repo in repos or []:
+            if not re.fullmatch(r"[\w.-]{1,100}/[\w.-]{1,100}", repo):
+                raise ValueError(f"expected comma-separated owner/name entries, got {repo!r}")
+        return value if repos is None else repos
 
     @field_validator("discord_channels", mode="before")
     @classmethod
@@ -248,6 +275,12 @@ class Settings(BaseSettings):
         return bool(self.slack_bot_token and (self.slack_signing_secret or self.slack_app_token))
 
     @property
+    def github_enabled(self) -> bool:
+        """Watched repositories, and a token or a whole GitHub App to act in them with."""
+        app = self.github_app_id and self.github_app_private_key and self.github_app_installation_id
+        return bool(self.github_repos and (self.github_token or app))
+
+    @property
     def llm_enabled(self) -> bool:
         """Change requests in plain words need a key for the model API."""
         return bool(self.anthropic_api_key and self.anthropic_api_key.get_secret_value())
@@ -285,6 +318,9 @@ class Settings(BaseSettings):
             self.anthropic_api_key,
             self.discord_token,
             self.signing_key,
+            self.github_token,
+            self.github_app_private_key,
+            self.github_webhook_secret,
         ]
         return [v.get_secret_value() for v in values if v and v.get_secret_value()]
 

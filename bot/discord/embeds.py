@@ -13,7 +13,7 @@ import re
 import discord
 
 from bot import people
-from bot.fitting import clip, units
+from bot.fitting import clip, double_bold, units
 from bot.messages import Message
 from pipeline.requests import Request
 
@@ -42,10 +42,8 @@ OUTCOME_COLOURS = {
 #: Nothing Molt posts pings anyone, whatever the request text says.
 NO_MENTIONS = discord.AllowedMentions.none()
 
-_CODE = re.compile(r"(```.*?```|`[^`\n]*`)", re.DOTALL)
 #: What a cut may leave of a mention (``<@1300``): Discord would show it as it is.
 _TORN = re.compile(r"<(?:@!?\d*)?$")
-_SINGLE_BOLD = re.compile(r"(?<![*\w])\*(?![\s*])([^*\n]+?)(?<![\s*])\*(?![*\w])")
 
 
 def colour_for(message: Message, request: Request | None) -> int:
@@ -58,13 +56,6 @@ def colour_for(message: Message, request: Request | None) -> int:
     return RISK_COLOURS.get(level.lower(), BLURPLE)
 
 
-def discord_markdown(text: str) -> str:
-    """Templates write Slack's ``*bold*``, which Discord shows in italics: make it ``**bold**``
-    (code spans are left as they are)."""
-    pieces = _CODE.split(text)
-    return "".join(p if i % 2 else _SINGLE_BOLD.sub(r"**\1**", p) for i, p in enumerate(pieces))
-
-
 def to_embed(message: Message, colour: int = BLURPLE) -> discord.Embed:
     """``message`` as an embed within Discord's limits (6000 in all, 25 fields, 1024 a value)."""
     title = clip(" ".join(people.unmarked(message.title).split()), TITLE_LIMIT)
@@ -73,7 +64,7 @@ def to_embed(message: Message, colour: int = BLURPLE) -> discord.Embed:
     note_room = 40  # for "· N more fields not shown" in the footer
     budget = EMBED_LIMIT - units(title) - units(footer) - note_room
     wanted = sum(units(n) + units(v) for n, v in fields[:FIELDS_LIMIT])
-    text = _named(discord_markdown(message.text)).strip()
+    text = _named(double_bold(message.text)).strip()
     description = ""
     if text:
         room = min(DESCRIPTION_LIMIT, budget - min(wanted, budget // 2))
@@ -106,7 +97,7 @@ def _fields(message: Message) -> list[tuple[str, str]]:
     """The fields with something to show, each name and value within its own limit."""
     fields: list[tuple[str, str]] = []
     for field in message.fields:
-        value = clip(_named(discord_markdown(field.value)).strip(), FIELD_VALUE_LIMIT, torn=_TORN)
+        value = clip(_named(double_bold(field.value)).strip(), FIELD_VALUE_LIMIT, torn=_TORN)
         if value:
             name = people.unmarked(" ".join(field.name.split()))
             name = clip(name, FIELD_NAME_LIMIT) or "\u200b"

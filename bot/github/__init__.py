@@ -1,0 +1,6 @@
+"""The GitHub front end: labelled issues and ``/molt`` comments, a webhook with a polling
+fallback, and the status of each request back in its issue."""
+
+from bot.github.adapter import GitHub
+
+__all__ = ["GitHub"]

@@ -1,0 +1,168 @@
+"""What GitHub tells Molt, in one shape whether a webhook delivered it or the poller found it.
+
+A webhook payload and the REST API's issue and comment objects share their fields (PLATFORMS.md),
+so both become a ``Happening``: an issue opened or labelled, a comment created, or a comment
+edited (a task-list box ticked, which only a webhook can tell, since only its ``sender`` says
+who edited). ``key`` names what is acted on, the same for both sources, so that the one that
+comes second finds it taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: What Molt acts on, by event: anything else is answered 204 and dropped.
+ACTIONS = {
+    "issues": frozenset({"opened", "labeled"}),
+    "issue_comment": frozenset({"created", "edited"}),
+}
+
+
+@dataclass(frozen=True)
+class Happening:
+    event: str  # issues | issue_comment
+    action: str  # opened | labeled | created | edited
+    repo: str  # owner/name
+    number: int  # the issue's (or pull request's) number
+    login: str  # who did it: the webhook's sender, or the author the API names
+    bot: bool = False  # a GitHub App or other bot account
+    title: str = ""
+    body: str = ""  # the issue's body, or the comment's
+    labels: tuple[str, ...] = ()
+    label: str = ""  # the label just added (issues.labeled)
+    comment_id: int = 0
+    previous_body: str = ""  # the comment's body before an edit
+    pull_request: bool = False
+    source: str = "webhook"  # webhook | poll
+    delivery: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """One key per (repository, issue, comment, action), whichever source saw it first.
+
+        An issue becomes a request once however it came ("opened" or "labeled"); a comment is
+        acted on once when created; an edit is one box, as the edited body shows it.
+        """
+        if self.event == "issues":
+            return f"{self.repo}#{self.number}:0:request"
+        action = self.action
+        if action == "edited":
+            action = f"edited:{hash_text(self.body)}"
+        return f"{self.repo}#{self.number}:{self.comment_id}:{action}"
+
+    @property
+    def channel(self) -> str:
+        """Where answers go: ``owner/name#number``, the ``Origin.channel`` of GitHub requests."""
+        return f"{self.repo}#{self.number}"
+
+    def dumps(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def loads(cls, text: str) -> Happening:
+        raw = json.loads(text)
+        raw["labels"] = tuple(raw.get("labels") or ())
+        return cls(**raw)
+
+
+def hash_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def is_bot(user: Any) -> bool:
+    """A bot account: an App's ``name[bot]`` login, or the API's ``type: Bot``."""
+    if not isinstance(user, dict):
+        return False
+    return str(user.get("login", "")).endswith("[bot]") or user.get("type") == "Bot"
+
+
+def _login(user: Any) -> str:
+    return str(user.get("login", "")) if isinstance(user, dict) else ""
+
+
+def _labels(issue: dict[str, Any]) -> tuple[str, ...]:
+    labels = issue.get("labels") or []
+    return tuple(str(x.get("name", "")) for x in labels if isinstance(x, dict))
+
+
+def from_webhook(event: str, payload: dict[str, Any], delivery: str) -> Happening | None:
+    """The happening a webhook delivery carries, or None when it is not one Molt acts on."""
+    action = str(payload.get("action", ""))
+    if action not in ACTIONS.get(event, ()):
+        return None
+    repo = payload.get("repository") or {}
+    issue = payload.get("issue") or {}
+    sender = payload.get("sender") or {}
+    if not isinstance(repo, dict) or not isinstance(issue, dict) or not isinstance(sender, dict):
+        raise ValueError("repository, issue and sender must be objects")
+    number = issue.get("number")
+    if not isinstance(number, int) or not repo.get("full_name") or not _login(sender):
+        raise ValueError("a delivery without repository.full_name, issue.number or sender.login")
+    common: dict[str, Any] = {
+        "event": event,
+        "action": action,
+        "repo": str(repo["full_name"]),
+        "number": number,
+        "login": _login(sender),
+        "bot": is_bot(sender),
+        "title": str(issue.get("title") or ""),
+        "labels": _labels(issue),
+        "pull_request": "pull_request" in issue,
+        "delivery": delivery,
+    }
+    if event == "issues":
+        label = payload.get("label") or {}
+        return Happening(
+            **common,
+            body=str(issue.get("body") or ""),
+            label=str(label.get("name", "")) if isinstance(label, dict) else "",
+        )
+    comment = payload.get("comment") or {}
+    if not isinstance(comment, dict) or not isinstance(comment.get("id"), int):
+        raise ValueError("an issue_comment delivery without comment.id")
+    previous = ((payload.get("changes") or {}).get("body") or {}).get("from", "")
+    return Happening(
+        **common,
+        body=str(comment.get("body") or ""),
+        comment_id=int(comment["id"]),
+        previous_body=str(previous or ""),
+    )
+
+
+def from_issue(repo: str, issue: dict[str, Any]) -> Happening:
+    """A labelled issue the poller found: as if it had been opened with the label."""
+    user = issue.get("user") or {}
+    return Happening(
+        event="issues",
+        action="opened",
+        repo=repo,
+        number=int(issue["number"]),
+        login=_login(user),
+        bot=is_bot(user),
+        title=str(issue.get("title") or ""),
+        body=str(issue.get("body") or ""),
+        labels=_labels(issue),
+        pull_request="pull_request" in issue,
+        source="poll",
+    )
+
+
+def from_comment(repo: str, comment: dict[str, Any]) -> Happening:
+    """A new comment the poller found (the issue's number is the end of its ``issue_url``)."""
+    user = comment.get("user") or {}
+    number = int(str(comment.get("issue_url", "")).rstrip("/").rsplit("/", 1)[-1])
+    return Happening(
+        event="issue_comment",
+        action="created",
+        repo=repo,
+        number=number,
+        login=_login(user),
+        bot=is_bot(user),
+        body=str(comment.get("body") or ""),
+        comment_id=int(comment["id"]),
+        source="poll",
+    )

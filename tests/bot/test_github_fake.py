@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -248,3 +250,24 @@ def test_deliveries_are_signed_and_shaped_like_githubs(fake: FakeGitHub) -> None
     assert forged["x-hub-signature-256"] == "sha256=00"
     labeled_sent = json.loads(forged_body)
     assert labeled_sent["sender"]["type"] == "Bot" and labeled_sent["label"]["name"] == "molt"
+
+
+def test_unknown_paths_and_unreadable_bodies_are_refused_as_on_github(fake: FakeGitHub) -> None:
+    number = fake.open_issue(REPO, "t", "b", "alice")["number"]
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    answers = []
+    for method, path, data in [
+        ("GET", f"/repos/{REPO}/pulls/{number}/reviews", None),
+        ("GET", "/repos/acme/nothing", None),
+        ("POST", f"/repos/{REPO}/issues/{number}/comments", b"{not json"),
+    ]:
+        request = urllib.request.Request(fake.url + path, data=data, headers=auth, method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        with refused.value as error:
+            answers.append((error.code, json.loads(error.read())["message"]))
+            assert error.headers["x-ratelimit-resource"] == "core"
+    assert answers == [(404, "Not Found"), (404, "Not Found"), (400, "Problems parsing JSON")]
+    assert fake.comments(REPO, number) == []
+    assert fake.add_label(REPO, number, "molt")["color"] == "ededed"
+    assert fake.labels_on(REPO, number) == ["molt"]

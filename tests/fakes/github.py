@@ -272,6 +272,14 @@ class FakeGitHub(HttpFake):
             found = self._repo(repo)
             return copy.deepcopy(self._comment(found, number, body, user, association))
 
+    def add_label(self, repo: str, number: int, name: str) -> dict[str, Any]:
+        """A person labelling issue ``number`` (the label is made if the repo lacks it)."""
+        with self._changed:
+            found = self._repo(repo)
+            issue = self._find_issue(found, number)
+            self._put_label(found, issue, name)
+            return copy.deepcopy(self._label(found, name))
+
     def edit_comment(self, repo: str, comment_id: int, new_body: str) -> tuple[str, dict[str, Any]]:
         """A person editing a comment (ticking a task-list box): its old body, the comment now."""
         with self._changed:

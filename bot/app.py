@@ -61,7 +61,7 @@ class Bot:
             self.adapters["slack"] = self.slack
         self.desk = Desk(settings, self.conn, self.adapters)
         if settings.github_enabled:
-            from bot.github import GitHub
+            from bot.github.adapter import GitHub
 
             github = GitHub(settings, self.store)
             github.desk = self.desk

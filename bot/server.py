@@ -165,11 +165,12 @@ def serve(settings: Settings) -> int:
         else:
             slack_endpoint = slack.endpoint
     github_endpoint = None
-    if settings.github_enabled and settings.github_webhook_secret is not None:
+    secret = settings.github_webhook_secret
+    if settings.github_enabled and secret and secret.get_secret_value():
         from bot.github.webhook import Webhook
 
-        secret = settings.github_webhook_secret.get_secret_value()
-        github_endpoint = Webhook(conn, secret, settings.github_repos).serve
+        hook = Webhook(conn, secret.get_secret_value(), settings.github_repos)
+        github_endpoint = hook.serve
     server = HttpServer(
         settings.http_host,
         settings.http_port,

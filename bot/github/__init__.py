@@ -1,6 +1,2 @@
 """The GitHub front end: labelled issues and ``/molt`` comments, a webhook with a polling
-fallback, and the status of each request back in its issue."""
-
-from bot.github.adapter import GitHub
-
-__all__ = ["GitHub"]
+fallback, and the status of each request back in its issue (the adapter: bot/github/adapter.py)."""

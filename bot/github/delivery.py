@@ -97,7 +97,8 @@ class Delivery:
         self.store = store
         self.conn: redis.Redis = store.conn
         #: Without a webhook nobody can be seen ticking a box: answers are comments then.
-        self.boxes = settings.github_webhook_secret is not None
+        secret = settings.github_webhook_secret
+        self.boxes = bool(secret and secret.get_secret_value())
         self.login = ""
         self._refs = MessageRefs()
         self._labelled: set[str] = set()

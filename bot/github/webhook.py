@@ -99,5 +99,5 @@ class Webhook:
         return JSONResponse({"ok": True})
 
     def _refused(self, action: str, detail: dict[str, str]) -> None:
-        log.warning("github delivery refused", action=action, **detail)
+        log.warning("github delivery refused", action=action, detail=detail)
         audit.append(self.conn, actor="github", action=action, detail=detail)

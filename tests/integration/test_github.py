@@ -1,0 +1,381 @@
+"""GitHub, end to end: signed webhook deliveries to the running bot's real HTTP server, the
+poller, real workers and Redis, and a fake GitHub REST API on loopback that the real PyGithub
+client talks to. Each test reads the issue the way a person would: its comments and labels."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import audit, store
+from pipeline.config import load_settings
+from pipeline.requests import RequestStore
+from tests.fakes.github import (
+    TOKEN,
+    FakeGitHub,
+    deliver,
+    issue_comment_payload,
+    issues_payload,
+    ping_payload,
+)
+from tests.support import Molt, ServiceRepo
+
+REPO = "acme/api"
+SECRET = "molt-test-webhook-secret"
+V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
+
+
+class GitHubBot:
+    """The running Molt, the fake GitHub, and what it takes to act in an issue."""
+
+    def __init__(self, molt: Molt, github: FakeGitHub, data_dir: Path) -> None:
+        self.molt = molt
+        self.github = github
+        self.port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        self.conn = store.connect(load_settings(data_dir=data_dir))
+        self.store = RequestStore(self.conn)
+        molt.wait_for(r"github connected")
+
+    @property
+    def hook(self) -> str:
+        return f"http://127.0.0.1:{self.port}/github/webhook"
+
+    def send(self, event: str, payload: dict[str, Any], **kwargs: Any) -> int:
+        status, _ = deliver(self.hook, event, payload, SECRET, **kwargs)
+        return status
+
+    def open_issue(self, title: str, body: str = "", user: str = "alice") -> dict[str, Any]:
+        issue = self.github.open_issue(REPO, title, body, user, labels=["molt"])
+        assert self.send("issues", issues_payload("opened", REPO, issue, user)) == 200
+        return issue
+
+    def comment(self, number: int, body: str, user: str = "alice", send: bool = True) -> int:
+        made = self.github.add_comment(REPO, number, body, user)
+        if send:
+            issue = self.github.issue(REPO, number)
+            payload = issue_comment_payload("created", REPO, issue, made, user)
+            assert self.send("issue_comment", payload) == 200
+        return int(made["id"])
+
+    def tick(self, number: int, box: str, user: str) -> None:
+        """``user`` ticks the ``box`` of the status comment, as GitHub's page does it."""
+        status = self.status_comment(number)
+        ticked = status["body"].replace(f"- [ ] {box}", f"- [x] {box}")
+        old, edited = self.github.edit_comment(REPO, int(status["id"]), ticked)
+        issue = self.github.issue(REPO, number)
+        payload = issue_comment_payload(
+            "edited", REPO, issue, edited, user, changes={"body": {"from": old}}
+        )
+        assert self.send("issue_comment", payload) == 200
+
+    def status_comment(self, number: int) -> dict[str, Any]:
+        found = [c for c in self.github.comments(REPO, number) if '"kind": "status"' in c["body"]]
+        assert len(found) == 1, [c["body"][:80] for c in self.github.comments(REPO, number)]
+        return found[0]
+
+    def wait_until(
+        self, what: str, check: Callable[[], bool], timeout: float = 60, number: int = 1
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if check():
+                    return
+            except AssertionError:
+                pass
+            time.sleep(0.05)
+        bodies = json.dumps([c["body"][:400] for c in self.github.comments(REPO, number)], indent=1)
+        raise AssertionError(
+            f"{what}: not within {timeout} s\n{bodies}\n{self.molt.output[-3000:]}"
+        )
+
+    def shows(self, number: int, text: str, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the status comment on ``number`` says ``text``."""
+        self.wait_until(
+            f"status comment saying {text!r}",
+            lambda: text in self.status_comment(number)["body"],
+            timeout,
+            number,
+        )
+        return self.status_comment(number)
+
+    def said(self, number: int, text: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait for any comment on ``number`` saying ``text``."""
+        self.wait_until(
+            f"a comment saying {text!r}",
+            lambda: any(text in c["body"] for c in self.github.comments(REPO, number)),
+            timeout,
+            number,
+        )
+        return next(c for c in self.github.comments(REPO, number) if text in c["body"])
+
+    def requests(self) -> list[Any]:
+        return self.store.recent(50)
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub() as fake:
+        fake.add_repo(
+            REPO,
+            {"alice": "write", "bob": "admin", "mallory": "read", "dave": "write"},
+        )
+        fake.add_repo("evil/elsewhere", {"alice": "write"})
+        yield fake
+
+
+@pytest.fixture
+def start_github_bot(
+    start_molt: Callable[..., Molt], data_dir: Path, github: FakeGitHub
+) -> Callable[..., GitHubBot]:
+    def start(**env: str) -> GitHubBot:
+        molt = start_molt(
+            "run",
+            "--no-console",
+            **{
+                "GITHUB_TOKEN": TOKEN,
+                "GITHUB_API_URL": github.url,
+                "GITHUB_WEBHOOK_SECRET": SECRET,
+                "MOLT_GITHUB_REPOS": REPO,
+                "MOLT_GITHUB_POLL": "0",
+                "MOLT_GITHUB_WRITE_INTERVAL": "0.02",
+                "MOLT_AUTHORISED_USERS": "github:alice,github:mallory,github:dave",
+                "MOLT_APPROVERS": "github:alice,github:bob,github:mallory",
+                **env,
+            },
+        )
+        return GitHubBot(molt, github, data_dir)
+
+    return start
+
+
+@pytest.fixture
+def github_bot(start_github_bot: Callable[..., GitHubBot]) -> GitHubBot:
+    return start_github_bot()
+
+
+def test_labelled_issue_planned_approved_by_a_ticked_box_and_live(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    new = service.commit(V2, "v2")
+    issue = github_bot.open_issue("deploy main")
+    number = int(issue["number"])
+    plan = github_bot.shows(number, "Plan ready")
+    assert "- [ ] Approve" in plan["body"] and "- [ ] Reject" in plan["body"]
+    assert "@alice" in plan["body"]  # the requester, named by Molt
+    github_bot.wait_until(
+        "the plan-ready label", lambda: "molt:plan-ready" in github.labels_on(REPO, number)
+    )
+    github_bot.tick(number, "Approve", "bob")
+    done = github_bot.shows(number, "Live")
+    assert "[ ]" not in done["body"]
+    github_bot.wait_until(
+        "labels saying it succeeded",
+        lambda: sorted(github.labels_on(REPO, number)) == ["molt", "molt:succeeded"],
+    )
+    assert service.live_head() == new
+    # Watchers were told of the plan (the status comment's own post) and of the success.
+    github_bot.said(number, "✅ Live")
+    assert set(github.repo_labels(REPO)) >= {"molt:planning", "molt:running", "molt:failed"}
+    request = github_bot.requests()[0]
+    assert request.approver == "github:bob"
+    approvals = [e for e in audit.entries(github_bot.conn, request.id) if e["action"] == "approved"]
+    assert [e["actor"] for e in approvals] == ["github:bob"]
+
+
+def test_molt_deploy_comment_and_approve_comment(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    new = service.commit(V2, "v2")
+    issue = github.open_issue(REPO, "Ship it", "", "alice")
+    number = int(issue["number"])
+    github_bot.comment(number, "/molt deploy main")
+    github_bot.shows(number, "Plan ready")
+    github_bot.comment(number, "/molt approve", user="bob")
+    github_bot.shows(number, "Live")
+    assert service.live_head() == new
+
+
+def test_listed_login_without_write_access_is_refused_and_nothing_is_planned(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    issue = github.open_issue(REPO, "Ship it", "", "alice")
+    number = int(issue["number"])
+    github_bot.comment(number, "/molt deploy main", user="mallory")
+    refusal = github_bot.said(number, "@mallory")
+    assert "read access" in refusal["body"]
+    assert github_bot.requests() == []
+    refused = [e for e in audit.entries(github_bot.conn) if e["action"] == "github_refused"]
+    assert refused and refused[-1]["actor"] == "github:mallory"
+
+
+def test_permission_check_erroring_refuses(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    github.break_permissions(500)
+    issue = github_bot.open_issue("deploy main")
+    refusal = github_bot.said(int(issue["number"]), "GitHub could not be asked")
+    assert "@alice" in refusal["body"]
+    assert github_bot.requests() == []
+
+
+def test_forged_missing_unwatched_and_redelivered_deliveries(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    service.commit(V2, "v2")
+    issue = github.open_issue(REPO, "deploy main", "", "alice", labels=["molt"])
+    payload = issues_payload("opened", REPO, issue, "alice")
+    assert github_bot.send("issues", payload, signature="sha256=" + "0" * 64) == 401
+    assert github_bot.send("issues", payload, signature="") == 401
+    elsewhere = github.open_issue("evil/elsewhere", "deploy main", "", "alice", labels=["molt"])
+    foreign = issues_payload("opened", "evil/elsewhere", elsewhere, "alice")
+    assert github_bot.send("issues", foreign) == 403
+    assert github_bot.send("ping", ping_payload(REPO)) == 200
+    assert github_bot.send("push", {"repository": {"full_name": REPO}}) == 204
+    # The same delivery twice, and a second delivery of the same happening: one request.
+    assert github_bot.send("issues", payload, delivery="d-1") == 200
+    assert github_bot.send("issues", payload, delivery="d-1") == 200
+    labelled = issues_payload("labeled", REPO, issue, "alice", label="molt")
+    assert github_bot.send("issues", labelled) == 200
+    github_bot.shows(int(issue["number"]), "Plan ready")
+    time.sleep(1)
+    assert len(github_bot.requests()) == 1
+    actions = {e["action"] for e in audit.entries(github_bot.conn)}
+    assert {"github_signature_refused", "github_repository_refused"} <= actions
+
+
+def test_molts_own_comments_and_bots_are_ignored(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    issue = github.open_issue(REPO, "Ship it", "", "alice")
+    number = int(issue["number"])
+    made = github.add_comment(REPO, number, "/molt deploy main", github.login)
+    payload = issue_comment_payload("created", REPO, issue, made, github.login)
+    assert github_bot.send("issue_comment", payload) == 200
+    bot = {"login": "ci-helper[bot]", "id": 5, "type": "Bot"}
+    payload = issue_comment_payload("created", REPO, issue, made, bot)
+    assert github_bot.send("issue_comment", payload) == 200
+    github_bot.comment(number, "/molt status", user="alice")  # this one is answered
+    github_bot.said(number, "@alice")
+    assert github_bot.requests() == []
+
+
+def test_a_box_ticked_by_someone_who_may_not_is_unticked_and_refused(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    service.commit(V2, "v2")
+    issue = github_bot.open_issue("deploy main")
+    number = int(issue["number"])
+    github_bot.shows(number, "Plan ready")
+    github_bot.tick(number, "Approve", "dave")  # write access, not an approver
+    github_bot.said(number, "@dave")
+    github_bot.wait_until(
+        "the box unticked", lambda: "- [ ] Approve" in github_bot.status_comment(number)["body"]
+    )
+    assert github_bot.requests()[0].state.value == "plan_ready"
+
+
+def test_retry_from_the_failure_comment(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    old = service.live_head()
+    service.commit({"checks/test_new.py": "def test_new():\n    assert False\n"}, "broken")
+    issue = github_bot.open_issue("deploy main")
+    number = int(issue["number"])
+    github_bot.shows(number, "Plan ready")
+    github_bot.comment(number, "/molt approve", user="bob")
+    failed = github_bot.shows(number, "Failed")
+    assert "- [ ] Retry" in failed["body"]
+    github_bot.said(number, "❌")
+    github_bot.wait_until("failed label", lambda: "molt:failed" in github.labels_on(REPO, number))
+    assert service.live_head() == old
+    github_bot.tick(number, "Retry", "alice")
+    github_bot.wait_until("a second attempt", lambda: github_bot.requests()[0].attempt == 2)
+    github_bot.shows(number, "Plan ready")
+
+
+def test_a_5xx_after_the_comment_landed_leaves_exactly_one_comment(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    service.commit(V2, "v2")
+    github.fail_next("POST", "/comments", 502, land=True)
+    issue = github_bot.open_issue("deploy main")
+    number = int(issue["number"])
+    github_bot.shows(number, "Plan ready")
+    statuses = [c for c in github.comments(REPO, number) if '"kind": "status"' in c["body"]]
+    assert len(statuses) == 1
+
+
+def test_rate_limits_are_waited_out_and_the_final_status_delivered(
+    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+) -> None:
+    new = service.commit(V2, "v2")
+    issue = github_bot.open_issue("deploy main")
+    number = int(issue["number"])
+    github_bot.shows(number, "Plan ready")
+    github.rate_limit_next("PATCH", "/comments/", kind="secondary", retry_after=1)
+    github.rate_limit_next("POST", "/comments", kind="429", retry_after=1)
+    github.rate_limit_next("POST", "/labels", kind="primary", retry_after=1)
+    github_bot.comment(number, "/molt approve", user="bob")
+    github_bot.shows(number, "Live")
+    github_bot.said(number, "✅ Live")
+    assert service.live_head() == new
+    limited = [c for c in github.calls if c.status in (403, 429)]
+    assert len(limited) == 3
+
+
+def test_polling_alone_picks_up_a_labelled_issue_and_takes_comments(
+    service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
+) -> None:
+    new = service.commit(V2, "v2")
+    bot = start_github_bot(GITHUB_WEBHOOK_SECRET="", MOLT_GITHUB_POLL="0.5")
+    issue = github.open_issue(REPO, "deploy main", "", "alice", labels=["molt"])
+    number = int(issue["number"])
+    plan = bot.shows(number, "Plan ready")
+    assert "[ ]" not in plan["body"] and "`/molt approve`" in plan["body"]
+    bot.comment(number, "/molt approve", user="bob", send=False)
+    bot.shows(number, "Live")
+    assert service.live_head() == new
+    time.sleep(1.5)  # more polls: nothing is taken twice
+    assert len(bot.requests()) == 1
+    assert any(c.status == 304 for c in github.calls)
+
+
+def test_webhook_and_poller_seeing_the_same_comment_act_once(
+    service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
+) -> None:
+    service.commit(V2, "v2")
+    bot = start_github_bot(MOLT_GITHUB_POLL="0.3")
+    issue = github.open_issue(REPO, "Ship it", "", "alice")
+    number = int(issue["number"])
+    bot.comment(number, "/molt deploy main")
+    bot.shows(number, "Plan ready")
+    time.sleep(1.5)
+    assert len(bot.requests()) == 1
+    statuses = [c for c in github.comments(REPO, number) if '"kind": "status"' in c["body"]]
+    assert len(statuses) == 1
+
+
+def test_a_reply_by_the_requester_answers_the_planners_questions(
+    service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
+) -> None:
+    from tests.conversations import planned
+    from tests.fakes.anthropic import FakeAnthropic, reply, tool
+
+    questions = ["What should ping() return?"]
+    with FakeAnthropic(reply(tool("ask_questions", {"questions": questions})), planned()) as model:
+        bot = start_github_bot(**model.env())
+        issue = bot.open_issue("Add a ping function", "so we can check it is up <!-- hidden -->")
+        number = int(issue["number"])
+        bot.shows(number, "What should ping() return?")
+        bot.comment(number, "it returns PONG", user="dave")  # not the requester: not an answer
+        bot.comment(number, "it returns pong", user="alice")
+        bot.shows(number, "Plan ready")
+        request = bot.requests()[0]
+        assert request.answers and "it returns pong" in request.answers[-1]
+        assert "hidden" not in request.text

@@ -379,3 +379,48 @@ def test_a_reply_by_the_requester_answers_the_planners_questions(
         request = bot.requests()[0]
         assert request.answers and "it returns pong" in request.answers[-1]
         assert "hidden" not in request.text
+
+
+def test_deploys_are_github_deployments_and_a_rollback_is_active_again(
+    service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
+) -> None:
+    old = service.live_head()
+    new = service.commit(V2, "v2")
+    bot = start_github_bot(MOLT_GITHUB_DEPLOYMENTS="true", MOLT_GITHUB_ENVIRONMENT="staging")
+    number = int(bot.open_issue("deploy main")["number"])
+    bot.shows(number, "Plan ready")
+    bot.comment(number, "/molt approve", user="bob")
+    bot.shows(number, "Live")
+    bot.wait_until("the deployment succeeded", lambda: len(github.deployments(REPO)) == 1)
+    [deployment] = github.deployments(REPO)
+    assert deployment["sha"] == new and deployment["environment"] == "staging"
+    bot.wait_until(
+        "its statuses",
+        lambda: [s["state"] for s in github.deployments(REPO)[0]["statuses"]][-1] == "success",
+    )
+    states = [s["state"] for s in github.deployments(REPO)[0]["statuses"]]
+    assert states[0] == "queued" and "in_progress" in states and states[-1] == "success"
+    bot.comment(number, "/molt rollback", user="alice")
+    bot.wait_until("a rollback plan", lambda: len(bot.requests()) == 2)
+    rollback = bot.requests()[0]
+    bot.wait_until(
+        "the rollback's plan", lambda: bot.store.get(rollback.id).state.value == "plan_ready"
+    )
+    bot.comment(number, "/molt approve", user="bob")
+    bot.wait_until("the old release live", lambda: service.live_head() == old)
+    bot.wait_until("a second deployment", lambda: len(github.deployments(REPO)) == 2)
+    bot.wait_until(
+        "the first one inactive",
+        lambda: github.deployments(REPO)[0]["statuses"][-1]["state"] == "inactive",
+    )
+    assert github.deployments(REPO)[1]["sha"] == old
+
+
+def test_requests_from_github_switched_off_say_which_setting(
+    service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
+) -> None:
+    service.commit(V2, "v2")
+    bot = start_github_bot(MOLT_ALLOW_GITHUB="false")
+    number = int(bot.open_issue("deploy main")["number"])
+    bot.shows(number, "MOLT_ALLOW_GITHUB=false")
+    bot.wait_until("the refused label", lambda: "molt:refused" in github.labels_on(REPO, number))

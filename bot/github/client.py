@@ -38,6 +38,8 @@ WRITERS = frozenset({"admin", "write"})
 #: How long GitHub's answer about a person's permission is trusted.
 PERMISSION_TTL = 60.0
 CHECK = "github"
+#: Answers kept at most (all forgotten at once past that: they are a minute's worth anyway).
+KEPT_ANSWERS = 1024
 
 
 def connect(settings: Settings) -> Github:
@@ -172,6 +174,8 @@ class Permissions:
                 )
             known = _Answer(str(permission), time.monotonic())
             with self._lock:
+                if len(self._answers) >= KEPT_ANSWERS:
+                    self._answers.clear()
                 self._answers[key] = known
         if known.permission in WRITERS:
             return ALLOWED

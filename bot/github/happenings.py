@@ -9,7 +9,6 @@ comes second finds it taken.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,13 +44,12 @@ class Happening:
         """One key per (repository, issue, comment, action), whichever source saw it first.
 
         An issue becomes a request once however it came ("opened" or "labeled"); a comment is
-        acted on once when created; an edit is one box, as the edited body shows it.
+        acted on once when created. An edit (a box ticked) only ever comes from a webhook, and
+        the same box may rightly be ticked again after Molt unticked it: its delivery names it.
         """
         if self.event == "issues":
             return f"{self.repo}#{self.number}:0:request"
-        action = self.action
-        if action == "edited":
-            action = f"edited:{hash_text(self.body)}"
+        action = f"edited:{self.delivery}" if self.action == "edited" else self.action
         return f"{self.repo}#{self.number}:{self.comment_id}:{action}"
 
     @property
@@ -67,10 +65,6 @@ class Happening:
         raw = json.loads(text)
         raw["labels"] = tuple(raw.get("labels") or ())
         return cls(**raw)
-
-
-def hash_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def is_bot(user: Any) -> bool:

@@ -116,6 +116,8 @@ class Poller:
             raise GithubException(status, items, answered)
         tag = {k.lower(): v for k, v in answered.items()}.get("etag")
         if tag:
+            if len(self._etags) >= 4 * len(self.settings.github_repos) + 16:
+                self._etags.clear()  # old cursors' answers: never asked for again
             self._etags[asked] = tag
         found = [i for i in items if isinstance(i, dict)]
         newest = max((str(i.get("updated_at", "")) for i in found), default="")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from bot.github import comments
+from bot.github.client import connect
 from bot.github.happenings import Happening, from_comment, from_issue, from_webhook
 from bot.github.webhook import signature
 from bot.rendering import render
+from pipeline.config import load_settings
+from pipeline.exceptions import ConfigError
 
 REPO = {"full_name": "acme/api"}
 ALICE = {"login": "alice", "type": "User"}
@@ -119,3 +126,39 @@ def test_only_the_people_molt_names_are_mentioned() -> None:
     body = comments.status(message, boxes=True)
     assert "@acme/everyone" not in body
     assert "@\u200dacme/everyone" in body
+
+
+def test_a_github_app_signs_in_with_installation_tokens(tmp_path: Path) -> None:
+    """An App's private key and installation id give PyGithub's installation auth, which
+    renews its token before it expires; a token alone gives token auth."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from github import Auth
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    app = load_settings(
+        data_dir=tmp_path,
+        github_repos=["acme/api"],
+        github_app_id="12345",
+        github_app_private_key=pem.replace("\n", "\\n"),
+        github_app_installation_id="678",
+    )
+    assert app.github_enabled
+    auth = connect(app).requester.auth
+    assert isinstance(auth, Auth.AppInstallationAuth)
+    assert auth.installation_id == 678
+    token = load_settings(data_dir=tmp_path, github_repos=["acme/api"], github_token="ghp_x")
+    assert isinstance(connect(token).requester.auth, Auth.Token)
+    assert "ghp_x" in token.secrets()
+
+
+def test_github_settings_refuse_what_they_cannot_use(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="MOLT_GITHUB_REPOS"):
+        load_settings(data_dir=tmp_path, github_repos="acme")
+    without_repos = load_settings(data_dir=tmp_path, github_token="ghp_x")
+    assert not without_repos.github_enabled

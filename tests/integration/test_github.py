@@ -278,6 +278,8 @@ def test_a_box_ticked_by_someone_who_may_not_is_unticked_and_refused(
         "the box unticked", lambda: "- [ ] Approve" in github_bot.status_comment(number)["body"]
     )
     assert github_bot.requests()[0].state.value == "plan_ready"
+    github_bot.tick(number, "Approve", "bob")  # the same box, now by an approver
+    github_bot.shows(number, "Live")
 
 
 def test_retry_from_the_failure_comment(

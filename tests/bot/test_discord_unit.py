@@ -22,7 +22,6 @@ from bot.discord.embeds import (
     NO_MENTIONS,
     RED,
     colour_for,
-    discord_markdown,
     to_embed,
 )
 from bot.discord.gateway import command_signature
@@ -193,13 +192,6 @@ def test_huge_messages_stay_within_discord_embed_limits() -> None:
 def test_a_message_with_nothing_but_a_template_still_shows_something() -> None:
     embed = to_embed(Message("notice", "")).to_dict()
     assert embed.get("description") == "notice"
-
-
-def test_slack_style_bold_becomes_discord_bold_outside_code() -> None:
-    assert discord_markdown("*Approve* to queue") == "**Approve** to queue"
-    assert discord_markdown("**already** bold") == "**already** bold"
-    assert discord_markdown("run `a *b* c` now") == "run `a *b* c` now"
-    assert discord_markdown("2 * 3 * 4 and • items") == "2 * 3 * 4 and • items"
 
 
 def test_the_approver_is_a_mention_that_pings_nobody() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from bot.fitting import clip, fit, pieces, units
+from bot.fitting import clip, double_bold, fit, pieces, units
 
 PARTIAL_ESCAPE = re.compile(r"&[a-z]{0,3}$")
 
@@ -49,3 +49,10 @@ def test_pieces_are_cut_at_line_ends_within_the_limit() -> None:
     assert cut == ["first line", "second line", "third"]
     assert all(units(p) <= 16 for p in cut)
     assert pieces("x" * 25, 10) == ["x" * 10, "x" * 10, "x" * 5]
+
+
+def test_slack_style_bold_becomes_markdown_bold_outside_code() -> None:
+    assert double_bold("*Approve* to queue") == "**Approve** to queue"
+    assert double_bold("**already** bold") == "**already** bold"
+    assert double_bold("run `a *b* c` now") == "run `a *b* c` now"
+    assert double_bold("2 * 3 * 4 and • items") == "2 * 3 * 4 and • items"

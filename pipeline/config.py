@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import (
     AliasChoices,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
@@ -74,6 +76,29 @@ FLAKY_PASS = "pass"
 FLAKY_MODES = (FLAKY_FAIL, FLAKY_PASS)
 #: Settings that take one of a few words, and the words.
 _MODES = {"autonomy": AUTONOMY_MODES, "flaky": FLAKY_MODES}
+
+#: A fleet's target names, as ``[targets.<name>]`` tables of molt.toml spell them.
+TARGET_NAME = re.compile(r"[a-z0-9-]{1,32}")
+#: The keys a ``[targets.<name>]`` table may set → the setting each stands for; a key the
+#: table leaves out is the global setting's.
+TARGET_KEYS = {
+    "dir": "target_dir",
+    "remote": "target_remote",
+    "test_command": "test_command",
+    "restart_command": "restart_command",
+    "health_command": "health_command",
+    "phase_timeout": "phase_timeout",
+    "authorised_users": "authorised_users",
+    "approvers": "approvers",
+    "operators": "operators",
+    "channels": "channels",
+    "autonomy": "autonomy",
+    "max_changes_per_day": "max_changes_per_day",
+    "watch_log": "watch_log",
+}
+#: Settings whose default is derived from others (``model_post_init``): unless set, a
+#: target's view derives them again from its own values.
+_DERIVED = ("test_command", "authorised_users", "approvers", "operators")
 
 
 class Settings(BaseSettings):
@@ -167,6 +192,15 @@ class Settings(BaseSettings):
     allow_deploys: bool = _var("MOLT_ALLOW_DEPLOYS", True)
     allow_changes: bool = _var("MOLT_ALLOW_CHANGES", True)
     allow_github: bool = _var("MOLT_ALLOW_GITHUB", True)
+    # A fleet (``for_target``): the ``[targets.<name>]`` tables of molt.toml, and the
+    # channels a target's requests may be asked in (empty: any).
+    targets: dict[str, dict[str, Any]] = Field(
+        {}, validation_alias=AliasChoices("targets", "MOLT_TARGETS")
+    )
+    channels: UserList = _var("MOLT_CHANNELS", [])
+    #: The target this is the view of (``for_target``); empty for the settings as loaded.
+    _target_name: str = PrivateAttr("")
+    _views: dict[str, Settings] = PrivateAttr(default_factory=dict)
 
     @classmethod
     def settings_customise_sources(
@@ -201,6 +235,12 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[\w.-]{1,100}/[\w.-]{1,100}", repo):
                 raise ValueError(f"expected comma-separated owner/name entries, got {repo!r}")
         return value if repos is None else repos
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        names = _listed(value)
+        return value if names is None else names
 
     @field_validator("discord_channels", mode="before")
     @classmethod
@@ -287,9 +327,65 @@ class Settings(BaseSettings):
 
     @cached_property
     def target_id(self) -> str:
-        """A short stable name for the target, used in Redis keys and paths."""
+        """A short stable name for the target, used in Redis keys and paths: a fleet's
+        target's own name, else the directory's name and a digest of its path."""
+        if self._target_name:
+            return self._target_name
         digest = hashlib.sha256(str(self.target_dir).encode()).hexdigest()[:10]
         return f"{self.target_dir.name}-{digest}"
+
+    @property
+    def target_name(self) -> str:
+        """What people call the target: its ``[targets.<name>]``, or its directory's name."""
+        return self._target_name or self.target_dir.name
+
+    @property
+    def fleet(self) -> bool:
+        """More than the one target of MOLT_TARGET_DIR: ``[targets.<name>]`` tables."""
+        return bool(self.targets)
+
+    def target_names(self) -> list[str]:
+        return sorted(self.targets) if self.fleet else [self.target_name]
+
+    def for_target(self, name: str) -> Settings:
+        """The settings as target ``name`` sees them: its table's keys over the global ones,
+        so that code written for one target runs unchanged for each. Without a fleet every
+        name (a request's, or none) is the one target."""
+        if not self.fleet:
+            return self
+        if name not in self._views:
+            self._views[name] = self._target_view(name)
+        return self._views[name]
+
+    def _target_view(self, name: str) -> Settings:
+        if name not in self.targets:
+            raise ConfigError(f"no target {name!r}: known are {', '.join(self.target_names())}")
+        where = f"targets.{name}"
+        if not TARGET_NAME.fullmatch(name):
+            raise ConfigError(
+                f"invalid configuration: {where}: expected a name of [a-z0-9-]{{1,32}}"
+            )
+        table = self.targets[name]
+        if not isinstance(table, dict):
+            raise ConfigError(f"invalid configuration: {where}: expected a table")
+        unknown = sorted(set(table) - set(TARGET_KEYS))
+        if unknown:
+            raise ConfigError(
+                f"invalid configuration: {where}.{unknown[0]}: not a target setting "
+                f"(expected one of {', '.join(TARGET_KEYS)})"
+            )
+        values = self.model_dump(exclude={f for f in _DERIVED if f not in self.model_fields_set})
+        fields = type(self).model_fields
+        values |= {TARGET_KEYS[k]: v for k, v in table.items() if TARGET_KEYS[k] in fields}
+        try:
+            view = type(self).model_validate(values)
+        except ValidationError as exc:
+            by_field = {field: key for key, field in TARGET_KEYS.items()}
+            named = _config_error(exc, lambda field: f"{where}.{by_field.get(field, field)}")
+            raise named from None
+        view._target_name = name
+        view._views = self._views  # a view's for_target finds its fellow targets
+        return view
 
     @property
     def manages_itself(self) -> bool:
@@ -388,23 +484,29 @@ def _variable_for(field: str) -> str:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Build the settings, turning validation errors into one readable ConfigError."""
+    """Build the settings, turning validation errors into one readable ConfigError; each
+    target of a fleet is checked too, so that a bad table stops start-up."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid configuration: {config_file()} is not TOML: {exc}") from None
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            given = error.get("input")
-            hidden = (
-                isinstance(given, dict)
-                or given is None
-                or "slack_" in field
-                or field in _SECRET_FIELDS
-            )
-            shown = "" if hidden else f" (got {given!r})"
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{_variable_for(field)}: {message}{shown}")
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+        raise _config_error(exc, _variable_for) from None
+    for name in settings.target_names() if settings.fleet else ():
+        settings.for_target(name)
+    return settings
+
+
+def _config_error(exc: ValidationError, name_of: Callable[[str], str]) -> ConfigError:
+    """One readable ConfigError naming each setting (``name_of`` its field) that is wrong."""
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        given = error.get("input")
+        hidden = (
+            isinstance(given, dict) or given is None or "slack_" in field or field in _SECRET_FIELDS
+        )
+        shown = "" if hidden else f" (got {given!r})"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{name_of(field)}: {message}{shown}")
+    return ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

@@ -101,7 +101,11 @@ class Bot:
             threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
         if self.console is not None:
-            target = self.settings.target_dir
+            target = (
+                ", ".join(self.settings.target_names())
+                if self.settings.fleet
+                else self.settings.target_dir
+            )
             notice = _notice(f"Molt {version[:7]} is up on port {port}, managing {target}")
             self.console.reply(self.console.origin, notice)
         terminated = threading.Event()
@@ -214,13 +218,15 @@ class Bot:
                         phase=request.state.value,
                     )
                 elif request.state is S.APPROVED:
-                    queueing.enqueue(self.settings, self.conn, request.id)
+                    queueing.enqueue(self.of(request.target), self.conn, request.id)
             except IllegalTransition:
                 continue
 
     def _warm(self) -> None:
         """The pre-flight test run of the live commit, now, at a low priority: the first
         request finds it done or joins it instead of waiting for a whole run."""
+        if self.settings.fleet:  # the bot holds no checkout of a fleet's targets
+            return
         background_thread()
         try:
             record = preflight.warm(self.settings, self.conn, self.stopping.is_set)
@@ -242,12 +248,18 @@ class Bot:
             self.conn.hset(restart.BOT, "port", self.http.start())
         for request in self.store.active():
             if request.state is S.PLAN_READY:
-                approval.expire_if_due(self.settings, self.store, request)
+                approval.expire_if_due(self.of(request.target), self.store, request)
             elif request.state is S.NEEDS_INFO:
-                approval.expire_unanswered(self.settings, self.store, request)
-        recovery.recover_abandoned(self.settings, self.conn)
-        recovery.keep_line_moving(self.settings, self.conn)
+                approval.expire_unanswered(self.of(request.target), self.store, request)
+        if not self.settings.fleet:  # in a fleet, the target's own workers do (pipeline/workers.py)
+            recovery.recover_abandoned(self.settings, self.conn)
+        for name in self.settings.target_names():
+            recovery.keep_line_moving(self.of(name), self.conn)
         self._keep_workers()
+
+    def of(self, target: str) -> Settings:
+        """The settings of a request's target (the one target's, without a fleet)."""
+        return self.settings.for_target(target)
 
     def _keep_workers(self) -> None:
         """Keep MOLT_WORKERS embedded workers alive, including after an exec."""

@@ -24,6 +24,21 @@ def _settings() -> Settings:
         sys.exit(f"molt: {exc}")
 
 
+def _target(args: argparse.Namespace, *, whole: bool = False) -> Settings:
+    """The settings of the target ``--target`` names; in a fleet one must be named, unless
+    ``whole`` (a view of every target) is what the command shows without one."""
+    settings = _settings()
+    name = getattr(args, "target", None) or ""
+    if not settings.fleet or (whole and not name):
+        return settings
+    known = ", ".join(settings.target_names())
+    if not name:
+        sys.exit(f"molt: {args.command} needs --target <name>: one of {known}")
+    if name not in settings.target_names():
+        sys.exit(f"molt: no target {name!r}: known are {known}")
+    return settings.for_target(name)
+
+
 def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
     from pipeline import bootguard
 
@@ -65,7 +80,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings()
     logs.configure(settings.log_level, settings.secrets())
-    run_worker(settings, burst=args.burst)
+    targets = None if args.all else args.target
+    unknown = sorted(set(targets or ()) - set(settings.target_names()))
+    if unknown:
+        known = ", ".join(settings.target_names())
+        sys.exit(f"molt: no target {unknown[0]!r}: known are {known}")
+    # In a fleet a worker of the target recovers its updates; the bot has no checkout.
+    conn = store.connect(settings)
+    tend = (lambda view: recovery.recover_abandoned(view, conn)) if settings.fleet else None
+    run_worker(settings, burst=args.burst, targets=targets, tend=tend)
     return 0
 
 
@@ -76,23 +99,27 @@ def _print(template: str, **context: object) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _target(args, whole=True)
+    if settings.fleet and not args.target:
+        _print("fleet", **control.fleet(settings, store.connect(settings)))
+        return 0
     _print("status", **control.status(settings, store.connect(settings)))
     return 0
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _target(args)
     _print("queue", requests=control.waiting(settings, store.connect(settings)))
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _target(args, whole=bool(args.request))
     conn = store.connect(settings)
     if not args.request:
         flaky = control.flaky_tests(settings, conn)
-        _print("history", requests=control.history(conn, args.count), flaky=flaky)
+        shown = control.history(conn, args.count, settings)
+        _print("history", requests=shown, flaky=flaky)
         return 0
     from pipeline.requests import RequestStore
 
@@ -120,8 +147,9 @@ def _operator(settings: Settings, conn: redis.Redis, command: str) -> Origin | N
         action="operator_refused",
         detail={"command": command, "reason": allowed.reason},
     )
+    listed = f"operators of {settings.target_name}" if settings.fleet else "MOLT_OPERATORS"
     print(
-        f"molt: {origin.principal} may not {command}: {allowed.reason} (MOLT_OPERATORS); "
+        f"molt: {origin.principal} may not {command}: {allowed.reason} ({listed}); "
         "set MOLT_CONSOLE_USER to act as another console user",
         file=sys.stderr,
     )
@@ -130,7 +158,7 @@ def _operator(settings: Settings, conn: redis.Redis, command: str) -> Origin | N
 
 def cmd_control(args: argparse.Namespace) -> int:
     """pause, resume, stop: the same as in chat, as the console's operator."""
-    settings = _settings()
+    settings = _target(args)
     conn = store.connect(settings)
     origin = _operator(settings, conn, args.command)
     if origin is None:
@@ -142,7 +170,7 @@ def cmd_control(args: argparse.Namespace) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
-    settings = _settings()
+    settings = _target(args)
     conn = store.connect(settings)
     if _operator(settings, conn, "review") is None:
         return 1
@@ -152,7 +180,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Plan the return to the release before an update; it is approved like any plan."""
-    settings = _settings()
+    settings = _target(args)
     conn = store.connect(settings)
     origin = _operator(settings, conn, "rollback")
     if origin is None:
@@ -271,18 +299,27 @@ def _process_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     worker = sub.add_parser("worker", help="an RQ worker for updates")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    worker.add_argument(
+        "--target", action="append", metavar="NAME", help="take this target's jobs (repeatable)"
+    )
+    worker.add_argument("--all", action="store_true", help="take every target's jobs (default)")
     worker.set_defaults(func=cmd_worker)
 
 
 def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """What an operator asks at a shell, as in chat."""
-    sub.add_parser("status", help="what runs, what waits, which version").set_defaults(
-        func=cmd_status
+    # In a fleet, each names its target (``--target api``); ``status`` without one shows all.
+    targeted = argparse.ArgumentParser(add_help=False)
+    targeted.add_argument("--target", metavar="NAME", help="the fleet's target it is about")
+    sub.add_parser(
+        "status", parents=[targeted], help="what runs, what waits, which version"
+    ).set_defaults(func=cmd_status)
+    sub.add_parser(
+        "queue", parents=[targeted], help="approved requests waiting their turn"
+    ).set_defaults(func=cmd_queue)
+    history = sub.add_parser(
+        "history", parents=[targeted], help="recent requests, or one request's audit trail"
     )
-    sub.add_parser("queue", help="approved requests waiting their turn").set_defaults(
-        func=cmd_queue
-    )
-    history = sub.add_parser("history", help="recent requests, or one request's audit trail")
     history.add_argument("request", nargs="?", help="request id or update codename")
     history.add_argument("-n", "--count", type=int, default=10)
     history.set_defaults(func=cmd_history)
@@ -291,16 +328,20 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         ("resume", "let queued updates start again"),
         ("stop", "emergency: roll back the running update at its next safe point, clear the queue"),
     ):
-        sub.add_parser(name, help=f"{what}; as the console's operator").set_defaults(
-            func=cmd_control
-        )
+        sub.add_parser(
+            name, parents=[targeted], help=f"{what}; as the console's operator"
+        ).set_defaults(func=cmd_control)
     rollback = sub.add_parser(
-        "rollback", help="plan returning to the release before an update (default: the last)"
+        "rollback",
+        parents=[targeted],
+        help="plan returning to the release before an update (default: the last)",
     )
     rollback.add_argument("codename", nargs="?", help="the update's codename or request id")
     rollback.set_defaults(func=cmd_rollback)
     sub.add_parser(
-        "review", help="plans waiting for approval, questions waiting for answers"
+        "review",
+        parents=[targeted],
+        help="plans waiting for approval, questions waiting for answers",
     ).set_defaults(func=cmd_review)
     sub.add_parser(
         "recover",

@@ -2,19 +2,26 @@
 
 deploy <ref> · rollback [codename] · status · queue · history · review · pause ·
 resume · stop · help · answer <text> · anything else: a change request in plain words
+
+With more than one target (a fleet), the target's name comes first: after the verb
+(``deploy api v1.4``, ``rollback web``, ``status api``) or, for a change in words, before
+a colon (``api: add a /ping route``).
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 
 MAX_LENGTH = 2000
 OPERATOR_VERBS = frozenset(
     {"status", "queue", "history", "review", "pause", "resume", "stop", "rollback"}
 )
 VERBS = frozenset({"deploy", "help", "answer"}) | OPERATOR_VERBS
+#: Verbs that may name a target of a fleet after them.
+TARGETED_VERBS = frozenset({"deploy"}) | OPERATOR_VERBS
 
 HELP = (
     "deploy <ref> — plan deploying a branch, tag or commit; Approve to run it",
@@ -37,6 +44,7 @@ class Command:
     argument: str = ""
     text: str = ""
     error: str = ""
+    target: str = ""  # the target it names, in a fleet ("" if it names none)
 
 
 def _clean(text: str) -> str:
@@ -45,7 +53,22 @@ def _clean(text: str) -> str:
     return re.sub(r"[ \t]+", " ", kept).strip()
 
 
-def parse(text: str) -> Command:
+def parse(text: str, targets: Collection[str] = ()) -> Command:
+    """The command ``text`` asks for; with ``targets`` (a fleet), also the one it names."""
+    if not targets or len(text) > MAX_LENGTH:
+        return _parse(text)
+    clean = _clean(text)
+    named, colon, rest = clean.partition(":")
+    if colon and named.strip().lower() in targets:
+        return replace(_parse(rest), target=named.strip().lower(), text=clean)
+    verb, _, rest = clean.partition(" ")
+    named, _, rest = rest.strip().partition(" ")
+    if verb.lower() in TARGETED_VERBS and named.lower() in targets:
+        return replace(_parse(f"{verb} {rest}"), target=named.lower(), text=clean)
+    return _parse(clean)
+
+
+def _parse(text: str) -> Command:
     if len(text) > MAX_LENGTH:
         return Command(
             "invalid", text=text[:200], error=f"that request is over {MAX_LENGTH} characters"

@@ -43,6 +43,9 @@ def background_thread() -> None:
 #: desk's planning threads, so that ``help``, ``status`` and a click never wait behind them.
 PLANNING_VERBS = frozenset({"deploy", "change", "rollback", "answer"})
 PLANNING_BUTTONS = frozenset({"retry"})
+#: Verbs that, in a fleet, may go without a target: help, answers, and the views of every
+#: target (``status``, ``review``). Any other needs one, named or the channel's.
+FLEET_WIDE = frozenset({"help", "invalid", "answer", "status", "review"})
 
 
 class Desk(Front):
@@ -57,6 +60,7 @@ class Desk(Front):
         self.conn = conn
         self.adapters = adapters
         self.store = RequestStore(conn)
+        self.targets = settings.target_names() if settings.fleet else []
         self._quick = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="molt-desk", initializer=background_thread
         )
@@ -68,7 +72,7 @@ class Desk(Front):
     # -- called by adapters (return at once) ------------------------------
 
     def say(self, origin: Origin, text: str) -> Future[Any]:
-        command = parse(text)
+        command = parse(text, self.targets)
         pool = self._planning if command.verb in PLANNING_VERBS else self._quick
         return self._submit(pool, self._say, origin, command)
 
@@ -124,72 +128,122 @@ class Desk(Front):
         adapter.reply(origin, render(template, context))
 
     def _say(self, origin: Origin, command: Command) -> None:
-        if command.verb in OPERATOR_VERBS and not self._may_operate(origin, command):
+        settings = self._target_of(origin, command)
+        if settings is None:
             return
-        BY_VERB.get(command.verb, Desk._ask)(self, origin, command)
+        if command.verb in OPERATOR_VERBS and not self._may_operate(settings, origin, command):
+            return
+        BY_VERB.get(command.verb, Desk._ask)(self, settings, origin, command)
 
-    def _may_operate(self, origin: Origin, command: Command) -> bool:
-        """Operators only: anyone else is answered with a themed refusal, and audited."""
-        allowed = authorisation.may_operate(self.settings, origin)
+    def _target_of(self, origin: Origin, command: Command) -> Settings | None:
+        """The settings of the target a command is for: the one target; in a fleet the one
+        it names, else the only target whose ``channels`` list the channel, else (for a view
+        of every target) the fleet's own. None when that stays ambiguous: the speaker is
+        told the targets."""
+        if not self.settings.fleet:
+            return self.settings
+        name = command.target or self._channel_target(origin.channel)
+        if name:
+            return self.settings.for_target(name)
+        if command.verb in FLEET_WIDE:
+            return self.settings
+        self._reply(origin, "which_target", targets=self.targets, command=command.text)
+        return None
+
+    def _channel_target(self, channel: str) -> str:
+        """The target a channel belongs to, when exactly one target lists it."""
+        listing = [n for n in self.targets if channel in self.settings.for_target(n).channels]
+        return listing[0] if channel and len(listing) == 1 else ""
+
+    def _of(self, request_id: str) -> Settings:
+        """The settings of an existing request's target."""
+        return self.settings.for_target(self.store.get(request_id).target)
+
+    def _whole_fleet(self, settings: Settings) -> bool:
+        """A fleet's view of every target (a command that named none)."""
+        return settings.fleet and settings is self.settings
+
+    def _views(self, settings: Settings) -> list[Settings]:
+        """The targets a command is about: each of a whole fleet, or the one."""
+        if self._whole_fleet(settings):
+            return [settings.for_target(name) for name in self.targets]
+        return [settings]
+
+    def _may_operate(self, settings: Settings, origin: Origin, command: Command) -> bool:
+        """Operators (of the target) only: anyone else is answered with a themed refusal, and
+        audited. The view of a whole fleet is for an operator of any of its targets."""
+        views = (
+            [settings.for_target(n) for n in self.targets]
+            if self._whole_fleet(settings)
+            else [settings]
+        )
+        decisions = [authorisation.may_operate(view, origin) for view in views]
+        allowed = next((d for d in decisions if d), decisions[0])
         if allowed:
             return True
         principal = origin.principal
-        audit.append(
-            self.conn,
-            actor=principal,
-            action="operator_refused",
-            detail={"command": command.verb, "reason": allowed.reason},
-        )
+        detail = {"command": command.verb, "reason": allowed.reason}
+        if command.target:
+            detail["target"] = command.target
+        audit.append(self.conn, actor=principal, action="operator_refused", detail=detail)
         line = refusal_line(self.settings.refusal_theme, f"{principal}:{command.text}")
         self._reply(origin, "refused", refusal_line=line, message=allowed.reason)
         return False
 
     # -- one handler per verb (the table BY_VERB, below the class) -------------
 
-    def _ask(self, origin: Origin, command: Command) -> None:
+    def _ask(self, settings: Settings, origin: Origin, command: Command) -> None:
         """``deploy <ref>`` or a change in words: a new request."""
-        intake.submit(
-            self.settings, self.conn, origin, command.verb, command.argument, command.text
-        )
+        intake.submit(settings, self.conn, origin, command.verb, command.argument, command.text)
 
-    def _help(self, origin: Origin, command: Command) -> None:
+    def _help(self, settings: Settings, origin: Origin, command: Command) -> None:
         self._reply(origin, "help", help_lines=HELP)
 
-    def _invalid(self, origin: Origin, command: Command) -> None:
+    def _invalid(self, settings: Settings, origin: Origin, command: Command) -> None:
         self._reply(origin, "help", message=command.error, help_lines=HELP)
 
-    def _answer_command(self, origin: Origin, command: Command) -> None:
+    def _answer_command(self, settings: Settings, origin: Origin, command: Command) -> None:
         self._answer_newest(origin, command.argument)
 
-    def _status(self, origin: Origin, command: Command) -> None:
-        self._reply(origin, "status", **control.status(self.settings, self.conn))
+    def _status(self, settings: Settings, origin: Origin, command: Command) -> None:
+        if self._whole_fleet(settings):
+            self._reply(origin, "fleet", **control.fleet(settings, self.conn))
+            return
+        self._reply(origin, "status", **control.status(settings, self.conn))
 
-    def _queue(self, origin: Origin, command: Command) -> None:
-        self._reply(origin, "queue", requests=control.waiting(self.settings, self.conn))
+    def _queue(self, settings: Settings, origin: Origin, command: Command) -> None:
+        self._reply(origin, "queue", requests=control.waiting(settings, self.conn))
 
-    def _history(self, origin: Origin, command: Command) -> None:
-        flaky = control.flaky_tests(self.settings, self.conn)
-        self._reply(origin, "history", requests=control.history(self.conn), flaky=flaky)
+    def _history(self, settings: Settings, origin: Origin, command: Command) -> None:
+        flaky = control.flaky_tests(settings, self.conn)
+        shown = control.history(self.conn, settings=settings)
+        self._reply(origin, "history", requests=shown, flaky=flaky)
 
-    def _review(self, origin: Origin, command: Command) -> None:
-        pending = control.pending(self.settings, self.conn)
-        self._reply(origin, "review", requests=pending, autonomy=self.settings.autonomy)
+    def _review(self, settings: Settings, origin: Origin, command: Command) -> None:
+        views = (
+            [settings.for_target(n) for n in self.targets]
+            if self._whole_fleet(settings)
+            else [settings]
+        )
+        pending = [r for view in views for r in control.pending(view, self.conn)]
+        pending.sort(key=lambda r: -r["age"])
+        self._reply(origin, "review", requests=pending, autonomy=settings.autonomy)
 
-    def _pause(self, origin: Origin, command: Command) -> None:
-        said = control.pause(self.settings, self.conn, origin.principal)
+    def _pause(self, settings: Settings, origin: Origin, command: Command) -> None:
+        said = control.pause(settings, self.conn, origin.principal)
         self._reply(origin, "status", message=said, paused=True)
 
-    def _resume(self, origin: Origin, command: Command) -> None:
-        said = control.resume(self.settings, self.conn, origin.principal)
+    def _resume(self, settings: Settings, origin: Origin, command: Command) -> None:
+        said = control.resume(settings, self.conn, origin.principal)
         self._reply(origin, "status", message=said)
 
-    def _stop(self, origin: Origin, command: Command) -> None:
-        said = control.stop(self.settings, self.conn, origin.principal)
+    def _stop(self, settings: Settings, origin: Origin, command: Command) -> None:
+        said = control.stop(settings, self.conn, origin.principal)
         self._reply(origin, "status", message=said)
 
-    def _rollback(self, origin: Origin, command: Command) -> None:
+    def _rollback(self, settings: Settings, origin: Origin, command: Command) -> None:
         """Return to the release before an update, as a deploy of its rollback point."""
-        asked = control.rollback(self.settings, self.conn, origin, command.argument)
+        asked = control.rollback(settings, self.conn, origin, command.argument)
         if not asked:
             self._reply(origin, "not_allowed", reason=asked.reason)
 
@@ -230,7 +284,7 @@ class Desk(Front):
         if not self._known(origin, request_id):
             return
         try:
-            decision = step(self.settings, self.conn, request_id, origin, text)
+            decision = step(self._of(request_id), self.conn, request_id, origin, text)
         except IllegalTransition:  # a race the step did not settle: it moved on meanwhile
             decision = approval.moved_on(self.store.get(request_id))
         if not decision:
@@ -255,6 +309,8 @@ class Desk(Front):
             "history": control.history(self.conn, 10),
             "request_id": "",
         }
+        if self.settings.fleet:  # every target, with what runs and waits on it
+            context |= control.fleet(self.settings, self.conn)
         adapter.show_home(origin, render("home", context))
 
     def _known(self, origin: Origin, request_id: str) -> bool:
@@ -269,13 +325,14 @@ class Desk(Front):
     def _press(self, origin: Origin, action: str, request_id: str) -> None:
         if not self._known(origin, request_id):
             return
+        settings = self._of(request_id)  # the target's people decide
         try:
             if action == "approve":  # approve and reject tell their refusals themselves
-                approval.approve(self.settings, self.conn, request_id, origin)
+                approval.approve(settings, self.conn, request_id, origin)
             elif action == "reject":
-                approval.reject(self.settings, self.conn, request_id, origin)
+                approval.reject(settings, self.conn, request_id, origin)
             elif action == "retry":
-                decision = intake.retry(self.settings, self.conn, request_id, origin)
+                decision = intake.retry(settings, self.conn, request_id, origin)
                 if not decision:
                     self._refused(origin, request_id, "retry", decision)
             else:
@@ -288,7 +345,7 @@ class Desk(Front):
 #: What each verb of the grammar (bot/commands.py) does; "invalid" is a command that did
 #: not parse, and any verb not here (``deploy``, a change in words) is a new request.
 #: Operator verbs (OPERATOR_VERBS) pass ``Desk._may_operate`` first.
-BY_VERB: dict[str, Callable[[Desk, Origin, Command], None]] = {
+BY_VERB: dict[str, Callable[[Desk, Settings, Origin, Command], None]] = {
     "help": Desk._help,
     "invalid": Desk._invalid,
     "answer": Desk._answer_command,

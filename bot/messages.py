@@ -35,6 +35,8 @@ class Message:
     buttons: tuple[Button, ...] = ()
     request_id: str = ""
     codename: str = ""
+    #: The fleet's target the message is about ("" with one target).
+    target: str = ""
     #: Shown only to one person (refusals, a refused click) rather than posted.
     private: bool = False
 

@@ -150,14 +150,17 @@ def render(template: str, context: dict[str, Any]) -> Message:
                     style=style_t.render(context).strip(),
                 )
             )
+    title = " ".join(compiled.title.render(context).split())
+    target = str(context.get("target_name") or "")
     return Message(
         template=template,
-        title=" ".join(compiled.title.render(context).split()),
+        title=f"{title} · {target}" if target and title else title,
         text=_text(compiled.text.render(context)),
         fields=tuple(fields),
         buttons=tuple(buttons),
         request_id=request_id,
         codename=str(context.get("codename") or ""),
+        target=target,
         private=compiled.private,
     )
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import redis
 
-from pipeline import audit, authorisation, autonomy, intake, queueing
+from pipeline import audit, authorisation, autonomy, intake, queueing, workers
 from pipeline.config import Settings
 from pipeline.decisions import Decision
 from pipeline.keyspace import TargetKeys
 from pipeline.manifests import ReleaseKind, running_version
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.targets import Target, of_target
 
 #: States of a request that waits for a person: a plan to approve, questions to answer.
 PENDING = (S.PLAN_READY, S.NEEDS_INFO)
@@ -114,7 +114,12 @@ def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) 
     if token:
         update = store.find(token)
     else:
-        update = next((r for r in store.recent(50) if r.state is S.SUCCEEDED), None)
+        update = next(
+            (r for r in store.recent(50) if r.state is S.SUCCEEDED and of_target(settings, r)),
+            None,
+        )
+    if update is not None and not of_target(settings, update):
+        update = None  # another target's update is not this one's to roll back
     if update is None or update.state is not S.SUCCEEDED or not update.plan:
         shown = f"successful update {token!r}" if token else "successful update"
         return RollbackAsked(False, f"found no {shown} to roll back", "rollback")
@@ -147,7 +152,33 @@ def status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
         "started_today": autonomy.started_today(settings, conn),
         "max_changes_per_day": settings.max_changes_per_day,
         "switched_off": switched_off(settings),
-    }
+    } | (_fleet_status(settings, conn) if settings.fleet else {})
+
+
+def _fleet_status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
+    """What a fleet's status adds for one target: its name, and who serves it."""
+    mine = [w for w in workers.registered(conn) if settings.target_id in w["targets"]]
+    return {"target_name": settings.target_name, "workers": mine}
+
+
+def fleet(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
+    """Every target of a fleet, with what runs and waits on it, and every worker."""
+    targets = []
+    for name in settings.target_names():
+        view = settings.for_target(name)
+        holder = Target(view, conn).lock.holder()
+        seen = workers.last_seen(view, conn)
+        targets.append(
+            {
+                "name": name,
+                "paused": is_paused(view, conn),
+                "running": holder.codename or holder.request_id if holder else "",
+                "waiting": len(Target(view, conn).line),
+                "worker_seen": seen,
+                "worker_live": seen is not None and seen <= workers.STALE_SECONDS,
+            }
+        )
+    return {"targets": targets, "workers": workers.registered(conn)}
 
 
 def switched_off(settings: Settings) -> list[str]:
@@ -170,8 +201,13 @@ def waiting(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
     return out
 
 
-def history(conn: redis.Redis, count: int = 10) -> list[dict[str, Any]]:
-    return [r.context() | {"updated_at": r.updated_at} for r in RequestStore(conn).recent(count)]
+def history(
+    conn: redis.Redis, count: int = 10, settings: Settings | None = None
+) -> list[dict[str, Any]]:
+    """The last requests; of the target ``settings`` are the view of, if given."""
+    recent = RequestStore(conn).recent(count if settings is None or not settings.fleet else 200)
+    mine = [r for r in recent if settings is None or of_target(settings, r)][:count]
+    return [r.context() | {"updated_at": r.updated_at} for r in mine]
 
 
 def flaky_tests(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
@@ -184,7 +220,7 @@ def pending(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
     now = time.time()
     out = []
     for request in RequestStore(conn).active():
-        if request.state not in PENDING:
+        if request.state not in PENDING or not of_target(settings, request):
             continue
         since = request.plan_ready_at if request.state is S.PLAN_READY else request.updated_at
         age = max(0.0, now - (since or request.created_at))

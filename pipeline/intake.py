@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import structlog
 
-from pipeline import approval, authorisation, autonomy, planning, preflight
+from pipeline import approval, authorisation, autonomy, planning, preflight, workers
 from pipeline.config import Settings
 from pipeline.decisions import ALLOWED, Decision
 from pipeline.exceptions import MoltError, PlanningError
@@ -49,7 +49,11 @@ def submit(
     store = RequestStore(conn)
     known = settings.secrets()
     request = store.create(
-        origin, redact(text[:MAX_TEXT], known), command, redact(argument[:MAX_TEXT], known)
+        origin,
+        redact(text[:MAX_TEXT], known),
+        command,
+        redact(argument[:MAX_TEXT], known),
+        target=settings.target_name if settings.fleet else "",
     )
     decision = authorisation.may_request(settings, origin)
     if not decision:
@@ -130,11 +134,13 @@ def _checked_and_planned(
 
 
 def _gates(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
-    """What refuses a request before any check runs: a switch, the daily limit, no planner."""
+    """What refuses a request before any check runs: a switch, the daily limit, no planner,
+    a fleet's target with no live worker."""
     return (
         autonomy.switched_on(settings, request)
         and autonomy.within_daily_limit(settings, conn, request)
         and _planner(settings, request)
+        and workers.serving(settings, conn)
     )
 
 

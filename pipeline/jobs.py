@@ -57,11 +57,12 @@ CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
 _TURN_POLL_SECONDS = 0.05
 
 
-def run_update(request_id: str) -> str:
+def run_update(request_id: str, target: str = "") -> str:
     """RQ entry point. ``request_id`` names the approval that put this job on the queue;
     the job runs whichever request heads the line once the lock is free (a turn, see
-    pipeline/queueing.py), so no job ever waits for a request queued behind it."""
-    settings = load_settings()
+    pipeline/queueing.py), so no job ever waits for a request queued behind it. In a
+    fleet, ``target`` names whose line it is."""
+    settings = load_settings().for_target(target)
     conn = connect(settings)
     turn = wait_for_turn(settings, conn)
     if turn is None:

@@ -25,6 +25,7 @@
   molt:boot:<id>:start:<start>     hash {commit, pid, at, healthy_at, ended, ended_at, detail}
   molt:boot:<id>:good              hash: commit → when a start on it last reported healthy
   molt:boot:<id>:rollback          hash {from, to, detail, at}: the boot guard's last rollback
+  molt:seen:<id>                   when a worker of the target last beat (pipeline/workers.py)
 
 Keys shared by every target (requests, audit, events, codenames, the bot's registration)
 are named by the module that owns them.
@@ -51,6 +52,7 @@ FORMATS = {
     "starts": "molt:boot:{id}:starts",
     "good_starts": "molt:boot:{id}:good",
     "guard_rollback": "molt:boot:{id}:rollback",
+    "seen": "molt:seen:{id}",
 }
 
 
@@ -72,6 +74,7 @@ class TargetKeys:
     starts: str = field(init=False)
     good_starts: str = field(init=False)
     guard_rollback: str = field(init=False)
+    seen: str = field(init=False)
 
     def __post_init__(self) -> None:
         for name, key in FORMATS.items():

@@ -33,8 +33,14 @@ QUEUE = "molt-updates"
 _SLACK_SECONDS = 600
 
 
+def queue_name(settings: Settings) -> str:
+    """The RQ queue of the target's jobs: ``molt-updates:<target>`` in a fleet, so that a
+    worker takes the jobs of its own targets only; ``molt-updates`` for the one target."""
+    return f"{QUEUE}:{settings.target_name}" if settings.fleet else QUEUE
+
+
 def rq_queue(settings: Settings) -> Queue:
-    return Queue(QUEUE, connection=stores.connect(settings, decode=False))
+    return Queue(queue_name(settings), connection=stores.connect(settings, decode=False))
 
 
 def job_timeout(settings: Settings) -> int:
@@ -86,9 +92,12 @@ def add_job(settings: Settings, request: Request, *, again: bool = False) -> str
     name = job_id(request.id, request.attempt)
     if again:  # the first job of this attempt exists, or did
         name += f"-again-{secrets.token_hex(3)}"
+    # A fleet's job names its target: the worker runs it with that target's settings.
+    target = (settings.target_name,) if settings.fleet else ()
     rq_queue(settings).enqueue(
         "pipeline.jobs.run_update",
         request.id,
+        *target,
         job_id=name,
         job_timeout=job_timeout(settings),
         result_ttl=86400,

@@ -57,7 +57,7 @@ from pipeline.requests import ACTIVE, Request, RequestStore
 from pipeline.rollback import RESTARTED_PHASES, Trail, undo
 from pipeline.snapshots import Snapshot
 from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.targets import Target, of_target
 from pipeline.workers import count_workers
 
 log = structlog.get_logger(__name__)
@@ -74,12 +74,14 @@ _STALL_GRACE = 3.0
 
 
 def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
-    """Roll back every running request whose job is gone; returns their ids."""
+    """Roll back every running request of the target whose job is gone; returns their ids.
+    In a fleet only a worker of the request's own target does this: the rollback runs on
+    the host that holds its checkout."""
     store = RequestStore(conn)
     lock = Target(settings, conn).lock
     recovered = []
     for request in store.active():
-        if request.state not in (S.RUNNING, S.RESTARTING):
+        if request.state not in (S.RUNNING, S.RESTARTING) or not of_target(settings, request):
             continue
         if lock.holder() is not None:
             continue

@@ -78,6 +78,8 @@ class Request:
     result: dict[str, Any] | None = None
     message_ref: dict[str, Any] | None = None
     answers: list[str] = field(default_factory=list)
+    #: The target (``Settings.target_name``) the request updates.
+    target: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -130,6 +132,7 @@ class Request:
             update_dir=raw.get("update_dir", ""),
             approver=raw.get("approver", ""),
             plan_ready_at=float(raw.get("plan_ready_at", 0)),
+            target=raw.get("target", ""),
             **{k: v for k, v in loaded.items() if v is not None or k != "answers"},
         )
 
@@ -150,6 +153,7 @@ class Request:
             "codename": self.codename,
             "update_dir": self.update_dir,
             "approver": self.approver,
+            "target_name": self.target,  # a fleet's target; messages name it
             "plan": self.plan or {},
             "result": self.result or {},
         }
@@ -161,7 +165,9 @@ class RequestStore:
     def __init__(self, conn: redis.Redis) -> None:
         self.conn = conn
 
-    def create(self, origin: Origin, text: str, command: str, argument: str) -> Request:
+    def create(
+        self, origin: Origin, text: str, command: str, argument: str, target: str = ""
+    ) -> Request:
         now = time.time()
         request = Request(
             id=f"r{secrets.token_hex(4)}",
@@ -171,8 +177,11 @@ class RequestStore:
             argument=argument,
             created_at=now,
             updated_at=now,
+            target=target,
         )
         detail = {"text": text, "command": command, "platform": origin.platform}
+        if target:
+            detail["target"] = target
 
         def write(pipe: Any) -> Request:
             head = audit.read_head(pipe)
@@ -299,6 +308,8 @@ class RequestStore:
                 detail["phase"] = request.phase
             if request.codename:
                 detail["codename"] = request.codename
+            if request.target:
+                detail["target"] = request.target
             audit.stage(
                 pipe, head, actor=actor, action=to.value, request_id=request_id, detail=detail
             )

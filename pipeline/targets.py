@@ -17,7 +17,13 @@ from pipeline.config import Settings
 from pipeline.keyspace import TargetKeys
 from pipeline.locking import UpdateLock, WaitingLine
 from pipeline.records import Durations, FlakyTests, TestRecords
-from pipeline.requests import RequestStore
+from pipeline.requests import Request, RequestStore
+
+
+def of_target(settings: Settings, request: Request) -> bool:
+    """Whether the request updates the target ``settings`` are the view of (in a fleet,
+    where requests of every target share one store)."""
+    return not settings.fleet or request.target == settings.target_name
 
 
 class Target:

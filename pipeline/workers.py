@@ -7,12 +7,23 @@ the job it just took back at the front of the queue first, so that no update
 runs on old code. Re-executing (rather than exiting to be replaced) keeps the
 process, so supervisors that stop everything when one process exits (honcho,
 foreman) keep running, and ``molt run`` keeps counting the same worker.
+
+In a fleet a worker takes the queues of the targets it is given (``molt worker --target
+api``, or ``--all``), on the host that holds their checkouts. Every worker registers in
+``molt:workers`` (hash: RQ worker name → JSON {host, pid, targets, seen}) and beats there
+every ``BEAT_SECONDS``; each target's ``seen`` key (pipeline/keyspace.py) keeps when a
+worker of it last beat, so that a target nobody serves is told apart from a busy one.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -21,10 +32,16 @@ from rq.job import Job
 
 from pipeline import queueing
 from pipeline.config import Settings
+from pipeline.decisions import ALLOWED, Decision
+from pipeline.keyspace import TargetKeys
 from pipeline.manifests import checkout_version, running_version
 from pipeline.store import connect
 
 log = structlog.get_logger(__name__)
+REGISTRY = "molt:workers"
+#: How often a worker says it is alive, and how long after its last beat it no longer counts.
+BEAT_SECONDS = 2.0
+STALE_SECONDS = 10.0
 
 
 class MoltWorker(Worker):
@@ -53,11 +70,26 @@ class MoltWorker(Worker):
         super().request_stop(signum, frame)
 
 
-def run_worker(settings: Settings, *, burst: bool = False) -> None:
+def run_worker(
+    settings: Settings,
+    *,
+    burst: bool = False,
+    targets: list[str] | None = None,
+    tend: Callable[[Settings], object] | None = None,
+) -> None:
+    """Work the queues of ``targets`` (default: every target) until told to stop; ``tend``
+    runs for each of them at every beat (the recovery of an update a dead worker left)."""
     running_version()
     conn = connect(settings, decode=False)
-    worker = MoltWorker([Queue(queueing.QUEUE, connection=conn)], connection=conn)
-    worker.work(burst=burst, logging_level=settings.log_level.upper(), with_scheduler=False)
+    served = [settings.for_target(name) for name in targets or settings.target_names()]
+    queues = [Queue(queueing.queue_name(view), connection=conn) for view in served]
+    worker = MoltWorker(queues, connection=conn)
+    beat = Beat(settings, worker.name, served, tend)
+    beat.start()
+    try:
+        worker.work(burst=burst, logging_level=settings.log_level.upper(), with_scheduler=False)
+    finally:
+        beat.stop()
     if worker.replace and not burst:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -65,6 +97,102 @@ def run_worker(settings: Settings, *, burst: bool = False) -> None:
 
 
 def count_workers(settings: Settings) -> int:
-    """Workers currently registered on Molt's queue."""
+    """Workers currently registered on the target's queue."""
     conn = connect(settings, decode=False)
-    return len(Worker.all(queue=Queue(queueing.QUEUE, connection=conn)))
+    return len(Worker.all(queue=Queue(queueing.queue_name(settings), connection=conn)))
+
+
+class Beat:
+    """This worker's entry in the registry, refreshed on a thread of its own (the RQ
+    worker's own thread waits on its queues and its jobs)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        served: list[Settings],
+        tend: Callable[[Settings], object] | None = None,
+    ) -> None:
+        self.conn = connect(settings)
+        self.name = name
+        self.served = served
+        self.target_ids = [view.target_id for view in served]
+        self.tend = tend
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="molt-worker-beat", daemon=True)
+
+    def start(self) -> None:
+        self.once()
+        self._thread.start()
+
+    def once(self) -> None:
+        now = time.time()
+        entry = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "targets": self.target_ids,
+            "seen": now,
+        }
+        with self.conn.pipeline() as pipe:
+            pipe.hset(REGISTRY, self.name, json.dumps(entry))
+            for target_id in self.target_ids:
+                pipe.set(TargetKeys(target_id).seen, f"{now:.3f}")
+            pipe.execute()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(BEAT_SECONDS):
+            try:
+                self.once()
+                for view in self.served if self.tend else ():
+                    self.tend(view)  # type: ignore[misc]
+            except Exception:  # Redis away for a moment (a failover): beat again next time
+                log.warning("worker beat failed", exc_info=True)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+        try:
+            self.conn.hdel(REGISTRY, self.name)
+        finally:
+            self.conn.close()
+
+
+def registered(conn: Any) -> list[dict[str, Any]]:
+    """The workers that beat lately, each with its name and seconds since it was seen."""
+    now = time.time()
+    found = []
+    for name, raw in sorted(conn.hgetall(REGISTRY).items()):
+        entry = json.loads(raw)
+        ago = max(0.0, now - float(entry.get("seen", 0)))
+        if ago > STALE_SECONDS * 30:  # long gone (killed): no longer listed
+            conn.hdel(REGISTRY, name)
+            continue
+        found.append(entry | {"name": _text(name), "ago": ago, "live": ago <= STALE_SECONDS})
+    return found
+
+
+def last_seen(settings: Settings, conn: Any) -> float | None:
+    """Seconds since a worker of the target last beat; None if none ever did."""
+    raw = conn.get(TargetKeys(settings.target_id).seen)
+    return None if raw is None else max(0.0, time.time() - float(raw))
+
+
+def serving(settings: Settings, conn: Any) -> Decision:
+    """A fleet's target needs a live worker: without one a request would wait forever."""
+    if not settings.fleet:
+        return ALLOWED
+    ago = last_seen(settings, conn)
+    if ago is not None and ago <= STALE_SECONDS:
+        return ALLOWED
+    name = settings.target_name
+    seen = f"for {ago:.0f} s" if ago is not None else "yet"
+    return Decision(
+        False,
+        f"no worker for {name} has been seen {seen} (`molt worker --target {name}` "
+        "on the host that holds its checkout serves it)",
+        "workers",
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

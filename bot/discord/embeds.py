@@ -111,5 +111,5 @@ def _named(text: str) -> str:
 
 def _footer(message: Message) -> str:
     """Which request and which step: for people quoting it, and for tools reading it."""
-    parts = ["Molt", message.request_id, message.template]
+    parts = ["Molt", message.target, message.request_id, message.template]
     return clip(" · ".join(p for p in parts if p), FOOTER_LIMIT // 2)

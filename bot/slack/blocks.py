@@ -179,6 +179,8 @@ def content(message: Message, request_id: str, codename: str) -> dict[str, Any]:
     payload: dict[str, Any] = {"request_id": request_id, "template": message.template}
     if codename:
         payload["codename"] = codename
+    if message.target:
+        payload["target"] = message.target
     # The fallback shows in notifications, where <!channel> would still ping.
     fallback = _named(_escape(message.marked().strip() or message.template or "Molt"))
     return {

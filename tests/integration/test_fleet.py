@@ -1,0 +1,217 @@
+"""A fleet, end to end: two targets on two "hosts" — each a worker process with a working
+directory, a data directory and a checkout of its own — and a bot, sharing nothing but
+one Redis server (the embedded one, reached by REDIS_URL)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline import store
+from pipeline.config import load_settings
+from pipeline.requests import RequestStore
+from pipeline.states import RequestState as S
+from tests.support import Molt, ServiceRepo, run_cli, wait_for_file
+
+V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
+FLEET = """
+[targets.api]
+dir = "{api}"
+test_command = "python service_tests.py"
+approvers = ["console:alice", "console:ann"]
+operators = ["console:alice", "console:ann"]
+
+[targets.web]
+dir = "{web}"
+test_command = "python service_tests.py"
+approvers = ["console:alice", "console:wes"]
+operators = ["console:alice", "console:wes"]
+"""
+
+
+@dataclass
+class Fleet:
+    root: Path
+    api: ServiceRepo
+    web: ServiceRepo
+    env: dict[str, str]
+    started: list[Molt]
+
+    def start(self, *args: str, where: str = "bot", **env: str) -> Molt:
+        """A Molt process in a directory (a "host") of its own, with its own data dir."""
+        host = self.root / where
+        (host / "data").mkdir(parents=True, exist_ok=True)
+        molt = Molt(list(args), {**self.env, "MOLT_DATA_DIR": str(host / "data"), **env}, host)
+        self.started.append(molt)
+        return molt
+
+    def worker(self, target: str) -> Molt:
+        worker = self.start("worker", "--target", target, where=f"host-{target}")
+        worker.wait_for(rf"molt-updates:{target}")
+        return worker
+
+    def bot(self, **env: str) -> Molt:
+        molt = self.start("console", **env)
+        molt.wait_for(r"Molt \S+ is up")
+        return molt
+
+    def cli(self, *args: str, **env: str) -> str:
+        done = run_cli(self.env, self.root / "bot", *args, **env)
+        return done.stdout + done.stderr
+
+    def requests(self) -> RequestStore:
+        return RequestStore(store.connect(load_settings(redis_url=self.env["REDIS_URL"])))
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    api = ServiceRepo.create(tmp_path / "api")
+    web = ServiceRepo.create(tmp_path / "web")
+    config = tmp_path / "molt.toml"
+    config.write_text(FLEET.format(api=api.live, web=web.live))
+    shared = tmp_path / "redis"
+    sock = store.ensure_embedded(shared)
+    env = {
+        "REDIS_URL": f"unix://{sock}",
+        "MOLT_CONFIG": str(config),
+        "MOLT_WORKERS": "0",  # each target's worker runs on its own host
+        "MOLT_RESTART_COMMAND": "true",
+        "MOLT_HEALTH_COMMAND": "python health.py",
+        "MOLT_BOOT_TIMEOUT": "5",
+        "MOLT_HTTP_PORT": "0",
+        "MOLT_LOCK_TTL": "3",
+        "MOLT_CONSOLE_USER": "alice",
+        "MOLT_AUTHORISED_USERS": "console:alice",
+        "MOLT_LOG_LEVEL": "debug",
+    }
+    (tmp_path / "bot").mkdir()
+    found = Fleet(tmp_path, api, web, env, [])
+    yield found
+    for molt in reversed(found.started):
+        molt.stop()
+    store.stop_embedded(shared)
+
+
+def _planned(molt: Molt, command: str) -> str:
+    """Ask for a plan; the id of the request whose plan is ready."""
+    since = molt.send(command)
+    return molt.wait_for(r"press approve (r[0-9a-f]+)", since=since).group(1)
+
+
+def test_two_targets_update_at_once_each_on_its_own_worker(fleet: Fleet) -> None:
+    api_worker, web_worker = fleet.worker("api"), fleet.worker("web")
+    new_api = fleet.api.commit(V2, "api v2")
+    new_web = fleet.web.commit(V2, "web v2")
+    molt = fleet.bot()
+    on_api = _planned(molt, "deploy api main")
+    on_web = _planned(molt, "deploy web main")
+    molt.send(f"press approve {on_api}")
+    molt.send(f"press approve {on_web}")
+    molt.wait_count(r"✅ Live: ", 2, timeout=120)
+    assert fleet.api.live_head() == new_api and fleet.web.live_head() == new_web
+    assert on_api in api_worker.output and on_web not in api_worker.output
+    assert on_web in web_worker.output and on_api not in web_worker.output
+    requests = fleet.requests()
+    assert (requests.get(on_api).target, requests.get(on_web).target) == ("api", "web")
+    assert all(requests.get(r).state is S.SUCCEEDED for r in (on_api, on_web))
+    status = fleet.cli("status")
+    assert "api*: idle" in status and "web*: idle" in status
+    assert re.search(r"on \S+: api · seen", status) and re.search(r"on \S+: web · seen", status)
+    trail = fleet.cli("history", on_api)
+    assert "succeeded" in trail
+
+
+def test_a_target_without_a_worker_is_blocked_saying_so(fleet: Fleet) -> None:
+    fleet.worker("api")
+    fleet.web.commit(V2, "web v2")
+    molt = fleet.bot()
+    since = molt.send("deploy web main")
+    molt.wait_for(r"⛔ Blocked", since=since)
+    molt.wait_for(r"no worker for web has been seen yet", since=since)
+    [request] = fleet.requests().recent(1)
+    assert (request.state, request.target) == (S.BLOCKED, "web")
+
+
+def test_a_command_without_its_target_is_answered_with_the_targets(fleet: Fleet) -> None:
+    molt = fleet.bot()
+    since = molt.send("deploy main")
+    molt.wait_for(r"Which target\?", since=since)
+    molt.wait_for(r"Targets:\W+api, web", since=since)
+    stop = molt.send("stop")
+    molt.wait_for(r"`stop` needs a target", since=stop)
+    assert fleet.requests().recent(1) == []
+    # The fleet's own status needs none: it lists every target.
+    shown = molt.send("status")
+    molt.wait_for(r"Molt fleet: 2 targets", since=shown)
+
+
+def test_people_are_checked_against_the_targets_own_lists(fleet: Fleet) -> None:
+    fleet.worker("api")
+    fleet.worker("web")
+    fleet.api.commit(V2, "api v2")
+    molt = fleet.bot()
+    on_api = _planned(molt, "deploy api main")
+    # ann approves and operates api only; wes web only.
+    refused = fleet.cli("stop", "--target", "web", MOLT_CONSOLE_USER="ann")
+    assert "console:ann may not stop: only operators may do that (operators of web)" in refused
+    assert "Emergency stop" in fleet.cli("stop", "--target", "api", MOLT_CONSOLE_USER="ann")
+    assert "Paused" in fleet.cli("pause", "--target", "web", MOLT_CONSOLE_USER="wes")
+    assert "may not pause" in fleet.cli("pause", "--target", "api", MOLT_CONSOLE_USER="wes")
+    assert fleet.requests().get(on_api).state is S.PLAN_READY  # a stop clears no plan
+    web = fleet.cli("status", "--target", "web")
+    assert "Molt status: paused · web" in web
+    assert "paused" not in fleet.cli("status", "--target", "api").split("\n")[0]
+
+
+def test_stop_on_one_target_leaves_the_other_running(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.worker("api")
+    fleet.worker("web")
+    started = tmp_path / "web-tests-started"
+    slow = (
+        "import os, pathlib, time\n\n\ndef test_slow():\n"
+        f"    if os.getcwd() != {str(fleet.web.live)!r}:\n"
+        f"        pathlib.Path({str(started)!r}).touch()\n"
+        "        time.sleep(600)\n"
+    )
+    new_api = fleet.api.commit(
+        {"checks/test_wait.py": _waits_for(tmp_path / "go")}, "api waits for a file"
+    )
+    old_web = fleet.web.live_head()
+    fleet.web.commit({"checks/test_slow.py": slow}, "web: tests that never end")
+    molt = fleet.bot()
+    on_api = _planned(molt, "deploy api main")
+    on_web = _planned(molt, "deploy web main")
+    molt.send(f"press approve {on_web}")
+    wait_for_file(started, molt)  # web's phase 1 runs its endless test
+    molt.send(f"press approve {on_api}")
+    _wait_until_running(fleet.requests(), on_api)
+    stop = molt.send("stop web")
+    molt.wait_for(r"Emergency stop: update \S+ will roll back at its next safe point", since=stop)
+    molt.wait_for(r"❌ Failed: \S+", since=stop)
+    (tmp_path / "go").touch()
+    molt.wait_for(r"✅ Live: ", since=stop, timeout=120)
+    assert fleet.web.live_head() == old_web and fleet.api.live_head() == new_api
+    requests = fleet.requests()
+    assert requests.get(on_web).state is S.FAILED
+    assert requests.get(on_api).state is S.SUCCEEDED
+
+
+def _waits_for(go: Path) -> str:
+    """A check that passes once ``go`` exists (on the live checkout only: phase 2)."""
+    return (
+        "import pathlib, time\n\n\ndef test_waits():\n"
+        f"    while not pathlib.Path({str(go)!r}).exists():\n"
+        "        time.sleep(0.1)\n"
+    )
+
+
+def _wait_until_running(requests: RequestStore, request_id: str) -> None:
+    deadline = time.monotonic() + 60
+    while requests.get(request_id).state is not S.RUNNING:
+        assert time.monotonic() < deadline, f"{request_id} never started"
+        time.sleep(0.05)

@@ -106,6 +106,12 @@ class Settings(BaseSettings):
 
     data_dir: Path = _var("MOLT_DATA_DIR", Path(".molt"))
     redis_url: str | None = _var("REDIS_URL")
+    #: Redis Sentinel (host:port of each sentinel, and the name of the primary they watch):
+    #: every process follows a failover of the primary. Set, it is used instead of REDIS_URL.
+    redis_sentinels: UserList = _var("REDIS_SENTINELS", [])
+    redis_sentinel_master: str = _var(
+        "REDIS_SENTINEL_MASTER", "mymaster", pattern=r"^[\w.-]{1,64}$"
+    )
     target_dir: Path = _var("MOLT_TARGET_DIR", MOLT_HOME)
     target_remote: str = _var("MOLT_TARGET_REMOTE", "origin", min_length=1)
     test_command: str = _var("MOLT_TEST_COMMAND", "", min_length=1, validate_default=False)
@@ -236,6 +242,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected comma-separated owner/name entries, got {repo!r}")
         return value if repos is None else repos
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: Any) -> Any:
+        sentinels = _listed(value)
+        for entry in sentinels or []:
+            host, _, port = entry.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected comma-separated host:port entries, got {entry!r}")
+        return value if sentinels is None else sentinels
+
     @field_validator("channels", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
@@ -338,6 +354,12 @@ class Settings(BaseSettings):
     def target_name(self) -> str:
         """What people call the target: its ``[targets.<name>]``, or its directory's name."""
         return self._target_name or self.target_dir.name
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """REDIS_SENTINELS as (host, port) pairs."""
+        pairs = (entry.rpartition(":") for entry in self.redis_sentinels)
+        return [(host, int(port)) for host, _, port in pairs]
 
     @property
     def fleet(self) -> bool:

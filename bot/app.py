@@ -206,9 +206,12 @@ class Bot:
     # -- housekeeping --------------------------------------------------------
 
     def resume_interrupted(self) -> None:
-        """Requests a previous bot process left mid-intake end with a message, or move on."""
+        """Requests a previous bot process left mid-intake end with a message, or move on
+        (in a fleet, pre-flight and planning run on the target's worker and go on)."""
         for request in self.store.active():
             try:
+                if self.settings.fleet and request.state in (S.PREFLIGHT, S.PLANNING):
+                    continue  # a fleet's worker checks and plans it (pipeline/intake.py)
                 if request.state in (S.RECEIVED, S.PREFLIGHT, S.PLANNING):
                     self.store.transition(
                         request.id,

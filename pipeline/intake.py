@@ -23,7 +23,7 @@ from typing import Any
 import redis
 import structlog
 
-from pipeline import approval, authorisation, autonomy, planning, preflight, workers
+from pipeline import approval, authorisation, autonomy, planning, preflight, queueing, workers
 from pipeline.config import Settings
 from pipeline.decisions import ALLOWED, Decision
 from pipeline.exceptions import MoltError, PlanningError
@@ -59,6 +59,31 @@ def submit(
     if not decision:
         return store.transition(request.id, S.REFUSED, actor=MOLT, message=decision.reason)
     return advance(settings, conn, request.id)
+
+
+def _on_worker(
+    settings: Settings,
+    conn: redis.Redis,
+    request_id: str,
+    step: str,
+    retried_by: Origin | None = None,
+) -> Request | None:
+    """In a fleet, pre-flight and planning run where the target's checkout is: a job on
+    its queue (``pipeline.jobs.run_intake``), whose worker answers with the plan as an
+    event; a target that no worker serves is blocked at once. None without a fleet: the
+    step runs here."""
+    if not settings.fleet:
+        return None
+    store = RequestStore(conn)
+    served = workers.serving(settings, conn)
+    if not served and step == "plan":  # asked to plan again: it fails, with Retry
+        return store.transition(
+            request_id, S.FAILED, actor=MOLT, message=served.reason, phase="planning"
+        )
+    if not served:
+        return _blocked(store, request_id, served)
+    queueing.add_intake_job(settings, request_id, step, retried_by)
+    return store.get(request_id)
 
 
 def retry(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
@@ -102,12 +127,26 @@ def advance(
         RequestStore(conn).transition(
             request_id, S.PREFLIGHT, actor=MOLT, message="running pre-flight checks"
         )
+    handed = _on_worker(settings, conn, request_id, "check", retried_by)
+    return handed or check_and_plan(settings, conn, request_id, retried_by)
+
+
+def check_and_plan(
+    settings: Settings, conn: redis.Redis, request_id: str, retried_by: Origin | None = None
+) -> Request:
+    """Pre-flight and planning of a request in ``preflight``, where the checkout is."""
     step = partial(_checked_and_planned, retried_by=retried_by)
     return _finishing(settings, conn, request_id, step)
 
 
 def make_plan(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
     """Plan a request that is in ``planning``; ends in plan_ready, needs_info or failed."""
+    handed = _on_worker(settings, conn, request_id, "plan")
+    return handed or plan_here(settings, conn, request_id)
+
+
+def plan_here(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
+    """``make_plan`` where the checkout is."""
     return _finishing(settings, conn, request_id, _plan)
 
 
@@ -134,13 +173,11 @@ def _checked_and_planned(
 
 
 def _gates(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
-    """What refuses a request before any check runs: a switch, the daily limit, no planner,
-    a fleet's target with no live worker."""
+    """What refuses a request before any check runs: a switch, the daily limit, no planner."""
     return (
         autonomy.switched_on(settings, request)
         and autonomy.within_daily_limit(settings, conn, request)
         and _planner(settings, request)
-        and workers.serving(settings, conn)
     )
 
 

@@ -24,6 +24,7 @@ from pipeline import (
     change,
     codenames,
     control,
+    intake,
     manifests,
     queueing,
     releases,
@@ -40,7 +41,7 @@ from pipeline.processes import RunningCommand
 from pipeline.progress import TestProgress, Ticker
 from pipeline.records import TestRecord
 from pipeline.recovery import recover_abandoned
-from pipeline.requests import Request, RequestStore
+from pipeline.requests import Origin, Request, RequestStore
 from pipeline.retries import transient
 from pipeline.rollback import Trail, undo
 from pipeline.states import RequestState as S
@@ -70,6 +71,23 @@ def run_update(request_id: str, target: str = "") -> str:
         return "not run"
     taken, codename = turn
     return Update(settings, conn, taken).run(codename)
+
+
+def run_intake(
+    request_id: str, target: str, step: str, retried_by: dict[str, Any] | None = None
+) -> str:
+    """RQ entry point of a fleet's pre-flight and planning (pipeline/intake.py), run on the
+    host that holds the target's checkout; the plan reaches chat as an event."""
+    settings = load_settings().for_target(target)
+    conn = connect(settings)
+    who = None
+    if retried_by is not None:
+        who = Origin(**{**retried_by, "roles": tuple(retried_by.get("roles", ()))})
+    if step == "plan":
+        done = intake.plan_here(settings, conn, request_id)
+    else:
+        done = intake.check_and_plan(settings, conn, request_id, retried_by=who)
+    return done.state.value
 
 
 def wait_for_turn(settings: Settings, conn: redis.Redis) -> tuple[str, str] | None:

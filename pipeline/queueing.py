@@ -14,7 +14,7 @@ again (``add_job``), from the bot's housekeeping and from ``molt recover``.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
@@ -24,7 +24,7 @@ from rq.job import Job
 from pipeline import store as stores
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
-from pipeline.requests import Request, RequestStore, request_key
+from pipeline.requests import Origin, Request, RequestStore, request_key
 from pipeline.states import RequestState as S
 from pipeline.targets import Target
 
@@ -103,6 +103,29 @@ def add_job(settings: Settings, request: Request, *, again: bool = False) -> str
         result_ttl=86400,
         failure_ttl=7 * 86400,
         description=f"update {request.id}: {request.argument} (runs the head of the line)",
+    )
+    return name
+
+
+def add_intake_job(
+    settings: Settings, request_id: str, step: str, retried_by: Origin | None = None
+) -> str:
+    """A fleet's pre-flight and planning (``step``: "check" or "plan") as a job on the
+    target's queue, ahead of the updates waiting there, for its worker to run."""
+    who = asdict(retried_by) if retried_by is not None else None
+    name = f"intake-{request_id}-{secrets.token_hex(3)}"
+    rq_queue(settings).enqueue(
+        "pipeline.jobs.run_intake",
+        request_id,
+        settings.target_name,
+        step,
+        who,
+        job_id=name,
+        job_timeout=int(2 * settings.phase_timeout + settings.llm_timeout + _SLACK_SECONDS),
+        result_ttl=3600,
+        failure_ttl=7 * 86400,
+        at_front=True,
+        description=f"{step} {request_id} (pre-flight and planning on the target's host)",
     )
     return name
 

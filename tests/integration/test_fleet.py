@@ -1,6 +1,7 @@
 """A fleet, end to end: two targets on two "hosts" — each a worker process with a working
-directory, a data directory and a checkout of its own — and a bot, sharing nothing but
-one Redis server (the embedded one, reached by REDIS_URL)."""
+directory, a data directory and a checkout of its own — and a bot with no checkout of
+either (its molt.toml names directories that do not exist), sharing nothing but one Redis
+server (the embedded one, reached by REDIS_URL)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ class Fleet:
     web: ServiceRepo
     env: dict[str, str]
     started: list[Molt]
+    hosts_config: Path  # the workers' molt.toml
 
     def start(self, *args: str, where: str = "bot", **env: str) -> Molt:
         """A Molt process in a directory (a "host") of its own, with its own data dir."""
@@ -54,7 +56,9 @@ class Fleet:
         return molt
 
     def worker(self, target: str) -> Molt:
-        worker = self.start("worker", "--target", target, where=f"host-{target}")
+        worker = self.start(
+            "worker", "--target", target, where=f"host-{target}", MOLT_CONFIG=str(self.hosts_config)
+        )
         worker.wait_for(rf"molt-updates:{target}")
         return worker
 
@@ -75,8 +79,10 @@ class Fleet:
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
     api = ServiceRepo.create(tmp_path / "api")
     web = ServiceRepo.create(tmp_path / "web")
-    config = tmp_path / "molt.toml"
-    config.write_text(FLEET.format(api=api.live, web=web.live))
+    config = tmp_path / "molt.toml"  # the bot's: no checkout of either target there
+    config.write_text(FLEET.format(api=tmp_path / "no-api", web=tmp_path / "no-web"))
+    hosts = tmp_path / "hosts.toml"  # the workers': each target's checkout on its host
+    hosts.write_text(FLEET.format(api=api.live, web=web.live))
     shared = tmp_path / "redis"
     sock = store.ensure_embedded(shared)
     env = {
@@ -93,7 +99,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         "MOLT_LOG_LEVEL": "debug",
     }
     (tmp_path / "bot").mkdir()
-    found = Fleet(tmp_path, api, web, env, [])
+    found = Fleet(tmp_path, api, web, env, [], hosts)
     yield found
     for molt in reversed(found.started):
         molt.stop()

@@ -151,9 +151,11 @@ class Desk(Front):
         return None
 
     def _channel_target(self, channel: str) -> str:
-        """The target a channel belongs to, when exactly one target lists it."""
-        listing = [n for n in self.targets if channel in self.settings.for_target(n).channels]
-        return listing[0] if channel and len(listing) == 1 else ""
+        """The target a channel belongs to, when exactly one target lists it (a GitHub
+        repository, ``owner/name``, stands for each of its issues, ``owner/name#12``)."""
+        where = {channel, channel.partition("#")[0]} - {""}
+        listing = [n for n in self.targets if where & set(self.settings.for_target(n).channels)]
+        return listing[0] if len(listing) == 1 else ""
 
     def _of(self, request_id: str) -> Settings:
         """The settings of an existing request's target."""

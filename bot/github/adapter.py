@@ -238,10 +238,11 @@ class GitHub(Adapter):
         pressed.add_done_callback(lambda _: self._untick_if_unmoved(happening, action, before))
 
     def _listed_for(self, action: str, origin: Origin, request: Request) -> Decision:
+        settings = self.settings.for_target(request.target)  # a fleet's target's own lists
         if action == "retry":
-            return authorisation.may_request(self.settings, origin)
+            return authorisation.may_request(settings, origin)
         risk = str(((request.plan or {}).get("risk") or {}).get("level", "low"))
-        return authorisation.may_approve(self.settings, origin, request.requester, risk)
+        return authorisation.may_approve(settings, origin, request.requester, risk)
 
     def _untick_if_unmoved(self, happening: Happening, action: str, before: S) -> None:
         """A press the pipeline refused (too late, already decided) leaves its box unticked."""

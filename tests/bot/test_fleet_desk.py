@@ -60,7 +60,11 @@ def fleet_settings(settings: Settings, service: ServiceRepo) -> Settings:
         targets={
             "api": both | {"approvers": ["console:ann"], "operators": ["console:ann"]},
             "web": both
-            | {"approvers": ["console:wes"], "operators": ["console:wes"], "channels": ["C1WEB"]},
+            | {
+                "approvers": ["console:wes"],
+                "operators": ["console:wes"],
+                "channels": ["C1WEB", "acme/web"],
+            },
         },
     )
 
@@ -79,6 +83,9 @@ def test_a_channel_one_target_lists_defaults_to_it_and_elsewhere_the_targets_are
         assert [m.title for m in replies.replies] == ["Which target?"]
         assert "api, web" in replies.replies[0].text
         assert len(RequestStore(conn).recent(5)) == 1
+        # A repository a target lists stands for each of its issues.
+        assert desk._channel_target("acme/web#12") == "web"
+        assert desk._channel_target("acme/api#3") == ""
     finally:
         desk.close()
 

@@ -207,6 +207,8 @@ def cmd_recover(args: argparse.Namespace) -> int:
         _report(steps)
         print(f"molt recover: the settings do not load, so it stops here: {exc}", file=sys.stderr)
         return 1
+    if settings.fleet:  # on the host of the target named: its checkout, its requests
+        settings = _target(args)
     conn = store.connect(settings)
     steps.extend(recovery.recover(settings, conn, actor=f"console:{settings.console_user}"))
     _report(steps)
@@ -345,6 +347,7 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     ).set_defaults(func=cmd_review)
     sub.add_parser(
         "recover",
+        parents=[targeted],
         help="return a broken installation to its last good state: checkout, requests, config",
     ).set_defaults(func=cmd_recover)
 

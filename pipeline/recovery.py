@@ -298,7 +298,11 @@ def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
         )
         holder = None
     live = holder.request_id if holder else ""
-    abandoned = [r for r in store.active() if r.state in (S.RUNNING, S.RESTARTING) and r.id != live]
+    abandoned = [
+        r
+        for r in store.active()
+        if r.state in (S.RUNNING, S.RESTARTING) and r.id != live and of_target(settings, r)
+    ]
     release, outcome = _return_to_snapshot(settings, conn, abandoned)
     _settle_requests(settings, conn, requests, live, outcome)
     return [release, requests]
@@ -457,6 +461,8 @@ def _settle_requests(
     bot_alive = bot is not None and bot.alive
     ended = 0
     for request in store.active():
+        if not of_target(settings, request):  # in a fleet, another target's host recovers it
+            continue
         why = _stuck(settings, conn, request, live, bot_alive, outcome, served)
         if not why:
             continue

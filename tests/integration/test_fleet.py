@@ -257,3 +257,34 @@ def test_a_worker_killed_mid_update_is_rolled_back_by_its_targets_next_worker(
     assert fleet.api.live_head() == old_api and fleet.api.live_status() == ""
     assert fleet.web.live_head() == new_web
     assert "recovering abandoned update" not in web_worker.output
+
+
+def test_redis_restarted_mid_update_the_update_ends_and_says_so(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    fleet.worker("api")
+    go = tmp_path / "go"
+    started = tmp_path / "phase-1-started"
+    waits = (
+        "import pathlib, time\n\n\ndef test_waits():\n"
+        f"    pathlib.Path({str(started)!r}).touch()\n"
+        f"    while not pathlib.Path({str(go)!r}).exists():\n"
+        "        time.sleep(0.1)\n"
+    )
+    old = fleet.api.live_head()
+    new = fleet.api.commit({"checks/test_wait.py": waits}, "api waits for a file")
+    molt = fleet.bot()
+    on_api = _planned(molt, "deploy api main")
+    molt.send(f"press approve {on_api}")
+    wait_for_file(started, molt)  # phase 1 runs
+    shared = fleet.root / "redis"
+    store.stop_embedded(shared)
+    store.ensure_embedded(shared)
+    go.touch()
+    ended = molt.wait_for(r"(✅ Live|❌ Failed): ", timeout=120).group(1)
+    request = fleet.requests().get(on_api)
+    if ended == "✅ Live":
+        assert request.state is S.SUCCEEDED and fleet.api.live_head() == new
+    else:
+        assert request.state is S.FAILED and fleet.api.live_head() == old
+    assert fleet.api.live_status() == ""

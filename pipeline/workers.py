@@ -17,6 +17,7 @@ worker of it last beat, so that a target nobody serves is told apart from a busy
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -80,6 +81,9 @@ def run_worker(
     """Work the queues of ``targets`` (default: every target) until told to stop; ``tend``
     runs for each of them at every beat (the recovery of an update a dead worker left)."""
     running_version()
+    # The job functions, loaded before RQ forks a work horse per job, so that no horse
+    # spends its first tenth of a second importing them (by name: they import this module).
+    importlib.import_module("pipeline.jobs")
     conn = connect(settings, decode=False)
     served = [settings.for_target(name) for name in targets or settings.target_names()]
     queues = [Queue(queueing.queue_name(view), connection=conn) for view in served]

@@ -271,7 +271,8 @@ class Bot:
                 self._top_up_workers()
 
     def _top_up_workers(self) -> None:
-        wanted = self.settings.workers
+        # A fleet's workers run on their targets' hosts (``molt worker --target``), not here.
+        wanted = 0 if self.settings.fleet else self.settings.workers
         alive = []
         for raw in self.conn.lrange(WORKERS_KEY, 0, -1):
             pid = int(raw)

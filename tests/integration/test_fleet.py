@@ -88,7 +88,6 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     env = {
         "REDIS_URL": f"unix://{sock}",
         "MOLT_CONFIG": str(config),
-        "MOLT_WORKERS": "0",  # each target's worker runs on its own host
         "MOLT_RESTART_COMMAND": "true",
         "MOLT_HEALTH_COMMAND": "python health.py",
         "MOLT_BOOT_TIMEOUT": "5",
@@ -136,6 +135,7 @@ def test_two_targets_update_at_once_each_on_its_own_worker(fleet: Fleet) -> None
 
 
 def test_a_target_without_a_worker_is_blocked_saying_so(fleet: Fleet) -> None:
+    """The bot starts no worker of a fleet's targets: they run on the targets' hosts."""
     fleet.worker("api")
     fleet.web.commit(V2, "web v2")
     molt = fleet.bot()

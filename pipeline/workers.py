@@ -17,6 +17,7 @@ worker of it last beat, so that a target nobody serves is told apart from a busy
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import redis
 import structlog
 from rq import Queue, Worker
 from rq.job import Job
@@ -147,8 +149,9 @@ class Beat:
         while not self._stopped.wait(BEAT_SECONDS):
             try:
                 self.once()
-                for view in self.served if self.tend else ():
-                    self.tend(view)  # type: ignore[misc]
+                if self.tend is not None:
+                    for view in self.served:
+                        self.tend(view)
             except Exception:  # Redis away for a moment (a failover): beat again next time
                 log.warning("worker beat failed", exc_info=True)
 
@@ -156,7 +159,8 @@ class Beat:
         self._stopped.set()
         self._thread.join(timeout=5)
         try:
-            self.conn.hdel(REGISTRY, self.name)
+            with contextlib.suppress(redis.RedisError):  # gone anyway once it stops beating
+                self.conn.hdel(REGISTRY, self.name)
         finally:
             self.conn.close()
 

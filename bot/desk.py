@@ -185,8 +185,8 @@ class Desk(Front):
             return True
         principal = origin.principal
         detail = {"command": command.verb, "reason": allowed.reason}
-        if command.target:
-            detail["target"] = command.target
+        if not self._whole_fleet(settings) and settings.fleet:
+            detail["target"] = settings.target_name
         audit.append(self.conn, actor=principal, action="operator_refused", detail=detail)
         line = refusal_line(self.settings.refusal_theme, f"{principal}:{command.text}")
         self._reply(origin, "refused", refusal_line=line, message=allowed.reason)

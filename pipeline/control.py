@@ -29,19 +29,24 @@ from pipeline.targets import Target, of_target
 PENDING = (S.PLAN_READY, S.NEEDS_INFO)
 
 
+def _named(settings: Settings) -> dict[str, Any] | None:
+    """The audit detail naming a fleet's target (None with one target)."""
+    return {"target": settings.target_name} if settings.fleet else None
+
+
 def is_paused(settings: Settings, conn: redis.Redis) -> bool:
     return bool(conn.exists(TargetKeys(settings.target_id).paused))
 
 
 def pause(settings: Settings, conn: redis.Redis, principal: str) -> str:
     conn.set(TargetKeys(settings.target_id).paused, principal)
-    audit.append(conn, actor=principal, action="pause")
+    audit.append(conn, actor=principal, action="pause", detail=_named(settings))
     return "Paused: no new update will start until `resume`. Requests still get plans."
 
 
 def resume(settings: Settings, conn: redis.Redis, principal: str) -> str:
     conn.delete(TargetKeys(settings.target_id).paused)
-    audit.append(conn, actor=principal, action="resume")
+    audit.append(conn, actor=principal, action="resume", detail=_named(settings))
     return "Resumed: queued updates will start in turn."
 
 
@@ -71,7 +76,7 @@ def stop(settings: Settings, conn: redis.Redis, principal: str) -> str:
     A test command running in a validation phase is killed at once (pipeline/jobs.py), so
     the next safe point comes within a second, not at the end of the phase.
     """
-    audit.append(conn, actor=principal, action="stop")
+    audit.append(conn, actor=principal, action="stop", detail=_named(settings))
     holder = Target(settings, conn).lock.holder()
     cleared = queueing.clear(
         settings, conn, f"cleared from the queue by an emergency stop ({principal})"

@@ -119,6 +119,13 @@ def test_only_the_targets_own_approvers_and_operators_decide(
         desk.close()
     refusals = [e for e in audit.entries(conn, request.id) if e["actor"] == "console:ann"]
     assert refusals and "approvers" in str(refusals[0]["detail"])
+    # Every entry names its target: the refused stop, the pause.
+    ann = [
+        (e["action"], e["detail"].get("target"))
+        for e in audit.entries(conn)
+        if e["actor"] == "console:ann"
+    ]
+    assert ("operator_refused", "web") in ann and ("pause", "api") in ann
 
 
 def test_status_of_the_fleet_lists_every_target(

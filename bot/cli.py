@@ -145,7 +145,8 @@ def _operator(settings: Settings, conn: redis.Redis, command: str) -> Origin | N
         conn,
         actor=origin.principal,
         action="operator_refused",
-        detail={"command": command, "reason": allowed.reason},
+        detail={"command": command, "reason": allowed.reason}
+        | ({"target": settings.target_name} if settings.fleet else {}),
     )
     listed = f"operators of {settings.target_name}" if settings.fleet else "MOLT_OPERATORS"
     print(

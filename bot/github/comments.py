@@ -72,7 +72,8 @@ def status(message: Message, *, boxes: bool) -> str:
             name = " ".join(people.unmarked(field.name).split())
             parts.append(f"**{name}**\n{value}" if "\n" in value else f"**{name}:** {value}")
     parts.append(_buttons(message, boxes))
-    footer = " · ".join(p for p in ("Molt", message.request_id, message.template) if p)
+    named = ("Molt", message.target, message.request_id, message.template)
+    footer = " · ".join(p for p in named if p)
     parts.append(f"<sub>{footer}</sub>")
     return clip("\n\n".join(p for p in parts if p), BODY_LIMIT)
 

@@ -12,6 +12,8 @@ import redis
 
 from bot.commands import Command, parse
 from bot.desk import Desk
+from bot.rendering import render
+from bot.slack.blocks import content
 from pipeline import audit
 from pipeline.config import Settings, load_settings
 from pipeline.requests import Origin, RequestStore
@@ -141,3 +143,12 @@ def test_status_of_the_fleet_lists_every_target(
     assert shown.title == "Molt fleet: 2 targets"
     assert "*api*: idle, no worker seen yet" in shown.text
     assert "*web*: idle, no worker seen yet" in shown.text
+
+
+def test_every_message_of_a_fleets_request_names_its_target() -> None:
+    named = {"request_id": "r1", "codename": "amber-otter", "target_name": "api"}
+    message = render("queued", named)
+    assert message.title.endswith(" · api") and message.target == "api"
+    payload = content(message, "r1", "amber-otter")["metadata"]["event_payload"]
+    assert payload["target"] == "api"
+    assert render("queued", {"request_id": "r1", "codename": "amber-otter"}).target == ""

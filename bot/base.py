@@ -90,5 +90,11 @@ class Adapter(ABC):
     def reply(self, origin: Origin, message: Message) -> None:
         """Answer one person, outside any request's conversation."""
 
+    def act_on(self, request: Request, template: str) -> bool:
+        """Work on the platform that an event of ``request`` asks for besides showing it,
+        whatever platform the request came from (GitHub opens the pull request of a proposed
+        change); true if it changed the request. Raising leaves the event to be tried again."""
+        return False
+
     def show_home(self, origin: Origin, message: Message) -> None:  # noqa: B027 - optional
         """A home view, where the platform has one (Slack's App Home); else nothing."""

@@ -116,6 +116,10 @@ class Notifier:
         except UnknownRequest:
             log.warning("event for an unknown request", request_id=event.request_id)
             return
+        if not event.audience and any(
+            [adapter.act_on(request, event.template) for adapter in self.adapters.values()]
+        ):
+            request = self.store.get(event.request_id)
         message = render(event.template, self.context(request, event))
         if event.audience:
             platform, _, user = event.audience.partition(":")

@@ -238,6 +238,24 @@ def approve_on_retry(
     return _approved(settings, conn, request_id, who.principal, message)
 
 
+def approve_on_merge(
+    settings: Settings, conn: redis.Redis, request_id: str, who: Origin, merged: str
+) -> Decision:
+    """MOLT_MERGE_APPROVES: an approver's merge of the pull request ``merged`` approves the
+    deploy of its merge commit, audited as such."""
+    request = RequestStore(conn).get(request_id)
+    level = (request.plan or {}).get("risk", {}).get("level", "low")
+    decision = (
+        authorisation.may_approve(settings, who, request.requester, level)
+        and _late(request)
+        and approvable(settings, conn, request)
+    )
+    if not decision:
+        return decision
+    message = f"approved by {who.principal} by merging {merged}"
+    return _approved(settings, conn, request_id, who.principal, message)
+
+
 def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     store = RequestStore(conn)
     request = store.get(request_id)

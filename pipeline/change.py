@@ -123,7 +123,8 @@ def _implement(change: Writing, path: Path) -> list[dict[str, Any]]:
         writer.close()
         record_usage(change.conn, change.request.id, "implementation", settings.model, writer.usage)
     left_out = drop_strays(git, done.files.touched)
-    target = _commit(git, plan, change.request, done.summary)
+    signing = signing_config(change.settings, change.log_dir)
+    target = _commit(git, plan, change.request, done.summary, signing)
     files = changed_files(git, plan.base_commit, target)
     plan.target_commit = target
     RequestStore(change.conn).update(change.request.id, plan=plan.to_dict())
@@ -197,14 +198,52 @@ def drop_strays(git: Git, written: set[str]) -> list[str]:
     return strays
 
 
-def _commit(git: Git, plan: Plan, request: Request, summary: str) -> str:
-    """Commit what the implementer left in the sandbox; the new commit's sha."""
+def _commit(git: Git, plan: Plan, request: Request, summary: str, signing: list[str]) -> str:
+    """Commit what the implementer left in the sandbox, as Molt with the requester and the
+    approver as co-authors (signed with MOLT_COMMIT_SIGNING_KEY when set); the new sha."""
     git.run("add", "--all")
     if not git.run("status", "--porcelain").strip():
         raise UpdateFailed("implement", "the implementer changed nothing")
     message = (
         f"{plan.summary}\n\n{summary}\n\n"
-        f"Change request {request.id} by {request.requester}, written from the approved plan."
+        f"Change request {request.id} by {request.requester}, written from the approved plan.\n\n"
+        + "\n".join(trailers(request))
     )
-    git.run(*COMMIT_CONFIG, "commit", "--quiet", "--no-verify", "-m", message)
+    git.run(*COMMIT_CONFIG, *signing, "commit", "--quiet", "--no-verify", "-m", message)
     return git.head()
+
+
+def signing_config(settings: Settings, log_dir: Path) -> list[str]:
+    """git's ``-c`` options that sign a commit with MOLT_COMMIT_SIGNING_KEY (SSH), or none.
+
+    The key is a path, or the key itself, which is written beside the update's logs (0600)
+    for git to read and removed with them."""
+    key = (
+        settings.commit_signing_key.get_secret_value().strip()
+        if settings.commit_signing_key
+        else ""
+    )
+    if not key:
+        return []
+    path = Path(key).expanduser()
+    if "PRIVATE KEY" in key:
+        path = log_dir / "signing-key"
+        path.touch(mode=0o600)
+        path.write_text(key.replace("\\n", "\n").strip() + "\n")
+    return ["-c", "gpg.format=ssh", "-c", f"user.signingKey={path}", "-c", "commit.gpgSign=true"]
+
+
+def trailers(request: Request) -> list[str]:
+    """``Co-authored-by`` lines for the requester and the approver (commits are Molt's)."""
+    people = [request.requester]
+    if request.approver and request.approver not in people:
+        people.append(request.approver)
+    return [f"Co-authored-by: {_author(principal)}" for principal in people]
+
+
+def _author(principal: str) -> str:
+    platform, _, user = principal.partition(":")
+    if platform == "github":
+        return f"{user} <{user}@users.noreply.github.com>"
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in user)
+    return f"{principal} <{platform}.{safe}@molt.invalid>"

@@ -74,8 +74,13 @@ AUTONOMY_MODES = ("observe", "assisted", "semi", "auto")
 FLAKY_FAIL = "fail"
 FLAKY_PASS = "pass"
 FLAKY_MODES = (FLAKY_FAIL, FLAKY_PASS)
+#: How a change in words reaches the service (MOLT_CHANGE_DELIVERY; pipeline/proposals.py):
+#: applied to the live checkout, or proposed as a pull request.
+DELIVERY_APPLY = "apply"
+DELIVERY_PULL_REQUEST = "pull-request"
+DELIVERY_MODES = (DELIVERY_APPLY, DELIVERY_PULL_REQUEST)
 #: Settings that take one of a few words, and the words.
-_MODES = {"autonomy": AUTONOMY_MODES, "flaky": FLAKY_MODES}
+_MODES = {"autonomy": AUTONOMY_MODES, "flaky": FLAKY_MODES, "change_delivery": DELIVERY_MODES}
 
 #: A fleet's target names, as ``[targets.<name>]`` tables of molt.toml spell them.
 TARGET_NAME = re.compile(r"[a-z0-9-]{1,32}")
@@ -95,6 +100,7 @@ TARGET_KEYS = {
     "autonomy": "autonomy",
     "max_changes_per_day": "max_changes_per_day",
     "watch_log": "watch_log",
+    "change_delivery": "change_delivery",
 }
 #: Settings whose default is derived from others (``model_post_init``): unless set, a
 #: target's view derives them again from its own values.
@@ -169,6 +175,14 @@ class Settings(BaseSettings):
     github_environment: str = _var("MOLT_GITHUB_ENVIRONMENT", "production", min_length=1)
     #: Seconds between two writes to GitHub (GitHub asks for at least one).
     github_write_interval: float = _var("MOLT_GITHUB_WRITE_INTERVAL", 1.0, ge=0)
+    # Changes delivered as pull requests (pipeline/proposals.py, bot/github/pulls.py).
+    change_delivery: str = _var("MOLT_CHANGE_DELIVERY", DELIVERY_APPLY)
+    #: A merge by an approver counts as the approval of the deploy it plans.
+    merge_approves: bool = _var("MOLT_MERGE_APPROVES", False)
+    #: ``/molt deploy`` on a pull request waits for its checks to pass.
+    require_checks: bool = _var("MOLT_REQUIRE_CHECKS", False)
+    #: An SSH private key (a path, or the key itself) Molt's commits are signed with.
+    commit_signing_key: SecretStr | None = _var("MOLT_COMMIT_SIGNING_KEY")
     # Change requests in words. Limits per planning and per implementation: model calls
     # (turns), tokens through all of its calls (input, cached and output), seconds; and the
     # size of the first plan prompt (instructions, tools, repository map and request).
@@ -266,7 +280,7 @@ class Settings(BaseSettings):
             raise ValueError("expected comma-separated numeric channel ids")
         return value if channels is None else channels
 
-    @field_validator("autonomy", "flaky", mode="before")
+    @field_validator("autonomy", "flaky", "change_delivery", mode="before")
     @classmethod
     def _known_mode(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):

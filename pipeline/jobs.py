@@ -26,12 +26,13 @@ from pipeline import (
     control,
     intake,
     manifests,
+    proposals,
     queueing,
     releases,
     restart,
     snapshots,
 )
-from pipeline.config import Settings, load_settings
+from pipeline.config import DELIVERY_PULL_REQUEST, Settings, load_settings
 from pipeline.exceptions import IllegalTransition, UpdateFailed
 from pipeline.git import Git
 from pipeline.locking import Heartbeat
@@ -54,6 +55,8 @@ log = structlog.get_logger(__name__)
 MOLT = "molt"
 PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "verify")
 CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
+#: A change delivered as a pull request stops after phase 1 (MOLT_CHANGE_DELIVERY).
+PROPOSAL_PHASES = (*CHANGE_PHASES[:4], "propose")
 #: How often a job waiting for its turn looks at the lock and the line again.
 _TURN_POLL_SECONDS = 0.05
 
@@ -239,7 +242,7 @@ class Update:
     def _update(self, request: Request) -> str:
         plan = Plan.from_dict(request.plan or {})
         if plan.kind == "change":
-            self.phases = CHANGE_PHASES
+            self.phases = PROPOSAL_PHASES if self._proposes(plan) else CHANGE_PHASES
         with self.lock.keep_alive(self.request_id) as heartbeat:
             self.heartbeat = heartbeat
             try:
@@ -257,11 +260,53 @@ class Update:
         self._snapshot(plan)
         baseline = self._baseline(plan.base_commit)
         one, changed = self._phase_one(request, plan, baseline)
+        if self._proposes(plan):
+            self._propose(plan, one, len(changed))
+            return
         self._apply(plan)
         two = self._phase_two(plan, changed, baseline)
         self._sign_release(plan)
         self._restart(plan)
         self._succeed(plan, one.test_seconds + two.test_seconds, len(changed))
+
+    def _proposes(self, plan: Plan) -> bool:
+        return plan.kind == "change" and self.settings.change_delivery == DELIVERY_PULL_REQUEST
+
+    def _propose(self, plan: Plan, one: PhaseResult, changed: int) -> None:
+        """MOLT_CHANGE_DELIVERY=pull-request: the change, written and through phase 1 in the
+        sandbox, goes to a branch of its own on the remote, for the team's review and CI;
+        the live checkout is never touched (pipeline/proposals.py follows it from there)."""
+        codename = self.store.get(self.request_id).codename
+        branch = proposals.branch_for(codename)
+        self.enter("propose", f"pushing {plan.target_commit[:7]} to {branch}")
+        began = time.monotonic()
+        remote = transient("propose", proposals.push, self.settings, plan.target_commit, branch)
+        self.check("push", True, time.monotonic() - began, f"{branch} on {remote}")
+        proposals.follow(self.conn, self.request_id, plan.target_commit, branch)
+        result = {
+            "checks": self.trail.checks,
+            "total_seconds": round(self.trail.elapsed, 3),
+            "test_seconds": round(one.test_seconds, 3),
+            "changed_files": changed,
+            "from_commit": plan.base_commit,
+            "to_commit": plan.target_commit,
+            "branch": branch,
+            "remote": remote,
+        }
+        parts = (
+            f"{plan.target_commit[:7]} is on {branch} at {remote}; the live checkout is untouched.",
+            *self.notes,
+            model_use(self.conn, self.request_id, result),
+        )
+        self.store.transition(
+            self.request_id,
+            S.PROPOSED,
+            actor=MOLT,
+            message=" ".join(part for part in parts if part),
+            phase="done",
+            fields={"result": result},
+            data={"checks": self.trail.checks, "total_seconds": result["total_seconds"]},
+        )
 
     def _snapshot(self, plan: Plan) -> None:
         began = time.monotonic()

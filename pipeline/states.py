@@ -26,12 +26,13 @@ class RequestState(StrEnum):
     SUCCEEDED = "succeeded"  # landed and verified (terminal)
     FAILED = "failed"  # rolled back to the snapshot (terminal; Retry starts again)
     CANCELLED = "cancelled"  # stopped by an operator or the requester (terminal)
+    PROPOSED = "proposed"  # delivered as a pull request, the live checkout untouched (terminal)
 
 
 S = RequestState
 
 TERMINAL = frozenset(
-    {S.REFUSED, S.BLOCKED, S.REJECTED, S.EXPIRED, S.SUCCEEDED, S.FAILED, S.CANCELLED}
+    {S.REFUSED, S.BLOCKED, S.REJECTED, S.EXPIRED, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PROPOSED}
 )
 
 _MOVES: dict[RequestState, frozenset[RequestState]] = {
@@ -42,7 +43,7 @@ _MOVES: dict[RequestState, frozenset[RequestState]] = {
     S.PLAN_READY: frozenset({S.APPROVED, S.REJECTED, S.EXPIRED, S.CANCELLED, S.PLANNING}),
     S.APPROVED: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.QUEUED: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
-    S.RUNNING: frozenset({S.RUNNING, S.RESTARTING, S.SUCCEEDED, S.FAILED}),
+    S.RUNNING: frozenset({S.RUNNING, S.RESTARTING, S.SUCCEEDED, S.FAILED, S.PROPOSED}),
     S.RESTARTING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED}),
     # Retry: the same request goes round again from pre-flight.
     S.FAILED: frozenset({S.PREFLIGHT}),
@@ -75,4 +76,5 @@ def template_for(state: RequestState, phase: str = "") -> str | None:
         S.REJECTED: "rejected",
         S.EXPIRED: "expired",
         S.CANCELLED: "cancelled",
+        S.PROPOSED: "proposed",
     }.get(state)

@@ -23,8 +23,10 @@ from bot.base import Adapter
 from bot.github import comments
 from bot.github.client import Permissions, Writer, connect
 from bot.github.delivery import Delivery, issue_key, status_key
-from bot.github.happenings import Happening
+from bot.github.following import Following
+from bot.github.happenings import PULL_EVENTS, Happening
 from bot.github.poller import Poller
+from bot.github.pulls import Pulls
 from bot.github.webhook import INBOX
 from bot.messages import Message
 from bot.rendering import refusal_line, render
@@ -67,7 +69,9 @@ class GitHub(Adapter):
         self.writer = Writer()
         self.permissions = Permissions(self.client)
         self.delivery = Delivery(settings, self.client, self.writer, store)
-        self.poller = Poller(settings, self.client, self.conn, self.put)
+        self.pulls = Pulls(settings, self.client, self.writer, store)
+        self.following = Following(settings, self.client, self.pulls)
+        self.poller = Poller(settings, self.client, self.conn, self.put, self.following.poll)
         self.desk: Front | None = None
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -90,6 +94,7 @@ class GitHub(Adapter):
 
     def stop(self) -> None:
         self._stopping.set()
+        self.following.close()
         for thread in self._threads:
             thread.join(timeout=5)
 
@@ -139,6 +144,9 @@ class GitHub(Adapter):
 
     def handle(self, happening: Happening) -> None:
         """Act on one happening, unless it is Molt's own, a bot's, or already taken."""
+        if happening.event in PULL_EVENTS:  # whoever merged or pushed: it happened
+            self.following.handle(happening)
+            return
         login = happening.login.lower()
         if happening.bot or login.endswith("[bot]") or login == self.delivery.login.lower():
             return
@@ -201,6 +209,9 @@ class GitHub(Adapter):
             return
         verb, _, rest = command.partition(" ")
         verb = verb.lower()
+        if verb == "deploy" and not rest.strip() and happening.pull_request:
+            self._deploy_pull(origin, happening)
+            return
         if verb in PRESSES or verb == "answer":
             request = self._request_on(happening.channel)
             if request is not None and verb in PRESSES:
@@ -213,6 +224,16 @@ class GitHub(Adapter):
                 self._answer(origin, "not_allowed", reason="there is no Molt request on this issue")
                 return
         self._front.say(origin, command)
+
+    def _deploy_pull(self, origin: Origin, happening: Happening) -> None:
+        """``/molt deploy`` on a pull request: its head commit, once its checks passed when
+        MOLT_REQUIRE_CHECKS says they must."""
+        head, waiting = self.pulls.head(happening.repo, happening.number)
+        if waiting:
+            reason = f"{happening.channel} has checks that have not passed: {', '.join(waiting)}"
+            self._answer(origin, "not_allowed", reason=f"blocked: {reason}")
+            return
+        self._front.say(origin, f"deploy {head}")
 
     def _tick(self, happening: Happening) -> None:
         """A box ticked on a status comment: acted on for the right person, else unticked."""
@@ -302,6 +323,13 @@ class GitHub(Adapter):
         return self.desk
 
     # -- out -------------------------------------------------------------------
+
+    def act_on(self, request: Request, template: str) -> bool:
+        """A proposed change's pull request is opened here, wherever it was asked for."""
+        if template != "proposed" or not self.pulls.open(request):
+            return False
+        self.following.opened(self.store.get(request.id))
+        return True
 
     def deliver(self, request: Request, message: Message) -> None:
         self.delivery.deliver(request, message)

@@ -59,10 +59,24 @@ def _markdown(text: str) -> str:
 
 def status(message: Message, *, boxes: bool) -> str:
     """The body of a request's status comment (edited in place as the request moves)."""
-    parts = [marker(message.request_id, "status")]
-    title = " ".join(people.unmarked(message.title).split())
-    if title:
-        parts.append(f"### {_markdown(title)}")
+    parts = [marker(message.request_id, "status"), *_parts(message), _buttons(message, boxes)]
+    named = ("Molt", message.target, message.request_id, message.template)
+    footer = " · ".join(p for p in named if p)
+    parts.append(f"<sub>{footer}</sub>")
+    return clip("\n\n".join(p for p in parts if p), BODY_LIMIT)
+
+
+def document(message: Message, request_id: str, kind: str) -> str:
+    """A message as a document of its own (a pull request's body): its text and fields."""
+    parts = [marker(request_id, kind), *_parts(message, title=False)]
+    return clip("\n\n".join(p for p in parts if p), BODY_LIMIT)
+
+
+def _parts(message: Message, *, title: bool = True) -> list[str]:
+    parts = []
+    heading = " ".join(people.unmarked(message.title).split())
+    if heading and title:
+        parts.append(f"### {_markdown(heading)}")
     text = _markdown(message.text).strip()
     if text:
         parts.append(text)
@@ -71,11 +85,7 @@ def status(message: Message, *, boxes: bool) -> str:
         if value:
             name = " ".join(people.unmarked(field.name).split())
             parts.append(f"**{name}**\n{value}" if "\n" in value else f"**{name}:** {value}")
-    parts.append(_buttons(message, boxes))
-    named = ("Molt", message.target, message.request_id, message.template)
-    footer = " · ".join(p for p in named if p)
-    parts.append(f"<sub>{footer}</sub>")
-    return clip("\n\n".join(p for p in parts if p), BODY_LIMIT)
+    return parts
 
 
 def _buttons(message: Message, boxes: bool) -> str:

@@ -17,7 +17,14 @@ from typing import Any
 ACTIONS = {
     "issues": frozenset({"opened", "labeled"}),
     "issue_comment": frozenset({"created", "edited"}),
+    # The pull requests Molt opened: merged or closed, pushed to, checked, reviewed.
+    "pull_request": frozenset({"closed", "synchronize"}),
+    "pull_request_review": frozenset({"submitted"}),
+    "check_suite": frozenset({"completed"}),
+    "status": frozenset({""}),  # a commit status has no action
 }
+#: Events about a pull request or its head commit rather than an issue.
+PULL_EVENTS = frozenset({"pull_request", "pull_request_review", "check_suite", "status"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,11 @@ class Happening:
         """
         if self.event == "issues":
             return f"{self.repo}#{self.number}:0:request"
+        if self.event in PULL_EVENTS:
+            head = self.extra.get("head_sha", "")
+            return (
+                f"{self.repo}#{self.number}:pull:{self.event}:{self.action}:{head}:{self.delivery}"
+            )
         action = f"edited:{self.delivery}" if self.action == "edited" else self.action
         return f"{self.repo}#{self.number}:{self.comment_id}:{action}"
 
@@ -65,6 +77,11 @@ class Happening:
         raw = json.loads(text)
         raw["labels"] = tuple(raw.get("labels") or ())
         return cls(**raw)
+
+
+def as_object(value: Any) -> dict[str, Any]:
+    """A payload's object, or {} for anything else (a field GitHub left out or nulled)."""
+    return value if isinstance(value, dict) else {}
 
 
 def is_bot(user: Any) -> bool:
@@ -88,6 +105,8 @@ def from_webhook(event: str, payload: dict[str, Any], delivery: str) -> Happenin
     action = str(payload.get("action", ""))
     if action not in ACTIONS.get(event, ()):
         return None
+    if event in PULL_EVENTS:
+        return _pull_happening(event, action, payload, delivery)
     repo = payload.get("repository") or {}
     issue = payload.get("issue") or {}
     sender = payload.get("sender") or {}
@@ -159,4 +178,39 @@ def from_comment(repo: str, comment: dict[str, Any]) -> Happening:
         body=str(comment.get("body") or ""),
         comment_id=int(comment["id"]),
         source="poll",
+    )
+
+
+def _pull_happening(event: str, action: str, payload: dict[str, Any], delivery: str) -> Happening:
+    """A pull request event, or one about a commit (a check suite, a status), which names
+    the pull requests it belongs to only by their head commit (``number`` 0 then)."""
+    repo = payload.get("repository") or {}
+    sender = payload.get("sender") or {}
+    if not isinstance(repo, dict) or not repo.get("full_name") or not _login(sender):
+        raise ValueError("a delivery without repository.full_name or sender.login")
+    pull = payload.get("pull_request") or {}
+    if not isinstance(pull, dict):
+        raise ValueError("pull_request must be an object")
+    sha = str(as_object(pull.get("head")).get("sha") or payload.get("sha") or "")
+    if event == "check_suite":
+        suite = payload.get("check_suite") or {}
+        sha = str(suite.get("head_sha", "")) if isinstance(suite, dict) else ""
+    merged_by = as_object(pull.get("merged_by"))
+    number = pull.get("number", 0)
+    return Happening(
+        event=event,
+        action=action,
+        repo=str(repo["full_name"]),
+        number=number if isinstance(number, int) else 0,
+        login=_login(sender),
+        bot=is_bot(sender),
+        title=str(pull.get("title") or ""),
+        pull_request=True,
+        delivery=delivery,
+        extra={
+            "merged": bool(pull.get("merged")),
+            "merge_commit_sha": str(pull.get("merge_commit_sha") or ""),
+            "merged_by": _login(merged_by),
+            "head_sha": sha,
+        },
     )

@@ -46,8 +46,11 @@ class Poller:
         client: Github,
         conn: redis.Redis,
         found: Callable[[Happening], None],
+        follow: Callable[[Callable[[Happening], None]], None] | None = None,
     ) -> None:
         self.settings = settings
+        #: What else is polled each time (the pull requests Molt follows).
+        self.follow = follow
         self.client = client
         self.conn = conn
         self.found = found
@@ -71,6 +74,8 @@ class Poller:
                 self._comments(repo)
             except (GithubException, requests.RequestException) as exc:
                 log.warning("github poll failed", repo=repo, error=str(exc)[:200])
+        if self.follow is not None:
+            self.follow(self.found)
 
     def _issues(self, repo: str) -> None:
         params = {"labels": self.settings.github_label, "state": "open"}

@@ -1,6 +1,7 @@
 """The fake GitHub answers the real PyGithub the way GitHub does: comments, edits, labels,
-permissions, conditional requests, errors after a write that landed, rate limits, and
-webhook deliveries signed as GitHub signs them."""
+permissions, conditional requests, errors after a write that landed, rate limits, pull
+requests with their reviews, check runs and statuses, and webhook deliveries signed as GitHub
+signs them."""
 
 from __future__ import annotations
 
@@ -25,11 +26,15 @@ from github import (
 from tests.fakes.github import (
     TOKEN,
     FakeGitHub,
+    check_suite_payload,
     deliver,
     issue_comment_payload,
     issues_payload,
     ping_payload,
+    pull_request_payload,
+    pull_request_review_payload,
     sign,
+    status_payload,
 )
 
 REPO = "acme/api"
@@ -271,3 +276,129 @@ def test_unknown_paths_and_unreadable_bodies_are_refused_as_on_github(fake: Fake
     assert fake.comments(REPO, number) == []
     assert fake.add_label(REPO, number, "molt")["color"] == "ededed"
     assert fake.labels_on(REPO, number) == ["molt"]
+
+
+SHA_1 = "1" * 40
+SHA_2 = "2" * 40
+
+
+def test_a_pull_request_made_through_pygithub_is_an_issue_too(fake: FakeGitHub) -> None:
+    fake.open_issue(REPO, "Bug", "", "bob")
+    fake.set_branch(REPO, "molt/v2", SHA_1)
+    repo = _client(fake).get_repo(REPO)
+    made = repo.create_pull("main", "molt/v2", title="Deploy v2", body="Plan", draft=True)
+    assert made.number == 2 and made.draft and made.user.login == "molt-bot"
+    assert (made.head.label, made.head.sha, made.base.ref) == ("acme:molt/v2", SHA_1, "main")
+    with pytest.raises(GithubException) as twice:
+        repo.create_pull("main", "acme:molt/v2", title="again")
+    assert twice.value.status == 422
+    assert twice.value.data["errors"][0]["message"] == (
+        "A pull request already exists for acme:molt/v2."
+    )
+    repo.get_issue(made.number).create_comment("Approve?")
+    shown = repo.get_pull(made.number)
+    assert shown.title == "Deploy v2" and shown.comments == 1 and shown.mergeable
+    assert [p.number for p in repo.get_pulls(head="acme:molt/v2")] == [2]
+    assert list(repo.get_pulls(head="acme:other")) == []
+    issues = {i.number: i.pull_request is not None for i in repo.get_issues()}
+    assert issues == {1: False, 2: True}
+    assert fake.pull(REPO, 2)["html_url"].endswith("/acme/api/pull/2")
+
+
+def test_a_502_after_a_pull_request_that_landed_leaves_exactly_one(fake: FakeGitHub) -> None:
+    fake.fail_next("POST", "/pulls", 502, land=True)
+    repo = _client(fake).get_repo(REPO)
+    with pytest.raises(GithubException) as failed:
+        repo.create_pull("main", "molt/v2", title="Deploy v2")
+    assert failed.value.status == 502
+    with pytest.raises(GithubException) as retried:
+        repo.create_pull("main", "molt/v2", title="Deploy v2")
+    assert retried.value.status == 422
+    [found] = repo.get_pulls(head="acme:molt/v2", base="main")
+    assert found.title == "Deploy v2" and len(fake.pulls(REPO)) == 1
+    assert [c.status for c in fake.calls_to("POST", "/pulls")] == [502, 422]
+
+
+def test_pushes_reviews_merges_and_closes_show_as_on_github(fake: FakeGitHub) -> None:
+    number = fake.open_pull(REPO, "Deploy", "", "alice", "feature", head_sha=SHA_1)["number"]
+    other = fake.open_pull(REPO, "Other", "", "bob", "bob:fix")["number"]
+    fake.push_to_pull(REPO, number, SHA_2)
+    fake.add_review(REPO, number, "carol")
+    fake.add_review(REPO, number, "bob", "CHANGES_REQUESTED")
+    repo = _client(fake).get_repo(REPO)
+    pull = repo.get_pull(number)
+    assert pull.head.sha == SHA_2 and pull.user.login == "alice"
+    reviews = [(r.user.login, r.state, r.commit_id) for r in pull.get_reviews()]
+    assert reviews == [("carol", "APPROVED", SHA_2), ("bob", "CHANGES_REQUESTED", SHA_2)]
+    fake.merge_pull(REPO, number, "carol", "m" * 40)
+    merged = repo.get_pull(number)
+    assert (merged.state, merged.merged, merged.merged_by.login) == ("closed", True, "carol")
+    assert merged.merge_commit_sha == "m" * 40 and merged.merged_at is not None
+    assert repo.get_pull(other).base.sha == "m" * 40
+    with pytest.raises(GithubException) as reopened:
+        merged.edit(state="open")
+    assert reopened.value.status == 422
+    fake.close_pull(REPO, other, "bob")
+    assert [p.number for p in repo.get_pulls()] == []
+    assert [p.number for p in repo.get_pulls(state="closed", direction="asc")] == [1, 2]
+    repo.get_pull(other).edit(state="open", title="Other, again")
+    assert fake.pull(REPO, other)["state"] == "open" and not fake.pull(REPO, other)["merged"]
+    assert fake.issue(REPO, other)["title"] == "Other, again"
+    assert fake.pull(REPO, other)["head"]["repo"]["full_name"] == "bob/api"
+
+
+def test_check_runs_and_the_combined_status_of_a_commit(fake: FakeGitHub) -> None:
+    fake.open_pull(REPO, "Deploy", "", "alice", "feature", head_sha=SHA_1)
+    fake.set_check_runs(
+        REPO,
+        SHA_1,
+        [
+            {"name": "build", "status": "completed", "conclusion": "success"},
+            {"name": "lint", "status": "in_progress", "conclusion": None},
+        ],
+    )
+    fake.set_check_runs(REPO, SHA_1, [{"name": "lint", "conclusion": "failure"}])
+    commit = _client(fake).get_repo(REPO).get_commit(SHA_1)
+    runs = {r.name: (r.status, r.conclusion) for r in commit.get_check_runs()}
+    assert runs == {"build": ("completed", "success"), "lint": ("completed", "failure")}
+    assert commit.get_check_runs().totalCount == 2
+    empty = commit.get_combined_status()
+    assert (empty.state, empty.total_count, empty.sha) == ("pending", 0, SHA_1)
+    fake.set_statuses(REPO, SHA_1, [{"context": "ci/a", "state": "success"}])
+    fake.set_statuses(REPO, SHA_1, [{"context": "ci/b", "state": "pending"}])
+    assert commit.get_combined_status().state == "pending"
+    fake.set_statuses(REPO, SHA_1, [{"context": "ci/b", "state": "success"}])
+    combined = _client(fake).get_repo(REPO).get_commit("feature").get_combined_status()
+    assert (combined.state, combined.total_count) == ("success", 2)
+    fake.set_statuses(REPO, SHA_1, [{"context": "ci/a", "state": "error"}])
+    assert [s.state for s in commit.get_combined_status().statuses] == ["success", "error"]
+    assert commit.get_combined_status().state == "failure"
+    with pytest.raises(ValueError):
+        fake.set_check_runs(
+            REPO, SHA_1, [{"name": "x", "status": "queued", "conclusion": "success"}]
+        )
+
+
+def test_pull_request_check_and_status_events_are_shaped_like_githubs(
+    fake: FakeGitHub,
+) -> None:
+    opened = fake.open_pull(REPO, "Deploy", "", "alice", "feature", head_sha=SHA_1)
+    pushed = fake.push_to_pull(REPO, opened["number"], SHA_2)
+    sync = pull_request_payload("synchronize", REPO, pushed, "alice", before=SHA_1)
+    assert (sync["number"], sync["before"], sync["after"]) == (1, SHA_1, SHA_2)
+    assert sync["pull_request"]["head"]["label"] == "acme:feature"
+    with pytest.raises(ValueError):
+        pull_request_payload("synchronize", REPO, pushed, "alice")
+    assert "before" not in pull_request_payload("opened", REPO, opened, "alice")
+    review = fake.add_review(REPO, 1, "carol")
+    reviewed = pull_request_review_payload("submitted", REPO, pushed, review, "carol")
+    assert reviewed["review"]["state"] == "APPROVED" and reviewed["sender"]["login"] == "carol"
+    suite = check_suite_payload("completed", REPO, SHA_2, "success", "github-actions[bot]")
+    assert suite["check_suite"]["head_sha"] == SHA_2 and suite["sender"]["type"] == "Bot"
+    assert suite["check_suite"]["status"] == "completed"
+    status = status_payload(REPO, SHA_2, "failure", "ci/build", "ci-bot")
+    assert "action" not in status and (status["state"], status["context"]) == (
+        "failure",
+        "ci/build",
+    )
+    assert status["repository"]["full_name"] == REPO and status["commit"]["sha"] == SHA_2

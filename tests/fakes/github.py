@@ -4,9 +4,11 @@ signed webhook deliveries shaped like the ones GitHub sends.
 The server answers the calls Molt's GitHub front end makes, at the paths PyGithub uses (a
 ``base_url`` with no path, so ``/repos/...`` at the root), with the JSON GitHub documents: ids,
 ``node_id``, ``url`` fields pointing back at the fake (PyGithub follows them), ``user`` objects,
-timestamps like ``2026-12-02T01:02:03Z``. Every answer carries the ``x-ratelimit-*`` headers;
+timestamps like ``2026-12-02T01:02:03Z``. Pull requests are issues too (one number space,
+comments through the issues API), with heads on branches tests point at commits, reviews,
+check runs and commit statuses. Every answer carries the ``x-ratelimit-*`` headers;
 every GET answers with an ``ETag``, and a matching ``If-None-Match`` gets a 304 that costs
-nothing, as on GitHub. Tests arrange state (repos, collaborators, issues, comments), inject
+nothing, as on GitHub. Tests arrange state (repos, collaborators, issues, comments, PRs), inject
 failures (an error after a write that landed, secondary and primary rate limits, a broken
 permission check) and read back what a person would see on the issue.
 """
@@ -56,6 +58,18 @@ ROLES = {
     "none": "none",
 }
 DEPLOYMENT_STATES = ("error", "failure", "inactive", "in_progress", "queued", "pending", "success")
+CHECK_STATUSES = ("queued", "in_progress", "completed")
+CHECK_CONCLUSIONS = (
+    "success",
+    "failure",
+    "neutral",
+    "cancelled",
+    "skipped",
+    "timed_out",
+    "action_required",
+)
+COMMIT_STATES = ("error", "failure", "pending", "success")
+REVIEW_STATES = ("APPROVED", "CHANGES_REQUESTED", "COMMENTED", "DISMISSED", "PENDING")
 _MESSAGES = {
     400: "Problems parsing JSON",
     401: "Bad credentials",
@@ -121,6 +135,23 @@ class _Deployment:
 
 
 @dataclass
+class _Pull:
+    """What a pull request holds beyond its issue (title, body, state and user live there)."""
+
+    id: int
+    head_owner: str
+    head_ref: str
+    head_sha: str
+    base_ref: str
+    draft: bool
+    maintainer_can_modify: bool = True
+    merged_at: str | None = None
+    merged_by: str | None = None
+    merge_commit_sha: str | None = None
+    reviews: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
 class _Repo:
     json: dict[str, Any]
     roles: dict[str, str]
@@ -129,6 +160,10 @@ class _Repo:
     comments: dict[int, dict[str, Any]] = field(default_factory=dict)
     comment_issue: dict[int, int] = field(default_factory=dict)
     deployments: dict[int, _Deployment] = field(default_factory=dict)
+    pulls: dict[int, _Pull] = field(default_factory=dict)  # by issue number
+    branches: dict[str, str] = field(default_factory=dict)  # sha by ref, "owner:ref" for forks
+    check_runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by sha
+    commit_statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by sha
     next_number: int = 1
 
     @property
@@ -138,6 +173,10 @@ class _Repo:
     @property
     def full_name(self) -> str:
         return str(self.json["full_name"])
+
+    @property
+    def owner(self) -> str:
+        return str(self.json["owner"]["login"])
 
 
 Handler = Callable[..., _Reply]
@@ -175,6 +214,14 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", _R + r"/deployments/(\d+)", "_get_deployment"),
         ("GET", _R + r"/deployments/(\d+)/statuses", "_list_statuses"),
         ("POST", _R + r"/deployments/(\d+)/statuses", "_create_status"),
+        ("GET", _R + r"/pulls", "_list_pulls"),
+        ("POST", _R + r"/pulls", "_create_pull"),
+        ("GET", _R + r"/pulls/(\d+)", "_get_pull"),
+        ("PATCH", _R + r"/pulls/(\d+)", "_patch_pull"),
+        ("GET", _R + r"/pulls/(\d+)/reviews", "_list_reviews"),
+        ("GET", _R + r"/commits/([^/]+)", "_get_commit"),
+        ("GET", _R + r"/commits/([^/]+)/check-runs", "_list_check_runs"),
+        ("GET", _R + r"/commits/([^/]+)/status", "_get_combined_status"),
     ]
 ]
 
@@ -216,6 +263,10 @@ class FakeGitHub(HttpFake):
                 ("label", 7_100_000_001),
                 ("deployment", 1_900_000_001),
                 ("status", 4_300_000_001),
+                ("pull", 2_100_000_001),
+                ("review", 1_500_000_001),
+                ("check_run", 2_900_000_001),
+                ("commit_status", 4_600_000_001),
             ]
         }
         self._changed = threading.Condition()
@@ -288,6 +339,111 @@ class FakeGitHub(HttpFake):
             comment["body"] = new_body
             comment["updated_at"] = self._now()
             return old, copy.deepcopy(comment)
+
+    def set_branch(self, repo: str, branch: str, sha: str) -> None:
+        """Where ``branch`` (or a fork's ``owner:branch``) points; a PR opened from it takes it."""
+        with self._changed:
+            self._repo(repo).branches[branch] = sha
+
+    def open_pull(
+        self,
+        repo: str,
+        title: str,
+        body: str,
+        user: str,
+        head: str,
+        base: str = "main",
+        head_sha: str | None = None,
+        draft: bool = False,
+    ) -> dict[str, Any]:
+        """A pull request ``user`` opened from ``head`` (``branch`` or ``owner:branch``); it is
+        also issue ``number``, in the issues list and taking issue comments."""
+        with self._changed:
+            found = self._repo(repo)
+            try:
+                number = self._open_pull(found, title, body, user, head, base, head_sha, draft)
+            except _Refusal as refusal:
+                raise ValueError(_refusal_text(refusal)) from None
+            return self._pull_json(found, number)
+
+    def push_to_pull(self, repo: str, number: int, head_sha: str) -> dict[str, Any]:
+        """A push to the PR's branch: its head (and the branch) now at ``head_sha``."""
+        with self._changed:
+            found = self._repo(repo)
+            pull = self._find_pull(found, number)
+            if found.issues[int(number)]["state"] != "open":
+                raise ValueError(f"pull request #{number} is not open")
+            pull.head_sha = head_sha
+            found.branches[_branch_key(found, pull.head_owner, pull.head_ref)] = head_sha
+            found.issues[int(number)]["updated_at"] = self._now()
+            return self._pull_json(found, number)
+
+    def merge_pull(self, repo: str, number: int, by: str, merge_commit_sha: str) -> dict[str, Any]:
+        """``by`` merging an open PR: closed, merged, and its base branch at the merge commit."""
+        with self._changed:
+            found = self._repo(repo)
+            pull, issue = self._find_pull(found, number), found.issues[int(number)]
+            if issue["state"] != "open":
+                raise ValueError(f"pull request #{number} is not open")
+            self._close(issue, by)
+            pull.merged_at, pull.merged_by = issue["closed_at"], by
+            pull.merge_commit_sha = merge_commit_sha
+            issue["pull_request"]["merged_at"] = pull.merged_at
+            found.branches[pull.base_ref] = merge_commit_sha
+            return self._pull_json(found, number)
+
+    def close_pull(self, repo: str, number: int, by: str) -> dict[str, Any]:
+        """``by`` closing a PR without merging it."""
+        with self._changed:
+            found = self._repo(repo)
+            self._find_pull(found, number)
+            self._close(found.issues[int(number)], by)
+            return self._pull_json(found, number)
+
+    def add_review(
+        self, repo: str, number: int, user: str, state: str = "APPROVED", *, body: str = ""
+    ) -> dict[str, Any]:
+        """A review ``user`` submitted on the PR's head commit as it is now."""
+        if state not in REVIEW_STATES:
+            raise ValueError(f"review state {state!r} is not one of {REVIEW_STATES}")
+        with self._changed:
+            found = self._repo(repo)
+            pull = self._find_pull(found, number)
+            review_id, url = next(self._ids["review"]), f"{found.url}/pulls/{number}"
+            web = f"{found.issues[int(number)]['html_url']}#pullrequestreview-{review_id}"
+            review = {
+                "id": review_id,
+                "node_id": f"PRR_kwDOMolt{review_id}",
+                "user": self._user(user),
+                "body": body,
+                "state": state,
+                "html_url": web,
+                "pull_request_url": url,
+                "author_association": self._association(found, user),
+                "_links": {"html": {"href": web}, "pull_request": {"href": url}},
+                "submitted_at": self._now(),
+                "commit_id": pull.head_sha,
+            }
+            pull.reviews.append(review)
+            return copy.deepcopy(review)
+
+    def set_check_runs(self, repo: str, sha: str, runs: Iterable[dict[str, Any]]) -> None:
+        """Check runs on ``sha`` by ``name``, ``status`` and ``conclusion``; a run of a name
+        already there replaces it (a re-run), the others stay."""
+        with self._changed:
+            found = self._repo(repo)
+            made = [self._check_run(found, sha, run) for run in runs]
+            names = {run["name"] for run in made}
+            kept = [run for run in found.check_runs.get(sha, []) if run["name"] not in names]
+            found.check_runs[sha] = kept + made
+
+    def set_statuses(self, repo: str, sha: str, statuses: Iterable[dict[str, Any]]) -> None:
+        """Commit statuses on ``sha`` by ``context`` and ``state``, newer than those there: the
+        combined status counts the newest of each context."""
+        with self._changed:
+            found = self._repo(repo)
+            made = [self._commit_status(found, sha, status) for status in statuses]
+            found.commit_statuses.setdefault(sha, []).extend(made)
 
     def fail_next(
         self,
@@ -420,6 +576,18 @@ class FakeGitHub(HttpFake):
                 }
                 for _, d in sorted(self._repo(repo).deployments.items())
             ]
+
+    def pulls(self, repo: str) -> list[dict[str, Any]]:
+        """Every pull request, oldest first, as ``GET /pulls/{n}`` shows it."""
+        with self._changed:
+            found = self._repo(repo)
+            return [self._pull_json(found, number) for number in sorted(found.pulls)]
+
+    def pull(self, repo: str, number: int) -> dict[str, Any]:
+        with self._changed:
+            found = self._repo(repo)
+            self._find_pull(found, number)
+            return self._pull_json(found, number)
 
     # -- one request -----------------------------------------------------------
 
@@ -1054,6 +1222,359 @@ class FakeGitHub(HttpFake):
         deployment.json["updated_at"] = now
         return status
 
+    # -- pull requests, checks and statuses: state -----------------------------
+
+    def _find_pull(self, repo: _Repo, number: int | str) -> _Pull:
+        pull = repo.pulls.get(int(number))
+        if pull is None:
+            raise _Refusal(404)
+        return pull
+
+    def _open_pull(
+        self,
+        repo: _Repo,
+        title: str,
+        body: str | None,
+        login: str,
+        head: str,
+        base: str,
+        head_sha: str | None,
+        draft: bool,
+    ) -> int:
+        """A PR and its issue; refused as GitHub refuses a second open PR for a head and base."""
+        owner, _, ref = head.rpartition(":")
+        owner = owner or repo.owner
+        if owner.lower() == repo.owner.lower() and ref == base:
+            raise _Refusal(422, _custom("PullRequest", f"No commits between {base} and {ref}"))
+        self._refuse_twin(repo, owner, ref, base)
+        label, key = f"{owner}:{ref}", _branch_key(repo, owner, ref)
+        sha = head_sha or repo.branches.get(key) or _fake_sha(f"{repo.full_name}:{label}")
+        repo.branches[key] = sha
+        issue = self._open(repo, title, body, login, True, None)
+        issue["draft"] = draft
+        pull = _Pull(next(self._ids["pull"]), owner, ref, sha, base, draft)
+        repo.pulls[issue["number"]] = pull
+        return int(issue["number"])
+
+    def _refuse_twin(self, repo: _Repo, owner: str, ref: str, base: str) -> None:
+        """GitHub allows one open PR per head and base."""
+        label = f"{owner}:{ref}"
+        for number, other in repo.pulls.items():
+            same = f"{other.head_owner}:{other.head_ref}".lower() == label.lower()
+            if same and other.base_ref == base and repo.issues[number]["state"] == "open":
+                raise _Refusal(
+                    422, _custom("PullRequest", f"A pull request already exists for {label}.")
+                )
+
+    def _close(self, issue: dict[str, Any], by: str | None) -> None:
+        issue["state"], issue["state_reason"] = "closed", "completed"
+        issue["closed_at"] = issue["updated_at"] = self._now()
+        issue["closed_by"] = self._user(by or self.login)
+
+    def _branch_sha(self, repo: _Repo, ref: str) -> str:
+        return repo.branches.get(ref) or _fake_sha(f"{repo.full_name}:{repo.owner}:{ref}")
+
+    def _resolve_ref(self, repo: _Repo, ref: str) -> str:
+        """The commit a ref names: a branch the repo knows, the default branch, or a sha."""
+        if ref in repo.branches or ref == repo.json["default_branch"]:
+            return self._branch_sha(repo, ref)
+        if re.fullmatch(r"[0-9a-f]{7,40}", ref):
+            return ref
+        raise _Refusal(422, _error_body(422, f"No commit found for SHA: {ref}"))
+
+    def _pull_end(self, repo: _Repo, owner: str, ref: str, sha: str) -> dict[str, Any]:
+        """``head`` or ``base``: a fork's head names the fork's repository."""
+        same = owner.lower() == repo.owner.lower()
+        where = repo.json if same else repo_json(f"{owner}/{repo.json['name']}", self.url)
+        return {
+            "label": f"{owner}:{ref}",
+            "ref": ref,
+            "sha": sha,
+            "user": self._user(owner),
+            "repo": copy.deepcopy(where),
+        }
+
+    def _pull_json(self, repo: _Repo, number: int, *, full: bool = True) -> dict[str, Any]:
+        """GitHub's pull request; the list leaves out what only ``GET /pulls/{n}`` says."""
+        issue, pull = repo.issues[int(number)], repo.pulls[int(number)]
+        url, web = f"{repo.url}/pulls/{number}", issue["html_url"]
+        shown = ("state", "locked", "title", "user", "body", "labels", "milestone")
+        shown += ("active_lock_reason", "created_at", "updated_at", "closed_at")
+        shown += ("assignee", "assignees", "author_association")
+        statuses = f"{repo.url}/statuses/{pull.head_sha}"
+        data: dict[str, Any] = {
+            "url": url,
+            "id": pull.id,
+            "node_id": f"PR_kwDOMolt{pull.id}",
+            "html_url": web,
+            "diff_url": web + ".diff",
+            "patch_url": web + ".patch",
+            "issue_url": issue["url"],
+            "commits_url": url + "/commits",
+            "review_comments_url": url + "/comments",
+            "review_comment_url": f"{repo.url}/pulls/comments{{/number}}",
+            "comments_url": issue["comments_url"],
+            "statuses_url": statuses,
+            "number": int(number),
+            **{key: copy.deepcopy(issue[key]) for key in shown},
+            "merged_at": pull.merged_at,
+            "merge_commit_sha": pull.merge_commit_sha,
+            "requested_reviewers": [],
+            "requested_teams": [],
+            "head": self._pull_end(repo, pull.head_owner, pull.head_ref, pull.head_sha),
+            "base": self._pull_end(
+                repo, repo.owner, pull.base_ref, self._branch_sha(repo, pull.base_ref)
+            ),
+            "_links": {
+                "self": {"href": url},
+                "html": {"href": web},
+                "issue": {"href": issue["url"]},
+                "comments": {"href": issue["comments_url"]},
+                "commits": {"href": url + "/commits"},
+                "statuses": {"href": statuses},
+            },
+            "auto_merge": None,
+            "draft": pull.draft,
+        }
+        if full:
+            data.update(self._pull_detail(issue, pull))
+        return data
+
+    def _pull_detail(self, issue: dict[str, Any], pull: _Pull) -> dict[str, Any]:
+        """Merge state and counts: mergeable while open, ``null`` once closed as on GitHub."""
+        is_open = issue["state"] == "open"
+        return {
+            "merged": pull.merged_at is not None,
+            "mergeable": True if is_open else None,
+            "rebaseable": True if is_open else None,
+            "mergeable_state": ("draft" if pull.draft else "clean") if is_open else "unknown",
+            "merged_by": self._user(pull.merged_by) if pull.merged_by else None,
+            "comments": issue["comments"],
+            "review_comments": 0,
+            "maintainer_can_modify": pull.maintainer_can_modify,
+            "commits": 1,
+            "additions": 1,
+            "deletions": 0,
+            "changed_files": 1,
+        }
+
+    def _check_run(self, repo: _Repo, sha: str, run: dict[str, Any]) -> dict[str, Any]:
+        status, conclusion = run.get("status", "completed"), run.get("conclusion")
+        if status not in CHECK_STATUSES:
+            raise ValueError(f"check run status {status!r} is not one of {CHECK_STATUSES}")
+        if (status == "completed") != (conclusion is not None) or (
+            conclusion is not None and conclusion not in CHECK_CONCLUSIONS
+        ):
+            raise ValueError(f"check run conclusion {conclusion!r} does not fit {status!r}")
+        run_id, now = next(self._ids["check_run"]), self._now()
+        web = f"{WEB}/{repo.full_name}/runs/{run_id}"
+        return {
+            "id": run_id,
+            "head_sha": sha,
+            "node_id": f"CR_kwDOMolt{run_id}",
+            "external_id": "",
+            "url": f"{repo.url}/check-runs/{run_id}",
+            "html_url": web,
+            "details_url": web,
+            "status": status,
+            "conclusion": conclusion,
+            "started_at": now,
+            "completed_at": now if status == "completed" else None,
+            "output": {
+                "title": run.get("title"),
+                "summary": run.get("summary"),
+                "text": None,
+                "annotations_count": 0,
+                "annotations_url": f"{repo.url}/check-runs/{run_id}/annotations",
+            },
+            "name": str(run["name"]),
+            "check_suite": {"id": _stable_id("suite:" + sha)},
+            "app": _app_json(),
+            "pull_requests": [],
+        }
+
+    def _commit_status(self, repo: _Repo, sha: str, status: dict[str, Any]) -> dict[str, Any]:
+        state = status.get("state")
+        if state not in COMMIT_STATES:
+            raise ValueError(f"commit status state {state!r} is not one of {COMMIT_STATES}")
+        status_id, now = next(self._ids["commit_status"]), self._now()
+        creator = self._user(str(status.get("creator") or "ci-bot"))
+        return {
+            "url": f"{repo.url}/statuses/{sha}",
+            "avatar_url": creator["avatar_url"],
+            "id": status_id,
+            "node_id": f"SC_kwDOMolt{status_id}",
+            "state": state,
+            "description": status.get("description"),
+            "target_url": status.get("target_url"),
+            "context": str(status.get("context") or "default"),
+            "created_at": now,
+            "updated_at": now,
+            "creator": creator,
+        }
+
+    # -- the API: pull requests ------------------------------------------------
+
+    def _create_pull(self, owner: str, name: str, *, query: dict[str, str], body: Any) -> _Reply:
+        repo, fields = self._api_repo(owner, name), _object(body)
+        for key in ("head", "base", "title"):
+            if not isinstance(fields.get(key), str) or not fields[key]:
+                raise _Refusal(422, _validation("PullRequest", "missing_field", key))
+        number = self._open_pull(
+            repo,
+            fields["title"],
+            fields.get("body"),
+            self.login,
+            fields["head"],
+            fields["base"],
+            None,
+            bool(fields.get("draft", False)),
+        )
+        repo.pulls[number].maintainer_can_modify = bool(fields.get("maintainer_can_modify", True))
+        pull = self._pull_json(repo, number)
+        return _Reply(201, pull, {"location": pull["url"]})
+
+    def _list_pulls(self, owner: str, name: str, *, query: dict[str, str], body: Any) -> _Reply:
+        """``state``, ``head`` (``owner:branch``), ``base``; newest first unless sorted else."""
+        repo = self._api_repo(owner, name)
+        state, sort = query.get("state", "open"), query.get("sort", "created")
+        if state not in ("open", "closed", "all"):
+            raise _Refusal(422, _validation("PullRequest", "invalid", "state"))
+        keys = {"created": "created_at", "updated": "updated_at"}
+        keys |= {"popularity": "comments", "long-running": "created_at"}
+        if sort not in keys:
+            raise _Refusal(422, _validation("PullRequest", "invalid", "sort"))
+        found = []
+        for number in repo.pulls:
+            pull = self._pull_json(repo, number, full=False)
+            if state != "all" and pull["state"] != state:
+                continue
+            if query.get("head") and pull["head"]["label"].lower() != query["head"].lower():
+                continue
+            if query.get("base") and pull["base"]["ref"] != query["base"]:
+                continue
+            found.append(pull)
+        default = "desc" if sort == "created" else "asc"
+        descending = query.get("direction", default) == "desc"
+
+        def order(pull: dict[str, Any]) -> tuple[Any, int]:
+            number = pull["number"]
+            key = repo.issues[number]["comments"] if sort == "popularity" else pull[keys[sort]]
+            return key, number
+
+        found.sort(key=order, reverse=descending)
+        return self._page(found, f"/repos/{owner}/{name}/pulls", query)
+
+    def _get_pull(
+        self, owner: str, name: str, number: str, *, query: dict[str, str], body: Any
+    ) -> _Reply:
+        repo = self._api_repo(owner, name)
+        self._find_pull(repo, number)
+        return _Reply(200, self._pull_json(repo, int(number)))
+
+    def _patch_pull(
+        self, owner: str, name: str, number: str, *, query: dict[str, str], body: Any
+    ) -> _Reply:
+        """Title, body, base, state: a merged PR stays closed, a reopened one must be alone."""
+        repo, fields = self._api_repo(owner, name), _object(body)
+        pull, issue = self._find_pull(repo, number), repo.issues[int(number)]
+        if fields.get("state") not in (None, "open", "closed"):
+            raise _Refusal(422, _validation("PullRequest", "invalid", "state"))
+        if fields.get("state") == "open" and issue["state"] == "closed":
+            if pull.merged_at is not None:
+                raise _Refusal(
+                    422,
+                    _custom(
+                        "PullRequest", "state cannot be changed. The pull request has been merged."
+                    ),
+                )
+            self._refuse_twin(repo, pull.head_owner, pull.head_ref, pull.base_ref)
+            issue["state"], issue["state_reason"], issue["closed_at"] = "open", "reopened", None
+        elif fields.get("state") == "closed" and issue["state"] == "open":
+            self._close(issue, self.login)
+        for key in ("title", "body"):
+            if key in fields:
+                issue[key] = fields[key]
+        if isinstance(fields.get("base"), str) and fields["base"]:
+            pull.base_ref = fields["base"]
+        if "maintainer_can_modify" in fields:
+            pull.maintainer_can_modify = bool(fields["maintainer_can_modify"])
+        issue["updated_at"] = self._now()
+        return _Reply(200, self._pull_json(repo, int(number)))
+
+    def _list_reviews(
+        self, owner: str, name: str, number: str, *, query: dict[str, str], body: Any
+    ) -> _Reply:
+        """Reviews oldest first, as GitHub lists them."""
+        pull = self._find_pull(self._api_repo(owner, name), number)
+        path = f"/repos/{owner}/{name}/pulls/{number}/reviews"
+        return self._page(copy.deepcopy(pull.reviews), path, query)
+
+    # -- the API: commits, check runs, statuses --------------------------------
+
+    def _get_commit(
+        self, owner: str, name: str, ref: str, *, query: dict[str, str], body: Any
+    ) -> _Reply:
+        repo = self._api_repo(owner, name)
+        sha = self._resolve_ref(repo, ref)
+        person = {"name": "Molt Test", "email": "test@molt.example", "date": self._now()}
+        return _Reply(
+            200,
+            {
+                "sha": sha,
+                "node_id": f"C_kwDOMolt{sha[:12]}",
+                "url": f"{repo.url}/commits/{sha}",
+                "html_url": f"{WEB}/{repo.full_name}/commit/{sha}",
+                "commit": {"message": f"Commit {sha[:7]}", "author": person, "committer": person},
+                "parents": [],
+                "files": [],
+                "stats": {"total": 0, "additions": 0, "deletions": 0},
+            },
+        )
+
+    def _list_check_runs(
+        self, owner: str, name: str, ref: str, *, query: dict[str, str], body: Any
+    ) -> _Reply:
+        """``{"total_count", "check_runs"}``, filtered by ``check_name`` and ``status``."""
+        repo = self._api_repo(owner, name)
+        runs = [
+            run
+            for run in repo.check_runs.get(self._resolve_ref(repo, ref), [])
+            if query.get("check_name", run["name"]) == run["name"]
+            and query.get("status", run["status"]) == run["status"]
+        ]
+        path = f"/repos/{owner}/{name}/commits/{quote(ref, safe='')}/check-runs"
+        page = self._page(copy.deepcopy(runs), path, query)
+        page.body = {"total_count": len(runs), "check_runs": page.body}
+        return page
+
+    def _get_combined_status(
+        self, owner: str, name: str, ref: str, *, query: dict[str, str], body: Any
+    ) -> _Reply:
+        """The newest status of each context; failure if any failed or errored, pending if any
+        is pending or there are none, else success."""
+        repo = self._api_repo(owner, name)
+        sha = self._resolve_ref(repo, ref)
+        newest: dict[str, dict[str, Any]] = {}
+        for status in repo.commit_statuses.get(sha, []):
+            newest.pop(status["context"], None)
+            newest[status["context"]] = status
+        states = {status["state"] for status in newest.values()}
+        if states & {"failure", "error"}:
+            state = "failure"
+        else:
+            state = "pending" if not states or "pending" in states else "success"
+        combined = {
+            "state": state,
+            "statuses": copy.deepcopy(list(newest.values())),
+            "sha": sha,
+            "total_count": len(newest),
+            "repository": copy.deepcopy(repo.json),
+            "commit_url": f"{repo.url}/commits/{sha}",
+            "url": f"{repo.url}/commits/{sha}/status",
+        }
+        return _Reply(200, combined)
+
 
 class _Handler(BaseHTTPRequestHandler):
     owner: FakeGitHub
@@ -1166,6 +1687,28 @@ def _error_body(status: int, message: str | None = None) -> dict[str, Any]:
 def _validation(resource: str, code: str, field_name: str) -> dict[str, Any]:
     errors = [{"resource": resource, "code": code, "field": field_name}]
     return {**_error_body(422), "errors": errors}
+
+
+def _custom(resource: str, message: str) -> dict[str, Any]:
+    """A 422 whose reason GitHub words itself, as for a second PR from the same branch."""
+    errors = [{"resource": resource, "code": "custom", "message": message}]
+    return {**_error_body(422), "errors": errors}
+
+
+def _refusal_text(refusal: _Refusal) -> str:
+    body = refusal.reply.body if isinstance(refusal.reply.body, dict) else {}
+    errors = body.get("errors") or [body]
+    return str(errors[0].get("message") or body.get("message"))
+
+
+def _branch_key(repo: _Repo, owner: str, ref: str) -> str:
+    """A branch of the repository by its name, a fork's as ``owner:ref``."""
+    return ref if owner.lower() == repo.owner.lower() else f"{owner}:{ref}"
+
+
+def _fake_sha(text: str) -> str:
+    """A stable commit sha for a branch nobody set."""
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def _stable_id(text: str) -> int:
@@ -1292,6 +1835,153 @@ def issue_comment_payload(
     if changes is not None:
         payload["changes"] = copy.deepcopy(changes)
     return payload
+
+
+def _app_json() -> dict[str, Any]:
+    """The CI app that posts check runs and suites."""
+    return {
+        "id": 15368,
+        "slug": "github-actions",
+        "node_id": "MDM6QXBwMTUzNjg=",
+        "owner": user_json("github"),
+        "name": "GitHub Actions",
+        "description": "Automate your workflow from idea to production",
+        "external_url": "https://help.github.com/en/actions",
+        "html_url": f"{WEB}/apps/github-actions",
+        "created_at": "2018-07-30T09:30:17Z",
+        "updated_at": "2024-04-10T20:33:16Z",
+        "permissions": {"checks": "write", "statuses": "write"},
+        "events": ["check_run", "check_suite"],
+    }
+
+
+def pull_request_payload(
+    action: str,
+    repo: str | dict[str, Any],
+    pull: dict[str, Any],
+    sender: str | dict[str, Any],
+    *,
+    before: str | None = None,
+) -> dict[str, Any]:
+    """A ``pull_request`` event (opened, closed, reopened, synchronize…); on synchronize
+    ``before`` is the old head and ``after`` the pull's head now."""
+    payload: dict[str, Any] = {
+        "action": action,
+        "number": pull["number"],
+        "pull_request": copy.deepcopy(pull),
+        "repository": _repository(repo),
+        "sender": _sender(sender),
+    }
+    if action == "synchronize":
+        if before is None:
+            raise ValueError("a synchronize event needs the head sha from before the push")
+        payload["before"], payload["after"] = before, pull["head"]["sha"]
+    return payload
+
+
+def pull_request_review_payload(
+    action: str,
+    repo: str | dict[str, Any],
+    pull: dict[str, Any],
+    review: dict[str, Any],
+    sender: str | dict[str, Any],
+) -> dict[str, Any]:
+    """A ``pull_request_review`` event (submitted, edited, dismissed)."""
+    return {
+        "action": action,
+        "review": copy.deepcopy(review),
+        "pull_request": copy.deepcopy(pull),
+        "repository": _repository(repo),
+        "sender": _sender(sender),
+    }
+
+
+def check_suite_payload(
+    action: str,
+    repo: str | dict[str, Any],
+    sha: str,
+    conclusion: str | None,
+    sender: str | dict[str, Any],
+    *,
+    head_branch: str | None = None,
+) -> dict[str, Any]:
+    """A ``check_suite`` event (completed, requested, rerequested); no ``conclusion`` is a
+    suite still queued."""
+    repository = _repository(repo)
+    suite_id = _stable_id("suite:" + sha)
+    url = f"{repository['url']}/check-suites/{suite_id}"
+    person = {"name": "Molt Test", "email": "test@molt.example"}
+    suite = {
+        "id": suite_id,
+        "node_id": f"CS_kwDOMolt{suite_id}",
+        "head_branch": head_branch,
+        "head_sha": sha,
+        "status": "queued" if conclusion is None else "completed",
+        "conclusion": conclusion,
+        "url": url,
+        "before": None,
+        "after": sha,
+        "pull_requests": [],
+        "app": _app_json(),
+        "created_at": "2026-01-05T09:00:00Z",
+        "updated_at": "2026-01-05T09:00:00Z",
+        "rerequestable": True,
+        "runs_rerequestable": True,
+        "latest_check_runs_count": 1,
+        "check_runs_url": url + "/check-runs",
+        "head_commit": {
+            "id": sha,
+            "tree_id": _fake_sha("tree:" + sha),
+            "message": f"Commit {sha[:7]}",
+            "timestamp": "2026-01-05T09:00:00Z",
+            "author": person,
+            "committer": person,
+        },
+    }
+    return {
+        "action": action,
+        "check_suite": suite,
+        "repository": repository,
+        "sender": _sender(sender),
+    }
+
+
+def status_payload(
+    repo: str | dict[str, Any],
+    sha: str,
+    state: str,
+    context: str,
+    sender: str | dict[str, Any],
+    *,
+    description: str | None = None,
+    target_url: str | None = None,
+) -> dict[str, Any]:
+    """A ``status`` event: one commit status; GitHub sends it with no ``action``."""
+    repository = _repository(repo)
+    commit_url = f"{repository['url']}/commits/{sha}"
+    person = {"name": "Molt Test", "email": "test@molt.example", "date": "2026-01-05T09:00:00Z"}
+    return {
+        "id": _stable_id(f"status:{sha}:{context}:{state}"),
+        "sha": sha,
+        "name": repository["full_name"],
+        "target_url": target_url,
+        "context": context,
+        "description": description,
+        "state": state,
+        "commit": {
+            "sha": sha,
+            "node_id": f"C_kwDOMolt{sha[:12]}",
+            "commit": {"message": f"Commit {sha[:7]}", "author": person, "committer": person},
+            "url": commit_url,
+            "html_url": f"{repository['html_url']}/commit/{sha}",
+            "parents": [],
+        },
+        "branches": [],
+        "created_at": "2026-01-05T09:00:00Z",
+        "updated_at": "2026-01-05T09:00:00Z",
+        "repository": repository,
+        "sender": _sender(sender),
+    }
 
 
 HOOK_ID = 501_234_567

@@ -29,7 +29,15 @@ from pipeline.retries import transient
 from pipeline.snapshots import Sandbox
 from pipeline.usage import record_usage
 
-#: Who commits a change written in the sandbox; no hooks run and nothing is signed.
+#: Who writes and commits a change written in the sandbox, whatever the environment says.
+MOLT_AUTHOR = {
+    "GIT_AUTHOR_NAME": "Molt",
+    "GIT_AUTHOR_EMAIL": "molt@localhost",
+    "GIT_COMMITTER_NAME": "Molt",
+    "GIT_COMMITTER_EMAIL": "molt@localhost",
+}
+#: How a change written in the sandbox is committed; no hooks run and nothing is signed
+#: unless MOLT_COMMIT_SIGNING_KEY asks for it.
 COMMIT_CONFIG = (
     "-c",
     "user.name=Molt",
@@ -209,7 +217,9 @@ def _commit(git: Git, plan: Plan, request: Request, summary: str, signing: list[
         f"Change request {request.id} by {request.requester}, written from the approved plan.\n\n"
         + "\n".join(trailers(request))
     )
-    git.run(*COMMIT_CONFIG, *signing, "commit", "--quiet", "--no-verify", "-m", message)
+    git.run(
+        *COMMIT_CONFIG, *signing, "commit", "--quiet", "--no-verify", "-m", message, env=MOLT_AUTHOR
+    )
     return git.head()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from pipeline.exceptions import GitError
@@ -23,15 +24,24 @@ class Git:
         self.path = Path(path)
 
     def run(
-        self, *args: str, timeout: float = 60, check: bool = True, input: str | None = None
+        self,
+        *args: str,
+        timeout: float = 60,
+        check: bool = True,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> str:
         encoded = input.encode() if input is not None else None
-        return self.run_bytes(*args, timeout=timeout, check=check, input=encoded).decode(
-            "utf-8", "replace"
-        )
+        out = self.run_bytes(*args, timeout=timeout, check=check, input=encoded, env=env)
+        return out.decode("utf-8", "replace")
 
     def run_bytes(
-        self, *args: str, timeout: float = 60, check: bool = True, input: bytes | None = None
+        self,
+        *args: str,
+        timeout: float = 60,
+        check: bool = True,
+        input: bytes | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> bytes:
         """The raw output, for byte counts that matter (cat-file) or text that may not be UTF-8."""
         try:
@@ -39,7 +49,7 @@ class Git:
                 ["git", "-C", str(self.path), *args],
                 capture_output=True,
                 timeout=timeout,
-                env={**os.environ, **_ENV},
+                env={**os.environ, **_ENV, **(env or {})},
                 input=input,
                 check=False,
             )

@@ -1,0 +1,162 @@
+"""The running Molt with GitHub configured against the fake GitHub, and what it takes to act
+in an issue the way a person does: shared by the GitHub and pull request tests."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline import store
+from pipeline.config import load_settings
+from pipeline.requests import RequestStore
+from tests.fakes.github import (
+    TOKEN,
+    FakeGitHub,
+    deliver,
+    issue_comment_payload,
+    issues_payload,
+)
+from tests.support import Molt
+
+REPO = "acme/api"
+SECRET = "molt-test-webhook-secret"
+V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
+
+
+class GitHubBot:
+    """The running Molt, the fake GitHub, and what it takes to act in an issue."""
+
+    def __init__(self, molt: Molt, github: FakeGitHub, data_dir: Path) -> None:
+        self.molt = molt
+        self.github = github
+        self.port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        self.conn = store.connect(load_settings(data_dir=data_dir))
+        self.store = RequestStore(self.conn)
+        molt.wait_for(r"github connected")
+
+    @property
+    def hook(self) -> str:
+        return f"http://127.0.0.1:{self.port}/github/webhook"
+
+    def send(self, event: str, payload: dict[str, Any], **kwargs: Any) -> int:
+        status, _ = deliver(self.hook, event, payload, SECRET, **kwargs)
+        return status
+
+    def open_issue(self, title: str, body: str = "", user: str = "alice") -> dict[str, Any]:
+        issue = self.github.open_issue(REPO, title, body, user, labels=["molt"])
+        assert self.send("issues", issues_payload("opened", REPO, issue, user)) == 200
+        return issue
+
+    def comment(self, number: int, body: str, user: str = "alice", send: bool = True) -> int:
+        made = self.github.add_comment(REPO, number, body, user)
+        if send:
+            issue = self.github.issue(REPO, number)
+            payload = issue_comment_payload("created", REPO, issue, made, user)
+            assert self.send("issue_comment", payload) == 200
+        return int(made["id"])
+
+    def tick(self, number: int, box: str, user: str) -> None:
+        """``user`` ticks the ``box`` of the status comment, as GitHub's page does it."""
+        status = self.status_comment(number)
+        ticked = status["body"].replace(f"- [ ] {box}", f"- [x] {box}")
+        old, edited = self.github.edit_comment(REPO, int(status["id"]), ticked)
+        issue = self.github.issue(REPO, number)
+        payload = issue_comment_payload(
+            "edited", REPO, issue, edited, user, changes={"body": {"from": old}}
+        )
+        assert self.send("issue_comment", payload) == 200
+
+    def status_comments(self, number: int) -> list[dict[str, Any]]:
+        """Molt's status comments on ``number``, one per request, oldest first."""
+        return [c for c in self.github.comments(REPO, number) if '"kind": "status"' in c["body"]]
+
+    def status_comment(self, number: int) -> dict[str, Any]:
+        """The newest request's status comment on ``number``."""
+        found = self.status_comments(number)
+        assert found, [c["body"][:80] for c in self.github.comments(REPO, number)]
+        return found[-1]
+
+    def wait_until(
+        self, what: str, check: Callable[[], bool], timeout: float = 60, number: int = 1
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if check():
+                    return
+            except AssertionError:
+                pass
+            time.sleep(0.05)
+        bodies = json.dumps([c["body"][:400] for c in self.github.comments(REPO, number)], indent=1)
+        raise AssertionError(
+            f"{what}: not within {timeout} s\n{bodies}\n{self.molt.output[-3000:]}"
+        )
+
+    def shows(self, number: int, text: str, timeout: float = 60) -> dict[str, Any]:
+        """Wait until the status comment on ``number`` says ``text``."""
+        self.wait_until(
+            f"status comment saying {text!r}",
+            lambda: text in self.status_comment(number)["body"],
+            timeout,
+            number,
+        )
+        return self.status_comment(number)
+
+    def said(self, number: int, text: str, timeout: float = 30) -> dict[str, Any]:
+        """Wait for any comment on ``number`` saying ``text``."""
+        self.wait_until(
+            f"a comment saying {text!r}",
+            lambda: any(text in c["body"] for c in self.github.comments(REPO, number)),
+            timeout,
+            number,
+        )
+        return next(c for c in self.github.comments(REPO, number) if text in c["body"])
+
+    def requests(self) -> list[Any]:
+        return self.store.recent(50)
+
+
+@pytest.fixture
+def github() -> Iterator[FakeGitHub]:
+    with FakeGitHub() as fake:
+        fake.add_repo(
+            REPO,
+            {"alice": "write", "bob": "admin", "mallory": "read", "dave": "write"},
+        )
+        fake.add_repo("evil/elsewhere", {"alice": "write"})
+        yield fake
+
+
+@pytest.fixture
+def start_github_bot(
+    start_molt: Callable[..., Molt], data_dir: Path, github: FakeGitHub
+) -> Callable[..., GitHubBot]:
+    def start(**env: str) -> GitHubBot:
+        molt = start_molt(
+            "run",
+            "--no-console",
+            **{
+                "GITHUB_TOKEN": TOKEN,
+                "GITHUB_API_URL": github.url,
+                "GITHUB_WEBHOOK_SECRET": SECRET,
+                "MOLT_GITHUB_REPOS": REPO,
+                "MOLT_GITHUB_POLL": "0",
+                "MOLT_GITHUB_WRITE_INTERVAL": "0.02",
+                "MOLT_AUTHORISED_USERS": "github:alice,github:mallory,github:dave",
+                "MOLT_APPROVERS": "github:alice,github:bob,github:mallory",
+                **env,
+            },
+        )
+        return GitHubBot(molt, github, data_dir)
+
+    return start
+
+
+@pytest.fixture
+def github_bot(start_github_bot: Callable[..., GitHubBot]) -> GitHubBot:
+    return start_github_bot()

@@ -31,6 +31,7 @@ from pipeline import (
     releases,
     restart,
     snapshots,
+    workers,
 )
 from pipeline.config import DELIVERY_PULL_REQUEST, Settings, load_settings
 from pipeline.exceptions import IllegalTransition, UpdateFailed
@@ -97,11 +98,12 @@ def wait_for_turn(settings: Settings, conn: redis.Redis) -> tuple[str, str] | No
     """Block until the update lock is free, then take it for the head of the line; returns
     the request whose turn it is and the update's codename, or None once the line is empty.
 
-    Before each try with the lock free, an update left abandoned is rolled back first.
+    Before each try with the lock free, an update left abandoned is rolled back first. A
+    worker asked to shut down stops waiting (pipeline/workers.py ``stopping``).
     """
     target = Target(settings, conn)
     codename = ""
-    while len(target.line):
+    while len(target.line) and not workers.stopping(conn):
         if not control.is_paused(settings, conn):
             if target.lock.holder() is None:
                 recover_abandoned(settings, conn)

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 import structlog
-from rq import Queue, Worker
+from rq import Queue, Worker, get_current_job
 from rq.job import Job
 
 from pipeline import queueing
@@ -100,6 +100,21 @@ def run_worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os.execv(sys.executable, sys.orig_argv)
+
+
+def stopping(conn: Any) -> bool:
+    """Whether the RQ worker running the current job was asked to shut down (warm: RQ
+    waits for the job). A job only waiting for its turn then gives the turn up, so the
+    worker stops at once; the request keeps its place in the line for the next worker."""
+    job = get_current_job()
+    name = job.worker_name if job is not None else None
+    if not name:
+        return False
+    key = Worker.redis_worker_namespace_prefix + name
+    try:
+        return bool(conn.hexists(key, "shutdown_requested_date"))
+    except redis.RedisError:
+        return False
 
 
 def count_workers(settings: Settings) -> int:

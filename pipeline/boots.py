@@ -216,12 +216,12 @@ class BootRecords:
         return CrashLoop(commit, failures, within).describe() if len(failures) >= count else None
 
     def starting(self) -> bool:
-        """Someone is bringing Molt back: a start is under way, or one began moments ago (a
-        supervisor restarting it)."""
+        """Someone is bringing Molt back: a start is under way, or one began or ended moments
+        ago (a supervisor restarting it after it exited, which a busy machine makes slow)."""
         for start in self.starts(5):
             if start.alive and not start.healthy_at:
                 return True
-            if time.time() - start.at < RESTART_GRACE:
+            if time.time() - max(start.at, start.ended_at) < RESTART_GRACE:
                 return True
         return False
 

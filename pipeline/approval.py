@@ -46,6 +46,7 @@ _NOW = {
     S.QUEUED: "is queued",
     S.RUNNING: "is running",
     S.RESTARTING: "is restarting the service",
+    S.WATCHING: "is live and being watched after its restart",
     S.SUCCEEDED: "succeeded",
     S.FAILED: "failed",
     S.CANCELLED: "was cancelled",
@@ -64,6 +65,7 @@ _NEXT = {
     S.QUEUED: _RESULT_FOLLOWS,
     S.RUNNING: _RESULT_FOLLOWS,
     S.RESTARTING: _RESULT_FOLLOWS,
+    S.WATCHING: _RESULT_FOLLOWS,
 }
 #: States an approver's answer led to: who answered says more than the state's message.
 _ANSWERED = frozenset({S.APPROVED, S.QUEUED, S.REJECTED})

@@ -221,6 +221,35 @@ class Settings(BaseSettings):
     #: The target this is the view of (``for_target``); empty for the settings as loaded.
     _target_name: str = PrivateAttr("")
     _views: dict[str, Settings] = PrivateAttr(default_factory=dict)
+    # The watch window after every restart (pipeline/watching.py): the health command every
+    # MOLT_WATCH_INTERVAL seconds for MOLT_WATCH_SECONDS (0: off); MOLT_WATCH_FAILURES failed
+    # probes, or an incident on the target, roll the update back.
+    watch_seconds: float = _var("MOLT_WATCH_SECONDS", 60.0, ge=0)
+    watch_interval: float = _var("MOLT_WATCH_INTERVAL", 5.0, gt=0)
+    watch_failures: int = _var("MOLT_WATCH_FAILURES", 2, ge=1)
+    # Incidents (pipeline/incidents.py): where they come from, when they count, where they
+    # are posted, and what Molt does about them.
+    #: "<occurrences>/<seconds>": a log signature or webhook fingerprint opens an incident
+    #: once seen that often within that many seconds.
+    incident_threshold: str = _var(
+        "MOLT_INCIDENT_THRESHOLD", "5/300", pattern=r"^\s*[1-9]\d*\s*/\s*[1-9]\d*\s*$"
+    )
+    incident_cooldown: float = _var("MOLT_INCIDENT_COOLDOWN", 900.0, ge=0)
+    incident_channel: str = _var(
+        "MOLT_INCIDENT_CHANNEL",
+        "console",
+        pattern=r"^(console|slack:[A-Z0-9]+|discord:\d+|github:[\w.-]+/[\w.-]+)$",
+    )
+    suspect_window: float = _var("MOLT_SUSPECT_WINDOW", 1800.0, ge=0)
+    alert_token: SecretStr | None = _var("MOLT_ALERT_TOKEN")
+    alert_secret: SecretStr | None = _var("MOLT_ALERT_SECRET")
+    sentry_secret: SecretStr | None = _var("MOLT_SENTRY_SECRET")
+    #: "project-slug=target,…": the target each Sentry project's alerts are about.
+    sentry_projects: UserList = _var("MOLT_SENTRY_PROJECTS", [])
+    #: The managed service's log files (a path or a glob); for Molt itself its own logs.
+    watch_log: str = _var("MOLT_WATCH_LOG", "")
+    health_interval: float = _var("MOLT_HEALTH_INTERVAL", 60.0, ge=0)
+    health_failures: int = _var("MOLT_HEALTH_FAILURES", 3, ge=1)
 
     @classmethod
     def settings_customise_sources(
@@ -271,6 +300,16 @@ class Settings(BaseSettings):
     def _split_names(cls, value: Any) -> Any:
         names = _listed(value)
         return value if names is None else names
+
+    @field_validator("sentry_projects", mode="before")
+    @classmethod
+    def _split_projects(cls, value: Any) -> Any:
+        projects = _listed(value)
+        for entry in projects or []:
+            slug, sep, target = entry.partition("=")
+            if not sep or not slug.strip() or not target.strip():
+                raise ValueError(f"expected project-slug=target entries, got {entry!r}")
+        return value if projects is None else projects
 
     @field_validator("discord_channels", mode="before")
     @classmethod
@@ -434,6 +473,19 @@ class Settings(BaseSettings):
         return int(starts), float(seconds)
 
     @property
+    def incident_threshold_limit(self) -> tuple[int, float]:
+        """MOLT_INCIDENT_THRESHOLD as (occurrences, within seconds)."""
+        count, seconds = self.incident_threshold.split("/")
+        return int(count), float(seconds)
+
+    @property
+    def watched_logs(self) -> str:
+        """MOLT_WATCH_LOG, or for Molt itself the logs of its bot and workers."""
+        if self.watch_log or not self.manages_itself:
+            return self.watch_log
+        return str(self.data_dir / "*.log")
+
+    @property
     def updates_dir(self) -> Path:
         return self.data_dir / "updates"
 
@@ -453,6 +505,9 @@ class Settings(BaseSettings):
             self.github_token,
             self.github_app_private_key,
             self.github_webhook_secret,
+            self.alert_token,
+            self.alert_secret,
+            self.sentry_secret,
         ]
         return [v.get_secret_value() for v in values if v and v.get_secret_value()]
 

@@ -31,6 +31,7 @@ from pipeline import (
     releases,
     restart,
     snapshots,
+    watching,
     workers,
 )
 from pipeline.config import DELIVERY_PULL_REQUEST, Settings, load_settings
@@ -54,7 +55,7 @@ from pipeline.validation import PhaseResult, PhaseSpec, run_phase
 
 log = structlog.get_logger(__name__)
 MOLT = "molt"
-PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "verify")
+PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "verify", "watch")
 CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
 #: A change delivered as a pull request stops after phase 1 (MOLT_CHANGE_DELIVERY).
 PROPOSAL_PHASES = (*CHANGE_PHASES[:4], "propose")
@@ -137,6 +138,7 @@ class Update:
         self.heartbeat: Heartbeat | None = None
         self.flaky: list[str] = []  # tests that failed, then passed when run again
         self.command = RunningCommand(conn, self.target.keys.command)
+        self.watched = ""  # what the watch window saw, for the success message
 
     # -- starting, the lock taken for it ------------------------------------------------
 
@@ -269,6 +271,7 @@ class Update:
         two = self._phase_two(plan, changed, baseline)
         self._sign_release(plan)
         self._restart(plan)
+        self._watch(plan)
         self._succeed(plan, one.test_seconds + two.test_seconds, len(changed))
 
     def _proposes(self, plan: Plan) -> bool:
@@ -439,6 +442,27 @@ class Update:
         summary = restart.restart(self.settings, self.conn, plan.target_commit, log_path)
         self.check("restart and verify", True, time.monotonic() - began, summary)
 
+    def _watch(self, plan: Plan) -> None:
+        """The watch window (pipeline/watching.py); a failure in it rolls back like any other."""
+        if not self.settings.watch_seconds:
+            return
+        seconds = f"{self.settings.watch_seconds:g} s"
+        self.enter("watch", f"live; watching its health for {seconds}", state=S.WATCHING)
+        began = time.monotonic()
+        report = watching.watch(
+            self.settings,
+            self.conn,
+            plan.target_commit,
+            self.trail.log_dir / "watch.log",
+            guard=self.guard,
+            news=watching.news_since(self.settings, self.conn, time.time()),
+            shown=lambda seen: self.store.refresh(
+                self.request_id, self._progress("watch") | {"watch": seen.summary()}
+            ),
+        )
+        self.watched = report.summary()
+        self.check("watch", True, time.monotonic() - began, self.watched)
+
     def _succeed(self, plan: Plan, test_seconds: float, changed: int) -> None:
         total = self.trail.elapsed
         self.target.durations.add(total)
@@ -451,10 +475,13 @@ class Update:
             "to_commit": plan.target_commit,
             "release": self.release.release if self.release else None,
             "flaky": self.flaky,
+            "watch": self.watched,
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:
             message += f" as signed release {self.release.release}"
+        if self.watched:
+            message += f"; {self.watched}"
         if plan.kind == "change":
             parts = (f"{message}.", *self.notes, model_use(self.conn, self.request_id, result))
             message = " ".join(part for part in parts if part)

@@ -56,6 +56,7 @@ from pipeline.processes import RunningCommand, alive
 from pipeline.requests import ACTIVE, Request, RequestStore
 from pipeline.rollback import RESTARTED_PHASES, Trail, undo
 from pipeline.snapshots import Snapshot
+from pipeline.states import UNDER_WAY
 from pipeline.states import RequestState as S
 from pipeline.targets import Target, of_target
 from pipeline.workers import count_workers
@@ -81,7 +82,7 @@ def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
     lock = Target(settings, conn).lock
     recovered = []
     for request in store.active():
-        if request.state not in (S.RUNNING, S.RESTARTING) or not of_target(settings, request):
+        if request.state not in UNDER_WAY or not of_target(settings, request):
             continue
         if lock.holder() is not None:
             continue
@@ -89,10 +90,10 @@ def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
             continue
         try:
             current = store.get(request.id)
-            if current.state not in (S.RUNNING, S.RESTARTING):
+            if current.state not in UNDER_WAY:
                 continue
             log.warning("recovering abandoned update", request_id=request.id, phase=current.phase)
-            restarted = current.state is S.RESTARTING or current.phase in RESTARTED_PHASES
+            restarted = current.state is not S.RUNNING or current.phase in RESTARTED_PHASES
             trail = Trail.left_by(settings, current, since=current.updated_at, restarted=restarted)
             phase = current.phase or "update"
             failure = UpdateFailed(
@@ -301,7 +302,7 @@ def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
     abandoned = [
         r
         for r in store.active()
-        if r.state in (S.RUNNING, S.RESTARTING) and r.id != live and of_target(settings, r)
+        if r.state in UNDER_WAY and r.id != live and of_target(settings, r)
     ]
     release, outcome = _return_to_snapshot(settings, conn, abandoned)
     _settle_requests(settings, conn, requests, live, outcome)
@@ -379,7 +380,7 @@ def _return_to_snapshot(
                 f"returned the live checkout from {where} to {_where(live)}: the snapshot "
                 f"update {name} took before it stopped half-done in {newest.phase or 'its run'}"
             )
-        if newest.state is S.RESTARTING or newest.phase in RESTARTED_PHASES:
+        if newest.state in (S.RESTARTING, S.WATCHING) or newest.phase in RESTARTED_PHASES:
             step.say(_restart_after(settings, conn, newest, snapshot))
     except UpdateFailed as exc:
         step.fail(f"returning to snapshot {snapshot.short} of update {name}: {exc.reason}")
@@ -505,7 +506,7 @@ def _stuck(
     """Why ``request`` can no longer move on by itself; "" if it can (or waits for a person).
     ``served``: a worker job is there to take the waiting line's next turn."""
     age = time.time() - request.updated_at
-    if request.state in (S.RUNNING, S.RESTARTING):
+    if request.state in UNDER_WAY:
         if request.id == live:
             return ""
         phase = request.phase or request.state.value

@@ -27,6 +27,7 @@ from pipeline.git import Git
 from pipeline.processes import RunningCommand
 from pipeline.requests import Request, RequestStore
 from pipeline.snapshots import Snapshot
+from pipeline.states import UNDER_WAY
 from pipeline.states import RequestState as S
 from pipeline.targets import Target
 from pipeline.usage import model_use
@@ -34,7 +35,7 @@ from pipeline.usage import model_use
 log = structlog.get_logger(__name__)
 MOLT = "molt"
 #: The phases after which the service runs the update's code.
-RESTARTED_PHASES = ("restart", "verify")
+RESTARTED_PHASES = ("restart", "verify", "watch")
 
 
 @dataclass
@@ -114,7 +115,7 @@ def _roll_back_and_report(
     trail: Trail,
 ) -> None:
     request = store.get(request_id)
-    if request.state is S.RESTARTING or request.state is S.RUNNING:
+    if request.state in UNDER_WAY:
         store.transition(
             request_id,
             S.RUNNING,

@@ -23,6 +23,7 @@ class RequestState(StrEnum):
     QUEUED = "queued"  # waiting for the update lock
     RUNNING = "running"  # the job runs; ``phase`` says where
     RESTARTING = "restarting"  # the service is being restarted and verified
+    WATCHING = "watching"  # restarted and verified; watched for MOLT_WATCH_SECONDS before success
     SUCCEEDED = "succeeded"  # landed and verified (terminal)
     FAILED = "failed"  # rolled back to the snapshot (terminal; Retry starts again)
     CANCELLED = "cancelled"  # stopped by an operator or the requester (terminal)
@@ -35,6 +36,9 @@ TERMINAL = frozenset(
     {S.REFUSED, S.BLOCKED, S.REJECTED, S.EXPIRED, S.SUCCEEDED, S.FAILED, S.CANCELLED, S.PROPOSED}
 )
 
+#: An update under way on a worker: what abandoned-update recovery rolls back.
+UNDER_WAY = frozenset({S.RUNNING, S.RESTARTING, S.WATCHING})
+
 _MOVES: dict[RequestState, frozenset[RequestState]] = {
     S.RECEIVED: frozenset({S.REFUSED, S.PREFLIGHT, S.CANCELLED, S.FAILED}),
     S.PREFLIGHT: frozenset({S.BLOCKED, S.PLANNING, S.CANCELLED, S.FAILED}),
@@ -44,7 +48,9 @@ _MOVES: dict[RequestState, frozenset[RequestState]] = {
     S.APPROVED: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.QUEUED: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
     S.RUNNING: frozenset({S.RUNNING, S.RESTARTING, S.SUCCEEDED, S.FAILED, S.PROPOSED}),
-    S.RESTARTING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED}),
+    S.RESTARTING: frozenset({S.RUNNING, S.WATCHING, S.SUCCEEDED, S.FAILED}),
+    # A failed watch rolls back (running, phase rollback); a quiet one succeeds.
+    S.WATCHING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED}),
     # Retry: the same request goes round again from pre-flight.
     S.FAILED: frozenset({S.PREFLIGHT}),
     S.BLOCKED: frozenset({S.PREFLIGHT}),
@@ -69,6 +75,7 @@ def template_for(state: RequestState, phase: str = "") -> str | None:
         S.PLAN_READY: "plan_ready",
         S.QUEUED: "queued",
         S.RESTARTING: "restarting",
+        S.WATCHING: "watching",
         S.SUCCEEDED: "success",
         S.FAILED: "failure",
         S.REFUSED: "refused",

@@ -27,6 +27,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith(_LEAKY_PREFIXES) or name in _LEAKY_NAMES:
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("MOLT_CONFIG", str(tmp_path / "no-molt.toml"))
+    # No watch window after restarts unless a test asks for one: a test's update ends at once.
+    monkeypatch.setenv("MOLT_WATCH_SECONDS", "0")
     for who in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{who}_NAME", "Test Person")
         monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.invalid")

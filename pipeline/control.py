@@ -20,6 +20,7 @@ from pipeline import audit, authorisation, autonomy, intake, queueing, workers
 from pipeline.config import Settings
 from pipeline.decisions import Decision
 from pipeline.keyspace import TargetKeys
+from pipeline.locking import PRIORITY_NAMES
 from pipeline.manifests import ReleaseKind, running_version
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
@@ -136,9 +137,11 @@ def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) 
 
 def release_kind(settings: Settings, request: Request) -> ReleaseKind:
     """The kind of release an update of ``request`` signs: a rollback only for a rollback an
-    operator asked for, checked again here (MOLT_OPERATORS may have changed since)."""
+    operator asked for, checked again here (MOLT_OPERATORS may have changed since), or one
+    Molt raised for an incident."""
     operator = authorisation.may_operate(settings, request.origin)
-    if request.command == "rollback" and operator:
+    recovery = authorisation.raised_by_molt(request.origin)
+    if request.command == "rollback" and (operator or recovery):
         return ReleaseKind.ROLLBACK
     return ReleaseKind.UPDATE
 
@@ -199,10 +202,12 @@ def switched_off(settings: Settings) -> list[str]:
 def waiting(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
     store = RequestStore(conn)
     out = []
-    for position, request_id in enumerate(Target(settings, conn).line.ids(), start=1):
+    line = Target(settings, conn).line
+    for position, request_id in enumerate(line.ids(), start=1):
         found = store.find(request_id)
         if found:
-            out.append(found.context() | {"position": position})
+            priority = PRIORITY_NAMES.get(line.priority(request_id), "")
+            out.append(found.context() | {"position": position, "priority": priority})
     return out
 
 

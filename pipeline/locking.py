@@ -32,6 +32,15 @@ local ids = redis.call('LRANGE', KEYS[1], 0, -1)
 for i, id in ipairs(ids) do
   if id == ARGV[1] then return i end
 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local mine = tonumber(ARGV[2])
+for i, id in ipairs(ids) do
+  local theirs = tonumber(redis.call('HGET', KEYS[2], id) or ARGV[3])
+  if theirs > mine then
+    redis.call('LINSERT', KEYS[1], 'BEFORE', id, ARGV[1])
+    return i
+  end
+end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 _REFRESH = """
@@ -126,20 +135,37 @@ class Heartbeat:
         self._thread.join(timeout=2)
 
 
+#: Priorities in the waiting line, first served first; first come first served within each.
+RECOVERY = 0  # a rollback an incident raised
+OPERATOR_ROLLBACK = 1  # a rollback an operator asked for
+ORDINARY = 2  # everything else
+PRIORITY_NAMES = {RECOVERY: "incident recovery", OPERATOR_ROLLBACK: "rollback", ORDINARY: ""}
+
+
 class WaitingLine:
-    """Approved requests waiting for the lock, in order."""
+    """Approved requests waiting for the lock, in order: a priority queue (incident
+    recovery, then operator rollbacks, then the rest), first come first served within
+    each priority. Priorities are kept in the hash ``<key>:priority``."""
 
     def __init__(self, conn: redis.Redis, key: str) -> None:
         self.conn = conn
         self.key = key
+        self.priorities = f"{key}:priority"
 
-    def join(self, request_id: str) -> int:
-        """Add a request at the end, unless it is in the line already; returns its 1-based
-        position."""
-        return int(self.conn.eval(_JOIN, 1, self.key, request_id))
+    def join(self, request_id: str, priority: int = ORDINARY) -> int:
+        """Add a request behind every request of its priority or a higher one, unless it is
+        in the line already; returns its 1-based position."""
+        return int(
+            self.conn.eval(_JOIN, 2, self.key, self.priorities, request_id, priority, ORDINARY)
+        )
+
+    def priority(self, request_id: str) -> int:
+        raw = self.conn.hget(self.priorities, request_id)
+        return int(raw) if raw is not None else ORDINARY
 
     def leave(self, request_id: str) -> None:
         self.conn.lrem(self.key, 0, request_id)
+        self.conn.hdel(self.priorities, request_id)
 
     def ids(self) -> list[str]:
         return [str(i) for i in self.conn.lrange(self.key, 0, -1)]

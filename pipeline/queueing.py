@@ -22,8 +22,10 @@ from rq import Queue
 from rq.job import Job
 
 from pipeline import store as stores
+from pipeline.authorisation import raised_by_molt
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
+from pipeline.locking import OPERATOR_ROLLBACK, ORDINARY, RECOVERY
 from pipeline.requests import Origin, Request, RequestStore, request_key
 from pipeline.states import RequestState as S
 from pipeline.targets import Target
@@ -68,7 +70,7 @@ def enqueue(settings: Settings, conn: redis.Redis, request_id: str) -> int:
     """
     store = RequestStore(conn)
     target = Target(settings, conn)
-    position = target.line.join(request_id)
+    position = target.line.join(request_id, priority(store.get(request_id)))
     held = target.lock.holder()
     running = 1 if held else 0
     try:
@@ -85,6 +87,13 @@ def enqueue(settings: Settings, conn: redis.Redis, request_id: str) -> int:
         raise
     add_job(settings, request)
     return position
+
+
+def priority(request: Request) -> int:
+    """Where a request joins the line: incident recovery first, then operator rollbacks."""
+    if request.command != "rollback":
+        return ORDINARY
+    return RECOVERY if raised_by_molt(request.origin) else OPERATOR_ROLLBACK
 
 
 def add_job(settings: Settings, request: Request, *, again: bool = False) -> str:

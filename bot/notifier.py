@@ -24,6 +24,7 @@ from bot.rendering import refusal_line, render
 from pipeline import events
 from pipeline.config import Settings
 from pipeline.exceptions import UnknownRequest
+from pipeline.incidents import is_incident_event
 from pipeline.requests import Origin, Request, RequestStore
 
 log = structlog.get_logger(__name__)
@@ -111,6 +112,9 @@ class Notifier:
     def _deliver(self, event: events.Event) -> None:
         if not event.template:
             return
+        if is_incident_event(event):
+            self._announce(event)
+            return
         try:
             request = self.store.get(event.request_id)
         except UnknownRequest:
@@ -139,6 +143,17 @@ class Notifier:
             template=event.template,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    def _announce(self, event: events.Event) -> None:
+        """An incident's news, posted where MOLT_INCIDENT_CHANNEL says."""
+        assert event.template is not None
+        platform, _, channel = self.settings.incident_channel.partition(":")
+        adapter = self.adapters.get(platform)
+        if adapter is None:
+            log.warning("no adapter for the incident channel", platform=platform)
+            return
+        context = {"request_id": "", **event.data, "state": event.state}
+        adapter.announce(channel, render(event.template, context))
 
     def context(self, request: Request, event: events.Event) -> dict[str, Any]:
         context = request.context() | event.data | {"state": event.state}

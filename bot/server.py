@@ -1,4 +1,5 @@
-"""The bot's HTTP server: /slack/events, /github/webhook, /healthz, /metrics, under uvicorn.
+"""The bot's HTTP server: /slack/events, /github/webhook, /alerts/*, /healthz, /metrics,
+under uvicorn.
 
 It runs in a process of its own (``molt http``, started by ``molt run``), which
 only verifies, acks and hands input to the inbox: acks never wait behind the
@@ -52,6 +53,7 @@ class HttpServer:
         boot_id: str,
         slack_endpoint: Endpoint | None = None,
         github_endpoint: Endpoint | None = None,
+        alert_routes: list[Route] | None = None,
     ) -> None:
         self.conn = conn
         self.target_id = target_id
@@ -65,6 +67,7 @@ class HttpServer:
             routes.append(Route("/slack/events", slack_endpoint, methods=["POST"]))
         if github_endpoint is not None:
             routes.append(Route("/github/webhook", github_endpoint, methods=["POST"]))
+        routes.extend(alert_routes or [])
         self.app = Starlette(routes=routes)
         config = uvicorn.Config(
             self.app,
@@ -171,6 +174,9 @@ def serve(settings: Settings) -> int:
 
         hook = Webhook(conn, secret.get_secret_value(), settings.github_repos)
         github_endpoint = hook.serve
+
+    from bot.alerts import AlertEndpoints
+
     server = HttpServer(
         settings.http_host,
         settings.http_port,
@@ -179,6 +185,7 @@ def serve(settings: Settings) -> int:
         boot_id,
         slack_endpoint,
         github_endpoint,
+        AlertEndpoints(settings, conn).routes(),
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())

@@ -184,6 +184,21 @@ def approve_automatically(settings: Settings, conn: redis.Redis, request_id: str
     return _approved(settings, conn, request_id, autonomy.AUTO_APPROVER, message)
 
 
+def approve_recovery(settings: Settings, conn: redis.Redis, request_id: str) -> Decision:
+    """MOLT_AUTONOMY=auto: the rollback Molt raised for an incident is approved by Molt
+    itself whatever its plan's risk: returning to the release before the suspect update is
+    the recovery (pipeline/oncall.py). Audited as ``molt:auto``."""
+    request = RequestStore(conn).get(request_id)
+    decision = _late(request) and approvable(settings, conn, request)
+    recovery = request.command == "rollback" and authorisation.raised_by_molt(request.origin)
+    if decision and not (settings.autonomy == "auto" and recovery):
+        decision = Decision(False, "only an incident's rollback is approved this way", "autonomy")
+    if not decision:
+        return decision
+    message = "approved by Molt itself: the rollback of an incident's suspect (MOLT_AUTONOMY=auto)"
+    return _approved(settings, conn, request_id, autonomy.AUTO_APPROVER, message)
+
+
 def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     store = RequestStore(conn)
     request = store.get(request_id)

@@ -8,6 +8,9 @@ from pipeline.decisions import ALLOWED, Decision
 from pipeline.requests import Origin
 
 CHECK = "authorisation"
+#: The requester of a rollback Molt raised for an incident (pipeline/oncall.py). No
+#: platform's user id holds a colon, so nobody who writes to Molt can be this.
+RECOVERY_USER = "molt:incident"
 
 
 def _listed(who: Origin, entries: list[str]) -> bool:
@@ -32,3 +35,8 @@ def may_operate(settings: Settings, who: Origin) -> Decision:
     if _listed(who, settings.operators):
         return ALLOWED
     return Decision(False, "only operators may do that", CHECK)
+
+
+def raised_by_molt(who: Origin) -> bool:
+    """Whether Molt itself raised the request, for an incident (never a person)."""
+    return who.user == RECOVERY_USER

@@ -26,6 +26,7 @@ from pipeline import (
     control,
     intake,
     manifests,
+    oncall,
     proposals,
     queueing,
     releases,
@@ -455,7 +456,7 @@ class Update:
             plan.target_commit,
             self.trail.log_dir / "watch.log",
             guard=self.guard,
-            news=watching.news_since(self.settings, self.conn, time.time()),
+            news=oncall.news_since(self.settings, self.conn, time.time()),
             shown=lambda seen: self.store.refresh(
                 self.request_id, self._progress("watch") | {"watch": seen.summary()}
             ),

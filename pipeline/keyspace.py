@@ -26,6 +26,14 @@
   molt:boot:<id>:good              hash: commit → when a start on it last reported healthy
   molt:boot:<id>:rollback          hash {from, to, detail, at}: the boot guard's last rollback
   molt:seen:<id>                   when a worker of the target last beat (pipeline/workers.py)
+  molt:queue:<id>:priority         hash: request id → its priority in the waiting line
+                                   (0 incident recovery, 1 operator rollback, 2 the rest)
+  molt:incidents:<id>              sorted set: the target's incident ids by first seen
+  molt:incidents:<id>:current      hash: fingerprint → the incident its occurrences feed
+  molt:incidents:<id>:seen:<fp>    sorted set: when a counted fingerprint was seen (the
+                                   sliding window of MOLT_INCIDENT_THRESHOLD)
+  molt:incidents:<id>:acted        the incident whose automatic action is the target's last,
+                                   kept for MOLT_INCIDENT_COOLDOWN
 
 Keys shared by every target (requests, audit, events, codenames, the bot's registration)
 are named by the module that owns them.
@@ -53,6 +61,10 @@ FORMATS = {
     "good_starts": "molt:boot:{id}:good",
     "guard_rollback": "molt:boot:{id}:rollback",
     "seen": "molt:seen:{id}",
+    "priorities": "molt:queue:{id}:priority",
+    "incidents": "molt:incidents:{id}",
+    "current_incidents": "molt:incidents:{id}:current",
+    "acted": "molt:incidents:{id}:acted",
 }
 
 
@@ -75,6 +87,10 @@ class TargetKeys:
     good_starts: str = field(init=False)
     guard_rollback: str = field(init=False)
     seen: str = field(init=False)
+    priorities: str = field(init=False)
+    incidents: str = field(init=False)
+    current_incidents: str = field(init=False)
+    acted: str = field(init=False)
 
     def __post_init__(self) -> None:
         for name, key in FORMATS.items():
@@ -88,6 +104,9 @@ class TargetKeys:
 
     def imports(self, commit: str) -> str:
         return f"molt:imports:{self.target_id}:{commit}"
+
+    def occurrences(self, fingerprint: str) -> str:
+        return f"molt:incidents:{self.target_id}:seen:{fingerprint}"
 
     def start(self, start_id: str) -> str:
         return f"molt:boot:{self.target_id}:start:{start_id}"

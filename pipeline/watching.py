@@ -76,11 +76,6 @@ def probe(settings: Settings, conn: redis.Redis, expect: str, log_path: Path) ->
     return ""
 
 
-def news_since(settings: Settings, conn: redis.Redis, since: float) -> Callable[[], list[str]]:
-    """The incidents opened on the target since ``since``, as the watch reads them."""
-    return list
-
-
 def watch(
     settings: Settings,
     conn: redis.Redis,

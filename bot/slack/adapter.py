@@ -145,5 +145,8 @@ class Slack(Adapter):
     def reply(self, origin: Origin, message: Message) -> None:
         self.delivery.reply(origin, message)
 
+    def announce(self, channel: str, message: Message) -> None:
+        self.delivery.announce(channel, message)
+
     def show_home(self, origin: Origin, message: Message) -> None:
         self.delivery.show_home(origin, message)

@@ -89,6 +89,12 @@ class Delivery:
         )
         return new_ref
 
+    def announce(self, channel: str, message: Message) -> None:
+        """A message for the whole channel, outside any request's thread."""
+        self.client.chat_postMessage(
+            channel=channel, **content(message, message.request_id, message.codename)
+        )
+
     def _ephemeral(self, origin: Origin, posted: dict[str, Any]) -> None:
         try:
             self.client.chat_postEphemeral(channel=origin.channel, user=origin.user, **posted)

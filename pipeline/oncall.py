@@ -1,0 +1,209 @@
+"""On call: what Molt does when production signals trouble. Roll back first.
+
+Signals reach the bot process through the stream ``molt:alerts``: the HTTP process
+verifies an alert delivery, drops a redelivery and appends its signals (``hand_over``),
+acknowledging the sender at once; the log watcher and the idle health probes append to
+it too. ``SignalReader`` (a thread of the bot) takes each into the incident book
+(pipeline/incidents.py) and acknowledges it once taken; entries taken but unfinished
+when the bot stopped are taken again at start.
+
+A newly opened incident may act, once per target per MOLT_INCIDENT_COOLDOWN
+(``respond``): when an update landed on the target within MOLT_SUSPECT_WINDOW before
+the incident began, it is the suspect, and Molt plans a rollback to the release before
+it through the normal pipeline, a request of command ``rollback`` raised by
+``molt:incident``, which joins the waiting line ahead of ordinary requests. Under
+MOLT_AUTONOMY=auto it is approved by ``molt:auto`` at once; otherwise the incident's
+message carries Approve rollback. An update still under way on the target is left to
+its watch window, which rolls it back on its own. Alert text never reaches a plan: a
+rollback's text is Molt's own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis
+import structlog
+
+from pipeline import approval, autonomy, intake
+from pipeline.alerts import Signal
+from pipeline.authorisation import RECOVERY_USER, raised_by_molt
+from pipeline.config import Settings
+from pipeline.git import Git
+from pipeline.incidents import Incident, IncidentBook, first_delivery
+from pipeline.requests import Origin, Request, RequestStore
+from pipeline.states import UNDER_WAY
+from pipeline.states import RequestState as S
+
+log = structlog.get_logger(__name__)
+STREAM = "molt:alerts"
+GROUP = "oncall"
+CONSUMER = "bot"
+MAXLEN = 100_000
+
+
+def hand_over(conn: redis.Redis, signals: list[Signal]) -> tuple[int, int]:
+    """Queue signals for the bot, dropping redeliveries; returns (taken, duplicates)."""
+    taken = duplicates = 0
+    for signal in signals:
+        if not first_delivery(conn, signal):
+            duplicates += 1
+            continue
+        conn.xadd(STREAM, {"signal": signal.to_json()}, maxlen=MAXLEN, approximate=True)
+        taken += 1
+    return taken, duplicates
+
+
+def names_this_target(settings: Settings, name: str) -> bool:
+    """The target an alert names: its id, its directory's name, or none (the only one)."""
+    return name in ("", settings.target_id, settings.target_dir.name)
+
+
+def incident_origin(settings: Settings, incident: Incident) -> Origin:
+    """Where an incident's rollback lives and is shown: MOLT_INCIDENT_CHANNEL."""
+    platform, _, channel = settings.incident_channel.partition(":")
+    return Origin(platform, RECOVERY_USER, channel, user_name=f"incident {incident.id}")
+
+
+def take(settings: Settings, conn: redis.Redis, signal: Signal) -> None:
+    """Take one signal; a new incident is responded to."""
+    if not names_this_target(settings, signal.target):
+        log.warning("an alert for another target", target=signal.target[:100])
+        return
+    book = IncidentBook(settings, conn)
+    taken = book.take(signal)
+    if taken.opened and taken.incident is not None:
+        respond(settings, conn, book, taken.incident)
+
+
+def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident: Incident) -> None:
+    """Roll back first: plan a rollback of the suspect update, when there is one."""
+    store = RequestStore(conn)
+    under_way = next((r for r in store.active() if r.state in UNDER_WAY), None)
+    if under_way is not None:
+        name = under_way.codename or under_way.id
+        why = f"update {name} is under way; its watch window rolls it back on its own"
+        return _nothing(book, incident, why)
+    suspect = find_suspect(settings, store, incident.first_seen)
+    if suspect is None:
+        window = f"{settings.suspect_window:g} s"
+        return _nothing(book, incident, f"no update landed within {window} before it began")
+    incident.suspect = suspect.codename or suspect.id
+    allowed = autonomy.may_act(settings)
+    if not allowed:
+        return _nothing(book, incident, allowed.reason)
+    taken_by = book.claim_action(incident)
+    if taken_by is not None:
+        why = f"incident {taken_by} acted on this target within MOLT_INCIDENT_COOLDOWN"
+        return _nothing(book, incident, why)
+    request = plan_rollback(settings, conn, incident, suspect)
+    book.act(incident, "rollback", {"request_id": request.id, "suspect": incident.suspect})
+    if settings.autonomy == "auto" and request.state is S.PLAN_READY:
+        approval.approve_recovery(settings, conn, request.id)
+    request = store.get(request.id)
+    waiting = request.state is S.PLAN_READY
+    message = (
+        f"update {incident.suspect} is the suspect: a rollback to the release before it is "
+        + ("planned, waiting for approval" if waiting else f"{request.state.value}")
+    )
+    data = {"rollback_request": request.id, "rollback_waiting": waiting, "request_id": request.id}
+    book.record(incident, "incident_rollback", message, data)
+
+
+def _nothing(book: IncidentBook, incident: Incident, why: str) -> None:
+    book.act(incident, "nothing", {"reason": why})
+    book.record(incident, "incident_nothing", f"no automatic action: {why}")
+
+
+def find_suspect(settings: Settings, store: RequestStore, began: float) -> Request | None:
+    """The update that landed last, if within MOLT_SUSPECT_WINDOW before ``began`` and still
+    live; a rollback Molt raised itself is never a suspect (a person decides then)."""
+    head = Git(settings.target_dir).head()
+    for request in store.recent(50):
+        if request.state is not S.SUCCEEDED or not request.plan:
+            continue
+        if raised_by_molt(request.origin) or request.plan.get("target_commit") != head:
+            return None
+        landed = request.updated_at
+        if landed <= began + 1 and began - landed <= settings.suspect_window:
+            return request
+        return None
+    return None
+
+
+def plan_rollback(
+    settings: Settings, conn: redis.Redis, incident: Incident, suspect: Request
+) -> Request:
+    """A rollback request of Molt's own, through pre-flight and planning like any other."""
+    base = str((suspect.plan or {}).get("base_commit", ""))
+    name = suspect.codename or suspect.id
+    text = f"rollback {name} (incident {incident.id})"
+    request = RequestStore(conn).create(incident_origin(settings, incident), text, "rollback", base)
+    return intake.advance(settings, conn, request.id)
+
+
+def news_since(settings: Settings, conn: redis.Redis, since: float) -> Callable[[], list[str]]:
+    """The incidents opened on the target since ``since``, for a watch window."""
+    book = IncidentBook(settings, conn)
+
+    def opened() -> list[str]:
+        return [f"incident {i.id}: {i.summary}" for i in book.opened_since(since)]
+
+    return opened
+
+
+@dataclass
+class SignalReader:
+    """The consumer side of ``molt:alerts``: a thread in the bot process."""
+
+    settings: Settings
+    conn: redis.Redis
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="molt-oncall", daemon=True)
+
+    def start(self) -> None:
+        try:
+            self.conn.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        start = "0"  # first what a previous bot process took and did not finish
+        while not self._stop.is_set():
+            try:
+                reply = self.conn.xreadgroup(
+                    GROUP, CONSUMER, {STREAM: start}, count=100, block=None if start == "0" else 500
+                )
+            except redis.RedisError as exc:
+                log.warning("alert stream unreachable", error=str(exc))
+                self._stop.wait(1.0)
+                continue
+            items = [item for _, batch in cast(list[Any], reply or []) for item in batch]
+            start = ">"
+            for entry_id, fields in items:
+                if self._stop.is_set():
+                    return
+                self._take(fields)
+                self.conn.xack(STREAM, GROUP, entry_id)
+
+    def _take(self, fields: dict[str, str]) -> None:
+        try:
+            signal = Signal.from_json(fields["signal"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("unreadable signal dropped", error=str(exc))
+            return
+        try:
+            take(self.settings, self.conn, signal)
+        except Exception:
+            log.exception("taking a signal", fingerprint=signal.fingerprint)

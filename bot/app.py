@@ -28,7 +28,17 @@ from bot.desk import Desk, background_thread
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
 from bot.server import HttpProcess
-from pipeline import approval, bootguard, oncall, preflight, queueing, recovery, restart, store
+from pipeline import (
+    approval,
+    bootguard,
+    logwatch,
+    oncall,
+    preflight,
+    queueing,
+    recovery,
+    restart,
+    store,
+)
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
 from pipeline.manifests import running_version
@@ -75,6 +85,7 @@ class Bot:
             self.adapters["discord"] = discord_adapter
         self.inbox = InboxReader(self.conn, self.desk)
         self.oncall = oncall.SignalReader(settings, self.conn)
+        self.watchers = logwatch.Watchers(settings, self.conn)
         self.notifier = Notifier(settings, self.conn, self.adapters)
         # With the console on the terminal, the HTTP process logs to a file instead.
         http_log = settings.data_dir / "http.log" if console else None
@@ -98,6 +109,7 @@ class Bot:
         self.inbox.start()
         self.notifier.start()
         self.oncall.start()
+        self.watchers.start()
         self._register(port)
         for loop in (self._beat, self._housekeeping, self._control, self._warm):
             threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
@@ -139,6 +151,7 @@ class Bot:
         self.http.stop()
         self.inbox.stop()
         self.oncall.stop()
+        self.watchers.stop()
         self.notifier.stop()
         self.desk.close()
         for adapter in self.adapters.values():
@@ -197,6 +210,7 @@ class Bot:
         self.http.stop()
         self.inbox.stop()
         self.oncall.stop()
+        self.watchers.stop()
         self.desk.drain(timeout=10)
         self.notifier.stop()
         for adapter in self.adapters.values():

@@ -109,6 +109,14 @@ class Console(Adapter):
             self.last_template[request.id] = message.template
             self._changed.notify_all()
 
+    def announce(self, channel: str, message: Message) -> None:
+        """An incident, with the press that answers its button."""
+        lines = [message.title, *(f"  {line}" for line in message.text.splitlines())]
+        lines += [f"  {f.name}: {f.value}" for f in message.fields]
+        for button in message.buttons:
+            lines.append(f"  [{button.label}]   (type: press {button.action} {button.value})")
+        self._print("\n".join(lines))
+
     def reply(self, origin: Origin, message: Message) -> None:
         self._print("\n".join(["  " + line for line in message.marked().splitlines()]))
 

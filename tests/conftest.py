@@ -29,6 +29,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MOLT_CONFIG", str(tmp_path / "no-molt.toml"))
     # No watch window after restarts unless a test asks for one: a test's update ends at once.
     monkeypatch.setenv("MOLT_WATCH_SECONDS", "0")
+    # Nor idle health probes or a log watcher: a test that wants incidents turns them on.
+    monkeypatch.setenv("MOLT_HEALTH_INTERVAL", "0")
+    monkeypatch.setenv("MOLT_WATCH_LOG", "off")
     for who in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{who}_NAME", "Test Person")
         monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.invalid")

@@ -1,0 +1,108 @@
+"""Incidents end to end: a real Molt with its worker, HTTP server and log watcher, real git,
+and alerts from senders shaped like Alertmanager's. Production errors start the work: the
+update that landed last is rolled back first."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline import store
+from pipeline.config import load_settings
+from pipeline.requests import RequestStore
+from pipeline.states import RequestState as S
+from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
+from tests.support import Molt, ServiceRepo
+
+StartMolt = Callable[..., Molt]
+#: A release that passes its tests, and fails every request it serves once live.
+FAILS_LIVE = {
+    "app.py": (
+        "def greet():\n    return 'hello'\n\n\n"
+        "def handle(request_id):\n    return {'user': request_id} [request_id]\n"
+    )
+}
+TOKEN = "am-secret-token"
+
+
+def _up(molt: Molt) -> int:
+    return int(molt.wait_for(r"Molt \S+ is up on port (\d+)").group(1))
+
+
+def _serve_requests(live: Path, log: Path, count: int) -> None:
+    """The live service answering ``count`` requests, each logging its traceback."""
+    with log.open("a") as out:
+        for n in range(count):
+            subprocess.run(
+                [sys.executable, "-c", f"from app import handle; handle({1000 + n})"],
+                cwd=live,
+                stderr=out,
+                check=False,
+            )
+
+
+def _requests(data_dir: Path) -> RequestStore:
+    return RequestStore(store.connect(load_settings(data_dir=data_dir)))
+
+
+def test_a_release_that_logs_exceptions_once_live_is_rolled_back_on_its_own_in_auto_mode(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "service.log"
+    log.write_text("service started\n")
+    old = service.live_head()
+    new = service.commit(FAILS_LIVE, "serve requests")
+    molt = start_molt(MOLT_AUTONOMY="auto", MOLT_WATCH_LOG=str(log))
+    _up(molt)
+    since = molt.send("deploy main")
+    codename = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
+    assert service.live_head() == new
+
+    after = len(molt.lines)
+    _serve_requests(service.live, log, 5)  # MOLT_INCIDENT_THRESHOLD: 5 in 300 s
+    molt.wait_for(r"🚨 Incident i\w+: KeyError", since=after)
+    molt.wait_for(rf"update {codename} is the suspect", since=after)
+    molt.wait_for(r"✅ Live: ", since=after)
+    assert service.live_head() == old
+    assert service.live_status() == ""
+    [rollback, deploy] = _requests(data_dir).recent(2)
+    assert (rollback.command, rollback.state, rollback.approver) == (
+        "rollback",
+        S.SUCCEEDED,
+        "molt:auto",
+    )
+    assert deploy.codename == codename
+
+
+def test_an_alertmanager_alert_offers_approve_rollback_and_the_press_returns_the_old_release(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path
+) -> None:
+    old = service.live_head()
+    service.commit(FAILS_LIVE, "serve requests")
+    molt = start_molt(MOLT_ALERT_TOKEN=TOKEN)
+    port = _up(molt)
+    since = molt.send("deploy main")
+    molt.wait_for(r"📋 Plan ready", since=since)
+    molt.send("press approve")
+    molt.wait_for(r"✅ Live: ", since=since)
+
+    url = f"http://127.0.0.1:{port}/alerts/alertmanager"
+    payload = alertmanager_payload([alertmanager_alert("5f1c2a", summary="HTTP 500s above 5%")])
+    assert Alertmanager(url, "wrong").send(payload)[0] == 401
+    after = len(molt.lines)
+    assert Alertmanager(url, TOKEN).send(payload)[1] == {"accepted": 1, "duplicates": 0}
+    assert Alertmanager(url, TOKEN).send(payload)[1] == {"accepted": 0, "duplicates": 1}
+    press = molt.wait_for(r"\[Approve rollback\]   \(type: (press approve r\w+)\)", since=after)
+    assert service.live_head() != old  # nothing happens before a person approves
+    molt.send(press.group(1))
+    molt.wait_for(r"✅ Live: ", since=after)
+    assert service.live_head() == old
+    resolved = alertmanager_payload(
+        [alertmanager_alert("5f1c2a", status="resolved")], status="resolved"
+    )
+    assert Alertmanager(url, TOKEN).send(resolved)[0] == 200
+    molt.wait_for(r"✅ Resolved: incident i\w+", since=after)
+    rollbacks = [r for r in _requests(data_dir).recent(10) if r.command == "rollback"]
+    assert len(rollbacks) == 1

@@ -113,6 +113,14 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_incidents(args: argparse.Namespace) -> int:
+    from pipeline import incidents
+
+    settings = _settings()
+    _print("incidents", **incidents.listing(settings, store.connect(settings), args.count))
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     settings = _target(args, whole=bool(args.request))
     conn = store.connect(settings)
@@ -326,6 +334,9 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     history.add_argument("request", nargs="?", help="request id or update codename")
     history.add_argument("-n", "--count", type=int, default=10)
     history.set_defaults(func=cmd_history)
+    incidents = sub.add_parser("incidents", help="open and recent incidents and their outcomes")
+    incidents.add_argument("-n", "--count", type=int, default=20)
+    incidents.set_defaults(func=cmd_incidents)
     for name, what in (
         ("pause", "hold the start of new updates (requests still get plans)"),
         ("resume", "let queued updates start again"),

@@ -1,6 +1,6 @@
 """The command grammar, the same after `/molt`, `!molt`, a GitHub comment or the console:
 
-deploy <ref> · rollback [codename] · status · queue · history · review · pause ·
+deploy <ref> · rollback [codename] · status · queue · history · review · incidents · pause ·
 resume · stop · help · answer <text> · anything else: a change request in plain words
 
 With more than one target (a fleet), the target's name comes first: after the verb
@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 MAX_LENGTH = 2000
 OPERATOR_VERBS = frozenset(
-    {"status", "queue", "history", "review", "pause", "resume", "stop", "rollback"}
+    {"status", "queue", "history", "review", "incidents", "pause", "resume", "stop", "rollback"}
 )
 VERBS = frozenset({"deploy", "help", "answer"}) | OPERATOR_VERBS
 #: Verbs that may name a target of a fleet after them.
@@ -30,6 +30,7 @@ HELP = (
     "queue — approved requests waiting their turn",
     "history — the last updates and how they ended",
     "review — plans waiting for approval and questions waiting for answers",
+    "incidents — open and recent incidents, what Molt did and whether it held",
     "pause / resume — hold or release the start of new updates",
     "stop — emergency: roll back the running update and clear the queue",
     "answer <text> — answer the planner's questions on your newest request that asks",

@@ -23,7 +23,7 @@ import structlog
 from bot.base import Adapter, Front
 from bot.commands import HELP, OPERATOR_VERBS, Command, parse
 from bot.rendering import refusal_line, render
-from pipeline import approval, audit, authorisation, control, intake
+from pipeline import approval, audit, authorisation, control, incidents, intake
 from pipeline.config import Settings
 from pipeline.decisions import Decision
 from pipeline.exceptions import IllegalTransition, UnknownRequest
@@ -231,6 +231,9 @@ class Desk(Front):
         pending.sort(key=lambda r: -r["age"])
         self._reply(origin, "review", requests=pending, autonomy=settings.autonomy)
 
+    def _incidents(self, settings: Settings, origin: Origin, command: Command) -> None:
+        self._reply(origin, "incidents", **incidents.listing(settings, self.conn))
+
     def _pause(self, settings: Settings, origin: Origin, command: Command) -> None:
         said = control.pause(settings, self.conn, origin.principal)
         self._reply(origin, "status", message=said, paused=True)
@@ -355,6 +358,7 @@ BY_VERB: dict[str, Callable[[Desk, Settings, Origin, Command], None]] = {
     "queue": Desk._queue,
     "history": Desk._history,
     "review": Desk._review,
+    "incidents": Desk._incidents,
     "pause": Desk._pause,
     "resume": Desk._resume,
     "stop": Desk._stop,

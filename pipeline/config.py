@@ -241,6 +241,8 @@ class Settings(BaseSettings):
         pattern=r"^(console|slack:[A-Z0-9]+|discord:\d+|github:[\w.-]+/[\w.-]+)$",
     )
     suspect_window: float = _var("MOLT_SUSPECT_WINDOW", 1800.0, ge=0)
+    #: An incident Molt acted on held if resolved within this many seconds of the action.
+    resolve_window: float = _var("MOLT_RESOLVE_WINDOW", 900.0, gt=0)
     alert_token: SecretStr | None = _var("MOLT_ALERT_TOKEN")
     alert_secret: SecretStr | None = _var("MOLT_ALERT_SECRET")
     sentry_secret: SecretStr | None = _var("MOLT_SENTRY_SECRET")

@@ -46,8 +46,12 @@ def pause(settings: Settings, conn: redis.Redis, principal: str) -> str:
 
 
 def resume(settings: Settings, conn: redis.Redis, principal: str) -> str:
-    conn.delete(TargetKeys(settings.target_id).paused)
+    keys = TargetKeys(settings.target_id)
+    breaker = conn.get(keys.breaker)
+    conn.delete(keys.paused, keys.breaker)
     audit.append(conn, actor=principal, action="resume", detail=_named(settings))
+    if breaker:
+        return "Resumed: queued updates will start in turn, and incidents may act again."
     return "Resumed: queued updates will start in turn."
 
 

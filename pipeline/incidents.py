@@ -88,7 +88,7 @@ class Incident:
     @classmethod
     def from_hash(cls, raw: Mapping[Any, Any]) -> Incident:
         typed: dict[str, Any] = dict(raw)
-        for name in ("first_seen", "last_seen", "resolved_at"):
+        for name in ("first_seen", "last_seen", "resolved_at", "opened_at"):
             typed[name] = float(raw.get(name) or 0)
         typed["count"] = int(raw.get("count") or 0)
         typed["actions"] = json.loads(raw.get("actions") or "[]")
@@ -249,6 +249,16 @@ class IncidentBook:
             return None
         return str(self.conn.get(self.keys.acted) or "another incident")
 
+    def trip_breaker(self, why: str) -> None:
+        """Turn automatic actions off for the target until an operator says ``resume``."""
+        self.conn.set(self.keys.breaker, why)
+        audit.append(self.conn, actor=MOLT, action="circuit_breaker", detail={"why": why})
+
+    def breaker(self) -> str | None:
+        """Why automatic actions are off for the target, or None."""
+        why = self.conn.get(self.keys.breaker)
+        return str(why) if why is not None else None
+
     def _save(self, incident: Incident) -> None:
         self.conn.hset(incident_key(incident.id), mapping=incident.to_hash())
 
@@ -280,6 +290,38 @@ class IncidentBook:
                     return
                 except redis.WatchError:
                     continue
+
+
+#: How long a resolved incident must stay quiet after Molt acted on it to have held.
+HELD_AFTER = 86400
+
+
+def outcome(settings: Settings, incident: Incident, now: float) -> str:
+    """Whether what Molt did held: resolved within MOLT_RESOLVE_WINDOW of its action and
+    quiet for a day since ("held"; "holding" until then), fired again ("did not hold"),
+    or neither (open, resolved, or resolved late)."""
+    if incident.status == OPEN or incident.outcome == DID_NOT_HOLD:
+        return incident.outcome if incident.outcome == DID_NOT_HOLD else OPEN
+    acted = [a["at"] for a in incident.actions if a.get("action") == "rollback"]
+    if not acted:
+        return RESOLVED_OUTCOME
+    if incident.resolved_at - acted[0] > settings.resolve_window:
+        return "resolved late"
+    return "held" if now - incident.resolved_at >= HELD_AFTER else "holding"
+
+
+def listing(settings: Settings, conn: redis.Redis, count: int = 20) -> dict[str, Any]:
+    """Open and recent incidents with their outcomes, and how often Molt's actions held on
+    this target: what ``incidents`` shows."""
+    now = time.time()
+    shown = []
+    for incident in IncidentBook(settings, conn).recent(count):
+        shown.append(incident.context() | {"outcome": outcome(settings, incident, now)})
+    held = sum(1 for i in shown if i["outcome"] == "held")
+    failed = sum(1 for i in shown if i["outcome"] == DID_NOT_HOLD)
+    rate = f"{held}/{held + failed} held" if held + failed else ""
+    breaker = IncidentBook(settings, conn).breaker()
+    return {"incidents": shown, "success_rate": rate, "breaker": breaker or ""}
 
 
 def is_incident_event(event: events.Event) -> bool:

@@ -35,9 +35,11 @@ from pipeline import (
     watching,
     workers,
 )
+from pipeline.authorisation import raised_by_molt
 from pipeline.config import DELIVERY_PULL_REQUEST, Settings, load_settings
 from pipeline.exceptions import IllegalTransition, UpdateFailed
 from pipeline.git import Git
+from pipeline.incidents import IncidentBook
 from pipeline.locking import Heartbeat
 from pipeline.plans import Plan
 from pipeline.preflight import tests_at, update_sandbox
@@ -450,19 +452,37 @@ class Update:
         seconds = f"{self.settings.watch_seconds:g} s"
         self.enter("watch", f"live; watching its health for {seconds}", state=S.WATCHING)
         began = time.monotonic()
-        report = watching.watch(
-            self.settings,
-            self.conn,
-            plan.target_commit,
-            self.trail.log_dir / "watch.log",
-            guard=self.guard,
-            news=oncall.news_since(self.settings, self.conn, time.time()),
-            shown=lambda seen: self.store.refresh(
-                self.request_id, self._progress("watch") | {"watch": seen.summary()}
-            ),
-        )
+        try:
+            report = watching.watch(
+                self.settings,
+                self.conn,
+                plan.target_commit,
+                self.trail.log_dir / "watch.log",
+                guard=self.guard,
+                news=oncall.news_since(self.settings, self.conn, time.time()),
+                shown=lambda seen: self.store.refresh(
+                    self.request_id, self._progress("watch") | {"watch": seen.summary()}
+                ),
+            )
+        except UpdateFailed as exc:
+            if not self._recovering(exc):
+                raise
+            self.check("watch", False, time.monotonic() - began, exc.reason)
+            return
         self.watched = report.summary()
         self.check("watch", True, time.monotonic() - began, self.watched)
+
+    def _recovering(self, exc: UpdateFailed) -> bool:
+        """A watch that fails on Molt's own rollback for an incident does not undo the
+        recovery (that would bring back the suspect): the circuit breaker turns automatic
+        actions off for the target instead, and a person decides."""
+        request = self.store.get(self.request_id)
+        if exc.phase != "watch" or not raised_by_molt(request.origin):
+            return False
+        why = f"the watch of Molt's own rollback {request.codename} saw: {exc.reason}"
+        IncidentBook(self.settings, self.conn).trip_breaker(why)
+        self.watched = f"{why}; automatic actions are off for this target until `resume`"
+        return True
 
     def _succeed(self, plan: Plan, test_seconds: float, changed: int) -> None:
         total = self.trail.elapsed

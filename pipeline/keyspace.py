@@ -34,6 +34,8 @@
                                    sliding window of MOLT_INCIDENT_THRESHOLD)
   molt:incidents:<id>:acted        the incident whose automatic action is the target's last,
                                    kept for MOLT_INCIDENT_COOLDOWN
+  molt:incidents:<id>:breaker      why automatic actions are off for the target (the circuit
+                                   breaker), until an operator's `resume`
 
 Keys shared by every target (requests, audit, events, codenames, the bot's registration)
 are named by the module that owns them.
@@ -65,6 +67,7 @@ FORMATS = {
     "incidents": "molt:incidents:{id}",
     "current_incidents": "molt:incidents:{id}:current",
     "acted": "molt:incidents:{id}:acted",
+    "breaker": "molt:incidents:{id}:breaker",
 }
 
 
@@ -91,6 +94,7 @@ class TargetKeys:
     incidents: str = field(init=False)
     current_incidents: str = field(init=False)
     acted: str = field(init=False)
+    breaker: str = field(init=False)
 
     def __post_init__(self) -> None:
         for name, key in FORMATS.items():

@@ -88,6 +88,11 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
         why = f"update {name} is under way; its watch window rolls it back on its own"
         return _nothing(book, incident, why)
     suspect = find_suspect(settings, store, incident.first_seen)
+    own = _own_rollback_watched(settings, store, incident.first_seen)
+    if own is not None:
+        why = f"it began within the watch window of Molt's own rollback {own}"
+        book.trip_breaker(f"incident {incident.id}: {why}")
+        return _nothing(book, incident, f"{why}: automatic actions are off until `resume`")
     if suspect is None:
         window = f"{settings.suspect_window:g} s"
         return _nothing(book, incident, f"no update landed within {window} before it began")
@@ -95,6 +100,9 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
     allowed = autonomy.may_act(settings)
     if not allowed:
         return _nothing(book, incident, allowed.reason)
+    breaker = book.breaker()
+    if breaker is not None:
+        return _nothing(book, incident, f"automatic actions are off until `resume`: {breaker}")
     taken_by = book.claim_action(incident)
     if taken_by is not None:
         why = f"incident {taken_by} acted on this target within MOLT_INCIDENT_COOLDOWN"
@@ -130,6 +138,19 @@ def find_suspect(settings: Settings, store: RequestStore, began: float) -> Reque
         landed = request.updated_at
         if landed <= began + 1 and began - landed <= settings.suspect_window:
             return request
+        return None
+    return None
+
+
+def _own_rollback_watched(settings: Settings, store: RequestStore, began: float) -> str | None:
+    """The rollback Molt raised itself that landed last, if ``began`` is within its watch
+    window (MOLT_WATCH_SECONDS, at least a minute): the trouble outlived the recovery."""
+    window = max(settings.watch_seconds, 60.0)
+    for request in store.recent(50):
+        if request.state is not S.SUCCEEDED:
+            continue
+        if raised_by_molt(request.origin) and 0 <= began - request.updated_at <= window:
+            return request.codename or request.id
         return None
     return None
 

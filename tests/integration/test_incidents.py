@@ -106,3 +106,27 @@ def test_an_alertmanager_alert_offers_approve_rollback_and_the_press_returns_the
     molt.wait_for(r"✅ Resolved: incident i\w+", since=after)
     rollbacks = [r for r in _requests(data_dir).recent(10) if r.command == "rollback"]
     assert len(rollbacks) == 1
+
+
+def test_an_incident_in_the_watch_window_rolls_the_watched_update_back(
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
+) -> None:
+    log = tmp_path / "service.log"
+    log.write_text("")
+    old = service.live_head()
+    service.commit(FAILS_LIVE, "serve requests")
+    watch = {"MOLT_WATCH_SECONDS": "60", "MOLT_WATCH_INTERVAL": "1"}
+    molt = start_molt(MOLT_WATCH_LOG=str(log), **watch)
+    _up(molt)
+    since = molt.send("deploy main")
+    molt.wait_for(r"📋 Plan ready", since=since)
+    molt.send("press approve")
+    molt.wait_for(r"👀 Watching", since=since)
+    _serve_requests(service.live, log, 5)
+    molt.wait_for(r"its watch window rolls it back on its own", since=since)
+    molt.wait_for(
+        r"Failed during watch: an incident on the target in the watch window", since=since
+    )
+    assert service.live_head() == old
+    [request] = _requests(data_dir).recent(1)  # no rollback of its own: the watch did it
+    assert (request.command, request.state, request.phase) == ("deploy", S.FAILED, "watch")

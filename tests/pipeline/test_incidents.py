@@ -16,10 +16,10 @@ import redis
 from bot.alerts import AlertEndpoints
 from bot.rendering import render
 from bot.server import HttpServer
-from pipeline import approval, events, oncall
+from pipeline import approval, control, events, oncall
 from pipeline.alerts import FIRING, RESOLVED, Signal, from_alertmanager, from_sentry
 from pipeline.config import Settings
-from pipeline.incidents import IncidentBook
+from pipeline.incidents import IncidentBook, listing, outcome
 from pipeline.locking import WaitingLine
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
@@ -267,3 +267,51 @@ def test_auto_mode_approves_an_incidents_rollback_as_molt_auto(
     [rollback] = [r for r in RequestStore(conn).recent(10) if r.command == "rollback"]
     assert rollback.state is S.QUEUED
     assert rollback.approver == "molt:auto"
+
+
+# -- never make it worse; whether it held --------------------------------------------------
+
+
+def _rolled_back_by_molt(conn: redis.Redis, suspect: Request) -> Request:
+    store = RequestStore(conn)
+    origin = Origin("console", "molt:incident", user_name="incident i0")
+    request = store.create(origin, "rollback amber-otter (incident i0)", "rollback", "x")
+    plan = {"kind": "deploy", "base_commit": "x", "target_commit": "y", "files": []}
+    for state in (S.PREFLIGHT, S.PLANNING, S.PLAN_READY, S.APPROVED, S.QUEUED, S.RUNNING):
+        store.transition(request.id, state, actor="molt", fields={"plan": plan})
+    return store.transition(request.id, S.SUCCEEDED, actor="molt", fields={"codename": "blue-yak"})
+
+
+def test_an_incident_in_the_watch_of_molts_own_rollback_turns_automatic_actions_off(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    _rolled_back_by_molt(conn, _landed(settings, conn, service))
+    oncall.take(settings, conn, _firing("alertmanager:x", counted=False))
+    assert [r.command for r in RequestStore(conn).recent(10)].count("rollback") == 1
+    shown = listing(settings, conn)
+    assert "blue-yak" in shown["breaker"]
+    message = render("incidents", shown)
+    assert "Automatic actions are *off* for this target until `resume`" in message.text
+    assert control.resume(settings, conn, "console:alice").endswith("incidents may act again.")
+    assert IncidentBook(settings, conn).breaker() is None
+
+
+def test_held_and_did_not_hold_are_recorded_per_incident(
+    settings: Settings, conn: redis.Redis
+) -> None:
+    book = IncidentBook(settings, conn)
+    opened = book.take(_firing("alertmanager:y", counted=False)).incident
+    assert opened is not None
+    book.act(opened, "rollback", {"request_id": "r1"})
+    book.take(_firing("alertmanager:y", status=RESOLVED, counted=False))
+    assert listing(settings, conn)["incidents"][0]["outcome"] == "holding"
+    again = book.take(_firing("alertmanager:y", counted=False))  # within the cooldown
+    assert again.again and not again.opened
+    shown = listing(settings, conn)
+    assert shown["incidents"][0]["outcome"] == "did not hold"
+    assert shown["success_rate"] == "0/1 held"
+    quiet = replace(
+        opened, status=RESOLVED, outcome="resolved", resolved_at=time.time() - 2 * 86400
+    )
+    quiet.actions = [{"action": "rollback", "at": quiet.resolved_at - 60}]
+    assert outcome(settings, quiet, time.time()) == "held"

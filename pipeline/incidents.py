@@ -52,16 +52,6 @@ def delivery_key(source: str, delivery: str) -> str:
     return f"molt:alerts:delivered:{source}:{delivery}"
 
 
-def first_delivery(conn: redis.Redis, signal: Signal) -> bool:
-    """Whether this delivery of an alert is its first (an HA pair sends each twice,
-    Sentry and Alertmanager resend); signals without a delivery key always count."""
-    if not signal.delivery:
-        return True
-    return bool(
-        conn.set(delivery_key(signal.source, signal.delivery), "1", nx=True, ex=DELIVERY_TTL)
-    )
-
-
 @dataclass
 class Incident:
     id: str
@@ -248,6 +238,11 @@ class IncidentBook:
         if self.conn.set(self.keys.acted, incident.id, nx=True, ex=ttl):
             return None
         return str(self.conn.get(self.keys.acted) or "another incident")
+
+    def acted(self) -> str | None:
+        """The incident that took the target's automatic action in this cooldown, or None."""
+        taken = self.conn.get(self.keys.acted)
+        return str(taken) if taken is not None else None
 
     def trip_breaker(self, why: str) -> None:
         """Turn automatic actions off for the target until an operator says ``resume``."""

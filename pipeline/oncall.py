@@ -33,7 +33,7 @@ from pipeline.alerts import Signal
 from pipeline.authorisation import RECOVERY_USER, raised_by_molt
 from pipeline.config import Settings
 from pipeline.git import Git
-from pipeline.incidents import Incident, IncidentBook, first_delivery
+from pipeline.incidents import DELIVERY_TTL, Incident, IncidentBook, delivery_key
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import UNDER_WAY
 from pipeline.states import RequestState as S
@@ -45,16 +45,28 @@ CONSUMER = "bot"
 MAXLEN = 100_000
 
 
+#: One round trip per delivery: each signal whose delivery key is new (or which has none,
+#: KEYS[i] = "") is appended to the stream. Returns how many were.
+_HAND_OVER = """
+local taken = 0
+for i, key in ipairs(KEYS) do
+  if key == '' or redis.call('SET', key, '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('XADD', ARGV[2], 'MAXLEN', '~', ARGV[3], '*', 'signal', ARGV[i + 3])
+    taken = taken + 1
+  end
+end
+return taken
+"""
+
+
 def hand_over(conn: redis.Redis, signals: list[Signal]) -> tuple[int, int]:
     """Queue signals for the bot, dropping redeliveries; returns (taken, duplicates)."""
-    taken = duplicates = 0
-    for signal in signals:
-        if not first_delivery(conn, signal):
-            duplicates += 1
-            continue
-        conn.xadd(STREAM, {"signal": signal.to_json()}, maxlen=MAXLEN, approximate=True)
-        taken += 1
-    return taken, duplicates
+    if not signals:
+        return 0, 0
+    keys = [delivery_key(s.source, s.delivery) if s.delivery else "" for s in signals]
+    args = [DELIVERY_TTL, STREAM, MAXLEN, *(s.to_json() for s in signals)]
+    taken = int(conn.eval(_HAND_OVER, len(keys), *keys, *args))  # type: ignore[arg-type]
+    return taken, len(signals) - taken
 
 
 def names_this_target(settings: Settings, name: str) -> bool:
@@ -87,6 +99,8 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
         name = under_way.codename or under_way.id
         why = f"update {name} is under way; its watch window rolls it back on its own"
         return _nothing(book, incident, why)
+    if book.acted() is not None:  # cheap first: in a storm, every later incident stops here
+        return _cooling_down(book, incident)
     suspect = find_suspect(settings, store, incident.first_seen)
     own = _own_rollback_watched(settings, store, incident.first_seen)
     if own is not None:
@@ -103,10 +117,8 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
     breaker = book.breaker()
     if breaker is not None:
         return _nothing(book, incident, f"automatic actions are off until `resume`: {breaker}")
-    taken_by = book.claim_action(incident)
-    if taken_by is not None:
-        why = f"incident {taken_by} acted on this target within MOLT_INCIDENT_COOLDOWN"
-        return _nothing(book, incident, why)
+    if book.claim_action(incident) is not None:
+        return _cooling_down(book, incident)
     request = plan_rollback(settings, conn, incident, suspect)
     book.act(incident, "rollback", {"request_id": request.id, "suspect": incident.suspect})
     if settings.autonomy == "auto" and request.state is S.PLAN_READY:
@@ -121,6 +133,13 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
     book.record(incident, "incident_rollback", message, data)
 
 
+def _cooling_down(book: IncidentBook, incident: Incident) -> None:
+    taken_by = book.acted() or "another incident"
+    _nothing(
+        book, incident, f"incident {taken_by} acted on this target within MOLT_INCIDENT_COOLDOWN"
+    )
+
+
 def _nothing(book: IncidentBook, incident: Incident, why: str) -> None:
     book.act(incident, "nothing", {"reason": why})
     book.record(incident, "incident_nothing", f"no automatic action: {why}")
@@ -129,17 +148,15 @@ def _nothing(book: IncidentBook, incident: Incident, why: str) -> None:
 def find_suspect(settings: Settings, store: RequestStore, began: float) -> Request | None:
     """The update that landed last, if within MOLT_SUSPECT_WINDOW before ``began`` and still
     live; a rollback Molt raised itself is never a suspect (a person decides then)."""
-    head = Git(settings.target_dir).head()
-    for request in store.recent(50):
-        if request.state is not S.SUCCEEDED or not request.plan:
-            continue
-        if raised_by_molt(request.origin) or request.plan.get("target_commit") != head:
-            return None
-        landed = request.updated_at
-        if landed <= began + 1 and began - landed <= settings.suspect_window:
-            return request
+    landed = next((r for r in store.recent(50) if r.state is S.SUCCEEDED and r.plan), None)
+    if landed is None or raised_by_molt(landed.origin):
         return None
-    return None
+    if not (
+        landed.updated_at <= began + 1 and began - landed.updated_at <= settings.suspect_window
+    ):
+        return None
+    live = Git(settings.target_dir).head()
+    return landed if (landed.plan or {}).get("target_commit") == live else None
 
 
 def _own_rollback_watched(settings: Settings, store: RequestStore, began: float) -> str | None:

@@ -29,6 +29,10 @@ One request, module by module, in the order it meets them:
    records (``boots``). An operator's return to an earlier release is ``release_rollback``.
 6. Operators (``control``): pause, resume, stop, rollback, and the status, queue, history
    and review views.
+7. Incidents. Alerts are read into signals (``alerts``), the service's log and idle health
+   probes give more (``logwatch``); ``oncall`` hands them to the bot and answers a new
+   incident (``incidents``: records, thresholds, cooldowns, outcomes) by rolling back the
+   suspect update through the same intake, approval and jobs as any request.
 
 Beneath them all: ``config`` (the settings, a leaf), ``store`` (Redis), ``git``,
 ``exceptions`` (faults, as opposed to refusals), ``codenames``, ``redaction``, ``records``,

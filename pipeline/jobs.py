@@ -54,7 +54,7 @@ from pipeline.states import RequestState as S
 from pipeline.store import connect
 from pipeline.targets import Target
 from pipeline.usage import model_use
-from pipeline.validation import PhaseResult, PhaseSpec, run_phase
+from pipeline.validation import Check, PhaseResult, PhaseSpec, run_phase
 
 log = structlog.get_logger(__name__)
 MOLT = "molt"
@@ -370,6 +370,12 @@ class Update:
         """One validation phase, its status message refreshed while it runs, its checks and
         flaky tests recorded; a safe point after it. Its test command's process group is on
         record while it runs (a rollback after this worker died kills it)."""
+        remembered = self._remembered(phase)
+        if remembered is not None:
+            for found in remembered.checks:
+                self.check(f"{phase}: {found.name}", found.ok, found.seconds, found.detail)
+            self.guard()
+            return remembered
         seen = TestProgress()
         ticker = Ticker(self.settings.progress_interval, lambda: self._show_progress(phase, seen))
         try:
@@ -397,6 +403,20 @@ class Update:
         if not result.ok:
             raise UpdateFailed(phase, result.reason)
         return result
+
+    def _remembered(self, phase: str) -> PhaseResult | None:
+        """Molt's own rollback for an incident is the recovery, and must be fast: the release
+        it returns to passed its tests on this target (a passed run is kept for 7 days), so
+        its phases take that result instead of running the suite again."""
+        request = self.store.get(self.request_id)
+        if request.command != "rollback" or not raised_by_molt(request.origin):
+            return None
+        commit = str((request.plan or {}).get("target_commit", ""))
+        record = self.target.tests.at(commit) if commit else None
+        if record is None or not record.passed:
+            return None
+        detail = f"{record.count} passed at {commit[:7]} before: the recovery takes that result"
+        return PhaseResult(phase, [Check("tests remembered", True, 0.0, detail)], record.count)
 
     def _show_progress(self, phase: str, seen: TestProgress) -> None:
         """A refresh of the status message while ``phase`` runs (its time, and pytest's

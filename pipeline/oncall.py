@@ -37,6 +37,7 @@ from pipeline.incidents import DELIVERY_TTL, Incident, IncidentBook, delivery_ke
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import UNDER_WAY
 from pipeline.states import RequestState as S
+from pipeline.targets import Target
 
 log = structlog.get_logger(__name__)
 STREAM = "molt:alerts"
@@ -128,9 +129,18 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
     message = (
         f"update {incident.suspect} is the suspect: a rollback to the release before it is "
         + ("planned, waiting for approval" if waiting else f"{request.state.value}")
+        + _remembered_note(settings, conn, suspect)
     )
     data = {"rollback_request": request.id, "rollback_waiting": waiting, "request_id": request.id}
     book.record(incident, "incident_rollback", message, data)
+
+
+def _remembered_note(settings: Settings, conn: redis.Redis, suspect: Request) -> str:
+    base = str((suspect.plan or {}).get("base_commit", ""))
+    record = Target(settings, conn).tests.at(base) if base else None
+    if record is None or not record.passed:
+        return ""
+    return f"; its tests passed here at {base[:7]} before, so it takes that result"
 
 
 def _cooling_down(book: IncidentBook, incident: Incident) -> None:

@@ -193,6 +193,9 @@ class Discord(Adapter):
     def reply(self, origin: Origin, message: Message) -> None:
         self._call(lambda: self.delivery.private(origin, message, None))
 
+    def announce(self, channel: str, message: Message) -> None:
+        self._call(lambda: self.delivery.announce(channel, message))
+
     def _call(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run a coroutine on the client's loop and wait for it; raise if it cannot be done."""
         if self._off:

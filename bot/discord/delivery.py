@@ -98,6 +98,14 @@ class Delivery:
             log.info("could not answer the slash command", error=str(exc))
         self.contacts.answered(contact)
 
+    async def announce(self, channel: str, message: Message) -> None:
+        """A message for everyone in ``channel`` (an incident), outside any request."""
+        target = self.connected().get_partial_messageable(int(channel))
+        embed = to_embed(message, colour_for(message, None))
+        await target.send(
+            embed=embed, allowed_mentions=NO_MENTIONS, **with_view(to_buttons(message))
+        )
+
     async def private(self, origin: Origin, message: Message, request: Request | None) -> None:
         """To one person: an ephemeral follow-up while their interaction lasts, else a reply
         that mentions them, else a direct message."""

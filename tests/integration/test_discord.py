@@ -433,3 +433,37 @@ def test_missing_message_content_intent_is_reported_and_molt_keeps_running(
         assert molt.proc.poll() is None
         lines = [line for line in molt.lines if "MESSAGE CONTENT INTENT" in line]
         assert lines and "Developer Portal" in lines[0]
+
+
+def test_an_incident_is_posted_in_its_channel_with_approve_rollback(
+    service: ServiceRepo, start_discord_bot: Callable[..., DiscordBot]
+) -> None:
+    from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
+
+    bot = start_discord_bot(MOLT_INCIDENT_CHANNEL=f"discord:{CHANNEL_ID}", MOLT_ALERT_TOKEN="tok")
+    old = service.live_head()
+    _v2(service)
+    deploy = bot.plan(ALICE)
+    bot.click(BOB, deploy, "approve")
+    bot.shown("success", deploy)
+
+    mark = bot.mark()
+    alert = alertmanager_payload([alertmanager_alert("c0ffee", summary="HTTP 500s")])
+    sender = Alertmanager(f"http://127.0.0.1:{bot.port}/alerts/alertmanager", "tok")
+    assert sender.send(alert)[0] == 200
+    opened = bot.shown("incident", since=mark)
+    assert "HTTP 500s" in _text(_embed(opened.body))
+    offered = bot.fake.wait_for(
+        lambda c: (
+            c.route == POST
+            and _stamp(c.body)[1] == "incident"
+            and any(b.startswith("molt:approve:") for b in _buttons(c.body))
+        )
+    )
+    [button] = [b for b in _buttons(offered.body) if b.startswith("molt:approve:")]
+    rollback = button.rpartition(":")[2]
+    assert bot.store.get(rollback).command == "rollback"
+    message_id = str((offered.response or {}).get("id"))
+    bot.fake.click(BOB, message_id, button)
+    bot.shown("success", rollback, since=mark)
+    assert service.live_head() == old

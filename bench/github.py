@@ -86,6 +86,7 @@ class Bench:
             "MOLT_GITHUB_REPOS": REPO,
             "MOLT_GITHUB_POLL": "0",
             "MOLT_GITHUB_WRITE_INTERVAL": str(self.args.write_interval),
+            "MOLT_WATCH_SECONDS": "0",  # an update ends at its restart, as the figures assume
         }
         with open(self.log, "wb") as out:
             self.molt = subprocess.Popen(

@@ -86,6 +86,8 @@ class Rig:
             "MOLT_APPROVERS": ",".join(s.approvers),
             "MOLT_CONSOLE_USER": s.console_user,
             "MOLT_LOG_LEVEL": "info",
+            # No watch window after the restart: the figures are the pipeline's own steps.
+            "MOLT_WATCH_SECONDS": str(s.watch_seconds),
         }
 
     def start_worker(self, timeout: float = 60.0) -> float:
@@ -237,6 +239,7 @@ def rig(
             authorised_users=[PRINCIPAL],
             approvers=[PRINCIPAL],
             console_user=PRINCIPAL.split(":", 1)[1],
+            watch_seconds=0,
         )
         started = True
         conn = store.connect(settings)

@@ -172,6 +172,7 @@ class Setup:
             "MOLT_LOCK_TTL": "3",
             "MOLT_CRASH_LOOP": "2/60",
             "MOLT_LOG_LEVEL": "warning",
+            "MOLT_WATCH_SECONDS": "0",  # the window measured is the restart's, not the watch's
         }
         self.settings: Settings = load_settings(
             data_dir=self.data,

@@ -129,7 +129,19 @@ class IncidentBook:
         with _TAKING:
             if signal.status == RESOLVED:
                 return self._resolve(signal)
+            if signal.source == "log":
+                self._note_signature(signal)
             return self._fire(signal)
+
+    def _note_signature(self, signal: Signal) -> None:
+        first = {"at": signal.at or time.time(), "summary": signal.summary[:200]}
+        self.conn.hsetnx(self.keys.signatures, signal.fingerprint, json.dumps(first))
+
+    def new_signatures(self, since: float) -> list[str]:
+        """Error signatures of the target's log first seen at ``since`` or later, however
+        often: for Molt itself a new process must add none in its watch window."""
+        found = (json.loads(raw) for raw in self.conn.hvals(self.keys.signatures))
+        return [str(f["summary"]) for f in found if float(f["at"]) >= since]
 
     def _fire(self, signal: Signal) -> Taken:
         now = signal.at or time.time()

@@ -34,6 +34,8 @@
                                    sliding window of MOLT_INCIDENT_THRESHOLD)
   molt:incidents:<id>:acted        the incident whose automatic action is the target's last,
                                    kept for MOLT_INCIDENT_COOLDOWN
+  molt:incidents:<id>:signatures   hash: log fingerprint → JSON {at, summary}: when each error
+                                   signature was first seen in the target's log
   molt:incidents:<id>:breaker      why automatic actions are off for the target (the circuit
                                    breaker), until an operator's `resume`
 
@@ -68,6 +70,7 @@ FORMATS = {
     "current_incidents": "molt:incidents:{id}:current",
     "acted": "molt:incidents:{id}:acted",
     "breaker": "molt:incidents:{id}:breaker",
+    "signatures": "molt:incidents:{id}:signatures",
 }
 
 
@@ -95,6 +98,7 @@ class TargetKeys:
     current_incidents: str = field(init=False)
     acted: str = field(init=False)
     breaker: str = field(init=False)
+    signatures: str = field(init=False)
 
     def __post_init__(self) -> None:
         for name, key in FORMATS.items():

@@ -194,11 +194,15 @@ def plan_rollback(
 
 
 def news_since(settings: Settings, conn: redis.Redis, since: float) -> Callable[[], list[str]]:
-    """The incidents opened on the target since ``since``, for a watch window."""
+    """The incidents opened on the target since ``since``, for a watch window; for Molt
+    itself also the error signatures its log shows for the first time."""
     book = IncidentBook(settings, conn)
 
     def opened() -> list[str]:
-        return [f"incident {i.id}: {i.summary}" for i in book.opened_since(since)]
+        found = [f"incident {i.id}: {i.summary}" for i in book.opened_since(since)]
+        if settings.manages_itself:  # the new Molt must add no new error signature either
+            found += [f"a new error in Molt's log: {s}" for s in book.new_signatures(since)]
+        return found
 
     return opened
 

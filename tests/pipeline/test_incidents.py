@@ -315,3 +315,20 @@ def test_held_and_did_not_hold_are_recorded_per_incident(
     )
     quiet.actions = [{"action": "rollback", "at": quiet.resolved_at - 60}]
     assert outcome(settings, quiet, time.time()) == "held"
+
+
+def test_a_new_error_signature_in_molts_own_log_counts_in_its_watch_window(
+    data_dir: Any, conn: redis.Redis
+) -> None:
+    from pipeline.config import MOLT_HOME, load_settings
+
+    molt = load_settings(data_dir=data_dir, target_dir=MOLT_HOME)
+    old = Signal("log", "log:old", FIRING, summary="KeyError at bot/desk.py:_say", counted=True)
+    IncidentBook(molt, conn).take(replace(old, at=time.time() - 600))
+    since = time.time()
+    news = oncall.news_since(molt, conn, since)
+    IncidentBook(molt, conn).take(replace(old, at=time.time()))  # seen before: not new
+    assert news() == []
+    fresh = replace(old, fingerprint="log:new", summary="ValueError at pipeline/jobs.py:run")
+    IncidentBook(molt, conn).take(replace(fresh, at=time.time()))  # once, below the threshold
+    assert news() == ["a new error in Molt's log: ValueError at pipeline/jobs.py:run"]

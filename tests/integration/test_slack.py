@@ -479,3 +479,45 @@ def test_a_reply_in_the_thread_answers_the_planners_questions(
         assert planned_request.state.value == "plan_ready"
         assert planned_request.answers and "it returns pong" in planned_request.answers[-1]
         assert "it returns PONG" not in json.dumps(model.calls()[-1].body)
+
+
+def test_an_incident_is_posted_in_the_incident_channel_with_approve_rollback(
+    service: ServiceRepo, start_slack_bot: Callable[..., SlackBot]
+) -> None:
+    from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
+
+    bot = start_slack_bot(MOLT_INCIDENT_CHANNEL="slack:C0INCIDENTS", MOLT_ALERT_TOKEN="tok")
+    old = service.live_head()
+    service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    assert bot.command("deploy main") == 200
+    assert bot.click("approve", bot.request_id()) == 200
+    bot.shown("success")
+
+    alert = alertmanager_payload([alertmanager_alert("c0ffee", summary="HTTP 500s")])
+    sender = Alertmanager(f"http://127.0.0.1:{bot.port}/alerts/alertmanager", "tok")
+    assert sender.send(alert)[0] == 200
+    offered = bot.slack.wait_for(
+        lambda c: (
+            c.method == "chat.postMessage"
+            and c.args.get("channel") == "C0INCIDENTS"
+            and _payload(c.args).get("template") == "incident"
+            and "molt_approve" in _buttons(c.args)
+        )
+    ).args
+    assert "HTTP 500s" in offered["text"]
+    rollback = next(
+        element["value"]
+        for block in offered["blocks"]
+        if block.get("type") == "actions"
+        for element in block["elements"]
+        if element["action_id"] == "molt_approve"
+    )
+    assert bot.store.get(rollback).command == "rollback"
+    assert bot.click("approve", rollback) == 200
+    bot.slack.wait_for(
+        lambda c: (
+            _payload(c.args).get("template") == "success"
+            and _payload(c.args).get("request_id") == rollback
+        )
+    )
+    assert service.live_head() == old

@@ -23,7 +23,7 @@ import structlog
 from bot.base import Adapter, Front
 from bot.commands import HELP, OPERATOR_VERBS, Command, parse
 from bot.rendering import refusal_line, render
-from pipeline import approval, audit, authorisation, control, incidents, intake
+from pipeline import approval, audit, authorisation, control, diagnosis, incidents, intake
 from pipeline.config import Settings
 from pipeline.decisions import Decision
 from pipeline.exceptions import IllegalTransition, UnknownRequest
@@ -42,7 +42,7 @@ def background_thread() -> None:
 #: Verbs whose work may run pre-flight (the target's tests) or the planner: they wait on the
 #: desk's planning threads, so that ``help``, ``status`` and a click never wait behind them.
 PLANNING_VERBS = frozenset({"deploy", "change", "rollback", "answer"})
-PLANNING_BUTTONS = frozenset({"retry"})
+PLANNING_BUTTONS = frozenset({"retry", "fix"})
 #: Verbs that, in a fleet, may go without a target: help, answers, and the views of every
 #: target (``status``, ``review``). Any other needs one, named or the channel's.
 FLEET_WIDE = frozenset({"help", "invalid", "answer", "status", "review"})
@@ -328,6 +328,10 @@ class Desk(Front):
         return True
 
     def _press(self, origin: Origin, action: str, request_id: str) -> None:
+        if action == "fix":  # Fix it, on an incident's diagnosis: its value is the incident
+            if diagnosis.fix(self.settings, self.conn, request_id, origin) is None:
+                self._reply(origin, "not_allowed", reason=f"no diagnosis of {request_id!r}")
+            return
         if not self._known(origin, request_id):
             return
         settings = self._of(request_id)  # the target's people decide

@@ -32,7 +32,8 @@ One request, module by module, in the order it meets them:
 7. Incidents. Alerts are read into signals (``alerts``), the service's log and idle health
    probes give more (``logwatch``); ``oncall`` hands them to the bot and answers a new
    incident (``incidents``: records, thresholds, cooldowns, outcomes) by rolling back the
-   suspect update through the same intake, approval and jobs as any request.
+   suspect update through the same intake, approval and jobs as any request; with no
+   suspect, ``diagnosis`` asks the model and offers its fix as a change request.
 
 Beneath them all: ``config`` (the settings, a leaf), ``store`` (Redis), ``git``,
 ``exceptions`` (faults, as opposed to refusals), ``codenames``, ``redaction``, ``records``,

@@ -28,7 +28,7 @@ from typing import Any, cast
 import redis
 import structlog
 
-from pipeline import approval, autonomy, intake
+from pipeline import approval, autonomy, diagnosis, intake
 from pipeline.alerts import Signal
 from pipeline.authorisation import RECOVERY_USER, raised_by_molt
 from pipeline.config import Settings
@@ -110,7 +110,11 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
         return _nothing(book, incident, f"{why}: automatic actions are off until `resume`")
     if suspect is None:
         window = f"{settings.suspect_window:g} s"
-        return _nothing(book, incident, f"no update landed within {window} before it began")
+        _nothing(book, incident, f"no update landed within {window} before it began")
+        if settings.llm_enabled:  # diagnose second, off this thread: the model takes a while
+            args = (settings, conn, book, incident)
+            threading.Thread(target=diagnosis.post, args=args, name="molt-diagnosis").start()
+        return None
     incident.suspect = suspect.codename or suspect.id
     allowed = autonomy.may_act(settings)
     if not allowed:

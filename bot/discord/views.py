@@ -19,9 +19,11 @@ from bot.fitting import clip
 from bot.messages import Message
 
 #: The buttons Molt puts on messages. ``revise`` is Request changes: it opens a modal.
-ACTIONS = ("approve", "reject", "retry", "revise")
+ACTIONS = ("approve", "reject", "retry", "revise", "fix")
 #: A button's custom_id: ``molt:<action>:<request id>``.
-BUTTON_ID = re.compile(r"molt:(?P<action>approve|reject|retry|revise):(?P<request_id>[\w-]{1,64})")
+BUTTON_ID = re.compile(
+    r"molt:(?P<action>approve|reject|retry|revise|fix):(?P<request_id>[\w-]{1,64})"
+)
 #: The Request changes modal's custom_id, and the id of its one text input.
 REVISION_ID = re.compile(r"molt:revision:(?P<request_id>[\w-]{1,64})")
 NOTE_INPUT = "note"

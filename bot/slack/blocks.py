@@ -19,7 +19,7 @@ from bot.fitting import units
 from bot.messages import Button, Message
 
 #: The buttons Molt puts on messages; the action id is ``molt_<action>``.
-ACTIONS = ("approve", "reject", "retry")
+ACTIONS = ("approve", "reject", "retry", "fix")
 #: Request changes opens this modal; submitting it re-plans.
 REVISION_VIEW = "molt_revise"
 #: ``event_type`` of the metadata on every message Molt posts.

@@ -243,6 +243,8 @@ class Settings(BaseSettings):
     suspect_window: float = _var("MOLT_SUSPECT_WINDOW", 1800.0, ge=0)
     #: An incident Molt acted on held if resolved within this many seconds of the action.
     resolve_window: float = _var("MOLT_RESOLVE_WINDOW", 900.0, gt=0)
+    #: Actions on one fingerprint that did not hold before Molt stops acting on it.
+    max_fix_attempts: int = _var("MOLT_MAX_FIX_ATTEMPTS", 2, ge=1)
     alert_token: SecretStr | None = _var("MOLT_ALERT_TOKEN")
     alert_secret: SecretStr | None = _var("MOLT_ALERT_SECRET")
     sentry_secret: SecretStr | None = _var("MOLT_SENTRY_SECRET")

@@ -148,10 +148,13 @@ def post(settings: Settings, conn: redis.Redis, book: IncidentBook, incident: In
 
 def fix(settings: Settings, conn: redis.Redis, incident_id: str, who: Origin) -> Request | None:
     """Fix it: a change request in words carrying the incident's diagnosis, from ``who``."""
-    incident = IncidentBook(settings, conn).get(incident_id)
+    book = IncidentBook(settings, conn)
+    incident = book.get(incident_id)
     found = [a for a in (incident.actions if incident else []) if a.get("action") == "diagnosis"]
     if incident is None or not found:
         return None
     fields = {k: found[-1][k] for k in Diagnosis.__dataclass_fields__}
     text = Diagnosis(**fields).change_text(incident.id)
-    return intake.submit(settings, conn, who, "change", text, text)
+    request = intake.submit(settings, conn, who, "change", text, text)
+    book.act(incident, "fix", {"request_id": request.id, "asked_by": who.principal})
+    return request

@@ -38,6 +38,8 @@ OPEN = "open"
 #: (resolved within MOLT_RESOLVE_WINDOW after Molt acted); did not hold (fired again).
 RESOLVED_OUTCOME = "resolved"
 DID_NOT_HOLD = "did not hold"
+#: What counts as Molt acting on an incident (whether it held is recorded).
+ACTS = ("rollback", "fix")
 #: How long a delivery key is remembered, so a redelivery is seen as one.
 DELIVERY_TTL = 86400
 #: Writers in one process (the alert reader, the log watcher) open incidents one at a time.
@@ -225,7 +227,8 @@ class IncidentBook:
             return Taken()
         now = signal.at or time.time()
         incident.status = RESOLVED
-        incident.outcome = RESOLVED_OUTCOME
+        if incident.outcome != DID_NOT_HOLD:  # once it fired again, what Molt did failed
+            incident.outcome = RESOLVED_OUTCOME
         incident.resolved_at = now
         self._save(incident)
         self.record(incident, "incident_resolved", f"incident {incident.id} resolved")
@@ -255,6 +258,16 @@ class IncidentBook:
         """The incident that took the target's automatic action in this cooldown, or None."""
         taken = self.conn.get(self.keys.acted)
         return str(taken) if taken is not None else None
+
+    def failed_attempts(self, fingerprint: str) -> list[str]:
+        """What Molt did about this fingerprint that did not hold, oldest first."""
+        attempts = []
+        for incident in reversed(self.recent(200)):
+            if incident.fingerprint != fingerprint or incident.outcome != DID_NOT_HOLD:
+                continue
+            done = [a for a in incident.actions if a.get("action") in ACTS]
+            attempts += [f"{a['action']} {a.get('request_id', '')} ({incident.id})" for a in done]
+        return attempts
 
     def trip_breaker(self, why: str) -> None:
         """Turn automatic actions off for the target until an operator says ``resume``."""
@@ -309,7 +322,7 @@ def outcome(settings: Settings, incident: Incident, now: float) -> str:
     or neither (open, resolved, or resolved late)."""
     if incident.status == OPEN or incident.outcome == DID_NOT_HOLD:
         return incident.outcome if incident.outcome == DID_NOT_HOLD else OPEN
-    acted = [a["at"] for a in incident.actions if a.get("action") == "rollback"]
+    acted = [a["at"] for a in incident.actions if a.get("action") in ACTS]
     if not acted:
         return RESOLVED_OUTCOME
     if incident.resolved_at - acted[0] > settings.resolve_window:

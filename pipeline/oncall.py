@@ -102,6 +102,14 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
         return _nothing(book, incident, why)
     if book.acted() is not None:  # cheap first: in a storm, every later incident stops here
         return _cooling_down(book, incident)
+    attempts = book.failed_attempts(incident.fingerprint)
+    if len(attempts) >= settings.max_fix_attempts:
+        why = (
+            f"{len(attempts)} earlier actions on this fingerprint did not hold "
+            f"(MOLT_MAX_FIX_ATTEMPTS={settings.max_fix_attempts}): {'; '.join(attempts)}. "
+            "A person decides"
+        )
+        return _nothing(book, incident, why)
     suspect = find_suspect(settings, store, incident.first_seen)
     own = _own_rollback_watched(settings, store, incident.first_seen)
     if own is not None:

@@ -332,3 +332,24 @@ def test_a_new_error_signature_in_molts_own_log_counts_in_its_watch_window(
     fresh = replace(old, fingerprint="log:new", summary="ValueError at pipeline/jobs.py:run")
     IncidentBook(molt, conn).take(replace(fresh, at=time.time()))  # once, below the threshold
     assert news() == ["a new error in Molt's log: ValueError at pipeline/jobs.py:run"]
+
+
+def test_after_max_fix_attempts_that_did_not_hold_molt_asks_a_person(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    book = IncidentBook(settings, conn)
+    for attempt in range(2):  # MOLT_MAX_FIX_ATTEMPTS=2
+        opened = book.take(_firing("alertmanager:z", counted=False)).incident
+        assert opened is not None
+        book.act(opened, "rollback", {"request_id": f"r{attempt}"})
+        book.take(_firing("alertmanager:z", status=RESOLVED, counted=False))
+        book.take(_firing("alertmanager:z", counted=False))  # fired again: did not hold
+        book.take(_firing("alertmanager:z", status=RESOLVED, counted=False))
+        conn.hdel(Target(settings, conn).keys.current_incidents, "alertmanager:z")
+    _landed(settings, conn, service)
+    oncall.take(settings, conn, _firing("alertmanager:z", counted=False))
+    assert [r for r in RequestStore(conn).recent(10) if r.command == "rollback"] == []
+    [newest, *_] = book.recent()
+    [said] = [a["reason"] for a in newest.actions if a["action"] == "nothing"]
+    assert said.startswith("2 earlier actions on this fingerprint did not hold")
+    assert "rollback r0" in said and "rollback r1" in said and said.endswith("A person decides")

@@ -96,9 +96,10 @@ class Adapter(ABC):
         change); true if it changed the request. Raising leaves the event to be tried again."""
         return False
 
-    def announce(self, channel: str, message: Message) -> None:
+    def announce(self, channel: str, message: Message, thread: str = "") -> None:
         """Post ``message`` in ``channel`` for everyone there (an incident, from
-        MOLT_INCIDENT_CHANNEL); where a platform has no such post, an answer there."""
+        MOLT_INCIDENT_CHANNEL; ``thread`` is the incident's id); where a platform has no such
+        post, an answer there."""
         self.reply(Origin(self.platform, "", channel), message)
 
     def show_home(self, origin: Origin, message: Message) -> None:  # noqa: B027 - optional

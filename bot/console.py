@@ -109,7 +109,7 @@ class Console(Adapter):
             self.last_template[request.id] = message.template
             self._changed.notify_all()
 
-    def announce(self, channel: str, message: Message) -> None:
+    def announce(self, channel: str, message: Message, thread: str = "") -> None:
         """An incident, with the press that answers its button."""
         lines = [message.title, *(f"  {line}" for line in message.text.splitlines())]
         lines += [f"  {f.name}: {f.value}" for f in message.fields]

@@ -153,7 +153,7 @@ class Notifier:
             log.warning("no adapter for the incident channel", platform=platform)
             return
         context = {"request_id": "", **event.data, "state": event.state}
-        adapter.announce(channel, render(event.template, context))
+        adapter.announce(channel, render(event.template, context), thread=event.request_id)
 
     def context(self, request: Request, event: events.Event) -> dict[str, Any]:
         context = request.context() | event.data | {"state": event.state}

@@ -81,6 +81,14 @@ def incident_origin(settings: Settings, incident: Incident) -> Origin:
     return Origin(platform, RECOVERY_USER, channel, user_name=f"incident {incident.id}")
 
 
+def raised_for(request: Request) -> str:
+    """The incident a rollback Molt raised is for ("" for any other request): its origin's
+    name says it (``incident_origin``)."""
+    if not raised_by_molt(request.origin):
+        return ""
+    return request.origin.user_name.removeprefix("incident ").strip()
+
+
 def take(settings: Settings, conn: redis.Redis, signal: Signal) -> None:
     """Take one signal; a new incident is responded to."""
     if not names_this_target(settings, signal.target):

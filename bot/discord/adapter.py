@@ -193,7 +193,7 @@ class Discord(Adapter):
     def reply(self, origin: Origin, message: Message) -> None:
         self._call(lambda: self.delivery.private(origin, message, None))
 
-    def announce(self, channel: str, message: Message) -> None:
+    def announce(self, channel: str, message: Message, thread: str = "") -> None:
         self._call(lambda: self.delivery.announce(channel, message))
 
     def _call(self, make: Callable[[], Coroutine[Any, Any, T]]) -> T:

@@ -336,3 +336,6 @@ class GitHub(Adapter):
 
     def reply(self, origin: Origin, message: Message) -> None:
         self.delivery.reply(origin, message)
+
+    def announce(self, channel: str, message: Message, thread: str = "") -> None:
+        self.delivery.announce(channel, message, thread)

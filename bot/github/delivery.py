@@ -7,10 +7,13 @@ Keys (kept ``REF_TTL``):
   molt:github:status:<repo>:<comment id>   the request whose status comment that is (for ticks)
   molt:github:issue:<repo>#<number>        the issue's newest request (for ``/molt approve``)
   molt:github:deployment:<request>:<try>   the Deployment of that attempt
+  molt:github:incident:<incident id>       the issue opened for an incident (``repo#number``),
+                                           where its rollback's status is shown too
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -22,11 +25,13 @@ from github import Github, GithubException
 from github.Issue import Issue
 from github.IssueComment import IssueComment
 
+from bot import people
 from bot.base import MessageRefs
 from bot.github import comments
 from bot.github.client import Writer
 from bot.messages import Message
 from pipeline.config import Settings
+from pipeline.oncall import raised_for
 from pipeline.requests import Origin, Request, RequestStore
 
 log = structlog.get_logger(__name__)
@@ -81,6 +86,14 @@ def issue_key(channel: str) -> str:
     return f"molt:github:issue:{channel.lower()}"
 
 
+def incident_issue_key(incident_id: str) -> str:
+    return f"molt:github:incident:{incident_id}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def where(channel: str) -> tuple[str, int]:
     """``owner/name#12`` as (repository, number)."""
     repo, _, number = channel.rpartition("#")
@@ -113,7 +126,7 @@ class Delivery:
         if message.private:
             self.reply(request.origin, message)
             return
-        issue = self.issue(request.origin.channel)
+        issue = self.issue(self._conversation(request))
         ref, posted = self._status(request, message, issue)
         label = LABEL_FOR.get(message.template)
         if label and ref.get("label") != label:
@@ -141,16 +154,17 @@ class Delivery:
                     raise
                 log.info("status comment gone; posting a new one", request_id=request.id)
         made = self._create(issue, body, request.id, "status")
-        repo, _ = where(request.origin.channel)
+        channel = self._conversation(request)
+        repo, _ = where(channel)
         ref = {
-            "channel": request.origin.channel,
+            "channel": channel,
             "comment": str(made.id),
             "url": str(made.html_url or ""),
             "label": ref.get("label", ""),
         }
         self._remember(request, ref)
         self.conn.set(status_key(repo, made.id), request.id, ex=REF_TTL)
-        self.conn.set(issue_key(request.origin.channel), request.id, ex=REF_TTL)
+        self.conn.set(issue_key(channel), request.id, ex=REF_TTL)
         return ref, True
 
     def _remember(self, request: Request, ref: dict[str, Any]) -> None:
@@ -226,7 +240,7 @@ class Delivery:
         if state is None or not commit:
             return
         key = f"molt:github:deployment:{request.id}:{request.attempt}"
-        repo, _ = where(request.origin.channel)
+        repo, _ = where(self._conversation(request))
         found = self.client.get_repo(repo, lazy=True)
         deployment_id = _text(self.conn.get(key))
         if deployment_id == "none":
@@ -265,6 +279,46 @@ class Delivery:
         self.writer.create(
             lambda: found.requester.requestJsonAndCheck("POST", url, input=status), lambda: None
         )
+
+    def _conversation(self, request: Request) -> str:
+        """The issue a request lives on: its own, or for a rollback Molt raised for an
+        incident, the issue opened for that incident (``announce``)."""
+        channel = request.origin.channel
+        incident = raised_for(request)
+        if "#" in channel or not incident:
+            return channel
+        opened = _text(self.conn.get(incident_issue_key(incident)))
+        if not opened:  # the incident's own message opens it, just before: try again
+            raise LookupError(f"no issue opened yet for incident {incident}")
+        return opened
+
+    # -- an incident ------------------------------------------------------------------
+
+    def announce(self, repo: str, message: Message, thread: str) -> None:
+        """An incident's news: the first opens an issue in ``repo``, the rest are comments
+        on it. Each is posted once, however often it is tried."""
+        key = incident_issue_key(thread)
+        opened = _text(self.conn.get(key))
+        kind = f"incident:{message.template}:{_digest(message.title + message.text)}"
+        # The incident's own marker, not a status comment's: no request's status is this.
+        shown = comments.status(message, boxes=False).split("\n\n", 1)[-1]
+        body = f"{comments.marker(thread, kind)}\n{shown}"
+        if opened:
+            self._create(self.issue(opened), body, thread, kind)
+            return
+        found = self.client.get_repo(repo)
+        title = " ".join(people.unmarked(message.title).split())[:200] or f"Incident {thread}"
+        since = datetime.now(UTC) - timedelta(minutes=10)
+        wanted = comments.marker(thread, kind)
+
+        def find() -> Issue | None:
+            for issue in found.get_issues(state="all", since=since):
+                if wanted in (issue.body or ""):
+                    return issue
+            return None
+
+        made = self.writer.create(lambda: found.create_issue(title=title, body=body), find)
+        self.conn.set(key, f"{repo}#{made.number}", ex=REF_TTL)
 
     # -- one person ---------------------------------------------------------------
 

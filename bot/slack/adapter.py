@@ -145,7 +145,7 @@ class Slack(Adapter):
     def reply(self, origin: Origin, message: Message) -> None:
         self.delivery.reply(origin, message)
 
-    def announce(self, channel: str, message: Message) -> None:
+    def announce(self, channel: str, message: Message, thread: str = "") -> None:
         self.delivery.announce(channel, message)
 
     def show_home(self, origin: Origin, message: Message) -> None:

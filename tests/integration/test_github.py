@@ -280,3 +280,31 @@ def test_requests_from_github_switched_off_say_which_setting(
     number = int(bot.open_issue("deploy main")["number"])
     bot.shows(number, "MOLT_ALLOW_GITHUB=false")
     bot.wait_until("the refused label", lambda: "molt:refused" in github.labels_on(REPO, number))
+
+
+def test_an_incident_opens_an_issue_where_its_rollback_is_approved_by_a_ticked_box(
+    service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
+) -> None:
+    from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
+
+    bot = start_github_bot(MOLT_INCIDENT_CHANNEL=f"github:{REPO}", MOLT_ALERT_TOKEN="tok")
+    old = service.live_head()
+    service.commit(V2, "v2")
+    number = int(bot.open_issue("deploy main")["number"])
+    bot.shows(number, "Plan ready")
+    bot.tick(number, "Approve", "bob")
+    bot.shows(number, "Live")
+
+    alert = alertmanager_payload([alertmanager_alert("c0ffee", summary="HTTP 500s")])
+    sender = Alertmanager(f"http://127.0.0.1:{bot.port}/alerts/alertmanager", "tok")
+    assert sender.send(alert)[0] == 200
+    github.wait_for(lambda c: c.method == "POST" and c.path == f"/repos/{REPO}/issues")
+    incident = number + 1  # the next issue of the repository: Molt opened it
+    assert "HTTP 500s" in github.issue(REPO, incident)["title"]
+    bot.shows(incident, "Plan ready")  # the rollback's status, on the incident's issue
+    bot.said(incident, "is the suspect")
+    bot.tick(incident, "Approve", "bob")
+    bot.shows(incident, "Live")
+    assert service.live_head() == old
+    creates = [c for c in github.calls if c.method == "POST" and c.path.endswith("/issues")]
+    assert len(creates) == 1  # one issue for the incident, however many messages it had

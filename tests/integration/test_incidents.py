@@ -133,3 +133,17 @@ def test_an_incident_in_the_watch_window_rolls_the_watched_update_back(
     assert service.live_head() == old
     [request] = _requests(data_dir).recent(1)  # no rollback of its own: the watch did it
     assert (request.command, request.state, request.phase) == ("deploy", S.FAILED, "watch")
+
+
+def test_failing_health_while_idle_is_an_incident_and_a_pass_resolves_it(
+    service: ServiceRepo, start_molt: StartMolt
+) -> None:
+    molt = start_molt(MOLT_HEALTH_INTERVAL="0.3", MOLT_HEALTH_FAILURES="2")
+    _up(molt)
+    after = len(molt.lines)
+    marker = service.live / "UNHEALTHY"  # the service's health command fails while it exists
+    marker.touch()
+    molt.wait_for(r"🚨 Incident i\w+: 2 health checks failed in a row", since=after)
+    molt.wait_for(r"no automatic action: no update landed", since=after)
+    marker.unlink()
+    molt.wait_for(r"✅ Resolved: incident i\w+", since=after)

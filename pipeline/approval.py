@@ -190,8 +190,7 @@ def approve_recovery(settings: Settings, conn: redis.Redis, request_id: str) -> 
     the recovery (pipeline/oncall.py). Audited as ``molt:auto``."""
     request = RequestStore(conn).get(request_id)
     decision = _late(request) and approvable(settings, conn, request)
-    recovery = request.command == "rollback" and authorisation.raised_by_molt(request.origin)
-    if decision and not (settings.autonomy == "auto" and recovery):
+    if decision and not autonomy.recovers_itself(settings, request):
         decision = Decision(False, "only an incident's rollback is approved this way", "autonomy")
     if not decision:
         return decision

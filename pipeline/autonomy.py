@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from pipeline import preflight, validation
+from pipeline.authorisation import raised_by_molt
 from pipeline.config import Settings
 from pipeline.decisions import ALLOWED, Decision
 from pipeline.git import Git
@@ -142,6 +143,13 @@ def tests_countable(settings: Settings, conn: redis.Redis) -> Decision:
         "make the test command report its tests, or set MOLT_REQUIRE_TESTS=false",
         "tests",
     )
+
+
+def recovers_itself(settings: Settings, request: Request) -> bool:
+    """MOLT_AUTONOMY=auto approves the rollback Molt raised for an incident, whatever its
+    risk: returning to the release before the suspect is the recovery (pipeline/oncall.py)."""
+    recovery = request.command == "rollback" and raised_by_molt(request.origin)
+    return settings.autonomy == "auto" and recovery
 
 
 def approves_itself(settings: Settings, plan: dict[str, Any]) -> bool:

@@ -148,11 +148,12 @@ def post(settings: Settings, conn: redis.Redis, book: IncidentBook, incident: In
 
 def fix(settings: Settings, conn: redis.Redis, incident_id: str, who: Origin) -> Request | None:
     """Fix it: a change request in words carrying the incident's diagnosis, from ``who``."""
-    book = IncidentBook(settings, conn)
-    incident = book.get(incident_id)
+    incident = IncidentBook(settings, conn).get(incident_id)  # incidents are kept by id
     found = [a for a in (incident.actions if incident else []) if a.get("action") == "diagnosis"]
     if incident is None or not found:
         return None
+    settings = settings.for_target(incident.target) if settings.fleet else settings
+    book = IncidentBook(settings, conn)
     fields = {k: found[-1][k] for k in Diagnosis.__dataclass_fields__}
     text = Diagnosis(**fields).change_text(incident.id)
     request = intake.submit(settings, conn, who, "change", text, text)

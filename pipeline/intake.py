@@ -272,7 +272,8 @@ def _plan_ready(
     presser = None
     if retried_by is not None and approval.approves_on_retry(settings, retried_by, request, plan):
         presser = retried_by
-    auto = presser is None and autonomy.approves_itself(settings, plan)
+    recovery = presser is None and autonomy.recovers_itself(settings, request)
+    auto = presser is None and (recovery or autonomy.approves_itself(settings, plan))
     held = approval.approvable(settings, conn, request) if auto or presser else ALLOWED
     shown = {"expires_in": settings.plan_ttl, "autonomy": settings.autonomy}
     held_key = "retry_held" if presser else "auto_held"
@@ -293,6 +294,8 @@ def _plan_ready(
         return ready
     if presser is not None:
         decision = approval.approve_on_retry(settings, conn, request_id, presser)
+    elif recovery:
+        decision = approval.approve_recovery(settings, conn, request_id)
     else:
         decision = approval.approve_automatically(settings, conn, request_id)
     if not decision and store.get(request_id).state is S.PLAN_READY:

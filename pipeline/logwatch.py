@@ -199,10 +199,11 @@ def fingerprint(signature: str) -> str:
     return "log:" + hashlib.sha256(signature.encode()).hexdigest()[:16]
 
 
-def occurrence_signal(settings: Settings, found: Occurrence) -> Signal:
+def occurrence_signal(settings: Settings, found: Occurrence, target: str = "") -> Signal:
     known = settings.secrets()
     return Signal(
         source="log",
+        target=target,
         fingerprint=fingerprint(found.signature),
         status=FIRING,
         summary=redact(found.summary, known),
@@ -224,12 +225,17 @@ class Watchers:
         self.hand_over: Callable[[list[Signal]], object] = lambda s: oncall.hand_over(conn, s)
 
     def start(self) -> None:
-        pattern = self.settings.watched_logs
-        if pattern and pattern != "off":
-            self._spawn(self._follow, pattern)
-        if self.settings.health_interval and (
-            self.settings.health_command or self.settings.manages_itself
-        ):
+        """A follower per target whose log is here (a fleet's targets' logs, each named as
+        its own); idle health probes for the one target whose checkout is here."""
+        names = self.settings.target_names() if self.settings.fleet else [""]
+        for name in names:
+            view = self.settings.for_target(name) if name else self.settings
+            pattern = view.watched_logs
+            if pattern and pattern != "off":
+                self._spawn(self._follow, view, pattern, name)
+        if self.settings.fleet or not self.settings.health_interval:
+            return
+        if self.settings.health_command or self.settings.manages_itself:
             self._spawn(self._probe_when_idle)
 
     def _spawn(self, loop: Callable[..., None], *args: object) -> None:
@@ -242,14 +248,15 @@ class Watchers:
         for thread in self._threads:
             thread.join(timeout=5)
 
-    def _follow(self, pattern: str) -> None:
+    def _follow(self, view: Settings, pattern: str, target: str) -> None:
         follower = LogFollower(pattern)
-        reader = LineReader(self.settings.target_dir)
+        reader = LineReader(view.target_dir)
         try:
             while not self.stopping.wait(POLL_SECONDS):
                 found = [o for o in map(reader.feed, follower.lines()) if o is not None]
                 if found:
-                    self._hand([occurrence_signal(self.settings, o) for o in found])
+                    signals = [occurrence_signal(view, o, target) for o in found]
+                    self._hand(signals)
         finally:
             follower.close()
 

@@ -12,7 +12,8 @@ A newly opened incident may act, once per target per MOLT_INCIDENT_COOLDOWN
 the incident began, it is the suspect, and Molt plans a rollback to the release before
 it through the normal pipeline, a request of command ``rollback`` raised by
 ``molt:incident``, which joins the waiting line ahead of ordinary requests. Under
-MOLT_AUTONOMY=auto it is approved by ``molt:auto`` at once; otherwise the incident's
+MOLT_AUTONOMY=auto it is approved by ``molt:auto`` as soon as its plan is ready
+(pipeline/intake.py, wherever the target's planning runs); otherwise the incident's
 message carries Approve rollback. An update still under way on the target is left to
 its watch window, which rolls it back on its own. Alert text never reaches a plan: a
 rollback's text is Molt's own.
@@ -28,7 +29,7 @@ from typing import Any, cast
 import redis
 import structlog
 
-from pipeline import approval, autonomy, diagnosis, intake
+from pipeline import autonomy, diagnosis, intake
 from pipeline.alerts import Signal
 from pipeline.authorisation import RECOVERY_USER, raised_by_molt
 from pipeline.config import Settings
@@ -37,7 +38,7 @@ from pipeline.incidents import DELIVERY_TTL, Incident, IncidentBook, delivery_ke
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import UNDER_WAY
 from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.targets import Target, of_target
 
 log = structlog.get_logger(__name__)
 STREAM = "molt:alerts"
@@ -70,9 +71,16 @@ def hand_over(conn: redis.Redis, signals: list[Signal]) -> tuple[int, int]:
     return taken, len(signals) - taken
 
 
-def names_this_target(settings: Settings, name: str) -> bool:
-    """The target an alert names: its id, its directory's name, or none (the only one)."""
-    return name in ("", settings.target_id, settings.target_dir.name)
+def target_of(settings: Settings, name: str) -> Settings | None:
+    """The settings of the target an alert names: its name (or id), or none when there is
+    only one target; None for a target Molt does not manage."""
+    if not settings.fleet:
+        known = name in ("", settings.target_id, settings.target_dir.name)
+        return settings if known else None
+    names = settings.target_names()
+    if not name and len(names) == 1:
+        name = names[0]
+    return settings.for_target(name) if name in names else None
 
 
 def incident_origin(settings: Settings, incident: Incident) -> Origin:
@@ -91,9 +99,11 @@ def raised_for(request: Request) -> str:
 
 def take(settings: Settings, conn: redis.Redis, signal: Signal) -> None:
     """Take one signal; a new incident is responded to."""
-    if not names_this_target(settings, signal.target):
-        log.warning("an alert for another target", target=signal.target[:100])
+    view = target_of(settings, signal.target)
+    if view is None:
+        log.warning("an alert for no target Molt manages", target=signal.target[:100])
         return
+    settings = view
     book = IncidentBook(settings, conn)
     taken = book.take(signal)
     if taken.opened and taken.incident is not None:
@@ -103,7 +113,8 @@ def take(settings: Settings, conn: redis.Redis, signal: Signal) -> None:
 def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident: Incident) -> None:
     """Roll back first: plan a rollback of the suspect update, when there is one."""
     store = RequestStore(conn)
-    under_way = next((r for r in store.active() if r.state in UNDER_WAY), None)
+    mine = (r for r in store.active() if r.state in UNDER_WAY and of_target(settings, r))
+    under_way = next(mine, None)
     if under_way is not None:
         name = under_way.codename or under_way.id
         why = f"update {name} is under way; its watch window rolls it back on its own"
@@ -142,9 +153,6 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
         return _cooling_down(book, incident)
     request = plan_rollback(settings, conn, incident, suspect)
     book.act(incident, "rollback", {"request_id": request.id, "suspect": incident.suspect})
-    if settings.autonomy == "auto" and request.state is S.PLAN_READY:
-        approval.approve_recovery(settings, conn, request.id)
-    request = store.get(request.id)
     waiting = request.state is S.PLAN_READY
     message = (
         f"update {incident.suspect} is the suspect: a rollback to the release before it is "
@@ -175,16 +183,25 @@ def _nothing(book: IncidentBook, incident: Incident, why: str) -> None:
     book.record(incident, "incident_nothing", f"no automatic action: {why}")
 
 
+def _landed_last(settings: Settings, store: RequestStore) -> Request | None:
+    """The update that landed last on this target."""
+    landed = (r for r in store.recent(50) if r.state is S.SUCCEEDED and of_target(settings, r))
+    return next((r for r in landed if r.plan), None)
+
+
 def find_suspect(settings: Settings, store: RequestStore, began: float) -> Request | None:
     """The update that landed last, if within MOLT_SUSPECT_WINDOW before ``began`` and still
-    live; a rollback Molt raised itself is never a suspect (a person decides then)."""
-    landed = next((r for r in store.recent(50) if r.state is S.SUCCEEDED and r.plan), None)
+    live; a rollback Molt raised itself is never a suspect (a person decides then). A
+    fleet's bot holds no checkout of its targets: there the last landed is taken as live."""
+    landed = _landed_last(settings, store)
     if landed is None or raised_by_molt(landed.origin):
         return None
     if not (
         landed.updated_at <= began + 1 and began - landed.updated_at <= settings.suspect_window
     ):
         return None
+    if settings.fleet:
+        return landed
     live = Git(settings.target_dir).head()
     return landed if (landed.plan or {}).get("target_commit") == live else None
 
@@ -193,12 +210,9 @@ def _own_rollback_watched(settings: Settings, store: RequestStore, began: float)
     """The rollback Molt raised itself that landed last, if ``began`` is within its watch
     window (MOLT_WATCH_SECONDS, at least a minute): the trouble outlived the recovery."""
     window = max(settings.watch_seconds, 60.0)
-    for request in store.recent(50):
-        if request.state is not S.SUCCEEDED:
-            continue
-        if raised_by_molt(request.origin) and 0 <= began - request.updated_at <= window:
-            return request.codename or request.id
-        return None
+    landed = _landed_last(settings, store)
+    if landed and raised_by_molt(landed.origin) and 0 <= began - landed.updated_at <= window:
+        return landed.codename or landed.id
     return None
 
 
@@ -209,7 +223,9 @@ def plan_rollback(
     base = str((suspect.plan or {}).get("base_commit", ""))
     name = suspect.codename or suspect.id
     text = f"rollback {name} (incident {incident.id})"
-    request = RequestStore(conn).create(incident_origin(settings, incident), text, "rollback", base)
+    target = settings.target_name if settings.fleet else ""
+    origin = incident_origin(settings, incident)
+    request = RequestStore(conn).create(origin, text, "rollback", base, target=target)
     return intake.advance(settings, conn, request.id)
 
 

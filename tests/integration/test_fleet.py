@@ -288,3 +288,30 @@ def test_redis_restarted_mid_update_the_update_ends_and_says_so(
     else:
         assert request.state is S.FAILED and fleet.api.live_head() == old
     assert fleet.api.live_status() == ""
+
+
+def test_an_alert_naming_one_target_rolls_back_that_target_only(fleet: Fleet) -> None:
+    from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
+
+    fleet.env |= {"MOLT_AUTONOMY": "auto", "MOLT_ALERT_TOKEN": "tok"}
+    fleet.worker("api")
+    fleet.worker("web")
+    old_api = fleet.api.live_head()
+    fleet.api.commit(V2, "api v2")
+    new_web = fleet.web.commit(V2, "web v2")
+    molt = fleet.start("console", where="bot")
+    port = int(molt.wait_for(r"Molt \S+ is up on port (\d+)").group(1))
+    for name in ("api", "web"):
+        since = molt.send(f"deploy {name} main")
+        molt.wait_for(r"✅ Live: ", since=since)  # auto mode: Molt approves low-risk plans
+
+    after = len(molt.lines)
+    alert = alertmanager_payload([alertmanager_alert("a1", target="api", summary="api 5xx")])
+    sender = Alertmanager(f"http://127.0.0.1:{port}/alerts/alertmanager", "tok")
+    assert sender.send(alert)[0] == 200
+    molt.wait_for(r"🚨 Incident i\w+: api 5xx", since=after)
+    molt.wait_for(r"✅ Live: ", since=after)
+    assert fleet.api.live_head() == old_api
+    assert fleet.web.live_head() == new_web
+    [rollback] = [r for r in fleet.requests().recent(5) if r.command == "rollback"]
+    assert (rollback.target, rollback.state, rollback.approver) == ("api", S.SUCCEEDED, "molt:auto")

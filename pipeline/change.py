@@ -10,7 +10,10 @@ deploy.
 
 from __future__ import annotations
 
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,8 +134,8 @@ def _implement(change: Writing, path: Path) -> list[dict[str, Any]]:
         writer.close()
         record_usage(change.conn, change.request.id, "implementation", settings.model, writer.usage)
     left_out = drop_strays(git, done.files.touched)
-    signing = signing_config(change.settings, change.log_dir)
-    target = _commit(git, plan, change.request, done.summary, signing)
+    with signing_config(change.settings) as signing:
+        target = _commit(git, plan, change.request, done.summary, signing)
     files = changed_files(git, plan.base_commit, target)
     plan.target_commit = target
     RequestStore(change.conn).update(change.request.id, plan=plan.to_dict())
@@ -223,23 +226,28 @@ def _commit(git: Git, plan: Plan, request: Request, summary: str, signing: list[
     return git.head()
 
 
-def signing_config(settings: Settings, log_dir: Path) -> list[str]:
+@contextmanager
+def signing_config(settings: Settings) -> Iterator[list[str]]:
     """git's ``-c`` options that sign a commit with MOLT_COMMIT_SIGNING_KEY (SSH), or none.
 
-    The key is a path, or the key itself, which is written beside the update's logs (0600)
-    for git to read and removed with them."""
-    key = (
-        settings.commit_signing_key.get_secret_value().strip()
-        if settings.commit_signing_key
-        else ""
-    )
+    The key is a path, or the key itself: then it is written to a private temporary file for
+    git to read, and removed as soon as the commit is made, before any test runs."""
+    secret = settings.commit_signing_key
+    key = secret.get_secret_value().strip() if secret else ""
     if not key:
-        return []
-    path = Path(key).expanduser()
-    if "PRIVATE KEY" in key:
-        path = log_dir / "signing-key"
+        yield []
+        return
+    if "PRIVATE KEY" not in key:
+        yield _signing(Path(key).expanduser())
+        return
+    with tempfile.TemporaryDirectory(prefix="molt-signing-") as where:
+        path = Path(where) / "key"
         path.touch(mode=0o600)
         path.write_text(key.replace("\\n", "\n").strip() + "\n")
+        yield _signing(path)
+
+
+def _signing(path: Path) -> list[str]:
     return ["-c", "gpg.format=ssh", "-c", f"user.signingKey={path}", "-c", "commit.gpgSign=true"]
 
 

@@ -512,6 +512,7 @@ class Settings(BaseSettings):
             self.alert_token,
             self.alert_secret,
             self.sentry_secret,
+            self.commit_signing_key,
         ]
         return [v.get_secret_value() for v in values if v and v.get_secret_value()]
 

@@ -45,6 +45,8 @@ GROUP = "github"
 CONSUMER = "bot"
 #: How long an issue or comment stays taken (longer than anyone edits an old comment).
 TAKEN_TTL = 90 * 86400
+#: Seconds during which one person refused on one issue is not answered again.
+REFUSAL_QUIET = 3600
 #: The boxes and commands that act on an issue's request rather than make one.
 PRESSES = frozenset({"approve", "reject", "retry"})
 
@@ -79,11 +81,7 @@ class GitHub(Adapter):
     # -- life cycle ----------------------------------------------------------
 
     def start(self) -> None:
-        try:
-            self.conn.xgroup_create(INBOX, GROUP, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self._join_inbox()
         loops: list[Callable[[], None]] = [self._introduce, self._read_inbox]
         if self.settings.github_poll > 0:
             loops.append(lambda: self.poller.run(self._stopping))
@@ -91,6 +89,13 @@ class GitHub(Adapter):
             thread = threading.Thread(target=loop, name="molt-github", daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _join_inbox(self) -> None:
+        try:
+            self.conn.xgroup_create(INBOX, GROUP, id="$", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
 
     def stop(self) -> None:
         self._stopping.set()
@@ -129,6 +134,8 @@ class GitHub(Adapter):
                 )
             except redis.RedisError as exc:
                 log.warning("github inbox unreachable", error=str(exc))
+                if "NOGROUP" in str(exc):  # Redis lost the group (a flush): make it again
+                    self._join_inbox()
                 self._stopping.wait(1.0)
                 continue
             items = [item for _, batch in cast(list[Any], reply or []) for item in batch]
@@ -138,7 +145,10 @@ class GitHub(Adapter):
                         self.handle(Happening.loads(fields["happening"]))
                 except Exception:
                     log.exception("github happening dropped", entry=str(entry_id))
-                self.conn.xack(INBOX, GROUP, entry_id)
+                try:
+                    self.conn.xack(INBOX, GROUP, entry_id)
+                except redis.RedisError as exc:  # taken keys keep it from acting twice
+                    log.warning("github inbox entry not acknowledged", error=str(exc))
             if start == "0" and not items:
                 start = ">"
 
@@ -160,7 +170,10 @@ class GitHub(Adapter):
             self._tick(happening)
 
     def _take(self, happening: Happening) -> bool:
-        return bool(self.conn.set(taken_key(happening.key), 1, nx=True, ex=TAKEN_TTL))
+        """Whether this process is the first to act on it. An issue stays taken for good: a
+        labelled issue that comes back into a poll years later is not a new request."""
+        lasts = None if happening.event == "issues" else TAKEN_TTL
+        return bool(self.conn.set(taken_key(happening.key), 1, nx=True, ex=lasts))
 
     def _origin(self, happening: Happening) -> Origin:
         return Origin("github", happening.login, happening.channel, happening.login)
@@ -278,9 +291,11 @@ class GitHub(Adapter):
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def _untick(self, happening: Happening, action: str) -> None:
+        """Clear the box on the comment as it is now (the request may have moved since)."""
         comment = self.delivery.issue(happening.channel).get_comment(happening.comment_id)
-        body = comments.untick(happening.body, action)
-        self.writer.write(lambda: comment.edit(body))
+        now = comment.body or ""  # a GET: the lazy comment is read here
+        if comments.ticked_now(now, action):
+            self.writer.write(lambda: comment.edit(comments.untick(now, action)))
 
     def _request_on(self, channel: str) -> Request | None:
         """The newest request made on an issue."""
@@ -304,12 +319,17 @@ class GitHub(Adapter):
         return bool(decision)
 
     def _refuse(self, origin: Origin, happening: Happening, decision: Decision, what: str) -> None:
+        """Audited every time; answered in a comment once an hour per person and issue, so
+        that nobody can make Molt spend GitHub's write limits by asking again and again."""
         audit.append(
             self.conn,
             actor=origin.principal,
             action="github_refused",
             detail={"where": happening.channel, "what": what, "reason": decision.reason},
         )
+        told = f"molt:github:told:{origin.principal}:{happening.channel}".lower()
+        if not self.conn.set(told, 1, nx=True, ex=REFUSAL_QUIET):
+            return
         line = refusal_line(self.settings.refusal_theme, f"{origin.principal}:{happening.key}")
         self._answer(origin, "refused", refusal_line=line, message=decision.reason)
 

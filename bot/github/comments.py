@@ -126,6 +126,11 @@ def ticked(before: str, after: str) -> str | None:
     return newly[0] if len(newly) == 1 else None
 
 
+def ticked_now(body: str, action: str) -> bool:
+    """Whether the box for ``action`` is ticked in ``body``."""
+    return any(m.group("action") == action and m.group("tick") != " " for m in _BOX.finditer(body))
+
+
 def untick(body: str, action: str) -> str:
     """``body`` with the box for ``action`` cleared again."""
     return _BOX.sub(

@@ -64,6 +64,7 @@ LABEL_FOR = {
     "cancelled": "molt:failed",
     "refused": "molt:refused",
     "blocked": "molt:refused",
+    "proposed": "molt:succeeded",
 }
 #: Messages that also get a short new comment, so the issue's watchers are notified.
 MILESTONES = frozenset({"plan_ready", "needs_info", "success", "failure"})

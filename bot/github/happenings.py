@@ -9,6 +9,7 @@ comes second finds it taken.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -51,8 +52,7 @@ class Happening:
         """One key per (repository, issue, comment, action), whichever source saw it first.
 
         An issue becomes a request once however it came ("opened" or "labeled"); a comment is
-        acted on once when created. An edit (a box ticked) only ever comes from a webhook, and
-        the same box may rightly be ticked again after Molt unticked it: its delivery names it.
+        acted on once when created. An edit (a box ticked) only ever comes from a webhook.
         """
         if self.event == "issues":
             return f"{self.repo}#{self.number}:0:request"
@@ -61,7 +61,12 @@ class Happening:
             return (
                 f"{self.repo}#{self.number}:pull:{self.event}:{self.action}:{head}:{self.delivery}"
             )
-        action = f"edited:{self.delivery}" if self.action == "edited" else self.action
+        # A tick by who made it, the body it left and when GitHub says it was made: a delivery
+        # replayed under a new id is the same tick; ticking again after an untick is a new one.
+        body = hashlib.sha256(self.body.encode()).hexdigest()[:16]
+        when = self.extra.get("updated_at") or self.delivery
+        edited = f"edited:{self.login.lower()}:{body}:{when}"
+        action = edited if self.action == "edited" else self.action
         return f"{self.repo}#{self.number}:{self.comment_id}:{action}"
 
     @property
@@ -143,6 +148,7 @@ def from_webhook(event: str, payload: dict[str, Any], delivery: str) -> Happenin
         body=str(comment.get("body") or ""),
         comment_id=int(comment["id"]),
         previous_body=str(previous or ""),
+        extra={"updated_at": str(comment.get("updated_at") or "")},
     )
 
 
@@ -177,6 +183,8 @@ def from_comment(repo: str, comment: dict[str, Any]) -> Happening:
         bot=is_bot(user),
         body=str(comment.get("body") or ""),
         comment_id=int(comment["id"]),
+        # The REST comment does not say; its page does (…/pull/12#issuecomment-…).
+        pull_request="/pull/" in str(comment.get("html_url", "")),
         source="poll",
     )
 

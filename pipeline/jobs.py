@@ -300,6 +300,7 @@ class Update:
             "to_commit": plan.target_commit,
             "branch": branch,
             "remote": remote,
+            "merge_approves": self.settings.merge_approves,
         }
         parts = (
             f"{plan.target_commit[:7]} is on {branch} at {remote}; the live checkout is untouched.",

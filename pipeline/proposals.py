@@ -22,6 +22,7 @@ import structlog
 
 from pipeline import approval, intake
 from pipeline.config import Settings
+from pipeline.exceptions import GitError, UpdateFailed
 from pipeline.git import Git
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
@@ -42,10 +43,20 @@ def branch_for(codename: str) -> str:
 
 def push(settings: Settings, commit: str, branch: str) -> str:
     """Push ``commit`` to ``branch`` on the target's remote; returns where that is, as a
-    person may read it (without any credentials the remote's URL carries)."""
+    person may read it (without any credentials the remote's URL carries, here or in what
+    a failed push says)."""
     live = Git(settings.target_dir)
-    live.run("push", "--quiet", settings.target_remote, f"{commit}:refs/heads/{branch}")
-    return shown_url(live.run("remote", "get-url", settings.target_remote).strip())
+    remote = settings.target_remote
+    url = remote if "/" in remote or ":" in remote else live.run("remote", "get-url", remote)
+    url = url.strip()
+    try:
+        live.run("push", "--quiet", remote, f"{commit}:refs/heads/{branch}")
+    except GitError as exc:
+        said = exc.output.replace(url, shown_url(url)) if url else exc.output
+        raise UpdateFailed(
+            "propose", f"pushing to {shown_url(url)}: {said.strip()[:500]}"
+        ) from None
+    return shown_url(url)
 
 
 def shown_url(url: str) -> str:

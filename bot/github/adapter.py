@@ -345,8 +345,15 @@ class GitHub(Adapter):
     # -- out -------------------------------------------------------------------
 
     def act_on(self, request: Request, template: str) -> bool:
-        """A proposed change's pull request is opened here, wherever it was asked for."""
-        if template != "proposed" or not self.pulls.open(request):
+        """A proposed change's pull request is opened here, wherever it was asked for. If
+        GitHub will not have it, the message still says which branch the change is on."""
+        if template != "proposed":
+            return False
+        try:
+            if not self.pulls.open(request):
+                return False
+        except GithubException as exc:
+            log.error("pull request not opened", request_id=request.id, status=exc.status)
             return False
         self.following.opened(self.store.get(request.id))
         return True

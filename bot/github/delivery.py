@@ -187,12 +187,21 @@ class Delivery:
 
         return self.writer.create(lambda: issue.create_comment(body), find)
 
+    def _once(self, issue: Issue, body: str, request_id: str, kind: str) -> None:
+        """A comment posted once per (request, kind) even when the delivery that posts it is
+        tried again after a later step failed (a label, a deployment)."""
+        key = f"molt:github:posted:{request_id}:{kind}"
+        if self.conn.exists(key):
+            return
+        made = self._create(issue, body, request_id, kind)
+        self.conn.set(key, str(made.id), ex=REF_TTL)
+
     def _milestone(
         self, request: Request, message: Message, issue: Issue, ref: dict[str, Any]
     ) -> None:
         kind = f"milestone:{message.template}:{request.attempt}"
         body = comments.milestone(message, str(ref.get("url", "")), kind)
-        self._create(issue, body, request.id, kind)
+        self._once(issue, body, request.id, kind)
 
     def _label(self, issue: Issue, label: str) -> None:
         """Put ``label`` on the issue and take any other ``molt:*`` state label off."""

@@ -70,7 +70,14 @@ class Following:
         where = f"{happening.repo}#{number}"
         if happening.event == "pull_request" and happening.action == "closed":
             self.pulls.stop_following(happening.repo, number)
-            if extra.get("merged"):
+            base = str((request.snapshot or {}).get("branch") or "")
+            into = str(extra.get("base_ref", ""))
+            if extra.get("merged") and base and into and into != base:
+                detail = f"{where} was merged into {into}, not {base}, where the service runs."
+                proposals.ended(
+                    self.conn, request.id, "closed", detail, f"github:{happening.login}"
+                )
+            elif extra.get("merged"):
                 self._merged(
                     request,
                     str(extra.get("merge_commit_sha", "")),
@@ -135,6 +142,12 @@ class Following:
             if now is not None:
                 self._compare(followed, repo, int(number), now, found)
 
+    def _ours(self, repo: str, number: int) -> str:
+        """The commit Molt pushed for the pull request it follows."""
+        request = self.pulls.followed(repo, number)
+        pull = ((request.result or {}).get("pull_request") or {}) if request else {}
+        return str(pull.get("commit", ""))
+
     def _ask(self, repo: str, number: int) -> dict[str, Any] | None:
         url = f"/repos/{repo}/pulls/{number}"
         etag = self._etags.get(url, "")
@@ -180,12 +193,13 @@ class Following:
                 "merge_commit_sha": str(pull.get("merge_commit_sha") or ""),
                 "merged_by": merged_by,
                 "head_sha": sha,
+                "base_ref": str(as_object(pull.get("base")).get("ref", "")),
             },
         }
         if state == "closed":
             closer = merged_by or author or "someone"
             found(Happening(action="closed", login=closer, delivery="poll", **common))
-        elif before.get("head") and before["head"] != sha:
+        elif sha and sha != self._ours(repo, number) and before.get("head") != sha:
             found(
                 Happening(action="synchronize", login="someone", delivery=f"poll:{sha}", **common)
             )

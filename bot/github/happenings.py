@@ -220,5 +220,6 @@ def _pull_happening(event: str, action: str, payload: dict[str, Any], delivery: 
             "merge_commit_sha": str(pull.get("merge_commit_sha") or ""),
             "merged_by": _login(merged_by),
             "head_sha": sha,
+            "base_ref": str(as_object(pull.get("base")).get("ref", "")),
         },
     )

@@ -25,7 +25,7 @@ from bot.github.client import Permissions, Writer, connect
 from bot.github.delivery import Delivery, issue_key, status_key
 from bot.github.following import Following
 from bot.github.happenings import PULL_EVENTS, Happening
-from bot.github.poller import Poller
+from bot.github.poller import Poller, taken_key
 from bot.github.pulls import Pulls
 from bot.github.webhook import INBOX
 from bot.messages import Message
@@ -49,10 +49,6 @@ TAKEN_TTL = 90 * 86400
 REFUSAL_QUIET = 3600
 #: The boxes and commands that act on an issue's request rather than make one.
 PRESSES = frozenset({"approve", "reject", "retry"})
-
-
-def taken_key(key: str) -> str:
-    return f"molt:github:taken:{key.lower()}"
 
 
 class GitHub(Adapter):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +38,17 @@ def cursor_key(repo: str, listing: str) -> str:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class Labeller:
+    login: str
+    bot: bool
+
+
+def taken_key(key: str) -> str:
+    """Where the adapter marks a happening taken (bot/github/adapter.py ``_take``)."""
+    return f"molt:github:taken:{key.lower()}"
 
 
 class Poller:
@@ -80,7 +92,26 @@ class Poller:
     def _issues(self, repo: str) -> None:
         params = {"labels": self.settings.github_label, "state": "open"}
         for issue in self._since(repo, "issues", f"/repos/{repo}/issues", params):
-            self.found(from_issue(repo, issue))
+            happening = from_issue(repo, issue)
+            if self.conn.exists(taken_key(happening.key)):
+                continue  # a request already: no need to ask who labelled it
+            labeller = self._labeller(repo, happening.number)
+            if labeller:
+                self.found(replace(happening, login=labeller.login, bot=labeller.bot))
+
+    def _labeller(self, repo: str, number: int) -> Labeller | None:
+        """Who put MOLT_GITHUB_LABEL on the issue last (the request is theirs, as the webhook's
+        ``sender`` would say), from the issue's events; None if GitHub does not say."""
+        label = self.settings.github_label.lower()
+        events = self.client.get_repo(repo, lazy=True).get_issue(number).get_events()
+        found = None
+        for event in events:
+            if event.event == "labeled" and event.label and event.label.name.lower() == label:
+                found = event.actor
+        if found is None:
+            log.warning("nobody is seen labelling the issue", repo=repo, number=number)
+            return None
+        return Labeller(found.login, found.type == "Bot" or found.login.endswith("[bot]"))
 
     def _comments(self, repo: str) -> None:
         key = cursor_key(repo, "comments")

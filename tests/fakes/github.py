@@ -164,6 +164,7 @@ class _Repo:
     branches: dict[str, str] = field(default_factory=dict)  # sha by ref, "owner:ref" for forks
     check_runs: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by sha
     commit_statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # by sha
+    events: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # by issue number
     next_number: int = 1
 
     @property
@@ -201,6 +202,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", _R + r"/issues/(\d+)/comments", "_list_comments"),
         ("POST", _R + r"/issues/(\d+)/comments", "_create_comment"),
         ("GET", _R + r"/issues/(\d+)/labels", "_list_issue_labels"),
+        ("GET", _R + r"/issues/(\d+)/events", "_list_issue_events"),
         ("POST", _R + r"/issues/(\d+)/labels", "_add_labels"),
         ("PUT", _R + r"/issues/(\d+)/labels", "_set_labels"),
         ("DELETE", _R + r"/issues/(\d+)/labels", "_clear_labels"),
@@ -312,7 +314,7 @@ class FakeGitHub(HttpFake):
         with self._changed:
             issue = self._open(self._repo(repo), title, body, user, pull_request, association)
             for name in labels:
-                self._put_label(self._repo(repo), issue, name)
+                self._put_label(self._repo(repo), issue, name, by=user)
             return copy.deepcopy(issue)
 
     def add_comment(
@@ -323,12 +325,13 @@ class FakeGitHub(HttpFake):
             found = self._repo(repo)
             return copy.deepcopy(self._comment(found, number, body, user, association))
 
-    def add_label(self, repo: str, number: int, name: str) -> dict[str, Any]:
-        """A person labelling issue ``number`` (the label is made if the repo lacks it)."""
+    def add_label(self, repo: str, number: int, name: str, by: str | None = None) -> dict[str, Any]:
+        """A person (``by``; the issue's author unless given) labelling issue ``number``
+        (the label is made if the repo lacks it)."""
         with self._changed:
             found = self._repo(repo)
             issue = self._find_issue(found, number)
-            self._put_label(found, issue, name)
+            self._put_label(found, issue, name, by=by or issue["user"]["login"])
             return copy.deepcopy(self._label(found, name))
 
     def edit_comment(self, repo: str, comment_id: int, new_body: str) -> tuple[str, dict[str, Any]]:
@@ -826,10 +829,26 @@ class FakeGitHub(HttpFake):
             repo.labels[name.lower()] = label
         return label
 
-    def _put_label(self, repo: _Repo, issue: dict[str, Any], name: str) -> None:
+    def _put_label(
+        self, repo: _Repo, issue: dict[str, Any], name: str, by: str | None = None
+    ) -> None:
+        """Label ``issue``, recording the ``labeled`` event GitHub keeps (who, which label)."""
         if all(label["name"].lower() != name.lower() for label in issue["labels"]):
-            issue["labels"].append(copy.deepcopy(self._label(repo, name)))
+            label = copy.deepcopy(self._label(repo, name))
+            issue["labels"].append(label)
             issue["updated_at"] = self._now()
+            actor = by or self.login
+            events = repo.events.setdefault(int(issue["number"]), [])
+            events.append(
+                {
+                    "id": _stable_id(f"event:{issue['id']}:{len(events)}"),
+                    "event": "labeled",
+                    "actor": user_json(actor, self.url),
+                    "label": {"name": label["name"], "color": label["color"]},
+                    "created_at": issue["updated_at"],
+                    "url": f"{repo.url}/issues/events/{len(events)}",
+                }
+            )
 
     def _page(self, items: list[dict[str, Any]], path: str, query: dict[str, str]) -> _Reply:
         """One page of ``items`` with GitHub's ``Link`` header to the others."""
@@ -1035,6 +1054,13 @@ class FakeGitHub(HttpFake):
         return self._page(
             copy.deepcopy(issue["labels"]), f"/repos/{owner}/{name}/issues/{number}/labels", query
         )
+
+    def _list_issue_events(
+        self, owner: str, name: str, number: str, *, query: dict[str, str], body: Any
+    ) -> _Reply:
+        repo, issue = self._issue_labels(owner, name, number)
+        events = copy.deepcopy(repo.events.get(int(issue["number"]), []))
+        return self._page(events, f"/repos/{owner}/{name}/issues/{number}/events", query)
 
     def _add_labels(
         self, owner: str, name: str, number: str, *, query: dict[str, str], body: Any

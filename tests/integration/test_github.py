@@ -308,3 +308,17 @@ def test_an_incident_opens_an_issue_where_its_rollback_is_approved_by_a_ticked_b
     assert service.live_head() == old
     creates = [c for c in github.calls if c.method == "POST" and c.path.endswith("/issues")]
     assert len(creates) == 1  # one issue for the incident, however many messages it had
+
+
+def test_polling_takes_a_labelled_issue_as_the_request_of_whoever_labelled_it(
+    service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
+) -> None:
+    """An approver's old issue labelled by someone without write access is that person's
+    request, refused; the poller cannot be used to ask in someone else's name."""
+    service.commit(V2, "v2")
+    bot = start_github_bot(GITHUB_WEBHOOK_SECRET="", MOLT_GITHUB_POLL="0.5")
+    issue = github.open_issue(REPO, "deploy main", "", "bob")
+    github.add_label(REPO, int(issue["number"]), "molt", by="mallory")
+    refusal = bot.said(int(issue["number"]), "@mallory")
+    assert "read access" in refusal["body"]
+    assert bot.requests() == []

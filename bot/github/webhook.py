@@ -53,6 +53,9 @@ class Webhook:
         self._repos = {r.lower() for r in repos}
 
     async def serve(self, request: HttpRequest) -> Response:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_BODY:  # refused before it is read
+            return JSONResponse({"error": "payload too large"}, status_code=413)
         body = await request.body()
         if len(body) > MAX_BODY:
             return JSONResponse({"error": "payload too large"}, status_code=413)

@@ -32,6 +32,7 @@ from pipeline import (
     approval,
     bootguard,
     logwatch,
+    metrics,
     oncall,
     preflight,
     queueing,
@@ -276,6 +277,7 @@ class Bot:
             recovery.recover_abandoned(self.settings, self.conn)
         for name in self.settings.target_names():
             recovery.keep_line_moving(self.of(name), self.conn)
+        metrics.tidy()  # metrics files of processes that are gone, into the archive
         self._keep_workers()
 
     def of(self, target: str) -> Settings:

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from pipeline import audit, authorisation, control, logs, recovery, store
+from pipeline import audit, authorisation, control, logs, metrics, recovery, store
 from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import ConfigError, StoreError
 from pipeline.requests import Origin
@@ -18,10 +18,14 @@ from pipeline.states import template_for
 
 
 def _settings() -> Settings:
+    """The settings, and metrics pointed at the data directory before anything records
+    one (every process, and what it starts, writes its samples there)."""
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         sys.exit(f"molt: {exc}")
+    metrics.prepare(settings.data_dir)
+    return settings
 
 
 def _target(args: argparse.Namespace, *, whole: bool = False) -> Settings:

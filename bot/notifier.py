@@ -21,7 +21,7 @@ import structlog
 from bot.base import Adapter
 from bot.desk import background_thread
 from bot.rendering import refusal_line, render
-from pipeline import events
+from pipeline import events, metrics
 from pipeline.config import Settings
 from pipeline.exceptions import UnknownRequest
 from pipeline.incidents import is_incident_event
@@ -104,6 +104,7 @@ class Notifier:
                     log.warning("delivery failed; will retry", event=event.id, error=str(exc))
                     continue
                 log.error("delivery failed; giving up", event=event.id, template=event.template)
+                metrics.dropped()
             self._attempts.pop(event.id, None)
             done.append(event.id)
         events.ack(self.conn, *done)
@@ -130,6 +131,7 @@ class Notifier:
             adapter = self.adapters.get(platform)
             if adapter:
                 adapter.reply(Origin(platform, user, request.origin.channel), message)
+                metrics.delivered(platform, event.at)
             return
         adapter = self.adapters.get(request.origin.platform)
         if adapter is None:
@@ -137,6 +139,7 @@ class Notifier:
             return
         started = time.perf_counter()
         adapter.deliver(request, message)
+        metrics.delivered(request.origin.platform, event.at)
         self.delivered += 1
         log.debug(
             "delivered",

@@ -4,7 +4,9 @@ under uvicorn.
 It runs in a process of its own (``molt http``, started by ``molt run``), which
 only verifies, acks and hands input to the inbox: acks never wait behind the
 bot's work for the interpreter lock. /healthz answers for the bot process that
-started it, through the bot's registration in Redis.
+started it, through the bot's registration in Redis. /metrics serves every Molt
+process's metrics added up (pipeline/metrics.py), with what Redis says at the time;
+each front end's ack time is measured here.
 """
 
 from __future__ import annotations
@@ -24,14 +26,13 @@ import redis
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline import events, restart, store
+from pipeline import events, metrics, restart, store
 from pipeline.config import Settings
-from pipeline.keyspace import TargetKeys
-from pipeline.locking import WaitingLine
-from pipeline.requests import RequestStore
+from pipeline.requests import ACTIVE, RequestStore, request_key
+from pipeline.targets import Target
 
 BOOT_ID_ENV = "MOLT_BOOT_ID"
 
@@ -43,31 +44,46 @@ def port_key(boot_id: str) -> str:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
+def timed(front: str, endpoint: Endpoint) -> Endpoint:
+    """``endpoint``, its time to answer kept as ``molt_ack_seconds{front=...}``."""
+
+    async def acking(request: Request) -> Response:
+        began = time.perf_counter()
+        try:
+            return await endpoint(request)
+        finally:
+            metrics.acked(front, time.perf_counter() - began)
+
+    return acking
+
+
 class HttpServer:
     def __init__(
         self,
         host: str,
         port: int,
         conn: redis.Redis,
-        target_id: str,
+        settings: Settings,
         boot_id: str,
         slack_endpoint: Endpoint | None = None,
         github_endpoint: Endpoint | None = None,
         alert_routes: list[Route] | None = None,
     ) -> None:
         self.conn = conn
-        self.target_id = target_id
+        self.settings = settings
         self.boot_id = boot_id
         self.started_at = time.time()
         routes = [
             Route("/healthz", self.healthz, methods=["GET"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/metrics", self.scrape, methods=["GET"]),
         ]
         if slack_endpoint is not None:
-            routes.append(Route("/slack/events", slack_endpoint, methods=["POST"]))
+            routes.append(Route("/slack/events", timed("slack", slack_endpoint), methods=["POST"]))
         if github_endpoint is not None:
-            routes.append(Route("/github/webhook", github_endpoint, methods=["POST"]))
-        routes.extend(alert_routes or [])
+            github = timed("github", github_endpoint)
+            routes.append(Route("/github/webhook", github, methods=["POST"]))
+        for alert in alert_routes or []:  # /alerts/*: acked here too
+            routes.append(Route(alert.path, timed("alerts", alert.endpoint), methods=alert.methods))
         self.app = Starlette(routes=routes)
         config = uvicorn.Config(
             self.app,
@@ -122,31 +138,36 @@ class HttpServer:
         }
         return JSONResponse(body)
 
-    async def metrics(self, request: Request) -> Response:
-        return PlainTextResponse(await asyncio.to_thread(self._metrics))
+    async def scrape(self, request: Request) -> Response:
+        body, media_type = await asyncio.to_thread(self._metrics)
+        return Response(body, media_type=media_type)
 
-    def _metrics(self) -> str:
-        counts: dict[str, int] = {}
-        for found in RequestStore(self.conn).recent(1000):
-            counts[found.state.value] = counts.get(found.state.value, 0) + 1
-        lines = ["# TYPE molt_requests gauge"]
-        lines += [f'molt_requests{{state="{state}"}} {n}' for state, n in sorted(counts.items())]
-        lines += [
-            "# TYPE molt_queue_length gauge",
-            f"molt_queue_length {len(WaitingLine(self.conn, TargetKeys(self.target_id).queue))}",
-        ]
-        pending = 0
+    def _metrics(self) -> tuple[bytes, str]:
+        return metrics.exposition(self._readings())
+
+    def _readings(self) -> metrics.Readings:
+        """What Redis says now: each target's line and lock, events not yet shown, and
+        the requests not yet finished by state."""
+        target = Target(self.settings, self.conn)
+        readings = metrics.Readings(uptime=time.time() - self.started_at)
+        readings.queue_length[target.id] = len(target.line)
+        held = target.lock.holder()
+        phase = ""
+        if held is not None:
+            phase = str(self.conn.hget(request_key(held.request_id), "phase") or "update")
+        readings.lock_phase[target.id] = phase
         try:
             info = self.conn.xpending(events.STREAM, events.GROUP)
-            pending = int(info.get("pending", 0)) if isinstance(info, dict) else 0
+            readings.undelivered = int(info.get("pending", 0)) if isinstance(info, dict) else 0
         except redis.ResponseError:
             pass
-        lines += ["# TYPE molt_events_pending gauge", f"molt_events_pending {pending}"]
-        lines += [
-            "# TYPE molt_uptime_seconds gauge",
-            f"molt_uptime_seconds {time.time() - self.started_at:.1f}",
-        ]
-        return "\n".join(lines) + "\n"
+        pipe = self.conn.pipeline(transaction=False)
+        for request_id in self.conn.smembers(ACTIVE):
+            pipe.hget(request_key(str(request_id)), "state")
+        for state in pipe.execute():
+            if state:
+                readings.active[str(state)] = readings.active.get(str(state), 0) + 1
+        return readings
 
 
 def serve(settings: Settings) -> int:
@@ -181,7 +202,7 @@ def serve(settings: Settings) -> int:
         settings.http_host,
         settings.http_port,
         conn,
-        settings.target_id,
+        settings,
         boot_id,
         slack_endpoint,
         github_endpoint,

@@ -24,6 +24,8 @@ from typing import Any
 
 import redis
 
+from pipeline import metrics
+
 #: Every audited write WATCHes the chain head. Writers in one process take turns, so they do
 #: not keep aborting each other's transactions; across processes a conflict is retried after
 #: a short random pause.
@@ -137,7 +139,14 @@ class ChainCheck:
 
 
 def verify(conn: redis.Redis) -> ChainCheck:
-    """Walk the chain; name the first entry whose hash or link does not hold."""
+    """Walk the chain; name the first entry whose hash or link does not hold. The answer
+    is kept as ``molt_audit_verified_entries`` and ``molt_audit_chain_ok``."""
+    check = _walk(conn)
+    metrics.audit_verified(check.ok, check.checked)
+    return check
+
+
+def _walk(conn: redis.Redis) -> ChainCheck:
     prev = GENESIS
     raws = conn.lrange(AUDIT, 0, -1)
     for index, raw in enumerate(raws):

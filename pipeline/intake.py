@@ -23,7 +23,16 @@ from typing import Any
 import redis
 import structlog
 
-from pipeline import approval, authorisation, autonomy, planning, preflight, queueing, workers
+from pipeline import (
+    approval,
+    authorisation,
+    autonomy,
+    metrics,
+    planning,
+    preflight,
+    queueing,
+    workers,
+)
 from pipeline.config import Settings
 from pipeline.decisions import ALLOWED, Decision
 from pipeline.exceptions import MoltError, PlanningError
@@ -57,6 +66,7 @@ def submit(
     )
     decision = authorisation.may_request(settings, origin)
     if not decision:
+        metrics.refused(decision.check)
         return store.transition(request.id, S.REFUSED, actor=MOLT, message=decision.reason)
     return advance(settings, conn, request.id)
 
@@ -226,6 +236,7 @@ def _blocked(
 ) -> Request:
     """End the request blocked: the refusal's reason, its check, and the checks run."""
     data: dict[str, Any] = {"check": decision.check}
+    metrics.refused(decision.check)
     if report is not None:
         data["checks"] = report
     return store.transition(request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data)

@@ -26,6 +26,7 @@ from pipeline import (
     control,
     intake,
     manifests,
+    metrics,
     oncall,
     proposals,
     queueing,
@@ -142,6 +143,7 @@ class Update:
         self.flaky: list[str] = []  # tests that failed, then passed when run again
         self.command = RunningCommand(conn, self.target.keys.command)
         self.watched = ""  # what the watch window saw, for the success message
+        self.clock = metrics.PhaseClock(settings.target_id)
 
     # -- starting, the lock taken for it ------------------------------------------------
 
@@ -181,6 +183,8 @@ class Update:
         self.trail.log_dir = self.settings.updates_dir / f"{codename}-{stamp}"
         self.trail.log_dir.mkdir(parents=True, exist_ok=True)
         self.trail.started = time.monotonic()
+        self.clock = metrics.PhaseClock(self.settings.target_id)
+        self.clock.enter("snapshot")
         autonomy.record_start(self.settings, self.conn, request)
         return self.store.transition(
             self.request_id,
@@ -204,6 +208,7 @@ class Update:
         return progress
 
     def enter(self, phase: str, message: str, state: S = S.RUNNING) -> None:
+        self.clock.enter(phase)
         self.store.transition(
             self.request_id,
             state,
@@ -259,8 +264,10 @@ class Update:
                     exc if isinstance(exc, UpdateFailed) else UpdateFailed(self._phase(), str(exc))
                 )
                 log.warning("update failed", request_id=self.request_id, error=str(failure))
+                self.clock.end("failed")
                 undo(self.settings, self.conn, self.request_id, failure, self.trail)
                 return "failed"
+        self.clock.end("succeeded")
         return "succeeded"
 
     def _steps(self, request: Request, plan: Plan) -> None:
@@ -394,6 +401,7 @@ class Update:
                 )
         finally:
             self.command.clear(self.request_id)
+        metrics.checks_done(self.settings.target_id, phase, result.checks)
         for found in result.checks:
             self.check(f"{phase}: {found.name}", found.ok, found.seconds, found.detail)
         if result.flaky:
@@ -521,6 +529,7 @@ class Update:
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:
+            metrics.release_live(self.settings.target_id, self.release.release)
             message += f" as signed release {self.release.release}"
         if self.watched:
             message += f"; {self.watched}"

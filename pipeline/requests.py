@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from pipeline import audit, events
+from pipeline import audit, events, metrics
 from pipeline.exceptions import IllegalTransition, UnknownRequest
 from pipeline.states import TERMINAL, RequestState, can_move, template_for
 
@@ -323,7 +323,10 @@ class RequestStore:
             events.stage(pipe, event)
             return request
 
-        return self._atomically((key,), write)
+        moved = self._atomically((key,), write)
+        if to in TERMINAL:
+            metrics.request_finished(moved.origin.platform, moved.command, to.value)
+        return moved
 
     def refresh(self, request_id: str, data: dict[str, Any]) -> None:
         """A progress refresh of the request's status message while a step runs: an event

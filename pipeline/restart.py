@@ -26,6 +26,7 @@ from pathlib import Path
 
 import redis
 
+from pipeline import metrics
 from pipeline.boots import RESTART_GRACE
 from pipeline.config import Settings
 from pipeline.exceptions import UpdateFailed
@@ -95,7 +96,19 @@ def restart(
     """Restart the service and wait until it is healthy on ``expect``; returns a summary.
 
     ``verifying`` is called once the restart was issued and the wait for health begins.
+    Each restart and its window until healthy are counted (``molt_restart_window_seconds``).
     """
+    with metrics.restart_window(settings.target_id):
+        return _restart(settings, conn, expect, log_path, verifying)
+
+
+def _restart(
+    settings: Settings,
+    conn: redis.Redis,
+    expect: str,
+    log_path: Path,
+    verifying: Callable[[], None],
+) -> str:
     if settings.restart_command:
         code, output, seconds = run_command(
             settings.restart_command, settings.target_dir, settings.restart_timeout, log_path

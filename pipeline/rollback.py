@@ -20,7 +20,7 @@ from typing import Any
 import redis
 import structlog
 
-from pipeline import codenames, queueing, releases, restart, snapshots
+from pipeline import codenames, metrics, queueing, releases, restart, snapshots
 from pipeline.config import Settings
 from pipeline.exceptions import RollbackFailed, UpdateFailed
 from pipeline.git import Git
@@ -78,6 +78,7 @@ def undo(
 ) -> None:
     """Roll back, report, clear the queue; never leaves the request unfinished."""
     store = RequestStore(conn)
+    metrics.rolled_back(settings.target_id, failure.phase, failure.reason)
     try:
         failure = _stop_left_command(settings, conn, request_id, failure)
         _roll_back_and_report(settings, conn, store, request_id, failure, trail)

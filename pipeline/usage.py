@@ -12,7 +12,7 @@ from typing import Any
 
 import redis
 
-from pipeline import audit
+from pipeline import audit, metrics
 
 USAGE_ACTION = "model_usage"
 
@@ -79,6 +79,7 @@ def record_usage(conn: redis.Redis, request_id: str, task: str, model: str, usag
             request_id=request_id,
             detail={"task": task, "model": model, **usage.to_dict()},
         )
+        metrics.model_used(task, usage.to_dict())
 
 
 def request_usage(conn: redis.Redis, request_id: str) -> Usage:

@@ -33,7 +33,7 @@ import structlog
 from rq import Queue, Worker, get_current_job
 from rq.job import Job
 
-from pipeline import queueing
+from pipeline import metrics, queueing
 from pipeline.config import Settings
 from pipeline.decisions import ALLOWED, Decision
 from pipeline.keyspace import TargetKeys
@@ -58,6 +58,7 @@ class MoltWorker(Worker):
             log.info("the job goes back to the queue for a worker on the new code", job=job.id)
             return
         super().execute_job(job, queue)
+        metrics.tidy()  # the work horse is gone: its samples are folded into the archive
         self._code_changed()
 
     def _code_changed(self) -> bool:

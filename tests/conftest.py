@@ -16,7 +16,7 @@ from pipeline import store
 from pipeline.config import Settings, load_settings
 from tests.support import Molt, ServiceRepo, processes_in
 
-_LEAKY_PREFIXES = ("MOLT_", "SLACK_", "DISCORD_", "GITHUB_", "ANTHROPIC_")
+_LEAKY_PREFIXES = ("MOLT_", "SLACK_", "DISCORD_", "GITHUB_", "ANTHROPIC_", "PROMETHEUS_")
 _LEAKY_NAMES = ("REDIS_URL", "GIT_DIR", "GIT_WORK_TREE", "PYTHONPATH")
 
 

@@ -1,0 +1,407 @@
+"""Molt's Prometheus metrics: every one is named here, recorded by whichever process sees
+it happen, and served together at /metrics (bot/server.py).
+
+Each process (the bot, its HTTP server, every worker and work horse) writes its samples
+to files of its own in ``MOLT_DATA_DIR/metrics``: prometheus_client's multiprocess mode,
+chosen by ``PROMETHEUS_MULTIPROC_DIR`` when prometheus_client is first imported. So
+``prepare`` sets that variable before anything here imports it (metrics are built on
+first use), and a process that re-executes itself keeps it through its environment and
+keeps writing the same files (the same pid). Files of processes that are gone are
+folded into one archive file per kind by ``tidy`` (counters and histograms never go
+back), and their live gauges dropped with ``mark_process_dead``.
+
+What is true of Redis at scrape time (queue lengths, lock holders, undelivered events)
+is read when /metrics is asked, as ``Readings``, not recorded.
+
+Label values are bounded: platform, kind, state, phase, target, cause, check, task,
+front end; never a request id, a codename or text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import glob
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: From a tenth of a second (a snapshot) to an hour (a long test suite).
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+#: Acks are answered in milliseconds; Slack gives up at 3 s.
+ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+#: From an event appended to a message shown: sub-second normally, minutes when a
+#: platform is down.
+LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+TOKEN_KINDS = {
+    "input_tokens": "input",
+    "output_tokens": "output",
+    "cache_read_input_tokens": "cache_read",
+    "cache_creation_input_tokens": "cache_write",
+}
+#: A label value that is not one of a few short words (a check's name) is shown as this.
+OTHER = "other"
+_WORD = re.compile(r"^[a-z0-9][a-z0-9 :_.-]{0,39}$")
+_ARCHIVE = "archive"
+
+
+def prepare(data_dir: Path) -> Path:
+    """Point prometheus_client at ``data_dir``/metrics; called by every ``molt`` command
+    before anything records a metric. Children (the HTTP server, workers, horses, a
+    process re-executed on new code) inherit the variable."""
+    folder = Path(data_dir).resolve() / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    os.environ[ENV] = str(folder)
+    return folder
+
+
+def word(value: str) -> str:
+    """A label value kept bounded: short stable words pass, anything else is ``other``."""
+    value = (value or "").strip().lower()
+    return value if _WORD.match(value) else OTHER
+
+
+@functools.cache
+def _m() -> Any:
+    """The metrics, built on first use (after ``prepare``); one namespace for all."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    class Names:
+        requests = Counter(
+            "molt_requests",
+            "Requests that reached a final state, by platform, kind and state",
+            ["platform", "kind", "state"],
+        )
+        refusals = Counter("molt_refusals", "Refusals by the check that refused", ["check"])
+        update_seconds = Histogram(
+            "molt_update_seconds",
+            "Seconds from an update's start to its end, by target and outcome",
+            ["target", "outcome"],
+            buckets=DURATION_BUCKETS,
+        )
+        phase_seconds = Histogram(
+            "molt_phase_seconds",
+            "Seconds an update spent in each phase, by target and phase",
+            ["target", "phase"],
+            buckets=DURATION_BUCKETS,
+        )
+        check_seconds = Histogram(
+            "molt_check_seconds",
+            "Seconds of each validation check, by target, phase, check and outcome",
+            ["target", "phase", "check", "outcome"],
+            buckets=DURATION_BUCKETS,
+        )
+        rollbacks = Counter(
+            "molt_rollbacks",
+            "Updates rolled back, by target, the phase that failed and the cause",
+            ["target", "phase", "cause"],
+        )
+        restarts = Counter("molt_restarts", "Service restarts by updates", ["target"])
+        restart_window = Histogram(
+            "molt_restart_window_seconds",
+            "Seconds from asking for a restart until the service reported healthy",
+            ["target"],
+            buckets=DURATION_BUCKETS,
+        )
+        ack_seconds = Histogram(
+            "molt_ack_seconds",
+            "Seconds the HTTP front took to acknowledge input, by front end",
+            ["front"],
+            buckets=ACK_BUCKETS,
+        )
+        delivery_seconds = Histogram(
+            "molt_event_delivery_seconds",
+            "Seconds from an event's append to its message shown, by platform",
+            ["platform"],
+            buckets=LAG_BUCKETS,
+        )
+        delivery_lag = Gauge(
+            "molt_event_delivery_lag_seconds",
+            "Lag of the last event shown, by platform",
+            ["platform"],
+            multiprocess_mode="mostrecent",
+        )
+        dropped = Counter(
+            "molt_events_dropped", "Events given up after every delivery attempt failed"
+        )
+        tokens = Counter("molt_llm_tokens", "Model tokens by kind and task", ["kind", "task"])
+        calls = Counter("molt_llm_calls", "Model calls by task", ["task"])
+        release = Gauge(
+            "molt_release_live",
+            "Number of the signed release live on each target",
+            ["target"],
+            multiprocess_mode="mostrecent",
+        )
+        audit_verified = Gauge(
+            "molt_audit_verified_entries",
+            "Entries of the audit chain at its last verification",
+            multiprocess_mode="mostrecent",
+        )
+        audit_ok = Gauge(
+            "molt_audit_chain_ok",
+            "1 if the audit chain held at its last verification, else 0",
+            multiprocess_mode="mostrecent",
+        )
+
+    return Names
+
+
+# -- recording, one call per thing seen -----------------------------------------------
+
+
+def request_finished(platform: str, kind: str, state: str) -> None:
+    _m().requests.labels(word(platform), word(kind), state).inc()
+
+
+def refused(check: str) -> None:
+    _m().refusals.labels(word(check)).inc()
+
+
+def checks_done(target: str, phase: str, checks: Iterable[Any]) -> None:
+    """A validation phase's checks (``name``, ``ok``, ``seconds``)."""
+    for found in checks:
+        outcome = "passed" if found.ok else "failed"
+        _m().check_seconds.labels(target, word(phase), word(found.name), outcome).observe(
+            found.seconds
+        )
+
+
+def rolled_back(target: str, phase: str, reason: str) -> None:
+    _m().rollbacks.labels(target, word(phase), cause_of(phase, reason)).inc()
+
+
+def cause_of(phase: str, reason: str) -> str:
+    """The class of a failure's reason, from the words Molt itself writes in it."""
+    text = reason.lower()
+    for cause, marks in (
+        ("stop", ("emergency stop",)),
+        ("lock", ("update lock was lost",)),
+        ("abandoned", ("worker", "abandoned", "did not finish")),
+        ("timeout", ("timed out", "within", "still failing after")),
+        ("crash loop", ("crash loop",)),
+    ):
+        if any(mark in text for mark in marks):
+            return cause
+    if phase in ("phase 1", "phase 2"):
+        return "checks"
+    if phase in ("restart", "verify", "watch"):
+        return "unhealthy"
+    return "error"
+
+
+@contextlib.contextmanager
+def restart_window(target: str) -> Iterator[None]:
+    """Count a restart and time it until healthy (or until it fails)."""
+    began = time.monotonic()
+    _m().restarts.labels(target).inc()
+    try:
+        yield
+    finally:
+        _m().restart_window.labels(target).observe(time.monotonic() - began)
+
+
+def acked(front: str, seconds: float) -> None:
+    _m().ack_seconds.labels(front).observe(seconds)
+
+
+def delivered(platform: str, appended_at: float) -> None:
+    lag = max(0.0, time.time() - appended_at)
+    _m().delivery_seconds.labels(word(platform)).observe(lag)
+    _m().delivery_lag.labels(word(platform)).set(lag)
+
+
+def dropped() -> None:
+    _m().dropped.inc()
+
+
+def model_used(task: str, usage: dict[str, int]) -> None:
+    for name, kind in TOKEN_KINDS.items():
+        if usage.get(name):
+            _m().tokens.labels(kind, word(task)).inc(usage[name])
+    if usage.get("calls"):
+        _m().calls.labels(word(task)).inc(usage["calls"])
+
+
+def release_live(target: str, release: int) -> None:
+    _m().release.labels(target).set(release)
+
+
+def audit_verified(ok: bool, entries: int) -> None:
+    _m().audit_verified.set(entries)
+    _m().audit_ok.set(1 if ok else 0)
+
+
+class PhaseClock:
+    """Times an update's phases as it enters them: each phase's seconds go to
+    ``molt_phase_seconds`` when the next begins, the whole to ``molt_update_seconds``."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.started = time.monotonic()
+        self.phase = ""
+        self.since = self.started
+
+    def enter(self, phase: str) -> None:
+        now = time.monotonic()
+        if self.phase and phase != self.phase:
+            _m().phase_seconds.labels(self.target, word(self.phase)).observe(now - self.since)
+        if phase != self.phase:
+            self.phase, self.since = phase, now
+
+    def end(self, outcome: str) -> None:
+        self.enter("")
+        _m().update_seconds.labels(self.target, outcome).observe(time.monotonic() - self.started)
+
+
+# -- scrape time ------------------------------------------------------------------------
+
+
+@dataclass
+class Readings:
+    """What /metrics reads from Redis when it is asked, rather than recorded."""
+
+    queue_length: dict[str, int] = field(default_factory=dict)  # target → waiting
+    #: target → the phase of the update holding its lock ("" when free)
+    lock_phase: dict[str, str] = field(default_factory=dict)
+    undelivered: int = 0
+    active: dict[str, int] = field(default_factory=dict)  # state → requests in it
+    uptime: float = 0.0
+
+
+def exposition(readings: Readings) -> tuple[bytes, str]:
+    """The text format of every process's samples, added up, and of ``readings``."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class Scraped:
+        def collect(self) -> Iterator[Any]:
+            queue = GaugeMetricFamily(
+                "molt_queue_length", "Approved requests waiting, by target", labels=["target"]
+            )
+            lock = GaugeMetricFamily(
+                "molt_update_lock_held",
+                "1 while an update holds a target's lock, labelled with its phase",
+                labels=["target", "phase"],
+            )
+            for target, length in sorted(readings.queue_length.items()):
+                queue.add_metric([target], length)
+            for target, phase in sorted(readings.lock_phase.items()):
+                lock.add_metric([target, word(phase) if phase else ""], 1 if phase else 0)
+            active = GaugeMetricFamily(
+                "molt_requests_active", "Requests not yet finished, by state", labels=["state"]
+            )
+            for state, count in sorted(readings.active.items()):
+                active.add_metric([state], count)
+            yield queue
+            yield lock
+            yield active
+            yield GaugeMetricFamily(
+                "molt_events_undelivered",
+                "Events appended but not yet shown",
+                value=readings.undelivered,
+            )
+            yield GaugeMetricFamily(
+                "molt_events_pending",
+                "The same as molt_events_undelivered (the earlier name)",
+                value=readings.undelivered,
+            )
+            yield GaugeMetricFamily(
+                "molt_uptime_seconds", "Seconds the HTTP server has run", value=readings.uptime
+            )
+
+    registry = CollectorRegistry()
+    folder = os.environ.get(ENV)
+    if folder:
+        with _folder_lock(Path(folder), fcntl.LOCK_SH):
+            MultiProcessCollector(registry, path=folder)
+            registry.register(Scraped())
+            body = generate_latest(registry)
+    else:  # not prepared (a library use, a unit test): this process's own samples
+        from prometheus_client import REGISTRY
+
+        registry.register(Scraped())
+        body = generate_latest(REGISTRY) + generate_latest(registry)
+    return body, str(CONTENT_TYPE_LATEST)
+
+
+# -- files of processes that are gone ------------------------------------------------
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, mode: int) -> Iterator[None]:
+    """Scrapes share the folder; folding files into the archive takes it alone, so that
+    no scrape sees a sample twice or not at all."""
+    with open(folder / ".lock", "a+") as handle:
+        fcntl.flock(handle, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tidy(only: Iterable[int] | None = None) -> int:
+    """Fold the files of processes that are gone (``only`` those pids, else every dead
+    one) into the archive; returns how many processes were folded."""
+    folder = os.environ.get(ENV)
+    if not folder:
+        return 0
+    from prometheus_client import multiprocess
+
+    dead: dict[str, list[str]] = {}
+    for path in glob.glob(os.path.join(folder, "*.db")):
+        stem = os.path.basename(path)[:-3]
+        pid = stem.rpartition("_")[2]
+        if not pid.isdigit() or (only is not None and int(pid) not in set(only)):
+            continue
+        if only is not None or not _alive(int(pid)):
+            dead.setdefault(pid, []).append(path)
+    if not dead:
+        return 0
+    with _folder_lock(Path(folder), fcntl.LOCK_EX):
+        for pid, paths in dead.items():
+            multiprocess.mark_process_dead(int(pid), folder)
+            for path in paths:
+                if os.path.exists(path):
+                    _fold(Path(path), Path(folder))
+    return len(dead)
+
+
+def _fold(path: Path, folder: Path) -> None:
+    """Add one dead process's file to the archive of its kind, then remove it."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    kind = path.name[:-3].rpartition("_")[0]  # counter, histogram, gauge_mostrecent, …
+    mode = kind.partition("_")[2]
+    archive = MmapedDict(str(folder / f"{kind}_{_ARCHIVE}.db"))
+    try:
+        for key, value, stamp, _ in MmapedDict.read_all_values_from_file(str(path)):
+            old, old_stamp = archive.read_value(key)
+            if mode in ("mostrecent", "livemostrecent"):
+                if stamp >= old_stamp:
+                    archive.write_value(key, value, stamp)
+            elif mode in ("max", "livemax"):
+                archive.write_value(key, max(old, value), stamp)
+            elif mode in ("min", "livemin"):
+                archive.write_value(key, min(old, value) if old_stamp else value, stamp)
+            else:  # counters, histograms, summaries and summed gauges add up
+                archive.write_value(key, old + value, max(stamp, old_stamp))
+    finally:
+        archive.close()
+    path.unlink()

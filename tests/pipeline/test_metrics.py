@@ -1,0 +1,89 @@
+"""pipeline/metrics.py: samples of many processes added up, surviving the processes that
+wrote them, with bounded label values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from pipeline import metrics
+from tests.support import ROOT
+
+RECORD = textwrap.dedent(
+    """
+    import os, sys
+    from pipeline import metrics
+    metrics.request_finished("console", "deploy", "succeeded")
+    metrics.rolled_back("molt-1", "phase 1", "tests failed: 1 failed")
+    clock = metrics.PhaseClock("molt-1")
+    clock.enter("snapshot")
+    clock.enter("phase 1")
+    clock.end("succeeded")
+    metrics.release_live("molt-1", int(sys.argv[1]))
+    if sys.argv[2] == "exec":
+        os.execv(sys.executable, [sys.executable, "-c", sys.argv[3], sys.argv[1], "done"])
+    """
+)
+
+
+def _record(folder: Path, release: int, exec_again: bool = False) -> None:
+    """A process of its own recording an update (re-executing itself once if asked)."""
+    args = [str(release), "exec" if exec_again else "once", RECORD]
+    subprocess.run(
+        [sys.executable, "-c", RECORD, *args],
+        env={**os.environ, metrics.ENV: str(folder), "PYTHONPATH": str(ROOT)},
+        check=True,
+        timeout=60,
+    )
+
+
+def _scrape(folder: Path) -> str:
+    os.environ[metrics.ENV] = str(folder)
+    body, media_type = metrics.exposition(metrics.Readings(queue_length={"molt-1": 2}))
+    assert media_type.startswith("text/plain")
+    return body.decode()
+
+
+def test_samples_of_processes_that_ended_or_re_executed_are_added_up(tmp_path: Path) -> None:
+    folder = metrics.prepare(tmp_path / "data")
+    _record(folder, 3)
+    _record(folder, 4, exec_again=True)  # the same pid writes twice, across an exec
+    text = _scrape(folder)
+    assert 'molt_requests_total{kind="deploy",platform="console",state="succeeded"} 3.0' in text
+    assert 'molt_rollbacks_total{cause="checks",phase="phase 1",target="molt-1"} 3.0' in text
+    assert 'molt_phase_seconds_count{phase="snapshot",target="molt-1"} 3.0' in text
+    assert 'molt_update_seconds_count{outcome="succeeded",target="molt-1"} 3.0' in text
+    assert 'molt_release_live{target="molt-1"} 4.0' in text
+    assert 'molt_queue_length{target="molt-1"} 2.0' in text
+
+
+def test_tidy_folds_the_files_of_processes_that_are_gone_and_keeps_their_counts(
+    tmp_path: Path,
+) -> None:
+    folder = metrics.prepare(tmp_path / "data")
+    for release in (1, 2, 3):
+        _record(folder, release)
+    before = _scrape(folder)
+    assert len(list(folder.glob("counter_*.db"))) == 3
+    assert metrics.tidy() == 3
+    assert [p.name for p in folder.glob("counter_*.db")] == ["counter_archive.db"]
+    after = _scrape(folder)
+    assert 'molt_requests_total{kind="deploy",platform="console",state="succeeded"} 3.0' in after
+    assert 'molt_release_live{target="molt-1"} 3.0' in after
+    assert sorted(before.splitlines()) == sorted(after.splitlines())
+    assert metrics.tidy() == 0
+
+
+def test_label_values_stay_bounded() -> None:
+    """Free text, ids and long names never become label values."""
+    assert metrics.word("tests") == "tests"
+    assert metrics.word("release:downgrade") == "release:downgrade"
+    assert metrics.word("r1a2b3c4 said: please deploy $(rm -rf /) now!!") == "other"
+    assert metrics.word("") == "other"
+    assert metrics.cause_of("phase 2", "emergency stop by console:alice") == "stop"
+    assert metrics.cause_of("phase 2", "tests: 1 failed") == "checks"
+    assert metrics.cause_of("verify", "health command `x` still failing after 5s") == "timeout"
+    assert metrics.cause_of("restart", "restart command exited 1: boom") == "unhealthy"

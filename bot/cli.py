@@ -52,7 +52,10 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
         console = not chat_configured and sys.stdin.isatty()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs.configure(
-        settings.log_level, settings.secrets(), settings.data_dir / "molt.log" if console else None
+        settings.log_level,
+        settings.secrets(),
+        settings.data_dir / "molt.log" if console else None,
+        settings.log_format,
     )
     # The boot guard runs before the bot's code is imported: a release can fail at import,
     # and code that was tampered with must not run before it is checked.
@@ -75,7 +78,7 @@ def cmd_http(args: argparse.Namespace) -> int:
     from bot.server import serve
 
     settings = _settings()
-    logs.configure(settings.log_level, settings.secrets())
+    logs.configure(settings.log_level, settings.secrets(), fmt=settings.log_format)
     return serve(settings)
 
 
@@ -83,7 +86,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.workers import run_worker
 
     settings = _settings()
-    logs.configure(settings.log_level, settings.secrets())
+    logs.configure(settings.log_level, settings.secrets(), fmt=settings.log_format)
     targets = None if args.all else args.target
     unknown = sorted(set(targets or ()) - set(settings.target_names()))
     if unknown:

@@ -79,8 +79,16 @@ FLAKY_MODES = (FLAKY_FAIL, FLAKY_PASS)
 DELIVERY_APPLY = "apply"
 DELIVERY_PULL_REQUEST = "pull-request"
 DELIVERY_MODES = (DELIVERY_APPLY, DELIVERY_PULL_REQUEST)
+#: How logs are written (MOLT_LOG_FORMAT; see pipeline/logs.py): "auto" is console on a
+#: terminal and JSON otherwise.
+LOG_FORMATS = ("auto", "json", "console")
 #: Settings that take one of a few words, and the words.
-_MODES = {"autonomy": AUTONOMY_MODES, "flaky": FLAKY_MODES, "change_delivery": DELIVERY_MODES}
+_MODES = {
+    "autonomy": AUTONOMY_MODES,
+    "flaky": FLAKY_MODES,
+    "change_delivery": DELIVERY_MODES,
+    "log_format": LOG_FORMATS,
+}
 
 #: A fleet's target names, as ``[targets.<name>]`` tables of molt.toml spell them.
 TARGET_NAME = re.compile(r"[a-z0-9-]{1,32}")
@@ -145,6 +153,10 @@ class Settings(BaseSettings):
     min_free_disk_mb: int = _var("MOLT_MIN_FREE_DISK_MB", 200, ge=0)
     min_free_memory_mb: int = _var("MOLT_MIN_FREE_MEMORY_MB", 100, ge=0)
     log_level: str = _var("MOLT_LOG_LEVEL", "info", pattern=r"^(?i:debug|info|warning|error)$")
+    log_format: str = _var("MOLT_LOG_FORMAT", "auto")
+    #: The read-only status page at / on the HTTP port (bot/ui.py), and the token it asks.
+    ui: bool = _var("MOLT_UI", False)
+    ui_token: SecretStr | None = _var("MOLT_UI_TOKEN")
     slack_bot_token: SecretStr | None = _var("SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = _var("SLACK_SIGNING_SECRET")
     slack_app_token: SecretStr | None = _var("SLACK_APP_TOKEN")
@@ -323,7 +335,7 @@ class Settings(BaseSettings):
             raise ValueError("expected comma-separated numeric channel ids")
         return value if channels is None else channels
 
-    @field_validator("autonomy", "flaky", "change_delivery", mode="before")
+    @field_validator("autonomy", "flaky", "change_delivery", "log_format", mode="before")
     @classmethod
     def _known_mode(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
@@ -513,6 +525,7 @@ class Settings(BaseSettings):
             self.alert_secret,
             self.sentry_secret,
             self.commit_signing_key,
+            self.ui_token,
         ]
         return [v.get_secret_value() for v in values if v and v.get_secret_value()]
 

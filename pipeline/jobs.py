@@ -25,6 +25,7 @@ from pipeline import (
     codenames,
     control,
     intake,
+    logs,
     manifests,
     metrics,
     oncall,
@@ -148,6 +149,7 @@ class Update:
     # -- starting, the lock taken for it ------------------------------------------------
 
     def run(self, codename: str) -> str:
+        logs.bind(request_id=self.request_id, codename=codename, target=self.target.id)
         try:
             request = self._start(codename)
             if request is None:
@@ -156,6 +158,7 @@ class Update:
         finally:
             control.clear_stop(self.settings, self.conn, self.request_id)
             self.lock.release(self.request_id)
+            logs.unbind()
 
     def _start(self, codename: str) -> Request | None:
         """Mark the request running (or refused), then let it leave the line: a request
@@ -185,6 +188,7 @@ class Update:
         self.trail.started = time.monotonic()
         self.clock = metrics.PhaseClock(self.settings.target_id)
         self.clock.enter("snapshot")
+        logs.bind(phase="snapshot")
         autonomy.record_start(self.settings, self.conn, request)
         return self.store.transition(
             self.request_id,
@@ -209,6 +213,7 @@ class Update:
 
     def enter(self, phase: str, message: str, state: S = S.RUNNING) -> None:
         self.clock.enter(phase)
+        logs.bind(phase=phase)
         self.store.transition(
             self.request_id,
             state,

@@ -3,9 +3,11 @@ the embedded Redis: /metrics added up over every process, the logs, the status p
 
 from __future__ import annotations
 
+import json
 import re
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 from tests.support import Molt, ServiceRepo
 
@@ -37,7 +39,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
 
 
 def test_metrics_add_up_the_bot_its_http_server_and_the_workers_horses(
-    service: ServiceRepo, start_molt: StartMolt
+    service: ServiceRepo, start_molt: StartMolt, data_dir: Path
 ) -> None:
     """An update that lands and one rolled back in phase 1, counted by the work horses that
     ran them (processes gone by the scrape), timed per phase, beside what Redis says now."""
@@ -70,3 +72,19 @@ def test_metrics_add_up_the_bot_its_http_server_and_the_workers_horses(
     assert re.search(r"^molt_uptime_seconds \d", text, re.M)
     for line in text.splitlines():  # label values are bounded: no request id, no codename
         assert not re.search(r'"r[0-9a-f]{8}"', line), line
+
+    _logs_are_json_with_the_update_bound(data_dir)
+
+
+def _logs_are_json_with_the_update_bound(data_dir: Path) -> None:
+    """Written to files (not a terminal), every process's log is JSON, one event a line;
+    what the job logs names its request, codename, target and phase."""
+    events = []
+    for name in ("molt.log", "workers.log"):
+        for line in (data_dir / name).read_text().splitlines():
+            events.append(json.loads(line))
+    failed = [e for e in events if e.get("event") == "update failed"]
+    assert failed, events
+    assert failed[0]["phase"] == "phase 1"
+    assert re.fullmatch(r"r[0-9a-f]{8}", failed[0]["request_id"])
+    assert failed[0]["codename"] and failed[0]["target"]

@@ -278,6 +278,28 @@ def cmd_release_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui_link(args: argparse.Namespace) -> int:
+    """A link that opens the status page once, for whoever may read it (an operator)."""
+    from bot.ui import LINK_SECONDS, new_link
+    from pipeline import restart
+
+    settings = _settings()
+    if not settings.ui:
+        print("molt: the status page is off (set MOLT_UI=true and MOLT_UI_TOKEN)", file=sys.stderr)
+        return 1
+    conn = store.connect(settings)
+    if _operator(settings, conn, "ui-link") is None:
+        return 1
+    info = restart.bot_info(conn)
+    if info is None or not info.alive or not info.port:
+        print("molt: Molt is not running, so there is no page to link to", file=sys.stderr)
+        return 1
+    audit.append(conn, actor=f"console:{settings.console_user}", action="ui_link")
+    print(new_link(conn, settings.http_host, info.port))
+    print(f"(opens the status page once, within {LINK_SECONDS // 60} minutes)")
+    return 0
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = _settings()
     check = audit.verify(store.connect(settings))
@@ -364,6 +386,9 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         parents=[targeted],
         help="plans waiting for approval, questions waiting for answers",
     ).set_defaults(func=cmd_review)
+    sub.add_parser("ui-link", help="a one-time link to the status page (MOLT_UI)").set_defaults(
+        func=cmd_ui_link
+    )
     sub.add_parser(
         "recover",
         parents=[targeted],

@@ -84,6 +84,10 @@ class HttpServer:
             routes.append(Route("/github/webhook", github, methods=["POST"]))
         for alert in alert_routes or []:  # /alerts/*: acked here too
             routes.append(Route(alert.path, timed("alerts", alert.endpoint), methods=alert.methods))
+        if settings.ui:
+            from bot.ui import StatusPage
+
+            routes += StatusPage(settings, conn).routes()
         self.app = Starlette(routes=routes)
         config = uvicorn.Config(
             self.app,

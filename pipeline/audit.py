@@ -136,20 +136,23 @@ class ChainCheck:
     checked: int
     broken_at: int | None = None
     reason: str = ""
+    head: str = ""  # the hash of the last entry checked
 
 
-def verify(conn: redis.Redis) -> ChainCheck:
-    """Walk the chain; name the first entry whose hash or link does not hold. The answer
-    is kept as ``molt_audit_verified_entries`` and ``molt_audit_chain_ok``."""
-    check = _walk(conn)
+def verify(conn: redis.Redis, after: ChainCheck | None = None) -> ChainCheck:
+    """Walk the chain; name the first entry whose hash or link does not hold. With
+    ``after`` (an earlier check that held), only the entries added since are walked. The
+    answer is kept as ``molt_audit_verified_entries`` and ``molt_audit_chain_ok``."""
+    start, prev = (after.checked, after.head) if after and after.ok and after.head else (0, GENESIS)
+    check = _walk(conn, start, prev)
     metrics.audit_verified(check.ok, check.checked)
     return check
 
 
-def _walk(conn: redis.Redis) -> ChainCheck:
-    prev = GENESIS
-    raws = conn.lrange(AUDIT, 0, -1)
-    for index, raw in enumerate(raws):
+def _walk(conn: redis.Redis, start: int, prev: str) -> ChainCheck:
+    raws = conn.lrange(AUDIT, start, -1)
+    end = start + len(raws)
+    for index, raw in enumerate(raws, start=start):
         try:
             entry = json.loads(raw)
         except ValueError:
@@ -162,6 +165,6 @@ def _walk(conn: redis.Redis) -> ChainCheck:
             return ChainCheck(False, index, index, "entry was altered")
         prev = entry["hash"]
     seq, digest = read_head(conn)
-    if raws and (seq != len(raws) - 1 or digest != prev):
-        return ChainCheck(False, len(raws), len(raws), "entries were removed from the end")
-    return ChainCheck(True, len(raws))
+    if end and (seq != end - 1 or digest != prev):
+        return ChainCheck(False, end, end, "entries were removed from the end")
+    return ChainCheck(True, end, head=prev)

@@ -155,8 +155,8 @@ class Settings(BaseSettings):
     log_level: str = _var("MOLT_LOG_LEVEL", "info", pattern=r"^(?i:debug|info|warning|error)$")
     log_format: str = _var("MOLT_LOG_FORMAT", "auto")
     #: The read-only status page at / on the HTTP port (bot/ui.py), and the token it asks.
-    ui: bool = _var("MOLT_UI", False)
     ui_token: SecretStr | None = _var("MOLT_UI_TOKEN")
+    ui: bool = _var("MOLT_UI", False)
     slack_bot_token: SecretStr | None = _var("SLACK_BOT_TOKEN")
     slack_signing_secret: SecretStr | None = _var("SLACK_SIGNING_SECRET")
     slack_app_token: SecretStr | None = _var("SLACK_APP_TOKEN")
@@ -334,6 +334,14 @@ class Settings(BaseSettings):
         if any(not channel.isdigit() for channel in channels or []):
             raise ValueError("expected comma-separated numeric channel ids")
         return value if channels is None else channels
+
+    @field_validator("ui", mode="after")
+    @classmethod
+    def _ui_needs_token(cls, value: bool, info: ValidationInfo) -> bool:
+        token = info.data.get("ui_token")
+        if value and not (token and token.get_secret_value()):
+            raise ValueError("the status page needs MOLT_UI_TOKEN set too")
+        return value
 
     @field_validator("autonomy", "flaky", "change_delivery", "log_format", mode="before")
     @classmethod

@@ -3,13 +3,15 @@ the embedded Redis: /metrics added up over every process, the logs, the status p
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.support import Molt, ServiceRepo
+from tests.support import Molt, ServiceRepo, run_cli
 
 StartMolt = Callable[..., Molt]
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
@@ -88,3 +90,81 @@ def _logs_are_json_with_the_update_bound(data_dir: Path) -> None:
     assert failed[0]["phase"] == "phase 1"
     assert re.fullmatch(r"r[0-9a-f]{8}", failed[0]["request_id"])
     assert failed[0]["codename"] and failed[0]["target"]
+
+
+TOKEN = "ui-token-4f1d9c2e"
+
+
+def _page(port: int, path: str) -> tuple[int, str]:
+    return _get(port, path, {"Authorization": f"Bearer {TOKEN}"})
+
+
+def _login(port: int, link: str) -> tuple[int, str]:
+    """Open a one-time link without following its redirect: the status and the cookie."""
+    path = link.split(str(port), 1)[1]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        reply.read()
+        return reply.status, (reply.getheader("set-cookie") or "").split(";")[0]
+    finally:
+        conn.close()
+
+
+def test_the_status_page_draws_each_phase_and_names_the_step_that_failed(
+    service: ServiceRepo, start_molt: StartMolt, molt_env: dict[str, str], tmp_path: Path
+) -> None:
+    service.commit(V2, "v2")
+    molt = start_molt(MOLT_UI="true", MOLT_UI_TOKEN=TOKEN)
+    port = _port(molt)
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    landed = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
+    service.commit(BROKEN, "a broken test")
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    molt.wait_for(r"❌ Failed: ", since=since)
+    molt.send(f"deploy {TOKEN}")  # a secret in a request's text is never shown
+
+    assert _get(port, "/")[0] == 401
+    assert _get(port, "/", {"Authorization": "Bearer wrong"})[0] == 401
+    status, index = _page(port, "/")
+    assert status == 200
+    assert "Nothing is running" in index and "The line is empty" in index
+    assert landed in index and "succeeded" in index and "failed" in index
+    assert re.search(r"verifies</span> \d+ entries", index)
+    assert "signed</span>" in index
+    assert TOKEN not in index
+
+    failed = re.findall(
+        r'href="/requests/(r[0-9a-f]{8})">\S+</a></td>\s*<td><span class="state failed"', index
+    )
+    status, page = _page(port, f"/requests/{failed[0]}")
+    assert status == 200
+    phases = re.findall(r'data-phase="([^"]+)"', page)
+    assert phases == [
+        "snapshot",
+        "sandbox",
+        "phase 1",
+        "apply",
+        "phase 2",
+        "restart",
+        "verify",
+        "watch",
+        "rollback",
+    ]
+    assert re.search(r"Failed in phase 1: .*test", page)
+    rows = dict(re.findall(r'data-phase="([^"]+)">.*?class="outcome (\w+)"', page, re.S))
+    assert rows["snapshot"] == "passed" and rows["phase 1"] == "failed"
+    assert rows["apply"] == rows["restart"] == "skipped" and rows["rollback"] == "rollback"
+    assert "byte-compile" in page  # the checks table
+    assert 'http-equiv="refresh"' not in page  # it ended: nothing to refresh
+
+    made = run_cli(molt_env, tmp_path, "ui-link", MOLT_UI="true", MOLT_UI_TOKEN=TOKEN)
+    assert made.returncode == 0, made.stderr
+    link = made.stdout.split()[0]
+    opened, cookie = _login(port, link)
+    assert opened == 303 and cookie.startswith("molt_ui=")
+    assert _get(port, "/", {"Cookie": cookie})[0] == 200
+    assert _login(port, link)[0] == 401  # once only

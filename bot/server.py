@@ -152,14 +152,15 @@ class HttpServer:
     def _readings(self) -> metrics.Readings:
         """What Redis says now: each target's line and lock, events not yet shown, and
         the requests not yet finished by state."""
-        target = Target(self.settings, self.conn)
         readings = metrics.Readings(uptime=time.time() - self.started_at)
-        readings.queue_length[target.id] = len(target.line)
-        held = target.lock.holder()
-        phase = ""
-        if held is not None:
-            phase = str(self.conn.hget(request_key(held.request_id), "phase") or "update")
-        readings.lock_phase[target.id] = phase
+        for name in self.settings.target_names():
+            target = Target(self.settings.for_target(name), self.conn)
+            readings.queue_length[target.id] = len(target.line)
+            held = target.lock.holder()
+            phase = ""
+            if held is not None:
+                phase = str(self.conn.hget(request_key(held.request_id), "phase") or "update")
+            readings.lock_phase[target.id] = phase
         try:
             info = self.conn.xpending(events.STREAM, events.GROUP)
             readings.undelivered = int(info.get("pending", 0)) if isinstance(info, dict) else 0

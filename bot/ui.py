@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from bot.rendering import duration, short, timestamp
-from pipeline import audit, control, ledger, timeline
+from pipeline import audit, control, ledger, manifests, timeline
 from pipeline.config import TEMPLATES_DIR, Settings
 from pipeline.redaction import redact
 from pipeline.requests import RequestStore
@@ -130,27 +130,39 @@ class StatusPage:
         return context | {"text": redact(str(context.get("text", "")), self.known)}
 
     def render_index(self) -> str:
-        status = control.status(self.settings, self.conn)
+        views = [self.settings.for_target(name) for name in self.settings.target_names()]
+        targets = [self._target(view) for view in views]
+        page = {
+            "targets": targets,
+            "fleet": self.settings.fleet,
+            "version": manifests.running_version(),
+            "recent": [self._shown(r) for r in control.history(self.conn, RECENT)],
+            "releases": sorted(
+                (m for view in views for m in self._releases(view)),
+                key=lambda m: m["at"],
+                reverse=True,
+            )[:RELEASES],
+            "chain": self._chain(),
+            "refresh": REFRESH_SECONDS if any(t["current"] for t in targets) else 0,
+        }
+        return _environment().get_template("index.html").render(page)
+
+    def _target(self, view: Settings) -> dict[str, Any]:
+        """One target as the index shows it: what runs on it now and what waits."""
+        status = control.status(view, self.conn)
         current = status["current"]
         if current:
             found = RequestStore(self.conn).get(current["request_id"])
             drawn = timeline.timeline(found, audit.entries(self.conn, found.id))
             current = self._shown(current) | {"elapsed": drawn.total}
-        recent = [self._shown(r) for r in control.history(self.conn, RECENT)]
-        page = {
-            "target": Target(self.settings, self.conn).id,
-            "target_dir": self.settings.target_dir.name,
+        return {
+            "name": view.target_name,
+            "id": Target(view, self.conn).id,
             "paused": status["paused"],
             "autonomy": status["autonomy"],
-            "version": status["version"],
             "current": current,
             "waiting": [self._shown(r) for r in status["requests"]],
-            "recent": recent,
-            "releases": self._releases(),
-            "chain": self._chain(),
-            "refresh": REFRESH_SECONDS if current else 0,
         }
-        return _environment().get_template("index.html").render(page)
 
     def render_request(self, token: str) -> str | None:
         found = RequestStore(self.conn).find(token)
@@ -166,14 +178,15 @@ class StatusPage:
         }
         return _environment().get_template("request.html").render(page)
 
-    def _releases(self) -> list[dict[str, Any]]:
-        known = ledger.read(self.settings, self.conn)
+    def _releases(self, view: Settings) -> list[dict[str, Any]]:
+        known = ledger.read(view, self.conn)
         signed = [(m, "signed") for m in known.good]
         signed += [(m, "untrusted key") for m in known.untrusted]
         signed += [(m, "altered") for m in known.altered]
         signed.sort(key=lambda pair: pair[0].release, reverse=True)
         return [
             {
+                "target": view.target_name,
                 "release": m.release,
                 "kind": m.kind.value,
                 "codename": m.codename,

@@ -92,6 +92,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if unknown:
         known = ", ".join(settings.target_names())
         sys.exit(f"molt: no target {unknown[0]!r}: known are {known}")
+    if settings.metrics_port:
+        metrics.serve(settings.http_host, settings.metrics_port)
     # In a fleet a worker of the target recovers its updates; the bot has no checkout.
     conn = store.connect(settings)
     tend = (lambda view: recovery.recover_abandoned(view, conn)) if settings.fleet else None

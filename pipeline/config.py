@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     console_user: str = _var("MOLT_CONSOLE_USER", "", pattern=r"^[\w.@-]*$")
     http_host: str = _var("MOLT_HTTP_HOST", "127.0.0.1", min_length=1)
     http_port: int = _var("MOLT_HTTP_PORT", 3000, ge=0, le=65535)
+    #: A port on which ``molt worker`` serves its host's metrics (a fleet's workers on hosts
+    #: without the bot); unset: the bot's /metrics serves them.
+    metrics_port: int | None = _var("MOLT_METRICS_PORT", None, ge=1, le=65535)
     workers: int = _var("MOLT_WORKERS", 1, ge=0, le=16)
     refusal_theme: str = _var("MOLT_REFUSAL_THEME", "moult")
     min_free_disk_mb: int = _var("MOLT_MIN_FREE_DISK_MB", 200, ge=0)

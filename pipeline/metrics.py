@@ -278,7 +278,6 @@ def exposition(readings: Readings) -> tuple[bytes, str]:
     """The text format of every process's samples, added up, and of ``readings``."""
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.core import GaugeMetricFamily
-    from prometheus_client.multiprocess import MultiProcessCollector
 
     class Scraped:
         def collect(self) -> Iterator[Any]:
@@ -319,10 +318,9 @@ def exposition(readings: Readings) -> tuple[bytes, str]:
     registry = CollectorRegistry()
     folder = os.environ.get(ENV)
     if folder:
-        with _folder_lock(Path(folder), fcntl.LOCK_SH):
-            MultiProcessCollector(registry, path=folder)
-            registry.register(Scraped())
-            body = generate_latest(registry)
+        registry.register(_Files(Path(folder)))
+        registry.register(Scraped())
+        body = generate_latest(registry)
     else:  # not prepared (a library use, a unit test): this process's own samples
         from prometheus_client import REGISTRY
 
@@ -331,7 +329,39 @@ def exposition(readings: Readings) -> tuple[bytes, str]:
     return body, str(CONTENT_TYPE_LATEST)
 
 
+def serve(host: str, port: int) -> Any:
+    """Serve this host's samples at ``http://host:port/metrics`` from a thread (a fleet's
+    worker on a host without the bot); returns the server, or None when another process
+    on this host serves the same files already (several workers: the first serves)."""
+    from prometheus_client import start_http_server
+    from prometheus_client.registry import CollectorRegistry
+
+    folder = os.environ.get(ENV)
+    registry = CollectorRegistry()
+    if folder:
+        registry.register(_Files(Path(folder)))
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=registry)
+    except OSError:
+        return None
+    return server
+
+
 # -- files of processes that are gone ------------------------------------------------
+
+
+class _Files:
+    """Every process's files added up, read while no dead process's file is being folded."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        with _folder_lock(self.folder, fcntl.LOCK_SH):
+            found = list(MultiProcessCollector(None, path=str(self.folder)).collect())
+        yield from found
 
 
 @contextlib.contextmanager

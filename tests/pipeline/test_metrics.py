@@ -4,9 +4,11 @@ wrote them, with bounded label values."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import urllib.request
 from pathlib import Path
 
 from pipeline import metrics
@@ -87,3 +89,22 @@ def test_label_values_stay_bounded() -> None:
     assert metrics.cause_of("phase 2", "tests: 1 failed") == "checks"
     assert metrics.cause_of("verify", "health command `x` still failing after 5s") == "timeout"
     assert metrics.cause_of("restart", "restart command exited 1: boom") == "unhealthy"
+
+
+def test_a_worker_host_serves_its_own_samples_on_its_metrics_port(tmp_path: Path) -> None:
+    """A fleet's worker on a host without the bot: MOLT_METRICS_PORT; a second process on
+    the same host finds the port taken and leaves it to the first."""
+    folder = metrics.prepare(tmp_path / "data")
+    _record(folder, 7)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = metrics.serve("127.0.0.1", port)
+    try:
+        assert metrics.serve("127.0.0.1", port) is None
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        assert 'molt_release_live{target="molt-1"} 7.0' in text
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import prometheus_client  # noqa: F401 - see below
 import pytest
 import redis
 
@@ -16,6 +17,9 @@ from pipeline import store
 from pipeline.config import Settings, load_settings
 from tests.support import Molt, ServiceRepo, processes_in
 
+# prometheus_client picks its mode when first imported: imported here, before any test
+# points PROMETHEUS_MULTIPROC_DIR at a folder, the test process keeps its own samples in
+# memory (the Molt processes tests start write theirs to files, pipeline/metrics.py).
 _LEAKY_PREFIXES = ("MOLT_", "SLACK_", "DISCORD_", "GITHUB_", "ANTHROPIC_", "PROMETHEUS_")
 _LEAKY_NAMES = ("REDIS_URL", "GIT_DIR", "GIT_WORK_TREE", "PYTHONPATH")
 

@@ -3,7 +3,9 @@ wrote them, with bounded label values."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -108,3 +110,24 @@ def test_a_worker_host_serves_its_own_samples_on_its_metrics_port(tmp_path: Path
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_every_metric_the_grafana_dashboard_asks_for_is_one_molt_serves() -> None:
+    metrics._m()  # every metric, with no sample yet
+    body, _ = metrics.exposition(metrics.Readings())
+    served = set()
+    for line in body.decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            served |= {name} | (
+                {f"{name}_bucket", f"{name}_count", f"{name}_sum"} if kind == "histogram" else set()
+            )
+    dashboard = json.loads((ROOT / "grafana" / "molt-dashboard.json").read_text())
+    asked = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bmolt_[a-z_]+", target["expr"])
+    }
+    assert asked and asked <= served, asked - served
+    assert {"molt_requests_total", "molt_phase_seconds_bucket", "molt_ack_seconds_bucket"} <= asked

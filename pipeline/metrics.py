@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import functools
 import glob
+import hashlib
 import os
 import re
 import time
@@ -32,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
-#: From a tenth of a second (a snapshot) to an hour (a long test suite).
-DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+#: From a tenth of a second (a snapshot) to an hour (a long test suite); few, since every
+#: bucket is a series per target and phase.
+DURATION_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 600, 1800, 3600)
 #: Acks are answered in milliseconds; Slack gives up at 3 s.
 ACK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 #: From an event appended to a message shown: sub-second normally, minutes when a
@@ -318,9 +320,8 @@ def exposition(readings: Readings) -> tuple[bytes, str]:
     registry = CollectorRegistry()
     folder = os.environ.get(ENV)
     if folder:
-        registry.register(_Files(Path(folder)))
         registry.register(Scraped())
-        body = generate_latest(registry)
+        body = _Files(Path(folder)).text() + generate_latest(registry)
     else:  # not prepared (a library use, a unit test): this process's own samples
         from prometheus_client import REGISTRY
 
@@ -351,7 +352,10 @@ def serve(host: str, port: int) -> Any:
 
 
 class _Files:
-    """Every process's files added up, read while no dead process's file is being folded."""
+    """Every process's files added up, read while no dead process's file is being folded.
+
+    Between updates nothing writes, so when no file's bytes changed since the last scrape
+    the last text is the answer (``_LAST``); a change adds up the files again."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -362,6 +366,85 @@ class _Files:
         with _folder_lock(self.folder, fcntl.LOCK_SH):
             found = list(MultiProcessCollector(None, path=str(self.folder)).collect())
         yield from found
+
+    def text(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        with _folder_lock(self.folder, fcntl.LOCK_SH):
+            files = {}
+            for path in sorted(glob.glob(os.path.join(self.folder, "*.db"))):
+                with contextlib.suppress(FileNotFoundError):
+                    files[path] = Path(path).read_bytes()
+        digest = hashlib.blake2b(digest_size=16)
+        for path, data in files.items():
+            digest.update(path.encode() + hashlib.blake2b(data, digest_size=16).digest())
+        last = _LAST.get(str(self.folder))
+        if last is None or last[0] != digest.hexdigest():
+            text = generate_latest(_Fixed(_merge(files)))
+            last = _LAST[str(self.folder)] = (digest.hexdigest(), text)
+        return last[1]
+
+
+def _merge(files: dict[str, bytes]) -> Iterable[Any]:
+    """What prometheus_client's MultiProcessCollector.merge does, with each file's samples
+    parsed once and kept while its bytes stay the same (a scrape after one worker wrote
+    reads that worker's file only)."""
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    found: dict[str, Any] = {}
+    metric: Any
+    for path, data in files.items():
+        parts = os.path.basename(path)[:-3].split("_")
+        typ = parts[0]
+        for name, sample, labels_key, help_text, value, stamp in _parsed(path, data):
+            metric = found.get(name)
+            if metric is None:
+                metric = found[name] = Metric(name, help_text, typ)
+            # As MultiProcessCollector._read_metrics: labels as sorted pairs until added up.
+            if typ == "gauge":
+                metric._multiprocess_mode = parts[1]
+                metric.add_sample(sample, (*labels_key, ("pid", parts[2])), value, stamp)
+            else:
+                metric.add_sample(sample, labels_key, value)
+    return MultiProcessCollector._accumulate_metrics(found, True)
+
+
+def _parsed(path: str, data: bytes) -> list[tuple[Any, ...]]:
+    """A file's samples as (metric, sample, labels, help, value, timestamp), kept by path
+    while its bytes are the same."""
+    import json
+
+    from prometheus_client.mmap_dict import _read_all_values
+
+    key = hashlib.blake2b(data, digest_size=16).digest()
+    kept = _PARSED.get(path)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    rows = []
+    for raw, value, stamp, _ in _read_all_values(data=data):
+        metric, sample, labels, help_text = json.loads(raw)
+        rows.append((metric, sample, tuple(sorted(labels.items())), help_text, value, stamp))
+    _PARSED[path] = (key, rows)
+    return rows
+
+
+#: path → (digest of its bytes, its samples)
+_PARSED: dict[str, tuple[bytes, list[tuple[Any, ...]]]] = {}
+
+
+class _Fixed:
+    """Metrics already collected, as a registry ``generate_latest`` can read."""
+
+    def __init__(self, found: Iterable[Any]) -> None:
+        self.found = list(found)
+
+    def collect(self) -> Iterator[Any]:
+        yield from self.found
+
+
+#: folder → (digest of its files, their text) at the last scrape
+_LAST: dict[str, tuple[str, bytes]] = {}
 
 
 @contextlib.contextmanager
@@ -386,52 +469,54 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def tidy(only: Iterable[int] | None = None) -> int:
-    """Fold the files of processes that are gone (``only`` those pids, else every dead
-    one) into the archive; returns how many processes were folded."""
+def tidy(at_least: int = 1) -> int:
+    """Fold the files of processes that are gone into the archive, once at least
+    ``at_least`` of them are gone (a worker after each job folds its horses in batches);
+    returns how many processes were folded."""
     folder = os.environ.get(ENV)
     if not folder:
         return 0
     from prometheus_client import multiprocess
 
-    dead: dict[str, list[str]] = {}
-    for path in glob.glob(os.path.join(folder, "*.db")):
-        stem = os.path.basename(path)[:-3]
-        pid = stem.rpartition("_")[2]
-        if not pid.isdigit() or (only is not None and int(pid) not in set(only)):
-            continue
-        if only is not None or not _alive(int(pid)):
-            dead.setdefault(pid, []).append(path)
-    if not dead:
+    dead: dict[str, list[Path]] = {}  # kind → files
+    pids: set[int] = set()
+    for path in Path(folder).glob("*.db"):
+        kind, _, ends = path.name[:-3].rpartition("_")
+        if ends.isdigit() and not _alive(int(ends)):
+            dead.setdefault(kind, []).append(path)
+            pids.add(int(ends))
+    if len(pids) < max(1, at_least):
         return 0
     with _folder_lock(Path(folder), fcntl.LOCK_EX):
-        for pid, paths in dead.items():
-            multiprocess.mark_process_dead(int(pid), folder)
-            for path in paths:
-                if os.path.exists(path):
-                    _fold(Path(path), Path(folder))
-    return len(dead)
+        for gone in pids:
+            multiprocess.mark_process_dead(gone, folder)
+        for kind, paths in dead.items():
+            _fold(kind, [p for p in paths if p.exists()], Path(folder))
+    return len(pids)
 
 
-def _fold(path: Path, folder: Path) -> None:
-    """Add one dead process's file to the archive of its kind, then remove it."""
+def _fold(kind: str, paths: list[Path], folder: Path) -> None:
+    """Add dead processes' files to the archive of their kind, then remove them."""
     from prometheus_client.mmap_dict import MmapedDict
 
-    kind = path.name[:-3].rpartition("_")[0]  # counter, histogram, gauge_mostrecent, …
-    mode = kind.partition("_")[2]
+    if not paths:
+        return
+    mode = kind.partition("_")[2]  # counter, histogram, gauge_mostrecent, …
     archive = MmapedDict(str(folder / f"{kind}_{_ARCHIVE}.db"))
     try:
-        for key, value, stamp, _ in MmapedDict.read_all_values_from_file(str(path)):
-            old, old_stamp = archive.read_value(key)
-            if mode in ("mostrecent", "livemostrecent"):
-                if stamp >= old_stamp:
-                    archive.write_value(key, value, stamp)
-            elif mode in ("max", "livemax"):
-                archive.write_value(key, max(old, value), stamp)
-            elif mode in ("min", "livemin"):
-                archive.write_value(key, min(old, value) if old_stamp else value, stamp)
-            else:  # counters, histograms, summaries and summed gauges add up
-                archive.write_value(key, old + value, max(stamp, old_stamp))
+        for path in paths:
+            for key, value, stamp, _ in MmapedDict.read_all_values_from_file(str(path)):
+                old, old_stamp = archive.read_value(key)
+                if mode in ("mostrecent", "livemostrecent"):
+                    if stamp >= old_stamp:
+                        archive.write_value(key, value, stamp)
+                elif mode in ("max", "livemax"):
+                    archive.write_value(key, max(old, value), stamp)
+                elif mode in ("min", "livemin"):
+                    archive.write_value(key, min(old, value) if old_stamp else value, stamp)
+                else:  # counters, histograms, summaries and summed gauges add up
+                    archive.write_value(key, old + value, max(stamp, old_stamp))
     finally:
         archive.close()
-    path.unlink()
+    for path in paths:
+        path.unlink()

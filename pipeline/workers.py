@@ -58,7 +58,7 @@ class MoltWorker(Worker):
             log.info("the job goes back to the queue for a worker on the new code", job=job.id)
             return
         super().execute_job(job, queue)
-        metrics.tidy()  # the work horse is gone: its samples are folded into the archive
+        metrics.tidy(at_least=20)  # work horses that are gone, folded into the archive
         self._code_changed()
 
     def _code_changed(self) -> bool:

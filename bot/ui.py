@@ -54,11 +54,12 @@ def session_key(session: str) -> str:
     return f"molt:ui:session:{session}"
 
 
-def new_link(conn: redis.Redis, host: str, port: int) -> str:
-    """A link that opens the status page once, within LINK_SECONDS (``molt ui-link``)."""
+def new_link(conn: redis.Redis, host: str, port: int, page: str = "/") -> str:
+    """A link that opens the status page (at ``page``) once, within LINK_SECONDS."""
     key = secrets.token_urlsafe(24)
     conn.set(link_key(key), "1", ex=LINK_SECONDS)
-    return f"http://{host}:{port}/ui/login?key={key}"
+    then = f"&next={page}" if page != "/" else ""
+    return f"http://{host}:{port}/ui/login?key={key}{then}"
 
 
 @cache
@@ -106,7 +107,10 @@ class StatusPage:
             return PlainTextResponse("This link was used or has expired.\n" + DENIED, 401)
         session = secrets.token_urlsafe(24)
         await asyncio.to_thread(self.conn.set, session_key(session), "1", ex=SESSION_SECONDS)
-        reply = RedirectResponse("/", status_code=303)
+        page = request.query_params.get("next", "/")
+        # Only a page of this server: no other host (``//host``, ``/\\host``) is sent to.
+        local = page.startswith("/") and not page.startswith(("//", "/\\"))
+        reply = RedirectResponse(page if local else "/", status_code=303)
         reply.set_cookie(COOKIE, session, max_age=SESSION_SECONDS, httponly=True, samesite="strict")
         return reply
 

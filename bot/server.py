@@ -87,7 +87,10 @@ class HttpServer:
         if settings.ui:
             from bot.ui import StatusPage
 
-            routes += StatusPage(settings, conn).routes()
+            page = StatusPage(settings, conn)
+            routes += page.routes()
+            # The first walk of a long audit chain takes a while; later pages walk what is new.
+            threading.Thread(target=page.warm, name="molt-ui-warm", daemon=True).start()
         self.app = Starlette(routes=routes)
         config = uvicorn.Config(
             self.app,

@@ -201,6 +201,12 @@ class StatusPage:
             for m, signature in signed[:RELEASES]
         ]
 
+    def warm(self) -> None:
+        try:
+            self._chain()
+        except redis.RedisError:
+            pass  # the first page walks it then
+
     def _chain(self) -> audit.ChainCheck:
         """The audit chain, walked from where this page last found it holding (the whole
         walk is ``molt audit verify``), so that a long chain keeps the page quick."""

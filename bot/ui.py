@@ -15,6 +15,7 @@ cookie given by a one-time link (``molt ui-link``). Keys:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import secrets
 from functools import cache
@@ -202,10 +203,8 @@ class StatusPage:
         ]
 
     def warm(self) -> None:
-        try:
+        with contextlib.suppress(redis.RedisError):  # the first page walks it then
             self._chain()
-        except redis.RedisError:
-            pass  # the first page walks it then
 
     def _chain(self) -> audit.ChainCheck:
         """The audit chain, walked from where this page last found it holding (the whole

@@ -272,7 +272,7 @@ class Update:
                 self.clock.end("failed")
                 undo(self.settings, self.conn, self.request_id, failure, self.trail)
                 return "failed"
-        self.clock.end("succeeded")
+        self.clock.end("proposed" if self._proposes(plan) else "succeeded")
         return "succeeded"
 
     def _steps(self, request: Request, plan: Plan) -> None:

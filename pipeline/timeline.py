@@ -17,12 +17,14 @@ from pipeline.states import TERMINAL
 from pipeline.states import RequestState as S
 
 #: The phases of an update in their order (``implement`` only for a change in words,
-#: ``watch`` once the service is watched after its restart).
+#: ``propose`` only for one delivered as a pull request, which ends there, ``watch`` once
+#: the service is watched after its restart).
 PHASES = (
     "snapshot",
     "sandbox",
     "implement",
     "phase 1",
+    "propose",
     "apply",
     "phase 2",
     "restart",
@@ -88,8 +90,10 @@ def timeline(request: Request, entries: list[dict[str, Any]], now: float | None 
     now = time.time() if now is None else now
     changes = _last_attempt(entries)
     shown = Timeline(running=not request.terminal and bool(changes))
+    seen = {str(e["detail"].get("phase", "")) for e in changes}
     wanted = [p for p in PHASES if p != "implement" or request.command == "change"]
-    bars = {phase: Bar(phase) for phase in wanted}
+    wanted = wanted[: wanted.index("propose") + 1] if "propose" in seen else wanted
+    bars = {phase: Bar(phase) for phase in wanted if phase != "propose" or "propose" in seen}
     if not changes:
         shown.bars = list(bars.values())
         return shown

@@ -58,3 +58,23 @@ def test_a_failure_marks_its_phase_with_the_reason_and_the_rollback_follows() ->
     assert bars["verify"].start == 9.0  # where the rollback began
     assert bars["rollback"].outcome == "rollback" and bars["rollback"].seconds == 3.0
     assert bars["phase 2"].outcome == "skipped"
+
+
+def test_a_change_proposed_as_a_pull_request_ends_at_propose() -> None:
+    entries = [
+        _moved(0.0, "running", "snapshot"),
+        _moved(1.0, "running", "sandbox"),
+        _moved(2.0, "running", "implement"),
+        _moved(6.0, "running", "phase 1"),
+        _moved(8.0, "running", "propose"),
+        _moved(9.0, "proposed", "done", "proposed as a pull request"),
+    ]
+    drawn = timeline(_request(S.PROPOSED, "change"), entries, now=50.0)
+    assert [bar.phase for bar in drawn.bars] == [
+        "snapshot",
+        "sandbox",
+        "implement",
+        "phase 1",
+        "propose",
+    ]
+    assert all(bar.outcome == "passed" for bar in drawn.bars) and drawn.total == 9.0

@@ -38,5 +38,7 @@ One request, module by module, in the order it meets them:
 Beneath them all: ``config`` (the settings, a leaf), ``store`` (Redis), ``git``,
 ``exceptions`` (faults, as opposed to refusals), ``codenames``, ``redaction``, ``records``,
 ``processes``, ``retries``, ``usage`` (model use per request), ``imports`` (import graphs)
-and ``logs``.
+and ``logs``. What an operator watches: ``metrics`` (every Prometheus metric, recorded
+where it happens, in every process) and ``timeline`` (an update's phases, read back from
+its audit trail, for the status page).
 """

@@ -20,6 +20,8 @@ import structlog
 
 from pipeline.redaction import redact_data
 
+#: The fields a line starts with.
+LEADING = ("timestamp", "level", "event")
 #: The fields bound while a request is worked on; nothing else is bound.
 BOUND = ("request_id", "codename", "target", "phase")
 
@@ -31,6 +33,10 @@ def configure(level: str, secrets: list[str], file: Path | None = None, fmt: str
 
     def mask(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         return cast(Mapping[str, Any], redact_data(dict(event), known))
+
+    def first(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+        """When, how bad and what first, then the rest, as the console shows them."""
+        return {k: event[k] for k in LEADING if k in event} | event
 
     as_json = fmt == "json" or (fmt != "console" and not stream.isatty())
     renderer: Any = (
@@ -52,13 +58,14 @@ def configure(level: str, secrets: list[str], file: Path | None = None, fmt: str
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
                 mask,
+                first,
                 renderer,
             ],
         )
     )
     logging.basicConfig(handlers=[handler], level=max(numeric, logging.WARNING), force=True)
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, mask, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, mask, first, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,

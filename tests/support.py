@@ -20,6 +20,9 @@ import redis
 from pipeline import store
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The bot's log line once it is up, as JSON (its log is not a terminal) or console text:
+#: its HTTP port is group 1.
+UP = r'molt is up.*\bport"?[=:] ?(\d+)'
 
 SERVICE_TESTS = '''\
 """The service's own test runner: runs every test_* function in checks/."""

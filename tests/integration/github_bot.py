@@ -21,7 +21,7 @@ from tests.fakes.github import (
     issue_comment_payload,
     issues_payload,
 )
-from tests.support import Molt
+from tests.support import UP, Molt
 
 REPO = "acme/api"
 SECRET = "molt-test-webhook-secret"
@@ -34,7 +34,7 @@ class GitHubBot:
     def __init__(self, molt: Molt, github: FakeGitHub, data_dir: Path) -> None:
         self.molt = molt
         self.github = github
-        self.port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        self.port = int(molt.wait_for(UP).group(1))
         self.conn = store.connect(load_settings(data_dir=data_dir))
         self.store = RequestStore(self.conn)
         molt.wait_for(r"github connected")

@@ -25,7 +25,7 @@ from tests.fakes.discord import (
     FakeDiscord,
     Person,
 )
-from tests.support import Molt, ServiceRepo
+from tests.support import UP, Molt, ServiceRepo
 
 ALICE = Person("1300000000000000101", "alice")  # may ask, by user id
 DANA = Person("1300000000000000102", "dana", (ROLE_DEPLOYERS,))  # may ask, by role
@@ -71,7 +71,7 @@ class DiscordBot:
     def __init__(self, molt: Molt, fake: FakeDiscord, data_dir: Path, sessions: int) -> None:
         self.molt = molt
         self.fake = fake
-        self.port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        self.port = int(molt.wait_for(UP).group(1))
         fake.wait_gateway(lambda g: g["t"] in ("READY",) and g["dir"] == "out", timeout=30)
         self._wait_sessions(sessions)
         self.store = RequestStore(store.connect(load_settings(data_dir=data_dir)))
@@ -424,7 +424,7 @@ def test_missing_message_content_intent_is_reported_and_molt_keeps_running(
             DISCORD_TOKEN=TOKEN,
             DISCORD_API_URL=refusing.api_url,
         )
-        port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        port = int(molt.wait_for(UP).group(1))
         molt.wait_for(r"MESSAGE CONTENT INTENT")
         assert any(g["op"] == 2 for g in refusing.gateway_log())
         assert not any(g["t"] == "READY" for g in refusing.gateway_log())

@@ -29,7 +29,7 @@ from tests.fakes.slack import (
     slash_command,
     view_submission,
 )
-from tests.support import Molt, ServiceRepo
+from tests.support import UP, Molt, ServiceRepo
 
 ALICE = {"user_id": "U1ALICE", "user_name": "alice"}
 BOB = {"user_id": "U2BOB", "user_name": "bob"}
@@ -43,7 +43,7 @@ class SlackBot:
     def __init__(self, molt: Molt, slack: FakeSlack, data_dir: Path) -> None:
         self.molt = molt
         self.slack = slack
-        self.port = int(molt.wait_for(r"molt is up.* port=(\d+)").group(1))
+        self.port = int(molt.wait_for(UP).group(1))
         self.store = RequestStore(store.connect(load_settings(data_dir=data_dir)))
 
     def post(self, signed: SignedRequest | tuple[bytes, dict[str, str]]) -> int:

@@ -36,7 +36,7 @@ def configure(level: str, secrets: list[str], file: Path | None = None, fmt: str
 
     def first(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
         """When, how bad and what first, then the rest, as the console shows them."""
-        return {k: event[k] for k in LEADING if k in event} | event
+        return {k: event[k] for k in LEADING if k in event} | dict(event)
 
     as_json = fmt == "json" or (fmt != "console" and not stream.isatty())
     renderer: Any = (

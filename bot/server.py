@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from pipeline import events, metrics, restart, store
 from pipeline.config import Settings
+from pipeline.incidents import OPEN, IncidentBook
 from pipeline.requests import ACTIVE, RequestStore, request_key
 from pipeline.targets import Target
 
@@ -164,6 +165,8 @@ class HttpServer:
             if held is not None:
                 phase = str(self.conn.hget(request_key(held.request_id), "phase") or "update")
             readings.lock_phase[target.id] = phase
+            book = IncidentBook(target.settings, self.conn)
+            readings.incidents_open[target.id] = sum(i.status == OPEN for i in book.recent(50))
         try:
             info = self.conn.xpending(events.STREAM, events.GROUP)
             readings.undelivered = int(info.get("pending", 0)) if isinstance(info, dict) else 0

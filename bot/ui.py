@@ -1,7 +1,8 @@
 """The status page: a read-only view of Molt on its HTTP port, off unless ``MOLT_UI=true``.
 
-``GET /`` shows the target, what runs now, the waiting line, recent updates, releases
-with their signature status and whether the audit chain holds; ``GET /requests/<id>``
+``GET /`` shows each target (what runs now, the waiting line, open incidents), recent
+updates, releases with their signature status and whether the audit chain holds;
+``GET /requests/<id>``
 one request with its update's timeline (pipeline/timeline.py) and checks. Pages are
 rendered on the server from templates/ui/*.html; they refresh themselves while an
 update runs. Request text is shown redacted as in chat; no setting's value is shown.
@@ -30,6 +31,7 @@ from starlette.routing import Route
 from bot.rendering import duration, short, timestamp
 from pipeline import audit, control, ledger, manifests, timeline
 from pipeline.config import TEMPLATES_DIR, Settings
+from pipeline.incidents import OPEN, IncidentBook
 from pipeline.redaction import redact
 from pipeline.requests import RequestStore
 from pipeline.targets import Target
@@ -167,6 +169,11 @@ class StatusPage:
             "autonomy": status["autonomy"],
             "current": current,
             "waiting": [self._shown(r) for r in status["requests"]],
+            "incidents": [
+                i.context() | {"summary": redact(i.summary, self.known)}
+                for i in IncidentBook(view, self.conn).recent(RECENT)
+                if i.status == OPEN
+            ],
         }
 
     def render_request(self, token: str) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from pipeline import audit, events
+from pipeline import audit, events, metrics
 from pipeline.alerts import RESOLVED, Signal
 from pipeline.config import Settings
 from pipeline.keyspace import TargetKeys
@@ -196,6 +196,7 @@ class IncidentBook:
         self.record(
             incident, "incident_opened", f"incident {incident.id} opened: {incident.summary}"
         )
+        metrics.incident_opened(incident.target, incident.source)
         return incident
 
     def _feed(self, incident: Incident, now: float) -> Taken:
@@ -238,6 +239,7 @@ class IncidentBook:
         """Note what was done about ``incident`` (a rollback planned, nothing), audited."""
         incident.actions.append({"at": time.time(), "action": action, "by": MOLT, **detail})
         self._save(incident)
+        metrics.incident_action(incident.target, action)
         audit.append(
             self.conn,
             actor=MOLT,

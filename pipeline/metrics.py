@@ -145,6 +145,14 @@ def _m() -> Any:
             "Entries of the audit chain at its last verification",
             multiprocess_mode="mostrecent",
         )
+        incidents = Counter(
+            "molt_incidents", "Incidents opened, by target and source", ["target", "source"]
+        )
+        incident_actions = Counter(
+            "molt_incident_actions",
+            "What Molt did about incidents, by target and action",
+            ["target", "action"],
+        )
         audit_ok = Gauge(
             "molt_audit_chain_ok",
             "1 if the audit chain held at its last verification, else 0",
@@ -234,6 +242,14 @@ def release_live(target: str, release: int) -> None:
     _m().release.labels(target).set(release)
 
 
+def incident_opened(target: str, source: str) -> None:
+    _m().incidents.labels(target, word(source)).inc()
+
+
+def incident_action(target: str, action: str) -> None:
+    _m().incident_actions.labels(target, word(action)).inc()
+
+
 def audit_verified(ok: bool, entries: int) -> None:
     _m().audit_verified.set(entries)
     _m().audit_ok.set(1 if ok else 0)
@@ -273,6 +289,7 @@ class Readings:
     lock_phase: dict[str, str] = field(default_factory=dict)
     undelivered: int = 0
     active: dict[str, int] = field(default_factory=dict)  # state → requests in it
+    incidents_open: dict[str, int] = field(default_factory=dict)  # target → open incidents
     uptime: float = 0.0
 
 
@@ -300,6 +317,12 @@ def exposition(readings: Readings) -> tuple[bytes, str]:
             )
             for state, count in sorted(readings.active.items()):
                 active.add_metric([state], count)
+            incidents = GaugeMetricFamily(
+                "molt_incidents_open", "Incidents open, by target", labels=["target"]
+            )
+            for target, count in sorted(readings.incidents_open.items()):
+                incidents.add_metric([target], count)
+            yield incidents
             yield queue
             yield lock
             yield active

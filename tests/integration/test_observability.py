@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
 from tests.support import Molt, ServiceRepo, run_cli
 
 StartMolt = Callable[..., Molt]
@@ -168,3 +169,45 @@ def test_the_status_page_draws_each_phase_and_names_the_step_that_failed(
     assert opened == 303 and cookie.startswith("molt_ui=")
     assert _get(port, "/", {"Cookie": cookie})[0] == 200
     assert _login(port, link)[0] == 401  # once only
+
+
+ALERT_TOKEN = "am-token-9c1e"
+
+
+def test_an_incident_and_the_watch_window_show_on_the_page_and_in_the_metrics(
+    service: ServiceRepo, start_molt: StartMolt
+) -> None:
+    """An update watched after its restart draws its watch bar; an alert's incident is open
+    on the index and counted, and the alert's ack is timed in the HTTP process."""
+    service.commit(V2, "v2")
+    molt = start_molt(
+        MOLT_UI="true",
+        MOLT_UI_TOKEN=TOKEN,
+        MOLT_ALERT_TOKEN=ALERT_TOKEN,
+        MOLT_WATCH_SECONDS="1",
+        MOLT_WATCH_INTERVAL="0.5",
+    )
+    port = _port(molt)
+    since = molt.send("deploy main")
+    molt.send("press approve")
+    molt.wait_for(r"✅ Live: ", since=since)
+    url = f"http://127.0.0.1:{port}/alerts/alertmanager"
+    payload = alertmanager_payload([alertmanager_alert("7d2e", summary="HTTP 500s above 5%")])
+    after = len(molt.lines)
+    assert Alertmanager(url, ALERT_TOKEN).send(payload)[1] == {"accepted": 1, "duplicates": 0}
+    molt.wait_for(r"Approve rollback", since=after)
+
+    _, index = _page(port, "/")
+    assert "Open incidents (1)" in index and "HTTP 500s above 5%" in index
+    landed = re.search(
+        r'href="/requests/(r[0-9a-f]{8})">\S+</a></td>\s*<td><span class="state succeeded"', index
+    )
+    assert landed
+    _, page = _page(port, f"/requests/{landed.group(1)}")
+    rows = dict(re.findall(r'data-phase="([^"]+)">.*?class="outcome (\w+)"', page, re.S))
+    assert rows["restart"] == "passed" and rows["watch"] == "passed"
+    _, text = _get(port, "/metrics")
+    assert _sample(text, "molt_incidents_total", source="alertmanager") == 1
+    assert _sample(text, "molt_incidents_open") == 1
+    assert _sample(text, "molt_ack_seconds_count", front="alerts") == 1
+    assert _sample(text, "molt_phase_seconds_count", phase="watch") == 1

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import functools
 import glob
 import hashlib
 import os
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -69,9 +69,22 @@ def word(value: str) -> str:
     return value if _WORD.match(value) else OTHER
 
 
-@functools.cache
 def _m() -> Any:
-    """The metrics, built on first use (after ``prepare``); one namespace for all."""
+    """The metrics, built on first use (after ``prepare``), once whichever of a process's
+    threads gets here first; one namespace for all."""
+    global _BUILT
+    if _BUILT is None:
+        with _BUILDING:
+            if _BUILT is None:
+                _BUILT = _build()
+    return _BUILT
+
+
+_BUILT: Any = None
+_BUILDING = threading.Lock()
+
+
+def _build() -> Any:
     from prometheus_client import Counter, Gauge, Histogram
 
     class Names:

@@ -61,7 +61,7 @@ def _secret(value: str) -> Any:
 @pytest.fixture
 def server(alerting: Settings, conn: redis.Redis) -> Iterator[str]:
     routes = AlertEndpoints(alerting, conn).routes()
-    http = HttpServer("127.0.0.1", 0, conn, alerting.target_id, "test", alert_routes=routes)
+    http = HttpServer("127.0.0.1", 0, conn, alerting, "test", alert_routes=routes)
     port = http.start()
     yield f"http://127.0.0.1:{port}"
     http.stop()

@@ -131,3 +131,43 @@ def test_every_metric_the_grafana_dashboard_asks_for_is_one_molt_serves() -> Non
     }
     assert asked and asked <= served, asked - served
     assert {"molt_requests_total", "molt_phase_seconds_bucket", "molt_ack_seconds_bucket"} <= asked
+
+
+def test_threads_recording_their_first_metric_at_once_build_the_metrics_once(
+    tmp_path: Path,
+) -> None:
+    """The desk's threads may each record first: the metrics are built once, none fails
+    (in a process of its own, whose metrics are not built yet)."""
+    race = textwrap.dedent(
+        """
+        import threading
+        from pipeline import metrics
+        gate, failed = threading.Barrier(8), []
+        def record():
+            gate.wait()
+            try:
+                metrics.refused("tests")
+            except BaseException as exc:
+                failed.append(repr(exc))
+        threads = [threading.Thread(target=record) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        print(failed or "none failed")
+        """
+    )
+    for _ in range(5):
+        ran = subprocess.run(
+            [sys.executable, "-c", race],
+            env={
+                **os.environ,
+                metrics.ENV: str(metrics.prepare(tmp_path)),
+                "PYTHONPATH": str(ROOT),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert ran.stdout.strip() == "none failed", ran.stdout + ran.stderr

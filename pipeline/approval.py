@@ -241,17 +241,8 @@ def approve_on_retry(
     settings: Settings, conn: redis.Redis, request_id: str, who: Origin
 ) -> Decision:
     """An approver's Retry of an unchanged plan is its approval, audited as such."""
-    request = RequestStore(conn).get(request_id)
-    level = (request.plan or {}).get("risk", {}).get("level", "low")
-    decision = (
-        authorisation.may_approve(settings, who, request.requester, level)
-        and _late(request)
-        and approvable(settings, conn, request)
-    )
-    if not decision:
-        return decision
     message = f"approved by {who.principal} by pressing Retry: the plan is unchanged"
-    return _approved(settings, conn, request_id, who.principal, message)
+    return _approved_by(settings, conn, request_id, who, message)
 
 
 def approve_on_merge(
@@ -259,6 +250,15 @@ def approve_on_merge(
 ) -> Decision:
     """MOLT_MERGE_APPROVES: an approver's merge of the pull request ``merged`` approves the
     deploy of its merge commit, audited as such."""
+    message = f"approved by {who.principal} by merging {merged}"
+    return _approved_by(settings, conn, request_id, who, message)
+
+
+def _approved_by(
+    settings: Settings, conn: redis.Redis, request_id: str, who: Origin, message: str
+) -> Decision:
+    """An approval that something other than the Approve button stands for (a Retry, a
+    merge): the same checks as the button, then ``message`` in the audit."""
     request = RequestStore(conn).get(request_id)
     level = (request.plan or {}).get("risk", {}).get("level", "low")
     decision = (
@@ -268,7 +268,6 @@ def approve_on_merge(
     )
     if not decision:
         return decision
-    message = f"approved by {who.principal} by merging {merged}"
     return _approved(settings, conn, request_id, who.principal, message)
 
 

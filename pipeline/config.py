@@ -40,6 +40,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from pipeline.confinement import NETWORK_MODES, NETWORK_NONE, SANDBOX_AUTO, SANDBOX_MODES, Limits
 from pipeline.exceptions import ConfigError
 
 #: Molt's own checkout: the default target, and where templates/ lives.
@@ -88,6 +89,8 @@ _MODES = {
     "flaky": FLAKY_MODES,
     "change_delivery": DELIVERY_MODES,
     "log_format": LOG_FORMATS,
+    "sandbox": SANDBOX_MODES,
+    "test_network": NETWORK_MODES,
 }
 
 #: A fleet's target names, as ``[targets.<name>]`` tables of molt.toml spell them.
@@ -109,6 +112,9 @@ TARGET_KEYS = {
     "max_changes_per_day": "max_changes_per_day",
     "watch_log": "watch_log",
     "change_delivery": "change_delivery",
+    "test_env": "test_env",
+    "test_network": "test_network",
+    "test_limits": "test_limits",
 }
 #: Settings whose default is derived from others (``model_post_init``): unless set, a
 #: target's view derives them again from its own values.
@@ -136,6 +142,12 @@ class Settings(BaseSettings):
     #: update's edits stay well inside Slack's chat.update limit (about 50 a minute).
     progress_interval: float = _var("MOLT_PROGRESS_INTERVAL", 15.0, ge=2)
     flaky: str = _var("MOLT_FLAKY", FLAKY_FAIL)
+    # Where test commands run (pipeline/confinement.py): a sandbox (auto: if the host can
+    # make one), the variables of Molt's environment they get, their network and limits.
+    sandbox: str = _var("MOLT_SANDBOX", SANDBOX_AUTO)
+    test_env: UserList = _var("MOLT_TEST_ENV", [])
+    test_network: str = _var("MOLT_TEST_NETWORK", NETWORK_NONE)
+    test_limits: Annotated[Limits, NoDecode] = _var("MOLT_TEST_LIMITS", Limits())
     restart_timeout: float = _var("MOLT_RESTART_TIMEOUT", 120.0, gt=0)
     boot_timeout: float = _var("MOLT_BOOT_TIMEOUT", 60.0, gt=0)
     queue_max: int = _var("MOLT_QUEUE_MAX", 10, ge=0)
@@ -346,7 +358,31 @@ class Settings(BaseSettings):
             raise ValueError("the status page needs MOLT_UI_TOKEN set too")
         return value
 
-    @field_validator("autonomy", "flaky", "change_delivery", "log_format", mode="before")
+    @field_validator("test_env", mode="before")
+    @classmethod
+    def _split_test_env(cls, value: Any) -> Any:
+        names = _listed(value)
+        for name in names or []:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+                raise ValueError(f"expected comma-separated variable names, got {name!r}")
+            if name in SECRET_VARIABLES:
+                raise ValueError(f"{name} is a secret of Molt's: it is never given to tests")
+        return value if names is None else names
+
+    @field_validator("test_limits", mode="before")
+    @classmethod
+    def _limits(cls, value: Any) -> Limits:
+        return Limits.parse(value)
+
+    @field_validator(
+        "autonomy",
+        "flaky",
+        "change_delivery",
+        "log_format",
+        "sandbox",
+        "test_network",
+        mode="before",
+    )
     @classmethod
     def _known_mode(cls, value: Any, info: ValidationInfo) -> Any:
         if isinstance(value, str):
@@ -544,6 +580,13 @@ class Settings(BaseSettings):
 #: Fields whose given value an error message must not repeat.
 _SECRET_FIELDS = frozenset(
     name for name, info in Settings.model_fields.items() if info.annotation == SecretStr | None
+)
+
+
+#: Variables that hold Molt's secrets or reach its Redis: ``test_env`` may not list them.
+SECRET_VARIABLES = frozenset(
+    {str(Settings.model_fields[name].validation_alias.choices[0]) for name in _SECRET_FIELDS}  # type: ignore[union-attr]
+    | {"REDIS_URL", "REDIS_SENTINELS"}
 )
 
 

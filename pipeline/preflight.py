@@ -20,6 +20,7 @@ from pathlib import Path
 import redis
 
 from pipeline.config import Settings
+from pipeline.confinement import Confinement
 from pipeline.decisions import Decision
 from pipeline.exceptions import GitError
 from pipeline.git import Git
@@ -60,7 +61,14 @@ def tests_at(
         running = target.keys.tests_running(commit)
         conn.set(running, f"{time.time():.3f}", ex=int(settings.phase_timeout) + 60)
         try:
-            run = run_tests(settings.test_command, path, settings.phase_timeout, log, stop)
+            run = run_tests(
+                settings.test_command,
+                path,
+                settings.phase_timeout,
+                log,
+                stop,
+                confinement=Confinement.of(settings),
+            )
         finally:
             conn.delete(running)
     record = TestRecord(run.ok, run.passed, run.seconds, commit)

@@ -108,10 +108,10 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the child killed when the process starting it dies (Linux:
-    prctl PR_SET_PDEATHSIG); None where that is not available. prctl is looked up here,
-    before the fork, so the child only calls it."""
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child sent ``sig`` when the process starting it dies
+    (Linux: prctl PR_SET_PDEATHSIG); None where that is not available. prctl is looked up
+    here, before the fork, so the child only calls it."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -121,7 +121,7 @@ def die_with_parent() -> Callable[[], None] | None:
     parent = os.getpid()
 
     def preexec() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         if os.getppid() != parent:  # it died before the call
             os._exit(1)
 

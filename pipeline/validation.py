@@ -35,6 +35,7 @@ import structlog
 
 from pipeline import reruns
 from pipeline.config import FLAKY_FAIL, FLAKY_PASS, Settings
+from pipeline.confinement import Confinement, Launch
 from pipeline.processes import die_with_parent
 
 logger = structlog.get_logger(__name__)
@@ -64,6 +65,8 @@ class TestRun:
     tail: str
     stopped: bool = False
     output: str = field(default="", repr=False)
+    #: The sandbox's limits it ran into, each a sentence naming the limit.
+    limits: tuple[str, ...] = ()
 
 
 @dataclass
@@ -125,6 +128,7 @@ def _run(
     stop: Callable[[], bool] | None,
     watch: Callable[[bytes], None] | None = None,
     on_start: Callable[[int], None] | None = None,
+    launch: Launch | None = None,
 ) -> tuple[int | None, str, float, bool]:
     """``run_command`` that also kills the group as soon as ``stop()`` says so; the last
     value says whether it did (the exit code is then None, as on a timeout). ``watch`` sees
@@ -132,21 +136,24 @@ def _run(
 
     With ``on_start`` (a test command) the group's id is handed to it once it runs, and the
     command dies with this process: a test command never outlives the update it checks.
-    A restart command does not die with it (it may be what starts the service)."""
+    A restart command does not die with it (it may be what starts the service).
+
+    With ``launch`` (a test command) it starts as pipeline/confinement.py says: in its
+    sandbox, and ended with everything it started."""
     started = time.monotonic()
     deadline = started + timeout
     log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
     try:
         proc = subprocess.Popen(
-            command,
-            shell=True,
+            launch.argv if launch else command,
+            shell=launch is None,
             cwd=cwd,
-            env=command_env(),
+            env=launch.env if launch else command_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
-            preexec_fn=die_with_parent() if on_start else None,
+            preexec_fn=launch.preexec if launch else die_with_parent() if on_start else None,
         )
         reader = _Reader(proc, watch)
         if on_start:
@@ -163,7 +170,10 @@ def _run(
             except subprocess.TimeoutExpired:
                 stopped = stop is not None and stop()
                 if stopped or time.monotonic() >= deadline:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    if launch:
+                        launch.kill(proc)
+                    else:
+                        os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                     code = None
                     break
@@ -214,10 +224,16 @@ def run_tests(
     stop: Callable[[], bool] | None = None,
     watch: Callable[[bytes], None] | None = None,
     started: Callable[[int], None] | None = None,
+    confinement: Confinement | None = None,
 ) -> TestRun:
-    code, output, seconds, stopped = _run(
-        command, cwd, timeout, log_path, stop, watch, started or _unrecorded
-    )
+    """Run a test command in its sandbox (``confinement``, the target's; without one, the
+    host's sandbox with nothing but the allowlisted environment)."""
+    confinement = confinement or Confinement.default()
+    with confinement.launch(command, cwd) as launch:
+        code, output, seconds, stopped = _run(
+            command, cwd, timeout, log_path, stop, watch, started or _unrecorded, launch
+        )
+        limits = tuple(launch.limits_reached(output)) if code != 0 and not stopped else ()
     return TestRun(
         ok=code == 0,
         passed=count_passed(output),
@@ -226,6 +242,7 @@ def run_tests(
         tail=output[-_OUTPUT_TAIL:],
         stopped=stopped,
         output=output,
+        limits=limits,
     )
 
 
@@ -272,11 +289,17 @@ class PhaseSpec:
     timeout: float
     require_count: bool = False  # MOLT_REQUIRE_TESTS
     flaky: str = FLAKY_FAIL  # MOLT_FLAKY
+    #: The sandbox the test command runs in (MOLT_SANDBOX, test_env, test_network, test_limits).
+    confinement: Confinement | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PhaseSpec:
         return cls(
-            settings.test_command, settings.phase_timeout, settings.require_tests, settings.flaky
+            settings.test_command,
+            settings.phase_timeout,
+            settings.require_tests,
+            settings.flaky,
+            Confinement.of(settings),
         )
 
 
@@ -306,7 +329,9 @@ def run_phase(
     result.checks.append(compiled)
     if not compiled.ok:
         return result
-    tests = run_tests(spec.test_command, workdir, spec.timeout, log_path, stop, watch, started)
+    tests = run_tests(
+        spec.test_command, workdir, spec.timeout, log_path, stop, watch, started, spec.confinement
+    )
     again = None
     if not tests.ok and not tests.stopped and tests.exit_code is not None:
         again = run_again(spec, workdir, tests, log_path, stop, started)
@@ -346,13 +371,26 @@ def run_again(
     assert first.exit_code is not None
     rerun = reruns.plan_rerun(spec.test_command, first.output, first.exit_code)
     left = max(spec.timeout - first.seconds, 1.0)
-    run = run_tests(rerun.command, workdir, left, log_path, stop, started=started)
+    run = run_tests(
+        rerun.command, workdir, left, log_path, stop, started=started, confinement=spec.confinement
+    )
     flaky, again = reruns.judge(rerun, run.ok, run.output)
     passed = (first.passed or 0) + len(flaky) if rerun.only_failed else run.passed
     return RunAgain(rerun, run, flaky, again, passed)
 
 
 def _tests_check(
+    spec: PhaseSpec, tests: TestRun, again: RunAgain | None, passed: int | None
+) -> Check:
+    check = _tests_outcome(spec, tests, again, passed)
+    limits = tests.limits + (again.run.limits if again else ())
+    if check.ok or not limits:
+        return check
+    said = "; ".join(dict.fromkeys(limits))
+    return Check(check.name, False, check.seconds, f"{check.detail}; {said}")
+
+
+def _tests_outcome(
     spec: PhaseSpec, tests: TestRun, again: RunAgain | None, passed: int | None
 ) -> Check:
     command = spec.test_command

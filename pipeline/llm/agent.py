@@ -18,6 +18,7 @@ from typing import Any, TextIO
 import structlog
 
 from pipeline.config import Settings
+from pipeline.confinement import Confinement
 from pipeline.git import Git
 from pipeline.imports import ImportGraph
 from pipeline.llm import prompts, repomap
@@ -74,6 +75,7 @@ def implement(
         test_timeout=settings.phase_timeout,
         deadline=claude.deadline,
         log_path=log_path.with_name("implement-tests.log"),
+        confinement=Confinement.of(settings),
     )
     tools = [*files.tools, FINISH]
     budget = max(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.confinement import Confinement
 from pipeline.diffs import protected_paths
 from pipeline.exceptions import GitError
 from pipeline.git import Git
@@ -324,6 +325,8 @@ class SandboxFiles(Files):
     test_timeout: float = 900.0
     deadline: float | None = None
     log_path: Path | None = None
+    #: The sandbox the model's test runs run in (the target's, as in the phases).
+    confinement: Confinement | None = None
     touched: set[str] = field(default_factory=set)
     tests_run: int = 0
     last_tests_ok: bool | None = None
@@ -487,7 +490,9 @@ class SandboxFiles(Files):
             timeout = min(timeout, self.deadline - time.monotonic())
             if timeout <= 1:
                 raise Refused("no time is left to run the tests")
-        run = run_tests(self.test_command, self.root, timeout, self.log_path)
+        run = run_tests(
+            self.test_command, self.root, timeout, self.log_path, confinement=self.confinement
+        )
         self.tests_run += 1
         self.last_tests_ok = run.ok
         if run.exit_code is None:

@@ -63,7 +63,7 @@ def test_a_flaky_test_fails_the_update_by_default_naming_it_and_history_keeps_it
     service: ServiceRepo, start_molt: StartMolt, tmp_path: Path
 ) -> None:
     old = service.live_head()
-    service.commit({"checks/test_flaky.py": fails_once(tmp_path / "ran")}, "a flaky test")
+    service.commit({"checks/test_flaky.py": fails_once(Path("ran"))}, "a flaky test")
     molt = _up(start_molt(MOLT_TEST_COMMAND=PYTEST))
     since = molt.send("deploy main")
     molt.send("press approve")
@@ -79,7 +79,7 @@ def test_a_flaky_test_fails_the_update_by_default_naming_it_and_history_keeps_it
 def test_with_flaky_pass_a_flaky_test_lands_and_the_success_message_lists_it(
     service: ServiceRepo, start_molt: StartMolt, tmp_path: Path
 ) -> None:
-    new = service.commit({"checks/test_flaky.py": fails_once(tmp_path / "ran")}, "a flaky test")
+    new = service.commit({"checks/test_flaky.py": fails_once(Path("ran"))}, "a flaky test")
     molt = _up(start_molt(MOLT_TEST_COMMAND=PYTEST, MOLT_FLAKY="pass"))
     since = molt.send("deploy main")
     molt.send("press approve")

@@ -34,7 +34,7 @@ def test_a_test_that_fails_once_fails_the_phase_by_default_and_is_named_flaky(
 ) -> None:
     root = _service(
         tmp_path / "svc",
-        {"test_steady.py": STEADY, "test_flaky.py": fails_once(tmp_path / "ran")},
+        {"test_steady.py": STEADY, "test_flaky.py": fails_once(tmp_path / "svc" / "ran")},
     )
     result = _phase(root, PYTEST, FLAKY_FAIL)
     assert not result.ok
@@ -48,7 +48,7 @@ def test_a_test_that_fails_once_fails_the_phase_by_default_and_is_named_flaky(
 def test_with_flaky_pass_the_phase_passes_and_counts_the_rerun_passes(tmp_path: Path) -> None:
     root = _service(
         tmp_path / "svc",
-        {"test_steady.py": STEADY, "test_flaky.py": fails_once(tmp_path / "ran")},
+        {"test_steady.py": STEADY, "test_flaky.py": fails_once(tmp_path / "svc" / "ran")},
     )
     log = tmp_path / "phase1.log"
     result = _phase(root, PYTEST, FLAKY_PASS, baseline=3, log=log)
@@ -73,7 +73,7 @@ def test_a_test_that_always_fails_is_not_called_flaky(tmp_path: Path) -> None:
 
 
 def test_another_runner_runs_again_whole_and_is_named_by_its_command(tmp_path: Path) -> None:
-    marker = tmp_path / "ran"
+    marker = tmp_path / "svc" / "ran"
     runner = (
         "import pathlib, sys\n"
         f"marker = pathlib.Path({str(marker)!r})\n"
@@ -91,7 +91,7 @@ def test_another_runner_runs_again_whole_and_is_named_by_its_command(tmp_path: P
 
 
 def test_a_timeout_or_a_stop_is_never_run_again(tmp_path: Path) -> None:
-    runs = tmp_path / "runs"
+    runs = tmp_path / "svc" / "runs"
     slow = f"import time\nopen({str(runs)!r}, 'a').write('run\\n')\ntime.sleep(60)\n"
     root = _service(tmp_path / "svc", {"slow.py": slow})
     spec = PhaseSpec("python slow.py", timeout=1, flaky=FLAKY_PASS)

@@ -30,6 +30,7 @@ from bot.notifier import Notifier
 from bot.server import HttpProcess
 from pipeline import (
     approval,
+    audit,
     bootguard,
     logwatch,
     metrics,
@@ -41,6 +42,7 @@ from pipeline import (
     store,
 )
 from pipeline.config import Settings
+from pipeline.confinement import SANDBOX_OFF, Confinement
 from pipeline.exceptions import IllegalTransition
 from pipeline.manifests import running_version
 from pipeline.requests import RequestStore
@@ -100,6 +102,24 @@ class Bot:
 
     # -- life cycle ----------------------------------------------------------
 
+    def _announce_sandbox(self) -> None:
+        """Where test commands will run, in one line per target; MOLT_SANDBOX=off is audited
+        (an operator chose to run code under test with Molt's powers)."""
+        for name in self.settings.target_names():
+            settings = self.settings.for_target(name)
+            confinement = Confinement.of(settings)
+            if confinement.sandboxed:
+                log.info(confinement.describe(), target=name)
+            else:
+                log.warning(confinement.describe(), target=name)
+        if self.settings.sandbox == SANDBOX_OFF:
+            audit.append(
+                self.conn,
+                actor="molt",
+                action="sandbox off",
+                detail={"reason": "MOLT_SANDBOX=off: test commands run without a sandbox"},
+            )
+
     def run(self) -> int:
         recovery.backup_config(self.settings)
         version = running_version()
@@ -115,6 +135,7 @@ class Bot:
         for loop in (self._beat, self._housekeeping, self._control, self._warm):
             threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
+        self._announce_sandbox()
         if self.console is not None:
             target = (
                 ", ".join(self.settings.target_names())

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from pipeline import audit, authorisation, control, logs, metrics, recovery, store
+from pipeline import audit, authorisation, confinement, control, logs, metrics, recovery, store
 from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import ConfigError, StoreError
 from pipeline.requests import Origin
@@ -59,6 +59,10 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
     )
     # The boot guard runs before the bot's code is imported: a release can fail at import,
     # and code that was tampered with must not run before it is checked.
+    refused = sandbox_refused(settings)
+    if refused:
+        print(f"molt: refusing to start: {refused}", file=sys.stderr)
+        return 2
     boot = bootguard.begin(settings)
     if not boot.ok:
         print(f"molt: refusing to start: {boot.reason}", file=sys.stderr)
@@ -312,6 +316,34 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def sandbox_refused(settings: Settings) -> str:
+    """MOLT_SANDBOX=bwrap on a host that cannot make the sandbox: why, else ""."""
+    found = confinement.support()
+    if settings.sandbox == confinement.SANDBOX_BWRAP and not found.works:
+        return f"MOLT_SANDBOX=bwrap, but {found.found}"
+    return ""
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """What this host offers Molt, as start-up finds it: the sandbox test commands run in."""
+    settings = _settings()
+    found = confinement.support()
+    print(f"sandbox: {found.found}")
+    print(f"  MOLT_SANDBOX={settings.sandbox}; process limit held by {found.processes}")
+    for name in settings.target_names():
+        target = settings.for_target(name)
+        print(f"  {name}: {confinement.Confinement.of(target).describe()}")
+        listed = ", ".join(target.test_env) or "none"
+        print(f"    variables given to tests besides the allowlist: {listed}")
+    refused = sandbox_refused(settings)
+    if refused:
+        print(f"molt would refuse to start: {refused}")
+        return 1
+    if settings.sandbox == confinement.SANDBOX_AUTO and not found.works:
+        print("  change requests in words are refused until a sandbox can be made")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="molt", description="Change running software from chat, safely."
@@ -391,6 +423,9 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     sub.add_parser("ui-link", help="a one-time link to the status page (MOLT_UI)").set_defaults(
         func=cmd_ui_link
     )
+    sub.add_parser(
+        "doctor", help="what this host offers Molt: the sandbox its test commands run in"
+    ).set_defaults(func=cmd_doctor)
     sub.add_parser(
         "recover",
         parents=[targeted],

@@ -30,6 +30,7 @@ import redis
 from pipeline import preflight, validation
 from pipeline.authorisation import raised_by_molt
 from pipeline.config import Settings
+from pipeline.confinement import SANDBOX_AUTO, Confinement
 from pipeline.decisions import ALLOWED, Decision
 from pipeline.git import Git
 from pipeline.keyspace import TargetKeys
@@ -54,6 +55,15 @@ def switched_on(settings: Settings, request: Request) -> Decision:
         )
     if not request.deploys and not settings.allow_changes:
         return _switch("change requests in words are switched off here (MOLT_ALLOW_CHANGES=false)")
+    if not request.deploys and settings.sandbox == SANDBOX_AUTO:
+        confinement = Confinement.of(settings)
+        if not confinement.sandboxed:
+            return _switch(
+                "change requests in words are refused here: code the model writes runs only "
+                f"in a sandbox, and this host cannot make one ({confinement.why_unsandboxed}). "
+                "Install bubblewrap, or set MOLT_SANDBOX=off to run tests unsandboxed; "
+                "deploys of a ref still run"
+            )
     return ALLOWED
 
 

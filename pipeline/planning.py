@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from pipeline.config import Settings
+from pipeline.confinement import Confinement
 from pipeline.diffs import changed_files, protected_paths, touched_paths
 from pipeline.estimates import past_runs
 from pipeline.exceptions import GitError, PlanningError
@@ -24,7 +25,7 @@ from pipeline.git import Git
 from pipeline.imports import ImportGraph, read_graph
 from pipeline.keyspace import TargetKeys
 from pipeline.plans import Plan
-from pipeline.risk import assess_risk, plural
+from pipeline.risk import assess_risk, plural, sandbox_risk
 from pipeline.tasks import deploy_tasks, rollback_to, success_criteria
 
 MAX_COMMITS = 50
@@ -251,6 +252,7 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
     risk = assess_risk(
         all_files, diffstat, protected, removed=between.removed, downgrade=between.downgrade
     )
+    sandbox_risk(risk, Confinement.of(settings))
 
     rollback_point = rollback_to(short_base, branch)
     past = past_runs(settings, conn, base)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.confinement import NETWORK_HOST, Confinement
 from pipeline.diffs import matches, touched_paths
 
 LEVELS = ("low", "medium", "high")
@@ -83,3 +84,11 @@ def assess_risk(
     if migrations:
         raise_level(risk, "medium", f"includes migrations: {_listed(migrations)}")
     return risk
+
+
+def sandbox_risk(risk: dict[str, Any], confinement: Confinement) -> None:
+    """Where the tests will run, when it is not the whole sandbox: a person weighs it."""
+    if not confinement.sandboxed:
+        raise_level(risk, "low", confinement.describe())
+    elif confinement.network == NETWORK_HOST:
+        raise_level(risk, "low", 'its tests run with the host\'s network (test_network = "host")')

@@ -15,6 +15,7 @@ from typing import Any
 import redis
 
 from pipeline.config import Settings
+from pipeline.confinement import Confinement
 from pipeline.diffs import protected_paths
 from pipeline.estimates import past_runs
 from pipeline.imports import ImportGraph
@@ -23,7 +24,7 @@ from pipeline.llm.tools import CommitFiles, Refused, clean_path
 from pipeline.llm.turns import tool
 from pipeline.plans import Plan
 from pipeline.redaction import redact, redact_data
-from pipeline.risk import LEVELS, assess_risk, raise_level
+from pipeline.risk import LEVELS, assess_risk, raise_level, sandbox_risk
 from pipeline.tasks import change_tasks, rollback_points, rollback_to, success_criteria
 
 MAX_FILES = 50
@@ -378,6 +379,8 @@ def build_plan(
     protected = protected_paths(paths)
     components, dependents = _components(graph, paths, _lines(raw.get("components"), 120))
     allow_unplanned = raw.get("allow_unplanned_files") is True
+    risk = _risk(raw, submitted, protected)
+    sandbox_risk(risk, Confinement.of(settings))
     short_base = base[:7]
     rollback_point = rollback_to(short_base, branch)
     past = past_runs(settings, conn, base)
@@ -392,7 +395,7 @@ def build_plan(
         diffstat={},
         files=submitted.files,
         components=components,
-        risk=_risk(raw, submitted, protected),
+        risk=risk,
         protected=protected,
         test_command=settings.test_command,
         rollback_point=rollback_point,

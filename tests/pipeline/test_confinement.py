@@ -1,0 +1,261 @@
+"""Code under test runs in a sandbox: a branch whose tests try to act with Molt's powers is
+contained in phase 1 and phase 2 while its honest tests pass, its limits fail the phase by
+name, and nothing it started is left running. The update runs in-process, on a real RQ
+SimpleWorker in burst mode, with real Redis, git and bubblewrap."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from rq import SimpleWorker
+
+from pipeline import approval, confinement, intake, processes, queueing, store
+from pipeline.config import Settings, load_settings
+from pipeline.requests import Origin, RequestStore
+from pipeline.states import RequestState as S
+from tests.support import ServiceRepo
+
+pytestmark = pytest.mark.skipif(
+    not confinement.support().works, reason="this host cannot make a sandbox"
+)
+
+ALICE, BOB = Origin("console", "alice"), Origin("console", "bob")
+
+ESCAPES = """\
+import os, pathlib, socket, subprocess, sys
+
+FACTS = {facts!r}
+LIVE = pathlib.Path(FACTS["live"])
+
+
+def _fails(attempt):
+    try:
+        attempt()
+    except OSError:
+        return True
+    return False
+
+
+def test_molts_secrets_are_not_in_the_environment():
+    assert not [n for n in FACTS["secrets"] if n in os.environ], sorted(os.environ)
+
+
+def test_a_listed_variable_is_given():
+    assert os.environ.get("SERVICE_DB") == "postgres://tests"
+
+
+def test_the_hosts_loopback_is_out_of_reach():
+    assert _fails(lambda: socket.create_connection(("127.0.0.1", FACTS["port"]), timeout=3))
+
+
+def test_its_own_loopback_works():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    socket.create_connection(server.getsockname(), timeout=3).sendall(b"hi")
+    assert server.accept()[0].recv(2) == b"hi"
+
+
+def test_molts_data_is_out_of_sight_and_writes_there_vanish():
+    data = pathlib.Path(FACTS["data"])
+    # Only the way to a checkout under test that lives in it (phase 1's worktree) is seen.
+    assert {{p.name for p in data.iterdir()}} <= {{"worktrees"}} if data.exists() else True
+    assert not pathlib.Path(FACTS["socket"]).exists()
+    _fails(lambda: (data / "escaped").write_text("x"))
+
+
+def test_molts_redis_does_not_answer():
+    def ask():
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(3)
+        s.connect(FACTS["socket"])
+        s.sendall(b"PING\\r\\n")
+        if s.recv(10):
+            raise AssertionError("Redis answered")
+    assert _fails(ask)
+
+
+def test_the_live_checkout_is_out_of_sight_before_phase_two():
+    if os.getcwd() != str(LIVE):
+        assert not (LIVE / "app.py").exists()
+        _fails(lambda: (LIVE / "escaped").write_text("x"))
+
+
+def test_home_and_tmp_are_private():
+    for path in (pathlib.Path(FACTS["home"]) / FACTS["mark"], pathlib.Path("/tmp") / FACTS["mark"]):
+        _fails(lambda: path.write_text("x"))
+    assert os.environ["HOME"] != FACTS["home"]
+
+
+def test_a_daemon_left_running():
+    # Double fork into a session of its own: it outlives the test command unless stopped.
+    code = "import os, time\\nif os.fork() == 0:\\n    os.setsid()\\n    time.sleep(600)\\n"
+    subprocess.run([sys.executable, "-c", code], check=True)
+    with open("daemon.started", "a") as f:
+        f.write("started\\n")
+"""
+
+LIMITS = """\
+import os, subprocess, sys, time
+
+LIVE = {live!r}
+
+
+def _in_phase():
+    return (os.getcwd() == LIVE) == {phase_two!r}
+
+
+def test_a_fork_flood():
+    if not _in_phase():
+        return
+    children = []
+    try:
+        for _ in range(1000):
+            children.append(subprocess.Popen(["sleep", "60"]))
+    finally:
+        for child in children:
+            child.kill()
+    assert len(children) < 1000
+
+
+def test_a_memory_hog():
+    if _in_phase():
+        hog = bytearray(6 * 1024**3)
+        assert hog
+"""
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[bytes]]]:
+    """A listener on the host's loopback, and what reached it."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    heard: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                peer, _ = server.accept()
+            except OSError:
+                return
+            heard.append(peer.recv(100) or b"(connected)")
+            peer.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1], heard
+    server.close()
+
+
+def _update(settings: Settings, conn: redis.Redis) -> str:
+    """``deploy main``, approved, run by an RQ worker; returns the request's id."""
+    request = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
+    assert request.state is S.PLAN_READY, request.message
+    assert approval.approve(settings, conn, request.id, BOB)
+    queue = queueing.rq_queue(settings)
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    return request.id
+
+
+@pytest.fixture
+def job_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's environment: the job loads its settings from it, as a worker does."""
+    monkeypatch.setenv("MOLT_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("MOLT_TARGET_DIR", str(settings.target_dir))
+    monkeypatch.setenv("MOLT_TEST_COMMAND", settings.test_command)
+    monkeypatch.setenv("MOLT_APPROVERS", "console:bob")
+    monkeypatch.setenv("MOLT_AUTHORISED_USERS", "console:alice")
+
+
+def test_a_branch_that_tries_every_escape_is_contained_in_both_phases(
+    settings: Settings,
+    service: ServiceRepo,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: tuple[int, list[bytes]],
+    job_env: None,
+) -> None:
+    port, heard = listener
+    secrets = ["SLACK_BOT_TOKEN", "ANTHROPIC_API_KEY", "MOLT_ALERT_TOKEN", "DATABASE_PASSWORD"]
+    for name in secrets:
+        monkeypatch.setenv(name, "secret-value")
+    monkeypatch.setenv("SERVICE_DB", "postgres://tests")
+    monkeypatch.setenv("MOLT_TEST_ENV", "SERVICE_DB")
+    mark = f"molt-escaped-{os.getpid()}-{port}"
+    home = Path.home()
+    facts = {
+        "secrets": secrets,
+        "port": port,
+        "data": str(settings.data_dir),
+        "socket": str(store.socket_path(settings.data_dir)),
+        "live": str(service.live),
+        "home": str(home),
+        "mark": mark,
+    }
+    conn = store.connect(settings)
+    conn.set("molt:untouched", "yes")
+    new = service.commit({"checks/test_escape.py": ESCAPES.format(facts=facts)}, "escape")
+
+    request_id = _update(load_settings(), conn)
+
+    done = RequestStore(conn).get(request_id)
+    assert done.state is S.SUCCEEDED, done.message
+    assert service.live_head() == new
+    assert heard == []
+    assert not (settings.data_dir / "escaped").exists()
+    assert not (service.live / "escaped").exists()
+    assert not (home / mark).exists() and not (Path("/tmp") / mark).exists()
+    assert conn.get("molt:untouched") == "yes"
+    # Both phases started their daemon (phase 2's note is in the live checkout); neither is
+    # left running.
+    assert (service.live / "daemon.started").read_text() == "started\n"
+    assert _sleeping_daemons() == []
+
+
+def _sleeping_daemons() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and processes.alive(int(entry.name)):
+            try:
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"time.sleep(600)" in command:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("phase_two", [False, True], ids=["phase 1", "phase 2"])
+def test_the_limits_fail_the_phase_naming_them(
+    settings: Settings,
+    service: ServiceRepo,
+    monkeypatch: pytest.MonkeyPatch,
+    job_env: None,
+    phase_two: bool,
+) -> None:
+    monkeypatch.setenv("MOLT_TEST_LIMITS", "memory=2048,processes=200")
+    conn = store.connect(settings)
+    old = service.live_head()
+    text = LIMITS.format(live=str(service.live), phase_two=phase_two)
+    service.commit({"checks/test_limits.py": text}, "a fork flood and a memory hog")
+
+    request_id = _update(load_settings(), conn)
+
+    done = RequestStore(conn).get(request_id)
+    assert done.state is S.FAILED
+    failed = [c["name"] for c in (done.result or {}).get("checks", []) if not c["ok"]]
+    assert failed[0] == ("phase 2: tests" if phase_two else "phase 1: tests")
+    assert "processes limit (200 processes; test_limits.processes)" in done.message
+    assert "memory limit (2048 MiB a process; test_limits.memory)" in done.message
+    assert service.live_head() == old
+
+
+def test_a_secret_cannot_be_given_to_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOLT_TEST_ENV", "DATABASE_URL,SLACK_SIGNING_SECRET")
+    with pytest.raises(Exception, match="SLACK_SIGNING_SECRET is a secret of Molt's"):
+        load_settings()

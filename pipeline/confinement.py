@@ -501,7 +501,7 @@ class _Cgroup:
                 for pid in _members(self.path):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
-                time.sleep(0.05)
+                time.sleep(0.005)
 
 
 def _members(path: Path) -> list[int]:

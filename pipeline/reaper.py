@@ -8,7 +8,6 @@ library only, so it starts in a few milliseconds. Exits with the command's exit 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import signal
@@ -45,15 +44,19 @@ def _children() -> list[int]:
 def end_all() -> None:
     """SIGKILL every child until none is left (orphans of the killed become children)."""
     while True:
-        with contextlib.suppress(ChildProcessError):
+        try:
             while os.waitpid(-1, os.WNOHANG)[0] > 0:
                 pass
+        except ChildProcessError:
+            pass
         left = _children()
         if not left:
             return
         for pid in left:
-            with contextlib.suppress(ProcessLookupError):
+            try:
                 os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         time.sleep(0.01)
 
 

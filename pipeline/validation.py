@@ -165,6 +165,10 @@ def _run(
             if stop is not None:
                 wait = min(wait, STOP_POLL_SECONDS)
             try:
+                # A sandboxed command's output ends with everything it started: waiting for
+                # that, rather than polling the process, sees a short command end at once.
+                if launch is not None and not reader.ended(max(wait, 0.01)):
+                    raise subprocess.TimeoutExpired(command, wait)
                 code = proc.wait(timeout=max(wait, 0.01))
                 break
             except subprocess.TimeoutExpired:
@@ -209,6 +213,11 @@ class _Reader:
                         self._watch(chunk)
                     except Exception as exc:  # progress is never worth the run
                         logger.warning("watching test output failed", error=str(exc))
+
+    def ended(self, timeout: float) -> bool:
+        """Whether the output ended, waiting up to ``timeout`` seconds for it."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def output(self) -> bytes:
         """Everything the command wrote, once its output ended."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from pipeline import approval, confinement, intake, processes, queueing, store
 from pipeline.config import Settings, load_settings
 from pipeline.requests import Origin, RequestStore
 from pipeline.states import RequestState as S
+from pipeline.validation import run_tests
 from tests.support import ServiceRepo
 
 pytestmark = pytest.mark.skipif(
@@ -259,3 +261,84 @@ def test_a_secret_cannot_be_given_to_tests(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MOLT_TEST_ENV", "DATABASE_URL,SLACK_SIGNING_SECRET")
     with pytest.raises(Exception, match="SLACK_SIGNING_SECRET is a secret of Molt's"):
         load_settings()
+
+
+DAEMON = """\
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        open("daemon.started", "w").write("yes")
+        time.sleep(600)
+    os._exit(0)
+os.wait()
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandbox", "MOLT_SANDBOX=off"])
+def test_a_stopped_test_command_leaves_nothing_it_started_running(
+    tmp_path: Path, sandboxed: bool
+) -> None:
+    """Its daemon, in a session of its own and orphaned, ends with it, sandbox or not."""
+    token = f"molt-daemon-{os.getpid()}-{sandboxed}"
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "daemon.py").write_text(DAEMON)
+    run = run_tests(
+        f"python daemon.py {token}",
+        checkout,
+        600,
+        stop=lambda: (checkout / "daemon.started").exists(),
+        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.test_env(())),
+    )
+    assert run.stopped
+    deadline = time.monotonic() + 30
+    while _running(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _running(token) == []
+
+
+def _running(token: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and processes.alive(int(entry.name)):
+            try:
+                if token.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def test_without_a_sandbox_auto_refuses_a_change_in_words_and_still_plans_deploys(
+    settings: Settings,
+    conn: redis.Redis,
+    service: ServiceRepo,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host where bwrap cannot make a sandbox (user namespaces switched off, say)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    broken = bin_dir / "bwrap"
+    broken.write_text(
+        "#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n"
+    )
+    broken.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    confinement.support.cache_clear()
+    try:
+        change = intake.submit(settings, conn, ALICE, "change", "add a ping", "add a ping")
+        assert change.state is S.BLOCKED
+        assert "this host cannot make one" in change.message
+        assert "No permissions to create new namespace" in change.message
+        assert "MOLT_SANDBOX=off" in change.message
+
+        service.commit({"app.py": "def greet():\n    return 'hi'\n"}, "a change")
+        deploy = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
+        assert deploy.state is S.PLAN_READY, deploy.message
+        reasons = (deploy.plan or {})["risk"]["reasons"]
+        assert any("test commands run without a sandbox" in r for r in reasons), reasons
+    finally:
+        confinement.support.cache_clear()

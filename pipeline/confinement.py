@@ -326,9 +326,12 @@ class Confinement:
 
 
 def _interpreter_paths(checkout: Path) -> list[Path]:
-    """The interpreter test commands find first on PATH, and its environment: they stay
-    reachable wherever they are (a virtualenv under /tmp, under the home directory)."""
+    """The interpreter test commands find first on PATH, its environment and the rest of
+    PATH: they stay reachable wherever they are (a virtualenv under /tmp or the home
+    directory), read-only."""
     paths = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).parent]
+    # Tools on PATH under the home directory (~/.local/bin, ~/.cargo/bin) stay runnable.
+    paths += [Path(d) for d in os.environ.get("PATH", "").split(os.pathsep) if d.startswith("/")]
     venv = checkout / ".venv"
     if venv.is_symlink():
         paths.append(venv)

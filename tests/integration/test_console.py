@@ -251,7 +251,7 @@ def test_queued_requests_wait_their_turn_and_are_cleared_when_an_update_fails(
 def test_worker_killed_mid_update_is_rolled_back(
     service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
 ) -> None:
-    started = tmp_path / "phase2-started"
+    started = service.live / "phase2-started"
     hang = hang_on_live(service.live, started)
     old = service.live_head()
     service.commit({"checks/test_hang.py": hang}, "hangs in phase 2")
@@ -274,7 +274,7 @@ def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
 ) -> None:
     """The test command's own children outlive its shell (they ignore their parent's
     death): the rollback of the abandoned update kills its whole process group first."""
-    started = tmp_path / "phase2-started"
+    started = service.live / "phase2-started"
     stubborn = (
         "import os, pathlib, signal, subprocess, sys, time\n\n\ndef test_stubborn():\n"
         f"    if os.getcwd() == {str(service.live)!r}:\n"

@@ -11,7 +11,7 @@ at a time) in a git worktree of HEAD under a data directory, as phase 1 runs it:
 then bare, alternating ``--runs`` times; the sandbox's share of the median wall time (goal
 <= 3 %). ``--suite ''`` skips it.
 
-    python bench/sandbox.py [--starts 50] [--runs 1] [--suite "python -m pytest -q -n 3 tests/pipeline"]
+    python bench/sandbox.py [--starts 50] [--runs 1] [--suite "<test command>"]
 """
 
 from __future__ import annotations
@@ -61,7 +61,8 @@ def starts(count: int, checkout: Path, sandboxed: Confinement, off: Confinement)
         print(f"  {name:32} {ms:7.1f} ms a start")
     extra = found["sandbox (bwrap)"] - found["bare sh -c (before)"]
     verdict = "within" if extra <= START_GOAL_MS else "over"
-    print(f"  sandbox's extra per start: {extra:.1f} ms ({verdict} the {START_GOAL_MS:.0f} ms goal)")
+    goal = f"{verdict} the {START_GOAL_MS:.0f} ms goal"
+    print(f"  sandbox's extra per start: {extra:.1f} ms ({goal})")
 
 
 def suite(command: str, runs: int, root: Path) -> None:
@@ -83,14 +84,18 @@ def suite(command: str, runs: int, root: Path) -> None:
         for _ in range(runs):
             for name, how in (("sandbox", sandboxed), ("off", bare)):
                 result = run_tests(command, checkout, 3600, confinement=how)
-                print(f"  {name:8} {result.seconds:7.1f} s  exit {result.exit_code}, "
-                      f"{result.passed} passed")
+                print(
+                    f"  {name:8} {result.seconds:7.1f} s  exit {result.exit_code}, "
+                    f"{result.passed} passed"
+                )
                 times[name].append(result.seconds)
         with_box, without = statistics.median(times["sandbox"]), statistics.median(times["off"])
         share = with_box / without - 1
         verdict = "within" if share <= SUITE_GOAL else "over"
-        print(f"  `{command}`: {with_box:.1f} s sandboxed, {without:.1f} s without: "
-              f"{share:+.1%} ({verdict} the {SUITE_GOAL:.0%} goal)")
+        print(
+            f"  `{command}`: {with_box:.1f} s sandboxed, {without:.1f} s without: "
+            f"{share:+.1%} ({verdict} the {SUITE_GOAL:.0%} goal)"
+        )
     finally:
         subprocess.run(
             ["git", "-C", str(MOLT_HOME), "worktree", "remove", "--force", str(checkout)],

@@ -221,7 +221,8 @@ def test_queued_requests_wait_their_turn_and_are_cleared_when_an_update_fails(
     service.commit({"checks/test_slow.py": slow}, "slow and broken", branch="slow")
     service.commit({"app.py": "VERSION = 2\n"}, "fine", branch="fine")
     service.commit({"app.py": "VERSION = 3\n"}, "also fine", branch="fine2")
-    molt = _up(start_molt())
+    # The slow check waits for a gate outside its checkout: no sandbox.
+    molt = _up(start_molt(MOLT_SANDBOX="off"))
     first = molt.send("deploy slow")
     molt.wait_for(r"📋 Plan ready", since=first)
     molt.send("press approve")
@@ -272,8 +273,8 @@ def test_worker_killed_mid_update_is_rolled_back(
 def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
     service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
 ) -> None:
-    """The test command's own children outlive its shell (they ignore their parent's
-    death): the rollback of the abandoned update kills its whole process group first."""
+    """The test command's own children ignore their parent's death: they end with the
+    worker all the same (the test command's PID namespace, or its subreaper, ends them)."""
     started = service.live / "phase2-started"
     stubborn = (
         "import os, pathlib, signal, subprocess, sys, time\n\n\ndef test_stubborn():\n"
@@ -293,11 +294,9 @@ def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
     for group in update_processes(data_dir):
         os.killpg(group, signal.SIGKILL)
     molt.wait_for(r"worker running this update stopped during phase 2", since=since)
-    molt.wait_for(
-        r"its test command `python service_tests\.py` was still running "
-        r"\(process group \d+, 2 process\(es\)\) and was killed first",
-        since=since,
-    )
+    deadline = time.monotonic() + 30
+    while processes_in(service.live) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert processes_in(service.live) == []
     assert service.live_head() == old
     assert service.live_status() == ""
@@ -311,7 +310,8 @@ def test_an_approvers_retry_of_an_unchanged_plan_runs_it_without_asking_again(
     ready = tmp_path / "ready"
     check = f"import os\n\n\ndef test_ready():\n    assert os.path.exists({str(ready)!r})\n"
     new = service.commit({"checks/test_ready.py": check}, "needs something outside the code")
-    molt = _up(start_molt())
+    # The check looks outside its checkout, which a sandbox keeps out of its sight.
+    molt = _up(start_molt(MOLT_SANDBOX="off"))
     since = molt.send("deploy main")
     molt.wait_for(r"📋 Plan ready", since=since)
     molt.send("press approve")

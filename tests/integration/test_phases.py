@@ -45,7 +45,10 @@ def test_a_long_phase_shows_its_progress_while_it_runs(
 ) -> None:
     command = _fake_pytest(tmp_path / "fake_pytest.py", service.live)
     new = service.commit({"SLOW": "the tests take a while\n"}, "slow tests")
-    molt = _up(start_molt(MOLT_TEST_COMMAND=command, MOLT_PROGRESS_INTERVAL="2"))
+    # The fake runner lives outside the checkout, where a sandbox would not show it.
+    molt = _up(
+        start_molt(MOLT_TEST_COMMAND=command, MOLT_PROGRESS_INTERVAL="2", MOLT_SANDBOX="off")
+    )
     since = molt.send("deploy main")
     molt.send("press approve")
     molt.wait_for(r"✅ Live: ", since=since, timeout=120)

@@ -19,6 +19,7 @@ timeout or a stop is never run again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -160,27 +161,27 @@ def _run(
             on_start(proc.pid)
         code: int | None = None
         stopped = False
-        while True:
-            wait = deadline - time.monotonic()
-            if stop is not None:
-                wait = min(wait, STOP_POLL_SECONDS)
-            try:
-                # A sandboxed command's output ends with everything it started: waiting for
-                # that, rather than polling the process, sees a short command end at once.
-                if launch is not None and not reader.ended(max(wait, 0.01)):
-                    raise subprocess.TimeoutExpired(command, wait)
-                code = proc.wait(timeout=max(wait, 0.01))
-                break
-            except subprocess.TimeoutExpired:
-                stopped = stop is not None and stop()
-                if stopped or time.monotonic() >= deadline:
-                    if launch:
-                        launch.kill(proc)
-                    else:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    code = None
+        try:
+            while True:
+                wait = deadline - time.monotonic()
+                if stop is not None:
+                    wait = min(wait, STOP_POLL_SECONDS)
+                try:
+                    # A sandboxed command's output ends with everything it started: waiting for
+                    # that, rather than polling the process, sees a short command end at once.
+                    if launch is not None and not reader.ended(max(wait, 0.01)):
+                        raise subprocess.TimeoutExpired(command, wait)
+                    code = proc.wait(timeout=max(wait, 0.01))
                     break
+                except subprocess.TimeoutExpired:
+                    stopped = stop is not None and stop()
+                    if stopped or time.monotonic() >= deadline:
+                        _end(proc, launch)
+                        code = None
+                        break
+        except BaseException:  # a fault while it runs: it does not outlive the caller
+            _end(proc, launch)
+            raise
         out = reader.output()
         if log:
             log.write(f"$ {command}  (in {cwd})\n".encode())
@@ -190,6 +191,16 @@ def _run(
     finally:
         if log:
             log.close()
+
+
+def _end(proc: subprocess.Popen[bytes], launch: Launch | None) -> None:
+    """Kill the command and what it started, and reap it."""
+    if launch:
+        launch.kill(proc)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 class _Reader:

@@ -52,7 +52,11 @@ def test_status_and_help_answer_while_long_pre_flight_runs_fill_the_desk(
     gate = tmp_path / "gate"  # the tests wait until the test lets them finish
     slow = f"while [ ! -e {gate} ]; do sleep 0.05; done; {service.test_command}"
     replies = Replies()
-    desk = Desk(settings.model_copy(update={"test_command": slow}), conn, {"console": replies})
+    desk = Desk(
+        settings.model_copy(update={"test_command": slow, "sandbox": "off"}),
+        conn,
+        {"console": replies},
+    )
     try:
         deploys = [desk.say(ALICE, "deploy main") for _ in range(6)]  # more than its threads
         desk.say(ALICE, "status").result(timeout=60)

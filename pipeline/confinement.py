@@ -237,7 +237,7 @@ class Confinement:
             hidden.append(Path(settings.redis_url.removeprefix("unix://").split("?")[0]))
         return cls(
             sandboxed=not why,
-            env=test_env(settings.test_env),
+            env=sandbox_env(settings.test_env),
             network=settings.test_network,
             limits=Limits.parse(settings.test_limits),
             hidden=tuple(hidden),
@@ -250,7 +250,7 @@ class Confinement:
         """For a command run without a target's settings: the sandbox if the host has one,
         no extra variables, the default limits."""
         found = support()
-        return cls(sandboxed=found.works, env=test_env(()), why_unsandboxed=found.found)
+        return cls(sandboxed=found.works, env=sandbox_env(()), why_unsandboxed=found.found)
 
     def describe(self) -> str:
         """One line for the plan and the start-up log."""
@@ -365,7 +365,7 @@ def _credential_files(settings: Settings) -> list[Path]:
     return files
 
 
-def test_env(names: Any) -> dict[str, str]:
+def sandbox_env(names: Any) -> dict[str, str]:
     """The environment a test command starts with: the allowlist, Molt's interpreter first on
     PATH, and the variables ``names`` lists (those set)."""
     env = {

@@ -289,7 +289,7 @@ def test_a_stopped_test_command_leaves_nothing_it_started_running(
         checkout,
         600,
         stop=lambda: (checkout / "daemon.started").exists(),
-        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.test_env(())),
+        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(())),
     )
     assert run.stopped
     deadline = time.monotonic() + 30

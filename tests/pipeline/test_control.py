@@ -18,7 +18,7 @@ from bot.messages import Message
 from bot.rendering import render
 from pipeline import approval, audit, autonomy, control, events, intake, queueing, recovery
 from pipeline.config import MOLT_HOME, Settings, load_settings
-from pipeline.confinement import Confinement, test_env
+from pipeline.confinement import Confinement, sandbox_env
 from pipeline.exceptions import ConfigError
 from pipeline.requests import ACTIVE, Origin, Request, RequestStore
 from pipeline.states import RequestState as S
@@ -243,7 +243,7 @@ def test_a_phase_asked_to_stop_kills_its_test_command(service: ServiceRepo, tmp_
         "phase 1",
         service.live,
         # Without the sandbox, so that the pid it tells is the host's.
-        PhaseSpec(command, timeout=600, confinement=Confinement(False, test_env(()))),
+        PhaseSpec(command, timeout=600, confinement=Confinement(False, sandbox_env(()))),
         changed_files=[],
         baseline_passed=None,
         stop=pid_file.exists,

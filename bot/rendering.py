@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import tomllib
 from datetime import UTC, datetime
 from functools import cache
@@ -68,6 +69,16 @@ def timestamp(at: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def ago(at: Any) -> str:
+    """How long ago an epoch time was, as ``duration`` says it ("" if unknown)."""
+    if at is None or isinstance(at, Undefined | bool) or at == "":
+        return ""
+    try:
+        return duration(max(time.time() - float(at), 0.0))
+    except (TypeError, ValueError):
+        return ""
+
+
 @cache
 def _environment() -> Environment:
     env = Environment(
@@ -80,6 +91,7 @@ def _environment() -> Environment:
     env.filters["duration"] = duration
     env.filters["short"] = short
     env.filters["timestamp"] = timestamp
+    env.filters["ago"] = ago
     return env
 
 

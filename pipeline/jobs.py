@@ -29,6 +29,7 @@ from pipeline import (
     manifests,
     metrics,
     oncall,
+    preflight,
     proposals,
     queueing,
     releases,
@@ -44,7 +45,6 @@ from pipeline.git import Git
 from pipeline.incidents import IncidentBook
 from pipeline.locking import Heartbeat
 from pipeline.plans import Plan
-from pipeline.preflight import tests_at, update_sandbox
 from pipeline.processes import RunningCommand
 from pipeline.progress import TestProgress, Ticker
 from pipeline.records import TestRecord
@@ -97,6 +97,9 @@ def run_intake(
         done = intake.plan_here(settings, conn, request_id)
     else:
         done = intake.check_and_plan(settings, conn, request_id, retried_by=who)
+    # The pre-flight test run the plan did not wait for ends with this job, not with its
+    # work horse; the approved update, queued behind it, finds it recorded.
+    preflight.finish_background()
     return done.state.value
 
 
@@ -135,7 +138,9 @@ class Update:
         self.target = Target(settings, conn)
         self.lock = self.target.lock
         self.line = self.target.line
-        self.spec = PhaseSpec.from_settings(settings)
+        self.spec = PhaseSpec.from_settings(
+            settings, self.target.tests.limit(settings.phase_timeout)
+        )
         self.trail = Trail(log_dir=Path(), started=time.monotonic())
         self.phases: tuple[str, ...] = PHASES
         self.notes: list[str] = []  # extra lines for the final message (change requests)
@@ -276,6 +281,7 @@ class Update:
         return "succeeded"
 
     def _steps(self, request: Request, plan: Plan) -> None:
+        self._tests_first(request, plan)
         self._snapshot(plan)
         baseline = self._baseline(plan.base_commit)
         one, changed = self._phase_one(request, plan, baseline)
@@ -329,6 +335,44 @@ class Update:
             data={"checks": self.trail.checks, "total_seconds": result["total_seconds"]},
         )
 
+    def _tests_first(self, request: Request, plan: Plan) -> None:
+        """The target's tests must pass at the commit it runs before anything is touched.
+        The plan did not wait for pre-flight's test run; the update does, before its
+        snapshot, and fails without touching anything if the run fails."""
+        if not intake.tests_first(request):
+            return
+        short = plan.base_commit[:7]
+        record = self.target.tests.at(plan.base_commit)
+        if record is None:
+            began = time.monotonic()
+            self.enter("preflight", f"waiting for the pre-flight test run at {short}")
+            ticker = Ticker(
+                self.settings.progress_interval,
+                lambda: self.store.refresh(self.request_id, self._progress("preflight")),
+            )
+            with ticker:
+                record = preflight.tests_at(
+                    self.settings, self.conn, plan.base_commit, self._stop_asked
+                )
+            self.guard()
+            self.enter("snapshot", f"the tests passed at {short}; taking a snapshot")
+            seconds = time.monotonic() - began
+        else:
+            seconds = 0.0
+        if not record.passed:
+            self.check("pre-flight tests", False, seconds, record.detail)
+            raise UpdateFailed(
+                "pre-flight",
+                f"the tests fail at the current commit {short}, before the update: "
+                f"{record.detail}. Nothing was touched; fix the service, then Retry",
+            )
+        countable = autonomy.tests_countable(self.settings, self.conn)  # MOLT_REQUIRE_TESTS
+        if not countable:
+            self.check("pre-flight tests", False, seconds, countable.reason)
+            raise UpdateFailed("pre-flight", f"{countable.reason}. Nothing was touched")
+        counted = f"{record.count} passed" if record.count is not None else "passed"
+        self.check("pre-flight tests", True, seconds, f"{counted} at {short}")
+
     def _snapshot(self, plan: Plan) -> None:
         began = time.monotonic()
         snapshot = transient("snapshot", snapshots.take, self.live)
@@ -345,7 +389,7 @@ class Update:
     def _baseline(self, commit: str) -> int | None:
         known = self.target.tests.at(commit)
         if known is None:
-            known = tests_at(self.settings, self.conn, commit)
+            known = preflight.tests_at(self.settings, self.conn, commit)
         return known.count if known.passed else None
 
     def _phase_one(
@@ -353,7 +397,7 @@ class Update:
     ) -> tuple[PhaseResult, list[str]]:
         """The target in the sandbox (written there first for a change in words), then
         validated there; returns the phase and the files it changed."""
-        sandbox = update_sandbox(self.settings)
+        sandbox = preflight.update_sandbox(self.settings)
         with sandbox.locked():
             if plan.kind == "change":
                 writing = change.Writing(

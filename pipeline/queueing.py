@@ -28,7 +28,7 @@ from pipeline.exceptions import IllegalTransition
 from pipeline.locking import OPERATOR_ROLLBACK, ORDINARY, RECOVERY
 from pipeline.requests import Origin, Request, RequestStore, request_key
 from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.targets import Target, with_test_limit
 
 QUEUE = "molt-updates"
 #: How long a job may wait for the lock and run, beyond its phases.
@@ -99,6 +99,7 @@ def priority(request: Request) -> int:
 def add_job(settings: Settings, request: Request, *, again: bool = False) -> str:
     """One more job to run the line, named after the request it was added for."""
     name = job_id(request.id, request.attempt)
+    settings = with_test_limit(settings, stores.connect(settings))  # the tests' time grows
     if again:  # the first job of this attempt exists, or did
         name += f"-again-{secrets.token_hex(3)}"
     # A fleet's job names its target: the worker runs it with that target's settings.
@@ -122,6 +123,7 @@ def add_intake_job(
     """A fleet's pre-flight and planning (``step``: "check" or "plan") as a job on the
     target's queue, ahead of the updates waiting there, for its worker to run."""
     who = asdict(retried_by) if retried_by is not None else None
+    settings = with_test_limit(settings, stores.connect(settings))
     name = f"intake-{request_id}-{secrets.token_hex(3)}"
     rq_queue(settings).enqueue(
         "pipeline.jobs.run_intake",

@@ -36,6 +36,7 @@ import structlog
 from pipeline import reruns
 from pipeline.config import FLAKY_FAIL, FLAKY_PASS, Settings
 from pipeline.processes import die_with_parent
+from pipeline.records import TestLimit
 
 logger = structlog.get_logger(__name__)
 
@@ -229,6 +230,18 @@ def run_tests(
     )
 
 
+def why_failed(run: TestRun, limit: TestLimit, command: str) -> str:
+    """What a failed test run says to a person: a timeout with its limit, or the exit code
+    with the failing tests pytest named (else the last lines of the output)."""
+    if run.exit_code is None:
+        return limit.exceeded(command)
+    failed = reruns.failed_tests(run.output)
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        return f"`{command}` exited {run.exit_code}; failed: {shown}"
+    return f"`{command}` exited {run.exit_code}: {_last_lines(run.tail)}"
+
+
 def _unrecorded(pid: int) -> None:
     """A test command nobody records still dies with the process that started it."""
 
@@ -272,12 +285,27 @@ class PhaseSpec:
     timeout: float
     require_count: bool = False  # MOLT_REQUIRE_TESTS
     flaky: str = FLAKY_FAIL  # MOLT_FLAKY
+    #: Why ``timeout`` is what it is, for the message of a run that exceeds it.
+    timeout_basis: str = ""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PhaseSpec:
-        return cls(
-            settings.test_command, settings.phase_timeout, settings.require_tests, settings.flaky
+    def from_settings(cls, settings: Settings, limit: TestLimit | None = None) -> PhaseSpec:
+        """The phases' spec; ``limit`` (the target's, pipeline/records.py) replaces
+        MOLT_PHASE_TIMEOUT as the time the tests may take."""
+        limit = limit or TestLimit(
+            settings.phase_timeout, f"MOLT_PHASE_TIMEOUT={settings.phase_timeout:g} s"
         )
+        return cls(
+            settings.test_command,
+            limit.seconds,
+            settings.require_tests,
+            settings.flaky,
+            limit.basis,
+        )
+
+    @property
+    def limit(self) -> TestLimit:
+        return TestLimit(self.timeout, self.timeout_basis or f"{self.timeout:g} s")
 
 
 def run_phase(
@@ -360,8 +388,7 @@ def _tests_check(
     if tests.stopped or (again and again.run.stopped):
         return Check("tests", False, seconds, f"`{command}` was stopped")
     if tests.exit_code is None:
-        detail = f"`{command}` did not finish within {spec.timeout:.0f}s"
-        return Check("tests", False, seconds, detail)
+        return Check("tests", False, seconds, spec.limit.exceeded(command))
     if again is not None:
         return _after_rerun(spec, tests, again, passed, seconds)
     if spec.require_count and not tests.passed:

@@ -13,7 +13,7 @@ import prometheus_client  # noqa: F401 - see below
 import pytest
 import redis
 
-from pipeline import store
+from pipeline import preflight, store
 from pipeline.config import Settings, load_settings
 from tests.support import Molt, ServiceRepo, processes_in
 
@@ -75,6 +75,7 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "data"
     path.mkdir()
     yield path
+    preflight.finish_background(timeout=120)  # a run the test started, before its Redis stops
     store.stop_embedded(path)
 
 

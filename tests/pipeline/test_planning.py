@@ -20,6 +20,8 @@ from pipeline.imports import ImportGraph, module_name, parse_imports
 from pipeline.keyspace import TargetKeys
 from pipeline.planning import plan_deploy
 from pipeline.plans import Plan
+from pipeline.records import TestRecord
+from pipeline.targets import Target
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -427,10 +429,7 @@ def test_estimate_falls_back_to_the_last_test_run_and_then_to_nothing(
     assert plan.estimate_basis == "no past runs"
     assert not any("drop below" in c for c in plan.success_criteria)
 
-    conn.hset(
-        f"molt:tests:{settings.target_id}:{plan.base_commit}",
-        mapping={"seconds": "12", "count": "40"},
-    )
+    Target(settings, conn).tests.record(TestRecord(True, 40, 12.0, plan.base_commit))
     plan = plan_deploy(settings, conn, "timed")
     assert plan.estimated_seconds == 29
     assert plan.estimate_basis == "the last test run (12 s) plus overhead"

@@ -38,6 +38,7 @@ SETTLED = frozenset(
         "expired",
         "cancelled",
         "plan_ready",
+        "preflight_tests",  # told while the plan waits for a person
         "needs_info",
     }
 )

@@ -150,7 +150,7 @@ def test_a_phase_that_runs_too_long_is_stopped_and_rolled_back(
     since = molt.send("deploy main")
     molt.send("press approve")
     molt.wait_for(r"❌ Failed: ", since=since)
-    molt.wait_for(r"did not finish within 2s", since=since)
+    molt.wait_for(r"did not finish within 2\.0 s", since=since)
     assert service.live_head() == old
 
 

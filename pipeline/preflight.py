@@ -63,13 +63,14 @@ def tests_at(
         target.tests.mark_running(commit, limit.seconds + 60)
         try:
             run = run_tests(settings.test_command, path, limit.seconds, log_path, stop)
+            detail = "" if run.ok else why_failed(run, limit, settings.test_command)
+            record = TestRecord(run.ok, run.passed, run.seconds, commit, detail)
+            if run.stopped:
+                return record
+            # Recorded before the lock goes: whoever waited for it finds the result.
+            record = target.tests.record(record)
         finally:
             target.tests.done_running(commit)
-    detail = "" if run.ok else why_failed(run, limit, settings.test_command)
-    record = TestRecord(run.ok, run.passed, run.seconds, commit, detail)
-    if run.stopped:
-        return record
-    record = target.tests.record(record)
     update_sandbox(settings).prepare()
     return record
 

@@ -253,7 +253,10 @@ class Molt:
         with self._changed:
             while sum(1 for line in self.lines if regex.search(line)) < count:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"fewer than {count} lines match {pattern!r}")
+                    raise AssertionError(
+                        f"fewer than {count} lines match {pattern!r}; Molt said:\n"
+                        + "\n".join(self.lines[-80:])
+                    )
                 self._changed.wait(0.2)
 
     def close_input(self) -> None:

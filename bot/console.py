@@ -38,7 +38,6 @@ SETTLED = frozenset(
         "expired",
         "cancelled",
         "plan_ready",
-        "preflight_tests",  # told while the plan waits for a person
         "needs_info",
     }
 )
@@ -62,6 +61,8 @@ class Console(Adapter):
         self.origin = Origin("console", user, "console", user)
         self.buttons: dict[str, tuple[str, ...]] = {}
         self.last_template: dict[str, str] = {}
+        #: The lines last printed for each request: a message shown again prints what changed.
+        self.shown: dict[str, list[str]] = {}
         self._changed = threading.Condition()
         self._write = threading.Lock()
         self._progress_open = False  # a progress line is shown and not yet ended (terminal)
@@ -104,8 +105,15 @@ class Console(Adapter):
             shown = " ".join(f"[{b.label}]" for b in message.buttons)
             first = message.buttons[0].action
             lines.append(f"  {shown}   (type: press {first} {request.id})")
-        self._print("\n".join(lines))
+        before = self.shown.get(request.id, [])
+        if before[:2] == lines[:2]:  # the same message again, updated: what changed
+            changed = [line.strip() for line in lines[1:] if line not in before]
+            if changed:
+                self._print("\n".join([f"[{name}] {changed[0]}", *(f"  {c}" for c in changed[1:])]))
+        else:
+            self._print("\n".join(lines))
         with self._changed:
+            self.shown[request.id] = lines
             self.buttons[request.id] = tuple(b.action for b in message.buttons)
             self.last_template[request.id] = message.template
             self._changed.notify_all()

@@ -248,7 +248,7 @@ def _tests(settings: Settings, conn: redis.Redis, request: Request) -> dict[str,
 
 def _tests_done(settings: Settings, conn: redis.Redis, record: TestRecord) -> None:
     """The pre-flight run finished: each plan still waiting that was shown with the run
-    under way hears how it ended."""
+    under way is shown again with how it ended (a status message updated in place)."""
     store = RequestStore(conn)
     state = preflight.tests_state(settings, conn, record.commit)
     if state is None:
@@ -262,10 +262,14 @@ def _tests_done(settings: Settings, conn: redis.Redis, record: TestRecord) -> No
         ):
             store.notify(
                 request.id,
-                "preflight_tests",
+                "plan_ready",
                 actor=MOLT,
                 action="preflight_tests_done",
-                data={"tests": state.to_dict()},
+                data={
+                    "expires_in": settings.plan_ttl,
+                    "autonomy": settings.autonomy,
+                    "tests": state.to_dict(),
+                },
             )
 
 

@@ -93,9 +93,10 @@ def test_a_plan_does_not_wait_for_the_tests_and_shows_how_their_run_stands(
 
     gate.touch()
     preflight.finish_background(timeout=60)
-    told = _shown(conn, request, "preflight_tests")  # once the run is over
-    assert told.title.startswith(f"🧪 Tests at {service.live_head()[:7]} passed")
-    assert "(1 passed in" in told.text and "as soon as it is approved" in told.text
+    again = _shown(conn, request, "plan_ready")  # shown again once the run is over
+    assert f"Tests at `{service.live_head()[:7]}`:* passed" in again.text
+    assert "(1 passed in" in again.text
+    assert "Approve" in [b.label for b in again.buttons]
 
 
 def test_an_unknown_ref_is_answered_before_any_test_runs_and_claims_no_snapshot(

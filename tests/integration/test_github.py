@@ -14,8 +14,11 @@ from tests.support import ServiceRepo
 
 
 def test_labelled_issue_planned_approved_by_a_ticked_box_and_live(
-    service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
+    service: ServiceRepo, start_github_molt: Callable[..., GitHubBot], github: FakeGitHub
 ) -> None:
+    """End to end, with ``molt run``'s processes: the webhook on the HTTP process, the plan
+    from the bot, the update on its worker."""
+    github_bot = start_github_molt()
     new = service.commit(V2, "v2")
     issue = github_bot.open_issue("deploy main")
     number = int(issue["number"])

@@ -51,7 +51,7 @@ def _merge(service: ServiceRepo, branch: str) -> str:
 
 @pytest.fixture
 def proposing(
-    start_github_bot: Callable[..., GitHubBot], model: FakeAnthropic
+    model: FakeAnthropic, start_github_bot: Callable[..., GitHubBot]
 ) -> Callable[..., GitHubBot]:
     def start(**env: str) -> GitHubBot:
         return start_github_bot(**model.env(), MOLT_CHANGE_DELIVERY="pull-request", **env)

@@ -1,12 +1,17 @@
 """Molt's bot in the test's own process: the real ``Bot`` (adapters, desk, inbox reader,
 notifier, housekeeping) with its HTTP server on a thread (uvicorn on port 0), and the jobs it
 queues run by RQ ``SimpleWorker``s in burst mode on a thread of their own. The front ends'
-tests drive it the way their platform does (signed HTTP requests, the fakes' gateways) and
-read what it posted to the fakes, without starting a process tree per test."""
+tests drive it the way their platform does (signed HTTP requests, the fakes' gateways, lines
+typed at the console) and read what it posted to the fakes or printed, without starting a
+process tree per test."""
 
 from __future__ import annotations
 
+import io
+import queue
+import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,21 +71,87 @@ class Jobs:
         self.conn.close()
 
 
-class InProcessBot:
-    """``molt run`` without its processes: what a test talks to and reads back."""
+class Transcript(io.TextIOBase):
+    """What the console printed, line by line, to wait on as a person watching it does."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._partial = ""
+        self._changed = threading.Condition()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._changed:
+            *done, self._partial = (self._partial + text).split("\n")
+            self.lines.extend(done)
+            self._changed.notify_all()
+        return len(text)
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 90, since: int = 0) -> re.Match[str]:
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[since:]:
+                    found = regex.search(line)
+                    if found:
+                        return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"no line matching {pattern!r} within {timeout}s; Molt said:\n"
+                        + "\n".join(self.lines[-80:])
+                    )
+                self._changed.wait(min(remaining, 0.2))
+
+
+class InProcessBot:
+    """``molt run`` without its processes: what a test talks to and reads back. With the
+    console, lines typed (``type``) are read one after another as ``molt console`` reads its
+    input, and what it prints goes to ``transcript``."""
+
+    def __init__(self, settings: Settings, console: bool = False) -> None:
         self.settings = settings
-        self.bot = Bot(settings, http_thread=True)
+        self.bot = Bot(settings, console=console, http_thread=True)
         self.conn = self.bot.conn
         self.store = RequestStore(self.conn)
         self.jobs = Jobs(settings)
         self.port = 0
+        self.transcript = Transcript()
+        if self.bot.console is not None:
+            self.bot.console.out = self.transcript
+        self._typed: queue.Queue[str | None] = queue.Queue()
+        self._typist = threading.Thread(target=self._read_typed, name="molt-test-typist")
 
     def start(self) -> InProcessBot:
         self.port = self.bot.start()
         self.jobs.start()
+        if self.bot.console is not None:
+            self._typist.start()
         return self
+
+    def type(self, line: str) -> int:
+        """Type a line at the console; returns the transcript's position to wait from."""
+        mark = len(self.transcript.lines)
+        self._typed.put(line)
+        return mark
+
+    def _read_typed(self) -> None:
+        console, desk, stopping = self.bot.console, self.bot.desk, self.bot.stopping
+        assert console is not None
+        while (line := self._typed.get()) is not None:
+            words = line.split()
+            if words[0] == "press":
+                console.press(desk, words[1:], stopping)
+            else:
+                desk.say(console.origin, line).result()
 
     @property
     def url(self) -> str:
@@ -91,6 +162,9 @@ class InProcessBot:
 
     def stop(self) -> None:
         self.bot.stop()
+        if self._typist.is_alive():
+            self._typed.put(None)
+            self._typist.join(timeout=30)
         self.jobs.stop()
 
 
@@ -103,10 +177,10 @@ def start_bot(molt_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iter
     (the settings a ``molt run`` would read); every bot started is stopped at the end."""
     started: list[InProcessBot] = []
 
-    def start(**env: str) -> InProcessBot:
+    def start(console: bool = False, **env: str) -> InProcessBot:
         for name, value in {**molt_env, "MOLT_WORKERS": "0", **env}.items():
             monkeypatch.setenv(name, value)
-        bot = InProcessBot(load_settings())
+        bot = InProcessBot(load_settings(), console)
         started.append(bot)
         return bot.start()
 

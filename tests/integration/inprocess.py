@@ -12,15 +12,18 @@ import queue
 import re
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from rq import Queue, SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from bot.app import Bot
-from pipeline import queueing, store
+from pipeline import queueing, store, workers
 from pipeline.config import Settings, load_settings
 from pipeline.requests import RequestStore
 
@@ -44,30 +47,41 @@ class ThreadWorker(SimpleWorker):
 
 
 class Jobs:
-    """Run the jobs queued for every target until stopped: one burst after another."""
+    """Run the jobs queued for ``targets`` (default: every target) until stopped, one burst
+    after another; in a fleet, registered as their worker (``molt worker --target``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, targets: list[str] | None = None) -> None:
         self.conn = store.connect(settings, decode=False)
-        views = [settings.for_target(name) for name in settings.target_names()]
-        self.queues = [Queue(queueing.queue_name(v), connection=self.conn) for v in views]
+        names = settings.target_names() if targets is None else targets
+        served = [settings.for_target(name) for name in names]
+        self.queues = [Queue(queueing.queue_name(v), connection=self.conn) for v in served]
+        name = f"molt-test-jobs-{uuid.uuid4().hex[:8]}"
+        self.beat = workers.Beat(settings, name, served) if settings.fleet else None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="molt-test-jobs", daemon=True)
 
     def start(self) -> None:
+        if self.beat is not None:
+            self.beat.start()
         self._thread.start()
 
     def _loop(self) -> None:
         while not self._stopped.is_set():
-            if any(queue.count for queue in self.queues):
-                ThreadWorker(self.queues, connection=self.conn).work(
-                    burst=True, with_scheduler=False
-                )
+            try:
+                if any(queue.count for queue in self.queues):
+                    ThreadWorker(self.queues, connection=self.conn).work(
+                        burst=True, with_scheduler=False
+                    )
+            except redis.RedisError:  # Redis restarting: as a worker process, try again
+                self._stopped.wait(0.5)
             self._stopped.wait(0.05)
 
     def stop(self, timeout: float = 120) -> None:
         """Stop once the job running now (if any) ends."""
         self._stopped.set()
         self._thread.join(timeout)
+        if self.beat is not None:
+            self.beat.stop()
         self.conn.close()
 
 
@@ -115,14 +129,21 @@ class Transcript(io.TextIOBase):
 class InProcessBot:
     """``molt run`` without its processes: what a test talks to and reads back. With the
     console, lines typed (``type``) are read one after another as ``molt console`` reads its
-    input, and what it prints goes to ``transcript``."""
+    input, and what it prints goes to ``transcript``. In a fleet each of ``targets`` (default:
+    all) has jobs of its own, as each has its worker; the others have none."""
 
-    def __init__(self, settings: Settings, console: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, console: bool = False, targets: list[str] | None = None
+    ) -> None:
         self.settings = settings
         self.bot = Bot(settings, console=console, http_thread=True)
         self.conn = self.bot.conn
         self.store = RequestStore(self.conn)
-        self.jobs = Jobs(settings)
+        if settings.fleet:
+            names = settings.target_names() if targets is None else targets
+            self.jobs = [Jobs(settings, [name]) for name in names]
+        else:
+            self.jobs = [Jobs(settings)]
         self.port = 0
         self.transcript = Transcript()
         if self.bot.console is not None:
@@ -132,10 +153,15 @@ class InProcessBot:
 
     def start(self) -> InProcessBot:
         self.port = self.bot.start()
-        self.jobs.start()
+        for jobs in self.jobs:
+            jobs.start()
         if self.bot.console is not None:
             self._typist.start()
         return self
+
+    @property
+    def output(self) -> str:
+        return self.transcript.output
 
     def type(self, line: str) -> int:
         """Type a line at the console; returns the transcript's position to wait from."""
@@ -165,7 +191,17 @@ class InProcessBot:
         if self._typist.is_alive():
             self._typed.put(None)
             self._typist.join(timeout=30)
-        self.jobs.stop()
+        for jobs in self.jobs:
+            jobs.stop()
+
+
+def wait_for_file(path: Path, bot: InProcessBot, timeout: float = 90) -> None:
+    """Wait for a service's check to touch ``path`` (tests/support.py's, for this bot)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} never appeared; Molt said:\n{bot.output}")
+        time.sleep(0.05)
 
 
 StartBot = Callable[..., InProcessBot]

@@ -1,6 +1,8 @@
-"""GitHub, end to end: signed webhook deliveries to the running bot's real HTTP server, the
-poller, real workers and Redis, and a fake GitHub REST API on loopback that the real PyGithub
-client talks to. Each test reads the issue the way a person would: its comments and labels."""
+"""GitHub: signed webhook deliveries to the bot's real HTTP server, the poller, real Redis,
+RQ and git, and a fake GitHub REST API on loopback that the real PyGithub client talks to.
+The bot runs in the test's process (tests/integration/inprocess.py), but in the end-to-end
+test, which starts ``molt run``. Each test reads the issue the way a person would: its
+comments and labels."""
 
 from __future__ import annotations
 

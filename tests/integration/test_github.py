@@ -81,6 +81,9 @@ def test_permission_check_erroring_refuses(
     refusal = github_bot.said(int(issue["number"]), "GitHub could not be asked")
     assert "@alice" in refusal["body"]
     assert github_bot.requests() == []
+    # Asked once more, at once, and then refused: not after a quarter of a minute of backoff.
+    asked = [c for c in github.calls if c.path.endswith("/collaborators/alice/permission")]
+    assert len(asked) == 2
 
 
 def test_forged_missing_unwatched_and_redelivered_deliveries(

@@ -163,7 +163,7 @@ def start_github_bot(github: FakeGitHub, start_bot: StartBot) -> Callable[..., G
 
     def start(**env: str) -> GitHubBot:
         bot = start_bot(**github_env(github, **env))
-        return GitHubBot(github, bot.port, bot.conn, lambda: "")
+        return GitHubBot(github, bot.port, bot.conn, lambda: bot.output)
 
     return start
 

@@ -8,6 +8,7 @@ process tree per test."""
 from __future__ import annotations
 
 import io
+import logging
 import queue
 import re
 import threading
@@ -19,11 +20,12 @@ from typing import Any
 
 import pytest
 import redis
+import structlog
 from rq import Queue, SimpleWorker
 from rq.timeouts import TimerDeathPenalty
 
 from bot.app import Bot
-from pipeline import queueing, store, workers
+from pipeline import logs, queueing, store, workers
 from pipeline.config import Settings, load_settings
 from pipeline.requests import RequestStore
 
@@ -148,10 +150,12 @@ class InProcessBot:
         self.transcript = Transcript()
         if self.bot.console is not None:
             self.bot.console.out = self.transcript
+        self._logging: Callable[[], None] = lambda: None
         self._typed: queue.Queue[str | None] = queue.Queue()
         self._typist = threading.Thread(target=self._read_typed, name="molt-test-typist")
 
     def start(self) -> InProcessBot:
+        self._logging = _log_to(self.log_file, self.settings)
         self.port = self.bot.start()
         for jobs in self.jobs:
             jobs.start()
@@ -161,7 +165,16 @@ class InProcessBot:
 
     @property
     def output(self) -> str:
-        return self.transcript.output
+        """What the console printed, then what the bot logged."""
+        return self.transcript.output + "\n" + self.log()
+
+    @property
+    def log_file(self) -> Path:
+        return self.settings.data_dir / "molt.log"
+
+    def log(self) -> str:
+        """The bot's log, as ``molt console`` writes it: JSON lines, credentials redacted."""
+        return self.log_file.read_text() if self.log_file.exists() else ""
 
     def type(self, line: str) -> int:
         """Type a line at the console; returns the transcript's position to wait from."""
@@ -193,6 +206,30 @@ class InProcessBot:
             self._typist.join(timeout=30)
         for jobs in self.jobs:
             jobs.stop()
+        self._logging()
+
+
+def _log_to(file: Path, settings: Settings) -> Callable[[], None]:
+    """Log as ``molt run`` does with its console (``file``, JSON, credentials redacted);
+    returns what puts the test process's logging back. Loggers are not cached here, so that
+    each bot's logs go to its own file."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    logs.configure(settings.log_level, settings.secrets(), file, "json")
+    structlog.configure(cache_logger_on_first_use=False)
+    ours = root.handlers[:]
+
+    def restore() -> None:
+        structlog.configure(**config)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for handler in ours:
+            if isinstance(handler, logging.StreamHandler):
+                handler.stream.close()
+
+    return restore
 
 
 def wait_for_file(path: Path, bot: InProcessBot, timeout: float = 90) -> None:

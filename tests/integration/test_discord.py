@@ -1,11 +1,12 @@
 """Discord: the bot's real discord.py client connected to a fake Discord on loopback (REST
 and gateway), real Redis, RQ and git. The bot runs in the test's process
-(tests/integration/inprocess.py), but in the end-to-end test, the gateway outage and the
-refused intent, which start ``molt run``."""
+(tests/integration/inprocess.py), but in the end-to-end test and the gateway outage, which
+start ``molt run``."""
 
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -175,7 +176,8 @@ def start_discord_bot(fake: FakeDiscord, start_bot: StartBot) -> Callable[..., D
     def start(**env: str) -> DiscordBot:
         running = start_bot(**discord_env(fake, **env))
         sessions = len(started) + 1
-        bot = DiscordBot(fake, running.port, running.conn, sessions, lambda: "", running.stop)
+        said = lambda: running.output  # noqa: E731
+        bot = DiscordBot(fake, running.port, running.conn, sessions, said, running.stop)
         started.append(bot)
         return bot
 
@@ -452,24 +454,22 @@ def test_a_gateway_outage_mid_update_loses_no_status(
 
 
 def test_missing_message_content_intent_is_reported_and_molt_keeps_running(
-    start_molt: Callable[..., Molt],
+    start_bot: StartBot, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with FakeDiscord(privileged_intents=False) as refusing:
-        molt = start_molt(
-            "run",
-            "--no-console",
-            DISCORD_TOKEN=TOKEN,
-            DISCORD_API_URL=refusing.api_url,
-        )
-        port = int(molt.wait_for(UP).group(1))
-        molt.wait_for(r"MESSAGE CONTENT INTENT")
+        bot = start_bot(DISCORD_TOKEN=TOKEN, DISCORD_API_URL=refusing.api_url)
+        said = ""
+        deadline = time.monotonic() + 30
+        while "MESSAGE CONTENT INTENT" not in said and time.monotonic() < deadline:
+            said += capsys.readouterr().err
+            time.sleep(0.05)
+        told = [line for line in said.splitlines() if "MESSAGE CONTENT INTENT" in line]
+        assert told and "Developer Portal" in told[0], said
         assert any(g["op"] == 2 for g in refusing.gateway_log())
         assert not any(g["t"] == "READY" for g in refusing.gateway_log())
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+        with urllib.request.urlopen(f"{bot.url}/healthz", timeout=10) as answer:
             assert answer.status == 200
-        assert molt.proc.poll() is None
-        lines = [line for line in molt.lines if "MESSAGE CONTENT INTENT" in line]
-        assert lines and "Developer Portal" in lines[0]
+        assert "MESSAGE CONTENT INTENT" in bot.log()
 
 
 def test_an_incident_is_posted_in_its_channel_with_approve_rollback(

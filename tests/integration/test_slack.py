@@ -1,7 +1,6 @@
 """Slack in HTTP mode: signed requests against the bot's real HTTP server, real Redis and
 RQ, and a fake Slack Web API on loopback. The bot runs in the test's process
-(tests/integration/inprocess.py), but in the end-to-end test and the one that reads the
-processes' own logs, which start ``molt run``."""
+(tests/integration/inprocess.py), but in the end-to-end test, which starts ``molt run``."""
 
 from __future__ import annotations
 
@@ -125,7 +124,7 @@ def start_slack_bot(slack: FakeSlack, start_bot: StartBot) -> Callable[..., Slac
 
     def start(**env: str) -> SlackBot:
         bot = start_bot(**slack_env(slack, **env))
-        return SlackBot(slack, bot.port, bot.conn, lambda: "")
+        return SlackBot(slack, bot.port, bot.conn, lambda: bot.output)
 
     return start
 
@@ -353,12 +352,10 @@ def test_a_plan_nobody_approves_expires_with_a_message(
 
 
 def test_secrets_never_reach_messages_audit_events_or_logs(
-    service: ServiceRepo, start_slack_molt: Callable[..., SlackBot], data_dir: Path
+    service: ServiceRepo, slack_bot: SlackBot, data_dir: Path
 ) -> None:
-    """With ``molt run``'s processes: what they log is what they write, redacted."""
     from pipeline import audit, events
 
-    slack_bot = start_slack_molt()
     slack_bot.command(f"deploy {BOT_TOKEN}")
     slack_bot.command(f"please use {SIGNING_SECRET} and ghp_{'a' * 36}")
     slack_bot.shown("failure")

@@ -27,7 +27,7 @@ from bot.console import Console
 from bot.desk import Desk, background_thread
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
-from bot.server import HttpProcess
+from bot.server import HttpProcess, HttpThread
 from pipeline import (
     approval,
     bootguard,
@@ -54,7 +54,9 @@ RESTART_WAIT = 60.0
 
 
 class Bot:
-    def __init__(self, settings: Settings, *, console: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, console: bool = False, http_thread: bool = False
+    ) -> None:
         self.settings = settings
         self.boot_id = uuid.uuid4().hex[:12]
         self.conn = store.connect(settings)
@@ -88,9 +90,13 @@ class Bot:
         self.oncall = oncall.SignalReader(settings, self.conn)
         self.watchers = logwatch.Watchers(settings, self.conn)
         self.notifier = Notifier(settings, self.conn, self.adapters)
-        # With the console on the terminal, the HTTP process logs to a file instead.
-        http_log = settings.data_dir / "http.log" if console else None
-        self.http = HttpProcess(settings, self.conn, self.boot_id, http_log)
+        self.http: HttpProcess | HttpThread
+        if http_thread:
+            self.http = HttpThread(settings, self.conn, self.boot_id)
+        else:
+            # With the console on the terminal, the HTTP process logs to a file instead.
+            http_log = settings.data_dir / "http.log" if console else None
+            self.http = HttpProcess(settings, self.conn, self.boot_id, http_log)
         self.stopping = threading.Event()
         self._restart_to: str | None = None
         self._children: list[subprocess.Popen[bytes]] = []
@@ -100,7 +106,8 @@ class Bot:
 
     # -- life cycle ----------------------------------------------------------
 
-    def run(self) -> int:
+    def start(self) -> int:
+        """Start every part of the bot but the console's loop; returns the HTTP port."""
         recovery.backup_config(self.settings)
         version = running_version()
         for adapter in self.adapters.values():
@@ -115,13 +122,19 @@ class Bot:
         for loop in (self._beat, self._housekeeping, self._control, self._warm):
             threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
+        return port
+
+    def run(self) -> int:
+        port = self.start()
         if self.console is not None:
             target = (
                 ", ".join(self.settings.target_names())
                 if self.settings.fleet
                 else self.settings.target_dir
             )
-            notice = _notice(f"Molt {version[:7]} is up on port {port}, managing {target}")
+            notice = _notice(
+                f"Molt {running_version()[:7]} is up on port {port}, managing {target}"
+            )
             self.console.reply(self.console.origin, notice)
         terminated = threading.Event()
 
@@ -147,6 +160,12 @@ class Bot:
         return 0
 
     def shutdown(self) -> None:
+        self.stop()
+        if self.settings.redis_url is None:  # the last Molt process stops the embedded Redis
+            store.leave(self.settings.data_dir)
+
+    def stop(self) -> None:
+        """Stop every part of the bot and its workers; the embedded Redis stays up."""
         self.stopping.set()
         self.conn.hdel(restart.BOT, "beat")
         self.http.stop()
@@ -158,8 +177,6 @@ class Bot:
         for adapter in self.adapters.values():
             adapter.stop()
         self._stop_workers()
-        if self.settings.redis_url is None:  # the last Molt process stops the embedded Redis
-            store.leave(self.settings.data_dir)
 
     def _register(self, port: int) -> None:
         self.conn.hset(

@@ -181,11 +181,11 @@ class HttpServer:
         return readings
 
 
-def serve(settings: Settings) -> int:
-    """``molt http``: serve until SIGTERM or until the bot that started it is gone."""
-    boot_id = os.environ.get(BOOT_ID_ENV, "")
-    parent = os.getppid()
-    conn = store.connect(settings)
+def http_server(settings: Settings, conn: redis.Redis, boot_id: str) -> tuple[HttpServer, Any]:
+    """The server ``molt http`` runs, not yet serving: its routes for what is configured,
+    and the Slack adapter (started) behind /slack/events or on its Socket Mode connection,
+    handing what arrives to the inbox. Returns the server and that adapter (None without
+    Slack), which the caller stops with the server."""
     slack_endpoint = None
     slack = None
     if settings.slack_enabled:
@@ -219,6 +219,15 @@ def serve(settings: Settings) -> int:
         github_endpoint,
         AlertEndpoints(settings, conn).routes(),
     )
+    return server, slack
+
+
+def serve(settings: Settings) -> int:
+    """``molt http``: serve until SIGTERM or until the bot that started it is gone."""
+    boot_id = os.environ.get(BOOT_ID_ENV, "")
+    parent = os.getppid()
+    conn = store.connect(settings)
+    server, slack = http_server(settings, conn, boot_id)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -231,6 +240,37 @@ def serve(settings: Settings) -> int:
         slack.stop()
     server.stop()
     return 0
+
+
+class HttpThread:
+    """The same server on a thread of the bot's own process (``Bot(http_thread=True)``), for
+    a bot run inside another program, such as the front ends' in-process tests: its acks
+    then share the interpreter lock with the bot's work, which is what the process avoids."""
+
+    def __init__(self, settings: Settings, conn: redis.Redis, boot_id: str) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.boot_id = boot_id
+        self.port = 0
+        self._server: HttpServer | None = None
+        self._slack: Any = None
+
+    @property
+    def alive(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> int:
+        self._server, self._slack = http_server(self.settings, self.conn, self.boot_id)
+        self.port = self._server.start()
+        return self.port
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if self._slack is not None:
+            self._slack.stop()
+            self._slack = None
+        if server is not None:
+            server.stop()
 
 
 class HttpProcess:

@@ -29,7 +29,7 @@ from bot import cli
 from bot.console import Console
 from bot.desk import Desk
 from bot.notifier import Notifier
-from pipeline import queueing, store
+from pipeline import metrics, queueing, store
 from pipeline.config import Settings, load_settings
 from pipeline.requests import Request, RequestStore
 
@@ -223,6 +223,7 @@ def molt(*args: str, env: Mapping[str, str] | None = None) -> Said:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.ExitStack() as stack:
         patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.delenv(metrics.ENV, raising=False)  # set by the command, for its children
         for name, value in (env or {}).items():
             patch.setenv(name, value)
         stack.enter_context(contextlib.redirect_stdout(out))

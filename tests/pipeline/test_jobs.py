@@ -170,3 +170,30 @@ def test_history_shows_a_request_and_its_audit_trail(
         assert action in shown.stdout
     assert "succeeded" in shown.stdout
     assert "console:alice" in shown.stdout
+
+
+def test_pause_holds_approved_updates_until_resume(
+    service: ServiceRepo, start_chat: StartChat
+) -> None:
+    old = service.live_head()
+    new = service.commit(V2, "v2")
+    chat = start_chat()
+    paused = chat.send("pause")
+    chat.wait_for(r"Paused: no new update will start until `resume`", since=paused)
+    since = chat.send("deploy main")
+    chat.wait_for(r"📋 Plan ready", since=since)  # requests still get plans
+    chat.send("press approve")
+    chat.wait_for(r"🕒 Queued", since=since)
+    [request] = chat.requests(1)
+    chat.work_in_background()
+    chat.wait_until_taken(request)  # a worker has its job, and holds it while paused
+    status = chat.send("status")
+    chat.wait_for(r"Updates are paused: approved requests wait until `resume`", since=status)
+    chat.wait_for(r"Nothing is running", since=status)
+    assert chat.requests(1)[0].state is S.QUEUED
+    assert service.live_head() == old
+
+    resumed = chat.send("resume")
+    chat.wait_for(r"Resumed: queued updates will start in turn", since=resumed)
+    chat.wait_for(r"✅ Live: ", since=resumed)
+    assert service.live_head() == new

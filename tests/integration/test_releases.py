@@ -1,6 +1,7 @@
 """Signed releases and the boot guard, on real Molt processes updating a temporary copy of
-Molt's own repository: what runs must be a signed release, going back needs an operator,
-and a release that cannot start is replaced by the last one that started well."""
+Molt's own repository: what starts must be a signed release, and a release that cannot
+start is replaced by the last one that started well. Releases through updates, rollbacks
+and an operator's way back run in-process (tests/pipeline/test_release_rollback.py)."""
 
 from __future__ import annotations
 
@@ -133,62 +134,6 @@ def test_a_tampered_tree_is_refused_at_start_with_the_paths_named(
     conn = store.connect(load_settings(data_dir=data_dir))
     actions = [entry["action"] for entry in audit.entries(conn)]
     assert "release_baseline" in actions and "start_refused" in actions
-
-
-def test_a_lower_release_is_refused_until_an_operator_rolls_back(
-    molt_checkout: tuple[Path, Path], data_dir: Path
-) -> None:
-    work, live = molt_checkout
-    old = git(live, "rev-parse", "HEAD")
-    new = _commit_upstream(work, {"NOTES.md": "Release notes.\n"}, "notes")
-
-    molt = _molt(live, data_dir)
-    try:
-        molt.wait_for(rf"Molt {old[:7]} is up")
-        since = molt.send("deploy main")
-        molt.send("press approve")
-        update = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
-        molt.wait_for(rf"{new[:7]} is live and healthy as signed release 2", since=since)
-        molt.wait_for(rf"Molt {new[:7]} is up", since=since)
-
-        since = molt.send(f"rollback {update}")
-        molt.wait_for(r"📋 Plan ready", since=since)
-        molt.send("press approve")
-        back = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
-        molt.wait_for(rf"{old[:7]} is live and healthy as signed release 3", since=since)
-        molt.wait_for(rf"Molt {old[:7]} is up", since=since)
-    finally:
-        molt.stop()
-    checked = _cli(live, data_dir, "release", "verify")
-    assert f"is signed release 3 ({back}, rollback by console:alice)" in checked.stdout
-
-    # Someone puts the newer release back by hand: release 2 is lower than 3.
-    git(live, "reset", "-q", "--hard", new)
-    refused = _cli(live, data_dir, "run", "--no-console")
-    assert refused.returncode == bootguard.REFUSED_EXIT
-    assert (
-        f"downgrade refused: {new[:7]} is release 2 ({update}, update), lower than "
-        f"release 3 ({back}, rollback by console:alice) of {old[:7]} already seen"
-    ) in refused.stderr
-    assert f"`molt release rollback {back}`" in refused.stderr
-
-    mallory = _cli(live, data_dir, "release", "rollback", back, MOLT_CONSOLE_USER="mallory")
-    assert mallory.returncode == 1 and "console:mallory may not release rollback" in mallory.stderr
-    allowed = _cli(live, data_dir, "release", "rollback", back)
-    assert allowed.returncode == 0, allowed.stderr
-    assert f"{new[:7]} is signed release 4" in allowed.stdout
-    assert "rollback by console:alice" in allowed.stdout
-
-    molt = _molt(live, data_dir)
-    try:
-        up = molt.wait_for(rf"Molt {new[:7]} is up on port (\d+)")
-        assert _healthz(int(up.group(1)))["version"] == new
-    finally:
-        molt.stop()
-    conn = store.connect(load_settings(data_dir=data_dir))
-    rollbacks = [e for e in audit.entries(conn) if e["action"] == "release_rollback"]
-    assert [e["actor"] for e in rollbacks] == ["console:alice", "console:alice"]
-    assert [e["detail"]["release"] for e in rollbacks] == [3, 4]
 
 
 @pytest.mark.parametrize("worker_dies", [True, False], ids=["worker-dies", "worker-waits"])

@@ -49,3 +49,24 @@ def test_audit_tampering_is_found_by_molt_audit_verify_with_no_bot_running(
     broken = molt("audit", "verify", env=molt_env)
     assert broken.returncode == 1
     assert "audit chain broken at entry #1: entry was altered" in broken.stderr
+
+
+def test_operator_commands_at_a_shell_refuse_others_and_say_when_there_is_nothing_to_do(
+    service: ServiceRepo, data_dir: Path, molt_env: dict[str, str]
+) -> None:
+    stopped = molt("stop", env=molt_env)
+    assert stopped.returncode == 0
+    assert "Emergency stop: no update was running; 0 queued request(s) cleared." in stopped.stdout
+    nothing = molt("rollback", "no-such-update", env=molt_env)
+    assert nothing.returncode == 1
+    assert "found no successful update 'no-such-update' to roll back" in nothing.stderr
+
+    refused = molt("pause", env={**molt_env, "MOLT_CONSOLE_USER": "mallory"})
+    assert refused.returncode == 1
+    assert "console:mallory may not pause: only operators may do that" in refused.stderr
+    assert "Molt status: paused" not in molt("status", env=molt_env).stdout
+    trail = molt("history", env=molt_env)
+    assert trail.returncode == 0
+    entries = audit.entries(store.connect(load_settings(data_dir=data_dir)))
+    audited = [(e["actor"], e["action"]) for e in entries]
+    assert audited == [("console:alice", "stop"), ("console:mallory", "operator_refused")]

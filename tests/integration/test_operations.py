@@ -61,7 +61,7 @@ def test_operator_controls_from_the_shell_act_as_the_console_operator(
     paused = run_cli(molt_env, tmp_path, "pause")
     assert paused.returncode == 0, paused.stderr
     assert "Paused: no new update will start until `resume`" in paused.stdout
-    assert "Molt status: paused" in run_cli(molt_env, tmp_path, "status").stdout
+    assert "Molt status: paused" in in_process("status", env=molt_env).stdout
     molt.send("press approve")
     molt.wait_for(r"🕒 Queued", since=since)
     resumed = run_cli(molt_env, tmp_path, "resume")
@@ -79,20 +79,6 @@ def test_operator_controls_from_the_shell_act_as_the_console_operator(
     pressed = molt.send(f"press approve {planned.id}")
     molt.wait_for(r"✅ Live: ", since=pressed)
     assert service.live_head() == old
-
-    stopped = run_cli(molt_env, tmp_path, "stop")
-    assert stopped.returncode == 0
-    assert "Emergency stop: no update was running; 0 queued request(s) cleared." in stopped.stdout
-    nothing = run_cli(molt_env, tmp_path, "rollback", "no-such-update")
-    assert nothing.returncode == 1
-    assert "found no successful update 'no-such-update' to roll back" in nothing.stderr
-
-    refused = run_cli(molt_env, tmp_path, "pause", MOLT_CONSOLE_USER="mallory")
-    assert refused.returncode == 1
-    assert "console:mallory may not pause: only operators may do that" in refused.stderr
-    assert "Molt status: paused" not in run_cli(molt_env, tmp_path, "status").stdout
-    trail = run_cli(molt_env, tmp_path, "history")
-    assert trail.returncode == 0
 
 
 def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(

@@ -26,7 +26,7 @@ from rq.job import Job, JobStatus
 from rq.timeouts import TimerDeathPenalty
 
 from bot import cli
-from bot.console import Console
+from bot.console import SINCE_ENV, Console
 from bot.desk import Desk
 from bot.notifier import Notifier
 from pipeline import metrics, queueing, store
@@ -68,11 +68,6 @@ class Transcript(io.TextIOBase):
                         + "\n".join(self.lines[-80:])
                     )
                 self._changed.wait(0.2)
-
-    def count(self, pattern: str) -> int:
-        regex = re.compile(pattern)
-        with self._changed:
-            return sum(1 for line in self.lines if regex.search(line))
 
 
 class ThreadWorker(SimpleWorker):
@@ -134,9 +129,6 @@ class Chat:
     def wait_for(self, pattern: str, since: int = 0, timeout: float = 90) -> re.Match[str]:
         return self.transcript.wait_for(pattern, since, timeout)
 
-    def count(self, pattern: str) -> int:
-        return self.transcript.count(pattern)
-
     def requests(self, count: int = 10) -> list[Request]:
         """The newest requests first."""
         return self.store.recent(count)
@@ -194,6 +186,8 @@ def start_chat(
     def start(**env: str) -> Chat:
         for name, value in {**molt_env, **env}.items():
             monkeypatch.setenv(name, value)
+        if not started:  # the console notes when it started here; gone after the test
+            monkeypatch.delenv(SINCE_ENV, raising=False)
         settings = load_settings()
         chat = Chat(settings, settings.console_user)
         started.append(chat)

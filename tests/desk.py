@@ -29,7 +29,7 @@ from bot import cli
 from bot.console import SINCE_ENV, Console
 from bot.desk import Desk
 from bot.notifier import Notifier
-from pipeline import metrics, queueing, store
+from pipeline import control, metrics, queueing, store
 from pipeline.config import Settings, load_settings
 from pipeline.requests import Request, RequestStore
 
@@ -165,9 +165,15 @@ class Chat:
             time.sleep(0.05)
 
     def close(self) -> None:
+        """Stop talking; an update still running (a test that failed half-way) gets an
+        emergency stop, so that it rolls back and its test command ends with it."""
         self._stopping.set()
         for thread in self._workers:
-            thread.join(timeout=300)
+            thread.join(timeout=1)
+        if any(thread.is_alive() for thread in self._workers):
+            control.stop(self.settings, self.conn, "console:tests")
+        for thread in self._workers:
+            thread.join(timeout=120)
         self.notifier.stop()
         self.desk.close()
 

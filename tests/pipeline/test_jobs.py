@@ -84,7 +84,7 @@ def test_a_phase_that_runs_too_long_is_stopped_and_rolled_back(
     chat.send("press approve")
     chat.work()
     chat.wait_for(r"❌ Failed: ", since=since)
-    chat.wait_for(r"did not finish within 2s", since=since)
+    chat.wait_for(r"did not finish within 2\.0 s", since=since)
     assert service.live_head() == old
 
 

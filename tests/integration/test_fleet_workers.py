@@ -1,5 +1,6 @@
-"""A fleet's worker that goes away, as processes: one stopped with SIGTERM is gone at once,
-so a request sent right after is blocked saying when it was last seen; one killed with -9
+"""A fleet's worker that goes away, as processes: one stopped with SIGTERM is gone at once
+(a busy one finishes its update, and takes nothing more), so a request sent right after is
+blocked saying when it was last seen; one killed with -9
 still looks alive for a moment, and the request whose job it never takes is blocked by the
 bot's housekeeping once MOLT_WORKER_WAIT has passed. Neither waits in "Checking" forever."""
 
@@ -16,7 +17,7 @@ from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests import Request, RequestStore
 from pipeline.states import RequestState as S
-from tests.support import Molt, ServiceRepo
+from tests.support import Molt, ServiceRepo, wait_for_file
 
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
 TARGET = """
@@ -105,3 +106,31 @@ def test_a_request_whose_worker_was_killed_is_blocked_after_the_worker_wait(
     molt.wait_for(r"no worker for web took it in 3 s \(last seen ", since=since)
     request = hosts.newest()
     assert request.state is S.BLOCKED and request.target == "web"
+
+
+def test_a_busy_worker_told_to_stop_finishes_its_update_and_is_gone_for_new_requests(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    started, go = tmp_path / "phase-2-started", tmp_path / "go"
+    waits = (
+        "import os, pathlib, time\n\n\ndef test_waits_on_live():\n"
+        f"    if os.getcwd() == {str(hosts.web.live)!r}:\n"
+        f"        pathlib.Path({str(started)!r}).touch()\n"
+        f"        while not pathlib.Path({str(go)!r}).exists():\n"
+        "            time.sleep(0.1)\n"
+    )
+    new = hosts.web.commit({"checks/test_wait.py": waits}, "web waits in phase 2")
+    worker = hosts.worker()
+    molt = hosts.bot()
+    since = molt.send("deploy web main")
+    planned = molt.wait_for(r"press approve (r[0-9a-f]+)", since=since).group(1)
+    molt.send(f"press approve {planned}")
+    wait_for_file(started, molt)  # phase 2 runs on web's worker
+    worker.proc.send_signal(signal.SIGTERM)  # warm: it finishes the update first
+    worker.wait_for(r"got signal SIGTERM")
+    since = molt.send("deploy web main")
+    molt.wait_for(r"no worker for web is running \(last seen ", since=since)
+    go.touch()
+    molt.wait_for(r"✅ Live: ", since=since, timeout=120)
+    assert hosts.web.live_head() == new
+    worker.proc.wait(60)  # and then it stops

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -164,6 +165,20 @@ def untaken(settings: Settings, prefix: str) -> list[str]:
     queue = rq_queue(settings)
     try:
         return [found for found in queue.get_job_ids() if found.startswith(prefix)]
+    finally:
+        queue.connection.close()
+
+
+def running(settings: Settings, prefix: str) -> list[str]:
+    """The ids beginning with ``prefix`` of the jobs a worker of the target runs: taken, and
+    their worker still beats for them (RQ's heartbeat of a started job; a killed worker's
+    lapses within a minute or two)."""
+    queue = rq_queue(settings)
+    registry = queue.started_job_registry
+    try:
+        entries = queue.connection.zrangebyscore(registry.key, time.time(), "+inf")
+        found = (registry.parse_job_id(entry) for entry in entries)
+        return [name for name in found if name.startswith(prefix)]
     finally:
         queue.connection.close()
 

@@ -212,7 +212,10 @@ def _end_unserved(
     seen = "none was ever seen" if ago is None else f"last seen {workers.seen_at(ago)}"
     took = f"no worker for {name} took it in {settings.worker_wait:g} s ({seen})"
     if request.state is not S.QUEUED:
-        jobs = queueing.untaken(settings, f"{queueing.INTAKE_JOB}{request.id}-")
+        prefix = f"{queueing.INTAKE_JOB}{request.id}-"
+        if queueing.running(settings, prefix):
+            return False  # a worker told to stop finishes it first
+        jobs = queueing.untaken(settings, prefix)
         withdrawn = [queueing.withdraw(settings, job) for job in jobs]
         if jobs and not any(withdrawn):
             return False  # taken this instant: a worker is back

@@ -222,7 +222,8 @@ def _offer(
             f"suspect: an operator's `rollback {target}{name}` plans the return to the release "
             "before it",
         )
-    if not book.take_over(incident, acting):
+    # The cooldown may have ended meanwhile: then this is an ordinary first action.
+    if not book.take_over(incident, acting) and book.claim_action(incident) is not None:
         return _cooling_down(book, incident)
     _roll_back(
         settings, conn, book, incident, suspect, f" (it landed after incident {acting} acted)"

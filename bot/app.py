@@ -1,6 +1,7 @@
 """``molt run``: the front ends, the HTTP server, the notifier, and the
 housekeeping that keeps every request moving (expiring plans, recovering
-updates whose worker died, keeping workers running), in one process.
+updates whose worker died, keeping workers running, ending a fleet's requests that no
+worker came to take), in one process.
 
 The bot registers itself in ``molt:bot`` (pipeline/restart.py) so a worker can
 ask it to restart onto new code and check that the new process came back.
@@ -294,6 +295,7 @@ class Bot:
             recovery.recover_abandoned(self.settings, self.conn)
         for name in self.settings.target_names():
             recovery.keep_line_moving(self.of(name), self.conn)
+            recovery.end_unserved(self.of(name), self.conn)  # in a fleet: no worker came
         metrics.tidy()  # metrics files of processes that are gone, into the archive
         self._keep_workers()
 

@@ -187,7 +187,7 @@ def fleet(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
                 "running": holder.codename or holder.request_id if holder else "",
                 "waiting": len(Target(view, conn).line),
                 "worker_seen": seen,
-                "worker_live": seen is not None and seen <= workers.STALE_SECONDS,
+                "worker_live": bool(workers.live(view, conn)),
             }
         )
     return {"targets": targets, "workers": workers.registered(conn)}

@@ -90,6 +90,10 @@ def run_intake(
     host that holds the target's checkout; the plan reaches chat as an event."""
     settings = load_settings().for_target(target)
     conn = connect(settings)
+    waits_in = S.PLANNING if step == "plan" else S.PREFLIGHT
+    found = RequestStore(conn).get(request_id)
+    if found.state is not waits_in:  # ended meanwhile: cancelled, or no worker came in time
+        return found.state.value
     who = None
     if retried_by is not None:
         who = Origin(**{**retried_by, "roles": tuple(retried_by.get("roles", ()))})

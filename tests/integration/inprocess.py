@@ -48,6 +48,15 @@ class ThreadWorker(SimpleWorker):
         pass
 
 
+class SharedBeat(workers.Beat):
+    """A worker's registration when several workers share this test process: a real worker
+    process drops the entries of its pid as it starts (it re-executed onto new code), which
+    here would drop the other targets' workers."""
+
+    def _forget_former_self(self) -> None:
+        pass
+
+
 class Jobs:
     """Run the jobs queued for ``targets`` (default: every target) until stopped, one burst
     after another; in a fleet, registered as their worker (``molt worker --target``)."""
@@ -58,7 +67,7 @@ class Jobs:
         served = [settings.for_target(name) for name in names]
         self.queues = [Queue(queueing.queue_name(v), connection=self.conn) for v in served]
         name = f"molt-test-jobs-{uuid.uuid4().hex[:8]}"
-        self.beat = workers.Beat(settings, name, served) if settings.fleet else None
+        self.beat = SharedBeat(settings, name, served) if settings.fleet else None
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="molt-test-jobs", daemon=True)
 

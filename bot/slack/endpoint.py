@@ -21,6 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request as HttpRequest
 from starlette.responses import JSONResponse, Response
 
+from pipeline.redaction import same_secret
+
 log = structlog.get_logger(__name__)
 
 #: Slack signs each request; an older timestamp may be a replay.
@@ -76,7 +78,7 @@ class Endpoint:
             return False
         signed = b"v0:" + timestamp.encode() + b":" + body
         expected = "v0=" + hmac.new(self._secret, signed, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected.encode(), signature.encode("latin-1"))
+        return same_secret(signature, expected)
 
 
 def _malformed(body: Any) -> str | None:

@@ -40,6 +40,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ class Answer:
 def raw(
     path: str,
     body: bytes,
-    headers: dict[str, bytes | str] | None = None,
+    headers: Mapping[str, bytes | str] | None = None,
     *,
     declared: int | None = None,
     host: str = "127.0.0.1",
@@ -146,7 +147,7 @@ def unauthenticated(count: int) -> list[Case]:
         ("declares 50,000,000 bytes, sends 200", lambda p: raw(p, b"{" * 200, declared=50_000_000)),
         ("declares 1,100 bytes, sends 100", lambda p: raw(p, b"{" * 100, declared=1_100)),
     ]
-    cases = []
+    cases: list[Case] = []
     while len(cases) < count:
         for path in ROUTES:
             for name, make in kinds:

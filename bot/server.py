@@ -56,7 +56,7 @@ def port_key(boot_id: str) -> str:
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 #: Seconds a request's body may take to arrive, from the end of its headers.
-BODY_SECONDS = 5.0
+BODY_SECONDS = 4.0
 #: The largest body each route reads (by path, or path prefix ending in /). Slack's and the
 #: alert sources' deliveries are small; GitHub caps its payloads at 25 MB.
 BODY_LIMITS = {

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import secrets
 from functools import cache
 from typing import Any
@@ -32,7 +31,7 @@ from bot.rendering import duration, short, timestamp
 from pipeline import audit, control, ledger, manifests, timeline
 from pipeline.config import TEMPLATES_DIR, Settings
 from pipeline.incidents import OPEN, IncidentBook
-from pipeline.redaction import redact
+from pipeline.redaction import redact, same_secret
 from pipeline.requests import RequestStore
 from pipeline.targets import Target
 
@@ -84,7 +83,7 @@ class StatusPage:
         self.settings = settings
         self.conn = conn
         token = settings.ui_token.get_secret_value() if settings.ui_token else ""
-        self.token = token.encode()
+        self.token = token
         self.known = settings.secrets()
         self._audit: audit.ChainCheck | None = None
 
@@ -99,7 +98,7 @@ class StatusPage:
         """The bearer token, or a session cookie a one-time link opened."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.token:
-            return hmac.compare_digest(given.strip().encode(), self.token)
+            return same_secret(given.strip(), self.token)
         session = request.cookies.get(COOKIE, "")
         return bool(session) and bool(self.conn.exists(session_key(session)))
 

@@ -1,9 +1,10 @@
 """The console chat: a terminal, or a script piping commands into stdin.
 
-Buttons are pressed by typing ``press <button> [request]`` (``press approve``
-takes the newest request that shows an Approve button, waiting for one if the
-plan is not ready yet). When stdin ends, the console waits until every request
-it started has settled (ended, or waits for a person), then exits.
+Buttons are pressed by typing ``press <button> [request]``: ``press approve`` takes
+the newest request this console started that shows an Approve button now, waits for
+the plan of one still being planned, and otherwise says at once that nothing waits.
+When stdin ends, the console waits until every request it started has settled (ended,
+or waits for a person), then exits.
 
 People are named by their console names (``bob``), others by their principals.
 
@@ -26,6 +27,7 @@ from bot.base import Adapter
 from bot.desk import Desk
 from bot.messages import Message
 from pipeline.requests import Origin, Request, RequestStore
+from pipeline.states import RequestState as S
 
 #: Templates after which a request needs nobody's attention from this console.
 SETTLED = frozenset(
@@ -52,9 +54,15 @@ class Console(Adapter):
     platform = "console"
 
     def __init__(
-        self, user: str, store: RequestStore, out: TextIO | None = None, wait: float = 3600
+        self,
+        user: str,
+        store: RequestStore,
+        out: TextIO | None = None,
+        wait: float = 3600,
+        fd: int = 0,
     ) -> None:
         self.user = user
+        self.fd = fd  # where commands are read from: stdin, or a pipe
         self.store = store
         self.out = out or sys.stdout
         self.wait = wait
@@ -125,7 +133,7 @@ class Console(Adapter):
     def read_line(self) -> str | None:
         data = bytearray()
         while True:
-            chunk = os.read(0, 1)
+            chunk = os.read(self.fd, 1)
             if not chunk:
                 return data.decode(errors="replace") if data else None
             if chunk == b"\n":
@@ -134,7 +142,7 @@ class Console(Adapter):
 
     def serve(self, desk: Desk, stopping: threading.Event) -> None:
         """Read commands until stdin ends, ``quit``, or ``stopping`` is set."""
-        if sys.stdin.isatty():
+        if os.isatty(self.fd):
             self._print("Molt console: type `help`, `press approve`, or `quit`.")
         while not stopping.is_set():
             line = self.read_line()
@@ -152,33 +160,62 @@ class Console(Adapter):
                 desk.say(self.origin, line).result()
 
     def press(self, desk: Desk, words: list[str], stopping: threading.Event) -> None:
+        """Press a button of the named request, or of the newest request this console
+        started that shows it; a request of this console still being planned is waited
+        for (that plan only). Nothing to press is said at once."""
         if not words:
-            self._print("  usage: press <approve|reject|retry> [request]")
+            self._print("  usage: press <approve|reject|retry|revise> [request]")
             return
         action, wanted = words[0].lower(), (words[1] if len(words) > 1 else "")
-        deadline = time.monotonic() + self.wait
-        with self._changed:
-            while True:
-                found = self._offering(action, wanted)
-                if found or stopping.is_set() or time.monotonic() > deadline:
-                    break
-                self._changed.wait(0.2)
-        if not found:
-            self._print(
-                f"  no request shows a {action} button" + (f" ({wanted})" if wanted else "")
-            )
-            return
-        desk.press(self.origin, action, found).result()
-
-    def _offering(self, action: str, wanted: str) -> str | None:
         if wanted:
             request = self.store.find(wanted)
-            if request and action in self.buttons.get(request.id, ()):
-                return request.id
-            return None
-        for request_id in reversed(list(self.buttons)):
-            if action in self.buttons[request_id]:
-                return request_id
+            if request is None:  # an incident's Fix it, or the desk says there is no such request
+                desk.press(self.origin, action, wanted).result()
+                return
+            chosen: Request | None = request
+            if self._being_planned(request):
+                chosen = self._wait_for_plan(request, stopping)
+        else:
+            chosen = self._offering(action)
+            planned = next((r for r in self.mine() if self._being_planned(r)), None)
+            if chosen is None and planned is not None:
+                chosen = self._wait_for_plan(planned, stopping)
+                if chosen is not None and action not in self.buttons.get(chosen.id, ()):
+                    chosen = None
+            if chosen is None:
+                self._print(f"  nothing waits for {action}")
+                return
+        if chosen is not None:  # a request that moved on is told where it is by the desk
+            desk.press(self.origin, action, chosen.id).result()
+
+    def _offering(self, action: str) -> Request | None:
+        """The newest request of this console that shows ``action`` now."""
+        for request in self.mine():
+            if action in self.buttons.get(request.id, ()):
+                return request
+        return None
+
+    def _being_planned(self, request: Request) -> bool:
+        """Still on its way to a plan (or to the question, block or refusal that ends it),
+        or there but not yet shown here."""
+        if request.state in (S.RECEIVED, S.PREFLIGHT, S.PLANNING):
+            return True
+        mine = request.origin.platform == "console" and request.origin.user == self.user
+        shown = self.last_template.get(request.id)
+        waits = request.state in (S.PLAN_READY, S.NEEDS_INFO) or request.terminal
+        unseen = shown not in SETTLED and request.updated_at >= self.booted
+        return mine and waits and unseen
+
+    def _wait_for_plan(self, request: Request, stopping: threading.Event) -> Request | None:
+        label = request.codename or request.id
+        self._print(f"  waiting for the plan of {label}…")
+        deadline = time.monotonic() + self.wait
+        with self._changed:
+            while not stopping.is_set() and time.monotonic() < deadline:
+                current = self.store.get(request.id)
+                if not self._being_planned(current):
+                    return current
+                self._changed.wait(0.2)
         return None
 
     def mine(self) -> list[Request]:

@@ -1,0 +1,62 @@
+"""The console as a new person uses it: what each line typed answers, in the console
+itself (the real Console, Desk and Notifier, real Redis and git)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from pipeline.config import Settings
+from pipeline.requests import RequestStore
+from pipeline.states import RequestState as S
+from tests.bot.console_harness import Session
+from tests.support import ServiceRepo
+
+
+@pytest.fixture
+def session(settings: Settings, conn: redis.Redis) -> Iterator[Session]:
+    session = Session(settings, conn)
+    yield session
+    session.close()
+
+
+def test_press_with_nothing_to_press_answers_at_once_and_the_console_goes_on(
+    session: Session, service: ServiceRepo, conn: redis.Redis
+) -> None:
+    """It neither freezes the console nor approves the next plan that appears."""
+    service.commit({"notes.txt": "x\n"}, "notes")
+    since = session.send("press approve")
+    session.wait_for(r"nothing waits for approve", since, timeout=30)
+    since = session.send("status")
+    session.wait_for(r"Molt status", since, timeout=30)
+    since = session.send("deploy main")
+    session.wait_for(r"Plan ready", since)
+    [request] = RequestStore(conn).recent(5)
+    assert RequestStore(conn).get(request.id).state is S.PLAN_READY
+    assert "Approved by" not in session.output
+
+
+def test_press_right_after_a_deploy_waits_for_that_plan_and_approves_it(
+    session: Session, service: ServiceRepo, conn: redis.Redis
+) -> None:
+    service.commit({"notes.txt": "x\n"}, "notes")
+    since = session.send("deploy main")
+    session.send("press approve")
+    session.wait_for(r"Approved by alice", since)
+    [request] = RequestStore(conn).recent(5)
+    assert request.approver == "console:alice"
+
+
+def test_a_press_on_a_request_that_moved_on_says_where_it_is_now(
+    session: Session, service: ServiceRepo, conn: redis.Redis
+) -> None:
+    service.commit({"notes.txt": "x\n"}, "notes")
+    since = session.send("deploy main")
+    session.wait_for(r"Plan ready", since)
+    [request] = RequestStore(conn).recent(5)
+    since = session.send(f"press reject {request.id}")
+    session.wait_for(r"Rejected", since)
+    since = session.send(f"press approve {request.codename or request.id}")
+    session.wait_for(r"already rejected by alice", since, timeout=30)

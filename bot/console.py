@@ -28,6 +28,7 @@ from bot.desk import Desk
 from bot.messages import Message
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
+from pipeline.states import template_for
 
 #: Templates after which a request needs nobody's attention from this console.
 SETTLED = frozenset(
@@ -238,9 +239,12 @@ class Console(Adapter):
                 self._changed.wait(0.2)
 
     def _settled(self, request: Request) -> bool:
+        """Ended, or waiting for a person, and shown so here. Approved, queued and running
+        wait for nobody: the console stays until they end."""
+        if not (request.terminal or request.state in (S.PLAN_READY, S.NEEDS_INFO)):
+            return False
         shown = self.last_template.get(request.id)
         if shown is not None:
-            return shown in SETTLED
+            return shown == template_for(request.state)
         # Shown before Molt restarted itself, or never ours to show.
-        waiting = request.terminal or request.state.value in ("plan_ready", "needs_info")
-        return waiting and request.updated_at < self.booted
+        return request.updated_at < self.booted

@@ -60,3 +60,17 @@ def test_a_press_on_a_request_that_moved_on_says_where_it_is_now(
     session.wait_for(r"Rejected", since)
     since = session.send(f"press approve {request.codename or request.id}")
     session.wait_for(r"already rejected by alice", since, timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("line", "said"),
+    [
+        ("deploy", "usage: deploy <ref>"),
+        ("deploy main; rm -rf /", "usage: deploy <ref>"),
+        ("deploy " + "x" * 100_000, "that request is over 2000 characters"),
+    ],
+)
+def test_a_command_that_does_not_parse_says_why(session: Session, line: str, said: str) -> None:
+    since = session.send(line)
+    session.wait_for(r"Molt commands", since, timeout=30)
+    assert said in session.output[since:]

@@ -9,7 +9,8 @@ the new plan is unchanged, the press is its approval (pipeline/approval.py).
 
 ``advance`` runs named steps: the gates, pre-flight, planning. A refusal among them
 ends the request blocked, its data naming the Decision's check: "switch", "daily
-limit", "planner", the failing pre-flight check's name, or "tests".
+limit", the failing pre-flight check's name, or "tests". A change in words with no
+planner configured is refused at ``submit`` (check "planner"): no Retry brings one.
 """
 
 from __future__ import annotations
@@ -67,10 +68,18 @@ def submit(
         redact(argument[:MAX_TEXT], known),
         target=settings.target_name if settings.fleet else "",
     )
-    decision = authorisation.may_request(settings, origin)
+    # Who may ask, then whether anything here can plan what was asked (a change in words
+    # needs the LLM planner): both are refusals, with nothing a Retry could change.
+    decision = authorisation.may_request(settings, origin) and _planner(settings, request)
     if not decision:
         metrics.refused(decision.check)
-        return store.transition(request.id, S.REFUSED, actor=MOLT, message=decision.reason)
+        return store.transition(
+            request.id,
+            S.REFUSED,
+            actor=MOLT,
+            message=decision.reason,
+            data={"check": decision.check},
+        )
     return advance(settings, conn, request.id)
 
 

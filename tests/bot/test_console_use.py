@@ -74,3 +74,21 @@ def test_a_command_that_does_not_parse_says_why(session: Session, line: str, sai
     since = session.send(line)
     session.wait_for(r"Molt commands", since, timeout=30)
     assert said in session.output[since:]
+
+
+def test_a_stray_word_is_an_unknown_command_and_no_request(
+    session: Session, conn: redis.Redis
+) -> None:
+    since = session.send("clear")
+    session.wait_for(r"unknown command `clear`", since, timeout=30)
+    assert RequestStore(conn).recent(5) == []
+
+
+def test_a_change_in_words_without_a_planner_is_refused_saying_how_to_enable_it(
+    session: Session,
+) -> None:
+    since = session.send("add a ping route to the service")
+    session.wait_for(r"Request refused", since)
+    said = session.output[since:]
+    assert "set ANTHROPIC_API_KEY" in said
+    assert "press retry" not in said and "ask an operator" not in said

@@ -45,8 +45,10 @@ SETTLED = frozenset(
     }
 )
 SINCE_ENV = "MOLT_CONSOLE_SINCE"
-#: The field of a running phase's status that a progress refresh fills (templates/working.toml).
+#: The field a progress refresh fills (templates/working.toml, watching.toml).
 PROGRESS_FIELD = "Progress"
+#: Piped, at most one progress line a minute per request: a script's log is read later.
+PROGRESS_EVERY = 60.0
 #: Light Markdown bold (``*word*``) reads as noise in a terminal.
 _BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 
@@ -73,6 +75,8 @@ class Console(Adapter):
         self._changed = threading.Condition()
         self._write = threading.Lock()
         self._progress_open = False  # a progress line is shown and not yet ended (terminal)
+        self._shown_as: dict[str, tuple[str, str]] = {}  # the template and title last shown
+        self._progress_at: dict[str, float] = {}  # when the last piped progress line was
         self.booted = time.time()
         self.since = float(os.environ.get(SINCE_ENV) or self.booted)
         os.environ[SINCE_ENV] = repr(self.since)
@@ -86,21 +90,25 @@ class Console(Adapter):
             self._progress_open = False
             self.out.flush()
 
-    def _print_progress(self, line: str) -> None:
-        """One progress line, rewritten in place on a terminal (a new line when piped)."""
+    def _print_progress(self, request_id: str, line: str) -> None:
+        """One progress line: rewritten in place on a terminal; piped, one a minute."""
         with self._write:
             if self.out.isatty():
                 self.out.write(f"\r\x1b[2K{line}")
                 self._progress_open = True
-            else:
+            elif time.monotonic() - self._progress_at.get(request_id, 0.0) >= PROGRESS_EVERY:
+                self._progress_at[request_id] = time.monotonic()
                 self.out.write(line + "\n")
             self.out.flush()
 
     def deliver(self, request: Request, message: Message) -> None:
+        """A message whose template and title are those last shown for the request is a
+        refresh of it: only its progress is shown. Anything else is a block of its own."""
         name = message.codename or request.id
-        progress = [f.value for f in message.fields if f.name == PROGRESS_FIELD]
-        if message.template == "working" and progress:
-            self._print_progress(f"[{name}] ⏳ {progress[0]}")
+        progress = [f.value for f in message.fields if f.name == PROGRESS_FIELD and f.value]
+        shown_as = (message.template, message.title)
+        if progress and self._shown_as.get(request.id) == shown_as:
+            self._print_progress(request.id, f"[{name}] ⏳ {progress[0]}")
             return
         lines = [f"[{name}] {message.title}"]
         if message.text:
@@ -113,6 +121,8 @@ class Console(Adapter):
             first = message.buttons[0].action
             lines.append(f"  {shown}   (type: press {first} {request.id})")
         self._print("\n".join(lines))
+        self._shown_as[request.id] = shown_as
+        self._progress_at[request.id] = time.monotonic()
         with self._changed:
             self.buttons[request.id] = tuple(b.action for b in message.buttons)
             self.last_template[request.id] = message.template

@@ -348,7 +348,11 @@ class Update:
             self.enter("preflight", f"waiting for the pre-flight test run at {short}")
             ticker = Ticker(
                 self.settings.progress_interval,
-                lambda: self.store.refresh(self.request_id, self._progress("preflight")),
+                lambda: self.store.refresh(
+                    self.request_id,
+                    self._progress("preflight")
+                    | {"progress": {"seconds": time.monotonic() - began}},
+                ),
             )
             with ticker:
                 record = preflight.tests_at(

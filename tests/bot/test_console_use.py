@@ -3,6 +3,7 @@ itself (the real Console, Desk and Notifier, real Redis and git)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -92,3 +93,17 @@ def test_a_change_in_words_without_a_planner_is_refused_saying_how_to_enable_it(
     said = session.output[since:]
     assert "set ANTHROPIC_API_KEY" in said
     assert "press retry" not in said and "ask an operator" not in said
+
+
+def test_status_names_the_live_version_and_what_is_being_checked(
+    session: Session, service: ServiceRepo, conn: redis.Redis
+) -> None:
+    requests = RequestStore(conn)
+    asked = requests.create(session.console.origin, "deploy main", "deploy", "main")
+    requests.transition(asked.id, S.PREFLIGHT, actor="molt", message="running pre-flight checks")
+    since = session.send("status")
+    session.wait_for(r"Molt status", since, timeout=30)
+    said = session.output[since:]
+    assert re.search(rf"Live version: \W?{service.live_head()[:7]}", said)
+    assert "Nothing is running" not in said
+    assert f"{asked.id} preflight" in said

@@ -70,7 +70,10 @@ def submit(
     )
     # Who may ask, then whether anything here can plan what was asked (a change in words
     # needs the LLM planner): both are refusals, with nothing a Retry could change.
-    decision = authorisation.may_request(settings, origin) and _planner(settings, request)
+    # A switch that is off says so first (blocked, by the gates).
+    decision = authorisation.may_request(settings, origin)
+    if decision and autonomy.switched_on(settings, request):
+        decision = _planner(settings, request)
     if not decision:
         metrics.refused(decision.check)
         return store.transition(

@@ -102,9 +102,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _print(template: str, **context: object) -> None:
-    from bot.rendering import render
+    from bot.rendering import as_text, render
 
-    print(render(template, {"request_id": "", **context}).plain())
+    print(as_text(render(template, {"request_id": "", **context}).plain()))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ the new process.
 from __future__ import annotations
 
 import os
-import re
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from bot import people
 from bot.base import Adapter
 from bot.desk import Desk
 from bot.messages import Message
+from bot.rendering import as_text
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
 from pipeline.states import template_for
@@ -49,8 +49,6 @@ SINCE_ENV = "MOLT_CONSOLE_SINCE"
 PROGRESS_FIELD = "Progress"
 #: Piped, at most one progress line a minute per request: a script's log is read later.
 PROGRESS_EVERY = 60.0
-#: Light Markdown bold (``*word*``) reads as noise in a terminal.
-_BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
 
 
 class Console(Adapter):
@@ -84,7 +82,7 @@ class Console(Adapter):
     # -- output ------------------------------------------------------------
 
     def _print(self, text: str) -> None:
-        text = _BOLD.sub(r"\1", people.address(text, "console"))
+        text = as_text(people.address(text, "console"))
         with self._write:
             self.out.write(("\n" if self._progress_open else "") + text + "\n")
             self._progress_open = False

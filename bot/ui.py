@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from bot.rendering import duration, short, timestamp
+from bot.rendering import as_html, duration, short, timestamp
 from pipeline import audit, control, ledger, manifests, timeline
 from pipeline.config import TEMPLATES_DIR, Settings
 from pipeline.incidents import OPEN, IncidentBook
@@ -73,7 +73,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(duration=duration, short=short, timestamp=timestamp)
+    env.filters.update(duration=duration, short=short, timestamp=timestamp, markup=as_html)
     return env
 
 

@@ -308,7 +308,8 @@ def _plan(
     request = store.get(request_id)
     if not request.deploys:  # the model takes a while: the tests run meanwhile
         return _plan_change(settings, conn, store, request, _tests(settings, conn, request))
-    made = planning.plan_deploy(settings, conn, request.argument)  # an unknown ref ends here
+    # An unknown ref ends here.
+    made = planning.plan_deploy(settings, conn, request.argument, request.rollback_of)
     tests = _tests(settings, conn, request)
     shown = made.to_dict()
     if settings.autonomy == "semi":

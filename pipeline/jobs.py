@@ -64,6 +64,14 @@ PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "veri
 CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
 #: A change delivered as a pull request stops after phase 1 (MOLT_CHANGE_DELIVERY).
 PROPOSAL_PHASES = (*CHANGE_PHASES[:4], "propose")
+
+
+def steps_of(settings: Settings, phases: tuple[str, ...]) -> tuple[str, ...]:
+    """The phases an update goes through, as its progress counts them ("Step n of m") and
+    its plan lists them: the watch only when there is a window."""
+    return phases if settings.watch_seconds > 0 else tuple(p for p in phases if p != "watch")
+
+
 #: How often a job waiting for its turn looks at the lock and the line again.
 _TURN_POLL_SECONDS = 0.05
 
@@ -142,7 +150,7 @@ class Update:
             settings, self.target.tests.limit(settings.phase_timeout)
         )
         self.trail = Trail(log_dir=Path(), started=time.monotonic())
-        self.phases: tuple[str, ...] = PHASES
+        self.phases: tuple[str, ...] = steps_of(settings, PHASES)
         self.notes: list[str] = []  # extra lines for the final message (change requests)
         self.release: manifests.Manifest | None = None  # signed after phase 2
         self.heartbeat: Heartbeat | None = None
@@ -264,7 +272,9 @@ class Update:
     def _update(self, request: Request) -> str:
         plan = Plan.from_dict(request.plan or {})
         if plan.kind == "change":
-            self.phases = PROPOSAL_PHASES if self._proposes(plan) else CHANGE_PHASES
+            self.phases = (
+                PROPOSAL_PHASES if self._proposes(plan) else steps_of(self.settings, CHANGE_PHASES)
+            )
         with self.lock.keep_alive(self.request_id) as heartbeat:
             self.heartbeat = heartbeat
             try:

@@ -53,6 +53,13 @@ PROGRESS_EVERY = 60.0
 
 class Console(Adapter):
     platform = "console"
+    help_lines = (
+        "press approve|reject|retry [request] — press a button: of the request named (id or "
+        "codename), or of your newest request that shows it",
+        "press revise [request] <what to change> — Request changes: plan it again with your "
+        "note (for a deploy, `deploy <ref>` changes the ref)",
+        "quit — leave the console (at the end of a piped script it waits for its requests)",
+    )
 
     def __init__(
         self,
@@ -173,9 +180,12 @@ class Console(Adapter):
         started that shows it; a request of this console still being planned is waited
         for (that plan only). Nothing to press is said at once."""
         if not words:
-            self._print("  usage: press <approve|reject|retry|revise> [request]")
+            self._print("  usage: press <approve|reject|retry|revise> [request]  (see `help`)")
             return
         action, wanted = words[0].lower(), (words[1] if len(words) > 1 else "")
+        if action == "revise":
+            self.revise(desk, words[1:], stopping)
+            return
         if wanted:
             request = self.store.find(wanted)
             if request is None:  # an incident's Fix it, or the desk says there is no such request
@@ -196,6 +206,19 @@ class Console(Adapter):
                 return
         if chosen is not None:  # a request that moved on is told where it is by the desk
             desk.press(self.origin, action, chosen.id).result()
+
+    def revise(self, desk: Desk, words: list[str], stopping: threading.Event) -> None:
+        """``press revise [request] <note>``: Request changes on the named plan, or on the
+        newest of this console that shows the button."""
+        named = self.store.find(words[0]) if words else None
+        note = " ".join(words[1:] if named else words)
+        chosen = named or self._offering("revise")
+        if not note:
+            self._print("  usage: press revise [request] <what to change>")
+        elif chosen is None:
+            self._print("  nothing waits for revise")
+        else:
+            desk.revise(self.origin, chosen.id, note).result()
 
     def _offering(self, action: str) -> Request | None:
         """The newest request of this console that shows ``action`` now."""

@@ -107,3 +107,26 @@ def test_status_names_the_live_version_and_what_is_being_checked(
     assert re.search(rf"Live version: \W?{service.live_head()[:7]}", said)
     assert "Nothing is running" not in said
     assert f"{asked.id} preflight" in said
+
+
+def test_help_in_the_console_lists_press_revise_and_quit(session: Session) -> None:
+    since = session.send("help")
+    session.wait_for(r"Molt commands", since, timeout=30)
+    said = session.output[since:]
+    assert "press approve|reject|retry [request]" in said
+    assert "press revise [request] <what to change>" in said
+    assert "quit — leave the console" in said
+
+
+def test_request_changes_is_pressed_as_press_revise(
+    session: Session, service: ServiceRepo, conn: redis.Redis
+) -> None:
+    first = service.commit({"notes.txt": "x\n"}, "notes")
+    service.commit({"notes.txt": "y\n"}, "more notes")
+    since = session.send("deploy main")
+    session.wait_for(r"Plan ready", since)
+    since = session.send(f"press revise deploy {first}")
+    session.wait_for(r"Plan ready", since)
+    [request] = RequestStore(conn).recent(5)
+    assert request.argument == first
+    assert request.state is S.PLAN_READY

@@ -21,6 +21,7 @@ import hmac
 import secrets
 from functools import cache
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -61,7 +62,7 @@ def new_link(conn: redis.Redis, host: str, port: int, page: str = "/") -> str:
     """A link that opens the status page (at ``page``) once, within LINK_SECONDS."""
     key = secrets.token_urlsafe(24)
     conn.set(link_key(key), "1", ex=LINK_SECONDS)
-    then = f"&next={page}" if page != "/" else ""
+    then = f"&next={quote(page, safe='/')}" if page != "/" else ""
     return f"http://{host}:{port}/ui/login?key={key}{then}"
 
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import hmac
 import secrets
+from datetime import datetime
 from functools import cache
 from typing import Any
 from urllib.parse import quote
@@ -48,6 +49,15 @@ DENIED = (
     "The status page needs MOLT_UI_TOKEN: send it as `Authorization: Bearer <token>`, "
     "or open a link from `molt ui-link`.\n"
 )
+
+
+def _signed_at(at: str) -> str:
+    """A manifest's ISO time as the page shows times: to the minute, in UTC."""
+    try:
+        moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return at
+    return timestamp(moment.timestamp())
 
 
 def link_key(key: str) -> str:
@@ -192,11 +202,13 @@ class StatusPage:
         return _environment().get_template("request.html").render(page)
 
     def _releases(self, view: Settings) -> list[dict[str, Any]]:
+        """The newest releases, the one the live checkout runs marked."""
         known = ledger.read(view, self.conn)
         signed = [(m, "signed") for m in known.good]
         signed += [(m, "untrusted key") for m in known.untrusted]
         signed += [(m, "altered") for m in known.altered]
         signed.sort(key=lambda pair: pair[0].release, reverse=True)
+        running = control.live(view, self.conn).get("release")
         return [
             {
                 "target": view.target_name,
@@ -204,8 +216,9 @@ class StatusPage:
                 "kind": m.kind.value,
                 "codename": m.codename,
                 "commit": m.short,
-                "at": m.at,
+                "at": _signed_at(m.at),
                 "signature": signature,
+                "live": m.release == running,
             }
             for m, signature in signed[:RELEASES]
         ]

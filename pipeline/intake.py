@@ -294,9 +294,13 @@ def _blocked(
     """End the request blocked: the refusal's reason, its check, and the checks run."""
     data: dict[str, Any] = {"check": decision.check}
     metrics.refused(decision.check)
+    fields: dict[str, Any] = {}
     if report is not None:
         data["checks"] = report
-    return store.transition(request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data)
+        fields["result"] = {"checks": report}  # what the status page lists of a blocked one
+    return store.transition(
+        request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data, fields=fields
+    )
 
 
 def _plan(

@@ -534,7 +534,16 @@ class Update:
         began = time.monotonic()
         self.trail.restarted = True
         log_path = self.trail.log_dir / "restart.log"
-        summary = restart.restart(self.settings, self.conn, plan.target_commit, log_path)
+        short = plan.target_commit[:7]
+        summary = restart.restart(
+            self.settings,
+            self.conn,
+            plan.target_commit,
+            log_path,
+            verifying=lambda: self.enter(
+                "verify", f"checking the service is healthy on {short}", state=S.RESTARTING
+            ),
+        )
         self.check("restart and verify", True, time.monotonic() - began, summary)
 
     def _watch(self, plan: Plan) -> None:

@@ -36,7 +36,6 @@ from pipeline.config import TEMPLATES_DIR, Settings
 from pipeline.incidents import OPEN, IncidentBook
 from pipeline.redaction import redact
 from pipeline.requests import RequestStore
-from pipeline.targets import Target
 
 LINK_SECONDS = 600
 SESSION_SECONDS = 12 * 3600
@@ -175,7 +174,6 @@ class StatusPage:
             current = self._shown(current) | {"elapsed": drawn.total}
         return {
             "name": view.target_name,
-            "id": Target(view, self.conn).id,
             "paused": status["paused"],
             "autonomy": status["autonomy"],
             "current": current,

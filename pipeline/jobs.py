@@ -157,7 +157,7 @@ class Update:
         self.flaky: list[str] = []  # tests that failed, then passed when run again
         self.command = RunningCommand(conn, self.target.keys.command)
         self.watched = ""  # what the watch window saw, for the success message
-        self.clock = metrics.PhaseClock(settings.target_id)
+        self.clock = metrics.PhaseClock(settings.target_name)
 
     # -- starting, the lock taken for it ------------------------------------------------
 
@@ -199,7 +199,7 @@ class Update:
         self.trail.log_dir = self.settings.updates_dir / f"{codename}-{stamp}"
         self.trail.log_dir.mkdir(parents=True, exist_ok=True)
         self.trail.started = time.monotonic()
-        self.clock = metrics.PhaseClock(self.settings.target_id)
+        self.clock = metrics.PhaseClock(self.settings.target_name)
         self.clock.enter("snapshot")
         logs.bind(phase="snapshot")
         autonomy.record_start(self.settings, self.conn, request)
@@ -464,7 +464,7 @@ class Update:
                 )
         finally:
             self.command.clear(self.request_id)
-        metrics.checks_done(self.settings.target_id, phase, result.checks)
+        metrics.checks_done(self.settings.target_name, phase, result.checks)
         for found in result.checks:
             self.check(f"{phase}: {found.name}", found.ok, found.seconds, found.detail)
         if result.flaky:
@@ -601,7 +601,7 @@ class Update:
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:
-            metrics.release_live(self.settings.target_id, self.release.release)
+            metrics.release_live(self.settings.target_name, self.release.release)
             message += f" as signed release {self.release.release}"
         if self.watched:
             message += f"; {self.watched}"

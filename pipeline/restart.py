@@ -102,7 +102,7 @@ def restart(
     ``verifying`` is called once the restart was issued and the wait for health begins.
     Each restart and its window until healthy are counted (``molt_restart_window_seconds``).
     """
-    with metrics.restart_window(settings.target_id):
+    with metrics.restart_window(settings.target_name):
         return _restart(settings, conn, expect, log_path, verifying)
 
 

@@ -8,7 +8,7 @@ import re
 import redis
 
 from bot.ui import StatusPage
-from pipeline import approval, intake, jobs
+from pipeline import approval, intake, jobs, metrics
 from pipeline.config import Settings
 from pipeline.requests import Origin, RequestStore
 from pipeline.states import RequestState as S
@@ -43,6 +43,24 @@ def test_a_landed_update_shows_every_step_passed_and_its_release_live(
     index = page.render_index()
     assert re.search(r"<td>\d+ <span class=\"state ok\">live</span></td>", index)
     assert not re.search(r"\d\d:\d\d:\d\d\.\d+", index)  # no microseconds
+
+
+def test_a_single_target_is_named_after_its_directory_on_the_page_and_in_the_metrics(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo
+) -> None:
+    service.commit({"extra.py": "VALUE = 1\n"}, "one Python file")
+    request = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
+    assert approval.approve(settings, conn, request.id, Origin("console", "bob"))
+    turn = jobs.wait_for_turn(settings, conn)
+    assert turn is not None
+    jobs.Update(settings, conn, turn[0]).run(turn[1])
+    name = service.live.name
+    assert settings.target_name == name
+    index = StatusPage(_ui(settings), conn).render_index()
+    assert f'data-target="{name}"' in index and settings.target_id not in index
+    text = metrics.exposition(metrics.Readings())[0].decode()
+    assert f'molt_restarts_total{{target="{name}"}}' in text
+    assert settings.target_id not in text
 
 
 def test_a_blocked_request_shows_its_pre_flight_and_the_checks_it_ran(

@@ -125,12 +125,16 @@ class Console(Adapter):
             shown = " ".join(f"[{b.label}]" for b in message.buttons)
             first = message.buttons[0].action
             lines.append(f"  {shown}   (type: press {first} {request.id})")
-        self._print("\n".join(lines))
         self._shown_as[request.id] = shown_as
         self._progress_at[request.id] = time.monotonic()
+        self._shown(request.id, message)  # first, so a press reacting to the text finds it
+        self._print("\n".join(lines))
+
+    def _shown(self, request_id: str, message: Message) -> None:
+        """What a request shows here now: its buttons, and the message they came with."""
         with self._changed:
-            self.buttons[request.id] = tuple(b.action for b in message.buttons)
-            self.last_template[request.id] = message.template
+            self.buttons[request_id] = tuple(b.action for b in message.buttons)
+            self.last_template[request_id] = message.template
             self._changed.notify_all()
 
     def announce(self, channel: str, message: Message, thread: str = "") -> None:
@@ -195,24 +199,27 @@ class Console(Adapter):
             if self._being_planned(request):
                 chosen = self._wait_for_plan(request, stopping)
         else:
-            chosen = self._offering(action)
-            planned = next((r for r in self.mine() if self._being_planned(r)), None)
-            if chosen is None and planned is not None:
-                chosen = self._wait_for_plan(planned, stopping)
+            chosen = self._newest(action)
+            if chosen is not None and self._being_planned(chosen):
+                chosen = self._wait_for_plan(chosen, stopping)
                 if chosen is not None and action not in self.buttons.get(chosen.id, ()):
                     chosen = None
-            if chosen is None:
-                self._print(f"  nothing waits for {action}")
-                return
-        if chosen is not None:  # a request that moved on is told where it is by the desk
-            desk.press(self.origin, action, chosen.id).result()
+        if chosen is None:
+            self._print(f"  nothing waits for {action}" + (f" ({wanted})" if wanted else ""))
+            return
+        # A request that moved on is told where it is now, by the desk.
+        desk.press(self.origin, action, chosen.id).result()
 
     def revise(self, desk: Desk, words: list[str], stopping: threading.Event) -> None:
         """``press revise [request] <note>``: Request changes on the named plan, or on the
-        newest of this console that shows the button."""
+        newest of this console that shows the button (its plan waited for)."""
         named = self.store.find(words[0]) if words else None
         note = " ".join(words[1:] if named else words)
-        chosen = named or self._offering("revise")
+        chosen = named or self._newest("revise")
+        if chosen is not None and not named and self._being_planned(chosen):
+            chosen = self._wait_for_plan(chosen, stopping)
+            if chosen is not None and "revise" not in self.buttons.get(chosen.id, ()):
+                chosen = None
         if not note:
             self._print("  usage: press revise [request] <what to change>")
         elif chosen is None:
@@ -220,10 +227,11 @@ class Console(Adapter):
         else:
             desk.revise(self.origin, chosen.id, note).result()
 
-    def _offering(self, action: str) -> Request | None:
-        """The newest request of this console that shows ``action`` now."""
+    def _newest(self, action: str) -> Request | None:
+        """The newest request of this console that shows ``action`` now, or that is still
+        being planned (its plan may show it)."""
         for request in self.mine():
-            if action in self.buttons.get(request.id, ()):
+            if action in self.buttons.get(request.id, ()) or self._being_planned(request):
                 return request
         return None
 

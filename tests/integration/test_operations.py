@@ -134,7 +134,7 @@ def test_observe_mode_makes_plans_that_nothing_can_run(
     )
     molt.wait_for(r"\[Reject\] \[Request changes\]", since=since)
     pressed = molt.send("press approve")
-    molt.wait_for(r"no request shows a approve button", since=pressed)
+    molt.wait_for(r"nothing waits for approve", since=pressed)
     assert "[Approve]" not in molt.output
     [request] = _store(data_dir).recent(1)
     assert request.state is S.PLAN_READY

@@ -190,6 +190,9 @@ class Bot:
                 "argv": json.dumps(sys.orig_argv),
                 "cwd": os.getcwd(),
                 "beat": f"{time.time():.3f}",
+                # What `molt ui-link` reads from any shell on this data directory.
+                "ui": "1" if self.settings.ui else "0",
+                "host": self.settings.http_host,
             },
         )
         # Registered and beating: /healthz answers ok from here on, so this start is good.

@@ -293,14 +293,14 @@ class HttpServer:
         readings = metrics.Readings(uptime=time.time() - self.started_at)
         for name in self.settings.target_names():
             target = Target(self.settings.for_target(name), self.conn)
-            readings.queue_length[target.id] = len(target.line)
+            readings.queue_length[name] = len(target.line)
             held = target.lock.holder()
             phase = ""
             if held is not None:
                 phase = str(self.conn.hget(request_key(held.request_id), "phase") or "update")
-            readings.lock_phase[target.id] = phase
+            readings.lock_phase[name] = phase
             book = IncidentBook(target.settings, self.conn)
-            readings.incidents_open[target.id] = sum(i.status == OPEN for i in book.recent(50))
+            readings.incidents_open[name] = sum(i.status == OPEN for i in book.recent(50))
         try:
             info = self.conn.xpending(events.STREAM, events.GROUP)
             readings.undelivered = int(info.get("pending", 0)) if isinstance(info, dict) else 0

@@ -196,7 +196,7 @@ class IncidentBook:
         self.record(
             incident, "incident_opened", f"incident {incident.id} opened: {incident.summary}"
         )
-        metrics.incident_opened(incident.target, incident.source)
+        metrics.incident_opened(self.settings.target_name, incident.source)
         return incident
 
     def _feed(self, incident: Incident, now: float) -> Taken:
@@ -239,7 +239,7 @@ class IncidentBook:
         """Note what was done about ``incident`` (a rollback planned, nothing), audited."""
         incident.actions.append({"at": time.time(), "action": action, "by": MOLT, **detail})
         self._save(incident)
-        metrics.incident_action(incident.target, action)
+        metrics.incident_action(self.settings.target_name, action)
         audit.append(
             self.conn,
             actor=MOLT,

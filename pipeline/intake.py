@@ -9,7 +9,8 @@ the new plan is unchanged, the press is its approval (pipeline/approval.py).
 
 ``advance`` runs named steps: the gates, pre-flight, planning. A refusal among them
 ends the request blocked, its data naming the Decision's check: "switch", "daily
-limit", "planner", the failing pre-flight check's name, or "tests".
+limit", the failing pre-flight check's name, or "tests". A change in words with no
+planner configured is refused at ``submit`` (check "planner"): no Retry brings one.
 """
 
 from __future__ import annotations
@@ -67,10 +68,21 @@ def submit(
         redact(argument[:MAX_TEXT], known),
         target=settings.target_name if settings.fleet else "",
     )
+    # Who may ask, then whether anything here can plan what was asked (a change in words
+    # needs the LLM planner): both are refusals, with nothing a Retry could change.
+    # A switch that is off says so first (blocked, by the gates).
     decision = authorisation.may_request(settings, origin)
+    if decision and autonomy.switched_on(settings, request):
+        decision = _planner(settings, request)
     if not decision:
         metrics.refused(decision.check)
-        return store.transition(request.id, S.REFUSED, actor=MOLT, message=decision.reason)
+        return store.transition(
+            request.id,
+            S.REFUSED,
+            actor=MOLT,
+            message=decision.reason,
+            data={"check": decision.check},
+        )
     return advance(settings, conn, request.id)
 
 
@@ -282,9 +294,13 @@ def _blocked(
     """End the request blocked: the refusal's reason, its check, and the checks run."""
     data: dict[str, Any] = {"check": decision.check}
     metrics.refused(decision.check)
+    fields: dict[str, Any] = {}
     if report is not None:
         data["checks"] = report
-    return store.transition(request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data)
+        fields["result"] = {"checks": report}  # what the status page lists of a blocked one
+    return store.transition(
+        request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data, fields=fields
+    )
 
 
 def _plan(
@@ -296,7 +312,8 @@ def _plan(
     request = store.get(request_id)
     if not request.deploys:  # the model takes a while: the tests run meanwhile
         return _plan_change(settings, conn, store, request, _tests(settings, conn, request))
-    made = planning.plan_deploy(settings, conn, request.argument)  # an unknown ref ends here
+    # An unknown ref ends here.
+    made = planning.plan_deploy(settings, conn, request.argument, request.rollback_of)
     tests = _tests(settings, conn, request)
     shown = made.to_dict()
     if settings.autonomy == "semi":

@@ -64,6 +64,14 @@ PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "veri
 CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
 #: A change delivered as a pull request stops after phase 1 (MOLT_CHANGE_DELIVERY).
 PROPOSAL_PHASES = (*CHANGE_PHASES[:4], "propose")
+
+
+def steps_of(settings: Settings, phases: tuple[str, ...]) -> tuple[str, ...]:
+    """The phases an update goes through, as its progress counts them ("Step n of m") and
+    its plan lists them: the watch only when there is a window."""
+    return phases if settings.watch_seconds > 0 else tuple(p for p in phases if p != "watch")
+
+
 #: How often a job waiting for its turn looks at the lock and the line again.
 _TURN_POLL_SECONDS = 0.05
 
@@ -146,14 +154,14 @@ class Update:
             settings, self.target.tests.limit(settings.phase_timeout)
         )
         self.trail = Trail(log_dir=Path(), started=time.monotonic())
-        self.phases: tuple[str, ...] = PHASES
+        self.phases: tuple[str, ...] = steps_of(settings, PHASES)
         self.notes: list[str] = []  # extra lines for the final message (change requests)
         self.release: manifests.Manifest | None = None  # signed after phase 2
         self.heartbeat: Heartbeat | None = None
         self.flaky: list[str] = []  # tests that failed, then passed when run again
         self.command = RunningCommand(conn, self.target.keys.command)
         self.watched = ""  # what the watch window saw, for the success message
-        self.clock = metrics.PhaseClock(settings.target_id)
+        self.clock = metrics.PhaseClock(settings.target_name)
 
     # -- starting, the lock taken for it ------------------------------------------------
 
@@ -195,7 +203,7 @@ class Update:
         self.trail.log_dir = self.settings.updates_dir / f"{codename}-{stamp}"
         self.trail.log_dir.mkdir(parents=True, exist_ok=True)
         self.trail.started = time.monotonic()
-        self.clock = metrics.PhaseClock(self.settings.target_id)
+        self.clock = metrics.PhaseClock(self.settings.target_name)
         self.clock.enter("snapshot")
         logs.bind(phase="snapshot")
         autonomy.record_start(self.settings, self.conn, request)
@@ -268,7 +276,9 @@ class Update:
     def _update(self, request: Request) -> str:
         plan = Plan.from_dict(request.plan or {})
         if plan.kind == "change":
-            self.phases = PROPOSAL_PHASES if self._proposes(plan) else CHANGE_PHASES
+            self.phases = (
+                PROPOSAL_PHASES if self._proposes(plan) else steps_of(self.settings, CHANGE_PHASES)
+            )
         with self.lock.keep_alive(self.request_id) as heartbeat:
             self.heartbeat = heartbeat
             try:
@@ -352,7 +362,11 @@ class Update:
             self.enter("preflight", f"waiting for the pre-flight test run at {short}")
             ticker = Ticker(
                 self.settings.progress_interval,
-                lambda: self.store.refresh(self.request_id, self._progress("preflight")),
+                lambda: self.store.refresh(
+                    self.request_id,
+                    self._progress("preflight")
+                    | {"progress": {"seconds": time.monotonic() - began}},
+                ),
             )
             with ticker:
                 record = preflight.tests_at(
@@ -454,7 +468,7 @@ class Update:
                 )
         finally:
             self.command.clear(self.request_id)
-        metrics.checks_done(self.settings.target_id, phase, result.checks)
+        metrics.checks_done(self.settings.target_name, phase, result.checks)
         for found in result.checks:
             self.check(f"{phase}: {found.name}", found.ok, found.seconds, found.detail)
         if result.flaky:
@@ -524,7 +538,16 @@ class Update:
         began = time.monotonic()
         self.trail.restarted = True
         log_path = self.trail.log_dir / "restart.log"
-        summary = restart.restart(self.settings, self.conn, plan.target_commit, log_path)
+        short = plan.target_commit[:7]
+        summary = restart.restart(
+            self.settings,
+            self.conn,
+            plan.target_commit,
+            log_path,
+            verifying=lambda: self.enter(
+                "verify", f"checking the service is healthy on {short}", state=S.RESTARTING
+            ),
+        )
         self.check("restart and verify", True, time.monotonic() - began, summary)
 
     def _watch(self, plan: Plan) -> None:
@@ -582,7 +605,7 @@ class Update:
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:
-            metrics.release_live(self.settings.target_id, self.release.release)
+            metrics.release_live(self.settings.target_name, self.release.release)
             message += f" as signed release {self.release.release}"
         if self.watched:
             message += f"; {self.watched}"

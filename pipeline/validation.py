@@ -273,7 +273,7 @@ def compile_check(root: Path, paths: Iterable[str]) -> Check:
     seconds = time.monotonic() - started
     if errors:
         return Check("byte-compile", False, seconds, "; ".join(errors[:3]))
-    return Check("byte-compile", True, seconds, f"{count} files")
+    return Check("byte-compile", True, seconds, f"{count} file{'' if count == 1 else 's'}")
 
 
 @dataclass(frozen=True)

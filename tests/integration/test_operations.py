@@ -71,7 +71,8 @@ def test_operator_controls_from_the_shell_act_as_the_console_operator(
 
     rollback = run_cli(molt_env, tmp_path, "rollback", codename)
     assert rollback.returncode == 0, rollback.stderr
-    assert "📋 Plan ready" in rollback.stdout and "a downgrade" in rollback.stdout
+    assert "📋 Plan ready" in rollback.stdout
+    assert f"Rollback of {codename}: back to" in rollback.stdout
     [planned] = _store(data_dir).recent(1)
     assert planned.text == f"rollback {codename}" and planned.state is S.PLAN_READY
     assert f"press approve {planned.id}" in rollback.stdout

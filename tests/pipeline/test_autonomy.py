@@ -25,7 +25,7 @@ def test_observe_mode_makes_plans_that_nothing_can_run(
     )
     chat.wait_for(r"\[Reject\] \[Request changes\]", since=since)
     pressed = chat.send("press approve")
-    chat.wait_for(r"no request shows a approve button", since=pressed)
+    chat.wait_for(r"nothing waits for approve", since=pressed)
     chat.work()
     assert "[Approve]" not in chat.output
     [request] = chat.requests(1)

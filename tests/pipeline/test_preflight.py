@@ -215,11 +215,12 @@ def test_an_unclean_last_boot_blocks(settings: Settings, conn: redis.Redis) -> N
     assert state is S.BLOCKED and "last boot" in message and "rollback failed" in message
 
 
-def test_free_text_without_a_planner_gets_a_clear_answer(
+def test_free_text_without_a_planner_is_refused_saying_how_to_enable_it(
     settings: Settings, conn: redis.Redis
 ) -> None:
+    """A refusal, not a blocked pre-flight with Retry: no retry brings a planner."""
     request = intake.submit(settings, conn, ALICE, "change", "add a ping", "add a ping")
-    assert request.state is S.BLOCKED
+    assert request.state is S.REFUSED
     assert "ANTHROPIC_API_KEY" in request.message and "deploy <ref>" in request.message
 
 
@@ -246,8 +247,6 @@ def test_a_blocked_request_names_the_check_that_blocked_it(
     dirty = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
     assert _blocked_check(conn, dirty.id) == "clean checkout"
     (service.live / "scratch.txt").unlink()
-    words = intake.submit(settings, conn, ALICE, "change", "add a ping", "add a ping")
-    assert _blocked_check(conn, words.id) == "planner"
     off = settings.model_copy(update={"allow_deploys": False})
     switched = intake.submit(off, conn, ALICE, "deploy", "main", "deploy main")
     assert _blocked_check(conn, switched.id) == "switch"

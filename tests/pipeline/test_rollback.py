@@ -86,7 +86,7 @@ def test_rollback_of_an_update_plans_a_downgrade_and_returns_to_its_rollback_poi
 
     back = chat.send(f"rollback {codename}")
     chat.wait_for(r"📋 Plan ready", since=back)
-    chat.wait_for(r"a downgrade", since=back)
+    chat.wait_for(rf"Rollback of {codename}: back to {old[:7]}", since=back)
     chat.send("press approve")
     chat.work()
     chat.wait_for(r"✅ Live: ", since=back)

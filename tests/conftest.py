@@ -15,7 +15,7 @@ import redis
 
 from pipeline import store
 from pipeline.config import Settings, load_settings
-from tests.support import Molt, ServiceRepo, processes_in
+from tests.support import Molt, RedisServer, ServiceRepo, processes_in
 
 # prometheus_client picks its mode when first imported: imported here, before any test
 # points PROMETHEUS_MULTIPROC_DIR at a folder, the test process keeps its own samples in
@@ -40,6 +40,30 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         monkeypatch.setenv(f"GIT_{who}_NAME", "Test Person")
         monkeypatch.setenv(f"GIT_{who}_EMAIL", "test@example.invalid")
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis per test process (an xdist worker), started when a test first needs it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def redis_url(
+    request: pytest.FixtureRequest, clean_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> str | None:
+    """The Redis this test and the Molt processes it starts share: the test process's own,
+    emptied, and named by REDIS_URL, so that ``load_settings(data_dir=...)`` reaches it too.
+    A test marked ``own_redis`` (its point is a Redis of its own: a data directory's
+    embedded server, which Molt starts and stops, or sentinels) gets None and no REDIS_URL."""
+    if request.node.get_closest_marker("own_redis"):
+        return None
+    server: RedisServer = request.getfixturevalue("redis_server")
+    server.empty()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    return server.url
 
 
 @pytest.fixture(autouse=True)
@@ -79,9 +103,10 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.fixture
-def settings(service: ServiceRepo, data_dir: Path) -> Settings:
+def settings(service: ServiceRepo, data_dir: Path, redis_url: str | None) -> Settings:
     return load_settings(
         data_dir=data_dir,
+        redis_url=redis_url,
         target_dir=service.live,
         test_command=service.test_command,
         authorised_users=["console:alice", "slack:U1ALICE"],
@@ -91,14 +116,17 @@ def settings(service: ServiceRepo, data_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def conn(settings: Settings) -> redis.Redis:
-    return store.connect(settings)
+def conn(settings: Settings) -> Iterator[redis.Redis]:
+    client = store.connect(settings)
+    yield client
+    client.close()
 
 
 @pytest.fixture
-def molt_env(service: ServiceRepo, data_dir: Path) -> dict[str, str]:
+def molt_env(service: ServiceRepo, data_dir: Path, redis_url: str | None) -> dict[str, str]:
     """The environment of a Molt process managing ``service``."""
-    return {
+    shared = {"REDIS_URL": redis_url} if redis_url else {}
+    return shared | {
         "MOLT_DATA_DIR": str(data_dir),
         "MOLT_TARGET_DIR": str(service.live),
         "MOLT_TEST_COMMAND": service.test_command,

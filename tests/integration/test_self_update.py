@@ -19,6 +19,9 @@ from pipeline.config import load_settings
 from pipeline.requests import RequestStore
 from tests.support import ROOT, Molt, git
 
+# Molt on its default: the embedded Redis of its data directory, kept across its re-exec.
+pytestmark = pytest.mark.own_redis
+
 
 def _copy_of_molt(root: Path) -> tuple[Path, Path]:
     """Molt's source as it is now, as an upstream repo with a bare origin, and a live clone."""

@@ -74,6 +74,7 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[int, int, int]]:
             redis.Redis(port=port, socket_timeout=1).shutdown(nosave=True)
 
 
+@pytest.mark.own_redis
 def test_molt_follows_the_primary_through_a_failover(
     sentinel: tuple[int, int, int], tmp_path: Path
 ) -> None:

@@ -10,11 +10,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
 
 from pipeline import store
 from pipeline.processes import alive
 from tests.support import ROOT, Molt, run_cli
+
+# Its point is the data directory's own embedded Redis: no shared test server.
+pytestmark = pytest.mark.own_redis
 
 
 def _server_pid(data_dir: Path) -> int:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import redis
 from redis.backoff import NoBackoff
@@ -270,6 +271,10 @@ class Molt:
 
     ``launcher`` replaces ``python -m bot.cli`` (a supervisor that starts Molt itself)."""
 
+    #: Every Molt started and not yet stopped: tests/conftest.py stops them when a test ends,
+    #: before its fixtures (the fakes they talk to among them) are torn down.
+    running: ClassVar[list[Molt]] = []
+
     def __init__(
         self,
         args: list[str],
@@ -292,6 +297,7 @@ class Molt:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        Molt.running.append(self)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -346,21 +352,39 @@ class Molt:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
 
-    def stop(self, timeout: float = 30) -> int:
+    def terminate(self) -> None:
+        """Ask it to stop (end of input, SIGTERM) without waiting: see ``stop``."""
         if self.proc.stdin and not self.proc.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+
+    def stop(self, timeout: float = 60) -> int:
+        """Stop it and wait; past ``timeout`` (a deadline for a loaded machine) its group is
+        killed. Its exit status."""
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            self.proc.wait()
         self._reader.join(timeout=5)
         if self.proc.stdout:
             self.proc.stdout.close()
+        with contextlib.suppress(ValueError):
+            Molt.running.remove(self)
         return int(self.proc.returncode)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stop every Molt still running, all asked at once, newest first."""
+        left = cls.running[::-1]
+        for molt in left:
+            molt.terminate()
+        for molt in left:
+            molt.stop()
 
 
 def run_cli(

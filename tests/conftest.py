@@ -139,7 +139,9 @@ def molt_env(service: ServiceRepo, data_dir: Path, redis_url: str | None) -> dic
         "MOLT_TEST_COMMAND": service.test_command,
         "MOLT_RESTART_COMMAND": "true",
         "MOLT_HEALTH_COMMAND": "python health.py",
-        "MOLT_BOOT_TIMEOUT": "5",
+        # How long a restarted service has to report healthy: a deadline, for a loaded machine
+        # too (a test whose service never gets healthy sets a short one).
+        "MOLT_BOOT_TIMEOUT": "60",
         "MOLT_HTTP_PORT": "0",
         "MOLT_LOCK_TTL": "3",
         "MOLT_CONSOLE_USER": "alice",

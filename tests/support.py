@@ -160,7 +160,7 @@ def processes_in(root: Path) -> list[str]:
     return found
 
 
-def wait_for_file(path: Path, molt: Molt, timeout: float = 90) -> None:
+def wait_for_file(path: Path, molt: Molt, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -321,7 +321,7 @@ class Molt:
         self.proc.stdin.flush()
         return mark
 
-    def wait_for(self, pattern: str, timeout: float = 90, since: int = 0) -> re.Match[str]:
+    def wait_for(self, pattern: str, timeout: float = 120, since: int = 0) -> re.Match[str]:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -338,7 +338,7 @@ class Molt:
                     )
                 self._changed.wait(min(remaining, 0.2))
 
-    def wait_count(self, pattern: str, count: int, timeout: float = 90) -> None:
+    def wait_count(self, pattern: str, count: int, timeout: float = 120) -> None:
         """Wait until at least ``count`` lines match ``pattern``."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout

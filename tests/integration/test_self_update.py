@@ -121,7 +121,7 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
             "MOLT_TEST_COMMAND": "python -c \"import bot.cli, pipeline.jobs; print('1 passed')\"",
             "MOLT_HTTP_PORT": "0",
             "MOLT_CONSOLE_USER": "alice",
-            "MOLT_BOOT_TIMEOUT": "8",
+            "MOLT_BOOT_TIMEOUT": "60",
             "MOLT_LOCK_TTL": "5",
         },
         cwd=live,
@@ -134,7 +134,7 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
         molt.wait_for(r"📋 Plan ready", since=since)
         molt.send("press approve")
         molt.wait_for(r"this release cannot start", since=since)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             [request] = RequestStore(conn).recent(1)
             if request.terminal:

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -169,14 +170,10 @@ class Bot:
         """Stop every part of the bot and its workers; the embedded Redis stays up."""
         self.stopping.set()
         self.conn.hdel(restart.BOT, "beat")
-        self.http.stop()
-        self.inbox.stop()
-        self.oncall.stop()
-        self.watchers.stop()
+        _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
         self.notifier.stop()
         self.desk.close()
-        for adapter in self.adapters.values():
-            adapter.stop()
+        _together(*(adapter.stop for adapter in self.adapters.values()))
         self._stop_workers()
 
     def _register(self, port: int) -> None:
@@ -229,14 +226,10 @@ class Bot:
                 self.console.origin, _notice(f"Molt is restarting onto {expect[:7]}…")
             )
         self.stopping.set()
-        self.http.stop()
-        self.inbox.stop()
-        self.oncall.stop()
-        self.watchers.stop()
+        _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
         self.desk.drain(timeout=10)
         self.notifier.stop()
-        for adapter in self.adapters.values():
-            adapter.stop()
+        _together(*(adapter.stop for adapter in self.adapters.values()))
         self.conn.hdel(restart.BOT, "beat")
         self.conn.close()
         sys.stdout.flush()
@@ -362,6 +355,16 @@ class Bot:
                 with suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
         self.conn.delete(WORKERS_KEY)
+
+
+def _together(*stops: Callable[[], None]) -> None:
+    """Stop parts at once: each waits up to its read's timeout (half a second for a
+    stream) to notice, and one after the other those waits added up."""
+    threads = [threading.Thread(target=stop, name="molt-stop") for stop in stops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _running(pid: int) -> bool:

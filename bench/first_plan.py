@@ -1,10 +1,14 @@
 """Seconds from start-up to the first plan, on Molt managing itself, as a new user meets it:
 a fresh clone of this repository, a fresh MOLT_DATA_DIR, ``molt console`` started in the
-clone, and ``deploy <branch>`` typed the moment it says it is up. Pre-flight runs Molt's own
-suite at the live commit (its default test command), so this is about one run of the suite:
-the run Molt starts as it starts, which the request joins.
+clone, and ``deploy <branch>`` typed the moment it says it is up. The plan does not wait for
+pre-flight's run of Molt's own suite (its default test command), which Molt starts as it
+starts; the plan shows how that run stands.
 
-    python bench/first_plan.py [--runs 1]
+With ``--live`` the plan is approved as soon as it shows, and the run goes on until the
+branch is live (pre-flight's run, phase 1, phase 2, the self-restart and the watch window,
+``--watch`` seconds): approve → live, against one run of the suite as pre-flight timed it.
+
+    python bench/first_plan.py [--runs 1] [--live] [--watch 60]
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ from bench.harness import clean_environment, median, table
 ROOT = Path(__file__).resolve().parent.parent
 UP = re.compile(r"Molt \S+ is up")
 PLAN = re.compile(r"📋 Plan ready")
-WAITING = re.compile(r"Waiting for the tests: .*running for (.+)\.")
+LIVE = re.compile(r"✅ Live: ")
+FAILED = re.compile(r"❌ Failed: |⛔ Blocked: ")
 
 
 def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True)
 
 
-def one_run(work: Path) -> dict[str, float]:
+def one_run(work: Path, live_too: bool, watch: float) -> dict[str, float]:
     origin, live = work / "origin.git", work / "molt"
     subprocess.run(["git", "clone", "--quiet", "--bare", str(ROOT), str(origin)], check=True)
     subprocess.run(["git", "clone", "--quiet", str(origin), str(live)], check=True)
@@ -47,7 +52,9 @@ def one_run(work: Path) -> dict[str, float]:
         "MOLT_DATA_DIR": str(work / "data"),
         "MOLT_CONSOLE_USER": "alice",
         "MOLT_HTTP_PORT": "0",
-        "MOLT_WORKERS": "0",
+        "MOLT_WORKERS": "1" if live_too else "0",
+        "MOLT_WATCH_SECONDS": f"{watch:g}",
+        "MOLT_PROGRESS_INTERVAL": "600",
         "PYTHONPATH": str(live),
     }
     started = time.monotonic()
@@ -62,40 +69,64 @@ def one_run(work: Path) -> dict[str, float]:
     )
     assert molt.stdin is not None and molt.stdout is not None
     figures: dict[str, float] = {}
+    approved = started
     try:
         for line in molt.stdout:
             if UP.search(line) and "up" not in figures:
                 figures["up"] = time.monotonic() - started
                 molt.stdin.write("deploy bench-branch\n")
                 molt.stdin.flush()
-            if WAITING.search(line):
-                figures["progress lines"] = figures.get("progress lines", 0) + 1
-            if PLAN.search(line):
+            if PLAN.search(line) and "first plan" not in figures:
                 figures["first plan"] = time.monotonic() - started
+                if not live_too:
+                    break
+                approved = time.monotonic()
+                molt.stdin.write("press approve\n")
+                molt.stdin.flush()
+            if LIVE.search(line):
+                figures["approve to live"] = time.monotonic() - approved
+                break
+            if FAILED.search(line):
+                print(line.rstrip(), flush=True)
                 break
     finally:
         molt.stdin.close()
         molt.terminate()
         molt.wait(timeout=120)
+    record = _suite_run(work / "data")
+    if record is not None:
+        figures["suite run"] = record
     return figures
+
+
+def _suite_run(data: Path) -> float | None:
+    """Seconds pre-flight's run of the suite took, from its log's closing line."""
+    log = data / "preflight.log"
+    if not log.exists():
+        return None
+    found = re.findall(r"\[exit 0 after ([\d.]+)s\]", log.read_text(errors="replace"))
+    return float(found[-1]) if found else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--live", action="store_true", help="approve, and time until live")
+    parser.add_argument("--watch", type=float, default=60.0, help="MOLT_WATCH_SECONDS")
     args = parser.parse_args()
     results = []
     for n in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="molt-first-plan-") as tmp:
-            figures = one_run(Path(tmp))
+            figures = one_run(Path(tmp), args.live, args.watch)
         print(f"run {n + 1}: {figures}", flush=True)
         results.append(figures)
-    keys = ("up", "first plan", "progress lines")
+    keys = ("up", "first plan", "approve to live", "suite run")
     rows: list[list[object]] = [
         [f"run {n + 1}", *(r.get(k, float("nan")) for k in keys)] for n, r in enumerate(results)
     ]
     rows.append(["median", *(median([r.get(k, float("nan")) for r in results]) for k in keys)])
-    print(table(["", "up (s)", "first plan (s)", "progress lines"], rows, digits=1))
+    headings = ["", "up (s)", "first plan (s)", "approve to live (s)", "suite run (s)"]
+    print(table(headings, rows, digits=1))
 
 
 if __name__ == "__main__":

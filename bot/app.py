@@ -1,6 +1,7 @@
 """``molt run``: the front ends, the HTTP server, the notifier, and the
 housekeeping that keeps every request moving (expiring plans, recovering
-updates whose worker died, keeping workers running), in one process.
+updates whose worker died, keeping workers running, ending a fleet's requests that no
+worker came to take), in one process.
 
 The bot registers itself in ``molt:bot`` (pipeline/restart.py) so a worker can
 ask it to restart onto new code and check that the new process came back.
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
@@ -27,7 +29,7 @@ from bot.console import Console
 from bot.desk import Desk, background_thread
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
-from bot.server import HttpProcess
+from bot.server import HttpProcess, HttpThread
 from pipeline import (
     approval,
     audit,
@@ -56,7 +58,9 @@ RESTART_WAIT = 60.0
 
 
 class Bot:
-    def __init__(self, settings: Settings, *, console: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, *, console: bool = False, http_thread: bool = False
+    ) -> None:
         self.settings = settings
         self.boot_id = uuid.uuid4().hex[:12]
         self.conn = store.connect(settings)
@@ -90,9 +94,13 @@ class Bot:
         self.oncall = oncall.SignalReader(settings, self.conn)
         self.watchers = logwatch.Watchers(settings, self.conn)
         self.notifier = Notifier(settings, self.conn, self.adapters)
-        # With the console on the terminal, the HTTP process logs to a file instead.
-        http_log = settings.data_dir / "http.log" if console else None
-        self.http = HttpProcess(settings, self.conn, self.boot_id, http_log)
+        self.http: HttpProcess | HttpThread
+        if http_thread:
+            self.http = HttpThread(settings, self.conn, self.boot_id)
+        else:
+            # With the console on the terminal, the HTTP process logs to a file instead.
+            http_log = settings.data_dir / "http.log" if console else None
+            self.http = HttpProcess(settings, self.conn, self.boot_id, http_log)
         self.stopping = threading.Event()
         self._restart_to: str | None = None
         self._children: list[subprocess.Popen[bytes]] = []
@@ -120,7 +128,8 @@ class Bot:
                 detail={"reason": "MOLT_SANDBOX=off: test commands run without a sandbox"},
             )
 
-    def run(self) -> int:
+    def start(self) -> int:
+        """Start every part of the bot but the console's loop; returns the HTTP port."""
         recovery.backup_config(self.settings)
         version = running_version()
         for adapter in self.adapters.values():
@@ -136,13 +145,19 @@ class Bot:
             threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
         self._announce_sandbox()
+        return port
+
+    def run(self) -> int:
+        port = self.start()
         if self.console is not None:
             target = (
                 ", ".join(self.settings.target_names())
                 if self.settings.fleet
                 else self.settings.target_dir
             )
-            notice = _notice(f"Molt {version[:7]} is up on port {port}, managing {target}")
+            notice = _notice(
+                f"Molt {running_version()[:7]} is up on port {port}, managing {target}"
+            )
             self.console.reply(self.console.origin, notice)
         terminated = threading.Event()
 
@@ -168,19 +183,19 @@ class Bot:
         return 0
 
     def shutdown(self) -> None:
-        self.stopping.set()
-        self.conn.hdel(restart.BOT, "beat")
-        self.http.stop()
-        self.inbox.stop()
-        self.oncall.stop()
-        self.watchers.stop()
-        self.notifier.stop()
-        self.desk.close()
-        for adapter in self.adapters.values():
-            adapter.stop()
-        self._stop_workers()
+        self.stop()
         if self.settings.redis_url is None:  # the last Molt process stops the embedded Redis
             store.leave(self.settings.data_dir)
+
+    def stop(self) -> None:
+        """Stop every part of the bot and its workers; the embedded Redis stays up."""
+        self.stopping.set()
+        self.conn.hdel(restart.BOT, "beat")
+        _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
+        self.notifier.stop()
+        self.desk.close()
+        _together(*(adapter.stop for adapter in self.adapters.values()))
+        self._stop_workers()
 
     def _register(self, port: int) -> None:
         self.conn.hset(
@@ -193,6 +208,9 @@ class Bot:
                 "argv": json.dumps(sys.orig_argv),
                 "cwd": os.getcwd(),
                 "beat": f"{time.time():.3f}",
+                # What `molt ui-link` reads from any shell on this data directory.
+                "ui": "1" if self.settings.ui else "0",
+                "host": self.settings.http_host,
             },
         )
         # Registered and beating: /healthz answers ok from here on, so this start is good.
@@ -229,14 +247,10 @@ class Bot:
                 self.console.origin, _notice(f"Molt is restarting onto {expect[:7]}…")
             )
         self.stopping.set()
-        self.http.stop()
-        self.inbox.stop()
-        self.oncall.stop()
-        self.watchers.stop()
+        _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
         self.desk.drain(timeout=10)
         self.notifier.stop()
-        for adapter in self.adapters.values():
-            adapter.stop()
+        _together(*(adapter.stop for adapter in self.adapters.values()))
         self.conn.hdel(restart.BOT, "beat")
         self.conn.close()
         sys.stdout.flush()
@@ -298,6 +312,7 @@ class Bot:
             recovery.recover_abandoned(self.settings, self.conn)
         for name in self.settings.target_names():
             recovery.keep_line_moving(self.of(name), self.conn)
+            recovery.end_unserved(self.of(name), self.conn)  # in a fleet: no worker came
         metrics.tidy()  # metrics files of processes that are gone, into the archive
         self._keep_workers()
 
@@ -361,6 +376,16 @@ class Bot:
                 with suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
         self.conn.delete(WORKERS_KEY)
+
+
+def _together(*stops: Callable[[], None]) -> None:
+    """Stop parts at once: each waits up to its read's timeout (half a second for a
+    stream) to notice, and one after the other those waits added up."""
+    threads = [threading.Thread(target=stop, name="molt-stop") for stop in stops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 def _running(pid: int) -> bool:

@@ -68,6 +68,8 @@ class Front(ABC):
 class Adapter(ABC):
     #: The platform prefix of principals and origins: console, slack, discord, github.
     platform: str = ""
+    #: What ``help`` lists besides the grammar: the platform's own ways of doing things.
+    help_lines: tuple[str, ...] = ()
 
     def start(self) -> None:  # noqa: B027 - an optional hook
         """Connect; called once by ``molt run`` before the notifier starts."""

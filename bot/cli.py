@@ -106,9 +106,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _print(template: str, **context: object) -> None:
-    from bot.rendering import render
+    from bot.rendering import as_text, render
 
-    print(render(template, {"request_id": "", **context}).plain())
+    print(as_text(render(template, {"request_id": "", **context}).plain()))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -285,14 +285,19 @@ def cmd_release_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_ui_link(args: argparse.Namespace) -> int:
-    """A link that opens the status page once, for whoever may read it (an operator)."""
+    """A link that opens the status page (or one of its pages) once, for an operator. The
+    running Molt of this data directory says whether it serves the page, and where: this
+    shell needs none of its MOLT_UI settings."""
     from bot.ui import LINK_SECONDS, new_link
     from pipeline import restart
 
-    settings = _settings()
-    if not settings.ui:
-        print("molt: the status page is off (set MOLT_UI=true and MOLT_UI_TOKEN)", file=sys.stderr)
+    page = args.page or "/"
+    if not page.startswith("/") or page.startswith(("//", "/\\")):
+        print(
+            f"molt: {page!r} is not a page of the status page (try /requests/<id>)", file=sys.stderr
+        )
         return 1
+    settings = _settings()
     conn = store.connect(settings)
     if _operator(settings, conn, "ui-link") is None:
         return 1
@@ -300,8 +305,15 @@ def cmd_ui_link(args: argparse.Namespace) -> int:
     if info is None or not info.alive or not info.port:
         print("molt: Molt is not running, so there is no page to link to", file=sys.stderr)
         return 1
+    if not info.ui:
+        print(
+            "molt: the running Molt does not serve the status page "
+            "(start it with MOLT_UI=true and MOLT_UI_TOKEN)",
+            file=sys.stderr,
+        )
+        return 1
     audit.append(conn, actor=f"console:{settings.console_user}", action="ui_link")
-    print(new_link(conn, settings.http_host, info.port))
+    print(new_link(conn, info.host, info.port, page))
     print(f"(opens the status page once, within {LINK_SECONDS // 60} minutes)")
     return 0
 
@@ -420,9 +432,9 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
         parents=[targeted],
         help="plans waiting for approval, questions waiting for answers",
     ).set_defaults(func=cmd_review)
-    sub.add_parser("ui-link", help="a one-time link to the status page (MOLT_UI)").set_defaults(
-        func=cmd_ui_link
-    )
+    ui_link = sub.add_parser("ui-link", help="a one-time link to the status page (MOLT_UI)")
+    ui_link.add_argument("page", nargs="?", default="/", help="a page, such as /requests/<id>")
+    ui_link.set_defaults(func=cmd_ui_link)
     sub.add_parser(
         "doctor", help="what this host offers Molt: the sandbox its test commands run in"
     ).set_defaults(func=cmd_doctor)

@@ -1,7 +1,9 @@
 """The command grammar, the same after `/molt`, `!molt`, a GitHub comment or the console:
 
 deploy <ref> · rollback [codename] · status · queue · history · review · incidents · pause ·
-resume · stop · help · answer <text> · anything else: a change request in plain words
+resume · stop · help · answer <text> · anything else: a change request in plain words (a
+sentence: one or two words that are not a command are an unknown command, answered with the
+nearest one)
 
 With more than one target (a fleet), the target's name comes first: after the verb
 (``deploy api v1.4``, ``rollback web``, ``status api``) or, for a change in words, before
@@ -10,6 +12,7 @@ a colon (``api: add a /ping route``).
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from collections.abc import Collection
@@ -98,4 +101,15 @@ def _parse(text: str) -> Command:
         return Command("rollback", rest, clean)
     if verb in VERBS and not rest:
         return Command(verb, "", clean)
+    if len(clean.split()) <= 2:
+        return Command("invalid", text=clean, error=_unknown(clean, verb))
     return Command("change", clean, clean)
+
+
+def _unknown(text: str, verb: str) -> str:
+    """A stray word or two: most likely a command mistyped, never a change to plan."""
+    near = difflib.get_close_matches(verb, sorted(VERBS), n=1, cutoff=0.6)
+    said = f"unknown command `{text}`"
+    if near:
+        return f"{said}; did you mean `{near[0]}`?"
+    return f"{said}. A change described in words is a sentence."

@@ -198,11 +198,16 @@ class Desk(Front):
         """``deploy <ref>`` or a change in words: a new request."""
         intake.submit(settings, self.conn, origin, command.verb, command.argument, command.text)
 
+    def _help_lines(self, origin: Origin) -> tuple[str, ...]:
+        """The grammar, and what the asker's platform adds (the console's ``press``)."""
+        adapter = self.adapters.get(origin.platform)
+        return HELP + (adapter.help_lines if adapter else ())
+
     def _help(self, settings: Settings, origin: Origin, command: Command) -> None:
-        self._reply(origin, "help", help_lines=HELP)
+        self._reply(origin, "help", help_lines=self._help_lines(origin))
 
     def _invalid(self, settings: Settings, origin: Origin, command: Command) -> None:
-        self._reply(origin, "help", message=command.error, help_lines=HELP)
+        self._reply(origin, "help", message=command.error, help_lines=self._help_lines(origin))
 
     def _answer_command(self, settings: Settings, origin: Origin, command: Command) -> None:
         self._answer_newest(origin, command.argument)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import time
 import tomllib
 from datetime import UTC, datetime
 from functools import cache
@@ -17,15 +18,36 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import ChainableUndefined, Environment, Template, Undefined
+from markupsafe import Markup, escape
 
 from bot import people
 from bot.messages import Button, Message, MessageField
 from pipeline.config import TEMPLATES_DIR
 
-__all__ = ["refusal_line", "render", "template_names", "themes"]
+__all__ = ["as_html", "as_text", "refusal_line", "render", "template_names", "themes"]
 
 _BLANK_RUNS = re.compile(r"\n{3,}")
+#: The light chat markup templates write (``*bold*``, ```code```, fenced blocks), which
+#: Slack, Discord and GitHub show as such; a terminal and a web page each need their own.
+_BOLD = re.compile(r"(?<![\w*])\*([^*\n]+)\*(?![\w*])")
+_CODE = re.compile(r"(`+)([^`\n]+?)\1")
+_FENCE = re.compile(r"^[ \t]*```[\w-]*[ \t]*\n?", re.MULTILINE)
 _TRAILING_SPACE = re.compile(r"[ \t]+$", re.MULTILINE)
+
+
+def as_text(text: str) -> str:
+    """Chat markup as plain text shows it (a terminal, the shell): no bold marks or fences;
+    code keeps one pair of backticks, as plain text quotes a command."""
+    return _BOLD.sub(r"\1", _CODE.sub(r"`\2`", _FENCE.sub("", text)))
+
+
+def as_html(text: Any) -> Markup:
+    """Chat markup as the status page shows it: escaped, with code and bold as HTML."""
+    if text is None or isinstance(text, Undefined):
+        return Markup("")
+    shown = str(escape(_FENCE.sub("", str(text))))
+    shown = _CODE.sub(r"<code>\2</code>", shown)
+    return Markup(_BOLD.sub(r"<strong>\1</strong>", shown))
 
 
 def duration(seconds: Any) -> str:
@@ -68,6 +90,16 @@ def timestamp(at: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def ago(at: Any) -> str:
+    """How long ago an epoch time was, as ``duration`` says it ("" if unknown)."""
+    if at is None or isinstance(at, Undefined | bool) or at == "":
+        return ""
+    try:
+        return duration(max(time.time() - float(at), 0.0))
+    except (TypeError, ValueError):
+        return ""
+
+
 @cache
 def _environment() -> Environment:
     env = Environment(
@@ -80,6 +112,7 @@ def _environment() -> Environment:
     env.filters["duration"] = duration
     env.filters["short"] = short
     env.filters["timestamp"] = timestamp
+    env.filters["ago"] = ago
     return env
 
 

@@ -7,6 +7,13 @@ bot's work for the interpreter lock. /healthz answers for the bot process that
 started it, through the bot's registration in Redis. /metrics serves every Molt
 process's metrics added up (pipeline/metrics.py), with what Redis says at the time;
 each front end's ack time is measured here.
+
+Every request passes ``BodyGuard`` first, the one place a body is read: its declared
+length is checked before reading (413), no more than its route's limit is read (413), and
+a body that has not arrived within ``BODY_SECONDS`` is given up (408). Every 4xx answered,
+there or by a route, is counted and summarised (bot/refusals.py). Paths are matched as
+they are: no redirect to the same path with a slash added or removed (its Location would
+be built from the request's Host header), so an unknown path is a 404.
 """
 
 from __future__ import annotations
@@ -25,10 +32,14 @@ from typing import Any
 import redis
 import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bot.refusals import Refusals
 from pipeline import events, metrics, restart, store
 from pipeline.config import Settings
 from pipeline.incidents import OPEN, IncidentBook
@@ -43,6 +54,122 @@ def port_key(boot_id: str) -> str:
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
+
+#: Seconds a request's body may take to arrive, from the end of its headers.
+BODY_SECONDS = 4.0
+#: The largest body each route reads (by path, or path prefix ending in /). Slack's and the
+#: alert sources' deliveries are small; GitHub caps its payloads at 25 MB.
+BODY_LIMITS = {
+    "/slack/events": 1_000_000,
+    "/github/webhook": 25 * 1024 * 1024,
+    "/alerts/": 1_000_000,
+}
+#: The largest body of any other path (none of them reads one).
+OTHER_BODY_LIMIT = 64 * 1024
+#: How much of a refusal's answer its log line keeps.
+ANSWER_LOGGED = 200
+
+
+class BodyGuard:
+    """ASGI middleware in front of every route: reads a request's body within its limits of
+    size and time, hands it on whole, and notes every 4xx answer in ``refusals``."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        refusals: Refusals,
+        routes: frozenset[str],
+        seconds: float = BODY_SECONDS,
+    ) -> None:
+        self.app = app
+        self.refusals = refusals
+        self.routes = routes
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = str(scope["path"])
+        route = path if path in self.routes else metrics.OTHER
+        status, answer = 0, b""
+
+        async def sending(message: Message) -> None:
+            nonlocal status, answer
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            elif message["type"] == "http.response.body" and 400 <= status < 500:
+                answer = (answer + message.get("body", b""))[:ANSWER_LOGGED]
+            await send(message)
+
+        read = await self._body(scope, receive, body_limit(path))
+        if isinstance(read, Response):
+            await read(scope, receive, sending)
+        elif read is not None:
+            await self.app(scope, _replay(read, receive), sending)
+        else:
+            return  # the client left before its body was in: nobody to answer
+        if 400 <= status < 500:
+            client = scope.get("client")
+            self.refusals.note(
+                route,
+                status,
+                answer.decode(errors="replace"),
+                str(client[0]) if client else "",
+            )
+
+    async def _body(self, scope: Scope, receive: Receive, limit: int) -> bytes | Response | None:
+        """The whole body; a 413 or 408 to answer instead; None if the client left."""
+        headers = Headers(scope=scope)
+        declared = headers.get("content-length")
+        if declared is None and "chunked" not in headers.get("transfer-encoding", "").lower():
+            return b""
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _too_large(limit)
+        chunks, size = [], 0
+        try:
+            async with asyncio.timeout(self.seconds):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        return _too_large(limit)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks)
+        except TimeoutError:
+            return JSONResponse(
+                {"error": f"the body did not arrive within {self.seconds:g} s"}, status_code=408
+            )
+
+
+def body_limit(path: str) -> int:
+    for prefix, limit in BODY_LIMITS.items():
+        if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
+            return limit
+    return OTHER_BODY_LIMIT
+
+
+def _too_large(limit: int) -> Response:
+    return JSONResponse({"error": f"the body is over {limit} bytes"}, status_code=413)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """``receive`` for the route: the body already read, then whatever comes next (the
+    client leaving)."""
+    given = False
+
+    async def replaying() -> Message:
+        nonlocal given
+        if not given:
+            given = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replaying
 
 
 def timed(front: str, endpoint: Endpoint) -> Endpoint:
@@ -92,7 +219,12 @@ class HttpServer:
             routes += page.routes()
             # The first walk of a long audit chain takes a while; later pages walk what is new.
             threading.Thread(target=page.warm, name="molt-ui-warm", daemon=True).start()
-        self.app = Starlette(routes=routes)
+        self.refusals = Refusals(conn)
+        guard = Middleware(
+            BodyGuard, refusals=self.refusals, routes=frozenset(r.path for r in routes)
+        )
+        self.app = Starlette(routes=routes, middleware=[guard])
+        self.app.router.redirect_slashes = False
         config = uvicorn.Config(
             self.app,
             host=host,
@@ -111,6 +243,7 @@ class HttpServer:
 
     def start(self, timeout: float = 10) -> int:
         """Start serving; returns the bound port (useful with port 0)."""
+        self.refusals.start()
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self.server.started:
@@ -129,6 +262,7 @@ class HttpServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self._thread.join(timeout=10)
+        self.refusals.stop()
 
     async def healthz(self, request: Request) -> Response:
         """Healthy when the bot that started this server is registered and beating."""
@@ -159,14 +293,14 @@ class HttpServer:
         readings = metrics.Readings(uptime=time.time() - self.started_at)
         for name in self.settings.target_names():
             target = Target(self.settings.for_target(name), self.conn)
-            readings.queue_length[target.id] = len(target.line)
+            readings.queue_length[name] = len(target.line)
             held = target.lock.holder()
             phase = ""
             if held is not None:
                 phase = str(self.conn.hget(request_key(held.request_id), "phase") or "update")
-            readings.lock_phase[target.id] = phase
+            readings.lock_phase[name] = phase
             book = IncidentBook(target.settings, self.conn)
-            readings.incidents_open[target.id] = sum(i.status == OPEN for i in book.recent(50))
+            readings.incidents_open[name] = sum(i.status == OPEN for i in book.recent(50))
         try:
             info = self.conn.xpending(events.STREAM, events.GROUP)
             readings.undelivered = int(info.get("pending", 0)) if isinstance(info, dict) else 0
@@ -181,11 +315,11 @@ class HttpServer:
         return readings
 
 
-def serve(settings: Settings) -> int:
-    """``molt http``: serve until SIGTERM or until the bot that started it is gone."""
-    boot_id = os.environ.get(BOOT_ID_ENV, "")
-    parent = os.getppid()
-    conn = store.connect(settings)
+def http_server(settings: Settings, conn: redis.Redis, boot_id: str) -> tuple[HttpServer, Any]:
+    """The server ``molt http`` runs, not yet serving: its routes for what is configured,
+    and the Slack adapter (started) behind /slack/events or on its Socket Mode connection,
+    handing what arrives to the inbox. Returns the server and that adapter (None without
+    Slack), which the caller stops with the server."""
     slack_endpoint = None
     slack = None
     if settings.slack_enabled:
@@ -219,6 +353,15 @@ def serve(settings: Settings) -> int:
         github_endpoint,
         AlertEndpoints(settings, conn).routes(),
     )
+    return server, slack
+
+
+def serve(settings: Settings) -> int:
+    """``molt http``: serve until SIGTERM or until the bot that started it is gone."""
+    boot_id = os.environ.get(BOOT_ID_ENV, "")
+    parent = os.getppid()
+    conn = store.connect(settings)
+    server, slack = http_server(settings, conn, boot_id)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -231,6 +374,37 @@ def serve(settings: Settings) -> int:
         slack.stop()
     server.stop()
     return 0
+
+
+class HttpThread:
+    """The same server on a thread of the bot's own process (``Bot(http_thread=True)``), for
+    a bot run inside another program, such as the front ends' in-process tests: its acks
+    then share the interpreter lock with the bot's work, which is what the process avoids."""
+
+    def __init__(self, settings: Settings, conn: redis.Redis, boot_id: str) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.boot_id = boot_id
+        self.port = 0
+        self._server: HttpServer | None = None
+        self._slack: Any = None
+
+    @property
+    def alive(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> int:
+        self._server, self._slack = http_server(self.settings, self.conn, self.boot_id)
+        self.port = self._server.start()
+        return self.port
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if self._slack is not None:
+            self._slack.stop()
+            self._slack = None
+        if server is not None:
+            server.stop()
 
 
 class HttpProcess:

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import secrets
+from datetime import datetime
 from functools import cache
 from typing import Any
+from urllib.parse import quote
 
 import redis
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -28,13 +29,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from bot.rendering import duration, short, timestamp
+from bot.rendering import as_html, duration, short, timestamp
 from pipeline import audit, control, ledger, manifests, timeline
 from pipeline.config import TEMPLATES_DIR, Settings
 from pipeline.incidents import OPEN, IncidentBook
-from pipeline.redaction import redact
+from pipeline.redaction import redact, same_secret
 from pipeline.requests import RequestStore
-from pipeline.targets import Target
 
 LINK_SECONDS = 600
 SESSION_SECONDS = 12 * 3600
@@ -49,6 +49,15 @@ DENIED = (
 )
 
 
+def _signed_at(at: str) -> str:
+    """A manifest's ISO time as the page shows times: to the minute, in UTC."""
+    try:
+        moment = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        return at
+    return timestamp(moment.timestamp())
+
+
 def link_key(key: str) -> str:
     return f"molt:ui:link:{key}"
 
@@ -61,7 +70,7 @@ def new_link(conn: redis.Redis, host: str, port: int, page: str = "/") -> str:
     """A link that opens the status page (at ``page``) once, within LINK_SECONDS."""
     key = secrets.token_urlsafe(24)
     conn.set(link_key(key), "1", ex=LINK_SECONDS)
-    then = f"&next={page}" if page != "/" else ""
+    then = f"&next={quote(page, safe='/')}" if page != "/" else ""
     return f"http://{host}:{port}/ui/login?key={key}{then}"
 
 
@@ -73,7 +82,7 @@ def _environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(duration=duration, short=short, timestamp=timestamp)
+    env.filters.update(duration=duration, short=short, timestamp=timestamp, markup=as_html)
     return env
 
 
@@ -84,7 +93,7 @@ class StatusPage:
         self.settings = settings
         self.conn = conn
         token = settings.ui_token.get_secret_value() if settings.ui_token else ""
-        self.token = token.encode()
+        self.token = token
         self.known = settings.secrets()
         self._audit: audit.ChainCheck | None = None
 
@@ -99,7 +108,7 @@ class StatusPage:
         """The bearer token, or a session cookie a one-time link opened."""
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.token:
-            return hmac.compare_digest(given.strip().encode(), self.token)
+            return same_secret(given.strip(), self.token)
         session = request.cookies.get(COOKIE, "")
         return bool(session) and bool(self.conn.exists(session_key(session)))
 
@@ -164,7 +173,6 @@ class StatusPage:
             current = self._shown(current) | {"elapsed": drawn.total}
         return {
             "name": view.target_name,
-            "id": Target(view, self.conn).id,
             "paused": status["paused"],
             "autonomy": status["autonomy"],
             "current": current,
@@ -191,11 +199,13 @@ class StatusPage:
         return _environment().get_template("request.html").render(page)
 
     def _releases(self, view: Settings) -> list[dict[str, Any]]:
+        """The newest releases, the one the live checkout runs marked."""
         known = ledger.read(view, self.conn)
         signed = [(m, "signed") for m in known.good]
         signed += [(m, "untrusted key") for m in known.untrusted]
         signed += [(m, "altered") for m in known.altered]
         signed.sort(key=lambda pair: pair[0].release, reverse=True)
+        running = control.live(view, self.conn).get("release")
         return [
             {
                 "target": view.target_name,
@@ -203,8 +213,9 @@ class StatusPage:
                 "kind": m.kind.value,
                 "codename": m.codename,
                 "commit": m.short,
-                "at": m.at,
+                "at": _signed_at(m.at),
                 "signature": signature,
+                "live": m.release == running,
             }
             for m, signature in signed[:RELEASES]
         ]

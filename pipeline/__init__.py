@@ -36,9 +36,10 @@ One request, module by module, in the order it meets them:
    suspect, ``diagnosis`` asks the model and offers its fix as a change request.
 
 Beneath them all: ``config`` (the settings, a leaf), ``store`` (Redis), ``git``,
-``exceptions`` (faults, as opposed to refusals), ``codenames``, ``redaction``, ``records``,
-``processes``, ``retries``, ``usage`` (model use per request), ``imports`` (import graphs)
-and ``logs``. What an operator watches: ``metrics`` (every Prometheus metric, recorded
-where it happens, in every process) and ``timeline`` (an update's phases, read back from
-its audit trail, for the status page).
+``exceptions`` (faults, as opposed to refusals), ``codenames``, ``redaction``, ``payloads``
+(untrusted JSON read into declared models), ``records``, ``processes``, ``retries``,
+``usage`` (model use per request), ``imports`` (import graphs) and ``logs``. What an
+operator watches: ``metrics`` (every Prometheus metric, recorded where it happens, in every
+process) and ``timeline`` (an update's phases, read back from its audit trail, for the
+status page).
 """

@@ -1,8 +1,9 @@
 """Alert deliveries read into signals: Alertmanager, Sentry and any monitor's webhook.
 
-Each source is authenticated first (``verified_*``: constant-time compares), then its
-payload is read into ``Signal``s, one per alert it carries; nothing in a payload is
-trusted beyond its shape: texts are cut short and redacted, never interpreted.
+Each source is authenticated first (``verified_*``: constant-time compares of bytes), then
+its payload is read into the model its source declares (a field of another type is an
+``UnreadableAlert`` naming it) and into ``Signal``s, one per alert it carries; nothing in a
+payload is trusted beyond its shape: texts are cut short and redacted, never interpreted.
 
   Alertmanager  webhook version 4, ``Authorization: Bearer <MOLT_ALERT_TOKEN>``; one
                 signal per ``alerts[]``; delivery key groupKey + fingerprint + startsAt +
@@ -22,9 +23,13 @@ import hmac
 import json
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pipeline.redaction import redact
+from pydantic import BeforeValidator, Field, StringConstraints
+
+from pipeline import payloads
+from pipeline.payloads import Payload
+from pipeline.redaction import redact, same_secret
 
 FIRING = "firing"
 RESOLVED = "resolved"
@@ -70,23 +75,111 @@ class Signal:
 _MARKUP = str.maketrans("", "", "<>`*_~|@")
 
 
-def _text(value: Any, limit: int, secrets: list[str]) -> str:
-    return redact(str(value or "")[:limit], secrets).translate(_MARKUP)
+def _text(value: str | None, limit: int, secrets: list[str]) -> str:
+    return redact((value or "")[:limit], secrets).translate(_MARKUP)
 
 
-def _obj(value: Any) -> dict[str, Any]:
-    """A JSON object of the payload, or an empty one where the payload has none."""
-    return value if isinstance(value, dict) else {}
+# -- the payloads, as each source declares them ---------------------------------------------
 
 
-def _body(raw: bytes) -> dict[str, Any]:
+def parsed(raw: bytes, model: type[payloads.Model]) -> payloads.Model:
+    """``raw`` as ``model``; what does not fit is an UnreadableAlert naming the field."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UnreadableAlert(f"not JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise UnreadableAlert("expected a JSON object")
-    return body
+        return payloads.parsed(raw, model)
+    except payloads.Misfit as exc:
+        raise UnreadableAlert(str(exc)) from None
+
+
+Labels = dict[str, str]
+
+
+class AlertmanagerAlert(Payload):
+    status: str = FIRING
+    labels: Labels | None = None
+    annotations: Labels | None = None
+    starts_at: str = Field("", alias="startsAt")
+    fingerprint: str | None = None
+
+
+class AlertmanagerNotice(Payload):
+    """Alertmanager's webhook, version 4."""
+
+    group_key: str = Field("", alias="groupKey")
+    common_labels: Labels | None = Field(None, alias="commonLabels")
+    alerts: list[AlertmanagerAlert]
+
+
+Ident = Annotated[str, BeforeValidator(lambda v: str(v) if isinstance(v, int) else v)]
+
+
+class SentryProject(Payload):
+    slug: str = ""
+
+
+class SentryIssue(Payload):
+    id: Ident
+    title: str | None = None
+    culprit: str | None = None
+    project: SentryProject | None = None
+
+
+class SentryEvent(Payload):
+    issue_id: Ident = ""
+    title: str | None = None
+    project_slug: str | None = None
+    project: Ident | None = None
+
+
+class SentryRule(Payload):
+    projects: list[str] = []
+
+
+class SentryMetricAlert(Payload):
+    id: Ident = ""
+    alert_rule: SentryRule | None = None
+
+
+class SentryIssueData(Payload):
+    issue: SentryIssue
+
+
+class SentryEventData(Payload):
+    event: SentryEvent
+    triggered_rule: str | None = None
+
+
+class SentryMetricData(Payload):
+    metric_alert: SentryMetricAlert
+    description_title: str | None = None
+    description_text: str | None = None
+
+
+class SentryIssueDelivery(Payload):
+    action: str = ""
+    data: SentryIssueData
+
+
+class SentryEventDelivery(Payload):
+    action: str = ""
+    data: SentryEventData
+
+
+class SentryMetricDelivery(Payload):
+    action: str = ""
+    data: SentryMetricData
+
+
+class MonitorAlert(Payload):
+    """The generic webhook's JSON."""
+
+    fingerprint: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)
+    ]
+    status: Literal["firing", "resolved"] | None = None
+    target: str | None = None
+    summary: str | None = None
+    details: str | None = None
+    severity: str | None = None
 
 
 # -- authentication ------------------------------------------------------------------------
@@ -94,7 +187,7 @@ def _body(raw: bytes) -> dict[str, Any]:
 
 def verified_bearer(header: str, token: str) -> bool:
     scheme, _, given = header.partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given, token)
+    return bool(token) and scheme.lower() == "bearer" and same_secret(given, token)
 
 
 def _hex_hmac(secret: str, body: bytes) -> str:
@@ -102,45 +195,36 @@ def _hex_hmac(secret: str, body: bytes) -> str:
 
 
 def verified_sentry(signature: str, secret: str, body: bytes) -> bool:
-    return bool(secret) and hmac.compare_digest(signature.strip(), _hex_hmac(secret, body))
+    return bool(secret) and same_secret(signature.strip(), _hex_hmac(secret, body))
 
 
 def verified_webhook(signature: str, secret: str, body: bytes) -> bool:
-    expected = "sha256=" + _hex_hmac(secret, body) if secret else ""
-    return bool(secret) and hmac.compare_digest(signature.strip(), expected)
+    return bool(secret) and same_secret(signature.strip(), "sha256=" + _hex_hmac(secret, body))
 
 
 # -- Alertmanager --------------------------------------------------------------------------
 
 
 def from_alertmanager(raw: bytes, secrets: list[str]) -> list[Signal]:
-    body = _body(raw)
-    alerts = body.get("alerts")
-    if not isinstance(alerts, list):
-        raise UnreadableAlert("an Alertmanager webhook carries alerts[]")
-    group_key = str(body.get("groupKey", ""))
-    common = _obj(body.get("commonLabels"))
+    notice = parsed(raw, AlertmanagerNotice)
     out = []
-    for alert in alerts:
-        if not isinstance(alert, dict):
-            raise UnreadableAlert("alerts[] holds objects")
-        labels = {**common, **_obj(alert.get("labels"))}
-        notes = _obj(alert.get("annotations"))
-        status = RESOLVED if alert.get("status") == RESOLVED else FIRING
-        fingerprint = str(alert.get("fingerprint") or "") or _digest(labels)
-        starts = str(alert.get("startsAt", ""))
+    for alert in notice.alerts:
+        labels = {**(notice.common_labels or {}), **(alert.labels or {})}
+        notes = alert.annotations or {}
+        status = RESOLVED if alert.status == RESOLVED else FIRING
+        fingerprint = alert.fingerprint or _digest(labels)
         out.append(
             Signal(
                 source="alertmanager",
                 fingerprint=f"alertmanager:{fingerprint}",
                 status=status,
-                target=str(labels.get("molt_target", "")),
+                target=labels.get("molt_target", ""),
                 summary=_text(
                     notes.get("summary") or labels.get("alertname"), MAX_SUMMARY, secrets
                 ),
                 details=_text(notes.get("description"), MAX_DETAILS, secrets),
-                severity=str(labels.get("severity", ""))[:20],
-                delivery=_digest([group_key, fingerprint, starts, status]),
+                severity=labels.get("severity", "")[:20],
+                delivery=_digest([notice.group_key, fingerprint, alert.starts_at, status]),
                 at=time.time(),
             )
         )
@@ -161,30 +245,29 @@ def from_sentry(
 ) -> list[Signal]:
     """Sentry's ``issue``, ``event_alert`` and ``metric_alert`` resources; others (and
     issue actions such as assigned or archived) carry no signal."""
-    body = _body(raw)
-    action = str(body.get("action", ""))
-    data = _obj(body.get("data"))
     if resource == "issue":
-        issue = _obj(data.get("issue"))
+        issue_delivery = parsed(raw, SentryIssueDelivery)
+        action, issue = issue_delivery.action, issue_delivery.data.issue
         if action not in _ISSUE_FIRING and action != RESOLVED:
             return []
-        key, title = str(issue.get("id", "")), issue.get("title")
-        slug = (_obj(issue.get("project"))).get("slug", "")
+        key, title, details = issue.id, issue.title, issue.culprit
+        slug = issue.project.slug if issue.project else ""
         status = RESOLVED if action == RESOLVED else FIRING
-        details = issue.get("culprit")
     elif resource == "event_alert":
-        event = _obj(data.get("event"))
-        key, title = str(event.get("issue_id", "")), event.get("title")
-        slug = event.get("project_slug") or (event.get("project") or "")
-        status, details = FIRING, (data.get("triggered_rule") or "")
+        event_delivery = parsed(raw, SentryEventDelivery)
+        action, event = event_delivery.action, event_delivery.data.event
+        key, title = event.issue_id, event.title
+        slug = event.project_slug or event.project or ""
+        status, details = FIRING, event_delivery.data.triggered_rule
     elif resource == "metric_alert":
-        alert = _obj(data.get("metric_alert"))
-        rule = _obj(alert.get("alert_rule"))
-        ident = str(alert.get("id", ""))
-        key, title = f"metric-{ident}" if ident else "", data.get("description_title")
-        slug = (rule.get("projects") or [""])[0]
+        metric_delivery = parsed(raw, SentryMetricDelivery)
+        action, data = metric_delivery.action, metric_delivery.data
+        rule = data.metric_alert.alert_rule
+        ident = data.metric_alert.id
+        key, title = f"metric-{ident}" if ident else "", data.description_title
+        slug = rule.projects[0] if rule and rule.projects else ""
         status = RESOLVED if action == RESOLVED else FIRING
-        details = data.get("description_text")
+        details = data.description_text
     else:
         return []
     if not key:
@@ -194,7 +277,7 @@ def from_sentry(
             source="sentry",
             fingerprint=f"sentry:{key}",
             status=status,
-            target=projects.get(str(slug), ""),
+            target=projects.get(slug, ""),
             summary=_text(title, MAX_SUMMARY, secrets),
             details=_text(details, MAX_DETAILS, secrets),
             severity="error",
@@ -214,22 +297,16 @@ def sentry_projects(entries: list[str]) -> dict[str, str]:
 
 
 def from_webhook(raw: bytes, secrets: list[str]) -> list[Signal]:
-    body = _body(raw)
-    fingerprint = str(body.get("fingerprint") or "").strip()
-    if not fingerprint or len(fingerprint) > 200:
-        raise UnreadableAlert("a webhook alert names its fingerprint (at most 200 characters)")
-    status = str(body.get("status") or FIRING)
-    if status not in (FIRING, RESOLVED):
-        raise UnreadableAlert("status is firing or resolved")
+    alert = parsed(raw, MonitorAlert)
     return [
         Signal(
             source="webhook",
-            fingerprint=f"webhook:{fingerprint}",
-            status=status,
-            target=str(body.get("target") or "")[:100],
-            summary=_text(body.get("summary"), MAX_SUMMARY, secrets),
-            details=_text(body.get("details"), MAX_DETAILS, secrets),
-            severity=str(body.get("severity") or "")[:20],
+            fingerprint=f"webhook:{alert.fingerprint}",
+            status=alert.status or FIRING,
+            target=(alert.target or "")[:100],
+            summary=_text(alert.summary, MAX_SUMMARY, secrets),
+            details=_text(alert.details, MAX_DETAILS, secrets),
+            severity=(alert.severity or "")[:20],
             counted=True,
             at=time.time(),
         )

@@ -189,7 +189,9 @@ def phase_one_before_approval(
         result = validation.run_phase(
             "phase 1",
             path,
-            validation.PhaseSpec.from_settings(settings),
+            validation.PhaseSpec.from_settings(
+                settings, Target(settings, conn).tests.limit(settings.phase_timeout)
+            ),
             changed_files=changed,
             baseline_passed=baseline.count if baseline.passed else None,
             log_path=logs / f"{request_id}-phase1.log",

@@ -153,6 +153,9 @@ class Settings(BaseSettings):
     queue_max: int = _var("MOLT_QUEUE_MAX", 10, ge=0)
     plan_ttl: float = _var("MOLT_PLAN_TTL", 3600.0, gt=0)
     lock_ttl: float = _var("MOLT_LOCK_TTL", 15.0, ge=1)
+    #: In a fleet, how long a target's job (pre-flight and planning, or an update's turn)
+    #: may wait with no worker of the target there to take it before its request ends.
+    worker_wait: float = _var("MOLT_WORKER_WAIT", 30.0, gt=0)
     authorised_users: UserList = _var("MOLT_AUTHORISED_USERS", [])
     approvers: UserList = _var("MOLT_APPROVERS", [])
     operators: UserList = _var("MOLT_OPERATORS", [])

@@ -16,9 +16,11 @@ from typing import Any
 
 import redis
 
-from pipeline import audit, authorisation, autonomy, intake, queueing, workers
+from pipeline import audit, authorisation, autonomy, intake, ledger, queueing, workers
 from pipeline.config import Settings
 from pipeline.decisions import Decision
+from pipeline.exceptions import GitError
+from pipeline.git import Git
 from pipeline.keyspace import TargetKeys
 from pipeline.locking import PRIORITY_NAMES
 from pipeline.manifests import ReleaseKind, running_version
@@ -28,6 +30,8 @@ from pipeline.targets import Target, of_target
 
 #: States of a request that waits for a person: a plan to approve, questions to answer.
 PENDING = (S.PLAN_READY, S.NEEDS_INFO)
+#: Taken in and under way towards a plan: what ``status`` lists besides what runs.
+PREPARING = (S.RECEIVED, S.PREFLIGHT, S.PLANNING)
 
 
 def _named(settings: Settings) -> dict[str, Any] | None:
@@ -157,7 +161,9 @@ def status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
     return {
         "paused": is_paused(settings, conn),
         "current": current,
+        "preparing": preparing(settings, conn),
         "requests": waiting(settings, conn),
+        "live": live(settings, conn),
         "version": running_version(),
         "target": str(settings.target_dir),
         "autonomy": settings.autonomy,
@@ -165,6 +171,29 @@ def status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
         "max_changes_per_day": settings.max_changes_per_day,
         "switched_off": switched_off(settings),
     } | (_fleet_status(settings, conn) if settings.fleet else {})
+
+
+def preparing(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
+    """The target's requests in pre-flight or planning: not running yet, yet under way."""
+    return [
+        r.context()
+        for r in RequestStore(conn).active()
+        if r.state in PREPARING and of_target(settings, r)
+    ]
+
+
+def live(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
+    """The commit the target's live checkout runs, with its signed release when it has one
+    ({} where the checkout is not on this host)."""
+    try:
+        commit = Git(settings.target_dir).head()
+    except (GitError, OSError):
+        return {}
+    known = ledger.read(settings, conn) if ledger.stored(settings, conn) else None
+    release = known.newest_for(commit) if known else None
+    if release is None:
+        return {"commit": commit}
+    return {"commit": commit, "release": release.release, "codename": release.codename}
 
 
 def _fleet_status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
@@ -187,7 +216,7 @@ def fleet(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
                 "running": holder.codename or holder.request_id if holder else "",
                 "waiting": len(Target(view, conn).line),
                 "worker_seen": seen,
-                "worker_live": seen is not None and seen <= workers.STALE_SECONDS,
+                "worker_live": bool(workers.live(view, conn)),
             }
         )
     return {"targets": targets, "workers": workers.registered(conn)}

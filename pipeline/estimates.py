@@ -15,6 +15,9 @@ from pipeline.config import Settings
 from pipeline.targets import Target
 
 RECENT_DURATIONS = 10
+#: What an update spends besides its two test runs and the watch window: the snapshot,
+#: the sandbox, applying, the restart and the health check, when nothing is remembered.
+OVERHEAD_SECONDS = 15.0
 
 
 def _seconds(value: float) -> str:
@@ -42,7 +45,10 @@ def estimate(target: Target, last_run: dict[str, float]) -> tuple[float | None, 
         return float(statistics.median(durations)), basis
     if "seconds" in last_run:
         seconds = last_run["seconds"]
-        return 2 * seconds + 5, f"the last test run ({_seconds(seconds)}) plus overhead"
+        watch = target.settings.watch_seconds
+        basis = f"two test runs like the last ({_seconds(seconds)}), the restart"
+        basis += f" and the {_seconds(watch)} watch window" if watch > 0 else ""
+        return 2 * seconds + OVERHEAD_SECONDS + watch, basis
     return None, "no past runs"
 
 

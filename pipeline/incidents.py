@@ -196,7 +196,7 @@ class IncidentBook:
         self.record(
             incident, "incident_opened", f"incident {incident.id} opened: {incident.summary}"
         )
-        metrics.incident_opened(incident.target, incident.source)
+        metrics.incident_opened(self.settings.target_name, incident.source)
         return incident
 
     def _feed(self, incident: Incident, now: float) -> Taken:
@@ -239,7 +239,7 @@ class IncidentBook:
         """Note what was done about ``incident`` (a rollback planned, nothing), audited."""
         incident.actions.append({"at": time.time(), "action": action, "by": MOLT, **detail})
         self._save(incident)
-        metrics.incident_action(incident.target, action)
+        metrics.incident_action(self.settings.target_name, action)
         audit.append(
             self.conn,
             actor=MOLT,
@@ -255,6 +255,29 @@ class IncidentBook:
         if self.conn.set(self.keys.acted, incident.id, nx=True, ex=ttl):
             return None
         return str(self.conn.get(self.keys.acted) or "another incident")
+
+    def take_over(self, incident: Incident, acting: str) -> bool:
+        """``incident`` takes the cooldown's place from incident ``acting``, for the time the
+        cooldown has left (it offered a person a rollback within it); False if another
+        incident took it first or the cooldown ended."""
+        with self.conn.pipeline() as pipe:
+            try:
+                pipe.watch(self.keys.acted)
+                left = int(pipe.pttl(self.keys.acted))
+                if pipe.get(self.keys.acted) != acting or left <= 0:
+                    return False
+                pipe.multi()
+                pipe.set(self.keys.acted, incident.id, px=left)
+                pipe.execute()
+            except redis.WatchError:
+                return False
+        return True
+
+    def acted_at(self, incident_id: str) -> float | None:
+        """When incident ``incident_id`` last acted (its rollback planned), or None."""
+        incident = self.get(incident_id)
+        done = [a["at"] for a in incident.actions if a.get("action") in ACTS] if incident else []
+        return float(max(done)) if done else None
 
     def acted(self) -> str | None:
         """The incident that took the target's automatic action in this cooldown, or None."""

@@ -9,7 +9,8 @@ the new plan is unchanged, the press is its approval (pipeline/approval.py).
 
 ``advance`` runs named steps: the gates, pre-flight, planning. A refusal among them
 ends the request blocked, its data naming the Decision's check: "switch", "daily
-limit", "planner", the failing pre-flight check's name, or "tests".
+limit", the failing pre-flight check's name, or "tests". A change in words with no
+planner configured is refused at ``submit`` (check "planner"): no Retry brings one.
 """
 
 from __future__ import annotations
@@ -36,9 +37,12 @@ from pipeline import (
 from pipeline.config import Settings
 from pipeline.decisions import ALLOWED, Decision
 from pipeline.exceptions import MoltError, PlanningError
+from pipeline.git import Git
+from pipeline.records import TestRecord
 from pipeline.redaction import redact
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
+from pipeline.targets import Target, of_target
 
 log = structlog.get_logger(__name__)
 MOLT = "molt"
@@ -64,10 +68,21 @@ def submit(
         redact(argument[:MAX_TEXT], known),
         target=settings.target_name if settings.fleet else "",
     )
+    # Who may ask, then whether anything here can plan what was asked (a change in words
+    # needs the LLM planner): both are refusals, with nothing a Retry could change.
+    # A switch that is off says so first (blocked, by the gates).
     decision = authorisation.may_request(settings, origin)
+    if decision and autonomy.switched_on(settings, request):
+        decision = _planner(settings, request)
     if not decision:
         metrics.refused(decision.check)
-        return store.transition(request.id, S.REFUSED, actor=MOLT, message=decision.reason)
+        return store.transition(
+            request.id,
+            S.REFUSED,
+            actor=MOLT,
+            message=decision.reason,
+            data={"check": decision.check},
+        )
     return advance(settings, conn, request.id)
 
 
@@ -163,13 +178,16 @@ def plan_here(settings: Settings, conn: redis.Redis, request_id: str) -> Request
 def _checked_and_planned(
     settings: Settings, conn: redis.Redis, request_id: str, retried_by: Origin | None = None
 ) -> Request:
-    """The gates, then pre-flight; planning if all pass, else blocked by the one that refused."""
+    """The gates, then pre-flight's checks (none waits for the tests); planning if all
+    pass, else blocked by the one that refused."""
     store = RequestStore(conn)
     gate = _gates(settings, conn, store.get(request_id))
     if not gate:
         return _blocked(store, request_id, gate)
+    if retried_by is not None:  # a person's Retry runs a remembered failure's tests again
+        Target(settings, conn).tests.forget_failure(Git(settings.target_dir).head())
     started = time.monotonic()
-    checked, report = _preflight(settings, conn, partial(_tests_running, store, request_id))
+    checked, report = _preflight(settings, conn, store.get(request_id))
     if not checked:
         return _blocked(store, request_id, checked, report)
     store.transition(
@@ -202,20 +220,16 @@ def _planner(settings: Settings, request: Request) -> Decision:
     )
 
 
-def _tests_running(store: RequestStore, request_id: str, how: str) -> None:
-    """The request waits for the pre-flight test run: its status message says how long."""
-    store.notify(
-        request_id, "processing", actor=MOLT, action="preflight_tests", data={"waiting": how}
-    )
-
-
 def _preflight(
-    settings: Settings, conn: redis.Redis, progress: preflight.Progress
+    settings: Settings, conn: redis.Redis, request: Request
 ) -> tuple[Decision, list[dict[str, Any]]]:
-    """Run the pre-flight checks and MOLT_REQUIRE_TESTS: the first refusal, and the report
-    of every check run (what the blocked and planning messages list)."""
-    results = preflight.run_preflight(settings, conn, progress)
-    report = [{"name": r.check, "ok": r.allowed, "detail": r.reason} for r in results]
+    """Run the pre-flight checks, a failure of the tests already known, and
+    MOLT_REQUIRE_TESTS: the first refusal, and the report of every check run (what the
+    blocked and planning messages list)."""
+    results = preflight.run_preflight(settings, conn)
+    if all(results) and tests_first(request):
+        results.append(preflight.known_failure(settings, conn, Git(settings.target_dir).head()))
+    report = [{"name": r.check, "ok": r.allowed, "detail": r.reason} for r in results if r.reason]
     failed = next((r for r in results if not r), None)
     if failed is not None:
         message = f"pre-flight check '{failed.check}' failed: {failed.reason}"
@@ -228,6 +242,49 @@ def _preflight(
     return ALLOWED, report
 
 
+def tests_first(request: Request) -> bool:
+    """Whether the target's tests must pass at its current commit before the update: not
+    for a rollback, which leaves that commit (its failing tests may be why)."""
+    return request.command != "rollback"
+
+
+def _tests(settings: Settings, conn: redis.Redis, request: Request) -> dict[str, Any]:
+    """The pre-flight test run at the live commit, started if nobody runs it, as the plan
+    shows it; {} for a rollback."""
+    if not tests_first(request):
+        return {}
+    head = Git(settings.target_dir).head()
+    done = partial(_tests_done, settings, conn)
+    return preflight.start_tests(settings, conn, head, done).to_dict()
+
+
+def _tests_done(settings: Settings, conn: redis.Redis, record: TestRecord) -> None:
+    """The pre-flight run finished: each plan still waiting that was shown with the run
+    under way is shown again with how it ended (a status message updated in place)."""
+    store = RequestStore(conn)
+    state = preflight.tests_state(settings, conn, record.commit)
+    if state is None:
+        return
+    for request in store.active():
+        plan = request.plan or {}
+        if (
+            request.state is S.PLAN_READY
+            and of_target(settings, request)
+            and plan.get("base_commit") == record.commit
+        ):
+            store.notify(
+                request.id,
+                "plan_ready",
+                actor=MOLT,
+                action="preflight_tests_done",
+                data={
+                    "expires_in": settings.plan_ttl,
+                    "autonomy": settings.autonomy,
+                    "tests": state.to_dict(),
+                },
+            )
+
+
 def _blocked(
     store: RequestStore,
     request_id: str,
@@ -237,9 +294,13 @@ def _blocked(
     """End the request blocked: the refusal's reason, its check, and the checks run."""
     data: dict[str, Any] = {"check": decision.check}
     metrics.refused(decision.check)
+    fields: dict[str, Any] = {}
     if report is not None:
         data["checks"] = report
-    return store.transition(request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data)
+        fields["result"] = {"checks": report}  # what the status page lists of a blocked one
+    return store.transition(
+        request_id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data, fields=fields
+    )
 
 
 def _plan(
@@ -249,9 +310,11 @@ def _plan(
     posted for approval: a retry plans it anew)."""
     store = RequestStore(conn)
     request = store.get(request_id)
-    if not request.deploys:
-        return _plan_change(settings, conn, store, request)
-    made = planning.plan_deploy(settings, conn, request.argument)
+    if not request.deploys:  # the model takes a while: the tests run meanwhile
+        return _plan_change(settings, conn, store, request, _tests(settings, conn, request))
+    # An unknown ref ends here.
+    made = planning.plan_deploy(settings, conn, request.argument, request.rollback_of)
+    tests = _tests(settings, conn, request)
     shown = made.to_dict()
     if settings.autonomy == "semi":
         store.notify(
@@ -265,7 +328,8 @@ def _plan(
             },
         )
         shown["phase_one"] = autonomy.phase_one_before_approval(settings, conn, request_id, made)
-    return _plan_ready(settings, conn, request_id, shown, made.summary, retried_by)
+        tests = _tests(settings, conn, request)
+    return _plan_ready(settings, conn, request_id, shown, made.summary, retried_by, tests)
 
 
 def _plan_ready(
@@ -275,9 +339,11 @@ def _plan_ready(
     plan: dict[str, Any],
     summary: str,
     retried_by: Origin | None = None,
+    tests: dict[str, Any] | None = None,
 ) -> Request:
-    """Show the plan, and approve it at once when its approver is known already: the one
-    who pressed Retry, if it is unchanged; under MOLT_AUTONOMY=auto, Molt if it is low risk."""
+    """Show the plan, with how the pre-flight test run stands (``tests``), and approve it at
+    once when its approver is known already: the one who pressed Retry, if it is
+    unchanged; under MOLT_AUTONOMY=auto, Molt if it is low risk."""
     store = RequestStore(conn)
     request = store.get(request_id)  # its plan is still the one before this one
     presser = None
@@ -286,7 +352,7 @@ def _plan_ready(
     recovery = presser is None and autonomy.recovers_itself(settings, request)
     auto = presser is None and (recovery or autonomy.approves_itself(settings, plan))
     held = approval.approvable(settings, conn, request) if auto or presser else ALLOWED
-    shown = {"expires_in": settings.plan_ttl, "autonomy": settings.autonomy}
+    shown = {"expires_in": settings.plan_ttl, "autonomy": settings.autonomy, "tests": tests or {}}
     held_key = "retry_held" if presser else "auto_held"
     at_once = {
         "auto": auto and held.allowed,
@@ -322,7 +388,11 @@ def _plan_ready(
 
 
 def _plan_change(
-    settings: Settings, conn: redis.Redis, store: RequestStore, request: Request
+    settings: Settings,
+    conn: redis.Redis,
+    store: RequestStore,
+    request: Request,
+    tests: dict[str, Any],
 ) -> Request:
     """A change in words, planned by the model: a plan, or its questions for the requester."""
     from pipeline.llm.planner import plan_change  # the planner's client loads on first use
@@ -339,7 +409,8 @@ def _plan_change(
             fields={"answers": [*request.answers, f"The planner asked:\n{asked}"]},
             data={"questions": planned.questions},
         )
-    return _plan_ready(settings, conn, request.id, planned.plan.to_dict(), planned.plan.summary)
+    plan = planned.plan
+    return _plan_ready(settings, conn, request.id, plan.to_dict(), plan.summary, tests=tests)
 
 
 def answer(

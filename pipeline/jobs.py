@@ -29,6 +29,7 @@ from pipeline import (
     manifests,
     metrics,
     oncall,
+    preflight,
     proposals,
     queueing,
     releases,
@@ -44,7 +45,6 @@ from pipeline.git import Git
 from pipeline.incidents import IncidentBook
 from pipeline.locking import Heartbeat
 from pipeline.plans import Plan
-from pipeline.preflight import tests_at, update_sandbox
 from pipeline.processes import RunningCommand
 from pipeline.progress import TestProgress, Ticker
 from pipeline.records import TestRecord
@@ -64,6 +64,14 @@ PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "veri
 CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
 #: A change delivered as a pull request stops after phase 1 (MOLT_CHANGE_DELIVERY).
 PROPOSAL_PHASES = (*CHANGE_PHASES[:4], "propose")
+
+
+def steps_of(settings: Settings, phases: tuple[str, ...]) -> tuple[str, ...]:
+    """The phases an update goes through, as its progress counts them ("Step n of m") and
+    its plan lists them: the watch only when there is a window."""
+    return phases if settings.watch_seconds > 0 else tuple(p for p in phases if p != "watch")
+
+
 #: How often a job waiting for its turn looks at the lock and the line again.
 _TURN_POLL_SECONDS = 0.05
 
@@ -90,6 +98,10 @@ def run_intake(
     host that holds the target's checkout; the plan reaches chat as an event."""
     settings = load_settings().for_target(target)
     conn = connect(settings)
+    waits_in = S.PLANNING if step == "plan" else S.PREFLIGHT
+    found = RequestStore(conn).get(request_id)
+    if found.state is not waits_in:  # ended meanwhile: cancelled, or no worker came in time
+        return found.state.value
     who = None
     if retried_by is not None:
         who = Origin(**{**retried_by, "roles": tuple(retried_by.get("roles", ()))})
@@ -97,6 +109,9 @@ def run_intake(
         done = intake.plan_here(settings, conn, request_id)
     else:
         done = intake.check_and_plan(settings, conn, request_id, retried_by=who)
+    # The pre-flight test run the plan did not wait for ends with this job, not with its
+    # work horse; the approved update, queued behind it, finds it recorded.
+    preflight.finish_background()
     return done.state.value
 
 
@@ -135,16 +150,18 @@ class Update:
         self.target = Target(settings, conn)
         self.lock = self.target.lock
         self.line = self.target.line
-        self.spec = PhaseSpec.from_settings(settings)
+        self.spec = PhaseSpec.from_settings(
+            settings, self.target.tests.limit(settings.phase_timeout)
+        )
         self.trail = Trail(log_dir=Path(), started=time.monotonic())
-        self.phases: tuple[str, ...] = PHASES
+        self.phases: tuple[str, ...] = steps_of(settings, PHASES)
         self.notes: list[str] = []  # extra lines for the final message (change requests)
         self.release: manifests.Manifest | None = None  # signed after phase 2
         self.heartbeat: Heartbeat | None = None
         self.flaky: list[str] = []  # tests that failed, then passed when run again
         self.command = RunningCommand(conn, self.target.keys.command)
         self.watched = ""  # what the watch window saw, for the success message
-        self.clock = metrics.PhaseClock(settings.target_id)
+        self.clock = metrics.PhaseClock(settings.target_name)
 
     # -- starting, the lock taken for it ------------------------------------------------
 
@@ -186,7 +203,7 @@ class Update:
         self.trail.log_dir = self.settings.updates_dir / f"{codename}-{stamp}"
         self.trail.log_dir.mkdir(parents=True, exist_ok=True)
         self.trail.started = time.monotonic()
-        self.clock = metrics.PhaseClock(self.settings.target_id)
+        self.clock = metrics.PhaseClock(self.settings.target_name)
         self.clock.enter("snapshot")
         logs.bind(phase="snapshot")
         autonomy.record_start(self.settings, self.conn, request)
@@ -259,7 +276,9 @@ class Update:
     def _update(self, request: Request) -> str:
         plan = Plan.from_dict(request.plan or {})
         if plan.kind == "change":
-            self.phases = PROPOSAL_PHASES if self._proposes(plan) else CHANGE_PHASES
+            self.phases = (
+                PROPOSAL_PHASES if self._proposes(plan) else steps_of(self.settings, CHANGE_PHASES)
+            )
         with self.lock.keep_alive(self.request_id) as heartbeat:
             self.heartbeat = heartbeat
             try:
@@ -276,6 +295,7 @@ class Update:
         return "succeeded"
 
     def _steps(self, request: Request, plan: Plan) -> None:
+        self._tests_first(request, plan)
         self._snapshot(plan)
         baseline = self._baseline(plan.base_commit)
         one, changed = self._phase_one(request, plan, baseline)
@@ -329,6 +349,48 @@ class Update:
             data={"checks": self.trail.checks, "total_seconds": result["total_seconds"]},
         )
 
+    def _tests_first(self, request: Request, plan: Plan) -> None:
+        """The target's tests must pass at the commit it runs before anything is touched.
+        The plan did not wait for pre-flight's test run; the update does, before its
+        snapshot, and fails without touching anything if the run fails."""
+        if not intake.tests_first(request):
+            return
+        short = plan.base_commit[:7]
+        record = self.target.tests.at(plan.base_commit)
+        if record is None:
+            began = time.monotonic()
+            self.enter("preflight", f"waiting for the pre-flight test run at {short}")
+            ticker = Ticker(
+                self.settings.progress_interval,
+                lambda: self.store.refresh(
+                    self.request_id,
+                    self._progress("preflight")
+                    | {"progress": {"seconds": time.monotonic() - began}},
+                ),
+            )
+            with ticker:
+                record = preflight.tests_at(
+                    self.settings, self.conn, plan.base_commit, self._stop_asked
+                )
+            self.guard()
+            self.enter("snapshot", f"the tests passed at {short}; taking a snapshot")
+            seconds = time.monotonic() - began
+        else:
+            seconds = 0.0
+        if not record.passed:
+            self.check("pre-flight tests", False, seconds, record.detail)
+            raise UpdateFailed(
+                "pre-flight",
+                f"the tests fail at the current commit {short}, before the update: "
+                f"{record.detail}. Nothing was touched; fix the service, then Retry",
+            )
+        countable = autonomy.tests_countable(self.settings, self.conn)  # MOLT_REQUIRE_TESTS
+        if not countable:
+            self.check("pre-flight tests", False, seconds, countable.reason)
+            raise UpdateFailed("pre-flight", f"{countable.reason}. Nothing was touched")
+        counted = f"{record.count} passed" if record.count is not None else "passed"
+        self.check("pre-flight tests", True, seconds, f"{counted} at {short}")
+
     def _snapshot(self, plan: Plan) -> None:
         began = time.monotonic()
         snapshot = transient("snapshot", snapshots.take, self.live)
@@ -345,7 +407,7 @@ class Update:
     def _baseline(self, commit: str) -> int | None:
         known = self.target.tests.at(commit)
         if known is None:
-            known = tests_at(self.settings, self.conn, commit)
+            known = preflight.tests_at(self.settings, self.conn, commit)
         return known.count if known.passed else None
 
     def _phase_one(
@@ -353,7 +415,7 @@ class Update:
     ) -> tuple[PhaseResult, list[str]]:
         """The target in the sandbox (written there first for a change in words), then
         validated there; returns the phase and the files it changed."""
-        sandbox = update_sandbox(self.settings)
+        sandbox = preflight.update_sandbox(self.settings)
         with sandbox.locked():
             if plan.kind == "change":
                 writing = change.Writing(
@@ -406,7 +468,7 @@ class Update:
                 )
         finally:
             self.command.clear(self.request_id)
-        metrics.checks_done(self.settings.target_id, phase, result.checks)
+        metrics.checks_done(self.settings.target_name, phase, result.checks)
         for found in result.checks:
             self.check(f"{phase}: {found.name}", found.ok, found.seconds, found.detail)
         if result.flaky:
@@ -476,7 +538,16 @@ class Update:
         began = time.monotonic()
         self.trail.restarted = True
         log_path = self.trail.log_dir / "restart.log"
-        summary = restart.restart(self.settings, self.conn, plan.target_commit, log_path)
+        short = plan.target_commit[:7]
+        summary = restart.restart(
+            self.settings,
+            self.conn,
+            plan.target_commit,
+            log_path,
+            verifying=lambda: self.enter(
+                "verify", f"checking the service is healthy on {short}", state=S.RESTARTING
+            ),
+        )
         self.check("restart and verify", True, time.monotonic() - began, summary)
 
     def _watch(self, plan: Plan) -> None:
@@ -534,7 +605,7 @@ class Update:
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:
-            metrics.release_live(self.settings.target_id, self.release.release)
+            metrics.release_live(self.settings.target_name, self.release.release)
             message += f" as signed release {self.release.release}"
         if self.watched:
             message += f"; {self.watched}"

@@ -9,8 +9,13 @@
   molt:command:<id>                hash {request_id, pgid, started, command}: the test command
                                    an update is running, and its process group
   molt:durations:<id>              list: seconds the last 20 updates took, newest first
-  molt:tests:<id>:<commit>         hash {passed, count, seconds}: the test run at a commit
-  molt:tests:<id>:<commit>:running when the pre-flight test run at a commit began, while it runs
+  molt:tests:<id>:<run>:<commit>   hash {passed, count, seconds, at, detail}: the test run at a
+                                   commit; <run> names what ran (the test command and what
+                                   else changes it, pipeline/records.py ``run_identity``)
+  molt:tests:<id>:<run>:<commit>:running
+                                   when the pre-flight test run at a commit began, while it runs
+  molt:tests:<id>:<run>:passed     seconds the last passing run took (the phases' time limit
+                                   follows it)
   molt:imports:<id>:<commit>       the target's import graph at a commit (planning's cache)
   molt:flaky:<id>                  hash: test → JSON {count, last_at, codename, phase}: tests
                                    that failed, then passed when run again
@@ -104,11 +109,14 @@ class TargetKeys:
         for name, key in FORMATS.items():
             object.__setattr__(self, name, key.format(id=self.target_id))
 
-    def tests(self, commit: str) -> str:
-        return f"molt:tests:{self.target_id}:{commit}"
+    def tests(self, run: str, commit: str) -> str:
+        return f"molt:tests:{self.target_id}:{run}:{commit}"
 
-    def tests_running(self, commit: str) -> str:
-        return f"molt:tests:{self.target_id}:{commit}:running"
+    def tests_running(self, run: str, commit: str) -> str:
+        return f"molt:tests:{self.target_id}:{run}:{commit}:running"
+
+    def tests_passed(self, run: str) -> str:
+        return f"molt:tests:{self.target_id}:{run}:passed"
 
     def imports(self, commit: str) -> str:
         return f"molt:imports:{self.target_id}:{commit}"

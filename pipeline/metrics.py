@@ -14,7 +14,7 @@ What is true of Redis at scrape time (queue lengths, lock holders, undelivered e
 is read when /metrics is asked, as ``Readings``, not recorded.
 
 Label values are bounded: platform, kind, state, phase, target, cause, check, task,
-front end; never a request id, a codename or text.
+front end, HTTP route and status; never a request id, a codename, a path or text.
 """
 
 from __future__ import annotations
@@ -166,6 +166,11 @@ def _build() -> Any:
             "What Molt did about incidents, by target and action",
             ["target", "action"],
         )
+        http_refusals = Counter(
+            "molt_http_refusals",
+            "HTTP requests refused before any work, by route and status (401, 413, …)",
+            ["route", "status"],
+        )
         audit_ok = Gauge(
             "molt_audit_chain_ok",
             "1 if the audit chain held at its last verification, else 0",
@@ -231,6 +236,11 @@ def restart_window(target: str) -> Iterator[None]:
 
 def acked(front: str, seconds: float) -> None:
     _m().ack_seconds.labels(front).observe(seconds)
+
+
+def http_refused(route: str, status: int) -> None:
+    """A request the HTTP server refused; ``route`` is one of its routes, or ``other``."""
+    _m().http_refusals.labels(route, str(status)).inc()
 
 
 def delivered(platform: str, appended_at: float) -> None:

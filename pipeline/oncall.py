@@ -17,6 +17,11 @@ MOLT_AUTONOMY=auto it is approved by ``molt:auto`` as soon as its plan is ready
 message carries Approve rollback. An update still under way on the target is left to
 its watch window, which rolls it back on its own. Alert text never reaches a plan: a
 rollback's text is Molt's own.
+
+The cooldown bounds what Molt does on its own, not what it offers a person: within it,
+an update that landed after the last action is a new suspect, whose rollback is planned
+for an approver to press (``_offer``); under MOLT_AUTONOMY=auto, which would approve it
+at once, the incident says instead how a person rolls it back.
 """
 
 from __future__ import annotations
@@ -119,7 +124,10 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
         name = under_way.codename or under_way.id
         why = f"update {name} is under way; its watch window rolls it back on its own"
         return _nothing(book, incident, why)
-    if book.acted() is not None:  # cheap first: in a storm, every later incident stops here
+    acting = book.acted()
+    # Cheap first: in a storm, every later incident stops here, unless an update landed
+    # since the action that began the cooldown (then it is a new suspect).
+    if acting is not None and _landed_since(settings, store, book, acting, incident) is None:
         return _cooling_down(book, incident)
     attempts = book.failed_attempts(incident.fingerprint)
     if len(attempts) >= settings.max_fix_attempts:
@@ -149,18 +157,77 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
     breaker = book.breaker()
     if breaker is not None:
         return _nothing(book, incident, f"automatic actions are off until `resume`: {breaker}")
+    if acting is not None:
+        return _offer(settings, conn, book, incident, suspect, acting)
     if book.claim_action(incident) is not None:
         return _cooling_down(book, incident)
+    _roll_back(settings, conn, book, incident, suspect)
+
+
+def _roll_back(
+    settings: Settings,
+    conn: redis.Redis,
+    book: IncidentBook,
+    incident: Incident,
+    suspect: Request,
+    why: str = "",
+) -> None:
+    """Plan the rollback of ``suspect`` and say so in the incident (``why`` it is the
+    suspect, when that needs saying)."""
     request = plan_rollback(settings, conn, incident, suspect)
     book.act(incident, "rollback", {"request_id": request.id, "suspect": incident.suspect})
     waiting = request.state is S.PLAN_READY
     message = (
-        f"update {incident.suspect} is the suspect: a rollback to the release before it is "
+        f"update {incident.suspect} is the suspect{why}: a rollback to the release before it is "
         + ("planned, waiting for approval" if waiting else f"{request.state.value}")
         + _remembered_note(settings, conn, suspect)
     )
     data = {"rollback_request": request.id, "rollback_waiting": waiting, "request_id": request.id}
     book.record(incident, "incident_rollback", message, data)
+
+
+def _landed_since(
+    settings: Settings, store: RequestStore, book: IncidentBook, acting: str, incident: Incident
+) -> Request | None:
+    """The suspect of ``incident`` if it landed after the rollback of incident ``acting``,
+    which began the cooldown: a new suspect, not the one already acted on. None while that
+    rollback is still being planned."""
+    acted_at = book.acted_at(acting)
+    if acted_at is None:
+        return None
+    suspect = find_suspect(settings, store, incident.first_seen)
+    return suspect if suspect is not None and suspect.updated_at > acted_at else None
+
+
+def _offer(
+    settings: Settings,
+    conn: redis.Redis,
+    book: IncidentBook,
+    incident: Incident,
+    suspect: Request,
+    acting: str,
+) -> None:
+    """Within the cooldown, a new suspect's rollback is planned for a person to approve;
+    this incident takes over the rest of the cooldown, so that the storm that follows offers
+    it once. Under MOLT_AUTONOMY=auto the plan would be approved by Molt at once: the
+    incident says how a person rolls it back instead."""
+    name = incident.suspect
+    if settings.autonomy == "auto":
+        target = f"{settings.target_name} " if settings.fleet else ""
+        return _nothing(
+            book,
+            incident,
+            f"incident {acting} acted on this target within MOLT_INCIDENT_COOLDOWN, and Molt "
+            f"acts on its own once per cooldown. Update {name} landed after that and is the "
+            f"suspect: an operator's `rollback {target}{name}` plans the return to the release "
+            "before it",
+        )
+    # The cooldown may have ended meanwhile: then this is an ordinary first action.
+    if not book.take_over(incident, acting) and book.claim_action(incident) is not None:
+        return _cooling_down(book, incident)
+    _roll_back(
+        settings, conn, book, incident, suspect, f" (it landed after incident {acting} acted)"
+    )
 
 
 def _remembered_note(settings: Settings, conn: redis.Redis, suspect: Request) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import redis
 
+from pipeline import ledger
 from pipeline.config import Settings
 from pipeline.confinement import Confinement
 from pipeline.diffs import changed_files, protected_paths, touched_paths
@@ -207,22 +208,42 @@ def components(graph: ImportGraph, paths: list[str]) -> list[str]:
 # -- the plan -----------------------------------------------------------------------------------
 
 
-def _summary(ref: str, short_target: str, between: _Between, diffstat: dict[str, int]) -> str:
+def _summary(
+    ref: str, short_target: str, between: _Between, diffstat: dict[str, int], back: str = ""
+) -> str:
+    """The plan's first line: what is deployed, or for a rollback what it undoes
+    (``back``: "Rollback of dapper-puffin: back to fba5a17 (release 2)")."""
     name = short_target if _SHA.fullmatch(ref) else ref
     total = plural(between.total, "commit")
-    what = (
-        f"Deploy {name} ({short_target}), a downgrade: removes {total}"
-        if between.downgrade
-        else f"Deploy {name} ({short_target}): {total}"
-    )
+    if back:
+        what = f"{back}: removes {total}" if between.downgrade else f"{back}: {total}"
+    elif between.downgrade:
+        what = f"Deploy {name} ({short_target}), a downgrade: removes {total}"
+    else:
+        what = f"Deploy {name} ({short_target}): {total}"
     return (
         f"{what}, {plural(diffstat['files'], 'file')}, "
         f"+{diffstat['insertions']} -{diffstat['deletions']}"
     )
 
 
-def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
-    """Plan deploying ``ref`` to the live checkout; PlanningError says why it cannot be."""
+def rollback_title(rollback_of: str, short_target: str, release: int) -> str:
+    """How a rollback is named everywhere: what it undoes, and where it returns."""
+    to = f"{short_target} (release {release})" if release else short_target
+    return f"Rollback of {rollback_of}: back to {to}" if rollback_of else f"Rollback to {to}"
+
+
+def _release_of(settings: Settings, conn: redis.Redis, commit: str) -> int:
+    """The newest signed release of ``commit`` on this target (0: none)."""
+    if not ledger.stored(settings, conn):
+        return 0
+    found = ledger.read(settings, conn).newest_for(commit)
+    return found.release if found else 0
+
+
+def plan_deploy(settings: Settings, conn: redis.Redis, ref: str, rollback_of: str = "") -> Plan:
+    """Plan deploying ``ref`` to the live checkout; PlanningError says why it cannot be.
+    ``rollback_of`` names the update a rollback undoes."""
     validate_ref(ref)
     git = Git(settings.target_dir)
     remote = settings.target_remote
@@ -256,6 +277,8 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
 
     rollback_point = rollback_to(short_base, branch)
     past = past_runs(settings, conn, base)
+    release = _release_of(settings, conn, target) if rollback_of else 0
+    back = rollback_title(rollback_of, short_target, release) if rollback_of else ""
 
     return Plan(
         kind="deploy",
@@ -263,7 +286,7 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
         target_commit=target,
         base_commit=base,
         base_branch=branch,
-        summary=_summary(ref, short_target, between, diffstat),
+        summary=_summary(ref, short_target, between, diffstat, back),
         commits=between.commits,
         diffstat=diffstat,
         files=all_files[:MAX_FILES],
@@ -277,4 +300,6 @@ def plan_deploy(settings: Settings, conn: redis.Redis, ref: str) -> Plan:
         success_criteria=success_criteria(all_files, past.last_run, short_target),
         tasks=deploy_tasks(settings, short_base, short_target, rollback_point, past.baseline),
         downgrade=between.downgrade,
+        rollback_of=rollback_of,
+        release=release,
     )

@@ -46,6 +46,9 @@ class Plan:
     effort: dict[str, str] = field(default_factory=dict)  # {estimate, complexity}
     allow_unplanned: bool = False  # files outside ``files`` are allowed (and reported)
     usage: dict[str, int] = field(default_factory=dict)  # model tokens spent on planning
+    # A rollback's: the update it undoes, and the signed release it returns to (0: none).
+    rollback_of: str = ""
+    release: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

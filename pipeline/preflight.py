@@ -2,39 +2,41 @@
 
 Each check gives a Decision (pipeline/decisions.py) whose ``check`` is the check's name
 and whose ``reason`` says what it found; the first refusal blocks the request. The
-target's tests at its current commit are run once per commit (in a worktree of their
-own) and remembered in the target's test records (pipeline/records.py). The bot starts
-that run in the background as it starts, so the first request finds it done or joins it;
-while a request waits for it, ``progress`` is told how long the run has been going.
+checks are cheap and answer at once. The target's tests at its current commit are not
+waited for: they run once per commit and test command (in a worktree of their own, in
+the background) and are remembered in the target's test records (pipeline/records.py);
+the plan is shown with how that run stands (``TestsState``), and the approved update
+waits for it before it takes its snapshot. Only a failure already known blocks a plan.
+The bot starts the run of its live commit as it starts, so the first request finds it
+done or under way.
 """
 
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as StillRunning
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import redis
+import structlog
 
 from pipeline.config import Settings
 from pipeline.confinement import Confinement
 from pipeline.decisions import Decision
 from pipeline.exceptions import GitError
 from pipeline.git import Git
-from pipeline.records import TestRecord
+from pipeline.records import TestLimit, TestRecord
 from pipeline.snapshots import Sandbox
 from pipeline.targets import Target
-from pipeline.validation import run_tests
+from pipeline.validation import run_tests, why_failed
 
-#: A request waiting for the pre-flight test run hears of it after this many seconds, and
-#: again every PROGRESS_SECONDS (coalesced by each platform's status message).
-FIRST_PROGRESS = 1.0
-PROGRESS_SECONDS = 15.0
-#: Told how a run the request waits for is going: a sentence a person reads.
-Progress = Callable[[str], None]
+log = structlog.get_logger(__name__)
+#: The states of a pre-flight test run, as a plan shows them.
+PASSED, FAILED, RUNNING = "passed", "failed", "running"
 
 
 def tests_at(
@@ -51,30 +53,32 @@ def tests_at(
     known = target.tests.at(commit)
     if known:
         return known
-    sandbox = Sandbox(Git(settings.target_dir), settings.worktrees_dir / "preflight")
+    sandbox = _sandbox(settings)
     with sandbox.locked():
         known = target.tests.at(commit)
         if known:
             return known
         path = sandbox.checkout(commit)
-        log = settings.data_dir / "preflight.log"
-        running = target.keys.tests_running(commit)
-        conn.set(running, f"{time.time():.3f}", ex=int(settings.phase_timeout) + 60)
+        log_path = settings.data_dir / "preflight.log"
+        limit = target.tests.limit(settings.phase_timeout)
+        target.tests.mark_running(commit, limit.seconds + 60)
         try:
             run = run_tests(
                 settings.test_command,
                 path,
-                settings.phase_timeout,
-                log,
+                limit.seconds,
+                log_path,
                 stop,
                 confinement=Confinement.of(settings),
             )
+            detail = "" if run.ok else why_failed(run, limit, settings.test_command)
+            record = TestRecord(run.ok, run.passed, run.seconds, commit, detail)
+            if run.stopped:
+                return record
+            # Recorded before the lock goes: whoever waited for it finds the result.
+            record = target.tests.record(record)
         finally:
-            conn.delete(running)
-    record = TestRecord(run.ok, run.passed, run.seconds, commit)
-    if run.stopped:
-        return record
-    target.tests.record(record)
+            target.tests.done_running(commit)
     update_sandbox(settings).prepare()
     return record
 
@@ -85,30 +89,101 @@ def warm(settings: Settings, conn: redis.Redis, stop: Callable[[], bool]) -> Tes
     return tests_at(settings, conn, Git(settings.target_dir).head(), stop)
 
 
-def watched_tests_at(
-    settings: Settings, conn: redis.Redis, commit: str, progress: Progress
-) -> TestRecord:
-    """``tests_at``, telling ``progress`` how long the run has been going while it goes."""
-    target = Target(settings, conn)
-    known = target.tests.at(commit)
-    if known:
+@dataclass(frozen=True)
+class TestsState:
+    """How the pre-flight test run at a commit stands: passed or failed (its record), or
+    running (since when; not yet begun counts as now)."""
+
+    __test__ = False  # a record, not a pytest test class
+
+    commit: str
+    state: str
+    limit: TestLimit
+    record: TestRecord | None = None
+    since: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a plan shows of it (templates/plan_ready.toml)."""
+        shown: dict[str, Any] = {
+            "commit": self.commit,
+            "state": self.state,
+            "limit": round(self.limit.seconds),
+            "limit_basis": self.limit.basis,
+        }
+        if self.since is not None:
+            shown["since"] = round(self.since, 3)
+        if self.record is not None:
+            shown |= {
+                "count": self.record.count,
+                "seconds": round(self.record.seconds, 3),
+                "at": round(self.record.at, 3),
+                "detail": self.record.detail,
+                "expires_at": round(self.record.expires_at, 3),
+            }
+        return shown
+
+
+def tests_state(settings: Settings, conn: redis.Redis, commit: str) -> TestsState | None:
+    """The pre-flight run at ``commit`` as it stands, without waiting; None if nobody ran
+    or runs it."""
+    tests = Target(settings, conn).tests
+    limit = tests.limit(settings.phase_timeout)
+    record = tests.at(commit)
+    if record is not None:
+        return TestsState(commit, PASSED if record.passed else FAILED, limit, record)
+    since = tests.running_since(commit)
+    if since is None or not _sandbox(settings).busy():  # a run whose process died is none
+        return None
+    return TestsState(commit, RUNNING, limit, since=since)
+
+
+#: Background runs this process started, so that a job can see them finished.
+_runs: list[threading.Thread] = []
+_runs_lock = threading.Lock()
+
+
+def start_tests(
+    settings: Settings,
+    conn: redis.Redis,
+    commit: str,
+    done: Callable[[TestRecord], None] | None = None,
+) -> TestsState:
+    """The run at ``commit``, started in the background if nobody ran or runs it; ``done``
+    is told its record when this process ran it."""
+    known = tests_state(settings, conn, commit)
+    if known is not None:
         return known
-    with ThreadPoolExecutor(1, thread_name_prefix="molt-preflight") as pool:
-        run = pool.submit(tests_at, settings, conn, commit)
-        began, wait = time.time(), FIRST_PROGRESS
-        while True:
-            try:
-                return run.result(timeout=wait)
-            except StillRunning:
-                since = conn.get(target.keys.tests_running(commit))
-                going = time.time() - (float(since) if since else began)
-                progress(f"the tests at {commit[:7]} have been running for {_duration(going)}")
-                wait = PROGRESS_SECONDS
+
+    def run() -> None:
+        try:
+            record = tests_at(settings, conn, commit)
+        except Exception:
+            log.exception("the pre-flight test run failed to run", commit=commit)
+            return
+        if done is not None:
+            done(record)
+
+    thread = threading.Thread(target=run, name="molt-preflight", daemon=True)
+    with _runs_lock:
+        _runs[:] = [t for t in _runs if t.is_alive()]
+        _runs.append(thread)
+    thread.start()
+    limit = Target(settings, conn).tests.limit(settings.phase_timeout)
+    return TestsState(commit, RUNNING, limit, since=time.time())
 
 
-def _duration(seconds: float) -> str:
-    minutes, rest = divmod(int(seconds), 60)
-    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+def finish_background(timeout: float | None = None) -> None:
+    """Wait for the background runs this process started (a fleet's intake job keeps its
+    work horse until its run is recorded)."""
+    with _runs_lock:
+        running = list(_runs)
+    for thread in running:
+        thread.join(timeout)
+
+
+def _sandbox(settings: Settings) -> Sandbox:
+    """The worktree pre-flight's test runs use (one at a time: its lock says one runs)."""
+    return Sandbox(Git(settings.target_dir), settings.worktrees_dir / "preflight")
 
 
 def update_sandbox(settings: Settings) -> Sandbox:
@@ -220,23 +295,23 @@ def _remote(settings: Settings, conn: redis.Redis) -> Decision:
     return Decision(False, check="remote", reason=f"{remote} cannot be reached: {error}")
 
 
-def _tests(settings: Settings, conn: redis.Redis, progress: Progress) -> Decision:
-    commit = Git(settings.target_dir).head()
-    record = watched_tests_at(settings, conn, commit, progress)
-    if record.passed:
-        counted = f"{record.count} passed" if record.count is not None else "pass"
-        return Decision(
-            True, check="tests", reason=f"{counted} at {commit[:7]} ({record.seconds:.1f}s)"
-        )
+def known_failure(settings: Settings, conn: redis.Redis, commit: str) -> Decision:
+    """The one test result that blocks a plan: a failure at the live commit already known."""
+    state = tests_state(settings, conn, commit)
+    if state is None or state.record is None or state.state != FAILED:
+        return Decision(True, check="tests", reason="")
+    when = time.strftime("%H:%M:%S", time.localtime(state.record.expires_at))
     return Decision(
         False,
         check="tests",
-        reason=f"`{settings.test_command}` fails at the current commit {commit[:7]}: fix the "
-        "service before updating it (see preflight.log in MOLT_DATA_DIR)",
+        reason=f"the tests fail at the current commit {commit[:7]}: {state.record.detail}. "
+        "Fix the service before updating it (the output is in preflight.log in "
+        f"MOLT_DATA_DIR). Molt remembers this failure until {when}; Retry runs the tests "
+        "again now",
     )
 
 
-#: The checks before the test run, cheapest first.
+#: The checks, cheapest first; none of them waits for the tests.
 CHECKS: tuple[Callable[[Settings, redis.Redis], Decision], ...] = (
     _redis,
     _capacity,
@@ -247,19 +322,12 @@ CHECKS: tuple[Callable[[Settings, redis.Redis], Decision], ...] = (
 )
 
 
-def _quiet(_: str) -> None:
-    """Nobody is told how the test run goes."""
-
-
-def run_preflight(
-    settings: Settings, conn: redis.Redis, progress: Progress = _quiet
-) -> list[Decision]:
-    """Run the checks in order, cheapest first, the tests last; stop at the first that fails."""
+def run_preflight(settings: Settings, conn: redis.Redis) -> list[Decision]:
+    """Run the checks in order, cheapest first; stop at the first that fails."""
     results = []
     for check in CHECKS:
         result = check(settings, conn)
         results.append(result)
         if not result:
             return results
-    results.append(_tests(settings, conn, progress))
     return results

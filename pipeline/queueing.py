@@ -13,12 +13,15 @@ again (``add_job``), from the bot's housekeeping and from ``molt recover``.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
 from pipeline import store as stores
@@ -28,7 +31,7 @@ from pipeline.exceptions import IllegalTransition
 from pipeline.locking import OPERATOR_ROLLBACK, ORDINARY, RECOVERY
 from pipeline.requests import Origin, Request, RequestStore, request_key
 from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.targets import Target, with_test_limit
 
 QUEUE = "molt-updates"
 #: How long a job may wait for the lock and run, beyond its phases.
@@ -52,9 +55,14 @@ def job_timeout(settings: Settings) -> int:
     return int(phases + _SLACK_SECONDS + settings.queue_max * phases)
 
 
+#: How the ids of Molt's RQ jobs begin: an update's turn, a fleet's pre-flight and planning.
+UPDATE_JOB = "update-"
+INTAKE_JOB = "intake-"
+
+
 def job_id(request_id: str, attempt: int) -> str:
     """The RQ job the approval of one attempt of a request put on the queue."""
-    return f"update-{request_id}-{attempt}"
+    return f"{UPDATE_JOB}{request_id}-{attempt}"
 
 
 def waiting(settings: Settings, conn: redis.Redis) -> int:
@@ -99,6 +107,7 @@ def priority(request: Request) -> int:
 def add_job(settings: Settings, request: Request, *, again: bool = False) -> str:
     """One more job to run the line, named after the request it was added for."""
     name = job_id(request.id, request.attempt)
+    settings = with_test_limit(settings, stores.connect(settings))  # the tests' time grows
     if again:  # the first job of this attempt exists, or did
         name += f"-again-{secrets.token_hex(3)}"
     # A fleet's job names its target: the worker runs it with that target's settings.
@@ -122,7 +131,8 @@ def add_intake_job(
     """A fleet's pre-flight and planning (``step``: "check" or "plan") as a job on the
     target's queue, ahead of the updates waiting there, for its worker to run."""
     who = asdict(retried_by) if retried_by is not None else None
-    name = f"intake-{request_id}-{secrets.token_hex(3)}"
+    settings = with_test_limit(settings, stores.connect(settings))
+    name = f"{INTAKE_JOB}{request_id}-{secrets.token_hex(3)}"
     rq_queue(settings).enqueue(
         "pipeline.jobs.run_intake",
         request_id,
@@ -145,6 +155,44 @@ def jobs_queued(settings: Settings) -> int:
     try:
         found = Job.fetch_many(queue.get_job_ids(), connection=queue.connection)
         return sum(1 for job in found if job is not None)
+    finally:
+        queue.connection.close()
+
+
+def untaken(settings: Settings, prefix: str) -> list[str]:
+    """The ids beginning with ``prefix`` of the jobs on the target's RQ queue that no
+    worker took yet."""
+    queue = rq_queue(settings)
+    try:
+        return [found for found in queue.get_job_ids() if found.startswith(prefix)]
+    finally:
+        queue.connection.close()
+
+
+def running(settings: Settings, prefix: str) -> list[str]:
+    """The ids beginning with ``prefix`` of the jobs a worker of the target runs: taken, and
+    their worker still beats for them (RQ's heartbeat of a started job; a killed worker's
+    lapses within a minute or two)."""
+    queue = rq_queue(settings)
+    registry = queue.started_job_registry
+    try:
+        entries = queue.connection.zrangebyscore(registry.key, time.time(), "+inf")
+        found = (registry.parse_job_id(entry) for entry in entries)
+        return [name for name in found if name.startswith(prefix)]
+    finally:
+        queue.connection.close()
+
+
+def withdraw(settings: Settings, name: str) -> bool:
+    """Take the job ``name`` off the target's RQ queue, unless a worker took it meanwhile
+    (False): a worker that comes later must not run it."""
+    queue = rq_queue(settings)
+    try:
+        if not queue.remove(name):
+            return False
+        with contextlib.suppress(NoSuchJobError, InvalidJobOperation):
+            Job.fetch(name, connection=queue.connection).cancel()
+        return True
     finally:
         queue.connection.close()
 

@@ -12,6 +12,11 @@ The waiting line runs as long as a job is on the RQ queue to take its next turn
 timed out); ``keep_line_moving``, run by the bot's housekeeping, gives a line that waits
 with the lock free and no job a job again.
 
+In a fleet a request waits for a worker of its target (its pre-flight and planning, its
+turn in the line). When no worker has been there to take it for MOLT_WORKER_WAIT (stopped,
+killed with -9, never started), ``end_unserved``, run by the bot's housekeeping, ends it
+saying so, and takes its jobs off the queue: a worker that comes back later runs none.
+
 ``molt recover`` is for when Molt itself is down or broken: it returns the live
 checkout to the snapshot of an update that was left half-done, makes the
 requests in Redis consistent (ending stuck ones with a message, releasing a lock
@@ -40,7 +45,17 @@ import redis
 import structlog
 from rq.job import Job, JobStatus
 
-from pipeline import audit, codenames, control, queueing, releases, restart, snapshots
+from pipeline import (
+    audit,
+    codenames,
+    control,
+    metrics,
+    queueing,
+    releases,
+    restart,
+    snapshots,
+    workers,
+)
 from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import (
     ConfigError,
@@ -59,7 +74,6 @@ from pipeline.snapshots import Snapshot
 from pipeline.states import UNDER_WAY
 from pipeline.states import RequestState as S
 from pipeline.targets import Target, of_target
-from pipeline.workers import count_workers
 
 log = structlog.get_logger(__name__)
 KEEP_BACKUPS = 10
@@ -69,6 +83,14 @@ _INTAKE = (S.RECEIVED, S.PREFLIGHT, S.PLANNING)
 #: An approved request is queued within moments; one older than this was dropped.
 _APPROVED_GRACE = 60.0
 _JOB_ALIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
+#: What a fleet's request waits for a worker of its target in, and how it ends when none
+#: comes (``end_unserved``): pre-flight blocked, planning and the waiting line failed.
+_FOR_A_WORKER = (S.PREFLIGHT, S.PLANNING, S.QUEUED)
+_UNSERVED_ENDS = {
+    S.PREFLIGHT: (S.BLOCKED, None),
+    S.PLANNING: (S.FAILED, "planning"),
+    S.QUEUED: (S.FAILED, "queued"),
+}
 #: How long a line waits with the lock free and no job before it gets one (a job a worker
 #: just took needs a moment to take its turn).
 _STALL_GRACE = 3.0
@@ -152,6 +174,72 @@ def _give_job(settings: Settings, conn: redis.Redis, head: str) -> str:
         return f"finished queueing {name}: it had joined the waiting line and stopped there"
     job = queueing.add_job(settings, request, again=True)
     return f"the waiting line had no job to run it: added {job} for {name}, at its head"
+
+
+def end_unserved(settings: Settings, conn: redis.Redis) -> list[str]:
+    """End the requests of a fleet's target that wait for a worker, once none has been
+    there to take their job for MOLT_WORKER_WAIT: pre-flight blocked, planning and the
+    waiting line failed (with Retry), each saying when a worker was last seen. Returns
+    the ids of the requests it ended."""
+    if not settings.fleet or workers.live(settings, conn):
+        return []
+    wait = settings.worker_wait
+    ago = workers.last_seen(settings, conn)
+    if ago is not None and ago < wait:
+        return []
+    store = RequestStore(conn)
+    now = time.time()
+    ended = [
+        request.id
+        for request in store.active()
+        if request.state in _FOR_A_WORKER
+        and of_target(settings, request)
+        and now - request.updated_at >= wait
+        and _end_unserved(settings, conn, request, ago)
+    ]
+    line = Target(settings, conn).line
+    if ended and not len(line):  # the turns nobody took: a worker that comes runs none
+        for name in queueing.untaken(settings, queueing.UPDATE_JOB):
+            queueing.withdraw(settings, name)
+    return ended
+
+
+def _end_unserved(
+    settings: Settings, conn: redis.Redis, request: Request, ago: float | None
+) -> bool:
+    """End one request nobody served; False if a worker took its job after all."""
+    name = settings.target_name
+    seen = "none was ever seen" if ago is None else f"last seen {workers.seen_at(ago)}"
+    took = f"no worker for {name} took it in {settings.worker_wait:g} s ({seen})"
+    if request.state is not S.QUEUED:
+        prefix = f"{queueing.INTAKE_JOB}{request.id}-"
+        if queueing.running(settings, prefix):
+            return False  # a worker told to stop finishes it first
+        jobs = queueing.untaken(settings, prefix)
+        withdrawn = [queueing.withdraw(settings, job) for job in jobs]
+        if jobs and not any(withdrawn):
+            return False  # taken this instant: a worker is back
+        if not jobs:
+            took = f"no worker for {name} is there to finish it ({seen})"
+    why = f"{took}; {workers.how_to_serve(settings)}"
+    to, phase = _UNSERVED_ENDS[request.state]
+    try:
+        RequestStore(conn).transition(
+            request.id,
+            to,
+            actor="molt",
+            message=why,
+            phase=phase,
+            data={"check": "workers"} if to is S.BLOCKED else None,
+            allowed_from=frozenset({request.state}),
+        )
+    except IllegalTransition:  # it moved on meanwhile
+        return False
+    Target(settings, conn).line.leave(request.id)
+    if to is S.BLOCKED:
+        metrics.refused("workers")
+    log.warning("no worker served the request", request_id=request.id, target=name)
+    return True
 
 
 # -- the config backup ------------------------------------------------------------------------
@@ -555,7 +643,7 @@ def _serve_the_line(settings: Settings, conn: redis.Redis, step: Step) -> bool:
         return True
     head = Target(settings, conn).line.head()
     request = RequestStore(conn).find(head) if head else None
-    if request is None or request.state is not S.QUEUED or not count_workers(settings):
+    if request is None or request.state is not S.QUEUED or not workers.count_workers(settings):
         return False
     job = queueing.add_job(settings, request, again=True)
     step.say(f"the waiting line had no job to run it: added {job}")

@@ -1,7 +1,9 @@
-"""Removing secrets from text before it is logged, audited, shown or sent out."""
+"""Removing secrets from text before it is logged, audited, shown or sent out, and telling
+whether a credential someone gave is the secret."""
 
 from __future__ import annotations
 
+import hmac
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -53,3 +55,10 @@ def redact_data(value: Any, known: Iterable[str] = ()) -> Any:
     if isinstance(value, list | tuple):
         return [redact_data(v, known) for v in value]
     return value
+
+
+def same_secret(given: str, secret: str) -> bool:
+    """Whether ``given`` (as a header carried it) is ``secret``, in constant time. Compared as
+    bytes: ``hmac.compare_digest`` raises on text with non-ASCII characters, which a header
+    may carry."""
+    return bool(secret) and hmac.compare_digest(given.encode(), secret.encode())

@@ -136,6 +136,15 @@ class Request:
             **{k: v for k, v in loaded.items() if v is not None or k != "answers"},
         )
 
+    @property
+    def rollback_of(self) -> str:
+        """The update a rollback undoes: Molt writes a rollback's text itself, as
+        ``rollback <codename>…`` (pipeline/control.py, pipeline/oncall.py)."""
+        if self.command != "rollback":
+            return ""
+        words = self.text.split()
+        return words[1] if len(words) > 1 else ""
+
     def context(self) -> dict[str, Any]:
         """What templates see of a request."""
         return {
@@ -154,6 +163,7 @@ class Request:
             "update_dir": self.update_dir,
             "approver": self.approver,
             "target_name": self.target,  # a fleet's target; messages name it
+            "rollback_of": self.rollback_of,
             "plan": self.plan or {},
             "result": self.result or {},
         }

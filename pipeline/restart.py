@@ -48,6 +48,8 @@ class BotInfo:
     argv: list[str]
     cwd: str
     beat: float
+    ui: bool = False  # it serves the status page (MOLT_UI)
+    host: str = "127.0.0.1"  # where its HTTP server listens
 
     @property
     def alive(self) -> bool:
@@ -74,6 +76,8 @@ def bot_info(conn: redis.Redis) -> BotInfo | None:
         argv=json.loads(raw["argv"]),
         cwd=str(raw["cwd"]),
         beat=float(raw.get("beat") or 0),
+        ui=raw.get("ui") == "1",
+        host=str(raw.get("host") or "127.0.0.1"),
     )
 
 
@@ -98,7 +102,7 @@ def restart(
     ``verifying`` is called once the restart was issued and the wait for health begins.
     Each restart and its window until healthy are counted (``molt_restart_window_seconds``).
     """
-    with metrics.restart_window(settings.target_id):
+    with metrics.restart_window(settings.target_name):
         return _restart(settings, conn, expect, log_path, verifying)
 
 

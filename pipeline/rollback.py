@@ -78,7 +78,7 @@ def undo(
 ) -> None:
     """Roll back, report, clear the queue; never leaves the request unfinished."""
     store = RequestStore(conn)
-    metrics.rolled_back(settings.target_id, failure.phase, failure.reason)
+    metrics.rolled_back(settings.target_name, failure.phase, failure.reason)
     try:
         failure = _stop_left_command(settings, conn, request_id, failure)
         _roll_back_and_report(settings, conn, store, request_id, failure, trail)

@@ -95,6 +95,17 @@ class Sandbox:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield self
 
+    def busy(self) -> bool:
+        """Whether someone holds its lock now (without waiting for it)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{self.path}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            return False
+
     def prepare(self) -> None:
         """Create the worktree ahead of the first update (``git worktree add`` is the slow part)."""
         if (self.path / ".git").exists():

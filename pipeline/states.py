@@ -48,7 +48,8 @@ _MOVES: dict[RequestState, frozenset[RequestState]] = {
     S.APPROVED: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
     S.QUEUED: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
     S.RUNNING: frozenset({S.RUNNING, S.RESTARTING, S.SUCCEEDED, S.FAILED, S.PROPOSED}),
-    S.RESTARTING: frozenset({S.RUNNING, S.WATCHING, S.SUCCEEDED, S.FAILED}),
+    # Restarted, then verified (phase restart, then verify).
+    S.RESTARTING: frozenset({S.RESTARTING, S.RUNNING, S.WATCHING, S.SUCCEEDED, S.FAILED}),
     # A failed watch rolls back (running, phase rollback); a quiet one succeeds.
     S.WATCHING: frozenset({S.RUNNING, S.SUCCEEDED, S.FAILED}),
     # Retry: the same request goes round again from pre-flight.

@@ -104,10 +104,17 @@ def _primary(settings: Settings, decode: bool) -> redis.Redis:
 
 
 def _alive(sock: Path) -> bool:
+    """Whether the server on ``sock`` answers, asked once: redis-py's default retries (ten,
+    backing off) made a server that hangs take half a minute to be found out."""
     if not sock.exists():
         return False
     try:
-        client = redis.Redis(unix_socket_path=str(sock), socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis(
+            unix_socket_path=str(sock),
+            socket_timeout=1,
+            socket_connect_timeout=1,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
             return bool(client.ping())
         finally:

@@ -16,7 +16,7 @@ from pipeline.boots import BootRecords
 from pipeline.config import Settings
 from pipeline.keyspace import TargetKeys
 from pipeline.locking import UpdateLock, WaitingLine
-from pipeline.records import Durations, FlakyTests, TestRecords
+from pipeline.records import Durations, FlakyTests, TestRecords, run_identity
 from pipeline.requests import Request, RequestStore
 
 
@@ -24,6 +24,21 @@ def of_target(settings: Settings, request: Request) -> bool:
     """Whether the request updates the target ``settings`` are the view of (in a fleet,
     where requests of every target share one store)."""
     return not settings.fleet or request.target == settings.target_name
+
+
+def test_run(settings: Settings) -> str:
+    """What a test run of the target runs, as its records name it (pipeline/records.py)."""
+    env = ",".join(sorted(settings.test_env))
+    return run_identity(settings.test_command, settings.sandbox, settings.test_network, env)
+
+
+def with_test_limit(settings: Settings, conn: redis.Redis) -> Settings:
+    """``settings`` whose MOLT_PHASE_TIMEOUT is the phases' time limit for this target: the
+    larger of the setting and three times the last passing run of its test command."""
+    limit = Target(settings, conn).tests.limit(settings.phase_timeout).seconds
+    if limit == settings.phase_timeout:
+        return settings
+    return settings.model_copy(update={"phase_timeout": limit})
 
 
 class Target:
@@ -50,7 +65,7 @@ class Target:
 
     @cached_property
     def tests(self) -> TestRecords:
-        return TestRecords(self.conn, self.keys)
+        return TestRecords(self.conn, self.keys, test_run(self.settings))
 
     @cached_property
     def durations(self) -> Durations:

@@ -97,6 +97,17 @@ def deploy_tasks(
             back,
         ),
     ]
+    if settings.watch_seconds > 0:
+        window = f"{settings.watch_seconds:g} s"
+        steps.append(
+            (
+                "watch",
+                f"probe its health every {settings.watch_interval:g} s for {window} and watch "
+                "for incidents",
+                f"{short_target} stayed healthy for {window}",
+                back,
+            )
+        )
     return [
         {"step": n, "name": name, "detail": detail, "checkpoint": checkpoint, "on_failure": fail}
         for n, (name, detail, checkpoint, fail) in enumerate(steps, start=1)

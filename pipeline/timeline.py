@@ -33,6 +33,8 @@ PHASES = (
 )
 #: Entered on the way out of a failed update, drawn after the phase that failed.
 ROLLBACK = "rollback"
+#: Intake's checks, drawn alone for a request that never reached its update (blocked).
+PREFLIGHT = "pre-flight"
 _STATES = frozenset(state.value for state in S)
 
 
@@ -85,6 +87,24 @@ def _last_attempt(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return changes[starts[-1] :] if starts else []
 
 
+def _preflight(request: Request, entries: list[dict[str, Any]], now: float) -> Bar | None:
+    """The last pre-flight of a request: how long it ran and how it ended (None if it had
+    none)."""
+    changes = [e for e in entries if e.get("action") in _STATES and "to" in (e.get("detail") or {})]
+    starts = [i for i, e in enumerate(changes) if e["detail"]["to"] == S.PREFLIGHT.value]
+    if not starts:
+        return None
+    began = float(changes[starts[-1]]["at"])
+    after = changes[starts[-1] + 1 :]
+    if not after:
+        return Bar(PREFLIGHT, 0.0, max(0.0, now - began), "running")
+    ended = after[0]["detail"]
+    seconds = max(0.0, float(after[0]["at"]) - began)
+    if ended["to"] == S.BLOCKED.value:
+        return Bar(PREFLIGHT, 0.0, seconds, "failed", str(ended.get("message", "")))
+    return Bar(PREFLIGHT, 0.0, seconds, "passed")
+
+
 def timeline(request: Request, entries: list[dict[str, Any]], now: float | None = None) -> Timeline:
     """The timeline of ``request``'s update from its audit ``entries``."""
     now = time.time() if now is None else now
@@ -95,7 +115,13 @@ def timeline(request: Request, entries: list[dict[str, Any]], now: float | None 
     wanted = wanted[: wanted.index("propose") + 1] if "propose" in seen else wanted
     bars = {phase: Bar(phase) for phase in wanted if phase != "propose" or "propose" in seen}
     if not changes:
-        shown.bars = list(bars.values())
+        checked = _preflight(request, entries, now)
+        if checked is not None:
+            shown.total = checked.seconds
+            shown.running = checked.outcome == "running"
+            if checked.outcome == "failed":
+                shown.failed_phase, shown.reason = PREFLIGHT, checked.reason
+        shown.bars = ([checked] if checked else []) + list(bars.values())
         return shown
     began = float(changes[0]["at"])
     extra: list[Bar] = []

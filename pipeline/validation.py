@@ -38,6 +38,7 @@ from pipeline import reruns
 from pipeline.config import FLAKY_FAIL, FLAKY_PASS, Settings
 from pipeline.confinement import Confinement, Launch
 from pipeline.processes import die_with_parent
+from pipeline.records import TestLimit
 
 logger = structlog.get_logger(__name__)
 
@@ -266,6 +267,18 @@ def run_tests(
     )
 
 
+def why_failed(run: TestRun, limit: TestLimit, command: str) -> str:
+    """What a failed test run says to a person: a timeout with its limit, or the exit code
+    with the failing tests pytest named (else the last lines of the output)."""
+    if run.exit_code is None:
+        return limit.exceeded(command)
+    failed = reruns.failed_tests(run.output)
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        return f"`{command}` exited {run.exit_code}; failed: {shown}"
+    return f"`{command}` exited {run.exit_code}: {_last_lines(run.tail)}"
+
+
 def _unrecorded(pid: int) -> None:
     """A test command nobody records still dies with the process that started it."""
 
@@ -297,7 +310,7 @@ def compile_check(root: Path, paths: Iterable[str]) -> Check:
     seconds = time.monotonic() - started
     if errors:
         return Check("byte-compile", False, seconds, "; ".join(errors[:3]))
-    return Check("byte-compile", True, seconds, f"{count} files")
+    return Check("byte-compile", True, seconds, f"{count} file{'' if count == 1 else 's'}")
 
 
 @dataclass(frozen=True)
@@ -309,18 +322,30 @@ class PhaseSpec:
     timeout: float
     require_count: bool = False  # MOLT_REQUIRE_TESTS
     flaky: str = FLAKY_FAIL  # MOLT_FLAKY
+    #: Why ``timeout`` is what it is, for the message of a run that exceeds it.
+    timeout_basis: str = ""
     #: The sandbox the test command runs in (MOLT_SANDBOX, test_env, test_network, test_limits).
     confinement: Confinement | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PhaseSpec:
+    def from_settings(cls, settings: Settings, limit: TestLimit | None = None) -> PhaseSpec:
+        """The phases' spec; ``limit`` (the target's, pipeline/records.py) replaces
+        MOLT_PHASE_TIMEOUT as the time the tests may take."""
+        limit = limit or TestLimit(
+            settings.phase_timeout, f"MOLT_PHASE_TIMEOUT={settings.phase_timeout:g} s"
+        )
         return cls(
             settings.test_command,
-            settings.phase_timeout,
+            limit.seconds,
             settings.require_tests,
             settings.flaky,
+            limit.basis,
             Confinement.of(settings),
         )
+
+    @property
+    def limit(self) -> TestLimit:
+        return TestLimit(self.timeout, self.timeout_basis or f"{self.timeout:g} s")
 
 
 def run_phase(
@@ -418,8 +443,7 @@ def _tests_outcome(
     if tests.stopped or (again and again.run.stopped):
         return Check("tests", False, seconds, f"`{command}` was stopped")
     if tests.exit_code is None:
-        detail = f"`{command}` did not finish within {spec.timeout:.0f}s"
-        return Check("tests", False, seconds, detail)
+        return Check("tests", False, seconds, spec.limit.exceeded(command))
     if again is not None:
         return _after_rerun(spec, tests, again, passed, seconds)
     if spec.require_count and not tests.passed:

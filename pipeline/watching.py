@@ -32,14 +32,16 @@ PROBE_TIMEOUT = 10.0
 class WatchReport:
     """What the window saw so far."""
 
-    seconds: float
+    seconds: float  # the window
+    watched: float = 0.0  # how much of it has passed
     probes: int = 0
     healthy: int = 0
     failures: list[str] = field(default_factory=list)
     incidents: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        shown = f"{self.seconds:g} s"
+        watched = min(self.watched, self.seconds)
+        shown = f"{watched:.0f} s" + (f" of {self.seconds:g} s" if watched < self.seconds else "")
         if not self.probes:
             return f"watched {shown}: no health command to probe, {len(self.incidents)} new errors"
         return (
@@ -106,11 +108,13 @@ def watch(
             else:
                 report.failures.append(failed)
         _look(report, news, settings)
+        report.watched = time.monotonic() - started
         shown(report)
         if failed == "":  # nothing to probe: only incidents are watched
             break
     _sleep_until(deadline, guard, lambda: _look(report, news, settings))
     _look(report, news, settings)
+    report.watched = report.seconds
     return report
 
 

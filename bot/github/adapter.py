@@ -21,7 +21,7 @@ from github import GithubException
 
 from bot.base import Adapter
 from bot.github import comments
-from bot.github.client import Permissions, Writer, connect
+from bot.github.client import PERMISSION_RETRIES, Permissions, Writer, connect
 from bot.github.delivery import Delivery, issue_key, status_key
 from bot.github.following import Following
 from bot.github.happenings import PULL_EVENTS, Happening
@@ -65,7 +65,8 @@ class GitHub(Adapter):
         self.conn: redis.Redis = store.conn
         self.client = connect(settings)
         self.writer = Writer()
-        self.permissions = Permissions(self.client)
+        # A client of its own: a refusal when GitHub errs comes after one retry, not five.
+        self.permissions = Permissions(connect(settings, retries=PERMISSION_RETRIES))
         self.delivery = Delivery(settings, self.client, self.writer, store)
         self.pulls = Pulls(settings, self.client, self.writer, store)
         self.following = Following(settings, self.client, self.pulls)

@@ -31,6 +31,9 @@ T = TypeVar("T")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"})
 #: Attempts of one write, rate limits and server errors included.
 WRITE_ATTEMPTS = 5
+#: Retries of the question whether a person may write: an answer that errs twice refuses at
+#: once (the person may ask again) rather than after a quarter of a minute of backoff.
+PERMISSION_RETRIES = 1
 #: The longest rate-limit wait Molt sits through before giving the delivery back to the stream.
 LONGEST_WAIT = 900.0
 #: GitHub's permissions that let a person change the repository ("maintain" reads as "write").
@@ -42,9 +45,9 @@ CHECK = "github"
 KEPT_ANSWERS = 1024
 
 
-def connect(settings: Settings) -> Github:
+def connect(settings: Settings, *, retries: int = WRITE_ATTEMPTS) -> Github:
     """A client for GITHUB_API_URL with the token or the App's installation token, which
-    PyGithub renews before it expires."""
+    PyGithub renews before it expires; it retries an idempotent call up to ``retries`` times."""
     auth: Auth.Auth
     if settings.github_token:
         auth = Auth.Token(settings.github_token.get_secret_value())
@@ -61,7 +64,7 @@ def connect(settings: Settings) -> Github:
             "GitHub needs GITHUB_TOKEN, or GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY and "
             "GITHUB_APP_INSTALLATION_ID"
         )
-    retry = GithubRetry(total=WRITE_ATTEMPTS, backoff_factor=0.5, allowed_methods=IDEMPOTENT)
+    retry = GithubRetry(total=retries, backoff_factor=0.5, allowed_methods=IDEMPOTENT)
     return Github(
         base_url=settings.github_api_url.rstrip("/"),
         auth=auth,
@@ -160,9 +163,7 @@ class Permissions:
             known = self._answers.get(key)
         if known is None or time.monotonic() - known.at > self.ttl:
             try:
-                permission = self.client.get_repo(repo, lazy=True).get_collaborator_permission(
-                    login
-                )
+                permission = self.client.get_repo(repo).get_collaborator_permission(login)
             except (GithubException, requests.RequestException) as exc:
                 status = getattr(exc, "status", None) or type(exc).__name__
                 log.warning("github permission unknown", repo=repo, login=login, error=status)

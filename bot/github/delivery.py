@@ -119,7 +119,7 @@ class Delivery:
 
     def issue(self, channel: str) -> Issue:
         repo, number = where(channel)
-        return self.client.get_repo(repo, lazy=True).get_issue(number)
+        return self.client.get_repo(repo).get_issue(number)
 
     # -- a request's conversation ----------------------------------------------
 
@@ -226,7 +226,7 @@ class Delivery:
         """Create the state labels a repository lacks, with their colours, once per process."""
         if repo.lower() in self._labelled:
             return
-        found = self.client.get_repo(repo, lazy=True)
+        found = self.client.get_repo(repo)
         have = {label.name for label in found.get_labels()}
         for name, colour in STATE_LABELS.items():
             if name in have:
@@ -251,7 +251,7 @@ class Delivery:
             return
         key = f"molt:github:deployment:{request.id}:{request.attempt}"
         repo, _ = where(self._conversation(request))
-        found = self.client.get_repo(repo, lazy=True)
+        found = self.client.get_repo(repo)
         deployment_id = _text(self.conn.get(key))
         if deployment_id == "none":
             return

@@ -14,6 +14,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bot.github.payloads import Delivery, PullRequest, User
+from pipeline.payloads import Misfit, fitted
+
 #: What Molt acts on, by event: anything else is answered 204 and dropped.
 ACTIONS = {
     "issues": frozenset({"opened", "labeled"}),
@@ -106,50 +109,50 @@ def _labels(issue: dict[str, Any]) -> tuple[str, ...]:
 
 
 def from_webhook(event: str, payload: dict[str, Any], delivery: str) -> Happening | None:
-    """The happening a webhook delivery carries, or None when it is not one Molt acts on."""
-    action = str(payload.get("action", ""))
+    """The happening a webhook delivery carries, or None when it is not one Molt acts on;
+    a payload whose fields do not fit GitHub's shapes raises ``Misfit`` naming the field."""
+    got = fitted(payload, Delivery)
+    action = got.action or ""
     if action not in ACTIONS.get(event, ()):
         return None
     if event in PULL_EVENTS:
-        return _pull_happening(event, action, payload, delivery)
-    repo = payload.get("repository") or {}
-    issue = payload.get("issue") or {}
-    sender = payload.get("sender") or {}
-    if not isinstance(repo, dict) or not isinstance(issue, dict) or not isinstance(sender, dict):
-        raise ValueError("repository, issue and sender must be objects")
-    number = issue.get("number")
-    if not isinstance(number, int) or not repo.get("full_name") or not _login(sender):
-        raise ValueError("a delivery without repository.full_name, issue.number or sender.login")
+        return _pull_happening(event, action, got, delivery)
+    repo, issue, sender = got.repository, got.issue, got.sender
+    if repo is None or not repo.full_name or issue is None or sender is None or not sender.login:
+        raise Misfit("a delivery without repository.full_name, issue.number or sender.login")
     common: dict[str, Any] = {
         "event": event,
         "action": action,
-        "repo": str(repo["full_name"]),
-        "number": number,
-        "login": _login(sender),
-        "bot": is_bot(sender),
-        "title": str(issue.get("title") or ""),
-        "labels": _labels(issue),
-        "pull_request": "pull_request" in issue,
+        "repo": repo.full_name,
+        "number": issue.number,
+        "login": sender.login,
+        "bot": _is_bot(sender),
+        "title": issue.title or "",
+        "labels": tuple(label.name for label in issue.labels or ()),
+        "pull_request": issue.pull_request is not None,
         "delivery": delivery,
     }
     if event == "issues":
-        label = payload.get("label") or {}
         return Happening(
             **common,
-            body=str(issue.get("body") or ""),
-            label=str(label.get("name", "")) if isinstance(label, dict) else "",
+            body=issue.body or "",
+            label=got.label.name if got.label else "",
         )
-    comment = payload.get("comment") or {}
-    if not isinstance(comment, dict) or not isinstance(comment.get("id"), int):
-        raise ValueError("an issue_comment delivery without comment.id")
-    previous = ((payload.get("changes") or {}).get("body") or {}).get("from", "")
+    comment = got.comment
+    if comment is None:
+        raise Misfit("an issue_comment delivery without comment.id")
+    change = got.changes.body if got.changes else None
     return Happening(
         **common,
-        body=str(comment.get("body") or ""),
-        comment_id=int(comment["id"]),
-        previous_body=str(previous or ""),
-        extra={"updated_at": str(comment.get("updated_at") or "")},
+        body=comment.body or "",
+        comment_id=comment.id,
+        previous_body=(change.previous if change else None) or "",
+        extra={"updated_at": comment.updated_at or ""},
     )
+
+
+def _is_bot(user: User) -> bool:
+    return user.login.endswith("[bot]") or user.type == "Bot"
 
 
 def from_issue(repo: str, issue: dict[str, Any]) -> Happening:
@@ -189,37 +192,31 @@ def from_comment(repo: str, comment: dict[str, Any]) -> Happening:
     )
 
 
-def _pull_happening(event: str, action: str, payload: dict[str, Any], delivery: str) -> Happening:
+def _pull_happening(event: str, action: str, got: Delivery, delivery: str) -> Happening:
     """A pull request event, or one about a commit (a check suite, a status), which names
     the pull requests it belongs to only by their head commit (``number`` 0 then)."""
-    repo = payload.get("repository") or {}
-    sender = payload.get("sender") or {}
-    if not isinstance(repo, dict) or not repo.get("full_name") or not _login(sender):
-        raise ValueError("a delivery without repository.full_name or sender.login")
-    pull = payload.get("pull_request") or {}
-    if not isinstance(pull, dict):
-        raise ValueError("pull_request must be an object")
-    sha = str(as_object(pull.get("head")).get("sha") or payload.get("sha") or "")
+    repo, sender = got.repository, got.sender
+    if repo is None or not repo.full_name or sender is None or not sender.login:
+        raise Misfit("a delivery without repository.full_name or sender.login")
+    pull = got.pull_request or PullRequest()
+    sha = (pull.head.sha if pull.head else None) or got.sha or ""
     if event == "check_suite":
-        suite = payload.get("check_suite") or {}
-        sha = str(suite.get("head_sha", "")) if isinstance(suite, dict) else ""
-    merged_by = as_object(pull.get("merged_by"))
-    number = pull.get("number", 0)
+        sha = (got.check_suite.head_sha if got.check_suite else None) or ""
     return Happening(
         event=event,
         action=action,
-        repo=str(repo["full_name"]),
-        number=number if isinstance(number, int) else 0,
-        login=_login(sender),
-        bot=is_bot(sender),
-        title=str(pull.get("title") or ""),
+        repo=repo.full_name,
+        number=pull.number,
+        login=sender.login,
+        bot=_is_bot(sender),
+        title=pull.title or "",
         pull_request=True,
         delivery=delivery,
         extra={
-            "merged": bool(pull.get("merged")),
-            "merge_commit_sha": str(pull.get("merge_commit_sha") or ""),
-            "merged_by": _login(merged_by),
+            "merged": bool(pull.merged),
+            "merge_commit_sha": pull.merge_commit_sha or "",
+            "merged_by": pull.merged_by.login if pull.merged_by else "",
             "head_sha": sha,
-            "base_ref": str(as_object(pull.get("base")).get("ref", "")),
+            "base_ref": (pull.base.ref if pull.base else None) or "",
         },
     )

@@ -103,7 +103,7 @@ class Poller:
         """Who put MOLT_GITHUB_LABEL on the issue last (the request is theirs, as the webhook's
         ``sender`` would say), from the issue's events; None if GitHub does not say."""
         label = self.settings.github_label.lower()
-        events = self.client.get_repo(repo, lazy=True).get_issue(number).get_events()
+        events = self.client.get_repo(repo).get_issue(number).get_events()
         found = None
         for event in events:
             if event.event == "labeled" and event.label and event.label.name.lower() == label:

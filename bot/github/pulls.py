@@ -71,7 +71,7 @@ class Pulls:
         if repo_name is None:
             log.warning("no watched repository for the proposal", request_id=request.id)
             return False
-        repo = self.client.get_repo(repo_name, lazy=True)
+        repo = self.client.get_repo(repo_name)
         branch = str(result["branch"])
         owner = repo_name.split("/", 1)[0]
         base = str((request.snapshot or {}).get("branch") or "") or repo.default_branch
@@ -121,7 +121,7 @@ class Pulls:
 
     def summary(self, repo_name: str, number: int) -> tuple[str, dict[str, Any]]:
         """ "PR #41: 3/4 checks passed, 1 approval", and the pull request as GitHub has it."""
-        repo = self.client.get_repo(repo_name, lazy=True)
+        repo = self.client.get_repo(repo_name)
         pull = repo.get_pull(number)
         passed, total, failing = checks_of(repo, pull.head.sha)
         approvals = sum(1 for r in pull.get_reviews() if r.state == "APPROVED")
@@ -153,7 +153,7 @@ class Pulls:
     def head(self, repo_name: str, number: int) -> tuple[str, list[str]]:
         """A pull request's head commit and, with MOLT_REQUIRE_CHECKS, the checks that have
         not passed on it (each with where it stands)."""
-        repo = self.client.get_repo(repo_name, lazy=True)
+        repo = self.client.get_repo(repo_name)
         pull = repo.get_pull(number)
         if not self.settings.require_checks:
             return pull.head.sha, []

@@ -33,6 +33,21 @@ def test_grammar(text: str, verb: str, argument: str) -> None:
     assert (command.verb, command.argument) == (verb, argument)
 
 
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("clear", "unknown command `clear`. A change described in words is a sentence."),
+        ("stauts", "unknown command `stauts`; did you mean `status`?"),
+        ("status please", "unknown command `status please`; did you mean `status`?"),
+    ],
+)
+def test_one_or_two_words_that_are_not_a_command_are_an_unknown_command(
+    text: str, said: str
+) -> None:
+    command = parse(text)
+    assert (command.verb, command.error) == ("invalid", said)
+
+
 def test_deploy_needs_exactly_one_ref() -> None:
     assert parse("deploy").verb == "invalid"
     assert "usage: deploy <ref>" in parse("deploy main and also v2").error

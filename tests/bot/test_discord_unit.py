@@ -316,7 +316,7 @@ class RecordingDesk:
     def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
         return self._done("revise", origin, request_id, note)
 
-    def wait(self, count: int, timeout: float = 10) -> None:
+    def wait(self, count: int, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while len(self.calls) < count and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -243,10 +243,17 @@ def test_success_shows_what_changed_each_check_and_the_total() -> None:
 
 
 @pytest.mark.parametrize("name", ["processing", "planning", "success"])
-def test_a_rollback_reads_as_the_deploy_of_its_rollback_point(name: str) -> None:
-    rollback = full_context() | {"command": "rollback", "text": "rollback amber-otter"}
-    assert render(name, rollback) == render(name, full_context() | {"text": rollback["text"]})
-    assert "v1.4" in render(name, rollback).text
+def test_a_rollback_reads_as_the_rollback_of_its_update_not_a_deploy(name: str) -> None:
+    rollback = full_context() | {
+        "command": "rollback",
+        "text": "rollback amber-otter",
+        "argument": "1234567" * 5,
+        "rollback_of": "amber-otter",
+    }
+    rollback["plan"] = rollback["plan"] | {"summary": "Rollback of amber-otter: back to 1234567"}
+    message = render(name, rollback)
+    assert "amber-otter" in message.title + message.text and "1234567" in message.text
+    assert "Deploy" not in message.title + message.text
 
 
 def test_queued_shows_the_position() -> None:

@@ -314,7 +314,7 @@ class Served:
 
     def __enter__(self) -> Served:
         self.thread.start()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise AssertionError("uvicorn did not start")
@@ -361,7 +361,7 @@ def test_a_signed_slash_command_is_acked_at_once_and_handed_to_the_desk(
     status, body = server.send(slash_command("deploy v1.4", user_id="U0ANA", user_name="ana"))
     assert status == 200 and body == b""
     assert time.monotonic() - started < 3.0  # Slack's deadline for the ack
-    assert desk.handed.wait(2)
+    assert desk.handed.wait(30)
     assert desk.said == [(Origin("slack", "U0ANA", "C0DEPLOYS", "ana"), "deploy v1.4")]
     assert desk.pressed == []
 
@@ -374,11 +374,11 @@ def test_a_signed_click_presses_the_button_with_the_request_id(
         block_action("molt_approve", REQUEST_ID, user_id="U0BO", user_name="bo")
     )
     assert status == 200
-    assert desk.handed.wait(2)
+    assert desk.handed.wait(30)
     assert desk.pressed == [(Origin("slack", "U0BO", "C0DEPLOYS", "bo"), "approve", REQUEST_ID)]
     status, _ = server.send(block_action("molt_reject", REQUEST_ID))
     assert status == 200
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while len(desk.pressed) < 2 and time.monotonic() < deadline:
         time.sleep(0.01)
     assert desk.pressed[-1][1:] == ("reject", REQUEST_ID)

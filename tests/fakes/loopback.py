@@ -97,7 +97,7 @@ class AsyncFake(LoopbackFake):
             target=self._serve, args=(ready,), name=self.name, daemon=True
         )
         self._thread.start()
-        if not ready.wait(10) or not self._port:
+        if not ready.wait(60) or not self._port:
             raise RuntimeError(f"the {self.name} did not start")
         return self
 

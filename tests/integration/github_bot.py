@@ -1,5 +1,7 @@
-"""The running Molt with GitHub configured against the fake GitHub, and what it takes to act
-in an issue the way a person does: shared by the GitHub and pull request tests."""
+"""Molt with GitHub configured against the fake GitHub, and what it takes to act in an issue
+the way a person does: shared by the GitHub and pull request tests. ``start_github_bot``
+runs the bot in the test's process (tests/integration/inprocess.py); ``start_github_molt``
+starts ``molt run`` with its processes, for the end-to-end test."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from pipeline import store
 from pipeline.config import load_settings
@@ -21,6 +24,7 @@ from tests.fakes.github import (
     issue_comment_payload,
     issues_payload,
 )
+from tests.integration.inprocess import StartBot
 from tests.support import UP, Molt
 
 REPO = "acme/api"
@@ -31,13 +35,17 @@ V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
 class GitHubBot:
     """The running Molt, the fake GitHub, and what it takes to act in an issue."""
 
-    def __init__(self, molt: Molt, github: FakeGitHub, data_dir: Path) -> None:
-        self.molt = molt
+    def __init__(
+        self, github: FakeGitHub, port: int, conn: redis.Redis, said: Callable[[], str]
+    ) -> None:
         self.github = github
-        self.port = int(molt.wait_for(UP).group(1))
-        self.conn = store.connect(load_settings(data_dir=data_dir))
-        self.store = RequestStore(self.conn)
-        molt.wait_for(r"github connected")
+        self.port = port
+        self.conn = conn
+        self.store = RequestStore(conn)
+        self._said = said
+        # Introduced: Molt knows its own login (its comments are never requests) and made its
+        # labels in the repository.
+        self.wait_until("Molt's labels made", lambda: "molt:failed" in github.repo_labels(REPO))
 
     @property
     def hook(self) -> str:
@@ -92,10 +100,12 @@ class GitHubBot:
             except AssertionError:
                 pass
             time.sleep(0.05)
-        bodies = json.dumps([c["body"][:400] for c in self.github.comments(REPO, number)], indent=1)
-        raise AssertionError(
-            f"{what}: not within {timeout} s\n{bodies}\n{self.molt.output[-3000:]}"
-        )
+        try:
+            said = [c["body"][:400] for c in self.github.comments(REPO, number)]
+        except Exception:  # no such issue (yet)
+            said = []
+        bodies = json.dumps(said, indent=1)
+        raise AssertionError(f"{what}: not within {timeout} s\n{bodies}\n{self._said()[-3000:]}")
 
     def shows(self, number: int, text: str, timeout: float = 60) -> dict[str, Any]:
         """Wait until the status comment on ``number`` says ``text``."""
@@ -132,27 +142,43 @@ def github() -> Iterator[FakeGitHub]:
         yield fake
 
 
+def github_env(github: FakeGitHub, **env: str) -> dict[str, str]:
+    """Molt's settings for the fake GitHub, its repository and its people."""
+    return {
+        "GITHUB_TOKEN": TOKEN,
+        "GITHUB_API_URL": github.url,
+        "GITHUB_WEBHOOK_SECRET": SECRET,
+        "MOLT_GITHUB_REPOS": REPO,
+        "MOLT_GITHUB_POLL": "0",
+        "MOLT_GITHUB_WRITE_INTERVAL": "0.02",
+        "MOLT_AUTHORISED_USERS": "github:alice,github:mallory,github:dave",
+        "MOLT_APPROVERS": "github:alice,github:bob,github:mallory",
+        **env,
+    }
+
+
 @pytest.fixture
-def start_github_bot(
-    start_molt: Callable[..., Molt], data_dir: Path, github: FakeGitHub
-) -> Callable[..., GitHubBot]:
+def start_github_bot(github: FakeGitHub, start_bot: StartBot) -> Callable[..., GitHubBot]:
+    """Molt's bot with GitHub, in this process (stopped before the fake GitHub is)."""
+
     def start(**env: str) -> GitHubBot:
-        molt = start_molt(
-            "run",
-            "--no-console",
-            **{
-                "GITHUB_TOKEN": TOKEN,
-                "GITHUB_API_URL": github.url,
-                "GITHUB_WEBHOOK_SECRET": SECRET,
-                "MOLT_GITHUB_REPOS": REPO,
-                "MOLT_GITHUB_POLL": "0",
-                "MOLT_GITHUB_WRITE_INTERVAL": "0.02",
-                "MOLT_AUTHORISED_USERS": "github:alice,github:mallory,github:dave",
-                "MOLT_APPROVERS": "github:alice,github:bob,github:mallory",
-                **env,
-            },
-        )
-        return GitHubBot(molt, github, data_dir)
+        bot = start_bot(**github_env(github, **env))
+        return GitHubBot(github, bot.port, bot.conn, lambda: bot.output)
+
+    return start
+
+
+@pytest.fixture
+def start_github_molt(
+    github: FakeGitHub, start_molt: Callable[..., Molt], data_dir: Path
+) -> Callable[..., GitHubBot]:
+    """``molt run`` with GitHub: the bot, its HTTP process and its worker."""
+
+    def start(**env: str) -> GitHubBot:
+        molt = start_molt("run", "--no-console", **github_env(github, **env))
+        port = int(molt.wait_for(UP).group(1))
+        conn = store.connect(load_settings(data_dir=data_dir))
+        return GitHubBot(github, port, conn, lambda: molt.output)
 
     return start
 

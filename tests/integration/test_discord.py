@@ -1,15 +1,19 @@
-"""Discord end to end: the real ``molt run`` process with its discord.py client connected to
-a fake Discord on loopback (REST and gateway), its real workers, Redis and git."""
+"""Discord: the bot's real discord.py client connected to a fake Discord on loopback (REST
+and gateway), real Redis, RQ and git. The bot runs in the test's process
+(tests/integration/inprocess.py), but in the end-to-end test and the gateway outage, which
+start ``molt run``."""
 
 from __future__ import annotations
 
 import re
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from pipeline import audit, store
 from pipeline.config import load_settings
@@ -25,6 +29,7 @@ from tests.fakes.discord import (
     FakeDiscord,
     Person,
 )
+from tests.integration.inprocess import StartBot
 from tests.support import UP, Molt, ServiceRepo
 
 ALICE = Person("1300000000000000101", "alice")  # may ask, by user id
@@ -68,13 +73,22 @@ def _text(embed: dict[str, Any]) -> str:
 class DiscordBot:
     """The running Molt, the fake Discord it is connected to, and Molt's Redis."""
 
-    def __init__(self, molt: Molt, fake: FakeDiscord, data_dir: Path, sessions: int) -> None:
-        self.molt = molt
+    def __init__(
+        self,
+        fake: FakeDiscord,
+        port: int,
+        conn: redis.Redis,
+        sessions: int,
+        said: Callable[[], str],
+        stop: Callable[[], object],
+    ) -> None:
         self.fake = fake
-        self.port = int(molt.wait_for(UP).group(1))
+        self.port = port
+        self.said = said
+        self.stop = stop
         fake.wait_gateway(lambda g: g["t"] in ("READY",) and g["dir"] == "out", timeout=30)
         self._wait_sessions(sessions)
-        self.store = RequestStore(store.connect(load_settings(data_dir=data_dir)))
+        self.store = RequestStore(conn)
 
     def _wait_sessions(self, count: int) -> None:
         ready = [g for g in self.fake.gateway_log() if g["t"] == "READY"]
@@ -104,7 +118,7 @@ class DiscordBot:
             )
         except TimeoutError as exc:
             shown = [_stamp(c.body) for c in self.fake.calls() if c.route in (POST, PATCH)]
-            said = self.molt.output[-4000:]
+            said = self.said()[-4000:]
             raise AssertionError(f"{exc}\nshown: {shown}\nMolt said:\n{said}") from None
 
     def mark(self) -> int:
@@ -143,27 +157,44 @@ def fake() -> Iterator[FakeDiscord]:
         yield running
 
 
+def discord_env(fake: FakeDiscord, **env: str) -> dict[str, str]:
+    """Molt's settings for the fake Discord and its people."""
+    return {
+        "DISCORD_TOKEN": TOKEN,
+        "DISCORD_API_URL": fake.api_url,
+        "MOLT_AUTHORISED_USERS": f"discord:{ALICE.id},discord-role:{ROLE_DEPLOYERS}",
+        "MOLT_APPROVERS": f"discord:{ALICE.id},discord-role:{ROLE_APPROVERS}",
+        **env,
+    }
+
+
 @pytest.fixture
-def start_discord_bot(
-    start_molt: Callable[..., Molt], data_dir: Path, fake: FakeDiscord
-) -> Callable[..., DiscordBot]:
+def start_discord_bot(fake: FakeDiscord, start_bot: StartBot) -> Callable[..., DiscordBot]:
+    """Molt's bot with Discord, in this process (stopped before the fake Discord is)."""
     started: list[DiscordBot] = []
 
     def start(**env: str) -> DiscordBot:
-        molt = start_molt(
-            "run",
-            "--no-console",
-            **{
-                "DISCORD_TOKEN": TOKEN,
-                "DISCORD_API_URL": fake.api_url,
-                "MOLT_AUTHORISED_USERS": f"discord:{ALICE.id},discord-role:{ROLE_DEPLOYERS}",
-                "MOLT_APPROVERS": f"discord:{ALICE.id},discord-role:{ROLE_APPROVERS}",
-                **env,
-            },
-        )
-        bot = DiscordBot(molt, fake, data_dir, sessions=len(started) + 1)
+        running = start_bot(**discord_env(fake, **env))
+        sessions = len(started) + 1
+        said = lambda: running.output  # noqa: E731
+        bot = DiscordBot(fake, running.port, running.conn, sessions, said, running.stop)
         started.append(bot)
         return bot
+
+    return start
+
+
+@pytest.fixture
+def start_discord_molt(
+    fake: FakeDiscord, start_molt: Callable[..., Molt], data_dir: Path
+) -> Callable[..., DiscordBot]:
+    """``molt run`` with Discord: the bot, its HTTP process and its worker."""
+
+    def start(**env: str) -> DiscordBot:
+        molt = start_molt("run", "--no-console", **discord_env(fake, **env))
+        port = int(molt.wait_for(UP).group(1))
+        conn = store.connect(load_settings(data_dir=data_dir))
+        return DiscordBot(fake, port, conn, 1, lambda: molt.output, molt.stop)
 
     return start
 
@@ -178,8 +209,11 @@ def _v2(service: ServiceRepo) -> str:
 
 
 def test_message_command_deploys_to_success_in_one_message_edited_in_place(
-    service: ServiceRepo, bot: DiscordBot
+    service: ServiceRepo, start_discord_molt: Callable[..., DiscordBot]
 ) -> None:
+    """End to end, with ``molt run``'s processes: the gateway client in the bot, the
+    update on its worker."""
+    bot = start_discord_molt()
     new = _v2(service)
     request_id = bot.plan(ALICE)
     plan = bot.status_message(request_id)
@@ -320,7 +354,7 @@ def test_a_plan_posted_before_a_restart_is_approved_after_it(
     first = start_discord_bot()
     request_id = first.plan(ALICE)
     message_id = first.status_message(request_id)["id"]
-    first.molt.stop()
+    first.stop()
 
     second = start_discord_bot()
     click = second.fake.click(BOB, message_id, f"molt:approve:{request_id}")
@@ -384,7 +418,12 @@ def test_request_changes_opens_a_modal_and_plans_the_requested_ref(
     assert service.live_head() == tagged
 
 
-def test_a_gateway_outage_mid_update_loses_no_status(service: ServiceRepo, bot: DiscordBot) -> None:
+def test_a_gateway_outage_mid_update_loses_no_status(
+    service: ServiceRepo, start_discord_molt: Callable[..., DiscordBot]
+) -> None:
+    """With ``molt run``'s processes: the worker's statuses wait in the stream while the
+    bot's gateway is away."""
+    bot = start_discord_molt()
     new = _v2(service)
     request_id = bot.plan(ALICE)
     ready = [g for g in bot.fake.gateway_log() if g["t"] == "READY"][-1]["d"]
@@ -415,24 +454,22 @@ def test_a_gateway_outage_mid_update_loses_no_status(service: ServiceRepo, bot: 
 
 
 def test_missing_message_content_intent_is_reported_and_molt_keeps_running(
-    start_molt: Callable[..., Molt],
+    start_bot: StartBot, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with FakeDiscord(privileged_intents=False) as refusing:
-        molt = start_molt(
-            "run",
-            "--no-console",
-            DISCORD_TOKEN=TOKEN,
-            DISCORD_API_URL=refusing.api_url,
-        )
-        port = int(molt.wait_for(UP).group(1))
-        molt.wait_for(r"MESSAGE CONTENT INTENT")
+        bot = start_bot(DISCORD_TOKEN=TOKEN, DISCORD_API_URL=refusing.api_url)
+        said = ""
+        deadline = time.monotonic() + 30
+        while "MESSAGE CONTENT INTENT" not in said and time.monotonic() < deadline:
+            said += capsys.readouterr().err
+            time.sleep(0.05)
+        told = [line for line in said.splitlines() if "MESSAGE CONTENT INTENT" in line]
+        assert told and "Developer Portal" in told[0], said
         assert any(g["op"] == 2 for g in refusing.gateway_log())
         assert not any(g["t"] == "READY" for g in refusing.gateway_log())
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+        with urllib.request.urlopen(f"{bot.url}/healthz", timeout=10) as answer:
             assert answer.status == 200
-        assert molt.proc.poll() is None
-        lines = [line for line in molt.lines if "MESSAGE CONTENT INTENT" in line]
-        assert lines and "Developer Portal" in lines[0]
+        assert "MESSAGE CONTENT INTENT" in bot.log()
 
 
 def test_an_incident_is_posted_in_its_channel_with_approve_rollback(

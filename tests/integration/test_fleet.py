@@ -1,7 +1,11 @@
-"""A fleet, end to end: two targets on two "hosts" — each a worker process with a working
-directory, a data directory and a checkout of its own — and a bot with no checkout of
-either (its molt.toml names directories that do not exist), sharing nothing but one Redis
-server (the embedded one, reached by REDIS_URL)."""
+"""A fleet: two targets on one Redis server (the embedded one, reached by REDIS_URL).
+
+End to end, each target's "host" is a worker process with a working directory, a data
+directory and a checkout of its own, and the bot has no checkout of either (its molt.toml
+names directories that do not exist): the updates run where their checkouts are, at once,
+and a worker killed with -9 is recovered by its target's next one. The other scenarios run
+the bot in the test's process (tests/integration/inprocess.py) with the hosts' molt.toml,
+each target's jobs on a thread of their own, registered as its worker."""
 
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests import RequestStore
 from pipeline.states import RequestState as S
+from tests.integration.inprocess import InProcessBot
+from tests.integration.inprocess import wait_for_file as wait_for_in_process
 from tests.support import Molt, ServiceRepo, hang_on_live, run_cli, wait_for_file
 
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
@@ -46,6 +52,8 @@ class Fleet:
     env: dict[str, str]
     started: list[Molt]
     hosts_config: Path  # the workers' molt.toml
+    monkeypatch: pytest.MonkeyPatch
+    in_process: list[InProcessBot]
 
     def start(self, *args: str, where: str = "bot", **env: str) -> Molt:
         """A Molt process in a directory (a "host") of its own, with its own data dir."""
@@ -67,6 +75,18 @@ class Fleet:
         molt.wait_for(r"Molt \S+ is up")
         return molt
 
+    def bot_in_process(self, targets: list[str] | None = None, **env: str) -> InProcessBot:
+        """The bot with its console in this process, with the hosts' molt.toml; the jobs of
+        ``targets`` (default: all) run here, and the other targets have no worker."""
+        data = self.root / "bot" / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        every = {**self.env, "MOLT_DATA_DIR": str(data), "MOLT_CONFIG": str(self.hosts_config)}
+        for name, value in {**every, "MOLT_WORKERS": "0", **env}.items():
+            self.monkeypatch.setenv(name, value)
+        bot = InProcessBot(load_settings(), console=True, targets=targets)
+        self.in_process.append(bot)
+        return bot.start()
+
     def cli(self, *args: str, **env: str) -> str:
         done = run_cli(self.env, self.root / "bot", *args, **env)
         return done.stdout + done.stderr
@@ -76,7 +96,7 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[Fleet]:
+def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fleet]:
     api = ServiceRepo.create(tmp_path / "api")
     web = ServiceRepo.create(tmp_path / "web")
     config = tmp_path / "molt.toml"  # the bot's: no checkout of either target there
@@ -101,8 +121,10 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         "MOLT_LOG_LEVEL": "debug",
     }
     (tmp_path / "bot").mkdir()
-    found = Fleet(tmp_path, api, web, env, [], hosts)
+    found = Fleet(tmp_path, api, web, env, [], hosts, monkeypatch, [])
     yield found
+    for bot in reversed(found.in_process):
+        bot.stop()
     for molt in reversed(found.started):
         molt.stop()
     store.stop_embedded(shared)
@@ -112,6 +134,12 @@ def _planned(molt: Molt, command: str) -> str:
     """Ask for a plan; the id of the request whose plan is ready."""
     since = molt.send(command)
     return molt.wait_for(r"press approve (r[0-9a-f]+)", since=since).group(1)
+
+
+def _planned_here(bot: InProcessBot, command: str) -> str:
+    """``_planned``, of the bot in this process."""
+    since = bot.type(command)
+    return bot.transcript.wait_for(r"press approve (r[0-9a-f]+)", since=since).group(1)
 
 
 def test_two_targets_update_at_once_each_on_its_own_worker(fleet: Fleet) -> None:
@@ -139,35 +167,32 @@ def test_two_targets_update_at_once_each_on_its_own_worker(fleet: Fleet) -> None
 
 def test_a_target_without_a_worker_is_blocked_saying_so(fleet: Fleet) -> None:
     """The bot starts no worker of a fleet's targets: they run on the targets' hosts."""
-    fleet.worker("api")
     fleet.web.commit(V2, "web v2")
-    molt = fleet.bot()
-    since = molt.send("deploy web main")
-    molt.wait_for(r"⛔ Blocked", since=since)
-    molt.wait_for(r"no worker for web has been seen yet", since=since)
+    molt = fleet.bot_in_process(targets=["api"])
+    since = molt.type("deploy web main")
+    molt.transcript.wait_for(r"⛔ Blocked", since=since)
+    molt.transcript.wait_for(r"no worker for web has been seen yet", since=since)
     [request] = fleet.requests().recent(1)
     assert (request.state, request.target) == (S.BLOCKED, "web")
 
 
 def test_a_command_without_its_target_is_answered_with_the_targets(fleet: Fleet) -> None:
-    molt = fleet.bot()
-    since = molt.send("deploy main")
-    molt.wait_for(r"Which target\?", since=since)
-    molt.wait_for(r"Targets:\W+api, web", since=since)
-    stop = molt.send("stop")
-    molt.wait_for(r"`stop` needs a target", since=stop)
+    molt = fleet.bot_in_process(targets=[])
+    since = molt.type("deploy main")
+    molt.transcript.wait_for(r"Which target\?", since=since)
+    molt.transcript.wait_for(r"Targets:\W+api, web", since=since)
+    stop = molt.type("stop")
+    molt.transcript.wait_for(r"`stop` needs a target", since=stop)
     assert fleet.requests().recent(1) == []
     # The fleet's own status needs none: it lists every target.
-    shown = molt.send("status")
-    molt.wait_for(r"Molt fleet: 2 targets", since=shown)
+    shown = molt.type("status")
+    molt.transcript.wait_for(r"Molt fleet: 2 targets", since=shown)
 
 
 def test_people_are_checked_against_the_targets_own_lists(fleet: Fleet) -> None:
-    fleet.worker("api")
-    fleet.worker("web")
     fleet.api.commit(V2, "api v2")
-    molt = fleet.bot()
-    on_api = _planned(molt, "deploy api main")
+    molt = fleet.bot_in_process()
+    on_api = _planned_here(molt, "deploy api main")
     # ann approves and operates api only; wes web only.
     refused = fleet.cli("stop", "--target", "web", MOLT_CONSOLE_USER="ann")
     assert "console:ann may not stop: only operators may do that (operators of web)" in refused
@@ -181,8 +206,6 @@ def test_people_are_checked_against_the_targets_own_lists(fleet: Fleet) -> None:
 
 
 def test_stop_on_one_target_leaves_the_other_running(fleet: Fleet, tmp_path: Path) -> None:
-    fleet.worker("api")
-    fleet.worker("web")
     started = tmp_path / "web-tests-started"
     slow = (
         "import os, pathlib, time\n\n\ndef test_slow():\n"
@@ -195,18 +218,19 @@ def test_stop_on_one_target_leaves_the_other_running(fleet: Fleet, tmp_path: Pat
     )
     old_web = fleet.web.live_head()
     fleet.web.commit({"checks/test_slow.py": slow}, "web: tests that never end")
-    molt = fleet.bot()
-    on_api = _planned(molt, "deploy api main")
-    on_web = _planned(molt, "deploy web main")
-    molt.send(f"press approve {on_web}")
-    wait_for_file(started, molt)  # web's phase 1 runs its endless test
-    molt.send(f"press approve {on_api}")
+    molt = fleet.bot_in_process()
+    on_api = _planned_here(molt, "deploy api main")
+    on_web = _planned_here(molt, "deploy web main")
+    molt.type(f"press approve {on_web}")
+    wait_for_in_process(started, molt)  # web's phase 1 runs its endless test
+    molt.type(f"press approve {on_api}")
     _wait_until_running(fleet.requests(), on_api)
-    stop = molt.send("stop web")
-    molt.wait_for(r"Emergency stop: update \S+ will roll back at its next safe point", since=stop)
-    molt.wait_for(r"❌ Failed: \S+", since=stop)
+    stop = molt.type("stop web")
+    said = molt.transcript
+    said.wait_for(r"Emergency stop: update \S+ will roll back at its next safe point", since=stop)
+    said.wait_for(r"❌ Failed: \S+", since=stop)
     (tmp_path / "go").touch()
-    molt.wait_for(r"✅ Live: ", since=stop, timeout=120)
+    said.wait_for(r"✅ Live: ", since=stop, timeout=120)
     assert fleet.web.live_head() == old_web and fleet.api.live_head() == new_api
     requests = fleet.requests()
     assert requests.get(on_web).state is S.FAILED
@@ -265,7 +289,6 @@ def test_a_worker_killed_mid_update_is_rolled_back_by_its_targets_next_worker(
 def test_redis_restarted_mid_update_the_update_ends_and_says_so(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    fleet.worker("api")
     go = tmp_path / "go"
     started = tmp_path / "phase-1-started"
     waits = (
@@ -276,15 +299,15 @@ def test_redis_restarted_mid_update_the_update_ends_and_says_so(
     )
     old = fleet.api.live_head()
     new = fleet.api.commit({"checks/test_wait.py": waits}, "api waits for a file")
-    molt = fleet.bot()
-    on_api = _planned(molt, "deploy api main")
-    molt.send(f"press approve {on_api}")
-    wait_for_file(started, molt)  # phase 1 runs
+    molt = fleet.bot_in_process(targets=["api"])
+    on_api = _planned_here(molt, "deploy api main")
+    molt.type(f"press approve {on_api}")
+    wait_for_in_process(started, molt)  # phase 1 runs
     shared = fleet.root / "redis"
     store.stop_embedded(shared)
     store.ensure_embedded(shared)
     go.touch()
-    ended = molt.wait_for(r"(✅ Live|❌ Failed): ", timeout=120).group(1)
+    ended = molt.transcript.wait_for(r"(✅ Live|❌ Failed): ", timeout=120).group(1)
     request = fleet.requests().get(on_api)
     if ended == "✅ Live":
         assert request.state is S.SUCCEEDED and fleet.api.live_head() == new
@@ -296,24 +319,21 @@ def test_redis_restarted_mid_update_the_update_ends_and_says_so(
 def test_an_alert_naming_one_target_rolls_back_that_target_only(fleet: Fleet) -> None:
     from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
 
-    fleet.env |= {"MOLT_AUTONOMY": "auto", "MOLT_ALERT_TOKEN": "tok"}
-    fleet.worker("api")
-    fleet.worker("web")
     old_api = fleet.api.live_head()
     fleet.api.commit(V2, "api v2")
     new_web = fleet.web.commit(V2, "web v2")
-    molt = fleet.start("console", where="bot")
-    port = int(molt.wait_for(r"Molt \S+ is up on port (\d+)").group(1))
+    molt = fleet.bot_in_process(MOLT_AUTONOMY="auto", MOLT_ALERT_TOKEN="tok")
     for name in ("api", "web"):
-        since = molt.send(f"deploy {name} main")
-        molt.wait_for(r"✅ Live: ", since=since)  # auto mode: Molt approves low-risk plans
+        since = molt.type(f"deploy {name} main")
+        # auto mode: Molt approves low-risk plans
+        molt.transcript.wait_for(r"✅ Live: ", since=since)
 
-    after = len(molt.lines)
+    after = len(molt.transcript.lines)
     alert = alertmanager_payload([alertmanager_alert("a1", target="api", summary="api 5xx")])
-    sender = Alertmanager(f"http://127.0.0.1:{port}/alerts/alertmanager", "tok")
+    sender = Alertmanager(f"http://127.0.0.1:{molt.port}/alerts/alertmanager", "tok")
     assert sender.send(alert)[0] == 200
-    molt.wait_for(r"🚨 Incident i\w+: api 5xx", since=after)
-    molt.wait_for(r"✅ Live: ", since=after)
+    molt.transcript.wait_for(r"🚨 Incident i\w+: api 5xx", since=after)
+    molt.transcript.wait_for(r"✅ Live: ", since=after)
     assert fleet.api.live_head() == old_api
     assert fleet.web.live_head() == new_web
     [rollback] = [r for r in fleet.requests().recent(5) if r.command == "rollback"]

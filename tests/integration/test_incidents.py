@@ -1,12 +1,12 @@
-"""Incidents end to end: a real Molt with its worker, HTTP server and log watcher, real git,
-and alerts from senders shaped like Alertmanager's. Production errors start the work: the
-update that landed last is rolled back first."""
+"""Incidents: Molt's bot in the test's process (tests/integration/inprocess.py) with its
+console, HTTP server, log watcher and health probes, RQ jobs, real git, and alerts from
+senders shaped like Alertmanager's. Production errors start the work: the update that
+landed last is rolled back first."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from pipeline import store
@@ -14,9 +14,9 @@ from pipeline.config import load_settings
 from pipeline.requests import RequestStore
 from pipeline.states import RequestState as S
 from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
-from tests.support import Molt, ServiceRepo
+from tests.integration.inprocess import StartBot
+from tests.support import ServiceRepo
 
-StartMolt = Callable[..., Molt]
 #: A release that passes its tests, and fails every request it serves once live.
 FAILS_LIVE = {
     "app.py": (
@@ -25,10 +25,6 @@ FAILS_LIVE = {
     )
 }
 TOKEN = "am-secret-token"
-
-
-def _up(molt: Molt) -> int:
-    return int(molt.wait_for(r"Molt \S+ is up on port (\d+)").group(1))
 
 
 def _serve_requests(live: Path, log: Path, count: int) -> None:
@@ -48,23 +44,22 @@ def _requests(data_dir: Path) -> RequestStore:
 
 
 def test_a_release_that_logs_exceptions_once_live_is_rolled_back_on_its_own_in_auto_mode(
-    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
+    service: ServiceRepo, start_bot: StartBot, data_dir: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "service.log"
     log.write_text("service started\n")
     old = service.live_head()
     new = service.commit(FAILS_LIVE, "serve requests")
-    molt = start_molt(MOLT_AUTONOMY="auto", MOLT_WATCH_LOG=str(log))
-    _up(molt)
-    since = molt.send("deploy main")
-    codename = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
+    molt = start_bot(console=True, MOLT_AUTONOMY="auto", MOLT_WATCH_LOG=str(log))
+    since = molt.type("deploy main")
+    codename = molt.transcript.wait_for(r"✅ Live: (\S+)", since=since).group(1)
     assert service.live_head() == new
 
-    after = len(molt.lines)
+    after = len(molt.transcript.lines)
     _serve_requests(service.live, log, 5)  # MOLT_INCIDENT_THRESHOLD: 5 in 300 s
-    molt.wait_for(r"🚨 Incident i\w+: KeyError", since=after)
-    molt.wait_for(rf"update {codename} is the suspect", since=after)
-    molt.wait_for(r"✅ Live: ", since=after)
+    molt.transcript.wait_for(r"🚨 Incident i\w+: KeyError", since=after)
+    molt.transcript.wait_for(rf"update {codename} is the suspect", since=after)
+    molt.transcript.wait_for(r"✅ Live: ", since=after)
     assert service.live_head() == old
     assert service.live_status() == ""
     [rollback, deploy] = _requests(data_dir).recent(2)
@@ -80,54 +75,55 @@ def test_a_release_that_logs_exceptions_once_live_is_rolled_back_on_its_own_in_a
 
 
 def test_an_alertmanager_alert_offers_approve_rollback_and_the_press_returns_the_old_release(
-    service: ServiceRepo, start_molt: StartMolt, data_dir: Path
+    service: ServiceRepo, start_bot: StartBot, data_dir: Path
 ) -> None:
     old = service.live_head()
     service.commit(FAILS_LIVE, "serve requests")
-    molt = start_molt(MOLT_ALERT_TOKEN=TOKEN)
-    port = _up(molt)
-    since = molt.send("deploy main")
-    molt.wait_for(r"📋 Plan ready", since=since)
-    molt.send("press approve")
-    molt.wait_for(r"✅ Live: ", since=since)
+    molt = start_bot(console=True, MOLT_ALERT_TOKEN=TOKEN)
+    port = molt.port
+    since = molt.type("deploy main")
+    molt.transcript.wait_for(r"📋 Plan ready", since=since)
+    molt.type("press approve")
+    molt.transcript.wait_for(r"✅ Live: ", since=since)
 
     url = f"http://127.0.0.1:{port}/alerts/alertmanager"
     payload = alertmanager_payload([alertmanager_alert("5f1c2a", summary="HTTP 500s above 5%")])
     assert Alertmanager(url, "wrong").send(payload)[0] == 401
-    after = len(molt.lines)
+    after = len(molt.transcript.lines)
     assert Alertmanager(url, TOKEN).send(payload)[1] == {"accepted": 1, "duplicates": 0}
     assert Alertmanager(url, TOKEN).send(payload)[1] == {"accepted": 0, "duplicates": 1}
-    press = molt.wait_for(r"\[Approve rollback\]   \(type: (press approve r\w+)\)", since=after)
+    press = molt.transcript.wait_for(
+        r"\[Approve rollback\]   \(type: (press approve r\w+)\)", since=after
+    )
     assert service.live_head() != old  # nothing happens before a person approves
-    molt.send(press.group(1))
-    molt.wait_for(r"✅ Live: ", since=after)
+    molt.type(press.group(1))
+    molt.transcript.wait_for(r"✅ Live: ", since=after)
     assert service.live_head() == old
     resolved = alertmanager_payload(
         [alertmanager_alert("5f1c2a", status="resolved")], status="resolved"
     )
     assert Alertmanager(url, TOKEN).send(resolved)[0] == 200
-    molt.wait_for(r"✅ Resolved: incident i\w+", since=after)
+    molt.transcript.wait_for(r"✅ Resolved: incident i\w+", since=after)
     rollbacks = [r for r in _requests(data_dir).recent(10) if r.command == "rollback"]
     assert len(rollbacks) == 1
 
 
 def test_an_incident_in_the_watch_window_rolls_the_watched_update_back(
-    service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
+    service: ServiceRepo, start_bot: StartBot, data_dir: Path, tmp_path: Path
 ) -> None:
     log = tmp_path / "service.log"
     log.write_text("")
     old = service.live_head()
     service.commit(FAILS_LIVE, "serve requests")
     watch = {"MOLT_WATCH_SECONDS": "60", "MOLT_WATCH_INTERVAL": "1"}
-    molt = start_molt(MOLT_WATCH_LOG=str(log), **watch)
-    _up(molt)
-    since = molt.send("deploy main")
-    molt.wait_for(r"📋 Plan ready", since=since)
-    molt.send("press approve")
-    molt.wait_for(r"👀 Watching", since=since)
+    molt = start_bot(console=True, MOLT_WATCH_LOG=str(log), **watch)
+    since = molt.type("deploy main")
+    molt.transcript.wait_for(r"📋 Plan ready", since=since)
+    molt.type("press approve")
+    molt.transcript.wait_for(r"👀 Watching", since=since)
     _serve_requests(service.live, log, 5)
-    molt.wait_for(r"its watch window rolls it back on its own", since=since)
-    molt.wait_for(
+    molt.transcript.wait_for(r"its watch window rolls it back on its own", since=since)
+    molt.transcript.wait_for(
         r"Failed during watch: an incident on the target in the watch window", since=since
     )
     assert service.live_head() == old
@@ -136,14 +132,13 @@ def test_an_incident_in_the_watch_window_rolls_the_watched_update_back(
 
 
 def test_failing_health_while_idle_is_an_incident_and_a_pass_resolves_it(
-    service: ServiceRepo, start_molt: StartMolt
+    service: ServiceRepo, start_bot: StartBot
 ) -> None:
-    molt = start_molt(MOLT_HEALTH_INTERVAL="0.3", MOLT_HEALTH_FAILURES="2")
-    _up(molt)
-    after = len(molt.lines)
+    molt = start_bot(console=True, MOLT_HEALTH_INTERVAL="0.3", MOLT_HEALTH_FAILURES="2")
+    after = len(molt.transcript.lines)
     marker = service.live / "UNHEALTHY"  # the service's health command fails while it exists
     marker.touch()
-    molt.wait_for(r"🚨 Incident i\w+: 2 health checks failed in a row", since=after)
-    molt.wait_for(r"no automatic action: no update landed", since=after)
+    molt.transcript.wait_for(r"🚨 Incident i\w+: 2 health checks failed in a row", since=after)
+    molt.transcript.wait_for(r"no automatic action: no update landed", since=after)
     marker.unlink()
-    molt.wait_for(r"✅ Resolved: incident i\w+", since=after)
+    molt.transcript.wait_for(r"✅ Resolved: incident i\w+", since=after)

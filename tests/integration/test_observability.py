@@ -1,5 +1,6 @@
-"""What an operator watching Molt sees, end to end with real Molt processes, workers and
-the embedded Redis: /metrics added up over every process, the logs, the status page."""
+"""What an operator watching Molt sees: /metrics added up over every process and the logs
+(with ``molt``'s real processes, workers and the embedded Redis), and the status page (the
+bot in the test's process, tests/integration/inprocess.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
+from tests.integration.inprocess import StartBot
 from tests.support import Molt, ServiceRepo, run_cli
 
 StartMolt = Callable[..., Molt]
@@ -114,19 +116,19 @@ def _login(port: int, link: str) -> tuple[int, str]:
 
 
 def test_the_status_page_draws_each_phase_and_names_the_step_that_failed(
-    service: ServiceRepo, start_molt: StartMolt, molt_env: dict[str, str], tmp_path: Path
+    service: ServiceRepo, start_bot: StartBot, molt_env: dict[str, str], tmp_path: Path
 ) -> None:
     service.commit(V2, "v2")
-    molt = start_molt(MOLT_UI="true", MOLT_UI_TOKEN=TOKEN)
-    port = _port(molt)
-    since = molt.send("deploy main")
-    molt.send("press approve")
-    landed = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
+    molt = start_bot(console=True, MOLT_UI="true", MOLT_UI_TOKEN=TOKEN)
+    port = molt.port
+    since = molt.type("deploy main")
+    molt.type("press approve")
+    landed = molt.transcript.wait_for(r"✅ Live: (\S+)", since=since).group(1)
     service.commit(BROKEN, "a broken test")
-    since = molt.send("deploy main")
-    molt.send("press approve")
-    molt.wait_for(r"❌ Failed: ", since=since)
-    molt.send(f"deploy {TOKEN}")  # a secret in a request's text is never shown
+    since = molt.type("deploy main")
+    molt.type("press approve")
+    molt.transcript.wait_for(r"❌ Failed: ", since=since)
+    molt.type(f"deploy {TOKEN}")  # a secret in a request's text is never shown
 
     assert _get(port, "/")[0] == 401
     assert _get(port, "/", {"Authorization": "Bearer wrong"})[0] == 401
@@ -178,7 +180,8 @@ def test_an_incident_and_the_watch_window_show_on_the_page_and_in_the_metrics(
     service: ServiceRepo, start_molt: StartMolt
 ) -> None:
     """An update watched after its restart draws its watch bar; an alert's incident is open
-    on the index and counted, and the alert's ack is timed in the HTTP process."""
+    on the index and counted, and the alert's ack is timed in the HTTP process (with
+    ``molt``'s processes: the metrics of the test's own process add up over its tests)."""
     service.commit(V2, "v2")
     molt = start_molt(
         MOLT_UI="true",

@@ -1,5 +1,5 @@
-"""The pre-flight test run, as a person meets it through the console: started with Molt,
-joined by the first request, and shown while it runs."""
+"""The pre-flight test run, as a person meets it through the console: started with Molt, shown
+on the plan while it runs, and waited for by the approved update in another process."""
 
 from __future__ import annotations
 
@@ -11,22 +11,29 @@ from tests.support import Molt, ServiceRepo, wait_for_file
 StartMolt = Callable[..., Molt]
 
 
-def _slow_tests(runs: Path, seconds: int) -> str:
-    """The service's tests, taking ``seconds`` longer, each run noted in ``runs``."""
-    return f"echo run >> {runs} && sleep {seconds} && python service_tests.py"
+def _gated_tests(runs: Path, gate: Path, head: str) -> str:
+    """The service's tests; at ``head`` each run is noted in ``runs`` and waits for ``gate``."""
+    return (
+        f'if [ "$(git rev-parse HEAD)" = {head} ]; then echo run >> {runs}; '
+        f"while [ ! -e {gate} ]; do sleep 0.05; done; fi; python service_tests.py"
+    )
 
 
-def test_the_tests_run_as_molt_starts_and_the_first_request_joins_that_run(
+def test_the_plan_shows_the_run_molt_started_and_the_approved_update_waits_for_it(
     service: ServiceRepo, start_molt: StartMolt, tmp_path: Path
 ) -> None:
-    runs = tmp_path / "runs"
+    runs, gate = tmp_path / "runs", tmp_path / "gate"
     head = service.live_head()
-    service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
-    # The runs are noted outside the checkout, out of a sandbox's sight.
-    molt = start_molt(MOLT_TEST_COMMAND=_slow_tests(runs, 6), MOLT_SANDBOX="off")
+    new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    molt = start_molt(MOLT_TEST_COMMAND=_gated_tests(runs, gate, head))
     molt.wait_for(r"Molt \S+ is up")
     wait_for_file(runs, molt)  # nobody asked for anything yet
     since = molt.send("deploy main")
-    molt.wait_for(rf"Waiting for the tests: the tests at {head[:7]} have been running", since=since)
     molt.wait_for(r"📋 Plan ready", since=since)
-    assert runs.read_text().splitlines() == ["run"], "the request joined the run at start-up"
+    molt.wait_for(rf"Tests at `{head[:7]}`:\W* running", since=since)
+    molt.send("press approve")
+    molt.wait_for(r"waiting for the pre-flight test run", since=since)
+    gate.touch()
+    molt.wait_for(r"✅ Live: ", since=since)
+    assert service.live_head() == new
+    assert runs.read_text().splitlines() == ["run"], "the update joined the run at start-up"

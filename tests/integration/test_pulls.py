@@ -1,4 +1,5 @@
-"""Changes through pull requests, end to end on the fake GitHub: a change in words in
+"""Changes through pull requests, on the fake GitHub with the bot in the test's process
+(tests/integration/inprocess.py): a change in words in
 ``pull-request`` mode is proposed on a branch of the target's bare remote and a pull request,
 the live checkout untouched; its merge is deployed through the whole pipeline; a close, a
 foreign push and failing checks each say what happened."""
@@ -51,7 +52,7 @@ def _merge(service: ServiceRepo, branch: str) -> str:
 
 @pytest.fixture
 def proposing(
-    start_github_bot: Callable[..., GitHubBot], model: FakeAnthropic
+    model: FakeAnthropic, start_github_bot: Callable[..., GitHubBot]
 ) -> Callable[..., GitHubBot]:
     def start(**env: str) -> GitHubBot:
         return start_github_bot(**model.env(), MOLT_CHANGE_DELIVERY="pull-request", **env)

@@ -19,6 +19,9 @@ from pipeline.config import load_settings
 from pipeline.requests import RequestStore
 from tests.support import ROOT, Molt, git
 
+# Molt on its default: the embedded Redis of its data directory, kept across its re-exec.
+pytestmark = pytest.mark.own_redis
+
 
 def _copy_of_molt(root: Path) -> tuple[Path, Path]:
     """Molt's source as it is now, as an upstream repo with a bare origin, and a live clone."""
@@ -118,7 +121,7 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
             "MOLT_TEST_COMMAND": "python -c \"import bot.cli, pipeline.jobs; print('1 passed')\"",
             "MOLT_HTTP_PORT": "0",
             "MOLT_CONSOLE_USER": "alice",
-            "MOLT_BOOT_TIMEOUT": "8",
+            "MOLT_BOOT_TIMEOUT": "60",
             "MOLT_LOCK_TTL": "5",
         },
         cwd=live,
@@ -131,7 +134,7 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
         molt.wait_for(r"📋 Plan ready", since=since)
         molt.send("press approve")
         molt.wait_for(r"this release cannot start", since=since)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             [request] = RequestStore(conn).recent(1)
             if request.terminal:

@@ -1,5 +1,6 @@
-"""Slack in HTTP mode, end to end: signed requests against the running bot's real HTTP
-server, its real workers and Redis, and a fake Slack Web API on loopback."""
+"""Slack in HTTP mode: signed requests against the bot's real HTTP server, real Redis and
+RQ, and a fake Slack Web API on loopback. The bot runs in the test's process
+(tests/integration/inprocess.py), but in the end-to-end test, which starts ``molt run``."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from pipeline import store
 from pipeline.config import load_settings
@@ -29,6 +31,7 @@ from tests.fakes.slack import (
     slash_command,
     view_submission,
 )
+from tests.integration.inprocess import StartBot
 from tests.support import UP, Molt, ServiceRepo
 
 ALICE = {"user_id": "U1ALICE", "user_name": "alice"}
@@ -40,11 +43,13 @@ POSTING = ("chat.postMessage", "chat.update", "chat.postEphemeral")
 class SlackBot:
     """The running Molt, its Slack fake, and what it takes to talk to it like Slack does."""
 
-    def __init__(self, molt: Molt, slack: FakeSlack, data_dir: Path) -> None:
-        self.molt = molt
+    def __init__(
+        self, slack: FakeSlack, port: int, conn: redis.Redis, said: Callable[[], str]
+    ) -> None:
         self.slack = slack
-        self.port = int(molt.wait_for(UP).group(1))
-        self.store = RequestStore(store.connect(load_settings(data_dir=data_dir)))
+        self.port = port
+        self.store = RequestStore(conn)
+        self.said = said
 
     def post(self, signed: SignedRequest | tuple[bytes, dict[str, str]]) -> int:
         body, headers = signed if isinstance(signed, tuple) else (signed.body, signed.headers)
@@ -73,7 +78,7 @@ class SlackBot:
             )
         except TimeoutError as exc:
             shown = [_payload(c.args).get("template") for c in self.slack.calls()]
-            said = self.molt.output[-3000:]
+            said = self.said()[-3000:]
             raise AssertionError(f"{exc}\nshown: {shown}\nMolt said:\n{said}") from None
         return call.args
 
@@ -101,24 +106,40 @@ def slack() -> Iterator[FakeSlack]:
         yield fake
 
 
+def slack_env(slack: FakeSlack, **env: str) -> dict[str, str]:
+    """Molt's settings for the fake Slack and its people."""
+    return {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_SIGNING_SECRET": SIGNING_SECRET,
+        "SLACK_API_URL": slack.url,
+        "MOLT_AUTHORISED_USERS": "slack:U1ALICE",
+        "MOLT_APPROVERS": "slack:U1ALICE,slack:U2BOB",
+        **env,
+    }
+
+
 @pytest.fixture
-def start_slack_bot(
-    start_molt: Callable[..., Molt], data_dir: Path, slack: FakeSlack
-) -> Callable[..., SlackBot]:
+def start_slack_bot(slack: FakeSlack, start_bot: StartBot) -> Callable[..., SlackBot]:
+    """Molt's bot with Slack, in this process (stopped before the fake Slack is)."""
+
     def start(**env: str) -> SlackBot:
-        molt = start_molt(
-            "run",
-            "--no-console",
-            **{
-                "SLACK_BOT_TOKEN": BOT_TOKEN,
-                "SLACK_SIGNING_SECRET": SIGNING_SECRET,
-                "SLACK_API_URL": slack.url,
-                "MOLT_AUTHORISED_USERS": "slack:U1ALICE",
-                "MOLT_APPROVERS": "slack:U1ALICE,slack:U2BOB",
-                **env,
-            },
-        )
-        return SlackBot(molt, slack, data_dir)
+        bot = start_bot(**slack_env(slack, **env))
+        return SlackBot(slack, bot.port, bot.conn, lambda: bot.output)
+
+    return start
+
+
+@pytest.fixture
+def start_slack_molt(
+    slack: FakeSlack, start_molt: Callable[..., Molt], data_dir: Path
+) -> Callable[..., SlackBot]:
+    """``molt run`` with Slack: the bot, its HTTP process and its worker."""
+
+    def start(**env: str) -> SlackBot:
+        molt = start_molt("run", "--no-console", **slack_env(slack, **env))
+        port = int(molt.wait_for(UP).group(1))
+        conn = store.connect(load_settings(data_dir=data_dir))
+        return SlackBot(slack, port, conn, lambda: molt.output)
 
     return start
 
@@ -129,8 +150,11 @@ def slack_bot(start_slack_bot: Callable[..., SlackBot]) -> SlackBot:
 
 
 def test_deploy_from_slack_to_success_with_metadata_on_every_message(
-    service: ServiceRepo, slack_bot: SlackBot
+    service: ServiceRepo, start_slack_molt: Callable[..., SlackBot]
 ) -> None:
+    """End to end, with ``molt run``'s processes: the command and the click on the HTTP
+    process, the plan from the bot, the update on its worker."""
+    slack_bot = start_slack_molt()
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
     assert slack_bot.command("deploy main") == 200
     plan = slack_bot.shown("plan_ready")
@@ -342,7 +366,7 @@ def test_secrets_never_reach_messages_audit_events_or_logs(
         json.dumps(audit.entries(conn)),
         json.dumps(conn.xrange(events.STREAM)),
         json.dumps([r.to_hash() for r in slack_bot.store.recent(10)]),
-        slack_bot.molt.output,
+        slack_bot.said(),
         *(p.read_text(errors="replace") for p in data_dir.rglob("*.log")),
     ]
     for text in seen:

@@ -1,5 +1,7 @@
 """Slack in Socket Mode: the real bot holds a WebSocket to a fake Socket Mode end, acks
-every envelope, reconnects when dropped, and loses nothing across its own restart."""
+every envelope, reconnects when dropped (the bot in the test's process,
+tests/integration/inprocess.py), and loses nothing across a restart of ``molt run``'s
+processes."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from tests.fakes.slack import (
     action_payload,
     command_payload,
 )
+from tests.integration.inprocess import InProcessBot, StartBot
 from tests.support import Molt, ServiceRepo
 
 ALICE = {"user_id": "U1ALICE", "user_name": "alice"}
@@ -38,18 +41,28 @@ def slack() -> Iterator[FakeSlack]:
         yield fake
 
 
+def socket_mode_env(slack: FakeSlack) -> dict[str, str]:
+    return {
+        "SLACK_BOT_TOKEN": BOT_TOKEN,
+        "SLACK_APP_TOKEN": APP_TOKEN,
+        "SLACK_API_URL": slack.url,
+        "MOLT_AUTHORISED_USERS": "slack:U1ALICE",
+        "MOLT_APPROVERS": "slack:U1ALICE,slack:U2BOB",
+    }
+
+
 @pytest.fixture
-def start_bot(start_molt: Callable[..., Molt], slack: FakeSlack) -> Callable[[], Molt]:
+def start_socket_bot(slack: FakeSlack, start_bot: StartBot) -> Callable[[], InProcessBot]:
+    """Molt's bot in Socket Mode, in this process (stopped before the fake Slack is)."""
+    return lambda: start_bot(**socket_mode_env(slack))
+
+
+@pytest.fixture
+def start_socket_molt(slack: FakeSlack, start_molt: Callable[..., Molt]) -> Callable[[], Molt]:
+    """``molt run`` in Socket Mode: the bot, its HTTP process and its worker."""
+
     def start() -> Molt:
-        molt = start_molt(
-            "run",
-            "--no-console",
-            SLACK_BOT_TOKEN=BOT_TOKEN,
-            SLACK_APP_TOKEN=APP_TOKEN,
-            SLACK_API_URL=slack.url,
-            MOLT_AUTHORISED_USERS="slack:U1ALICE",
-            MOLT_APPROVERS="slack:U1ALICE,slack:U2BOB",
-        )
+        molt = start_molt("run", "--no-console", **socket_mode_env(slack))
         molt.wait_for(r"molt is up")
         return molt
 
@@ -61,11 +74,11 @@ def _shown(slack: FakeSlack, template: str, timeout: float = 60) -> Any:
 
 
 def test_socket_mode_deploy_acks_every_envelope_and_lands(
-    service: ServiceRepo, slack: FakeSlack, start_bot: Callable[[], Molt]
+    service: ServiceRepo, slack: FakeSlack, start_socket_bot: Callable[[], InProcessBot]
 ) -> None:
     socket: FakeSocketMode = slack.socket_mode  # type: ignore[assignment]
     new = service.commit({"notes.txt": "x\n"}, "notes")
-    start_bot()
+    start_socket_bot()
     socket.wait_connected()
     asked = socket.send("slash_commands", command_payload("deploy main", **ALICE))
     socket.wait_ack(asked)
@@ -79,11 +92,11 @@ def test_socket_mode_deploy_acks_every_envelope_and_lands(
 
 
 def test_a_dropped_connection_is_reopened_and_nothing_is_lost(
-    service: ServiceRepo, slack: FakeSlack, start_bot: Callable[[], Molt]
+    service: ServiceRepo, slack: FakeSlack, start_socket_bot: Callable[[], InProcessBot]
 ) -> None:
     socket: FakeSocketMode = slack.socket_mode  # type: ignore[assignment]
     service.commit({"notes.txt": "x\n"}, "notes")
-    start_bot()
+    start_socket_bot()
     socket.wait_connected()
     socket.send("slash_commands", command_payload("deploy main", **ALICE))
     plan = _shown(slack, "plan_ready")
@@ -98,16 +111,17 @@ def test_a_dropped_connection_is_reopened_and_nothing_is_lost(
 
 
 def test_a_restart_of_the_bot_loses_no_event_and_repeats_none(
-    service: ServiceRepo, slack: FakeSlack, start_bot: Callable[[], Molt], data_dir: Path
+    service: ServiceRepo, slack: FakeSlack, start_socket_molt: Callable[[], Molt], data_dir: Path
 ) -> None:
+    """With ``molt run``'s processes, stopped and started again."""
     socket: FakeSocketMode = slack.socket_mode  # type: ignore[assignment]
     service.commit({"notes.txt": "x\n"}, "notes")
-    first = start_bot()
+    first = start_socket_molt()
     socket.wait_connected()
     first.stop()
     # Slack keeps the envelope while nobody is connected, and sends it again after.
     asked = socket.send("slash_commands", command_payload("deploy main", **ALICE))
-    start_bot()
+    start_socket_molt()
     socket.wait_connected(count=2)
     socket.wait_ack(asked, timeout=30)
     _shown(slack, "plan_ready")

@@ -167,6 +167,7 @@ def _update(settings: Settings, conn: redis.Redis) -> str:
 @pytest.fixture
 def job_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's environment: the job loads its settings from it, as a worker does."""
+    monkeypatch.setenv("MOLT_SANDBOX", "auto")
     monkeypatch.setenv("MOLT_DATA_DIR", str(settings.data_dir))
     monkeypatch.setenv("MOLT_TARGET_DIR", str(settings.target_dir))
     monkeypatch.setenv("MOLT_TEST_COMMAND", settings.test_command)

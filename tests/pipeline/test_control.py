@@ -16,7 +16,17 @@ import redis
 
 from bot.messages import Message
 from bot.rendering import render
-from pipeline import approval, audit, autonomy, control, events, intake, queueing, recovery
+from pipeline import (
+    approval,
+    audit,
+    autonomy,
+    control,
+    events,
+    intake,
+    preflight,
+    queueing,
+    recovery,
+)
 from pipeline.config import MOLT_HOME, Settings, load_settings
 from pipeline.confinement import Confinement, sandbox_env
 from pipeline.exceptions import ConfigError
@@ -210,7 +220,9 @@ def test_require_tests_blocks_a_test_command_that_runs_no_countable_tests(
 ) -> None:
     service.commit(V2, "v2")
     silent = _with(settings, test_command="python -c 'print(\"all good\")'")
-    blocked = _deploy(silent, conn)
+    assert _deploy(silent, conn).state is S.PLAN_READY  # planned while the tests run
+    preflight.finish_background(timeout=60)
+    blocked = _deploy(silent, conn)  # once their run is known, it blocks
     assert blocked.state is S.BLOCKED
     assert "ran no tests Molt could count" in blocked.message
     assert "MOLT_REQUIRE_TESTS" in _shown(conn, blocked, "blocked").text

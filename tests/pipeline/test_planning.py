@@ -20,6 +20,8 @@ from pipeline.imports import ImportGraph, module_name, parse_imports
 from pipeline.keyspace import TargetKeys
 from pipeline.planning import plan_deploy
 from pipeline.plans import Plan
+from pipeline.records import TestRecord
+from pipeline.targets import Target
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -427,13 +429,13 @@ def test_estimate_falls_back_to_the_last_test_run_and_then_to_nothing(
     assert plan.estimate_basis == "no past runs"
     assert not any("drop below" in c for c in plan.success_criteria)
 
-    conn.hset(
-        f"molt:tests:{settings.target_id}:{plan.base_commit}",
-        mapping={"seconds": "12", "count": "40"},
-    )
+    Target(settings, conn).tests.record(TestRecord(True, 40, 12.0, plan.base_commit))
     plan = plan_deploy(settings, conn, "timed")
-    assert plan.estimated_seconds == 29
-    assert plan.estimate_basis == "the last test run (12 s) plus overhead"
+    # Two test runs, the restart and the rest, and the watch window (60 s here).
+    assert plan.estimated_seconds == 2 * 12 + 15 + 60
+    assert plan.estimate_basis == (
+        "two test runs like the last (12 s), the restart and the 60 s watch window"
+    )
     assert "passing tests do not drop below 40" in plan.success_criteria
     assert "tests pass (40 or more passing)" in plan.tasks[2]["checkpoint"]
 
@@ -460,6 +462,7 @@ def test_success_criteria_and_tasks_say_what_must_hold(
         (5, "phase 2 validation"),
         (6, "restart"),
         (7, "verify"),
+        (8, "watch"),
     ]
     assert plan.base_commit[:7] in plan.tasks[0]["detail"]
     assert f"check out {sha[:7]}" in plan.tasks[1]["detail"]

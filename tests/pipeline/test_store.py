@@ -10,11 +10,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from pipeline import store
 from pipeline.processes import alive
 from tests.support import ROOT, Molt, run_cli
+
+# Its point is the data directory's own embedded Redis: no shared test server.
+pytestmark = pytest.mark.own_redis
 
 
 def _server_pid(data_dir: Path) -> int:
@@ -37,7 +43,11 @@ def _servers(data_dir: Path) -> list[int]:
 
 def _answers(data_dir: Path) -> bool:
     """Asked without becoming one of the server's users."""
-    client = redis.Redis(unix_socket_path=str(store.socket_path(data_dir)), socket_timeout=1)
+    client = redis.Redis(
+        unix_socket_path=str(store.socket_path(data_dir)),
+        socket_timeout=1,
+        retry=Retry(NoBackoff(), 0),
+    )
     try:
         return bool(client.ping())
     except redis.RedisError:

@@ -1,18 +1,12 @@
-"""The watch window after a restart, end to end: a real Molt, its worker, git and the
-service's real health command."""
+"""The watch window after a restart (pipeline/watching.py): the update run by an RQ worker
+in this process, with real git and the service's real restart and health commands."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from pathlib import Path
-
-from pipeline import store
-from pipeline.config import load_settings
-from pipeline.requests import RequestStore
 from pipeline.states import RequestState as S
-from tests.support import Molt, ServiceRepo
+from tests.desk import StartChat
+from tests.support import ServiceRepo
 
-StartMolt = Callable[..., Molt]
 #: The restart command notes when the service (re)started, inside .git so the checkout
 #: stays clean.
 RESTART = (
@@ -28,41 +22,38 @@ sys.exit(1 if time.time() - since > 1.5 else 0)
 WATCH = {"MOLT_WATCH_SECONDS": "6", "MOLT_WATCH_INTERVAL": "1", "MOLT_RESTART_COMMAND": RESTART}
 
 
-def _up(molt: Molt) -> Molt:
-    molt.wait_for(r"Molt \S+ is up")
-    return molt
-
-
 def test_a_release_that_turns_unhealthy_after_its_restart_is_rolled_back_in_the_watch(
-    service: ServiceRepo, start_molt: StartMolt, data_dir: Path
+    service: ServiceRepo, start_chat: StartChat
 ) -> None:
     old = service.live_head()
     service.commit({"health.py": SOURING_HEALTH}, "health that sours")
-    molt = _up(start_molt(**WATCH))
-    since = molt.send("deploy main")
-    molt.wait_for(r"📋 Plan ready", since=since)
-    molt.send("press approve")
-    molt.wait_for(r"👀 Watching", since=since)
-    molt.wait_for(r"❌ Failed", since=since)
-    molt.wait_for(
+    chat = start_chat(**WATCH)
+    since = chat.send("deploy main")
+    chat.wait_for(r"📋 Plan ready", since=since)
+    chat.send("press approve")
+    chat.work()
+    chat.wait_for(r"👀 Watching", since=since)
+    chat.wait_for(r"❌ Failed", since=since)
+    chat.wait_for(
         r"Failed during watch: 2 of \d+ health probes failed in the watch window", since=since
     )
     assert service.live_head() == old
     assert service.live_status() == ""
-    [request] = RequestStore(store.connect(load_settings(data_dir=data_dir))).recent(1)
+    [request] = chat.requests(1)
     assert request.state is S.FAILED
     assert request.phase == "watch"
     assert "python health.py` exit 1" in request.message
 
 
 def test_a_healthy_release_succeeds_saying_what_was_watched(
-    service: ServiceRepo, start_molt: StartMolt
+    service: ServiceRepo, start_chat: StartChat
 ) -> None:
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nV = 2\n"}, "v2")
-    molt = _up(start_molt(**(WATCH | {"MOLT_WATCH_SECONDS": "3"})))
-    since = molt.send("deploy main")
-    molt.wait_for(r"📋 Plan ready", since=since)
-    molt.send("press approve")
-    molt.wait_for(r"✅ Live", since=since)
-    molt.wait_for(r"watched 3 s: 3/3 probes healthy, 0 new errors", since=since)
+    chat = start_chat(**(WATCH | {"MOLT_WATCH_SECONDS": "3"}))
+    since = chat.send("deploy main")
+    chat.wait_for(r"📋 Plan ready", since=since)
+    chat.send("press approve")
+    chat.work()
+    chat.wait_for(r"✅ Live", since=since)
+    chat.wait_for(r"watched 3 s: 3/3 probes healthy, 0 new errors", since=since)
     assert service.live_head() == new

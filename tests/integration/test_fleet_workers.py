@@ -1,0 +1,136 @@
+"""A fleet's worker that goes away, as processes: one stopped with SIGTERM is gone at once
+(a busy one finishes its update, and takes nothing more), so a request sent right after is
+blocked saying when it was last seen; one killed with -9
+still looks alive for a moment, and the request whose job it never takes is blocked by the
+bot's housekeeping once MOLT_WORKER_WAIT has passed. Neither waits in "Checking" forever."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline import store
+from pipeline.config import load_settings
+from pipeline.requests import Request, RequestStore
+from pipeline.states import RequestState as S
+from tests.support import Molt, ServiceRepo, wait_for_file
+
+V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
+TARGET = """
+[targets.web]
+dir = "{web}"
+test_command = "python service_tests.py"
+approvers = ["console:alice"]
+operators = ["console:alice"]
+"""
+
+
+class Hosts:
+    """The bot (no checkout of web) and web's worker on a "host" of its own, sharing one
+    Redis server."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.web = ServiceRepo.create(root / "web")
+        self.web.commit(V2, "web v2")
+        (root / "molt.toml").write_text(TARGET.format(web=root / "no-web"))
+        (root / "hosts.toml").write_text(TARGET.format(web=self.web.live))
+        self.redis = root / "redis"
+        sock = store.ensure_embedded(self.redis)
+        self.env = {
+            "REDIS_URL": f"unix://{sock}",
+            "MOLT_CONFIG": str(root / "molt.toml"),
+            "MOLT_HTTP_PORT": "0",
+            "MOLT_CONSOLE_USER": "alice",
+            "MOLT_AUTHORISED_USERS": "console:alice",
+            "MOLT_LOG_LEVEL": "debug",
+        }
+        self.started: list[Molt] = []
+
+    def start(self, where: str, *args: str, **env: str) -> Molt:
+        host = self.root / where
+        (host / "data").mkdir(parents=True, exist_ok=True)
+        molt = Molt(list(args), {**self.env, "MOLT_DATA_DIR": str(host / "data"), **env}, host)
+        self.started.append(molt)
+        return molt
+
+    def worker(self) -> Molt:
+        config = str(self.root / "hosts.toml")
+        worker = self.start("host-web", "worker", "--target", "web", MOLT_CONFIG=config)
+        worker.wait_for(r"molt-updates:web")
+        return worker
+
+    def bot(self, **env: str) -> Molt:
+        molt = self.start("bot", "console", **env)
+        molt.wait_for(r"Molt \S+ is up")
+        return molt
+
+    def newest(self) -> Request:
+        conn = store.connect(load_settings(redis_url=self.env["REDIS_URL"]))
+        [request] = RequestStore(conn).recent(1)
+        return request
+
+
+@pytest.fixture
+def hosts(tmp_path: Path) -> Iterator[Hosts]:
+    found = Hosts(tmp_path)
+    yield found
+    for molt in reversed(found.started):
+        molt.stop()
+    store.stop_embedded(found.redis)
+
+
+def test_a_request_right_after_its_worker_stopped_is_blocked_at_once(hosts: Hosts) -> None:
+    worker = hosts.worker()
+    molt = hosts.bot()
+    worker.stop()  # SIGTERM, as a supervisor stops it
+    since = molt.send("deploy web main")
+    molt.wait_for(r"⛔ Blocked", since=since)
+    molt.wait_for(r"no worker for web is running \(last seen \d\d:\d\d:\d\d UTC", since=since)
+    request = hosts.newest()
+    assert request.state is S.BLOCKED and request.target == "web"
+
+
+def test_a_request_whose_worker_was_killed_is_blocked_after_the_worker_wait(
+    hosts: Hosts,
+) -> None:
+    worker = hosts.worker()
+    molt = hosts.bot(MOLT_WORKER_WAIT="3")
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    since = molt.send("deploy web main")  # its registration still looks fresh: a job is queued
+    molt.wait_for(r"⛔ Blocked", since=since)
+    molt.wait_for(r"no worker for web took it in 3 s \(last seen ", since=since)
+    request = hosts.newest()
+    assert request.state is S.BLOCKED and request.target == "web"
+
+
+def test_a_busy_worker_told_to_stop_finishes_its_update_and_is_gone_for_new_requests(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    started, go = tmp_path / "phase-2-started", tmp_path / "go"
+    waits = (
+        "import os, pathlib, time\n\n\ndef test_waits_on_live():\n"
+        f"    if os.getcwd() == {str(hosts.web.live)!r}:\n"
+        f"        pathlib.Path({str(started)!r}).touch()\n"
+        f"        while not pathlib.Path({str(go)!r}).exists():\n"
+        "            time.sleep(0.1)\n"
+    )
+    new = hosts.web.commit({"checks/test_wait.py": waits}, "web waits in phase 2")
+    worker = hosts.worker()
+    molt = hosts.bot()
+    since = molt.send("deploy web main")
+    planned = molt.wait_for(r"press approve (r[0-9a-f]+)", since=since).group(1)
+    molt.send(f"press approve {planned}")
+    wait_for_file(started, molt)  # phase 2 runs on web's worker
+    worker.proc.send_signal(signal.SIGTERM)  # warm: it finishes the update first
+    worker.wait_for(r"got signal SIGTERM")
+    since = molt.send("deploy web main")
+    molt.wait_for(r"no worker for web is running \(last seen ", since=since)
+    go.touch()
+    molt.wait_for(r"✅ Live: ", since=since, timeout=120)
+    assert hosts.web.live_head() == new
+    worker.proc.wait(60)  # and then it stops

@@ -1,0 +1,99 @@
+"""Validation phases as the console shows them, with the update run by an RQ worker in this
+process, real git and real test commands. A long phase shows its progress while it runs;
+a test that fails once, then passes, is told apart from one that is broken."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tests.desk import StartChat
+from tests.support import ServiceRepo, fails_once
+
+PYTEST = "python -m pytest -q -p no:cacheprovider"
+PROGRESS = re.compile(
+    r"⏳ phase 1 running for ([\d.]+) s: (\d+)% of tests done, (\d+) failed so far"
+)
+
+
+def _fake_pytest(path: Path, live: Path) -> str:
+    """A pytest-like test command: slow in the sandbox once the checkout has a SLOW file,
+    printing pytest's ``-q`` progress lines (with one failure mark) as it goes."""
+    path.write_text(
+        "import os, pathlib, time\n"
+        f"if pathlib.Path('SLOW').exists() and os.getcwd() != {str(live)!r}:\n"
+        "    for step in range(1, 9):\n"
+        "        marks = '....F' if step == 2 else '.....'\n"
+        "        print(f'{marks}  [{step * 100 // 8:3d}%]', flush=True)\n"
+        "        time.sleep(1)\n"
+        "print('40 passed')\n"
+    )
+    return f"python {path}"
+
+
+FLAKY_ID = "checks/test_flaky.py::test_sometimes"
+
+
+def test_a_long_phase_shows_its_progress_while_it_runs(
+    service: ServiceRepo, start_chat: StartChat, tmp_path: Path
+) -> None:
+    command = _fake_pytest(tmp_path / "fake_pytest.py", service.live)
+    new = service.commit({"SLOW": "the tests take a while\n"}, "slow tests")
+    chat = start_chat(MOLT_TEST_COMMAND=command, MOLT_PROGRESS_INTERVAL="2")
+    since = chat.send("deploy main")
+    chat.send("press approve")
+    chat.work()
+    chat.wait_for(r"✅ Live: ", since=since, timeout=120)
+    assert service.live_head() == new
+    shown = [PROGRESS.search(line) for line in chat.lines[since:]]
+    progress = [(float(m.group(1)), int(m.group(2)), int(m.group(3))) for m in shown if m]
+    assert len(progress) >= 2, chat.output
+    seconds = [p[0] for p in progress]
+    assert seconds == sorted(seconds) and seconds[0] < seconds[-1]
+    assert all(0 < share <= 100 for _, share, _ in progress)
+    assert progress[-1][2] == 1  # the failure mark, counted as it came
+
+
+def test_a_flaky_test_fails_the_update_by_default_naming_it_and_history_keeps_it(
+    service: ServiceRepo, start_chat: StartChat, tmp_path: Path
+) -> None:
+    old = service.live_head()
+    service.commit({"checks/test_flaky.py": fails_once(tmp_path / "ran")}, "a flaky test")
+    chat = start_chat(MOLT_TEST_COMMAND=PYTEST)
+    since = chat.send("deploy main")
+    chat.send("press approve")
+    chat.work()
+    chat.wait_for(r"❌ Failed: ", since=since)
+    named = rf"flaky \(failed, then passed when run again\): {re.escape(FLAKY_ID)}"
+    chat.wait_for(named, since=since)
+    assert service.live_head() == old
+    asked = chat.send("history")
+    chat.wait_for(r"Flaky tests \(failed, then passed when run again\)", since=asked)
+    chat.wait_for(rf"`{re.escape(FLAKY_ID)}`: 1 time, last .* \(phase 1\)", since=asked)
+
+
+def test_with_flaky_pass_a_flaky_test_lands_and_the_success_message_lists_it(
+    service: ServiceRepo, start_chat: StartChat, tmp_path: Path
+) -> None:
+    new = service.commit({"checks/test_flaky.py": fails_once(tmp_path / "ran")}, "a flaky test")
+    chat = start_chat(MOLT_TEST_COMMAND=PYTEST, MOLT_FLAKY="pass")
+    since = chat.send("deploy main")
+    chat.send("press approve")
+    chat.work()
+    chat.wait_for(r"✅ Live: ", since=since)
+    chat.wait_for(rf"Flaky tests: • `{re.escape(FLAKY_ID)}` failed, then passed", since=since)
+    assert service.live_head() == new
+
+
+def test_a_test_that_always_fails_is_not_called_flaky(
+    service: ServiceRepo, start_chat: StartChat
+) -> None:
+    broken = "def test_broken():\n    assert 1 + 1 == 3, 'broken for good'\n"
+    service.commit({"checks/test_broken.py": broken}, "a broken test")
+    chat = start_chat(MOLT_TEST_COMMAND=PYTEST, MOLT_FLAKY="pass")
+    since = chat.send("deploy main")
+    chat.send("press approve")
+    chat.work()
+    chat.wait_for(r"❌ Failed: ", since=since)
+    chat.wait_for(r"failed again when run again: checks/test_broken.py::test_broken", since=since)
+    assert "flaky" not in "\n".join(chat.lines[since:])

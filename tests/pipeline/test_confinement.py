@@ -319,6 +319,7 @@ def test_without_a_sandbox_auto_refuses_a_change_in_words_and_still_plans_deploy
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A host where bwrap cannot make a sandbox (user namespaces switched off, say)."""
+    settings = settings.model_copy(update={"sandbox": "auto"})
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     broken = bin_dir / "bwrap"

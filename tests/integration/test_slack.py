@@ -359,7 +359,7 @@ def test_secrets_never_reach_messages_audit_events_or_logs(
     slack_bot.command(f"deploy {BOT_TOKEN}")
     slack_bot.command(f"please use {SIGNING_SECRET} and ghp_{'a' * 36}")
     slack_bot.shown("failure")
-    slack_bot.shown("blocked")
+    slack_bot.shown("refused")  # a change in words, with no planner configured
     conn = slack_bot.store.conn
     seen = [
         json.dumps([c.args for c in slack_bot.slack.calls()]),

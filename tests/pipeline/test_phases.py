@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from bot.rendering import render
+from pipeline import events
 from tests.desk import StartChat
 from tests.support import ServiceRepo, fails_once
 
@@ -45,9 +47,23 @@ def test_a_long_phase_shows_its_progress_while_it_runs(
     chat.work()
     chat.wait_for(r"✅ Live: ", since=since, timeout=120)
     assert service.live_head() == new
-    shown = [PROGRESS.search(line) for line in chat.lines[since:]]
+    # The status message as it was refreshed in place (a piped console prints at most one
+    # progress line a minute): each refresh rendered as the notifier renders it.
+    [request] = chat.requests(1)
+    refreshes = [
+        events.Event.from_fields(i, f)
+        for i, f in chat.conn.xrange(events.STREAM)
+        if f.get("request_id") == request.id and f.get("template") == "working"
+    ]
+    fields = [
+        field.value
+        for event in refreshes
+        for field in render("working", request.context() | event.data).fields
+        if field.name == "Progress"
+    ]
+    shown = [PROGRESS.search(f"⏳ {value}") for value in fields]
     progress = [(float(m.group(1)), int(m.group(2)), int(m.group(3))) for m in shown if m]
-    assert len(progress) >= 2, chat.output
+    assert len(progress) >= 2, fields
     seconds = [p[0] for p in progress]
     assert seconds == sorted(seconds) and seconds[0] < seconds[-1]
     assert all(0 < share <= 100 for _, share, _ in progress)

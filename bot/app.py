@@ -43,8 +43,8 @@ from pipeline import (
     restart,
     store,
 )
-from pipeline.config import Settings
-from pipeline.confinement import SANDBOX_OFF, Confinement
+from pipeline.config import SANDBOX_OFF, Settings
+from pipeline.confinement import Confinement
 from pipeline.exceptions import IllegalTransition
 from pipeline.manifests import running_version
 from pipeline.requests import RequestStore

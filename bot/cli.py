@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import redis
 
 from pipeline import audit, authorisation, confinement, control, logs, metrics, recovery, store
-from pipeline.config import Settings, config_file, load_settings
+from pipeline.config import SANDBOX_AUTO, SANDBOX_BWRAP, Settings, config_file, load_settings
 from pipeline.exceptions import ConfigError, StoreError
 from pipeline.requests import Origin
 from pipeline.states import RequestState as S
@@ -331,7 +331,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def sandbox_refused(settings: Settings) -> str:
     """MOLT_SANDBOX=bwrap on a host that cannot make the sandbox: why, else ""."""
     found = confinement.support()
-    if settings.sandbox == confinement.SANDBOX_BWRAP and not found.works:
+    if settings.sandbox == SANDBOX_BWRAP and not found.works:
         return f"MOLT_SANDBOX=bwrap, but {found.found}"
     return ""
 
@@ -351,7 +351,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if refused:
         print(f"molt would refuse to start: {refused}")
         return 1
-    if settings.sandbox == confinement.SANDBOX_AUTO and not found.works:
+    if settings.sandbox == SANDBOX_AUTO and not found.works:
         print("  change requests in words are refused until a sandbox can be made")
     return 0
 

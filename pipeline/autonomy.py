@@ -29,8 +29,8 @@ import redis
 
 from pipeline import preflight, validation
 from pipeline.authorisation import raised_by_molt
-from pipeline.config import Settings
-from pipeline.confinement import SANDBOX_AUTO, Confinement
+from pipeline.config import SANDBOX_AUTO, Settings
+from pipeline.confinement import Confinement
 from pipeline.decisions import ALLOWED, Decision
 from pipeline.git import Git
 from pipeline.keyspace import TargetKeys

@@ -17,6 +17,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any
@@ -40,7 +41,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from pipeline.confinement import NETWORK_MODES, NETWORK_NONE, SANDBOX_AUTO, SANDBOX_MODES, Limits
 from pipeline.exceptions import ConfigError
 
 #: Molt's own checkout: the default target, and where templates/ lives.
@@ -51,6 +51,56 @@ UserList = Annotated[list[str], NoDecode]
 
 #: The model change requests are planned, written and reviewed with (MOLT_MODEL).
 DEFAULT_MODEL = "claude-sonnet-4-6"
+
+#: Where test commands run (pipeline/confinement.py builds the sandbox).
+SANDBOX_AUTO, SANDBOX_BWRAP, SANDBOX_OFF = "auto", "bwrap", "off"
+SANDBOX_MODES = (SANDBOX_AUTO, SANDBOX_BWRAP, SANDBOX_OFF)
+NETWORK_NONE, NETWORK_HOST = "none", "host"
+NETWORK_MODES = (NETWORK_NONE, NETWORK_HOST)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one test command may use (``test_limits``): memory per process in MiB, processes
+    (threads count) in all, and open files per process. The defaults fit a 2-core, 8 GiB
+    host running Molt's own suite three tests at a time."""
+
+    memory: int = 4096
+    processes: int = 2048
+    open_files: int = 4096
+
+    @classmethod
+    def parse(cls, value: Any) -> Limits:
+        """From molt.toml's table (``{memory = 2048, processes = 300}``) or MOLT_TEST_LIMITS
+        (``memory=2048,processes=300``); a key left out keeps its default."""
+        if isinstance(value, Limits):
+            return value
+        if isinstance(value, str):
+            pairs = [p.partition("=") for p in value.split(",") if p.strip()]
+            if any(not sep for _, sep, _ in pairs):
+                raise ValueError("expected name=number entries, e.g. memory=4096,processes=512")
+            value = {k.strip(): v.strip() for k, _, v in pairs}
+        if not isinstance(value, dict):
+            raise ValueError("expected a table of memory, processes and open_files")
+        known = cls.__dataclass_fields__
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: expected one of {', '.join(known)}")
+        numbers = {}
+        for key, number in value.items():
+            try:
+                numbers[key] = int(number)
+            except (TypeError, ValueError):
+                raise ValueError(f"{key}: expected a whole number, got {number!r}") from None
+            if numbers[key] < 16:
+                raise ValueError(f"{key}: expected at least 16, got {numbers[key]}")
+        return cls(**numbers)
+
+    def describe(self) -> str:
+        return (
+            f"memory {self.memory} MiB a process, {self.processes} processes, "
+            f"{self.open_files} open files"
+        )
 
 
 def _var(name: str, default: Any = None, **kwargs: Any) -> Any:

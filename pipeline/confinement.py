@@ -40,17 +40,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pipeline.config import (
+    NETWORK_HOST,
+    NETWORK_NONE,
+    SANDBOX_OFF,
+    Limits,
+    Settings,
+)
 from pipeline.processes import die_with_parent
-
-if TYPE_CHECKING:
-    from pipeline.config import Settings
-
-SANDBOX_AUTO, SANDBOX_BWRAP, SANDBOX_OFF = "auto", "bwrap", "off"
-SANDBOX_MODES = (SANDBOX_AUTO, SANDBOX_BWRAP, SANDBOX_OFF)
-NETWORK_NONE, NETWORK_HOST = "none", "host"
-NETWORK_MODES = (NETWORK_NONE, NETWORK_HOST)
 
 #: Variables a test command gets from Molt's environment whatever the target says.
 ALLOWED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TERM")
@@ -62,50 +61,6 @@ SANDBOX_UID = 1000
 SANDBOX_HOME = "/tmp/home"
 
 _REAPER = Path(__file__).resolve().parent / "reaper.py"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one test command may use (``test_limits``): memory per process in MiB, processes
-    (threads count) in all, and open files per process. The defaults fit a 2-core, 8 GiB
-    host running Molt's own suite three tests at a time."""
-
-    memory: int = 4096
-    processes: int = 2048
-    open_files: int = 4096
-
-    @classmethod
-    def parse(cls, value: Any) -> Limits:
-        """From molt.toml's table (``{memory = 2048, processes = 300}``) or MOLT_TEST_LIMITS
-        (``memory=2048,processes=300``); a key left out keeps its default."""
-        if isinstance(value, Limits):
-            return value
-        if isinstance(value, str):
-            pairs = [p.partition("=") for p in value.split(",") if p.strip()]
-            if any(not sep for _, sep, _ in pairs):
-                raise ValueError("expected name=number entries, e.g. memory=4096,processes=512")
-            value = {k.strip(): v.strip() for k, _, v in pairs}
-        if not isinstance(value, dict):
-            raise ValueError("expected a table of memory, processes and open_files")
-        known = cls.__dataclass_fields__
-        unknown = sorted(set(value) - set(known))
-        if unknown:
-            raise ValueError(f"{unknown[0]}: expected one of {', '.join(known)}")
-        numbers = {}
-        for key, number in value.items():
-            try:
-                numbers[key] = int(number)
-            except (TypeError, ValueError):
-                raise ValueError(f"{key}: expected a whole number, got {number!r}") from None
-            if numbers[key] < 16:
-                raise ValueError(f"{key}: expected at least 16, got {numbers[key]}")
-        return cls(**numbers)
-
-    def describe(self) -> str:
-        return (
-            f"memory {self.memory} MiB a process, {self.processes} processes, "
-            f"{self.open_files} open files"
-        )
 
 
 # -- what this host can do ----------------------------------------------------------------

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.confinement import NETWORK_HOST, Confinement
+from pipeline.config import NETWORK_HOST
+from pipeline.confinement import Confinement
 from pipeline.diffs import matches, touched_paths
 
 LEVELS = ("low", "medium", "high")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,8 +75,8 @@ def test_worker_killed_mid_update_is_rolled_back(
 def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
     service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
 ) -> None:
-    """The test command's own children outlive its shell (they ignore their parent's
-    death): the rollback of the abandoned update kills its whole process group first."""
+    """The test command's own children ignore their parent's death: they end with the
+    worker all the same (the test command's PID namespace, or its subreaper, ends them)."""
     started = tmp_path / "phase2-started"
     stubborn = (
         "import os, pathlib, signal, subprocess, sys, time\n\n\ndef test_stubborn():\n"
@@ -95,11 +96,9 @@ def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
     for group in update_processes(data_dir):
         os.killpg(group, signal.SIGKILL)
     molt.wait_for(r"worker running this update stopped during phase 2", since=since)
-    molt.wait_for(
-        r"its test command `python service_tests\.py` was still running "
-        r"\(process group \d+, 2 process\(es\)\) and was killed first",
-        since=since,
-    )
+    deadline = time.monotonic() + 30
+    while processes_in(service.live) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert processes_in(service.live) == []
     assert service.live_head() == old
     assert service.live_status() == ""

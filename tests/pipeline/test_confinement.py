@@ -16,7 +16,7 @@ import pytest
 import redis
 from rq import SimpleWorker
 
-from pipeline import approval, confinement, intake, processes, queueing, store
+from pipeline import approval, confinement, intake, preflight, processes, queueing, store
 from pipeline.config import Settings, load_settings
 from pipeline.requests import Origin, RequestStore
 from pipeline.states import RequestState as S
@@ -342,4 +342,5 @@ def test_without_a_sandbox_auto_refuses_a_change_in_words_and_still_plans_deploy
         reasons = (deploy.plan or {})["risk"]["reasons"]
         assert any("test commands run without a sandbox" in r for r in reasons), reasons
     finally:
+        preflight.finish_background(timeout=120)  # its run sees the broken bwrap too
         confinement.support.cache_clear()

@@ -58,7 +58,8 @@ def test_the_model_may_raise_the_risk_but_never_lower_it(
 ) -> None:
     fake.add(planned(risk={"level": "high", "reasons": ["greet() is everywhere"]}))
     raised = _ask(llm_settings, conn).plan or {}
-    assert raised["risk"] == {"level": "high", "reasons": ["planner: greet() is everywhere"]}
+    said = [r for r in raised["risk"]["reasons"] if "sandbox" not in r]  # tests run unsandboxed
+    assert raised["risk"]["level"] == "high" and said == ["planner: greet() is everywhere"]
 
     files = [{"path": "certs/site.pem", "action": "create", "why": "a new certificate"}]
     fake.add(planned(files=files, risk={"level": "low", "reasons": ["trivial"]}))

@@ -21,6 +21,9 @@ from pipeline.config import Settings, load_settings
 from pipeline.requests import Origin, RequestStore
 from pipeline.states import RequestState as S
 from pipeline.validation import run_tests
+from tests.conversations import implemented, planned, reviewed
+from tests.desk import StartChat
+from tests.fakes.anthropic import FakeAnthropic
 from tests.support import ServiceRepo
 
 pytestmark = pytest.mark.skipif(
@@ -344,3 +347,49 @@ def test_without_a_sandbox_auto_refuses_a_change_in_words_and_still_plans_deploy
     finally:
         preflight.finish_background(timeout=120)  # its run sees the broken bwrap too
         confinement.support.cache_clear()
+
+
+def test_a_change_written_by_the_model_is_contained_like_any_branch(
+    settings: Settings,
+    service: ServiceRepo,
+    start_chat: StartChat,
+    listener: tuple[int, list[bytes]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The model's change carries the same escapes in its test: the implementer's own test
+    run, phase 1 and phase 2 all run it in the sandbox, and its honest tests pass."""
+    port, heard = listener
+    monkeypatch.setenv("SERVICE_DB", "postgres://tests")
+    mark = f"molt-escaped-{os.getpid()}-{port}-model"
+    home = Path.home()
+    facts = {
+        "secrets": ["ANTHROPIC_API_KEY", "MOLT_ALERT_TOKEN"],
+        "port": port,
+        "data": str(settings.data_dir),
+        "socket": str(store.socket_path(settings.data_dir)),
+        "live": str(service.live),
+        "home": str(home),
+        "mark": mark,
+    }
+    escapes = ESCAPES.format(facts=facts).replace(
+        'with open("daemon.started", "a") as f:\n        f.write("started\\n")', "pass"
+    )
+    with FakeAnthropic() as fake:
+        chat = start_chat(
+            MOLT_SANDBOX="auto",
+            MOLT_TEST_ENV="SERVICE_DB",
+            MOLT_ALERT_TOKEN="secret-value",
+            **fake.env(),
+        )
+        fake.add(planned(), *implemented(escapes), reviewed())
+        since = chat.send("add a ping function that answers pong")
+        chat.wait_for(r"📋 Plan ready", since=since)
+        chat.send("press approve")
+        chat.work()
+        chat.wait_for(r"✅ Live: ", since=since, timeout=180)
+    assert "ping" in (service.live / "app.py").read_text()
+    assert heard == []
+    assert not (settings.data_dir / "escaped").exists()
+    assert not (service.live / "escaped").exists()
+    assert not (home / mark).exists() and not (Path("/tmp") / mark).exists()
+    assert _sleeping_daemons() == []

@@ -254,7 +254,7 @@ def _tests(settings: Settings, conn: redis.Redis, request: Request) -> dict[str,
     if not tests_first(request):
         return {}
     head = Git(settings.target_dir).head()
-    done = partial(_tests_done, settings, conn)
+    done = partial(_tests_done, settings)
     return preflight.start_tests(settings, conn, head, done).to_dict()
 
 

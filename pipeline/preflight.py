@@ -31,6 +31,7 @@ from pipeline.exceptions import GitError
 from pipeline.git import Git
 from pipeline.records import TestLimit, TestRecord
 from pipeline.snapshots import Sandbox
+from pipeline.store import connect
 from pipeline.targets import Target
 from pipeline.validation import run_tests, why_failed
 
@@ -146,22 +147,24 @@ def start_tests(
     settings: Settings,
     conn: redis.Redis,
     commit: str,
-    done: Callable[[TestRecord], None] | None = None,
+    done: Callable[[redis.Redis, TestRecord], None] | None = None,
 ) -> TestsState:
     """The run at ``commit``, started in the background if nobody ran or runs it; ``done``
-    is told its record when this process ran it."""
+    is told its record (with a client of the run's own) when this process ran it."""
     known = tests_state(settings, conn, commit)
     if known is not None:
         return known
 
     def run() -> None:
+        own = connect(settings)  # the caller's client may be closed before this run ends
         try:
-            record = tests_at(settings, conn, commit)
+            record = tests_at(settings, own, commit)
+            if done is not None:
+                done(own, record)
         except Exception:
             log.exception("the pre-flight test run failed to run", commit=commit)
-            return
-        if done is not None:
-            done(record)
+        finally:
+            own.close()
 
     thread = threading.Thread(target=run, name="molt-preflight", daemon=True)
     with _runs_lock:

@@ -131,6 +131,7 @@ def settings(service: ServiceRepo, data_dir: Path, redis_url: str | None) -> Set
 def conn(settings: Settings) -> Iterator[redis.Redis]:
     client = store.connect(settings)
     yield client
+    preflight.finish_background(timeout=120)  # a run the test started ends before its client
     client.close()
 
 

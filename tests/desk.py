@@ -35,15 +35,21 @@ from pipeline.requests import Request, RequestStore
 
 
 class Transcript(io.TextIOBase):
-    """What the console printed, line by line, with a wait for the line a test expects."""
+    """What the console printed, line by line, with a wait for the line a test expects (a
+    line written in pieces counts once it ends)."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
+        self._partial = ""
         self._changed = threading.Condition()
+
+    def writable(self) -> bool:
+        return True
 
     def write(self, text: str) -> int:
         with self._changed:
-            self.lines.extend(text.splitlines())
+            *done, self._partial = (self._partial + text).split("\n")
+            self.lines.extend(done)
             self._changed.notify_all()
         return len(text)
 
@@ -54,7 +60,11 @@ class Transcript(io.TextIOBase):
         with self._changed:
             return "\n".join(self.lines[since:])
 
-    def wait_for(self, pattern: str, since: int, timeout: float) -> re.Match[str]:
+    @property
+    def output(self) -> str:
+        return self.text()
+
+    def wait_for(self, pattern: str, since: int = 0, timeout: float = 90) -> re.Match[str]:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -127,7 +137,7 @@ class Chat:
         return mark
 
     def wait_for(self, pattern: str, since: int = 0, timeout: float = 90) -> re.Match[str]:
-        return self.transcript.wait_for(pattern, since, timeout)
+        return self.transcript.wait_for(pattern, since=since, timeout=timeout)
 
     def requests(self, count: int = 10) -> list[Request]:
         """The newest requests first."""

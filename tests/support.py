@@ -23,8 +23,11 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from pipeline import processes, store
+from bot.messages import Message
+from bot.rendering import render
+from pipeline import events, processes, store
 from pipeline.config import load_settings
+from pipeline.requests import Request, RequestStore
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The bot's log line once it is up, as JSON (its log is not a terminal) or console text:
@@ -415,3 +418,15 @@ def fails_once(marker: Path) -> str:
         "        marker.touch()\n"
         "        raise AssertionError('fails the first time only')\n"
     )
+
+
+def shown_message(conn: redis.Redis, request: Request, template: str) -> Message:
+    """The newest message of ``template`` for ``request``, rendered as the notifier would."""
+    found = [
+        events.Event.from_fields(i, f)
+        for i, f in conn.xrange(events.STREAM)
+        if f.get("request_id") == request.id and f.get("template") == template
+    ]
+    assert found, f"no {template} message for {request.id}"
+    current = RequestStore(conn).get(request.id)
+    return render(template, current.context() | found[-1].data)

@@ -7,10 +7,8 @@ process tree per test."""
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -21,31 +19,13 @@ from typing import Any
 import pytest
 import redis
 import structlog
-from rq import Queue, SimpleWorker
-from rq.timeouts import TimerDeathPenalty
+from rq import Queue
 
 from bot.app import Bot
 from pipeline import logs, queueing, store, workers
 from pipeline.config import Settings, load_settings
 from pipeline.requests import RequestStore
-
-
-class ThreadWorker(SimpleWorker):
-    """RQ's in-process worker, on a thread other than the main one: the job timeout is a
-    timer (SIGALRM reaches the main thread only), and the test process keeps its signals.
-    It listens for no RQ commands (Molt sends none): a burst that ends before its command
-    channel is subscribed would wait a minute for it to be."""
-
-    death_penalty_class = TimerDeathPenalty
-
-    def _install_signal_handlers(self) -> None:
-        pass
-
-    def subscribe(self) -> None:
-        pass
-
-    def unsubscribe(self) -> None:
-        pass
+from tests.desk import ThreadWorker, Transcript
 
 
 class SharedBeat(workers.Beat):
@@ -94,47 +74,6 @@ class Jobs:
         if self.beat is not None:
             self.beat.stop()
         self.conn.close()
-
-
-class Transcript(io.TextIOBase):
-    """What the console printed, line by line, to wait on as a person watching it does."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._partial = ""
-        self._changed = threading.Condition()
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, text: str) -> int:
-        with self._changed:
-            *done, self._partial = (self._partial + text).split("\n")
-            self.lines.extend(done)
-            self._changed.notify_all()
-        return len(text)
-
-    @property
-    def output(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str, timeout: float = 90, since: int = 0) -> re.Match[str]:
-        regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines[since:]:
-                    found = regex.search(line)
-                    if found:
-                        return found
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(
-                        f"no line matching {pattern!r} within {timeout}s; Molt said:\n"
-                        + "\n".join(self.lines[-80:])
-                    )
-                self._changed.wait(min(remaining, 0.2))
 
 
 class InProcessBot:

@@ -135,6 +135,23 @@ def test_a_memory_hog():
 """
 
 
+def _escapes(
+    settings: Settings, service: ServiceRepo, secrets: list[str], port: int, mark: str
+) -> str:
+    """ESCAPES aimed at this test's Molt: its secrets' names, the host's listener on
+    ``port``, its data, Redis socket and live checkout, and ``mark`` to write in home and /tmp."""
+    facts = {
+        "secrets": secrets,
+        "port": port,
+        "data": str(settings.data_dir),
+        "socket": str(store.socket_path(settings.data_dir)),
+        "live": str(service.live),
+        "home": str(Path.home()),
+        "mark": mark,
+    }
+    return ESCAPES.format(facts=facts)
+
+
 @pytest.fixture
 def listener() -> Iterator[tuple[int, list[bytes]]]:
     """A listener on the host's loopback, and what reached it."""
@@ -193,18 +210,11 @@ def test_a_branch_that_tries_every_escape_is_contained_in_both_phases(
     monkeypatch.setenv("MOLT_TEST_ENV", "SERVICE_DB")
     mark = f"molt-escaped-{os.getpid()}-{port}"
     home = Path.home()
-    facts = {
-        "secrets": secrets,
-        "port": port,
-        "data": str(settings.data_dir),
-        "socket": str(store.socket_path(settings.data_dir)),
-        "live": str(service.live),
-        "home": str(home),
-        "mark": mark,
-    }
     conn = store.connect(settings)
     conn.set("molt:untouched", "yes")
-    new = service.commit({"checks/test_escape.py": ESCAPES.format(facts=facts)}, "escape")
+    new = service.commit(
+        {"checks/test_escape.py": _escapes(settings, service, secrets, port, mark)}, "escape"
+    )
 
     request_id = _update(load_settings(), conn)
 
@@ -362,16 +372,8 @@ def test_a_change_written_by_the_model_is_contained_like_any_branch(
     monkeypatch.setenv("SERVICE_DB", "postgres://tests")
     mark = f"molt-escaped-{os.getpid()}-{port}-model"
     home = Path.home()
-    facts = {
-        "secrets": ["ANTHROPIC_API_KEY", "MOLT_ALERT_TOKEN"],
-        "port": port,
-        "data": str(settings.data_dir),
-        "socket": str(store.socket_path(settings.data_dir)),
-        "live": str(service.live),
-        "home": str(home),
-        "mark": mark,
-    }
-    escapes = ESCAPES.format(facts=facts).replace(
+    secrets = ["ANTHROPIC_API_KEY", "MOLT_ALERT_TOKEN"]
+    escapes = _escapes(settings, service, secrets, port, mark).replace(
         'with open("daemon.started", "a") as f:\n        f.write("started\\n")', "pass"
     )
     with FakeAnthropic() as fake:

@@ -21,7 +21,6 @@ from pipeline import (
     audit,
     autonomy,
     control,
-    events,
     intake,
     preflight,
     queueing,
@@ -34,7 +33,7 @@ from pipeline.requests import ACTIVE, Origin, Request, RequestStore
 from pipeline.states import RequestState as S
 from pipeline.targets import Target
 from pipeline.validation import PhaseSpec, run_phase
-from tests.support import ServiceRepo
+from tests.support import ServiceRepo, shown_message
 
 ALICE = Origin("console", "alice")
 BOB = Origin("console", "bob")
@@ -48,18 +47,6 @@ def _with(settings: Settings, **changes: Any) -> Settings:
 
 def _deploy(settings: Settings, conn: redis.Redis, who: Origin = ALICE) -> Request:
     return intake.submit(settings, conn, who, "deploy", "main", "deploy main")
-
-
-def _shown(conn: redis.Redis, request: Request, template: str) -> Message:
-    """The newest message of ``template`` for ``request``, rendered as the notifier would."""
-    found = [
-        events.Event.from_fields(i, f)
-        for i, f in conn.xrange(events.STREAM)
-        if f.get("request_id") == request.id and f.get("template") == template
-    ]
-    assert found, f"no {template} message for {request.id}"
-    current = RequestStore(conn).get(request.id)
-    return render(template, current.context() | found[-1].data)
 
 
 def _labels(message: Message) -> list[str]:
@@ -76,7 +63,7 @@ def test_observe_mode_shows_the_plan_without_approve_and_refuses_approval(
     service.commit(V2, "v2")
     request = _deploy(observe, conn)
     assert request.state is S.PLAN_READY
-    plan = _shown(conn, request, "plan_ready")
+    plan = shown_message(conn, request, "plan_ready")
     assert "Observe mode is on" in plan.text and "Nothing will run" in plan.text
     assert "Approve" not in _labels(plan)
 
@@ -100,10 +87,12 @@ def test_auto_mode_approves_a_low_risk_plan_itself_and_audits_it_as_molt(
     approved = [e for e in audit.entries(conn, request.id) if e["action"] == "approved"]
     assert approved[0]["actor"] == "molt:auto"
     assert "MOLT_AUTONOMY=auto" in approved[0]["detail"]["message"]
-    plan = _shown(conn, request, "plan_ready")
+    plan = shown_message(conn, request, "plan_ready")
     assert "Molt approves this plan itself" in plan.text
     assert plan.buttons == ()
-    assert "Approved by molt:auto" in _shown(conn, request, "queued").plain().replace("*", "")
+    assert "Approved by molt:auto" in shown_message(conn, request, "queued").plain().replace(
+        "*", ""
+    )
 
 
 def test_auto_mode_leaves_a_medium_risk_plan_to_a_person(
@@ -114,7 +103,7 @@ def test_auto_mode_leaves_a_medium_risk_plan_to_a_person(
     request = _deploy(auto, conn)
     assert request.state is S.PLAN_READY and request.plan
     assert request.plan["risk"]["level"] == "medium"
-    plan = _shown(conn, request, "plan_ready")
+    plan = shown_message(conn, request, "plan_ready")
     assert "this one needs an approver" in plan.text
     assert "Approve" in _labels(plan)
     assert approval.approve(auto, conn, request.id, BOB)
@@ -129,12 +118,12 @@ def test_semi_mode_runs_phase_one_before_approval_and_shows_the_results(
     request = _deploy(semi, conn)
     assert request.state is S.PLAN_READY and request.plan
     assert request.plan["phase_one"]["ok"] is True
-    plan = _shown(conn, request, "plan_ready")
+    plan = shown_message(conn, request, "plan_ready")
     assert "Phase 1, run before approval" in plan.text and "passed in a sandbox" in plan.text
     assert "✓ tests: 1 passed" in plan.text
     assert "Approve" in _labels(plan)
     assert service.live_head() != service.work_head()  # nothing live changed
-    progress = _shown(conn, request, "planning")
+    progress = shown_message(conn, request, "planning")
     assert "running phase 1 in a sandbox before asking for approval" in progress.text
 
 
@@ -146,7 +135,7 @@ def test_semi_mode_shows_a_failing_phase_one_and_still_leaves_the_decision(
     request = _deploy(semi, conn)
     assert request.state is S.PLAN_READY and request.plan
     assert request.plan["phase_one"]["ok"] is False
-    plan = _shown(conn, request, "plan_ready")
+    plan = shown_message(conn, request, "plan_ready")
     assert "FAILED in a sandbox" in plan.text and "✗ tests" in plan.text
     assert "Approving would most likely fail the same way" in plan.text
 
@@ -167,7 +156,7 @@ def test_the_daily_limit_blocks_new_requests_and_refuses_approval_but_not_a_roll
     assert blocked.state is S.BLOCKED
     assert "MOLT_MAX_CHANGES_PER_DAY=1" in blocked.message
     assert "1 update started in the last 24 hours" in blocked.message
-    assert "MOLT_MAX_CHANGES_PER_DAY=1" in _shown(conn, blocked, "blocked").text
+    assert "MOLT_MAX_CHANGES_PER_DAY=1" in shown_message(conn, blocked, "blocked").text
 
     decision = approval.approve(limited, conn, planned.id, BOB)
     assert not decision and "MOLT_MAX_CHANGES_PER_DAY=1" in decision.reason
@@ -186,7 +175,7 @@ def test_a_switched_off_component_blocks_with_a_message_naming_the_setting(
     blocked = _deploy(no_deploys, conn)
     assert blocked.state is S.BLOCKED
     assert "deploys are switched off here (MOLT_ALLOW_DEPLOYS=false)" in blocked.message
-    text = _shown(conn, blocked, "blocked").text
+    text = shown_message(conn, blocked, "blocked").text
     assert "MOLT_ALLOW_DEPLOYS=false" in text and "Nothing was changed" in text
     blocked_entry = [e for e in audit.entries(conn, blocked.id) if e["action"] == "blocked"]
     assert "MOLT_ALLOW_DEPLOYS=false" in blocked_entry[0]["detail"]["message"]
@@ -225,7 +214,7 @@ def test_require_tests_blocks_a_test_command_that_runs_no_countable_tests(
     blocked = _deploy(silent, conn)  # once their run is known, it blocks
     assert blocked.state is S.BLOCKED
     assert "ran no tests Molt could count" in blocked.message
-    assert "MOLT_REQUIRE_TESTS" in _shown(conn, blocked, "blocked").text
+    assert "MOLT_REQUIRE_TESTS" in shown_message(conn, blocked, "blocked").text
 
     allowed = _deploy(_with(silent, require_tests=False), conn)
     assert allowed.state is S.PLAN_READY
@@ -302,7 +291,7 @@ def test_stop_clears_the_queue_with_a_message_each_and_aims_at_the_running_updat
         cleared = RequestStore(conn).get(request.id)
         assert cleared.state is S.FAILED
         assert cleared.message == "cleared from the queue by an emergency stop (console:alice)"
-        assert "Retry" in _labels(_shown(conn, cleared, "failure"))
+        assert "Retry" in _labels(shown_message(conn, cleared, "failure"))
     assert Target(settings, conn).line.ids() == []
     assert control.stop_requested(settings, conn, "r-running") == "console:alice"
     assert control.stop_requested(settings, conn, "r-other") is None
@@ -357,7 +346,7 @@ def test_questions_nobody_answers_expire_with_a_message(
     expired = store.get(stale.id)
     assert expired.state is S.EXPIRED
     assert expired.message == "nobody answered the planner's questions within 60 min"
-    assert "Nothing was changed" in _shown(conn, expired, "expired").text
+    assert "Nothing was changed" in shown_message(conn, expired, "expired").text
     assert store.get(fresh.id).state is S.NEEDS_INFO
 
 

@@ -12,15 +12,13 @@ from pathlib import Path
 import pytest
 import redis
 
-from bot.messages import Message
-from bot.rendering import render
 from pipeline import approval, events, intake, jobs, preflight
 from pipeline.config import Settings
 from pipeline.records import TestRecord
 from pipeline.requests import Origin, Request, RequestStore
 from pipeline.states import RequestState as S
 from pipeline.targets import Target
-from tests.support import ServiceRepo
+from tests.support import ServiceRepo, shown_message
 
 ALICE = Origin("console", "alice")
 BOB = Origin("console", "bob")
@@ -31,18 +29,6 @@ def _gated(settings: Settings, gate: Path) -> Settings:
     """Settings whose test command waits until the test creates ``gate``."""
     command = f"while [ ! -e {gate} ]; do sleep 0.05; done; {settings.test_command}"
     return settings.model_copy(update={"test_command": command})
-
-
-def _shown(conn: redis.Redis, request: Request, template: str) -> Message:
-    """The newest message of ``template`` for ``request``, rendered as the notifier would."""
-    found = [
-        events.Event.from_fields(i, f)
-        for i, f in conn.xrange(events.STREAM)
-        if f.get("request_id") == request.id and f.get("template") == template
-    ]
-    assert found, f"no {template} message for {request.id}"
-    current = RequestStore(conn).get(request.id)
-    return render(template, current.context() | found[-1].data)
 
 
 def _submit(settings: Settings, conn: redis.Redis) -> tuple[S, str]:
@@ -86,14 +72,14 @@ def test_a_plan_does_not_wait_for_the_tests_and_shows_how_their_run_stands(
     slow = _gated(settings, gate)
     request = intake.submit(slow, conn, ALICE, "deploy", "main", "deploy main")
     assert request.state is S.PLAN_READY  # while the tests still wait for the gate
-    shown = _shown(conn, request, "plan_ready")
+    shown = shown_message(conn, request, "plan_ready")
     assert f"Tests at `{service.live_head()[:7]}`:* running" in shown.text
     assert "the update waits for them" in shown.text
     assert "Approve" in [b.label for b in shown.buttons]
 
     gate.touch()
     preflight.finish_background(timeout=60)
-    again = _shown(conn, request, "plan_ready")  # shown again once the run is over
+    again = shown_message(conn, request, "plan_ready")  # shown again once the run is over
     assert f"Tests at `{service.live_head()[:7]}`:* passed" in again.text
     assert "(1 passed in" in again.text
     assert "Approve" in [b.label for b in again.buttons]
@@ -104,7 +90,7 @@ def test_an_unknown_ref_is_answered_before_any_test_runs_and_claims_no_snapshot(
 ) -> None:
     request = intake.submit(settings, conn, ALICE, "deploy", "v9.9", "deploy v9.9")
     assert request.state is S.FAILED and "unknown ref 'v9.9'" in request.message
-    failure = _shown(conn, request, "failure")
+    failure = shown_message(conn, request, "failure")
     assert "snapshot" not in failure.text and "Nothing was touched" in failure.text
     assert not (settings.data_dir / "preflight.log").exists()
 
@@ -114,7 +100,7 @@ def test_deploying_what_already_runs_says_there_is_nothing_to_deploy(
 ) -> None:
     request = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
     assert request.state is S.FAILED and "nothing to deploy" in request.message
-    assert "snapshot" not in _shown(conn, request, "failure").text
+    assert "snapshot" not in shown_message(conn, request, "failure").text
 
 
 def test_a_result_is_remembered_per_test_command(
@@ -302,6 +288,6 @@ def test_an_update_approved_while_the_tests_run_waits_for_them_before_its_snapsh
     assert done.state is S.FAILED and done.phase == "pre-flight"
     assert f"the tests fail at the current commit {old[:7]}" in done.message
     assert not done.snapshot and service.live_head() == old
-    failure = _shown(conn, request, "failure")
+    failure = shown_message(conn, request, "failure")
     assert "Nothing was touched" in failure.text and "snapshot" not in failure.text
     assert "Retry" in [b.label for b in failure.buttons]

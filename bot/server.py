@@ -100,6 +100,16 @@ class BodyGuard:
                 status = int(message["status"])
             elif message["type"] == "http.response.body" and 400 <= status < 500:
                 answer = (answer + message.get("body", b""))[:ANSWER_LOGGED]
+                if not message.get("more_body", False):
+                    # counted before the client has its answer, so a count read after
+                    # an answer includes it
+                    client = scope.get("client")
+                    self.refusals.note(
+                        route,
+                        status,
+                        answer.decode(errors="replace"),
+                        str(client[0]) if client else "",
+                    )
             await send(message)
 
         read = await self._body(scope, receive, body_limit(path))
@@ -109,14 +119,6 @@ class BodyGuard:
             await self.app(scope, _replay(read, receive), sending)
         else:
             return  # the client left before its body was in: nobody to answer
-        if 400 <= status < 500:
-            client = scope.get("client")
-            self.refusals.note(
-                route,
-                status,
-                answer.decode(errors="replace"),
-                str(client[0]) if client else "",
-            )
 
     async def _body(self, scope: Scope, receive: Receive, limit: int) -> bytes | Response | None:
         """The whole body; a 413 or 408 to answer instead; None if the client left."""

@@ -38,10 +38,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 
 from bench.harness import BENCH, PRINCIPAL, ROOT, BenchFailure, clean_environment, median, table
 from bench.repo import TEST_COMMAND, generate_repo, push_change
-from pipeline import approval, intake, store, workers
+from pipeline import store
 from pipeline.config import Settings, load_settings
-from pipeline.requests import RequestStore
-from pipeline.states import RequestState as S
+from pipeline.intake import approval
+from pipeline.intake import flow as intake
+from pipeline.queue import workers
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import RequestStore
 
 NAMES = ("a", "b")
 TARGET_RATIO = 1.2

@@ -29,11 +29,14 @@ import redis
 from rq import Queue
 
 from bench.repo import GIT_ENV, TEST_COMMAND, generate_repo, git
-from pipeline import approval, audit, intake, queueing, store
+from pipeline import audit, store
 from pipeline.config import Settings, load_settings
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.workers import count_workers
+from pipeline.intake import approval
+from pipeline.intake import flow as intake
+from pipeline.queue import queueing
+from pipeline.queue.workers import count_workers
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Origin("console", "bench")

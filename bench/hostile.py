@@ -50,8 +50,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 from bench.harness import ROOT, BenchFailure, clean_environment
 from bench.repo import TEST_COMMAND, generate_repo
 from bench.slack_ack import MOLT_UP, Child, molt_redis
-from pipeline import audit, oncall, store
-from pipeline.requests import ALL
+from pipeline import audit, store
+from pipeline.incidents import oncall
+from pipeline.requests.store import ALL
 from tests.fakes.alerts import signature
 from tests.fakes.github import TOKEN as GITHUB_TOKEN
 from tests.fakes.github import FakeGitHub, issue_comment_payload, issues_payload

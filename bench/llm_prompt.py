@@ -33,12 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 
 from bench.harness import clean_environment, table
 from bench.repo import generate_repo
-from pipeline import intake, planning, store
+from pipeline import store
 from pipeline.config import MOLT_HOME, load_settings
 from pipeline.git import Git
+from pipeline.intake import flow as intake
 from pipeline.llm import planner, repomap
 from pipeline.llm.client import Claude
-from pipeline.requests import Origin, RequestStore
+from pipeline.planning import deploys as planning
+from pipeline.requests.store import Origin, RequestStore
 from tests.conversations import planned
 from tests.fakes.anthropic import API_KEY, FakeAnthropic
 

@@ -3,7 +3,7 @@ while the service logs 1,000 lines a second.
 
 Throughput: ``--lines`` lines (one in 50 an error line, one in 200 a traceback of five
 lines) are appended to a log file, then the follower and the line reader of
-pipeline/logwatch.py read them as the watcher does; lines per second of that thread's CPU
+pipeline/incidents/logwatch.py read them as the watcher does; lines per second of that thread's CPU
 time. Load: a writer appends 1,000 lines a second for ``--seconds`` while the watcher's
 loop (a look every 0.25 s) follows the file; its CPU seconds per wall second. Signals are
 counted, not handed over, so Redis is not part of the figure.
@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 
 from bench.harness import median, table
-from pipeline.logwatch import POLL_SECONDS, LineReader, LogFollower
+from pipeline.incidents.logwatch import POLL_SECONDS, LineReader, LogFollower
 
 TRACEBACK = (
     "Traceback (most recent call last):\n"

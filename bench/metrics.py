@@ -102,10 +102,10 @@ def _recorder(folder: Path, count: int, start: int, stay: bool) -> subprocess.Po
 def _fill_redis(settings: object, conn: object, requests: int, releases: int) -> str:
     """``requests`` requests (one a whole update, the rest refused) and signed releases;
     returns the update's id."""
-    from pipeline import releases as signing
-    from pipeline.manifests import ReleaseKind
-    from pipeline.requests import Origin, RequestStore
-    from pipeline.states import RequestState as S
+    from pipeline.releases import signing
+    from pipeline.releases.manifests import ReleaseKind
+    from pipeline.requests.states import RequestState as S
+    from pipeline.requests.store import Origin, RequestStore
 
     store = RequestStore(conn)  # type: ignore[arg-type]
     who = Origin("console", "bench")
@@ -266,7 +266,7 @@ def _figures(args: argparse.Namespace, server: object, port: int, update_id: str
 def _overhead(args: argparse.Namespace, folder: Path) -> None:
     """What one update's metrics cost, against a real update's pipeline overhead."""
     calls = _timed(lambda: one_update(1), 2000)
-    batch = 20  # a worker folds its finished horses' files 20 at a time (pipeline/workers.py)
+    batch = 20  # a worker folds its finished horses' files 20 at a time (pipeline/queue/workers.py)
     for index in range(batch):
         _recorder(folder, 1, index, False).communicate()
     fold = _timed(lambda: metrics.tidy(at_least=batch), 1)[0] / batch

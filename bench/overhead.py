@@ -30,7 +30,7 @@ from bench.harness import (
     table,
 )
 from bench.repo import TEST_COMMAND, push_change
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
 
 TARGET_OVERHEAD = 2.0
 TOP_CHECKS = 8

@@ -27,7 +27,7 @@ from bench.harness import PRINCIPAL, BenchFailure, Rig, clean_environment, entry
 from bench.repo import git
 from pipeline import events, store
 from pipeline.config import load_settings
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
 
 SLOW_TESTS = """\
 import os, pathlib, sys, time

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 from bench.harness import ROOT, BenchFailure, clean_environment, median, table
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
+from pipeline.requests.store import RequestStore
 from tests.conversations import implemented, planned, reviewed
 from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.github import (

@@ -2,8 +2,8 @@
 
 One set-up (``bench.harness.rig``: the 2,000-file generated target, embedded Redis, a real
 worker) and, in this process, what the bot runs for incidents: the log watcher following
-the service's log and the reader that takes its signals (pipeline/logwatch.py,
-pipeline/oncall.py), with MOLT_AUTONOMY=auto. Each of ``--incidents`` rounds deploys a
+the service's log and the reader that takes its signals (pipeline/incidents/logwatch.py,
+pipeline/incidents/oncall.py), with MOLT_AUTONOMY=auto. Each of ``--incidents`` rounds deploys a
 new 50-file change, then writes ``MOLT_INCIDENT_THRESHOLD`` (5) error lines of a new
 signature to the log at once, and waits for Molt's own rollback to succeed (restarted and
 verified on the release before). It prints, per round and as median and p95: first error
@@ -27,10 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 
 from bench.harness import BenchFailure, Rig, entry_at, median, rig, table
 from bench.repo import push_change
-from pipeline import intake, logwatch, oncall
-from pipeline.incidents import IncidentBook
-from pipeline.requests import Origin, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.incidents import logwatch, oncall
+from pipeline.incidents.book import IncidentBook
+from pipeline.intake import flow as intake
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, RequestStore
 
 TARGET_P95 = 300.0
 AIM = 15.0

@@ -48,14 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 
 from bench.harness import BenchFailure, clean_environment, median, table
 from bench.repo import GIT_ENV
-from pipeline import approval, audit, intake, store
+from pipeline import audit, store
 from pipeline.config import Settings, load_settings
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.targets import Target
+from pipeline.intake import approval
+from pipeline.intake import flow as intake
+from pipeline.queue.targets import Target
+from pipeline.requests.store import Origin, Request, RequestStore
 
 ROOT = Path(__file__).resolve().parent.parent
 ALICE = Origin("console", "alice", "console", "alice")
-TEST_COMMAND = "python -c \"import bot.cli, pipeline.jobs; print('1 passed')\""
+TEST_COMMAND = "python -c \"import bot.cli, pipeline.update.jobs; print('1 passed')\""
 POLL = 0.010
 SUPERVISOR = """
 import signal, subprocess, sys, time

@@ -36,9 +36,9 @@ from bench.harness import (
     table,
 )
 from bench.repo import generate_repo
-from pipeline import snapshots
 from pipeline.git import Git
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
+from pipeline.service import snapshots
 
 TARGET_SECONDS = 1.0
 

@@ -1,4 +1,4 @@
-"""What the sandbox costs a test command (pipeline/confinement.py).
+"""What the sandbox costs a test command (pipeline/sandbox/confinement.py).
 
 Start cost: ``true`` run ``--starts`` times through ``validation.run_tests`` in the sandbox
 (bubblewrap, with Molt's own settings' hides and limits), without it (MOLT_SANDBOX=off:
@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import confinement
 from pipeline.config import MOLT_HOME, load_settings
-from pipeline.confinement import Confinement
-from pipeline.validation import run_command, run_tests
+from pipeline.sandbox import confinement
+from pipeline.sandbox.confinement import Confinement
+from pipeline.sandbox.validation import run_command, run_tests
 
 START_GOAL_MS = 50.0
 SUITE_GOAL = 0.03

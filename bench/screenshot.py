@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from bot.server import HttpServer
     from bot.ui import new_link
     from pipeline.config import load_settings
-    from pipeline.requests import RequestStore
+    from pipeline.requests.store import RequestStore
 
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()

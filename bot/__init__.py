@@ -7,7 +7,7 @@ One request, module by module, in the order it meets them:
    desk, the notifier, the workers it supervises and housekeeping. The HTTP server
    (``server``: /slack/events, /alerts/* from ``alerts``, /healthz, /metrics, and with
    MOLT_UI the status page, ``ui``) runs in a process of its own and hands what arrives to
-   the bot through ``inbox`` (alerts through pipeline/oncall.py). What it refuses is
+   the bot through ``inbox`` (alerts through pipeline/incidents/oncall.py). What it refuses is
    counted and summarised in the audit by ``refusals``.
 2. An adapter behind the small interface in ``base`` (``console``, ``slack/``,
    ``discord/``) parses the platform's input, acks within the platform's limit and calls

@@ -2,9 +2,9 @@
 /alerts/webhook.
 
 Each verifies its sender (a wrong or missing token or signature: 401), reads the payload
-into signals (pipeline/alerts.py; a payload that does not fit its source's model: 400
+into signals (pipeline/incidents/alerts.py; a payload that does not fit its source's model: 400
 naming the field), drops redeliveries and hands the rest to the bot process through Redis
-(pipeline/oncall.py), then answers at once: nothing is acted on in the HTTP process, so an
+(pipeline/incidents/oncall.py), then answers at once: nothing is acted on in the HTTP process, so an
 ack never waits behind a rollback (Sentry allows 1 s). The body's size and time to arrive
 are bounded, and refusals counted and audited, for every route alike (bot/server.py).
 """
@@ -19,8 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pipeline import alerts, oncall
 from pipeline.config import Settings
+from pipeline.incidents import alerts, oncall
 
 
 def _secret(value: object) -> str:

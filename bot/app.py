@@ -3,7 +3,7 @@ housekeeping that keeps every request moving (expiring plans, recovering
 updates whose worker died, keeping workers running, ending a fleet's requests that no
 worker came to take), in one process.
 
-The bot registers itself in ``molt:bot`` (pipeline/restart.py) so a worker can
+The bot registers itself in ``molt:bot`` (pipeline/service/restart.py) so a worker can
 ask it to restart onto new code and check that the new process came back.
 """
 
@@ -30,25 +30,18 @@ from bot.desk import Desk, background_thread
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
 from bot.server import HttpProcess, HttpThread
-from pipeline import (
-    approval,
-    audit,
-    bootguard,
-    logwatch,
-    metrics,
-    oncall,
-    preflight,
-    queueing,
-    recovery,
-    restart,
-    store,
-)
+from pipeline import audit, metrics, store
 from pipeline.config import SANDBOX_OFF, Settings
-from pipeline.confinement import Confinement
 from pipeline.exceptions import IllegalTransition
-from pipeline.manifests import running_version
-from pipeline.requests import RequestStore
-from pipeline.states import RequestState as S
+from pipeline.incidents import logwatch, oncall
+from pipeline.intake import approval, preflight
+from pipeline.queue import queueing
+from pipeline.releases.manifests import running_version
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import RequestStore
+from pipeline.sandbox.confinement import Confinement
+from pipeline.service import restart
+from pipeline.update import bootguard, recovery
 
 log = structlog.get_logger(__name__)
 WORKERS_KEY = "molt:bot:workers"
@@ -265,7 +258,7 @@ class Bot:
         for request in self.store.active():
             try:
                 if self.settings.fleet and request.state in (S.PREFLIGHT, S.PLANNING):
-                    continue  # a fleet's worker checks and plans it (pipeline/intake.py)
+                    continue  # a fleet's worker checks and plans it (pipeline/intake/flow.py)
                 if request.state in (S.RECEIVED, S.PREFLIGHT, S.PLANNING):
                     self.store.transition(
                         request.id,
@@ -308,7 +301,8 @@ class Bot:
                 approval.expire_if_due(self.of(request.target), self.store, request)
             elif request.state is S.NEEDS_INFO:
                 approval.expire_unanswered(self.of(request.target), self.store, request)
-        if not self.settings.fleet:  # in a fleet, the target's own workers do (pipeline/workers.py)
+        # in a fleet, the target's own workers do (pipeline/queue/workers.py)
+        if not self.settings.fleet:
             recovery.recover_abandoned(self.settings, self.conn)
         for name in self.settings.target_names():
             recovery.keep_line_moving(self.of(name), self.conn)

@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from bot.messages import Message
-from pipeline.requests import Origin, Request
+from pipeline.requests.store import Origin, Request
 
 
 class MessageRefs:

@@ -9,12 +9,16 @@ from datetime import UTC, datetime
 
 import redis
 
-from pipeline import audit, authorisation, confinement, control, logs, metrics, recovery, store
+from pipeline import audit, logs, metrics, store
 from pipeline.config import SANDBOX_AUTO, SANDBOX_BWRAP, Settings, config_file, load_settings
 from pipeline.exceptions import ConfigError, StoreError
-from pipeline.requests import Origin
-from pipeline.states import RequestState as S
-from pipeline.states import template_for
+from pipeline.intake import control
+from pipeline.requests import authorisation
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.states import template_for
+from pipeline.requests.store import Origin
+from pipeline.sandbox import confinement
+from pipeline.update import recovery
 
 
 def _settings() -> Settings:
@@ -44,7 +48,7 @@ def _target(args: argparse.Namespace, *, whole: bool = False) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
-    from pipeline import bootguard
+    from pipeline.update import bootguard
 
     settings = _settings()
     chat_configured = settings.slack_enabled or bool(settings.discord_token)
@@ -87,7 +91,7 @@ def cmd_http(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pipeline.workers import run_worker
+    from pipeline.update.worker import run_worker
 
     settings = _settings()
     logs.configure(settings.log_level, settings.secrets(), fmt=settings.log_format)
@@ -127,7 +131,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from pipeline import incidents
+    from pipeline.incidents import book as incidents
 
     settings = _settings()
     _print("incidents", **incidents.listing(settings, store.connect(settings), args.count))
@@ -142,7 +146,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         shown = control.history(conn, args.count, settings)
         _print("history", requests=shown, flaky=flaky)
         return 0
-    from pipeline.requests import RequestStore
+    from pipeline.requests.store import RequestStore
 
     request = RequestStore(conn).find(args.request)
     if request is None:
@@ -251,7 +255,7 @@ def _report(steps: list[recovery.Step]) -> None:
 
 def cmd_release_verify(args: argparse.Namespace) -> int:
     """Check the target's checkout against its signed releases, as start-up does."""
-    from pipeline import verification
+    from pipeline.releases import verification
 
     settings = _settings()
     try:
@@ -269,7 +273,7 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
 def cmd_release_rollback(args: argparse.Namespace) -> int:
     """An operator going back without Molt running: sign the return to the release before
     an update as a rollback release (moving the checkout there if it is elsewhere)."""
-    from pipeline import release_rollback
+    from pipeline.update import release_rollback
 
     settings = _settings()
     conn = store.connect(settings)
@@ -289,7 +293,7 @@ def cmd_ui_link(args: argparse.Namespace) -> int:
     running Molt of this data directory says whether it serves the page, and where: this
     shell needs none of its MOLT_UI settings."""
     from bot.ui import LINK_SECONDS, new_link
-    from pipeline import restart
+    from pipeline.service import restart
 
     page = args.page or "/"
     if not page.startswith("/") or page.startswith(("//", "/\\")):

@@ -26,9 +26,9 @@ from bot.base import Adapter
 from bot.desk import Desk
 from bot.messages import Message
 from bot.rendering import as_text
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.states import template_for
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.states import template_for
+from pipeline.requests.store import Origin, Request, RequestStore
 
 #: Templates after which a request needs nobody's attention from this console.
 SETTLED = frozenset(

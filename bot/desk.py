@@ -23,12 +23,17 @@ import structlog
 from bot.base import Adapter, Front
 from bot.commands import HELP, OPERATOR_VERBS, Command, parse
 from bot.rendering import refusal_line, render
-from pipeline import approval, audit, authorisation, control, diagnosis, incidents, intake
+from pipeline import audit
 from pipeline.config import Settings
-from pipeline.decisions import Decision
 from pipeline.exceptions import IllegalTransition, UnknownRequest
-from pipeline.requests import Origin, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.incidents import book as incidents
+from pipeline.incidents import diagnosis
+from pipeline.intake import approval, control
+from pipeline.intake import flow as intake
+from pipeline.requests import authorisation
+from pipeline.requests.decisions import Decision
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, RequestStore
 
 log = structlog.get_logger(__name__)
 

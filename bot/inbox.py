@@ -19,7 +19,7 @@ import redis
 import structlog
 
 from bot.base import Front
-from pipeline.requests import Origin
+from pipeline.requests.store import Origin
 
 log = structlog.get_logger(__name__)
 STREAM = "molt:inbox"

@@ -24,8 +24,8 @@ from bot.rendering import refusal_line, render
 from pipeline import events, metrics
 from pipeline.config import Settings
 from pipeline.exceptions import UnknownRequest
-from pipeline.incidents import is_incident_event
-from pipeline.requests import Origin, Request, RequestStore
+from pipeline.incidents.book import is_incident_event
+from pipeline.requests.store import Origin, Request, RequestStore
 
 log = structlog.get_logger(__name__)
 CONSUMER = "bot"

@@ -40,7 +40,7 @@ _PART = f"[^{OPEN}{SHOWN}{CLOSE}]*"
 _MARKED = re.compile(f"{OPEN}(?P<who>{_PART})(?:{SHOWN}(?P<shown>{_PART}))?{CLOSE}")
 _MARKS = re.compile(f"[{OPEN}{SHOWN}{CLOSE}]")
 
-#: The pipeline's own sentences naming who acted (pipeline/approval.py, intake.py, jobs.py,
+#: The pipeline's own sentences naming who acted (pipeline/intake/approval.py, intake.py, jobs.py,
 #: control.py). Only the principal at the start is theirs; a note after it is not.
 _ACTED = re.compile(
     r"^(?P<said>(?:approved|rejected|answered|(?:retry \d+|changes) asked|emergency stop) by "

@@ -40,11 +40,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from bot.refusals import Refusals
-from pipeline import events, metrics, restart, store
+from pipeline import events, metrics, store
 from pipeline.config import Settings
-from pipeline.incidents import OPEN, IncidentBook
-from pipeline.requests import ACTIVE, RequestStore, request_key
-from pipeline.targets import Target
+from pipeline.incidents.book import OPEN, IncidentBook
+from pipeline.queue.targets import Target
+from pipeline.requests.store import ACTIVE, RequestStore, request_key
+from pipeline.service import restart
 
 BOOT_ID_ENV = "MOLT_BOOT_ID"
 

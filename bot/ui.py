@@ -3,7 +3,7 @@
 ``GET /`` shows each target (what runs now, the waiting line, open incidents), recent
 updates, releases with their signature status and whether the audit chain holds;
 ``GET /requests/<id>``
-one request with its update's timeline (pipeline/timeline.py) and checks. Pages are
+one request with its update's timeline (pipeline/requests/timeline.py) and checks. Pages are
 rendered on the server from templates/ui/*.html; they refresh themselves while an
 update runs. Request text is shown redacted as in chat; no setting's value is shown.
 
@@ -30,11 +30,14 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from bot.rendering import as_html, duration, short, timestamp
-from pipeline import audit, control, ledger, manifests, timeline
+from pipeline import audit
 from pipeline.config import TEMPLATES_DIR, Settings
-from pipeline.incidents import OPEN, IncidentBook
+from pipeline.incidents.book import OPEN, IncidentBook
+from pipeline.intake import control
 from pipeline.redaction import redact, same_secret
-from pipeline.requests import RequestStore
+from pipeline.releases import ledger, manifests
+from pipeline.requests import timeline
+from pipeline.requests.store import RequestStore
 
 LINK_SECONDS = 600
 SESSION_SECONDS = 12 * 3600

@@ -4,7 +4,7 @@ Every key is spelt the same way in both places (``MOLT_PHASE_TIMEOUT`` in the
 environment or in molt.toml). The environment wins over the file. A bad value
 stops start-up with a ``ConfigError`` naming the variable and what it expected.
 The key settings are decoded here (``key_bytes``, ``private_key``), so that a key that
-cannot be read stops start-up too; pipeline/keys.py holds the keys themselves.
+cannot be read stops start-up too; pipeline/releases/keys.py holds the keys themselves.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ UserList = Annotated[list[str], NoDecode]
 #: The model change requests are planned, written and reviewed with (MOLT_MODEL).
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
-#: Where test commands run (pipeline/confinement.py builds the sandbox).
+#: Where test commands run (pipeline/sandbox/confinement.py builds the sandbox).
 SANDBOX_AUTO, SANDBOX_BWRAP, SANDBOX_OFF = "auto", "bwrap", "off"
 SANDBOX_MODES = (SANDBOX_AUTO, SANDBOX_BWRAP, SANDBOX_OFF)
 NETWORK_NONE, NETWORK_HOST = "none", "host"
@@ -117,15 +117,15 @@ def config_file() -> Path:
 DEFAULT_TEST_COMMAND = "python -m pytest -q"
 SELF_TEST_COMMAND = "python -m pytest -q -n 3"
 
-#: How much Molt does on its own (MOLT_AUTONOMY); see pipeline/autonomy.py.
+#: How much Molt does on its own (MOLT_AUTONOMY); see pipeline/intake/autonomy.py.
 AUTONOMY_MODES = ("observe", "assisted", "semi", "auto")
 
 #: What tests that fail, then pass when run again, do to a phase (MOLT_FLAKY; see
-#: pipeline/reruns.py): fail it anyway, naming them as flaky, or let it pass.
+#: pipeline/sandbox/reruns.py): fail it anyway, naming them as flaky, or let it pass.
 FLAKY_FAIL = "fail"
 FLAKY_PASS = "pass"
 FLAKY_MODES = (FLAKY_FAIL, FLAKY_PASS)
-#: How a change in words reaches the service (MOLT_CHANGE_DELIVERY; pipeline/proposals.py):
+#: How a change in words reaches the service (MOLT_CHANGE_DELIVERY; pipeline/update/proposals.py):
 #: applied to the live checkout, or proposed as a pull request.
 DELIVERY_APPLY = "apply"
 DELIVERY_PULL_REQUEST = "pull-request"
@@ -192,7 +192,7 @@ class Settings(BaseSettings):
     #: update's edits stay well inside Slack's chat.update limit (about 50 a minute).
     progress_interval: float = _var("MOLT_PROGRESS_INTERVAL", 15.0, ge=2)
     flaky: str = _var("MOLT_FLAKY", FLAKY_FAIL)
-    # Where test commands run (pipeline/confinement.py): a sandbox (auto: if the host can
+    # Where test commands run (pipeline/sandbox/confinement.py): a sandbox (auto: if the host can
     # make one), the variables of Molt's environment they get, their network and limits.
     sandbox: str = _var("MOLT_SANDBOX", SANDBOX_AUTO)
     test_env: UserList = _var("MOLT_TEST_ENV", [])
@@ -255,7 +255,7 @@ class Settings(BaseSettings):
     github_environment: str = _var("MOLT_GITHUB_ENVIRONMENT", "production", min_length=1)
     #: Seconds between two writes to GitHub (GitHub asks for at least one).
     github_write_interval: float = _var("MOLT_GITHUB_WRITE_INTERVAL", 1.0, ge=0)
-    # Changes delivered as pull requests (pipeline/proposals.py, bot/github/pulls.py).
+    # Changes delivered as pull requests (pipeline/update/proposals.py, bot/github/pulls.py).
     change_delivery: str = _var("MOLT_CHANGE_DELIVERY", DELIVERY_APPLY)
     #: A merge by an approver counts as the approval of the deploy it plans.
     merge_approves: bool = _var("MOLT_MERGE_APPROVES", False)
@@ -273,8 +273,8 @@ class Settings(BaseSettings):
     llm_max_tokens: int = _var("MOLT_LLM_MAX_TOKENS", 2_000_000, ge=10_000)
     llm_timeout: float = _var("MOLT_LLM_TIMEOUT", 1200.0, gt=0)
     llm_prompt_budget: int = _var("MOLT_LLM_PROMPT_BUDGET", 24_000, ge=12_000, le=400_000)
-    # Signed releases (pipeline/releases.py, keys in pipeline/keys.py) and the boot guard
-    # (pipeline/bootguard.py).
+    # Signed releases (pipeline/releases/signing.py, keys in pipeline/releases/keys.py) and
+    # the boot guard (pipeline/update/bootguard.py).
     #: The Ed25519 key releases are signed with: PEM, or base64 of its 32 raw bytes. Unset:
     #: a key created on first run under MOLT_DATA_DIR/keys/.
     signing_key: SecretStr | None = _var("MOLT_SIGNING_KEY")
@@ -284,7 +284,7 @@ class Settings(BaseSettings):
     #: "<starts>/<seconds>": that many failed starts of one release within that many seconds
     #: is a crash loop, and the boot guard returns to the last release that started well.
     crash_loop: str = _var("MOLT_CRASH_LOOP", "3/60", pattern=r"^\s*[1-9]\d*\s*/\s*[1-9]\d*\s*$")
-    # Autonomy and limits (pipeline/autonomy.py): what runs without a person, how much a day,
+    # Autonomy and limits (pipeline/intake/autonomy.py): what runs without a person, how much a day,
     # and which kinds of request are taken at all.
     autonomy: str = _var("MOLT_AUTONOMY", "assisted")
     max_changes_per_day: int = _var("MOLT_MAX_CHANGES_PER_DAY", 0, ge=0)
@@ -301,13 +301,13 @@ class Settings(BaseSettings):
     #: The target this is the view of (``for_target``); empty for the settings as loaded.
     _target_name: str = PrivateAttr("")
     _views: dict[str, Settings] = PrivateAttr(default_factory=dict)
-    # The watch window after every restart (pipeline/watching.py): the health command every
+    # The watch window after every restart (pipeline/service/watching.py): the health command every
     # MOLT_WATCH_INTERVAL seconds for MOLT_WATCH_SECONDS (0: off); MOLT_WATCH_FAILURES failed
     # probes, or an incident on the target, roll the update back.
     watch_seconds: float = _var("MOLT_WATCH_SECONDS", 60.0, ge=0)
     watch_interval: float = _var("MOLT_WATCH_INTERVAL", 5.0, gt=0)
     watch_failures: int = _var("MOLT_WATCH_FAILURES", 2, ge=1)
-    # Incidents (pipeline/incidents.py): where they come from, when they count, where they
+    # Incidents (pipeline/incidents/book.py): where they come from, when they count, where they
     # are posted, and what Molt does about them.
     #: "<occurrences>/<seconds>": a log signature or webhook fingerprint opens an incident
     #: once seen that often within that many seconds.

@@ -11,7 +11,7 @@
   molt:durations:<id>              list: seconds the last 20 updates took, newest first
   molt:tests:<id>:<run>:<commit>   hash {passed, count, seconds, at, detail}: the test run at a
                                    commit; <run> names what ran (the test command and what
-                                   else changes it, pipeline/records.py ``run_identity``)
+                                   else changes it, pipeline/sandbox/records.py ``run_identity``)
   molt:tests:<id>:<run>:<commit>:running
                                    when the pre-flight test run at a commit began, while it runs
   molt:tests:<id>:<run>:passed     seconds the last passing run took (the phases' time limit
@@ -30,7 +30,7 @@
   molt:boot:<id>:start:<start>     hash {commit, pid, at, healthy_at, ended, ended_at, detail}
   molt:boot:<id>:good              hash: commit → when a start on it last reported healthy
   molt:boot:<id>:rollback          hash {from, to, detail, at}: the boot guard's last rollback
-  molt:seen:<id>                   when a worker of the target last beat (pipeline/workers.py)
+  molt:seen:<id>                   when a worker of the target last beat (pipeline/queue/workers.py)
   molt:queue:<id>:priority         hash: request id → its priority in the waiting line
                                    (0 incident recovery, 1 operator rollback, 2 the rest)
   molt:incidents:<id>              sorted set: the target's incident ids by first seen

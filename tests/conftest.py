@@ -13,8 +13,9 @@ import prometheus_client  # noqa: F401 - see below
 import pytest
 import redis
 
-from pipeline import preflight, store
+from pipeline import store
 from pipeline.config import Settings, load_settings
+from pipeline.intake import preflight
 from tests.support import Molt, RedisServer, ServiceRepo, processes_in
 
 # prometheus_client picks its mode when first imported: imported here, before any test

@@ -29,9 +29,11 @@ from bot import cli
 from bot.console import SINCE_ENV, Console
 from bot.desk import Desk
 from bot.notifier import Notifier
-from pipeline import control, metrics, queueing, store
+from pipeline import metrics, store
 from pipeline.config import Settings, load_settings
-from pipeline.requests import Request, RequestStore
+from pipeline.intake import control
+from pipeline.queue import queueing
+from pipeline.requests.store import Request, RequestStore
 
 
 class Transcript(io.TextIOBase):

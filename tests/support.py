@@ -27,7 +27,7 @@ from bot.messages import Message
 from bot.rendering import render
 from pipeline import events, processes, store
 from pipeline.config import load_settings
-from pipeline.requests import Request, RequestStore
+from pipeline.requests.store import Request, RequestStore
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The bot's log line once it is up, as JSON (its log is not a terminal) or console text:

@@ -27,7 +27,7 @@ from bot.discord.listeners import Listeners
 from bot.messages import Message
 from pipeline.config import Settings
 from pipeline.exceptions import ConfigError
-from pipeline.requests import Origin, Request, RequestStore
+from pipeline.requests.store import Origin, Request, RequestStore
 
 if TYPE_CHECKING:
     from bot.base import Front

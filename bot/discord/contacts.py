@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import discord
 
-from pipeline.requests import Request
+from pipeline.requests.store import Request
 
 #: Interaction tokens live 15 min; follow-ups stop trying a little before.
 TOKEN_LIFETIME = 14 * 60

@@ -22,7 +22,7 @@ from bot.discord.embeds import NO_MENTIONS, colour_for, to_embed
 from bot.discord.views import ButtonSpec, to_buttons, view, with_view
 from bot.messages import Message
 from bot.notifier import TRANSIENT
-from pipeline.requests import Origin, Request
+from pipeline.requests.store import Origin, Request
 
 log = structlog.get_logger(__name__)
 

@@ -15,7 +15,7 @@ import discord
 from bot import people
 from bot.fitting import clip, double_bold, units
 from bot.messages import Message
-from pipeline.requests import Request
+from pipeline.requests.store import Request
 
 # Discord's limits (https://discord.com/developers/docs/resources/message#embed-object-embed-limits).
 EMBED_LIMIT = 6000

@@ -20,7 +20,7 @@ from bot.commands import parse
 from bot.discord.contacts import Contact, Contacts
 from bot.discord.embeds import NO_MENTIONS
 from bot.discord.views import NOTE_INPUT, REVISION_ID, revision_modal, submitted_value
-from pipeline.requests import Origin
+from pipeline.requests.store import Origin
 
 if TYPE_CHECKING:
     from bot.base import Front

@@ -30,12 +30,13 @@ from bot.github.pulls import Pulls
 from bot.github.webhook import INBOX
 from bot.messages import Message
 from bot.rendering import refusal_line, render
-from pipeline import audit, authorisation
+from pipeline import audit
 from pipeline.config import Settings
-from pipeline.decisions import Decision
 from pipeline.exceptions import ConfigError, UnknownRequest
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.requests import authorisation
+from pipeline.requests.decisions import Decision
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
 
 if TYPE_CHECKING:
     from bot.base import Front

@@ -21,8 +21,8 @@ import structlog
 from github import Auth, Github, GithubException, GithubRetry
 
 from pipeline.config import Settings
-from pipeline.decisions import ALLOWED, Decision
 from pipeline.exceptions import ConfigError
+from pipeline.requests.decisions import ALLOWED, Decision
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -31,8 +31,8 @@ from bot.github import comments
 from bot.github.client import Writer
 from bot.messages import Message
 from pipeline.config import Settings
-from pipeline.oncall import raised_for
-from pipeline.requests import Origin, Request, RequestStore
+from pipeline.incidents.oncall import raised_for
+from pipeline.requests.store import Origin, Request, RequestStore
 
 log = structlog.get_logger(__name__)
 REF_TTL = 90 * 86400

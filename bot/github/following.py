@@ -25,9 +25,9 @@ from github import Github, GithubException
 
 from bot.github.happenings import Happening, as_object
 from bot.github.pulls import FOLLOW_TTL, FOLLOWING, Pulls
-from pipeline import proposals
 from pipeline.config import Settings
-from pipeline.requests import Origin, Request
+from pipeline.requests.store import Origin, Request
+from pipeline.update import proposals
 
 log = structlog.get_logger(__name__)
 

@@ -22,7 +22,7 @@ from bot.github.client import Writer
 from bot.rendering import render
 from pipeline import usage
 from pipeline.config import Settings
-from pipeline.requests import Request, RequestStore
+from pipeline.requests.store import Request, RequestStore
 
 log = structlog.get_logger(__name__)
 FOLLOW_TTL = 90 * 86400

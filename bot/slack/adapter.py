@@ -29,7 +29,7 @@ from bot.slack.endpoint import Endpoint
 from bot.slack.listeners import Listeners
 from pipeline.config import Settings
 from pipeline.exceptions import ConfigError
-from pipeline.requests import Origin, Request, RequestStore
+from pipeline.requests.store import Origin, Request, RequestStore
 
 if TYPE_CHECKING:
     from bot.base import Front

@@ -17,7 +17,7 @@ from slack_sdk.errors import SlackApiError
 from bot.base import MessageRefs
 from bot.messages import Message
 from bot.slack.blocks import content, to_blocks
-from pipeline.requests import Origin, Request, RequestStore
+from pipeline.requests.store import Origin, Request, RequestStore
 
 log = structlog.get_logger(__name__)
 

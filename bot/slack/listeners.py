@@ -23,7 +23,7 @@ from slack_sdk import WebClient
 
 from bot.slack.blocks import ACTIONS, REVISION_VIEW, revision_view
 from bot.slack.delivery import thread_key
-from pipeline.requests import Origin, RequestStore
+from pipeline.requests.store import Origin, RequestStore
 
 if TYPE_CHECKING:
     from bot.base import Front

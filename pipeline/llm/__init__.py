@@ -5,4 +5,6 @@ first call); ``prompts`` holds the instructions and fences untrusted text; ``rep
 compact map of the target; ``tools`` are the narrow, sandbox-confined file tools; ``planner``
 turns a request into a ``Plan`` or questions; ``agent`` writes an approved plan; ``scope``
 checks what was written against the plan; ``review`` has a second look at the diff.
+
+Imports the leaves, requests/, sandbox/ and planning/.
 """

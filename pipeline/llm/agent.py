@@ -18,17 +18,17 @@ from typing import Any, TextIO
 import structlog
 
 from pipeline.config import Settings
-from pipeline.confinement import Confinement
 from pipeline.git import Git
-from pipeline.imports import ImportGraph
 from pipeline.llm import prompts, repomap
 from pipeline.llm.client import Claude, Reply
 from pipeline.llm.scope import protected_allowed
 from pipeline.llm.tools import SandboxFiles
 from pipeline.llm.turns import Done, converse, text, tool, tool_result
-from pipeline.plans import Plan
+from pipeline.planning.imports import ImportGraph
+from pipeline.planning.plans import Plan
 from pipeline.redaction import redact
-from pipeline.requests import Request
+from pipeline.requests.store import Request
+from pipeline.sandbox.confinement import Confinement
 
 log = structlog.get_logger(__name__)
 

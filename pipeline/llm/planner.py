@@ -21,15 +21,15 @@ import structlog
 from pipeline.config import Settings
 from pipeline.exceptions import GitError, LLMError, PlanningError
 from pipeline.git import Git
-from pipeline.imports import ImportGraph
 from pipeline.llm import prompts, repomap
 from pipeline.llm.client import Claude, Reply
 from pipeline.llm.proposal import ASK_QUESTIONS, SUBMIT_PLAN, PlanProblems, build_plan, questions
 from pipeline.llm.tools import READ_TOOLS, CommitFiles
 from pipeline.llm.turns import Done, converse, text, tool_result
-from pipeline.planning import import_graph
-from pipeline.plans import Plan
-from pipeline.requests import Request
+from pipeline.planning.deploys import import_graph
+from pipeline.planning.imports import ImportGraph
+from pipeline.planning.plans import Plan
+from pipeline.requests.store import Request
 from pipeline.usage import Usage, record_usage
 
 log = structlog.get_logger(__name__)

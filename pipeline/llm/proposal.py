@@ -15,17 +15,17 @@ from typing import Any
 import redis
 
 from pipeline.config import Settings
-from pipeline.confinement import Confinement
-from pipeline.diffs import protected_paths
-from pipeline.estimates import past_runs
-from pipeline.imports import ImportGraph
 from pipeline.llm.client import Claude
 from pipeline.llm.tools import CommitFiles, Refused, clean_path
 from pipeline.llm.turns import tool
-from pipeline.plans import Plan
+from pipeline.planning.diffs import protected_paths
+from pipeline.planning.estimates import past_runs
+from pipeline.planning.imports import ImportGraph
+from pipeline.planning.plans import Plan
+from pipeline.planning.risk import LEVELS, assess_risk, raise_level, sandbox_risk
+from pipeline.planning.tasks import change_tasks, rollback_points, rollback_to, success_criteria
 from pipeline.redaction import redact, redact_data
-from pipeline.risk import LEVELS, assess_risk, raise_level, sandbox_risk
-from pipeline.tasks import change_tasks, rollback_points, rollback_to, success_criteria
+from pipeline.sandbox.confinement import Confinement
 
 MAX_FILES = 50
 MAX_TASKS = 15

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from pipeline.git import Git
-from pipeline.imports import ImportGraph, read_blobs
+from pipeline.planning.imports import ImportGraph, read_blobs
 
 #: Tokens are estimated as characters / 3: code and paths tokenise worse than prose (about
 #: 3.5 to 4 characters a token), so the estimate errs on the large side.

@@ -14,9 +14,9 @@ from pipeline.llm import prompts
 from pipeline.llm.client import Claude
 from pipeline.llm.scope import Scope
 from pipeline.llm.turns import text, tool
-from pipeline.plans import Plan
+from pipeline.planning.plans import Plan
 from pipeline.redaction import redact
-from pipeline.requests import Request
+from pipeline.requests.store import Request
 
 REVIEW_OUTPUT = 4_000
 MAX_REASONS = 10

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.diffs import protected_paths
-from pipeline.plans import Plan
+from pipeline.planning.diffs import protected_paths
+from pipeline.planning.plans import Plan
 
 MAX_SHOWN = 8
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.confinement import Confinement
-from pipeline.diffs import protected_paths
 from pipeline.exceptions import GitError
 from pipeline.git import Git
 from pipeline.llm.prompts import fence
+from pipeline.planning.diffs import protected_paths
 from pipeline.redaction import MASK, redact
-from pipeline.validation import run_tests
+from pipeline.sandbox.confinement import Confinement
+from pipeline.sandbox.validation import run_tests
 
 MAX_PATH = 400
 MAX_LIST = 300

@@ -15,7 +15,7 @@ from bot.console import Console
 from bot.desk import Desk
 from bot.notifier import Notifier
 from pipeline.config import Settings
-from pipeline.requests import RequestStore
+from pipeline.requests.store import RequestStore
 
 
 class Session:

@@ -10,9 +10,9 @@ import redis
 
 from bot.console import Console
 from bot.rendering import render
-from pipeline import watching
 from pipeline.config import Settings
-from pipeline.requests import Origin, RequestStore
+from pipeline.requests.store import Origin, RequestStore
+from pipeline.service import watching
 
 ALICE = Origin("console", "alice", "console", "alice")
 

@@ -10,8 +10,8 @@ import pytest
 import redis
 
 from pipeline.config import Settings
-from pipeline.requests import RequestStore
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import RequestStore
 from tests.bot.console_harness import Session
 from tests.support import ServiceRepo
 

@@ -12,10 +12,12 @@ from bot.base import Adapter
 from bot.commands import OPERATOR_VERBS, VERBS
 from bot.desk import BY_VERB, Desk
 from bot.messages import Message
-from pipeline import approval, audit, events, intake
+from pipeline import audit, events
 from pipeline.config import Settings
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.intake import approval
+from pipeline.intake import flow as intake
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
 from tests.support import ServiceRepo
 
 ALICE = Origin("console", "alice")

@@ -32,7 +32,7 @@ from bot.people import mark
 from bot.rendering import render
 from pipeline import store as embedded
 from pipeline.config import load_settings
-from pipeline.requests import Origin, Request, RequestStore
+from pipeline.requests.store import Origin, Request, RequestStore
 from tests.fakes.discord import (
     CHANNEL_ID,
     OTHER_CHANNEL_ID,

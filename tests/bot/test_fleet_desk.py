@@ -16,8 +16,8 @@ from bot.rendering import render
 from bot.slack.blocks import content
 from pipeline import audit
 from pipeline.config import Settings, load_settings
-from pipeline.requests import Origin, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, RequestStore
 from tests.bot.test_desk import Replies
 from tests.support import ServiceRepo
 

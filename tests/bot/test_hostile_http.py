@@ -25,10 +25,11 @@ from bot.github.webhook import Webhook
 from bot.refusals import ACTION
 from bot.server import BODY_SECONDS, HttpServer
 from bot.slack import Slack
-from pipeline import audit, oncall
-from pipeline.alerts import UnreadableAlert, from_sentry
+from pipeline import audit
 from pipeline.config import Settings
-from pipeline.requests import ALL, RequestStore
+from pipeline.incidents import oncall
+from pipeline.incidents.alerts import UnreadableAlert, from_sentry
+from pipeline.requests.store import ALL, RequestStore
 from tests.fakes.alerts import signature
 from tests.fakes.github import issue_comment_payload, issues_payload
 from tests.fakes.github import sign as github_sign

@@ -11,8 +11,8 @@ import redis
 from bot.rendering import as_html, as_text
 from bot.ui import StatusPage
 from pipeline.config import Settings
-from pipeline.requests import Origin, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, RequestStore
 from tests.support import run_cli
 
 ALICE = Origin("console", "alice", "console", "alice")

@@ -54,7 +54,12 @@ def full_plan() -> dict[str, Any]:
         ],
         "diffstat": {"files": 12, "insertions": 340, "deletions": 25},
         "files": [
-            {"path": "pipeline/planning.py", "status": "M", "insertions": 30, "deletions": 4},
+            {
+                "path": "pipeline/planning/deploys.py",
+                "status": "M",
+                "insertions": 30,
+                "deletions": 4,
+            },
         ],
         "components": [f"component-{i}" for i in range(10)],
         "risk": {
@@ -186,7 +191,7 @@ def test_plan_ready_shows_what_an_approver_needs() -> None:
     assert "Subject 5" not in fields["Commits"]
     assert "and 2 more" in fields["Commits"]
     assert "12 files, +340 -25" in fields["Files"]
-    assert "pipeline/planning.py" in fields["Files"]
+    assert "pipeline/planning/deploys.py" in fields["Files"]
     assert "component-7" in fields["Components"]
     assert "component-8" not in fields["Components"]
     assert "and 2 more" in fields["Components"]

@@ -31,7 +31,7 @@ from bot.slack import Slack
 from bot.slack.blocks import content, to_blocks
 from pipeline import store as embedded
 from pipeline.config import Settings, load_settings
-from pipeline.requests import Origin, RequestStore
+from pipeline.requests.store import Origin, RequestStore
 from tests.fakes.slack import (
     BOT_TOKEN,
     SIGNING_SECRET,

@@ -8,10 +8,13 @@ import re
 import redis
 
 from bot.ui import StatusPage
-from pipeline import approval, intake, jobs, metrics
+from pipeline import metrics
 from pipeline.config import Settings
-from pipeline.requests import Origin, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.intake import approval
+from pipeline.intake import flow as intake
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, RequestStore
+from pipeline.update import jobs
 from tests.support import ServiceRepo
 
 ALICE = Origin("console", "alice")

@@ -16,7 +16,7 @@ import redis
 
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
+from pipeline.requests.store import RequestStore
 from tests.fakes.github import (
     TOKEN,
     FakeGitHub,

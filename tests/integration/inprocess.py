@@ -22,9 +22,10 @@ import structlog
 from rq import Queue
 
 from bot.app import Bot
-from pipeline import logs, queueing, store, workers
+from pipeline import logs, store
 from pipeline.config import Settings, load_settings
-from pipeline.requests import RequestStore
+from pipeline.queue import queueing, workers
+from pipeline.requests.store import RequestStore
 from tests.desk import ThreadWorker, Transcript
 
 

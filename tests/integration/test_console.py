@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
+from pipeline.requests.store import RequestStore
 from tests.support import (
     Molt,
     ServiceRepo,

@@ -17,7 +17,7 @@ import redis
 
 from pipeline import audit, store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
+from pipeline.requests.store import RequestStore
 from tests.fakes.discord import (
     CHANNEL_ID,
     EPHEMERAL,

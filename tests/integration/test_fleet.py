@@ -22,8 +22,8 @@ import pytest
 
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import RequestStore
 from tests.integration.inprocess import InProcessBot
 from tests.integration.inprocess import wait_for_file as wait_for_in_process
 from tests.support import Molt, ServiceRepo, hang_on_live, run_cli, wait_for_file

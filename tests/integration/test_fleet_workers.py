@@ -15,8 +15,8 @@ import pytest
 
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import Request, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Request, RequestStore
 from tests.support import Molt, ServiceRepo, wait_for_file
 
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import RequestStore
 from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
 from tests.integration.inprocess import StartBot
 from tests.support import ServiceRepo

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import RequestStore
 from tests.desk import molt as in_process
 from tests.support import (
     Molt,

@@ -15,16 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import audit, bootguard, restart, store
+from pipeline import audit, store
 from pipeline.config import load_settings
 from pipeline.keyspace import TargetKeys
-from pipeline.requests import RequestStore
-from pipeline.targets import Target
+from pipeline.queue.targets import Target
+from pipeline.requests.store import RequestStore
+from pipeline.service import restart
+from pipeline.update import bootguard
 from tests.integration.test_self_update import _copy_of_molt, _healthz
 from tests.support import Molt, git
 
 #: Counted by phase 1 and 2 ("1 passed") and quick: the import is what a broken release fails.
-TEST_COMMAND = "python -c \"import bot.cli, pipeline.jobs; print('1 passed')\""
+TEST_COMMAND = "python -c \"import bot.cli, pipeline.update.jobs; print('1 passed')\""
 
 #: A supervisor like systemd's Restart=on-failure: start Molt again whenever it exits non-zero.
 SUPERVISOR = """

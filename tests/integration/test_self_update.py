@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import restart, store
+from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
+from pipeline.requests.store import RequestStore
+from pipeline.service import restart
 from tests.support import ROOT, Molt, git
 
 # Molt on its default: the embedded Redis of its data directory, kept across its re-exec.
@@ -72,7 +73,9 @@ def test_molt_updates_itself_and_comes_back_on_the_new_version(
         ["console"],
         {
             "MOLT_DATA_DIR": str(data_dir),
-            "MOLT_TEST_COMMAND": "python -c \"import bot.cli, pipeline.jobs; print('1 passed')\"",
+            "MOLT_TEST_COMMAND": (
+                "python -c \"import bot.cli, pipeline.update.jobs; print('1 passed')\""
+            ),
             "MOLT_HTTP_PORT": "0",
             "MOLT_CONSOLE_USER": "alice",
             "MOLT_BOOT_TIMEOUT": "60",
@@ -118,7 +121,9 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
         ["console"],
         {
             "MOLT_DATA_DIR": str(data_dir),
-            "MOLT_TEST_COMMAND": "python -c \"import bot.cli, pipeline.jobs; print('1 passed')\"",
+            "MOLT_TEST_COMMAND": (
+                "python -c \"import bot.cli, pipeline.update.jobs; print('1 passed')\""
+            ),
             "MOLT_HTTP_PORT": "0",
             "MOLT_CONSOLE_USER": "alice",
             "MOLT_BOOT_TIMEOUT": "60",

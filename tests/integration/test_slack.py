@@ -18,7 +18,7 @@ import redis
 
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
+from pipeline.requests.store import RequestStore
 from tests.fakes.slack import (
     BOT_TOKEN,
     SIGNING_SECRET,

@@ -14,7 +14,7 @@ import pytest
 
 from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import RequestStore
+from pipeline.requests.store import RequestStore
 from tests.fakes.slack import (
     APP_TOKEN,
     BOT_TOKEN,

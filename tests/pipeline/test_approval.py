@@ -6,11 +6,14 @@ import time
 
 import redis
 
-from pipeline import approval, audit, events, intake, queueing
+from pipeline import audit, events
 from pipeline.config import Settings
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.intake import approval
+from pipeline.intake import flow as intake
+from pipeline.queue import queueing
+from pipeline.queue.targets import Target
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
 from tests.support import ServiceRepo, git
 
 ALICE = Origin("console", "alice")

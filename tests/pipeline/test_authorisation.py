@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pipeline.authorisation import may_approve, may_operate, may_request
 from pipeline.config import load_settings
-from pipeline.requests import Origin
+from pipeline.requests.authorisation import may_approve, may_operate, may_request
+from pipeline.requests.store import Origin
 
 
 def test_users_and_roles_both_grant_access() -> None:

@@ -1,10 +1,10 @@
-"""Autonomy modes and limits (pipeline/autonomy.py) as the console shows them, with Molt in
+"""Autonomy modes and limits (pipeline/intake/autonomy.py) as the console shows them, with Molt in
 this process: observe mode plans only, auto mode lands low-risk plans itself, semi mode
 runs phase 1 before approval, and the daily limit and switches block with a clear message."""
 
 from __future__ import annotations
 
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
 from tests.desk import StartChat, molt
 from tests.support import ServiceRepo
 

@@ -11,10 +11,10 @@ import time
 import pytest
 import redis
 
-from pipeline import bootguard
 from pipeline.config import Settings
 from pipeline.keyspace import TargetKeys
-from pipeline.targets import Target
+from pipeline.queue.targets import Target
+from pipeline.update import bootguard
 from tests.support import ROOT
 
 COMMIT = "c0ffee" + "0" * 34
@@ -104,7 +104,7 @@ def test_how_a_start_ended_is_recorded(
 
 HOLD = """
 import sys, time
-from pipeline import bootguard
+from pipeline.update import bootguard
 from pipeline.config import load_settings
 bootguard.hold_instance_lock(load_settings())
 print("holding", flush=True)

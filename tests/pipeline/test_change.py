@@ -1,4 +1,4 @@
-"""Change requests in words (pipeline/change.py, pipeline/llm/) as the console shows them,
+"""Change requests in words (pipeline/update/change.py, pipeline/llm/) as the console shows them,
 with Molt in this process (the desk, the notifier, an RQ worker, embedded Redis, real git)
 and its model the fake Messages API on loopback, reached by the real ``anthropic`` client
 through ANTHROPIC_BASE_URL."""

@@ -16,11 +16,15 @@ import pytest
 import redis
 from rq import SimpleWorker
 
-from pipeline import approval, confinement, intake, preflight, processes, queueing, store
+from pipeline import processes, store
 from pipeline.config import Settings, load_settings
-from pipeline.requests import Origin, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.validation import run_tests
+from pipeline.intake import approval, preflight
+from pipeline.intake import flow as intake
+from pipeline.queue import queueing
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, RequestStore
+from pipeline.sandbox import confinement
+from pipeline.sandbox.validation import run_tests
 from tests.conversations import implemented, planned, reviewed
 from tests.desk import StartChat
 from tests.fakes.anthropic import FakeAnthropic

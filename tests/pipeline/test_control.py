@@ -16,23 +16,18 @@ import redis
 
 from bot.messages import Message
 from bot.rendering import render
-from pipeline import (
-    approval,
-    audit,
-    autonomy,
-    control,
-    intake,
-    preflight,
-    queueing,
-    recovery,
-)
+from pipeline import audit
 from pipeline.config import MOLT_HOME, Settings, load_settings
-from pipeline.confinement import Confinement, sandbox_env
 from pipeline.exceptions import ConfigError
-from pipeline.requests import ACTIVE, Origin, Request, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.targets import Target
-from pipeline.validation import PhaseSpec, run_phase
+from pipeline.intake import approval, autonomy, control, preflight
+from pipeline.intake import flow as intake
+from pipeline.queue import queueing
+from pipeline.queue.targets import Target
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import ACTIVE, Origin, Request, RequestStore
+from pipeline.sandbox.confinement import Confinement, sandbox_env
+from pipeline.sandbox.validation import PhaseSpec, run_phase
+from pipeline.update import recovery
 from tests.support import ServiceRepo, shown_message
 
 ALICE = Origin("console", "alice")

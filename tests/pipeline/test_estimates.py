@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import redis
 
-from pipeline import estimates, jobs, planning
 from pipeline.config import Settings
-from pipeline.targets import Target
+from pipeline.planning import deploys as planning
+from pipeline.planning import estimates
+from pipeline.queue.targets import Target
+from pipeline.update import jobs
 from tests.support import ServiceRepo
 
 

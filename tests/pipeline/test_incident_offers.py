@@ -14,13 +14,15 @@ import pytest
 import redis
 
 from bot.rendering import render
-from pipeline import approval, events, oncall
-from pipeline.alerts import FIRING, Signal
+from pipeline import events
 from pipeline.config import Settings
-from pipeline.incidents import Incident, IncidentBook
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.incidents import oncall
+from pipeline.incidents.alerts import FIRING, Signal
+from pipeline.incidents.book import Incident, IncidentBook
+from pipeline.intake import approval
+from pipeline.queue.targets import Target
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
 from tests.support import ServiceRepo, git
 
 BOB = Origin("console", "bob")

@@ -16,14 +16,16 @@ import redis
 from bot.alerts import AlertEndpoints
 from bot.rendering import render
 from bot.server import HttpServer
-from pipeline import approval, control, events, oncall
-from pipeline.alerts import FIRING, RESOLVED, Signal, from_alertmanager, from_sentry
+from pipeline import events
 from pipeline.config import Settings
-from pipeline.incidents import IncidentBook, listing, outcome
-from pipeline.locking import WaitingLine
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.incidents import oncall
+from pipeline.incidents.alerts import FIRING, RESOLVED, Signal, from_alertmanager, from_sentry
+from pipeline.incidents.book import IncidentBook, listing, outcome
+from pipeline.intake import approval, control
+from pipeline.queue.locking import WaitingLine
+from pipeline.queue.targets import Target
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
 from tests.fakes.alerts import (
     Alertmanager,
     Monitor,
@@ -329,9 +331,9 @@ def test_a_new_error_signature_in_molts_own_log_counts_in_its_watch_window(
     news = oncall.news_since(molt, conn, since)
     IncidentBook(molt, conn).take(replace(old, at=time.time()))  # seen before: not new
     assert news() == []
-    fresh = replace(old, fingerprint="log:new", summary="ValueError at pipeline/jobs.py:run")
+    fresh = replace(old, fingerprint="log:new", summary="ValueError at pipeline/update/jobs.py:run")
     IncidentBook(molt, conn).take(replace(fresh, at=time.time()))  # once, below the threshold
-    assert news() == ["a new error in Molt's log: ValueError at pipeline/jobs.py:run"]
+    assert news() == ["a new error in Molt's log: ValueError at pipeline/update/jobs.py:run"]
 
 
 def test_after_max_fix_attempts_that_did_not_hold_molt_asks_a_person(

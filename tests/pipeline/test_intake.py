@@ -1,13 +1,13 @@
-"""Intake and approval (pipeline/intake.py, pipeline/approval.py) as a person meets them in
-the console, with Molt in this process: who may ask, who may approve, and a plan that
-waits in the event stream while nobody is there to show it."""
+"""Intake and approval (pipeline/intake/flow.py, pipeline/intake/approval.py) as a person
+meets them in the console, with Molt in this process: who may ask, who may approve, and a
+plan that waits in the event stream while nobody is there to show it."""
 
 from __future__ import annotations
 
-from pipeline import intake
 from pipeline.config import load_settings
-from pipeline.requests import Origin
-from pipeline.states import RequestState as S
+from pipeline.intake import flow as intake
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin
 from tests.desk import StartChat
 from tests.support import ServiceRepo
 

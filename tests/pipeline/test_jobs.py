@@ -1,4 +1,4 @@
-"""The update job (pipeline/jobs.py) as a person meets it in the console: approved, queued,
+"""The update job (pipeline/update/jobs.py) as a person meets it in the console: approved, queued,
 run by an RQ worker in this process, landed or rolled back, with real git and test commands."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import audit
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
 from tests.desk import StartChat, molt
 from tests.support import ServiceRepo
 

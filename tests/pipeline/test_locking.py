@@ -7,7 +7,7 @@ import time
 import redis
 
 from pipeline.keyspace import TargetKeys
-from pipeline.locking import UpdateLock, WaitingLine
+from pipeline.queue.locking import UpdateLock, WaitingLine
 
 
 def test_try_lock_returns_the_holder_when_taken(conn: redis.Redis) -> None:

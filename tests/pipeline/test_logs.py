@@ -33,7 +33,8 @@ def test_json_logs_are_one_object_a_line_with_bound_fields_and_no_secret(tmp_pat
     file = tmp_path / "molt.log"
     logs.configure("info", [SECRET], file, "json")
     logs.bind(request_id="r0a1b2c3d", codename="brisk-otter", target="svc-1", phase="phase 1")
-    structlog.get_logger("pipeline.jobs").info("validating", token=SECRET, note=f"a {SECRET} b")
+    log = structlog.get_logger("pipeline.update.jobs")
+    log.info("validating", token=SECRET, note=f"a {SECRET} b")
     logging.getLogger("rq.worker").warning("job %s done", "j1")
     logs.unbind()
     try:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.logwatch import LineReader, LogFollower, fingerprint, stripped
+from pipeline.incidents.logwatch import LineReader, LogFollower, fingerprint, stripped
 
 BROKEN = "def greet(user_id):\n    return 1 / 0\n"
 

@@ -13,16 +13,17 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline import planning, store
+from pipeline import store
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import PlanningError
 from pipeline.git import Git
-from pipeline.imports import ImportGraph, module_name, parse_imports
 from pipeline.keyspace import TargetKeys
-from pipeline.planning import plan_deploy
-from pipeline.plans import Plan
-from pipeline.records import TestRecord
-from pipeline.targets import Target
+from pipeline.planning import deploys as planning
+from pipeline.planning.deploys import plan_deploy
+from pipeline.planning.imports import ImportGraph, module_name, parse_imports
+from pipeline.planning.plans import Plan
+from pipeline.queue.targets import Target
+from pipeline.sandbox.records import TestRecord
 
 
 def git(cwd: Path, *args: str) -> str:

@@ -12,12 +12,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline import approval, events, intake, jobs, preflight
+from pipeline import events
 from pipeline.config import Settings
-from pipeline.records import TestRecord
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.intake import approval, preflight
+from pipeline.intake import flow as intake
+from pipeline.queue.targets import Target
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
+from pipeline.sandbox.records import TestRecord
+from pipeline.update import jobs
 from tests.support import ServiceRepo, shown_message
 
 ALICE = Origin("console", "alice")

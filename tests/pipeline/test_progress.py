@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.progress import TestProgress, Ticker
+from pipeline.sandbox.progress import TestProgress, Ticker
 
 
 def _suite(root: Path, failing: int, passing: int) -> None:

@@ -11,10 +11,14 @@ from collections.abc import Callable
 
 import redis
 
-from pipeline import approval, audit, control, intake, queueing, recovery, store
+from pipeline import audit, store
 from pipeline.config import Settings
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.intake import approval, control
+from pipeline.intake import flow as intake
+from pipeline.queue import queueing
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
+from pipeline.update import recovery
 from tests.support import Molt, ServiceRepo, git
 
 StartMolt = Callable[..., Molt]

@@ -1,5 +1,5 @@
 """Signed releases through updates and rollbacks, and an operator's way back
-(pipeline/release_rollback.py): the console's updates run by an RQ worker in this process,
+(pipeline/update/release_rollback.py): the console's updates run by an RQ worker in this process,
 ``molt release`` at a shell run in it too."""
 
 from __future__ import annotations

@@ -14,16 +14,19 @@ import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from pipeline import audit, control, keys, ledger, releases
+from pipeline import audit
 from pipeline.config import Settings, load_settings
 from pipeline.exceptions import ConfigError
 from pipeline.git import Git
+from pipeline.intake import control
 from pipeline.keyspace import TargetKeys
-from pipeline.manifests import Manifest, ReleaseKind
-from pipeline.release_rollback import operator_rollback
-from pipeline.requests import Origin, RequestStore
-from pipeline.trees import check_tree, tree_hash_at
-from pipeline.verification import Problem, Verdict, verify_checkout
+from pipeline.releases import keys, ledger
+from pipeline.releases import signing as releases
+from pipeline.releases.manifests import Manifest, ReleaseKind
+from pipeline.releases.trees import check_tree, tree_hash_at
+from pipeline.releases.verification import Problem, Verdict, verify_checkout
+from pipeline.requests.store import Origin, RequestStore
+from pipeline.update.release_rollback import operator_rollback
 from tests.support import ServiceRepo, git
 
 

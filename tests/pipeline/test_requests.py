@@ -9,8 +9,8 @@ import redis
 
 from pipeline import audit, events
 from pipeline.exceptions import IllegalTransition
-from pipeline.requests import Origin, RequestStore
-from pipeline.states import TERMINAL, RequestState, can_move
+from pipeline.requests.states import TERMINAL, RequestState, can_move
+from pipeline.requests.store import Origin, RequestStore
 
 S = RequestState
 ALICE = Origin("console", "alice")

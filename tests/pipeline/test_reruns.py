@@ -3,7 +3,7 @@ plain pytest invocation, or the whole command; and which tests then count as fla
 
 from __future__ import annotations
 
-from pipeline.reruns import Rerun, failed_tests, is_plain_pytest, judge, plan_rerun
+from pipeline.sandbox.reruns import Rerun, failed_tests, is_plain_pytest, judge, plan_rerun
 
 SUMMARY = """\
 ..F.E.                                                                   [100%]

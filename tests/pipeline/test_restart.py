@@ -1,5 +1,5 @@
 """The restart after an update and the check that the service came back
-(pipeline/restart.py), with the service's real restart and health commands."""
+(pipeline/service/restart.py), with the service's real restart and health commands."""
 
 from __future__ import annotations
 

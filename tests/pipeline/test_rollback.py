@@ -1,4 +1,4 @@
-"""The way back (pipeline/rollback.py) as operators use it from the console, with the update
+"""The way back (pipeline/service/rollback.py) as operators use it from the console, with the update
 run by an RQ worker in this process: an emergency stop mid-update, and ``rollback
 <codename>`` returning to the release before an update."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
 from tests.desk import StartChat
 from tests.support import ServiceRepo
 

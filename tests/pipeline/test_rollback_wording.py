@@ -6,10 +6,12 @@ from __future__ import annotations
 import redis
 
 from bot.rendering import as_text, render
-from pipeline import approval, control, intake, jobs
 from pipeline.config import Settings
-from pipeline.requests import Origin, RequestStore
-from pipeline.states import RequestState as S
+from pipeline.intake import approval, control
+from pipeline.intake import flow as intake
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, RequestStore
+from pipeline.update import jobs
 from tests.support import ServiceRepo
 
 ALICE = Origin("console", "alice")

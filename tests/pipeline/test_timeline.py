@@ -1,12 +1,12 @@
-"""pipeline/timeline.py: an update's phases read back from its audit trail."""
+"""pipeline/requests/timeline.py: an update's phases read back from its audit trail."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pipeline.requests import Origin, Request
-from pipeline.states import RequestState as S
-from pipeline.timeline import timeline
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request
+from pipeline.requests.timeline import timeline
 
 
 def _moved(at: float, to: str, phase: str, message: str = "") -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import FLAKY_FAIL, FLAKY_PASS
-from pipeline.validation import PhaseResult, PhaseSpec, run_phase
+from pipeline.sandbox.validation import PhaseResult, PhaseSpec, run_phase
 from tests.support import fails_once
 
 PYTEST = "python -m pytest -q -p no:cacheprovider"

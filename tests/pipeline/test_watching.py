@@ -1,9 +1,9 @@
-"""The watch window after a restart (pipeline/watching.py): the update run by an RQ worker
+"""The watch window after a restart (pipeline/service/watching.py): the update run by an RQ worker
 in this process, with real git and the service's real restart and health commands."""
 
 from __future__ import annotations
 
-from pipeline.states import RequestState as S
+from pipeline.requests.states import RequestState as S
 from tests.desk import StartChat
 from tests.support import ServiceRepo
 

@@ -9,7 +9,7 @@ import time
 import redis
 from rq import Queue
 
-from pipeline.workers import MoltWorker
+from pipeline.update.worker import MoltWorker
 
 
 def test_a_worker_stops_even_when_its_listener_saw_the_unsubscription_first(

@@ -12,11 +12,14 @@ import pytest
 import redis
 
 from bot.desk import Desk
-from pipeline import approval, queueing, recovery, workers
 from pipeline.config import Settings, load_settings
-from pipeline.requests import Origin, Request, RequestStore
-from pipeline.states import RequestState as S
-from pipeline.targets import Target
+from pipeline.intake import approval
+from pipeline.queue import queueing, workers
+from pipeline.queue.targets import Target
+from pipeline.requests.states import RequestState as S
+from pipeline.requests.store import Origin, Request, RequestStore
+from pipeline.update import recovery
+from pipeline.update.worker import run_worker
 from tests.bot.test_desk import Replies
 from tests.support import ServiceRepo
 
@@ -72,7 +75,7 @@ def _until(found: Callable[[], list[str]]) -> list[str]:
 def test_a_worker_that_stopped_is_gone_at_once_and_a_request_is_blocked_saying_when_it_was_seen(
     fleet: Settings, web: Settings, conn: redis.Redis, desk: Desk
 ) -> None:
-    workers.run_worker(fleet, burst=True, targets=["web"])  # it served web, then stopped
+    run_worker(fleet, burst=True, targets=["web"])  # it served web, then stopped
     assert workers.last_seen(web, conn) is not None  # seen a moment ago, and gone
     request = _ask(desk, conn, "deploy web main")
     assert request.state is S.BLOCKED

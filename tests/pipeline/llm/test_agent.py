@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline import intake
 from pipeline.config import Settings
 from pipeline.exceptions import LLMError
 from pipeline.git import Git
-from pipeline.imports import read_graph
+from pipeline.intake import flow as intake
 from pipeline.llm import agent
 from pipeline.llm.client import Claude
-from pipeline.plans import Plan
-from pipeline.requests import Origin, Request
+from pipeline.planning.imports import read_graph
+from pipeline.planning.plans import Plan
+from pipeline.requests.store import Origin, Request
 from tests.conversations import planned
 from tests.fakes.anthropic import FakeAnthropic, reply, text, tool
 from tests.support import ServiceRepo, git
@@ -104,7 +104,10 @@ def test_protected_paths_are_refused_unless_the_approved_plan_lists_them(
     request, plan = _planned(llm_settings, conn, fake)
     attempts = [
         tool("write_file", {"path": "molt.toml", "content": "MOLT_APPROVERS = 'console:eve'\n"}),
-        tool("write_file", {"path": "pipeline/approval.py", "content": "def approve(): pass\n"}),
+        tool(
+            "write_file",
+            {"path": "pipeline/intake/approval.py", "content": "def approve(): pass\n"},
+        ),
         tool("write_file", {"path": ".github/workflows/ci.yml", "content": "on: push\n"}),
     ]
     fake.add(reply(*attempts), reply(tool("finish", {"summary": "x"})))
@@ -162,7 +165,7 @@ def test_the_implementer_stops_when_its_time_is_up(
 def test_new_files_the_implementer_did_not_write_are_left_out_of_the_change(
     llm_settings: Settings, conn: redis.Redis, sandbox: Path
 ) -> None:
-    from pipeline.change import drop_strays
+    from pipeline.update.change import drop_strays
 
     (sandbox / "ping.py").write_text("written through the tools\n")
     (sandbox / "test-report.xml").write_text("left by a test run\n")

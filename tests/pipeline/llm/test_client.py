@@ -12,7 +12,7 @@ from tests.support import ROOT
 
 def test_start_up_does_not_import_the_sdk() -> None:
     """Importing anthropic takes over a second; the bot and workers must not pay it at start."""
-    modules = "bot.app, bot.desk, pipeline.intake, pipeline.jobs, pipeline.llm.planner"
+    modules = "bot.app, bot.desk, pipeline.intake.flow, pipeline.update.jobs, pipeline.llm.planner"
     code = f"import sys, {modules}; print('anthropic' in sys.modules)"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(

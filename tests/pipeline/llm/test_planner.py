@@ -10,13 +10,14 @@ import pytest
 import redis
 
 from bench.repo import generate_repo
-from pipeline import audit, intake
+from pipeline import audit
 from pipeline.config import Settings
 from pipeline.git import Git
-from pipeline.imports import read_graph
+from pipeline.intake import flow as intake
 from pipeline.llm import planner, repomap
 from pipeline.llm.client import Claude
-from pipeline.requests import Origin, RequestStore
+from pipeline.planning.imports import read_graph
+from pipeline.requests.store import Origin, RequestStore
 from tests.conversations import ping_plan, planned
 from tests.fakes.anthropic import FakeAnthropic, overloaded, reply, tool
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from bench.repo import generate_repo
 from pipeline.git import Git
-from pipeline.imports import read_graph
 from pipeline.llm import repomap
+from pipeline.planning.imports import read_graph
 from tests.support import ServiceRepo
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipeline.llm.scope import check_scope
-from pipeline.plans import Plan
+from pipeline.planning.plans import Plan
 
 
 def _plan(

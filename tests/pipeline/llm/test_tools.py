@@ -115,7 +115,9 @@ def test_writing_through_a_symlink_inside_the_repository_is_refused(repo: Path) 
     assert (repo / "molt.toml").read_text() == "MOLT_APPROVERS = 'console:alice'\n"
 
 
-@pytest.mark.parametrize("path", ["molt.toml", "pipeline/approval.py", ".env", "keys/deploy.pem"])
+@pytest.mark.parametrize(
+    "path", ["molt.toml", "pipeline/intake/approval.py", ".env", "keys/deploy.pem"]
+)
 def test_protected_paths_are_refused_unless_the_plan_allows_them(repo: Path, path: str) -> None:
     result = _files(repo).call("write_file", {"path": path, "content": "MOLT_APPROVERS = 'x'\n"})
     assert result.is_error and "protected path" in result.content

@@ -1,0 +1,10 @@
+"""Production asking for a change: alerts, the service's log, incidents and on-call.
+
+``alerts`` reads alert deliveries into signals (the payloads declared in
+pipeline/payloads.py); ``logwatch`` finds more in the service's log and in idle health
+probes; ``book`` keeps incidents (records, thresholds, cooldowns, outcomes); ``oncall``
+answers a new incident by rolling back its suspect through intake, and ``diagnosis`` asks
+the model for a fix when there is none.
+
+Imports everything below it up to intake/; never update/.
+"""

@@ -1,0 +1,11 @@
+"""The update itself, run by RQ workers, and everything that finishes or undoes one.
+
+``worker`` is the RQ worker process; ``jobs`` is the approved update, step by step
+(snapshot, phase 1 in the sandbox, apply, phase 2, sign, restart, verify, watch), with
+``change`` writing a change in words and ``proposals`` delivering one as a pull request.
+``recovery`` finishes what a dead worker left and is ``molt recover``; ``bootguard``
+checks each start of Molt and returns to the last good release; ``release_rollback`` is
+an operator's return to an earlier release.
+
+The top of pipeline/: it may import every other package; none imports it.
+"""

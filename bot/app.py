@@ -148,6 +148,18 @@ class Bot:
         return port
 
     def run(self) -> int:
+        terminated = threading.Event()
+        reason = "end of input"
+
+        def terminate(*_: Any) -> None:
+            nonlocal reason
+            reason = "SIGTERM"
+            terminated.set()
+            self.stopping.set()
+
+        # Handled from before the start, which can take seconds on a busy machine: a SIGTERM
+        # meanwhile ends in the same clean stop, not in an exit that stops nothing.
+        signal.signal(signal.SIGTERM, terminate)
         port = self.start()
         if self.console is not None:
             target = (
@@ -159,13 +171,6 @@ class Bot:
                 f"Molt {running_version()[:7]} is up on port {port}, managing {target}"
             )
             self.console.reply(self.console.origin, notice)
-        terminated = threading.Event()
-
-        def terminate(*_: Any) -> None:
-            terminated.set()
-            self.stopping.set()
-
-        signal.signal(signal.SIGTERM, terminate)
         try:
             if self.console is not None:
                 self.console.serve(self.desk, self.stopping)
@@ -173,19 +178,24 @@ class Bot:
                 while not self.stopping.wait(0.5):
                     pass
         except KeyboardInterrupt:
+            reason = "interrupted"
             terminated.set()
-        if self.stopping.is_set() and not terminated.is_set():
-            # restart_self is finishing what is in flight and re-executes this process onto
-            # the new code: shutting down here would stop the workers and the embedded Redis
-            # under it. Should the exec not come, shut down after all.
-            terminated.wait(RESTART_WAIT)
+        # restart_self is finishing what is in flight and re-executes this process onto the
+        # new code: shutting down here would stop the workers and the embedded Redis under
+        # it. Should the exec not come, shut down after all.
+        restarting = self.stopping.is_set() and not terminated.is_set()
+        if restarting and not terminated.wait(RESTART_WAIT):
+            reason = "the restart did not happen"
+        log.info("shutting down", reason=reason)
         self.shutdown()
         return 0
 
     def shutdown(self) -> None:
+        began = time.monotonic()
         self.stop()
         if self.settings.redis_url is None:  # the last Molt process stops the embedded Redis
             store.leave(self.settings.data_dir)
+        log.info("stopped", seconds=round(time.monotonic() - began, 2))
 
     def stop(self) -> None:
         """Stop every part of the bot and its workers; the embedded Redis stays up."""

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 #: How often it looks; a server whose last user was killed stops within about this long.
@@ -41,11 +43,26 @@ def main(argv: list[str]) -> int:
     # of this very server keeps the file until the server is gone; this one then exits.
     fcntl.flock(watch, fcntl.LOCK_EX)
     started = start_time(pid) if _is_redis(pid) else None
+    ended = _ending(pid)
     while started is not None and _watched(data_dir, pid, started):
         if _stopped_alone(data_dir, pid, started):
             break
-        time.sleep(TICK)
+        ended(TICK)
     return 0
+
+
+def _ending(pid: int) -> Callable[[float], None]:
+    """A wait of at most so many seconds that ends early when ``pid`` exits (a pidfd), so
+    that the watchdog does not outlive its server by a tick."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux ≥ 5.3, or already gone
+        return time.sleep
+
+    def wait(seconds: float) -> None:
+        select.select([pidfd], [], [], seconds)
+
+    return wait
 
 
 def _watched(data_dir: Path, pid: int, started: int) -> bool:

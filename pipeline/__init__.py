@@ -35,10 +35,11 @@ One request, module by module, in the order it meets them:
    suspect update through the same intake, approval and jobs as any request; with no
    suspect, ``diagnosis`` asks the model and offers its fix as a change request.
 
-Beneath them all: ``config`` (the settings, a leaf), ``store`` (Redis), ``git``,
-``exceptions`` (faults, as opposed to refusals), ``codenames``, ``redaction``, ``payloads``
-(untrusted JSON read into declared models), ``records``, ``processes``, ``retries``,
-``usage`` (model use per request), ``imports`` (import graphs) and ``logs``. What an
+Beneath them all: ``config`` (the settings, a leaf), ``store`` (Redis; ``store_watch``
+stops the embedded server once no Molt process is left), ``git``, ``exceptions`` (faults, as
+opposed to refusals), ``codenames``, ``redaction``, ``payloads`` (untrusted JSON read into
+declared models), ``records``, ``processes``, ``retries``, ``usage`` (model use per
+request), ``imports`` (import graphs) and ``logs``. What an
 operator watches: ``metrics`` (every Prometheus metric, recorded where it happens, in every
 process) and ``timeline`` (an update's phases, read back from its audit trail, for the
 status page).

@@ -39,8 +39,8 @@ def main(argv: list[str]) -> int:
     if os.fork():  # detached: the process that started it waits for nothing
         return 0
     watch = os.open(data_dir / WATCH_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    # A watchdog of a server just replaced is in its last tick: wait for it. Another one
-    # of this very server keeps the file until the server is gone; this one then exits.
+    # The watchdog of a server just replaced exits as that server goes: wait for it. Another
+    # one of this very server keeps the file until the server is gone; this one then exits.
     fcntl.flock(watch, fcntl.LOCK_EX)
     started = start_time(pid) if _is_redis(pid) else None
     ended = _ending(pid)

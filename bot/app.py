@@ -55,6 +55,11 @@ WORKERS_KEY = "molt:bot:workers"
 HOUSEKEEPING_SECONDS = 1.0
 #: How long ``run`` leaves the process to ``restart_self`` before shutting down anyway.
 RESTART_WAIT = 60.0
+#: How long a stop leaves workers to finish their job, then to go once RQ killed the work
+#: horse: together well within the 10 s supervisors (supervisord, docker stop) give before
+#: SIGKILL, so that no worker runs on through an update with its bot gone.
+WORKER_GRACE = 5.0
+WORKER_KILL_WAIT = 3.0
 
 
 class Bot:
@@ -365,7 +370,7 @@ class Bot:
         self._children.append(child)
         return child.pid
 
-    def _stop_workers(self, grace: float = 10) -> None:
+    def _stop_workers(self, grace: float = WORKER_GRACE) -> None:
         """Warm shutdown (finish the job); past the grace period a second SIGTERM makes RQ
         kill the work horse, and recovery rolls its update back at the next start."""
         with self._workers_lock:
@@ -378,7 +383,7 @@ class Bot:
             for pid in pids:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + (grace if attempt == 0 else 5)
+            deadline = time.monotonic() + (grace if attempt == 0 else WORKER_KILL_WAIT)
             while any(_running(p) for p in pids) and time.monotonic() < deadline:
                 time.sleep(0.05)
         for pid in pids:

@@ -48,6 +48,11 @@ WORKERS_KEY = "molt:bot:workers"
 HOUSEKEEPING_SECONDS = 1.0
 #: How long ``run`` leaves the process to ``restart_self`` before shutting down anyway.
 RESTART_WAIT = 60.0
+#: How long a stop leaves workers to finish their job, then to go once RQ killed the work
+#: horse: together well within the 10 s supervisors (supervisord, docker stop) give before
+#: SIGKILL, so that no worker runs on through an update with its bot gone.
+WORKER_GRACE = 5.0
+WORKER_KILL_WAIT = 3.0
 
 
 class Bot:
@@ -141,6 +146,18 @@ class Bot:
         return port
 
     def run(self) -> int:
+        terminated = threading.Event()
+        reason = "end of input"
+
+        def terminate(*_: Any) -> None:
+            nonlocal reason
+            reason = "SIGTERM"
+            terminated.set()
+            self.stopping.set()
+
+        # Handled from before the start, which can take seconds on a busy machine: a SIGTERM
+        # meanwhile ends in the same clean stop, not in an exit that stops nothing.
+        signal.signal(signal.SIGTERM, terminate)
         port = self.start()
         if self.console is not None:
             target = (
@@ -152,13 +169,6 @@ class Bot:
                 f"Molt {running_version()[:7]} is up on port {port}, managing {target}"
             )
             self.console.reply(self.console.origin, notice)
-        terminated = threading.Event()
-
-        def terminate(*_: Any) -> None:
-            terminated.set()
-            self.stopping.set()
-
-        signal.signal(signal.SIGTERM, terminate)
         try:
             if self.console is not None:
                 self.console.serve(self.desk, self.stopping)
@@ -166,19 +176,24 @@ class Bot:
                 while not self.stopping.wait(0.5):
                     pass
         except KeyboardInterrupt:
+            reason = "interrupted"
             terminated.set()
-        if self.stopping.is_set() and not terminated.is_set():
-            # restart_self is finishing what is in flight and re-executes this process onto
-            # the new code: shutting down here would stop the workers and the embedded Redis
-            # under it. Should the exec not come, shut down after all.
-            terminated.wait(RESTART_WAIT)
+        # restart_self is finishing what is in flight and re-executes this process onto the
+        # new code: shutting down here would stop the workers and the embedded Redis under
+        # it. Should the exec not come, shut down after all.
+        restarting = self.stopping.is_set() and not terminated.is_set()
+        if restarting and not terminated.wait(RESTART_WAIT):
+            reason = "the restart did not happen"
+        log.info("shutting down", reason=reason)
         self.shutdown()
         return 0
 
     def shutdown(self) -> None:
+        began = time.monotonic()
         self.stop()
         if self.settings.redis_url is None:  # the last Molt process stops the embedded Redis
             store.leave(self.settings.data_dir)
+        log.info("stopped", seconds=round(time.monotonic() - began, 2))
 
     def stop(self) -> None:
         """Stop every part of the bot and its workers; the embedded Redis stays up."""
@@ -349,7 +364,7 @@ class Bot:
         self._children.append(child)
         return child.pid
 
-    def _stop_workers(self, grace: float = 10) -> None:
+    def _stop_workers(self, grace: float = WORKER_GRACE) -> None:
         """Warm shutdown (finish the job); past the grace period a second SIGTERM makes RQ
         kill the work horse, and recovery rolls its update back at the next start."""
         with self._workers_lock:
@@ -362,7 +377,7 @@ class Bot:
             for pid in pids:
                 with suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + (grace if attempt == 0 else 5)
+            deadline = time.monotonic() + (grace if attempt == 0 else WORKER_KILL_WAIT)
             while any(_running(p) for p in pids) and time.monotonic() < deadline:
                 time.sleep(0.05)
         for pid in pids:

@@ -25,7 +25,8 @@ checkout, sign the release, restart, verify, watch; on any failure ``service.rol
 returns the service to its snapshot. Production errors come in through ``incidents`` and
 go the same way as any request.
 
-The leaves everything uses stay here: ``config`` (the settings), ``store`` (Redis),
+The leaves everything uses stay here: ``config`` (the settings), ``store`` (Redis;
+``store_watch`` stops the embedded server once no Molt process is left),
 ``keyspace`` (every shared Redis key), ``git``, ``exceptions`` (faults, as opposed to
 refusals), ``audit``, ``events`` (the stream the notifier reads), ``metrics``, ``logs``,
 ``redaction``, ``processes``, ``retries``, ``codenames``, ``payloads`` (untrusted JSON read

@@ -10,8 +10,12 @@ their connection. The first process to need it starts it, under a file lock.
 Every Molt process that uses it (the bot, its HTTP process, workers, a shell
 command such as ``molt history``) holds a shared lock on MOLT_DATA_DIR/redis.users
 for as long as it runs, kept across the bot's re-exec. The last one to stop is the
-one that can take that lock exclusively: it shuts the server down. A start that
-finds a server that no longer answers stops it and starts a fresh one.
+one that can take that lock exclusively: it shuts the server down. A process that
+ends without stopping (SIGKILL, or a SIGTERM before it handles one) leaves that to
+the server's watchdog (pipeline/store_watch.py), which takes the lock once no user
+holds it and stops the server within about a second. Starting and stopping the server
+happen under MOLT_DATA_DIR/redis.lock. A start that finds a server that no longer
+answers stops it and starts a fresh one.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import hashlib
 import importlib.util
 import os
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,9 +39,12 @@ from redis.sentinel import Sentinel
 from pipeline.config import Settings
 from pipeline.exceptions import StoreError
 from pipeline.processes import alive, terminate
+from pipeline.store_watch import WATCH_FILE
 
 _SOCKET_LIMIT = 100  # sun_path is 108 bytes on Linux
 USERS_FILE = "redis.users"
+#: Held while the server starts or stops (by a start, the last user leaving, the watchdog).
+START_LOCK = "redis.lock"
 #: "<pid>:<fd>:<data dir>" of the users-file lock this process holds, kept across exec.
 USER_ENV = "MOLT_REDIS_USER"
 #: data dir → (pid that took the lock, its descriptor); a forked child inherits the entry
@@ -132,8 +140,9 @@ def ensure_embedded(data_dir: Path) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     _join(data_dir)
     if _alive(sock):
+        _watch_unwatched(data_dir)
         return sock
-    with open(data_dir / "redis.lock", "w") as lock:
+    with open(data_dir / START_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if _alive(sock):
             return sock
@@ -169,7 +178,38 @@ def ensure_embedded(data_dir: Path) -> Path:
                 log = (data_dir / "redis.log").read_text(errors="replace")[-1000:]
                 raise StoreError(f"starting embedded Redis: no answer on {sock}: {log}")
             time.sleep(0.01)
+        _watch(data_dir)
     return sock
+
+
+def _watch(data_dir: Path) -> None:
+    """Start the watchdog that stops the server once no user is left (it detaches at once)."""
+    pid = _server_pid(data_dir)
+    if not pid:
+        return
+    watchdog = Path(__file__).with_name("store_watch.py")
+    subprocess.run(
+        [sys.executable, "-I", "-S", str(watchdog), str(data_dir), str(pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=data_dir,
+        start_new_session=True,
+        check=False,
+    )
+
+
+def _watch_unwatched(data_dir: Path) -> None:
+    """A running server without a watchdog (started by a Molt from before they existed, or
+    its watchdog was killed) gets one."""
+    fd = os.open(data_dir / WATCH_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # it has one
+    finally:
+        os.close(fd)
+    _watch(data_dir)
 
 
 def _join(data_dir: Path) -> None:
@@ -208,18 +248,22 @@ def leave(data_dir: Path) -> bool:
         return False
     del _users[data_dir]
     # Let go first, then ask for the file alone: of two users leaving at once, the second
-    # to ask finds the first gone, so one of them always shuts the server down.
-    os.close(held[1])
-    fd = os.open(data_dir / USERS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
+    # to ask finds the first gone, so one of them always shuts the server down. Both steps
+    # under the start lock, which the watchdog also takes: the last user to leave is the
+    # one that stops the server, and the server is gone when this returns.
+    with open(data_dir / START_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.close(held[1])
+        fd = os.open(data_dir / USERS_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # another Molt process still uses it
-        _shutdown(data_dir)
-        return True
-    finally:
-        os.close(fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another Molt process still uses it
+            _shutdown(data_dir)
+            return True
+        finally:
+            os.close(fd)
 
 
 @atexit.register

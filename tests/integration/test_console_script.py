@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bot.app import WORKER_GRACE, WORKER_KILL_WAIT
 from tests.support import Molt, ServiceRepo
 
 StartMolt = Callable[..., Molt]
@@ -14,7 +15,8 @@ def test_a_piped_console_stays_until_its_approved_deploy_has_run(
     service: ServiceRepo, start_molt: StartMolt
 ) -> None:
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
-    molt = start_molt(MOLT_RESTART_COMMAND="sleep 12")  # longer than a worker's warm stop
+    # longer than a stop gives a worker before it kills the job
+    molt = start_molt(MOLT_RESTART_COMMAND=f"sleep {WORKER_GRACE + WORKER_KILL_WAIT + 1:.0f}")
     molt.send("deploy main")
     molt.send("press approve")
     molt.close_input()

@@ -30,7 +30,7 @@ from pipeline import metrics
 from pipeline.config import Settings
 from pipeline.exceptions import UpdateFailed
 from pipeline.queue.targets import Target
-from pipeline.releases.boots import RESTART_GRACE
+from pipeline.releases.boots import restart_grace
 from pipeline.sandbox.validation import run_command
 
 BOT = "molt:bot"
@@ -178,7 +178,7 @@ def _restart_self(
         last = records.latest_start()
         if last is not None and last.commit == expect and last.at >= asked and last.failed:
             seen_at = failed_since.setdefault(last.id, time.monotonic())
-            if time.monotonic() - seen_at > RESTART_GRACE:
+            if time.monotonic() - seen_at > restart_grace():
                 why = f" ({last.detail})" if last.detail else ""
                 raise UpdateFailed(
                     "verify",

@@ -22,10 +22,11 @@ import time
 from typing import TextIO
 
 from bot import people
-from bot.base import Adapter
+from bot.base import Platform, Wiring
 from bot.desk import Desk
 from bot.messages import Message
 from bot.rendering import as_text
+from bot.terminal import Terminal
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.states import template_for
 from pipeline.requests.store import Origin, Request, RequestStore
@@ -51,7 +52,7 @@ PROGRESS_FIELD = "Progress"
 PROGRESS_EVERY = 60.0
 
 
-class Console(Adapter):
+class Console(Terminal):
     platform = "console"
     help_lines = (
         "press approve|reject|retry [request] — press a button: of the request named (id or "
@@ -88,10 +89,13 @@ class Console(Adapter):
         self.since = float(os.environ.get(SINCE_ENV) or self.booted)
         os.environ[SINCE_ENV] = repr(self.since)
 
+    def notice(self, message: Message) -> None:
+        self.reply(self.origin, message)
+
     # -- output ------------------------------------------------------------
 
     def _print(self, text: str) -> None:
-        text = as_text(people.address(text, "console"))
+        text = as_text(people.address(text, NAMING))
         with self._write:
             self.out.write(("\n" if self._progress_open else "") + text + "\n")
             self._progress_open = False
@@ -298,3 +302,20 @@ class Console(Adapter):
             return shown == template_for(request.state)
         # Shown before Molt restarted itself, or never ours to show.
         return request.updated_at < self.booted
+
+
+def _person(user: str) -> str | None:
+    return user or None
+
+
+def _build(wiring: Wiring) -> Console | None:
+    if not wiring.terminal:
+        return None
+    settings = wiring.settings
+    return Console(settings.console_user, wiring.store, wait=settings.console_wait)
+
+
+#: People are named by their console names.
+NAMING = people.Naming("console", _person)
+#: A console is there when ``molt run`` has one.
+PLATFORM = Platform(naming=NAMING, build=_build)

@@ -19,17 +19,18 @@ import os
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bot import people
 from bot.base import Platform, Wiring
-from bot.desk import Desk
 from bot.messages import Message
-from bot.rendering import as_text
 from bot.terminal import Terminal
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.states import template_for
 from pipeline.requests.store import Origin, Request, RequestStore
+
+if TYPE_CHECKING:
+    from bot.desk import Desk
 
 #: Templates after which a request needs nobody's attention from this console.
 SETTLED = frozenset(
@@ -95,6 +96,10 @@ class Console(Terminal):
     # -- output ------------------------------------------------------------
 
     def _print(self, text: str) -> None:
+        # Imported here: the HTTP process reads this module's PLATFORM and never prints, so
+        # it need not load the templates' engine.
+        from bot.rendering import as_text
+
         text = as_text(people.address(text, NAMING))
         with self._write:
             self.out.write(("\n" if self._progress_open else "") + text + "\n")

@@ -5,13 +5,14 @@ One request, module by module, in the order it meets them:
 
 1. ``cli`` is the ``molt`` command; ``molt run`` starts the bot (``app``): its adapters, the
    desk, the notifier, the workers it supervises and housekeeping. The HTTP server
-   (``server``: /slack/events, /alerts/* from ``alerts``, /healthz, /metrics, and with
-   MOLT_UI the status page, ``ui``) runs in a process of its own and hands what arrives to
+   (``server``: each front end's routes, /alerts/* from ``alerts``, /healthz, /metrics, and
+   with MOLT_UI the status page, ``ui``) runs in a process of its own and hands what arrives to
    the bot through ``inbox`` (alerts through pipeline/incidents/oncall.py). What it refuses is
    counted and summarised in the audit by ``refusals``.
 2. An adapter behind the small interface in ``base`` (``console``, ``slack/``,
-   ``discord/``) parses the platform's input, acks within the platform's limit and calls
-   the ``desk``.
+   ``discord/``, ``github/``) parses the platform's input, acks within the platform's limit
+   and calls the ``desk``. ``platforms`` lists them, each declared by a ``Platform``: how it
+   is built, what it serves over HTTP, how it names people.
 3. The ``desk`` reads the command with the one grammar of every front end (``commands``)
    and does the work on its own threads: intake, approval, operator controls.
 4. Workers never talk to a platform: every step is an event on a Redis Stream. The

@@ -24,12 +24,13 @@ from typing import Any
 import redis
 import structlog
 
-from bot.base import Adapter
-from bot.console import Console
+from bot.base import Adapter, Wiring
 from bot.desk import Desk, background_thread
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
+from bot.platforms import PLATFORMS
 from bot.server import HttpProcess, HttpThread
+from bot.terminal import Terminal
 from pipeline import audit, metrics, store
 from pipeline.config import SANDBOX_OFF, Settings
 from pipeline.exceptions import IllegalTransition
@@ -64,30 +65,14 @@ class Bot:
         self.conn = store.connect(settings)
         self.store = RequestStore(self.conn)
         self.adapters: dict[str, Adapter] = {}
-        self.console: Console | None = None
-        if console:
-            self.console = Console(settings.console_user, self.store, wait=settings.console_wait)
-            self.adapters["console"] = self.console
-        self.slack: Any = None
-        if settings.slack_enabled:
-            from bot.slack import Slack
-
-            self.slack = Slack(settings, self.store)
-            self.adapters["slack"] = self.slack
         self.desk = Desk(settings, self.conn, self.adapters)
-        if settings.github_enabled:
-            from bot.github.adapter import GitHub
-
-            github = GitHub(settings, self.store)
-            github.desk = self.desk
-            self.adapters["github"] = github
-        if settings.discord_token:
-            # In this process (not the HTTP one): a gateway client on a thread of its own.
-            from bot.discord import Discord
-
-            discord_adapter = Discord(settings, self.store)
-            discord_adapter.desk = self.desk
-            self.adapters["discord"] = discord_adapter
+        wiring = Wiring(settings, self.store, self.desk, terminal=console)
+        for platform in PLATFORMS:
+            adapter = platform.build(wiring)
+            if adapter is not None:
+                self.adapters[platform.name] = adapter
+        #: The front end in the foreground, when the terminal is a chat.
+        self.console = next((a for a in self.adapters.values() if isinstance(a, Terminal)), None)
         self.inbox = InboxReader(self.conn, self.desk)
         self.oncall = oncall.SignalReader(settings, self.conn)
         self.watchers = logwatch.Watchers(settings, self.conn)
@@ -168,7 +153,7 @@ class Bot:
             notice = _notice(
                 f"Molt {running_version()[:7]} is up on port {port}, managing {target}"
             )
-            self.console.reply(self.console.origin, notice)
+            self.console.notice(notice)
         try:
             if self.console is not None:
                 self.console.serve(self.desk, self.stopping)
@@ -251,9 +236,7 @@ class Bot:
         """Finish what is in flight, leave the rest in the stream, and exec the new code."""
         log.info("restarting onto new code", expect=expect[:12])
         if self.console is not None:
-            self.console.reply(
-                self.console.origin, _notice(f"Molt is restarting onto {expect[:7]}…")
-            )
+            self.console.notice(_notice(f"Molt is restarting onto {expect[:7]}…"))
         self.stopping.set()
         _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
         self.desk.drain(timeout=10)

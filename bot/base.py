@@ -5,6 +5,9 @@ button press to the ``Desk`` (bot/desk.py), which calls pipeline/ off the
 platform's thread. Messages come back through ``deliver`` (a request's
 conversation, from the notifier) and ``reply`` (an answer to one person that
 belongs to no request: help, status, a refused click).
+
+Each front end declares itself with a ``Platform`` (bot/platforms.py lists them): how it is
+built from the settings, what it mounts on the HTTP server, and how it names a person.
 """
 
 from __future__ import annotations
@@ -12,11 +15,20 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from bot.messages import Message
-from pipeline.requests.store import Origin, Request
+from bot.people import Naming
+from pipeline.config import Settings
+from pipeline.requests.store import Origin, Request, RequestStore
+
+if TYPE_CHECKING:
+    import redis
+    from starlette.requests import Request as HttpRequest
+    from starlette.responses import Response
 
 
 class MessageRefs:
@@ -106,3 +118,61 @@ class Adapter(ABC):
 
     def show_home(self, origin: Origin, message: Message) -> None:  # noqa: B027 - optional
         """A home view, where the platform has one (Slack's App Home); else nothing."""
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """What a front end is built from in the bot's process."""
+
+    settings: Settings
+    store: RequestStore
+    #: Where its input goes.
+    desk: Front
+    #: The terminal is a chat of its own (``molt run`` with the console).
+    terminal: bool = False
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """A POST route a front end mounts on the HTTP server; its ack time is measured as
+    ``molt_ack_seconds{front=...}``, and no body over ``body_limit`` bytes is read."""
+
+    front: str
+    path: str
+    endpoint: Callable[[HttpRequest], Awaitable[Response]]
+    body_limit: int
+
+
+def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a front end runs in the HTTP process: its routes, and how to stop what it
+    started for them (a Socket Mode connection)."""
+
+    routes: list[HttpRoute] = field(default_factory=list)
+    stop: Callable[[], None] = _nothing
+
+
+def _serves_nothing(settings: Settings, conn: redis.Redis) -> Served | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Platform:
+    """One front end, as the core sees it. The adapter's own modules are imported only by
+    ``build`` and ``serve``, so that an unconfigured platform costs no import."""
+
+    #: Its name, the prefix of its principals and origins (``slack:U1ALICE``), and how it
+    #: names one of its people (``<@U1ALICE>``).
+    naming: Naming
+    #: Its adapter in the bot's process; None when it is not configured.
+    build: Callable[[Wiring], Adapter | None]
+    #: What it serves in the HTTP process; None when nothing.
+    serve: Callable[[Settings, redis.Redis], Served | None] = _serves_nothing
+
+    @property
+    def name(self) -> str:
+        return self.naming.platform

@@ -51,9 +51,8 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
     from pipeline.update import bootguard
 
     settings = _settings()
-    chat_configured = settings.slack_enabled or bool(settings.discord_token)
     if console is None:
-        console = not chat_configured and sys.stdin.isatty()
+        console = not settings.chat_enabled and sys.stdin.isatty()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     logs.configure(
         settings.log_level,

@@ -19,16 +19,18 @@ import os
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bot import people
-from bot.base import Adapter
-from bot.desk import Desk
+from bot.base import Platform, Wiring
 from bot.messages import Message
-from bot.rendering import as_text
+from bot.terminal import Terminal
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.states import template_for
 from pipeline.requests.store import Origin, Request, RequestStore
+
+if TYPE_CHECKING:
+    from bot.desk import Desk
 
 #: Templates after which a request needs nobody's attention from this console.
 SETTLED = frozenset(
@@ -51,7 +53,7 @@ PROGRESS_FIELD = "Progress"
 PROGRESS_EVERY = 60.0
 
 
-class Console(Adapter):
+class Console(Terminal):
     platform = "console"
     help_lines = (
         "press approve|reject|retry [request] — press a button: of the request named (id or "
@@ -88,10 +90,17 @@ class Console(Adapter):
         self.since = float(os.environ.get(SINCE_ENV) or self.booted)
         os.environ[SINCE_ENV] = repr(self.since)
 
+    def notice(self, message: Message) -> None:
+        self.reply(self.origin, message)
+
     # -- output ------------------------------------------------------------
 
     def _print(self, text: str) -> None:
-        text = as_text(people.address(text, "console"))
+        # Imported here: the HTTP process reads this module's PLATFORM and never prints, so
+        # it need not load the templates' engine.
+        from bot.rendering import as_text
+
+        text = as_text(people.address(text, NAMING))
         with self._write:
             self.out.write(("\n" if self._progress_open else "") + text + "\n")
             self._progress_open = False
@@ -298,3 +307,20 @@ class Console(Adapter):
             return shown == template_for(request.state)
         # Shown before Molt restarted itself, or never ours to show.
         return request.updated_at < self.booted
+
+
+def _person(user: str) -> str | None:
+    return user or None
+
+
+def _build(wiring: Wiring) -> Console | None:
+    if not wiring.terminal:
+        return None
+    settings = wiring.settings
+    return Console(settings.console_user, wiring.store, wait=settings.console_wait)
+
+
+#: People are named by their console names.
+NAMING = people.Naming("console", _person)
+#: A console is there when ``molt run`` has one.
+PLATFORM = Platform(naming=NAMING, build=_build)

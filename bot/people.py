@@ -1,14 +1,10 @@
 """People in messages: a principal (``<platform>:<id>``, as the audit and MOLT_*_USERS write
 it) named the way its own platform names a person.
 
-=========  ===================  =====================================================
-platform   principal            named as
-=========  ===================  =====================================================
-slack      ``slack:U1ALICE``    ``<@U1ALICE>`` (a mention; Slack shows the name)
-discord    ``discord:1300…``    ``<@1300…>`` (a mention; embeds never ping)
-github     ``github:octocat``   ``@octocat``
-console    ``console:bob``      ``bob``
-=========  ===================  =====================================================
+``slack:U1ALICE`` is named ``<@U1ALICE>`` in Slack, ``github:octocat`` is ``@octocat`` on
+GitHub and ``console:bob`` is ``bob`` in the console: each front end declares how (its
+``Naming``, which its ``Platform`` in bot/platforms.py carries), and an id it would not
+accept stays a principal.
 
 Another platform's principal, and Molt's own (``molt:auto``), stay as they are.
 
@@ -24,9 +20,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["address", "mark", "name", "unmarked", "vouched"]
+__all__ = ["Naming", "address", "mark", "name", "unmarked", "vouched"]
 
 #: Unicode noncharacters, which text from outside never carries (any found is removed):
 #: they frame a principal Molt vouches for, from rendering until an adapter names it, and
@@ -54,41 +51,22 @@ _SENTENCES = ("message", "reason")
 #: Context keys holding what a requester or a model wrote: nothing in them is vouched for.
 _UNVOUCHED = frozenset({"plan", "result", "text", "answers", "questions", "note"})
 
-_SLACK_USER = re.compile(r"[UW][A-Z0-9]+")
-_DISCORD_USER = re.compile(r"\d{1,20}")
-_GITHUB_LOGIN = re.compile(r"[A-Za-z0-9](?:-?[A-Za-z0-9])*")
+
+@dataclass(frozen=True)
+class Naming:
+    """How a platform names its own people (each front end declares one; its ``Platform``
+    carries it): the prefix of its principals, and the person as named from the id after
+    it, or None for an id it would not accept, which then stays a principal."""
+
+    platform: str
+    person: Callable[[str], str | None]
 
 
-def _slack(user: str) -> str | None:
-    return f"<@{user}>" if _SLACK_USER.fullmatch(user) else None
-
-
-def _discord(user: str) -> str | None:
-    return f"<@{user}>" if _DISCORD_USER.fullmatch(user) else None
-
-
-def _github(user: str) -> str | None:
-    return f"@{user}" if _GITHUB_LOGIN.fullmatch(user) else None
-
-
-def _console(user: str) -> str | None:
-    return user or None
-
-
-#: How each platform names one of its own people; an id it would not accept stays a principal.
-RULES: dict[str, Callable[[str], str | None]] = {
-    "slack": _slack,
-    "discord": _discord,
-    "github": _github,
-    "console": _console,
-}
-
-
-def name(principal: str, platform: str) -> str:
-    """``principal`` as ``platform`` names that person; as it is when it is not of ``platform``."""
+def name(principal: str, naming: Naming) -> str:
+    """``principal`` as ``naming``'s platform names that person; as it is when it is not of
+    that platform."""
     home, _, user = principal.partition(":")
-    rule = RULES.get(platform) if home == platform else None
-    return (rule(user) if rule else None) or principal
+    return (naming.person(user) if home == naming.platform else None) or principal
 
 
 def mark(principal: str, shown: str = "") -> str:
@@ -103,9 +81,9 @@ def unmarked(text: str) -> str:
     return _strip(_MARKED.sub(lambda found: found["shown"] or found["who"], text))
 
 
-def address(text: str, platform: str) -> str:
-    """``text`` with each marked principal named as ``platform`` names it, and no marks left."""
-    return _strip(_MARKED.sub(lambda found: name(found["who"], platform), text))
+def address(text: str, naming: Naming) -> str:
+    """``text`` with each marked principal named as ``naming`` says, and no marks left."""
+    return _strip(_MARKED.sub(lambda found: name(found["who"], naming), text))
 
 
 def _strip(text: str) -> str:

@@ -1,5 +1,5 @@
-"""The bot's HTTP server: /slack/events, /github/webhook, /alerts/*, /healthz, /metrics,
-under uvicorn.
+"""The bot's HTTP server: /alerts/*, /healthz, /metrics and the routes each configured front
+end mounts (/slack/events, /github/webhook; bot/platforms.py), under uvicorn.
 
 It runs in a process of its own (``molt http``, started by ``molt run``), which
 only verifies, acks and hands input to the inbox: acks never wait behind the
@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from bot.base import HttpRoute, Served
+from bot.platforms import PLATFORMS
 from bot.refusals import Refusals
 from pipeline import events, metrics, store
 from pipeline.config import Settings
 from pipeline.incidents.book import OPEN, IncidentBook
 from pipeline.queue.targets import Target
-from pipeline.requests.store import ACTIVE, RequestStore, request_key
+from pipeline.requests.store import ACTIVE, request_key
 from pipeline.service import restart
 
 BOOT_ID_ENV = "MOLT_BOOT_ID"
@@ -58,13 +60,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 #: Seconds a request's body may take to arrive, from the end of its headers.
 BODY_SECONDS = 4.0
-#: The largest body each route reads (by path, or path prefix ending in /). Slack's and the
-#: alert sources' deliveries are small; GitHub caps its payloads at 25 MB.
-BODY_LIMITS = {
-    "/slack/events": 1_000_000,
-    "/github/webhook": 25 * 1024 * 1024,
-    "/alerts/": 1_000_000,
-}
+#: The largest body each route reads (by path, or path prefix ending in /), besides the
+#: front ends' routes, which bring their own. The alert sources' deliveries are small.
+BODY_LIMITS = {"/alerts/": 1_000_000}
 #: The largest body of any other path (none of them reads one).
 OTHER_BODY_LIMIT = 64 * 1024
 #: How much of a refusal's answer its log line keeps.
@@ -80,11 +78,13 @@ class BodyGuard:
         app: ASGIApp,
         refusals: Refusals,
         routes: frozenset[str],
+        limits: dict[str, int],
         seconds: float = BODY_SECONDS,
     ) -> None:
         self.app = app
         self.refusals = refusals
         self.routes = routes
+        self.limits = limits
         self.seconds = seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -113,7 +113,7 @@ class BodyGuard:
                     )
             await send(message)
 
-        read = await self._body(scope, receive, body_limit(path))
+        read = await self._body(scope, receive, body_limit(path, self.limits))
         if isinstance(read, Response):
             await read(scope, receive, sending)
         elif read is not None:
@@ -149,8 +149,8 @@ class BodyGuard:
             )
 
 
-def body_limit(path: str) -> int:
-    for prefix, limit in BODY_LIMITS.items():
+def body_limit(path: str, limits: dict[str, int]) -> int:
+    for prefix, limit in limits.items():
         if path == prefix or (prefix.endswith("/") and path.startswith(prefix)):
             return limit
     return OTHER_BODY_LIMIT
@@ -196,8 +196,7 @@ class HttpServer:
         conn: redis.Redis,
         settings: Settings,
         boot_id: str,
-        slack_endpoint: Endpoint | None = None,
-        github_endpoint: Endpoint | None = None,
+        front_routes: Sequence[HttpRoute] = (),
         alert_routes: list[Route] | None = None,
     ) -> None:
         self.conn = conn
@@ -208,11 +207,10 @@ class HttpServer:
             Route("/healthz", self.healthz, methods=["GET"]),
             Route("/metrics", self.scrape, methods=["GET"]),
         ]
-        if slack_endpoint is not None:
-            routes.append(Route("/slack/events", timed("slack", slack_endpoint), methods=["POST"]))
-        if github_endpoint is not None:
-            github = timed("github", github_endpoint)
-            routes.append(Route("/github/webhook", github, methods=["POST"]))
+        limits = dict(BODY_LIMITS)
+        for front in front_routes:
+            routes.append(Route(front.path, timed(front.front, front.endpoint), methods=["POST"]))
+            limits[front.path] = front.body_limit
         for alert in alert_routes or []:  # /alerts/*: acked here too
             routes.append(Route(alert.path, timed("alerts", alert.endpoint), methods=alert.methods))
         if settings.ui:
@@ -224,7 +222,10 @@ class HttpServer:
             threading.Thread(target=page.warm, name="molt-ui-warm", daemon=True).start()
         self.refusals = Refusals(conn)
         guard = Middleware(
-            BodyGuard, refusals=self.refusals, routes=frozenset(r.path for r in routes)
+            BodyGuard,
+            refusals=self.refusals,
+            routes=frozenset(r.path for r in routes),
+            limits=limits,
         )
         self.app = Starlette(routes=routes, middleware=[guard])
         self.app.router.redirect_slashes = False
@@ -318,32 +319,13 @@ class HttpServer:
         return readings
 
 
-def http_server(settings: Settings, conn: redis.Redis, boot_id: str) -> tuple[HttpServer, Any]:
-    """The server ``molt http`` runs, not yet serving: its routes for what is configured,
-    and the Slack adapter (started) behind /slack/events or on its Socket Mode connection,
-    handing what arrives to the inbox. Returns the server and that adapter (None without
-    Slack), which the caller stops with the server."""
-    slack_endpoint = None
-    slack = None
-    if settings.slack_enabled:
-        from bot.inbox import Inbox
-        from bot.slack import Slack
-
-        slack = Slack(settings, RequestStore(conn))
-        slack.desk = Inbox(conn)
-        slack.start()
-        if settings.slack_app_token:
-            slack.connect_socket_mode()
-        else:
-            slack_endpoint = slack.endpoint
-    github_endpoint = None
-    secret = settings.github_webhook_secret
-    if settings.github_enabled and secret and secret.get_secret_value():
-        from bot.github.webhook import Webhook
-
-        hook = Webhook(conn, secret.get_secret_value(), settings.github_repos)
-        github_endpoint = hook.serve
-
+def http_server(
+    settings: Settings, conn: redis.Redis, boot_id: str
+) -> tuple[HttpServer, list[Served]]:
+    """The server ``molt http`` runs, not yet serving, with the routes of each configured
+    front end, which hand what arrives to the inbox. Returns the server and what the front
+    ends started for it, which the caller stops with the server."""
+    served = [s for s in (p.serve(settings, conn) for p in PLATFORMS) if s is not None]
     from bot.alerts import AlertEndpoints
 
     server = HttpServer(
@@ -352,11 +334,15 @@ def http_server(settings: Settings, conn: redis.Redis, boot_id: str) -> tuple[Ht
         conn,
         settings,
         boot_id,
-        slack_endpoint,
-        github_endpoint,
+        [route for s in served for route in s.routes],
         AlertEndpoints(settings, conn).routes(),
     )
-    return server, slack
+    return server, served
+
+
+def _stop(served: list[Served]) -> None:
+    for each in served:
+        each.stop()
 
 
 def serve(settings: Settings) -> int:
@@ -364,7 +350,7 @@ def serve(settings: Settings) -> int:
     boot_id = os.environ.get(BOOT_ID_ENV, "")
     parent = os.getppid()
     conn = store.connect(settings)
-    server, slack = http_server(settings, conn, boot_id)
+    server, served = http_server(settings, conn, boot_id)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
@@ -373,8 +359,7 @@ def serve(settings: Settings) -> int:
     while not stopping.wait(0.2):
         if os.getppid() != parent:
             break
-    if slack is not None:
-        slack.stop()
+    _stop(served)
     server.stop()
     return 0
 
@@ -390,22 +375,21 @@ class HttpThread:
         self.boot_id = boot_id
         self.port = 0
         self._server: HttpServer | None = None
-        self._slack: Any = None
+        self._served: list[Served] = []
 
     @property
     def alive(self) -> bool:
         return self._server is not None
 
     def start(self) -> int:
-        self._server, self._slack = http_server(self.settings, self.conn, self.boot_id)
+        self._server, self._served = http_server(self.settings, self.conn, self.boot_id)
         self.port = self._server.start()
         return self.port
 
     def stop(self) -> None:
         server, self._server = self._server, None
-        if self._slack is not None:
-            self._slack.stop()
-            self._slack = None
+        served, self._served = self._served, []
+        _stop(served)
         if server is not None:
             server.stop()
 

@@ -20,19 +20,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
+from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import (
     AliasChoices,
+    BaseModel,
+    ConfigDict,
     Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -171,11 +176,207 @@ TARGET_KEYS = {
 _DERIVED = ("test_command", "authorised_users", "approvers", "operators")
 
 
+@dataclass(frozen=True)
+class Secret:
+    """Marks a field that holds a secret without being a ``SecretStr`` (REDIS_URL): ``part``
+    is the secret in its value (the password of a URL), for redaction."""
+
+    part: Callable[[Any], str | None]
+
+
+def _url_password(url: Any) -> str | None:
+    return urlsplit(url).password if isinstance(url, str) else None
+
+
+class PlatformSettings(BaseModel):
+    """One chat platform's keys (``Settings.slack``, ``.discord``, ``.github``). Each key is
+    read from its own variable, as every setting is (``SLACK_BOT_TOKEN``)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+
+    #: How an incident channel of this platform is written (MOLT_INCIDENT_CHANNEL).
+    channel: ClassVar[str]
+    #: People type commands into it at any time: one enabled, ``molt run`` needs no console.
+    chat: ClassVar[bool] = False
+
+    @property
+    def enabled(self) -> bool:
+        """Configured enough for its front end to run."""
+        raise NotImplementedError
+
+
+class SlackSettings(PlatformSettings):
+    channel: ClassVar[str] = r"slack:[A-Z0-9]+"
+    chat: ClassVar[bool] = True
+
+    bot_token: SecretStr | None = _var("SLACK_BOT_TOKEN")
+    signing_secret: SecretStr | None = _var("SLACK_SIGNING_SECRET")
+    app_token: SecretStr | None = _var("SLACK_APP_TOKEN")
+    api_url: str = _var("SLACK_API_URL", "https://slack.com/api/", pattern=r"^https?://")
+    command: str = _var("MOLT_SLACK_COMMAND", "/molt", pattern=r"^/[\w-]{1,31}$")
+
+    @property
+    def enabled(self) -> bool:
+        """A bot token, and a way in: the signing secret (HTTP) or an app token (Socket Mode)."""
+        return bool(self.bot_token and (self.signing_secret or self.app_token))
+
+
+class DiscordSettings(PlatformSettings):
+    channel: ClassVar[str] = r"discord:\d+"
+    chat: ClassVar[bool] = True
+
+    token: SecretStr | None = _var("DISCORD_TOKEN")
+    prefix: str = _var("MOLT_DISCORD_PREFIX", "!molt", pattern=r"^\S{1,32}$")
+    #: Channel ids Discord commands are taken in; empty: every channel the bot can read.
+    channels: UserList = _var("MOLT_DISCORD_CHANNELS", [])
+    api_url: str = _var("DISCORD_API_URL", "https://discord.com/api/v10", pattern=r"^https?://")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.token)
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _split_channels(cls, value: Any) -> Any:
+        channels = _listed(value)
+        if any(not channel.isdigit() for channel in channels or []):
+            raise ValueError("expected comma-separated numeric channel ids")
+        return value if channels is None else channels
+
+
+class GitHubSettings(PlatformSettings):
+    """The GitHub front end (bot/github/): a token or an App, the repositories it watches."""
+
+    channel: ClassVar[str] = r"github:[\w.-]+/[\w.-]+"
+
+    token: SecretStr | None = _var("GITHUB_TOKEN")
+    app_id: str | None = _var("GITHUB_APP_ID", pattern=r"^\d{1,20}$")
+    app_private_key: SecretStr | None = _var("GITHUB_APP_PRIVATE_KEY")
+    app_installation_id: str | None = _var("GITHUB_APP_INSTALLATION_ID", pattern=r"^\d{1,20}$")
+    api_url: str = _var("GITHUB_API_URL", "https://api.github.com", pattern=r"^https?://")
+    #: Signs webhook deliveries; unset, GitHub is polled only (no public URL needed).
+    webhook_secret: SecretStr | None = _var("GITHUB_WEBHOOK_SECRET")
+    repos: UserList = _var("MOLT_GITHUB_REPOS", [])
+    label: str = _var("MOLT_GITHUB_LABEL", "molt", pattern=r"^[^,\s][^,]{0,49}$")
+    #: Seconds between polls for labelled issues and comments a webhook may have missed; 0 off.
+    poll: float = _var("MOLT_GITHUB_POLL", 60.0, ge=0)
+    deployments: bool = _var("MOLT_GITHUB_DEPLOYMENTS", False)
+    environment: str = _var("MOLT_GITHUB_ENVIRONMENT", "production", min_length=1)
+    #: Seconds between two writes to GitHub (GitHub asks for at least one).
+    write_interval: float = _var("MOLT_GITHUB_WRITE_INTERVAL", 1.0, ge=0)
+
+    @property
+    def enabled(self) -> bool:
+        """Watched repositories, and a token or a whole GitHub App to act in them with."""
+        app = self.app_id and self.app_private_key and self.app_installation_id
+        return bool(self.repos and (self.token or app))
+
+    @field_validator("repos", mode="before")
+    @classmethod
+    def _split_repos(cls, value: Any) -> Any:
+        repos = _listed(value)
+        for repo in repos or []:
+            if not re.fullmatch(r"[\w.-]{1,100}/[\w.-]{1,100}", repo):
+                raise ValueError(f"expected comma-separated owner/name entries, got {repo!r}")
+        return value if repos is None else repos
+
+
+#: Each platform's settings by the field of ``Settings`` that holds them.
+PLATFORM_SETTINGS: dict[str, type[PlatformSettings]] = {
+    "slack": SlackSettings,
+    "discord": DiscordSettings,
+    "github": GitHubSettings,
+}
+
+
+def _names(info: FieldInfo) -> tuple[str, ...]:
+    """The names a field is read by: its variable first."""
+    alias = info.validation_alias
+    return tuple(str(c) for c in alias.choices) if isinstance(alias, AliasChoices) else ()
+
+
+def _is_secret(info: FieldInfo) -> bool:
+    """Typed ``SecretStr``, or marked ``Secret``."""
+    return info.annotation in (SecretStr, SecretStr | None) or any(
+        isinstance(m, Secret) for m in info.metadata
+    )
+
+
+def _secret_fields(model: type[BaseModel]) -> list[tuple[str, FieldInfo]]:
+    """The fields of ``model`` that hold a secret."""
+    return [(name, info) for name, info in model.model_fields.items() if _is_secret(info)]
+
+
+def _secret_values(model: BaseModel) -> list[str]:
+    """The secrets ``model`` holds, and those of the models in its fields."""
+    values: list[str] = []
+    for name, info in _secret_fields(type(model)):
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            values.append(value.get_secret_value())
+        for marker in (m for m in info.metadata if isinstance(m, Secret)):
+            values.append(marker.part(value) or "")
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            values += _secret_values(value)
+    return values
+
+
+def _fold(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with each platform's keys, given by their flat names (SLACK_BOT_TOKEN, or
+    slack_bot_token in code), moved into that platform's table; a flat key wins."""
+    folded = dict(values)
+    for field, model in PLATFORM_SETTINGS.items():
+        given = folded.get(field)
+        table = dict(given) if isinstance(given, dict) else {}
+        for name, info in model.model_fields.items():
+            for key in (*_names(info), f"{field}_{name}"):
+                if key in folded:
+                    table[name] = folded.pop(key)
+                    break
+        if table or isinstance(given, dict):
+            folded[field] = table
+    return folded
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """The environment as pydantic-settings reads it, with each platform's keys read by their
+    own variables (case aside, as for every other setting)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], flat: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self.flat = flat
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        values = {k: v for k, v in self.flat().items() if k not in PLATFORM_SETTINGS}
+        environ = {k.lower(): v for k, v in os.environ.items()}
+        for field, model in PLATFORM_SETTINGS.items():
+            table = {}
+            for name, info in model.model_fields.items():
+                found = [environ[n.lower()] for n in _names(info) if n.lower() in environ]
+                if found:
+                    table[name] = found[0]
+            if table:
+                values[field] = table
+        return values
+
+
+class _File(TomlConfigSettingsSource):
+    """molt.toml, where each platform's keys are written by their flat names too."""
+
+    def __call__(self) -> dict[str, Any]:
+        return _fold(super().__call__())
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
     data_dir: Path = _var("MOLT_DATA_DIR", Path(".molt"))
-    redis_url: str | None = _var("REDIS_URL")
+    redis_url: Annotated[str | None, Secret(_url_password)] = _var("REDIS_URL")
     #: Redis Sentinel (host:port of each sentinel, and the name of the primary they watch):
     #: every process follows a failover of the primary. Set, it is used instead of REDIS_URL.
     redis_sentinels: UserList = _var("REDIS_SENTINELS", [])
@@ -225,36 +426,11 @@ class Settings(BaseSettings):
     #: The read-only status page at / on the HTTP port (bot/ui.py), and the token it asks.
     ui_token: SecretStr | None = _var("MOLT_UI_TOKEN")
     ui: bool = _var("MOLT_UI", False)
-    slack_bot_token: SecretStr | None = _var("SLACK_BOT_TOKEN")
-    slack_signing_secret: SecretStr | None = _var("SLACK_SIGNING_SECRET")
-    slack_app_token: SecretStr | None = _var("SLACK_APP_TOKEN")
-    slack_api_url: str = _var("SLACK_API_URL", "https://slack.com/api/", pattern=r"^https?://")
-    slack_command: str = _var("MOLT_SLACK_COMMAND", "/molt", pattern=r"^/[\w-]{1,31}$")
-    discord_token: SecretStr | None = _var("DISCORD_TOKEN")
-    discord_prefix: str = _var("MOLT_DISCORD_PREFIX", "!molt", pattern=r"^\S{1,32}$")
-    #: Channel ids Discord commands are taken in; empty: every channel the bot can read.
-    discord_channels: UserList = _var("MOLT_DISCORD_CHANNELS", [])
-    discord_api_url: str = _var(
-        "DISCORD_API_URL", "https://discord.com/api/v10", pattern=r"^https?://"
-    )
-    # The GitHub front end (bot/github/): a token or an App, the repositories it watches.
-    github_token: SecretStr | None = _var("GITHUB_TOKEN")
-    github_app_id: str | None = _var("GITHUB_APP_ID", pattern=r"^\d{1,20}$")
-    github_app_private_key: SecretStr | None = _var("GITHUB_APP_PRIVATE_KEY")
-    github_app_installation_id: str | None = _var(
-        "GITHUB_APP_INSTALLATION_ID", pattern=r"^\d{1,20}$"
-    )
-    github_api_url: str = _var("GITHUB_API_URL", "https://api.github.com", pattern=r"^https?://")
-    #: Signs webhook deliveries; unset, GitHub is polled only (no public URL needed).
-    github_webhook_secret: SecretStr | None = _var("GITHUB_WEBHOOK_SECRET")
-    github_repos: UserList = _var("MOLT_GITHUB_REPOS", [])
-    github_label: str = _var("MOLT_GITHUB_LABEL", "molt", pattern=r"^[^,\s][^,]{0,49}$")
-    #: Seconds between polls for labelled issues and comments a webhook may have missed; 0 off.
-    github_poll: float = _var("MOLT_GITHUB_POLL", 60.0, ge=0)
-    github_deployments: bool = _var("MOLT_GITHUB_DEPLOYMENTS", False)
-    github_environment: str = _var("MOLT_GITHUB_ENVIRONMENT", "production", min_length=1)
-    #: Seconds between two writes to GitHub (GitHub asks for at least one).
-    github_write_interval: float = _var("MOLT_GITHUB_WRITE_INTERVAL", 1.0, ge=0)
+    # The chat front ends (bot/platforms.py), each platform's keys in a model of its own;
+    # their variables keep their names (SLACK_BOT_TOKEN, MOLT_GITHUB_REPOS).
+    slack: SlackSettings = Field(default_factory=lambda: SlackSettings())
+    discord: DiscordSettings = Field(default_factory=lambda: DiscordSettings())
+    github: GitHubSettings = Field(default_factory=lambda: GitHubSettings())
     # Changes delivered as pull requests (pipeline/update/proposals.py, bot/github/pulls.py).
     change_delivery: str = _var("MOLT_CHANGE_DELIVERY", DELIVERY_APPLY)
     #: A merge by an approver counts as the approval of the deploy it plans.
@@ -318,7 +494,7 @@ class Settings(BaseSettings):
     incident_channel: str = _var(
         "MOLT_INCIDENT_CHANNEL",
         "console",
-        pattern=r"^(console|slack:[A-Z0-9]+|discord:\d+|github:[\w.-]+/[\w.-]+)$",
+        pattern=f"^(console|{'|'.join(m.channel for m in PLATFORM_SETTINGS.values())})$",
     )
     suspect_window: float = _var("MOLT_SUSPECT_WINDOW", 1800.0, ge=0)
     #: An incident Molt acted on held if resolved within this many seconds of the action.
@@ -346,9 +522,15 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (
             init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=config_file()),
+            _Environment(settings_cls, env_settings),
+            _File(settings_cls, toml_file=config_file()),
         )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _platform_tables(cls, values: Any) -> Any:
+        """Platform keys given by their flat names (``Settings(slack_bot_token=...)``)."""
+        return _fold(values) if isinstance(values, dict) else values
 
     @field_validator("authorised_users", "approvers", "operators", mode="before")
     @classmethod
@@ -359,15 +541,6 @@ class Settings(BaseSettings):
             if not sep or not platform or not ident:
                 raise ValueError(f"expected platform:id entries, got {user!r}")
         return value if users is None else users
-
-    @field_validator("github_repos", mode="before")
-    @classmethod
-    def _split_repos(cls, value: Any) -> Any:
-        repos = _listed(value)
-        for repo in repos or []:
-            if not re.fullmatch(r"[\w.-]{1,100}/[\w.-]{1,100}", repo):
-                raise ValueError(f"expected comma-separated owner/name entries, got {repo!r}")
-        return value if repos is None else repos
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod
@@ -394,14 +567,6 @@ class Settings(BaseSettings):
             if not sep or not slug.strip() or not target.strip():
                 raise ValueError(f"expected project-slug=target entries, got {entry!r}")
         return value if projects is None else projects
-
-    @field_validator("discord_channels", mode="before")
-    @classmethod
-    def _split_channels(cls, value: Any) -> Any:
-        channels = _listed(value)
-        if any(not channel.isdigit() for channel in channels or []):
-            raise ValueError("expected comma-separated numeric channel ids")
-        return value if channels is None else channels
 
     @field_validator("ui", mode="after")
     @classmethod
@@ -494,16 +659,14 @@ class Settings(BaseSettings):
         if not self.operators:
             object.__setattr__(self, "operators", list(self.approvers))
 
-    @property
-    def slack_enabled(self) -> bool:
-        """A bot token, and a way in: the signing secret (HTTP) or an app token (Socket Mode)."""
-        return bool(self.slack_bot_token and (self.slack_signing_secret or self.slack_app_token))
+    def platforms(self) -> list[PlatformSettings]:
+        """Each platform's settings."""
+        return [getattr(self, field) for field in PLATFORM_SETTINGS]
 
     @property
-    def github_enabled(self) -> bool:
-        """Watched repositories, and a token or a whole GitHub App to act in them with."""
-        app = self.github_app_id and self.github_app_private_key and self.github_app_installation_id
-        return bool(self.github_repos and (self.github_token or app))
+    def chat_enabled(self) -> bool:
+        """A chat is configured (Slack, Discord): ``molt run`` then starts no console."""
+        return any(platform.chat and platform.enabled for platform in self.platforms())
 
     @property
     def llm_enabled(self) -> bool:
@@ -610,36 +773,16 @@ class Settings(BaseSettings):
         return self.data_dir / "worktrees" / self.target_id
 
     def secrets(self) -> list[str]:
-        """Every configured credential, for redaction."""
-        values = [
-            self.slack_bot_token,
-            self.slack_signing_secret,
-            self.slack_app_token,
-            self.anthropic_api_key,
-            self.discord_token,
-            self.signing_key,
-            self.github_token,
-            self.github_app_private_key,
-            self.github_webhook_secret,
-            self.alert_token,
-            self.alert_secret,
-            self.sentry_secret,
-            self.commit_signing_key,
-            self.ui_token,
-        ]
-        return [v.get_secret_value() for v in values if v and v.get_secret_value()]
-
-
-#: Fields whose given value an error message must not repeat.
-_SECRET_FIELDS = frozenset(
-    name for name, info in Settings.model_fields.items() if info.annotation == SecretStr | None
-)
+        """Every configured credential, for redaction: each secret-typed value (a ``SecretStr``,
+        or a field marked ``Secret``), in these settings and in each platform's."""
+        return [value for value in _secret_values(self) if value]
 
 
 #: Variables that hold Molt's secrets or reach its Redis: ``test_env`` may not list them.
 SECRET_VARIABLES = frozenset(
-    {str(Settings.model_fields[name].validation_alias.choices[0]) for name in _SECRET_FIELDS}  # type: ignore[union-attr]
-    | {"REDIS_URL", "REDIS_SENTINELS"}
+    {_names(info)[0] for _, info in _secret_fields(Settings)}
+    | {_names(info)[0] for model in PLATFORM_SETTINGS.values() for _, info in _secret_fields(model)}
+    | {"REDIS_SENTINELS"}
 )
 
 
@@ -691,12 +834,18 @@ def _login_name() -> str:
         return "operator"
 
 
+def _field_info(field: str) -> FieldInfo | None:
+    """The field a setting's path names: ``ui_token``, or a platform's ``slack.bot_token``."""
+    table, _, name = field.partition(".")
+    if name and table in PLATFORM_SETTINGS:
+        return PLATFORM_SETTINGS[table].model_fields.get(name)
+    return Settings.model_fields.get(field)
+
+
 def _variable_for(field: str) -> str:
-    info = Settings.model_fields.get(field)
-    alias = info.validation_alias if info else None
-    if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
-    return field.upper()
+    info = _field_info(field)
+    names = _names(info) if info else ()
+    return names[0] if names else field.upper()
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -717,10 +866,15 @@ def _config_error(exc: ValidationError, name_of: Callable[[str], str]) -> Config
     """One readable ConfigError naming each setting (``name_of`` its field) that is wrong."""
     problems = []
     for error in exc.errors():
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        loc = [str(part) for part in error["loc"][:2]]
+        field = ".".join(loc if loc and loc[0] in PLATFORM_SETTINGS else loc[:1]) or "?"
+        info = _field_info(field)
         given = error.get("input")
         hidden = (
-            isinstance(given, dict) or given is None or "slack_" in field or field in _SECRET_FIELDS
+            isinstance(given, dict)
+            or given is None
+            or field.startswith("slack.")
+            or (info is not None and _is_secret(info))
         )
         shown = "" if hidden else f" (got {given!r})"
         message = error["msg"].removeprefix("Value error, ")

@@ -54,7 +54,7 @@ class Discord(Adapter):
     platform = "discord"
 
     def __init__(self, settings: Settings, store: RequestStore) -> None:
-        token = settings.discord_token.get_secret_value() if settings.discord_token else ""
+        token = settings.discord.token.get_secret_value() if settings.discord.token else ""
         if not token.strip():
             raise ConfigError("DISCORD_TOKEN is needed for Discord")
         self.settings = settings
@@ -72,9 +72,9 @@ class Discord(Adapter):
         self._off = ""
         # Only touched on the client's loop:
         contacts = Contacts()
-        channels = frozenset(int(c) for c in settings.discord_channels)
+        channels = frozenset(int(c) for c in settings.discord.channels)
         self.listeners = Listeners(
-            settings.discord_prefix, channels, contacts, desk=lambda: self.desk
+            settings.discord.prefix, channels, contacts, desk=lambda: self.desk
         )
         self.delivery = Delivery(self._connected, contacts)
 
@@ -82,7 +82,7 @@ class Discord(Adapter):
 
     def start(self) -> None:
         """Connect in the background, so a slow Discord does not hold up start-up."""
-        discord.http.Route.BASE = self.settings.discord_api_url.rstrip("/")
+        discord.http.Route.BASE = self.settings.discord.api_url.rstrip("/")
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="molt-discord", daemon=True)
         self._thread.start()

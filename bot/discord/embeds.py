@@ -13,6 +13,7 @@ import re
 import discord
 
 from bot import people
+from bot.discord import NAMING
 from bot.fitting import clip, double_bold, units
 from bot.messages import Message
 from pipeline.requests.store import Request
@@ -106,7 +107,7 @@ def _fields(message: Message) -> list[tuple[str, str]]:
 
 
 def _named(text: str) -> str:
-    return people.address(text, "discord")
+    return people.address(text, NAMING)
 
 
 def _footer(message: Message) -> str:

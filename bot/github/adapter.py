@@ -56,7 +56,7 @@ class GitHub(Adapter):
     platform = "github"
 
     def __init__(self, settings: Settings, store: RequestStore) -> None:
-        if not settings.github_enabled:
+        if not settings.github.enabled:
             raise ConfigError(
                 "GitHub needs MOLT_GITHUB_REPOS and GITHUB_TOKEN (or GITHUB_APP_ID, "
                 "GITHUB_APP_PRIVATE_KEY and GITHUB_APP_INSTALLATION_ID)"
@@ -81,7 +81,7 @@ class GitHub(Adapter):
     def start(self) -> None:
         self._join_inbox()
         loops: list[Callable[[], None]] = [self._introduce, self._read_inbox]
-        if self.settings.github_poll > 0:
+        if self.settings.github.poll > 0:
             loops.append(lambda: self.poller.run(self._stopping))
         for loop in loops:
             thread = threading.Thread(target=loop, name="molt-github", daemon=True)
@@ -103,19 +103,19 @@ class GitHub(Adapter):
 
     def _introduce(self) -> None:
         """Who Molt is in GitHub (its own comments are never requests), and its labels."""
-        if self.settings.github_token:
+        if self.settings.github.token:
             try:
                 self.delivery.login = self.client.get_user().login
             except GithubException as exc:
                 log.error("GITHUB_TOKEN refused by GitHub", status=exc.status)
             except Exception as exc:
                 log.warning("github unreachable at start", error=str(exc)[:200])
-        for repo in self.settings.github_repos:
+        for repo in self.settings.github.repos:
             try:
                 self.delivery.ensure_labels(repo)
             except Exception as exc:
                 log.warning("github labels not made", repo=repo, error=str(exc)[:200])
-        log.info("github connected", login=self.delivery.login, repos=self.settings.github_repos)
+        log.info("github connected", login=self.delivery.login, repos=self.settings.github.repos)
 
     # -- what GitHub says ------------------------------------------------------
 
@@ -158,7 +158,7 @@ class GitHub(Adapter):
         login = happening.login.lower()
         if happening.bot or login.endswith("[bot]") or login == self.delivery.login.lower():
             return
-        if happening.repo.lower() not in {r.lower() for r in self.settings.github_repos}:
+        if happening.repo.lower() not in {r.lower() for r in self.settings.github.repos}:
             return
         if happening.event == "issues":
             self._issue(happening)
@@ -178,7 +178,7 @@ class GitHub(Adapter):
 
     def _issue(self, happening: Happening) -> None:
         """A labelled issue: its title deploys a ref, or the title and body ask for a change."""
-        label = self.settings.github_label.lower()
+        label = self.settings.github.label.lower()
         labelled = (
             happening.label.lower() == label
             if happening.action == "labeled"

@@ -49,16 +49,16 @@ def connect(settings: Settings, *, retries: int = WRITE_ATTEMPTS) -> Github:
     """A client for GITHUB_API_URL with the token or the App's installation token, which
     PyGithub renews before it expires; it retries an idempotent call up to ``retries`` times."""
     auth: Auth.Auth
-    if settings.github_token:
-        auth = Auth.Token(settings.github_token.get_secret_value())
+    if settings.github.token:
+        auth = Auth.Token(settings.github.token.get_secret_value())
     elif (
-        settings.github_app_id
-        and settings.github_app_private_key
-        and settings.github_app_installation_id
+        settings.github.app_id
+        and settings.github.app_private_key
+        and settings.github.app_installation_id
     ):
-        key = settings.github_app_private_key.get_secret_value().replace("\\n", "\n")
-        app = Auth.AppAuth(int(settings.github_app_id), key)
-        auth = app.get_installation_auth(int(settings.github_app_installation_id))
+        key = settings.github.app_private_key.get_secret_value().replace("\\n", "\n")
+        app = Auth.AppAuth(int(settings.github.app_id), key)
+        auth = app.get_installation_auth(int(settings.github.app_installation_id))
     else:
         raise ConfigError(
             "GitHub needs GITHUB_TOKEN, or GITHUB_APP_ID, GITHUB_APP_PRIVATE_KEY and "
@@ -66,12 +66,12 @@ def connect(settings: Settings, *, retries: int = WRITE_ATTEMPTS) -> Github:
         )
     retry = GithubRetry(total=retries, backoff_factor=0.5, allowed_methods=IDEMPOTENT)
     return Github(
-        base_url=settings.github_api_url.rstrip("/"),
+        base_url=settings.github.api_url.rstrip("/"),
         auth=auth,
         timeout=15,
         retry=retry,
         seconds_between_requests=0,
-        seconds_between_writes=settings.github_write_interval,
+        seconds_between_writes=settings.github.write_interval,
         lazy=True,
     )
 

@@ -17,6 +17,7 @@ import re
 
 from bot import people
 from bot.fitting import clip, double_bold
+from bot.github import NAMING
 from bot.messages import Button, Message
 
 #: GitHub refuses comment bodies over 65,536 characters.
@@ -54,7 +55,7 @@ def untrusted(text: str) -> str:
 def _markdown(text: str) -> str:
     """Template text in GitHub's Markdown, the marked people mentioned and nobody else."""
     quiet = text.replace("@", "@\u200d")
-    return people.address(double_bold(quiet), "github")
+    return people.address(double_bold(quiet), NAMING)
 
 
 def status(message: Message, *, boxes: bool) -> str:

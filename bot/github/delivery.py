@@ -111,7 +111,7 @@ class Delivery:
         self.store = store
         self.conn: redis.Redis = store.conn
         #: Without a webhook nobody can be seen ticking a box: answers are comments then.
-        secret = settings.github_webhook_secret
+        secret = settings.github.webhook_secret
         self.boxes = bool(secret and secret.get_secret_value())
         self.login = ""
         self._refs = MessageRefs()
@@ -136,7 +136,7 @@ class Delivery:
             self._remember(request, ref)
         if message.template in MILESTONES and not posted:
             self._milestone(request, message, issue, ref)
-        if self.settings.github_deployments and request.deploys:
+        if self.settings.github.deployments and request.deploys:
             self._deployment(request, message)
 
     def _status(
@@ -260,11 +260,11 @@ class Delivery:
                 made = self.writer.create(
                     lambda: found.create_deployment(
                         ref=commit,
-                        environment=self.settings.github_environment,
+                        environment=self.settings.github.environment,
                         description=f"Molt {request.codename or request.id}"[:140],
                         auto_merge=False,
                         required_contexts=[],
-                        production_environment=self.settings.github_environment == "production",
+                        production_environment=self.settings.github.environment == "production",
                     ),
                     lambda: None,
                 )
@@ -278,7 +278,7 @@ class Delivery:
         status: dict[str, Any] = {
             "state": state,
             "description": (request.message or message.title)[:140],
-            "environment": self.settings.github_environment,
+            "environment": self.settings.github.environment,
             "auto_inactive": True,
         }
         if log_dir.startswith(("http://", "https://")):

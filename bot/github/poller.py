@@ -77,10 +77,10 @@ class Poller:
                 self.poll()
             except Exception:
                 log.exception("github poll")
-            stopping.wait(self.settings.github_poll)
+            stopping.wait(self.settings.github.poll)
 
     def poll(self) -> None:
-        for repo in self.settings.github_repos:
+        for repo in self.settings.github.repos:
             try:
                 self._issues(repo)
                 self._comments(repo)
@@ -90,7 +90,7 @@ class Poller:
             self.follow(self.found)
 
     def _issues(self, repo: str) -> None:
-        params = {"labels": self.settings.github_label, "state": "open"}
+        params = {"labels": self.settings.github.label, "state": "open"}
         for issue in self._since(repo, "issues", f"/repos/{repo}/issues", params):
             happening = from_issue(repo, issue)
             if self.conn.exists(taken_key(happening.key)):
@@ -102,7 +102,7 @@ class Poller:
     def _labeller(self, repo: str, number: int) -> Labeller | None:
         """Who put MOLT_GITHUB_LABEL on the issue last (the request is theirs, as the webhook's
         ``sender`` would say), from the issue's events; None if GitHub does not say."""
-        label = self.settings.github_label.lower()
+        label = self.settings.github.label.lower()
         events = self.client.get_repo(repo).get_issue(number).get_events()
         found = None
         for event in events:
@@ -126,7 +126,7 @@ class Poller:
         if known:
             return known.decode() if isinstance(known, bytes) else str(known)
         # The first poll looks back one interval: what happened while Molt was starting.
-        start = datetime.now(UTC) - timedelta(seconds=max(self.settings.github_poll, 60))
+        start = datetime.now(UTC) - timedelta(seconds=max(self.settings.github.poll, 60))
         self.conn.set(key, _iso(start))
         return _iso(start)
 
@@ -152,7 +152,7 @@ class Poller:
             raise GithubException(status, items, answered)
         tag = {k.lower(): v for k, v in answered.items()}.get("etag")
         if tag:
-            if len(self._etags) >= 4 * len(self.settings.github_repos) + 16:
+            if len(self._etags) >= 4 * len(self.settings.github.repos) + 16:
                 self._etags.clear()  # old cursors' answers: never asked for again
             self._etags[asked] = tag
         found = [i for i in items if isinstance(i, dict)]

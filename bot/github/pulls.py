@@ -37,11 +37,11 @@ def pull_key(repo: str, number: int | str) -> str:
 
 def repo_for(settings: Settings, remote: str) -> str | None:
     """The watched repository a target's remote is, or the only one watched."""
-    watched = {r.lower(): r for r in settings.github_repos}
+    watched = {r.lower(): r for r in settings.github.repos}
     found = _GITHUB_REMOTE.search(remote or "")
     if found and found.group("repo").lower() in watched:
         return watched[found.group("repo").lower()]
-    return settings.github_repos[0] if len(settings.github_repos) == 1 else None
+    return settings.github.repos[0] if len(settings.github.repos) == 1 else None
 
 
 def fence(text: str) -> str:

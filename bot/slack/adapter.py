@@ -41,20 +41,20 @@ class Slack(Adapter):
     platform = "slack"
 
     def __init__(self, settings: Settings, store: RequestStore) -> None:
-        token = settings.slack_bot_token.get_secret_value() if settings.slack_bot_token else ""
+        token = settings.slack.bot_token.get_secret_value() if settings.slack.bot_token else ""
         secret = (
-            settings.slack_signing_secret.get_secret_value()
-            if settings.slack_signing_secret
+            settings.slack.signing_secret.get_secret_value()
+            if settings.slack.signing_secret
             else ""
         )
-        if not token or not (secret or settings.slack_app_token):
+        if not token or not (secret or settings.slack.app_token):
             raise ConfigError(
                 "Slack needs SLACK_BOT_TOKEN, and SLACK_SIGNING_SECRET (HTTP mode) or "
                 "SLACK_APP_TOKEN (Socket Mode)"
             )
         self.settings = settings
         self.store = store
-        base_url = settings.slack_api_url
+        base_url = settings.slack.api_url
         self.client = WebClient(
             token=token,
             base_url=base_url if base_url.endswith("/") else base_url + "/",
@@ -82,7 +82,7 @@ class Slack(Adapter):
         self.socket_mode: Any = None
         self.events = Endpoint(self.app, secret)
         self.listeners = Listeners(
-            self.app, self.client, store, settings.slack_command, desk=lambda: self.desk
+            self.app, self.client, store, settings.slack.command, desk=lambda: self.desk
         )
         self.delivery = Delivery(self.client, store)
 
@@ -101,7 +101,7 @@ class Slack(Adapter):
         """
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
-        token = self.settings.slack_app_token
+        token = self.settings.slack.app_token
         assert token is not None
         self.socket_mode = SocketModeHandler(
             self.app, token.get_secret_value(), web_client=self.client, ping_interval=2

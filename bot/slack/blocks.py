@@ -17,6 +17,7 @@ from typing import Any
 from bot import fitting, people
 from bot.fitting import units
 from bot.messages import Button, Message
+from bot.slack import NAMING
 
 #: The buttons Molt puts on messages; the action id is ``molt_<action>``.
 ACTIONS = ("approve", "reject", "retry", "fix")
@@ -160,7 +161,7 @@ def mrkdwn(text: str) -> str:
 
 
 def _named(escaped: str) -> str:
-    return people.address(escaped, "slack")
+    return people.address(escaped, NAMING)
 
 
 def _escape(text: str) -> str:

@@ -14,7 +14,7 @@ import discord
 import pytest
 
 import bot.discord.adapter as adapter_module
-from bot.discord import Discord
+from bot.discord.adapter import Discord
 from bot.discord.embeds import (
     BLURPLE,
     EMBED_LIMIT,
@@ -275,9 +275,9 @@ def test_discord_settings_from_the_environment(
     monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
     monkeypatch.setenv("MOLT_DISCORD_CHANNELS", f" {CHANNEL_ID}, {OTHER_CHANNEL_ID} ")
     settings = load_settings(data_dir=data_dir)
-    assert settings.discord_channels == [CHANNEL_ID, OTHER_CHANNEL_ID]
-    assert settings.discord_prefix == "!molt"
-    assert settings.discord_api_url == "https://discord.com/api/v10"
+    assert settings.discord.channels == [CHANNEL_ID, OTHER_CHANNEL_ID]
+    assert settings.discord.prefix == "!molt"
+    assert settings.discord.api_url == "https://discord.com/api/v10"
     assert TOKEN in settings.secrets()
     monkeypatch.setenv("MOLT_DISCORD_CHANNELS", "deploys")
     with pytest.raises(ConfigError, match="MOLT_DISCORD_CHANNELS: expected comma-separated"):

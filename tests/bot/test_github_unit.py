@@ -148,7 +148,7 @@ def test_a_github_app_signs_in_with_installation_tokens(tmp_path: Path) -> None:
         github_app_private_key=pem.replace("\n", "\\n"),
         github_app_installation_id="678",
     )
-    assert app.github_enabled
+    assert app.github.enabled
     auth = connect(app).requester.auth
     assert isinstance(auth, Auth.AppInstallationAuth)
     assert auth.installation_id == 678
@@ -161,4 +161,4 @@ def test_github_settings_refuse_what_they_cannot_use(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="MOLT_GITHUB_REPOS"):
         load_settings(data_dir=tmp_path, github_repos="acme")
     without_repos = load_settings(data_dir=tmp_path, github_token="ghp_x")
-    assert not without_repos.github_enabled
+    assert not without_repos.github.enabled

@@ -21,10 +21,13 @@ from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from bot.alerts import AlertEndpoints
+from bot.base import HttpRoute
+from bot.github.platform import WEBHOOK, WEBHOOK_LIMIT
 from bot.github.webhook import Webhook
 from bot.refusals import ACTION
 from bot.server import BODY_SECONDS, HttpServer
-from bot.slack import Slack
+from bot.slack.adapter import Slack
+from bot.slack.platform import EVENTS, EVENTS_LIMIT
 from pipeline import audit
 from pipeline.config import Settings
 from pipeline.incidents import oncall
@@ -65,9 +68,13 @@ def server(settings: Settings, conn: redis.Redis) -> Iterator[HttpServer]:
             "alert_token": SecretStr(TOKEN),
             "sentry_secret": SecretStr(SENTRY_SECRET),
             "alert_secret": SecretStr(HOOK_SECRET),
-            "slack_bot_token": SecretStr(BOT_TOKEN),
-            "slack_signing_secret": SecretStr(SIGNING_SECRET),
-            "slack_api_url": "http://127.0.0.1:9/api/",  # never called: nothing gets that far
+            "slack": settings.slack.model_copy(
+                update={
+                    "bot_token": SecretStr(BOT_TOKEN),
+                    "signing_secret": SecretStr(SIGNING_SECRET),
+                    "api_url": "http://127.0.0.1:9/api/",  # never called: nothing gets that far
+                }
+            ),
         }
     )
     slack = Slack(hostile, RequestStore(conn))
@@ -78,8 +85,10 @@ def server(settings: Settings, conn: redis.Redis) -> Iterator[HttpServer]:
         conn,
         hostile,
         "test",
-        slack_endpoint=slack.endpoint,
-        github_endpoint=hook.serve,
+        front_routes=[
+            HttpRoute("slack", EVENTS, slack.endpoint, EVENTS_LIMIT),
+            HttpRoute("github", WEBHOOK, hook.serve, WEBHOOK_LIMIT),
+        ],
         alert_routes=AlertEndpoints(hostile, conn).routes(),
     )
     http.start()

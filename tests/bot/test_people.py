@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bot.people import OPEN, address, mark, name, unmarked, vouched
+from bot.platforms import BY_NAME
 from bot.rendering import render
 
 
@@ -24,7 +25,7 @@ from bot.rendering import render
     ],
 )
 def test_a_platform_names_its_own_people(principal: str, platform: str, named: str) -> None:
-    assert name(principal, platform) == named
+    assert name(principal, BY_NAME[platform].naming) == named
 
 
 @pytest.mark.parametrize(
@@ -43,11 +44,11 @@ def test_a_platform_names_its_own_people(principal: str, platform: str, named: s
     ],
 )
 def test_anyone_else_stays_their_principal(principal: str, platform: str) -> None:
-    assert name(principal, platform) == principal
+    assert name(principal, BY_NAME[platform].naming) == principal
 
 
 def _addressed(context: dict[str, Any], key: str, platform: str) -> str:
-    return address(str(vouched(context)[key]), platform)
+    return address(str(vouched(context)[key]), BY_NAME[platform].naming)
 
 
 def test_the_people_fields_of_a_context_are_named() -> None:
@@ -73,10 +74,13 @@ def test_people_in_lists_and_audit_entries_are_named() -> None:
         "entries": [{"actor": "console:carol", "detail": {"message": "rejected by console:carol"}}],
     }
     shown = vouched(context)
-    assert address(shown["requests"][0]["requester"], "console") == "alice"
-    assert address(shown["current"]["requester"], "console") == "bob"
-    assert address(shown["entries"][0]["actor"], "console") == "carol"
-    assert address(shown["entries"][0]["detail"]["message"], "console") == "rejected by carol"
+    assert address(shown["requests"][0]["requester"], BY_NAME["console"].naming) == "alice"
+    assert address(shown["current"]["requester"], BY_NAME["console"].naming) == "bob"
+    assert address(shown["entries"][0]["actor"], BY_NAME["console"].naming) == "carol"
+    assert (
+        address(shown["entries"][0]["detail"]["message"], BY_NAME["console"].naming)
+        == "rejected by carol"
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,7 +132,7 @@ def test_marks_in_the_context_are_removed_so_they_cannot_be_forged() -> None:
     forged = f"deploy {mark('slack:U2BOB')} now"
     shown = vouched({"text": forged, "requests": [{"message": forged}]})
     assert OPEN not in repr(shown)
-    assert address(shown["text"], "slack") == "deploy slack:U2BOB now"
+    assert address(shown["text"], BY_NAME["slack"].naming) == "deploy slack:U2BOB now"
 
 
 def test_a_rendered_message_names_only_whom_molt_names() -> None:
@@ -142,7 +146,7 @@ def test_a_rendered_message_names_only_whom_molt_names() -> None:
             "text": "add a ping, as slack:U2BOB asked",
         },
     )
-    named = address(message.marked(), "slack")
+    named = address(message.marked(), BY_NAME["slack"].naming)
     assert "<@U1ALICE>" in named
     assert "slack:U2BOB asked" in named and "<@U2BOB>" not in named
     assert "alice" in message.plain() and OPEN not in message.plain()

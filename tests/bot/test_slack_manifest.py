@@ -20,7 +20,7 @@ def test_the_manifest_declares_the_command_interactivity_home_and_socket_mode() 
     manifest = _manifest()
     assert manifest["_metadata"]["major_version"] == 2
     [command] = manifest["features"]["slash_commands"]
-    assert command["command"] == load_settings().slack_command
+    assert command["command"] == load_settings().slack.command
     assert manifest["features"]["app_home"]["home_tab_enabled"] is True
     settings = manifest["settings"]
     assert settings["interactivity"]["is_enabled"] is True

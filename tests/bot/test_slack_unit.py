@@ -27,7 +27,7 @@ from starlette.routing import Route
 from bot.messages import Button, Message, MessageField
 from bot.people import mark
 from bot.rendering import render
-from bot.slack import Slack
+from bot.slack.adapter import Slack
 from bot.slack.blocks import content, to_blocks
 from pipeline import store as embedded
 from pipeline.config import Settings, load_settings

@@ -5,10 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import Field, SecretStr
 
 from bot import cli
-from pipeline.config import MOLT_HOME, load_settings
+from pipeline.config import (
+    MOLT_HOME,
+    SECRET_VARIABLES,
+    PlatformSettings,
+    Settings,
+    load_settings,
+)
 from pipeline.exceptions import ConfigError
+from pipeline.redaction import MASK, redact
 
 
 def test_defaults_manage_molt_itself_and_let_the_console_user_in(
@@ -95,3 +103,66 @@ def test_the_cli_stops_with_the_message_on_a_bad_value(
     with pytest.raises(SystemExit) as caught:
         cli.main(["status"])
     assert "MOLT_PLAN_TTL" in str(caught.value.code)
+
+
+def test_each_platform_reads_its_keys_by_their_own_variables_from_both_places(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "molt.toml"
+    config.write_text(
+        'SLACK_BOT_TOKEN = "xoxb-from-the-file"\nSLACK_SIGNING_SECRET = "signing-file"\n'
+        'MOLT_GITHUB_REPOS = ["acme/api"]\ngithub_token = "ghp_from_the_file"\n'
+    )
+    monkeypatch.setenv("MOLT_CONFIG", str(config))
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-from-the-environment")
+    monkeypatch.setenv("MOLT_DISCORD_CHANNELS", "1300, 1301")
+    settings = load_settings()
+    assert settings.slack.bot_token == SecretStr("xoxb-from-the-environment")
+    assert settings.slack.signing_secret == SecretStr("signing-file")
+    assert settings.slack.enabled
+    assert settings.github.repos == ["acme/api"] and settings.github.enabled
+    assert settings.discord.channels == ["1300", "1301"] and not settings.discord.enabled
+    with pytest.raises(ConfigError) as caught:
+        load_settings(discord_channels="general")
+    assert "MOLT_DISCORD_CHANNELS: expected comma-separated numeric channel ids" in str(
+        caught.value
+    )
+
+
+def test_every_configured_credential_is_redacted_the_redis_password_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "redis://molt:hunter2-redis@127.0.0.1:6399/0")
+    monkeypatch.setenv("DISCORD_TOKEN", "discord-token-1234")
+    monkeypatch.setenv("GITHUB_WEBHOOK_SECRET", "webhook-secret-1234")
+    monkeypatch.setenv("MOLT_UI_TOKEN", "ui-token-1234")
+    said = redact(
+        "redis hunter2-redis, discord-token-1234, webhook-secret-1234, ui-token-1234",
+        load_settings().secrets(),
+    )
+    for secret in ("hunter2-redis", "discord-token-1234", "webhook-secret-1234", "ui-token"):
+        assert secret not in said
+    assert {"REDIS_URL", "DISCORD_TOKEN", "GITHUB_WEBHOOK_SECRET"} <= SECRET_VARIABLES
+
+
+class _EchoSettings(PlatformSettings):
+    """A platform's settings as a new front end would add them."""
+
+    channel = r"echo:\w+"
+    key: SecretStr | None = Field(None, validation_alias="ECHO_KEY")
+
+
+class _Grown(Settings):
+    """Settings that grew a token and a platform, listed nowhere else."""
+
+    pager_token: SecretStr | None = Field(None, validation_alias="MOLT_PAGER_TOKEN")
+    echo: _EchoSettings = Field(default_factory=lambda: _EchoSettings())
+
+
+def test_a_new_secret_typed_setting_is_redacted_without_being_listed_anywhere() -> None:
+    grown = _Grown(
+        MOLT_PAGER_TOKEN="pager-token-5678", echo=_EchoSettings(ECHO_KEY="echo-key-5678")
+    )
+    assert redact("paged with pager-token-5678 and echo-key-5678", grown.secrets()) == (
+        f"paged with {MASK} and {MASK}"
+    )

@@ -551,7 +551,9 @@ class Update:
         if not self.settings.watch_seconds:
             return
         seconds = f"{self.settings.watch_seconds:g} s"
-        self.enter("watch", f"live; watching its health for {seconds}", state=S.WATCHING)
+        count = len(self.queries.tracked) if self.queries else 0
+        metrics = f" and {count} metric quer{'y' if count == 1 else 'ies'}" if count else ""
+        self.enter("watch", f"live; watching its health{metrics} for {seconds}", state=S.WATCHING)
         began = time.monotonic()
         try:
             report = watching.watch(

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from pipeline import audit, events
-from pipeline.config import load_settings
+from pipeline.config import WatchQuery, load_settings
 from pipeline.exceptions import ConfigError
 from pipeline.requests.states import RequestState as S
+from pipeline.service.metricwatch import Prometheus
 from tests.desk import Chat, StartChat
-from tests.fakes.prometheus import FakePrometheus
+from tests.fakes.prometheus import Answer, Failure, FakePrometheus
 from tests.support import ServiceRepo
 
 ERROR_RATE = 'sum(rate(http_requests_total{code=~"5.."}[1m])) / sum(rate(http_requests_total[1m]))'
@@ -240,3 +241,29 @@ def test_queries_without_prometheus_or_with_credentials_in_its_url_stop_start_up
         load_settings()
     assert "MOLT_PROMETHEUS_URL" in str(caught.value)
     assert "hunter22" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("answer", "read"),
+    [
+        ([0.01, 0.3, 0.02], "0.3"),  # of several series, the one out of bounds
+        ([0.01, 0.02], "0.02"),  # else the nearest to its bound
+        ("NaN", "unknown: no data: the query returned no number"),
+        ([], "unknown: no data: the query returned no number"),
+        (
+            Failure("query timed out in expression evaluation", "timeout", 503),
+            "unknown: Prometheus answered 503: timeout: query timed out in expression evaluation",
+        ),
+        (
+            Failure("found duplicate series for the match group", "execution", 422),
+            "unknown: Prometheus answered 422: execution: found duplicate series",
+        ),
+    ],
+)
+def test_prometheus_answers_are_read_as_values_or_say_why_they_are_not(
+    prometheus: FakePrometheus, answer: Answer, read: str
+) -> None:
+    query = WatchQuery("error rate", ERROR_RATE, max=0.05)
+    prometheus.answer(ERROR_RATE, answer)
+    reading = Prometheus(prometheus.url).read(query, timeout=30)
+    assert f"{reading.shown()}: {reading.problem}".strip(": ").startswith(read)

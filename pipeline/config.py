@@ -13,6 +13,7 @@ import base64
 import binascii
 import getpass
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -148,8 +149,13 @@ class WatchTable:
         """From the table; a wrong key or value is named by its place (``queries[1].max``)."""
         if isinstance(value, WatchTable):
             return value
+        if isinstance(value, str):  # MOLT_WATCH in the environment: the table as JSON
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
         if not isinstance(value, dict):
-            raise ValueError("expected a table with [[watch.queries]] in it")
+            raise ValueError("expected a table with [[watch.queries]] in it (JSON in MOLT_WATCH)")
         unknown = sorted(set(value) - {"queries"})
         if unknown:
             raise ValueError(f"{unknown[0]}: not a watch setting (expected queries)")

@@ -574,7 +574,10 @@ class Update:
             self.check("watch", False, time.monotonic() - began, exc.reason)
             return
         finally:
-            self._tell_inconclusive()
+            try:
+                self._tell_inconclusive()
+            except redis.RedisError as exc:  # the watch's own outcome matters more
+                log.warning("inconclusive metrics not told", error=str(exc))
         self.watched = report.summary()
         self.check("watch", True, time.monotonic() - began, self.watched)
 

@@ -267,3 +267,16 @@ def test_prometheus_answers_are_read_as_values_or_say_why_they_are_not(
     prometheus.answer(ERROR_RATE, answer)
     reading = Prometheus(prometheus.url).read(query, timeout=30)
     assert f"{reading.shown()}: {reading.problem}".strip(": ").startswith(read)
+
+
+def test_the_watch_table_may_come_as_json_in_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MOLT_PROMETHEUS_URL", "http://127.0.0.1:9090")
+    query = {"name": "up", "query": "min(up)", "min": 1, "required": False}
+    monkeypatch.setenv("MOLT_WATCH", json.dumps({"queries": [query]}))
+    [up] = load_settings().watch.queries
+    assert (up.name, up.min, up.max, up.required, up.consecutive) == ("up", 1.0, None, False, 2)
+    monkeypatch.setenv("MOLT_WATCH", "queries=up")
+    with pytest.raises(ConfigError, match=r"watch: expected a table.*JSON in MOLT_WATCH"):
+        load_settings()

@@ -16,6 +16,7 @@ shown or logged.
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 import urllib.error
@@ -75,9 +76,10 @@ class Prometheus:
                 answer = _json(exc.read(MAX_ANSWER))
             said = f": {_error(answer)}" if answer else ""
             return self._inconclusive(f"Prometheus answered {exc.code}{said}")
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-            return self._inconclusive(f"Prometheus unreachable: {reason or type(reason).__name__}")
+            said = str(reason) or type(reason).__name__
+            return self._inconclusive(f"Prometheus unreachable: {said}")
         answer = _json(raw)
         if answer is None:
             return self._inconclusive("Prometheus answered something that is not its JSON")

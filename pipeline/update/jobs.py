@@ -552,8 +552,8 @@ class Update:
             return
         seconds = f"{self.settings.watch_seconds:g} s"
         count = len(self.queries.tracked) if self.queries else 0
-        metrics = f" and {count} metric quer{'y' if count == 1 else 'ies'}" if count else ""
-        self.enter("watch", f"live; watching its health{metrics} for {seconds}", state=S.WATCHING)
+        also = f" and {count} metric quer{'y' if count == 1 else 'ies'}" if count else ""
+        self.enter("watch", f"live; watching its health{also} for {seconds}", state=S.WATCHING)
         began = time.monotonic()
         try:
             report = watching.watch(

@@ -13,6 +13,7 @@ import base64
 import binascii
 import getpass
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -30,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainSerializer,
     PrivateAttr,
     SecretStr,
     ValidationError,
@@ -108,6 +110,117 @@ class Limits:
         )
 
 
+#: The keys of one ``[[watch.queries]]`` table (``for``: breaches in a row that count).
+WATCH_QUERY_KEYS = ("name", "query", "max", "min", "for", "required")
+
+
+@dataclass(frozen=True)
+class WatchQuery:
+    """A PromQL query the watch window reads from Prometheus, and the bounds its value must
+    keep: ``consecutive`` readings out of bounds in a row end the watch if it is
+    ``required``; an optional one is only reported."""
+
+    name: str
+    query: str
+    max: float | None = None
+    min: float | None = None
+    consecutive: int = 2
+    required: bool = True
+
+    def bound(self, value: float) -> str:
+        """The bound ``value`` breaks ("> max 0.05"), or "" when it is within bounds."""
+        if self.max is not None and value > self.max:
+            return f"> max {self.max:g}"
+        if self.min is not None and value < self.min:
+            return f"< min {self.min:g}"
+        return ""
+
+    def table(self) -> dict[str, Any]:
+        """As molt.toml spells it."""
+        raw = {"name": self.name, "query": self.query, "max": self.max, "min": self.min}
+        raw |= {"for": self.consecutive, "required": self.required}
+        return {key: value for key, value in raw.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class WatchTable:
+    """molt.toml's ``[watch]`` table (or a target's ``[targets.<name>.watch]``): the
+    service's metrics the watch window reads."""
+
+    queries: tuple[WatchQuery, ...] = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> WatchTable:
+        """From the table; a wrong key or value is named by its place (``queries[1].max``)."""
+        if isinstance(value, WatchTable):
+            return value
+        if isinstance(value, str):  # MOLT_WATCH in the environment: the table as JSON
+            try:
+                value = json.loads(value)
+            except ValueError:
+                value = None
+        if not isinstance(value, dict):
+            raise ValueError("expected a table with [[watch.queries]] in it (JSON in MOLT_WATCH)")
+        unknown = sorted(set(value) - {"queries"})
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not a watch setting (expected queries)")
+        listed = value.get("queries", [])
+        if not isinstance(listed, list):
+            raise ValueError("queries: expected [[watch.queries]] tables")
+        queries = tuple(_watch_query(f"queries[{i}]", raw) for i, raw in enumerate(listed))
+        names = [query.name for query in queries]
+        for index, name in enumerate(names):
+            if name in names[:index]:
+                raise ValueError(f"queries[{index}].name: {name!r} is used twice")
+        return cls(queries)
+
+    def table(self) -> dict[str, Any]:
+        return {"queries": [query.table() for query in self.queries]}
+
+
+def _watch_query(where: str, raw: Any) -> WatchQuery:
+    if not isinstance(raw, dict):
+        raise ValueError(f"{where}: expected a table of {', '.join(WATCH_QUERY_KEYS)}")
+    unknown = sorted(set(raw) - set(WATCH_QUERY_KEYS))
+    if unknown:
+        raise ValueError(
+            f"{where}.{unknown[0]}: not a query setting (expected one of "
+            f"{', '.join(WATCH_QUERY_KEYS)})"
+        )
+    for key in ("name", "query"):
+        if not isinstance(raw.get(key), str) or not raw[key].strip():
+            raise ValueError(f"{where}.{key}: expected a string that is not empty")
+    name = raw["name"].strip()
+    if len(name) > 64:
+        raise ValueError(f"{where}.name: expected at most 64 characters")
+    bounds: dict[str, float] = {}
+    for key in ("max", "min"):
+        given = raw.get(key)
+        if given is None:
+            continue
+        if isinstance(given, bool) or not isinstance(given, int | float) or given != given:
+            raise ValueError(f"{where}.{key}: expected a number, got {given!r}")
+        bounds[key] = float(given)
+    if not bounds:
+        raise ValueError(f"{where}: expected max, min or both")
+    if "max" in bounds and "min" in bounds and bounds["min"] > bounds["max"]:
+        raise ValueError(f"{where}.min: expected at most max ({bounds['max']:g})")
+    consecutive = raw.get("for", 2)
+    if isinstance(consecutive, bool) or not isinstance(consecutive, int) or consecutive < 1:
+        raise ValueError(f"{where}.for: expected a whole number of at least 1, got {consecutive!r}")
+    required = raw.get("required", True)
+    if not isinstance(required, bool):
+        raise ValueError(f"{where}.required: expected true or false, got {required!r}")
+    return WatchQuery(
+        name,
+        raw["query"].strip(),
+        bounds.get("max"),
+        bounds.get("min"),
+        consecutive,
+        required,
+    )
+
+
 def _var(name: str, default: Any = None, **kwargs: Any) -> Any:
     """A field read from the variable ``name`` (or the field's own name in code)."""
     return Field(default, validation_alias=AliasChoices(name, name.lower()), **kwargs)
@@ -166,6 +279,7 @@ TARGET_KEYS = {
     "autonomy": "autonomy",
     "max_changes_per_day": "max_changes_per_day",
     "watch_log": "watch_log",
+    "watch": "watch",
     "change_delivery": "change_delivery",
     "test_env": "test_env",
     "test_network": "test_network",
@@ -483,6 +597,13 @@ class Settings(BaseSettings):
     watch_seconds: float = _var("MOLT_WATCH_SECONDS", 60.0, ge=0)
     watch_interval: float = _var("MOLT_WATCH_INTERVAL", 5.0, gt=0)
     watch_failures: int = _var("MOLT_WATCH_FAILURES", 2, ge=1)
+    #: The service's metrics in the window (pipeline/service/metricwatch.py): Prometheus's
+    #: HTTP API, its bearer token, and the ``[[watch.queries]]`` of molt.toml.
+    prometheus_url: str | None = _var("MOLT_PROMETHEUS_URL")
+    prometheus_token: SecretStr | None = _var("MOLT_PROMETHEUS_TOKEN")
+    watch: Annotated[WatchTable, NoDecode, PlainSerializer(WatchTable.table)] = Field(
+        WatchTable(), validation_alias=AliasChoices("watch", "MOLT_WATCH")
+    )
     # Incidents (pipeline/incidents/book.py): where they come from, when they count, where they
     # are posted, and what Molt does about them.
     #: "<occurrences>/<seconds>": a log signature or webhook fingerprint opens an incident
@@ -574,6 +695,30 @@ class Settings(BaseSettings):
         token = info.data.get("ui_token")
         if value and not (token and token.get_secret_value()):
             raise ValueError("the status page needs MOLT_UI_TOKEN set too")
+        return value
+
+    @field_validator("prometheus_url", mode="after")
+    @classmethod
+    def _prometheus_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.fullmatch(r"https?://[^\s@/]+(/\S*)?", value.strip()):
+            raise ValueError(
+                "expected http(s)://host[:port][/path] of Prometheus, its token in "
+                "MOLT_PROMETHEUS_TOKEN rather than in the URL"
+            )
+        return value.strip().rstrip("/")
+
+    @field_validator("watch", mode="before")
+    @classmethod
+    def _watch_table(cls, value: Any) -> WatchTable:
+        return WatchTable.parse(value)
+
+    @field_validator("watch", mode="after")
+    @classmethod
+    def _queries_need_prometheus(cls, value: WatchTable, info: ValidationInfo) -> WatchTable:
+        if value.queries and not info.data.get("prometheus_url"):
+            raise ValueError("queries need MOLT_PROMETHEUS_URL set too")
         return value
 
     @field_validator("test_env", mode="before")
@@ -875,6 +1020,7 @@ def _config_error(exc: ValidationError, name_of: Callable[[str], str]) -> Config
             or given is None
             or field.startswith("slack.")
             or (info is not None and _is_secret(info))
+            or field.lower().endswith("prometheus_url")  # may hold credentials it must not
         )
         shown = "" if hidden else f" (got {given!r})"
         message = error["msg"].removeprefix("Value error, ")

@@ -3,10 +3,12 @@
 After restart and verify, the update stays in ``watching`` for MOLT_WATCH_SECONDS: the
 health command runs every MOLT_WATCH_INTERVAL seconds (for Molt itself, /healthz of the
 new process on the new version), and the incidents opened on the target since the
-restart are looked at. MOLT_WATCH_FAILURES failed probes, or one incident, end the watch
-with ``UpdateFailed("watch", …)`` naming what was seen, and the job rolls the update back
-through the one failure path (pipeline/service/rollback.py). A quiet window ends in a summary
-for the success message: "watched 60 s: 12/12 probes healthy, 0 new errors".
+restart are looked at, and with each probe the service's metrics are read from Prometheus
+(pipeline/service/metricwatch.py). MOLT_WATCH_FAILURES failed probes, one incident, or a
+required query out of bounds end the watch with ``UpdateFailed("watch", …)`` naming what was
+seen, and the job rolls the update back through the one failure path
+(pipeline/service/rollback.py). A quiet window ends in a summary for the success message:
+"watched 60 s: 12/12 probes healthy, 0 new errors; 3/3 queries within bounds".
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pipeline.config import Settings
 from pipeline.exceptions import UpdateFailed
 from pipeline.sandbox.validation import run_command
 from pipeline.service import restart
+from pipeline.service.metricwatch import MetricWatch
 
 #: The longest a single probe may take, however long the interval.
 PROBE_TIMEOUT = 10.0
@@ -38,16 +41,19 @@ class WatchReport:
     healthy: int = 0
     failures: list[str] = field(default_factory=list)
     incidents: list[str] = field(default_factory=list)
+    metrics: MetricWatch | None = None  # the service's metrics, when queries are set
 
     def summary(self) -> str:
         watched = min(self.watched, self.seconds)
         shown = f"{watched:.0f} s" + (f" of {self.seconds:g} s" if watched < self.seconds else "")
         if not self.probes:
-            return f"watched {shown}: no health command to probe, {len(self.incidents)} new errors"
-        return (
-            f"watched {shown}: {self.healthy}/{self.probes} probes healthy, "
-            f"{len(self.incidents)} new errors"
-        )
+            seen = f"watched {shown}: no health command to probe, {len(self.incidents)} new errors"
+        else:
+            seen = (
+                f"watched {shown}: {self.healthy}/{self.probes} probes healthy, "
+                f"{len(self.incidents)} new errors"
+            )
+        return seen + (f"; {self.metrics.summary()}" if self.metrics else "")
 
 
 def _probe_schedule(settings: Settings) -> int:
@@ -87,14 +93,16 @@ def watch(
     guard: Callable[[], None] = lambda: None,
     news: Callable[[], list[str]] = list,
     shown: Callable[[WatchReport], None] = lambda _: None,
+    metrics: MetricWatch | None = None,
 ) -> WatchReport:
     """Watch the restarted service for MOLT_WATCH_SECONDS; raises ``UpdateFailed("watch")``.
 
     ``guard`` is the update's safe point (an emergency stop ends the watch at once);
     ``news`` lists the incidents opened on the target since the restart; ``shown`` is
-    called after each probe with what was seen so far (the status message's refresh).
+    called after each probe with what was seen so far (the status message's refresh);
+    ``metrics``, its baseline taken before the restart, is read with every probe.
     """
-    report = WatchReport(settings.watch_seconds)
+    report = WatchReport(settings.watch_seconds, metrics=metrics)
     started = time.monotonic()
     deadline = started + settings.watch_seconds
     total = _probe_schedule(settings)
@@ -107,10 +115,12 @@ def watch(
                 report.healthy += 1
             else:
                 report.failures.append(failed)
+        if metrics is not None:
+            metrics.read()
         _look(report, news, settings)
         report.watched = time.monotonic() - started
         shown(report)
-        if failed == "":  # nothing to probe: only incidents are watched
+        if failed == "" and metrics is None:  # nothing to probe: only incidents are watched
             break
     _sleep_until(deadline, guard, lambda: _look(report, news, settings))
     _look(report, news, settings)

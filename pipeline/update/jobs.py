@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import structlog
 
-from pipeline import codenames, logs, metrics
+from pipeline import audit, codenames, events, logs, metrics
 from pipeline.config import DELIVERY_PULL_REQUEST, Settings, load_settings
 from pipeline.exceptions import IllegalTransition, UpdateFailed
 from pipeline.git import Git
@@ -42,6 +42,7 @@ from pipeline.sandbox.progress import TestProgress, Ticker
 from pipeline.sandbox.records import TestRecord
 from pipeline.sandbox.validation import Check, PhaseResult, PhaseSpec, run_phase
 from pipeline.service import restart, snapshots, watching
+from pipeline.service.metricwatch import MetricWatch
 from pipeline.service.rollback import Trail, undo
 from pipeline.store import connect
 from pipeline.update import change, proposals
@@ -151,6 +152,7 @@ class Update:
         self.flaky: list[str] = []  # tests that failed, then passed when run again
         self.command = RunningCommand(conn, self.target.keys.command)
         self.watched = ""  # what the watch window saw, for the success message
+        self.queries: MetricWatch | None = None  # the service's metrics, read in the window
         self.clock = metrics.PhaseClock(settings.target_name)
 
     # -- starting, the lock taken for it ------------------------------------------------
@@ -525,6 +527,9 @@ class Update:
 
     def _restart(self, plan: Plan) -> None:
         self.enter("restart", "restarting the service", state=S.RESTARTING)
+        if self.settings.watch_seconds and self.settings.watch.queries:
+            self.queries = MetricWatch(self.settings)
+            self.queries.take_baseline()  # the values the window's are shown beside
         began = time.monotonic()
         self.trail.restarted = True
         log_path = self.trail.log_dir / "restart.log"
@@ -546,7 +551,9 @@ class Update:
         if not self.settings.watch_seconds:
             return
         seconds = f"{self.settings.watch_seconds:g} s"
-        self.enter("watch", f"live; watching its health for {seconds}", state=S.WATCHING)
+        count = len(self.queries.tracked) if self.queries else 0
+        also = f" and {count} metric quer{'y' if count == 1 else 'ies'}" if count else ""
+        self.enter("watch", f"live; watching its health{also} for {seconds}", state=S.WATCHING)
         began = time.monotonic()
         try:
             report = watching.watch(
@@ -559,14 +566,54 @@ class Update:
                 shown=lambda seen: self.store.refresh(
                     self.request_id, self._progress("watch") | {"watch": seen.summary()}
                 ),
+                metrics=self.queries,
             )
         except UpdateFailed as exc:
             if not self._recovering(exc):
                 raise
             self.check("watch", False, time.monotonic() - began, exc.reason)
             return
+        finally:
+            try:
+                self._tell_inconclusive()
+            except redis.RedisError as exc:  # the watch's own outcome matters more
+                log.warning("inconclusive metrics not told", error=str(exc))
         self.watched = report.summary()
         self.check("watch", True, time.monotonic() - began, self.watched)
+
+    def _tell_inconclusive(self) -> None:
+        """Queries Prometheus could not answer in the window counted neither way: the
+        incident channel is told, since nobody else watches what the window could not."""
+        unread = self.queries.inconclusive() if self.queries else []
+        if not unread:
+            return
+        request = self.store.get(self.request_id)
+        listed = [f"{one.query.name} ({one.problem})" for one in unread]
+        message = (
+            f"the watch of {request.codename or self.request_id} could not read "
+            f"{', '.join(listed)}; they counted neither for nor against the update"
+        )
+        audit.append(
+            self.conn,
+            actor=MOLT,
+            action="watch_inconclusive",
+            request_id=self.request_id,
+            detail={"queries": [one.query.name for one in unread], "message": message},
+        )
+        shown = [one.shown() for one in unread]
+        data = {
+            "request_id": self.request_id,
+            "codename": request.codename,
+            "target_name": request.target,
+            "message": message,
+            "queries": shown,
+        }
+        events.emit(
+            self.conn,
+            events.Event(
+                self.request_id, "incident_inconclusive", "inconclusive", data=data, at=time.time()
+            ),
+        )
 
     def _recovering(self, exc: UpdateFailed) -> bool:
         """A watch that fails on Molt's own rollback for an incident does not undo the
@@ -593,6 +640,7 @@ class Update:
             "release": self.release.release if self.release else None,
             "flaky": self.flaky,
             "watch": self.watched,
+            "metrics": self.queries.shown() if self.queries else [],
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:

@@ -12,7 +12,7 @@ from bot.base import Adapter
 from bot.commands import OPERATOR_VERBS, VERBS
 from bot.desk import BY_VERB, Desk
 from bot.messages import Message
-from pipeline import audit, events
+from pipeline import audit, events, keyspace
 from pipeline.config import Settings
 from pipeline.intake import approval
 from pipeline.intake import flow as intake
@@ -91,7 +91,7 @@ def test_a_click_on_a_request_that_moved_on_is_refused_to_that_person_alone(
     unanswerable = "this request is not waiting for answers: it was already rejected by console:bob"
     told = [
         (e.template, e.data.get("reason"))
-        for e in (events.Event.from_fields(i, f) for i, f in conn.xrange(events.STREAM))
+        for e in (events.Event.from_fields(i, f) for i, f in conn.xrange(keyspace.EVENTS))
         if e.audience == ALICE.principal
     ]
     assert told == [

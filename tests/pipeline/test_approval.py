@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from pipeline import audit, events
+from pipeline import audit, events, keyspace
 from pipeline.config import Settings
 from pipeline.intake import approval
 from pipeline.intake import flow as intake
@@ -31,7 +31,7 @@ def _planned(
 def _private_notes(conn: redis.Redis, audience: str) -> list[str]:
     return [
         events.Event.from_fields(i, f).data.get("reason", "")
-        for i, f in conn.xrange(events.STREAM)
+        for i, f in conn.xrange(keyspace.EVENTS)
         if f.get("audience") == audience
     ]
 
@@ -209,7 +209,7 @@ def test_an_approvers_retry_of_an_unchanged_deploy_is_its_approval(
         ("console:bob", "approved by console:bob"),
         ("console:alice", "approved by console:alice by pressing Retry: the plan is unchanged"),
     ]
-    shown = [events.Event.from_fields(i, f) for i, f in conn.xrange(events.STREAM)]
+    shown = [events.Event.from_fields(i, f) for i, f in conn.xrange(keyspace.EVENTS)]
     plans = [e.data.get("approved_on_retry") for e in shown if e.template == "plan_ready"]
     assert plans == ["", "console:alice"]  # the second plan is shown as approved, no buttons
 

@@ -324,7 +324,7 @@ def test_an_approve_click_after_the_update_failed_says_what_happened(
     late = slack_bot.shown("not_allowed")
     assert "this request failed: " in late["text"]
     assert "press Retry to run it again" in late["text"]
-    assert "that did not work" not in late["text"]
+    assert "Molt could not finish" not in late["text"]
     assert slack_bot.store.get(request_id).state.value == "failed"
     refused = [e for e in _audit(slack_bot, request_id) if e["action"] == "approve_refused"]
     assert [e["actor"] for e in refused] == ["slack:U2BOB"]

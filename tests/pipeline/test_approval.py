@@ -163,9 +163,9 @@ def test_an_approval_that_loses_the_race_with_a_cleared_queue_midway_says_so(
     fails), and only then does the approval queue it."""
     request = _planned(settings, conn, service, {"notes.txt": "x\n"})
     store = RequestStore(conn)
-    assert approval._answered(store, request.id, S.APPROVED, "console:bob", "approved by bob")
+    assert approval._answer_plan(store, request.id, S.APPROVED, "console:bob", "approved by bob")
     store.transition(request.id, S.FAILED, actor="molt", message=CLEARED, phase="queued")
-    lost = approval._queued(settings, conn, request.id)
+    lost = approval._queue_approved(settings, conn, request.id)
     assert not lost and lost.reason == f"this request was {CLEARED}; press Retry to run it again"
     assert store.get(request.id).state is S.FAILED
     assert Target(settings, conn).line.ids() == []

@@ -1,8 +1,6 @@
 """Every Redis key Molt keeps, named in one place, so a key is spelled once.
 
-For one target:
-
-``<id>`` is the target's id (``Settings.target_id``):
+For one target, ``<id>`` being the target's id (``Settings.target_id``):
 
   molt:lock:<id>                   the update lock: JSON {request_id, codename, holder, since}
   molt:queue:<id>                  the waiting line: approved request ids, oldest first
@@ -46,8 +44,9 @@ For one target:
   molt:incidents:<id>:breaker      why automatic actions are off for the target (the circuit
                                    breaker), until an operator's `resume`
 
-Keys shared by every target are named here too, below ``TargetKeys``, grouped by the
-module that owns them (which says what each holds).
+Keys shared by every target follow ``TargetKeys``, grouped by the module that owns them;
+each name says what its key holds. tests/pipeline/test_keyspace.py checks that no two names
+are one key and that no other module spells a key again.
 """
 
 from __future__ import annotations

@@ -51,12 +51,17 @@ def _heads() -> set[str]:
 
 def _strings(node: ast.AST) -> Iterator[tuple[int, str]]:
     """Each string literal under ``node``; of an f-string, its text before the first value."""
+    parts = {id(part) for f in ast.walk(node) if isinstance(f, ast.JoinedStr) for part in f.values}
     for found in ast.walk(node):
         if isinstance(found, ast.JoinedStr):
             first = found.values[0] if found.values else None
             if isinstance(first, ast.Constant) and isinstance(first.value, str):
                 yield found.lineno, first.value
-        elif isinstance(found, ast.Constant) and isinstance(found.value, str):
+        elif (
+            isinstance(found, ast.Constant)
+            and isinstance(found.value, str)
+            and id(found) not in parts
+        ):
             yield found.lineno, found.value
 
 

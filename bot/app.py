@@ -31,7 +31,7 @@ from bot.notifier import Notifier
 from bot.platforms import PLATFORMS
 from bot.server import HttpProcess, HttpThread
 from bot.terminal import Terminal
-from pipeline import audit, metrics, store
+from pipeline import audit, keyspace, metrics, store
 from pipeline.config import SANDBOX_OFF, Settings
 from pipeline.exceptions import IllegalTransition
 from pipeline.incidents import logwatch, oncall
@@ -45,7 +45,6 @@ from pipeline.service import restart
 from pipeline.update import bootguard, recovery
 
 log = structlog.get_logger(__name__)
-WORKERS_KEY = "molt:bot:workers"
 HOUSEKEEPING_SECONDS = 1.0
 #: How long ``run`` leaves the process to ``restart_self`` before shutting down anyway.
 RESTART_WAIT = 60.0
@@ -183,7 +182,7 @@ class Bot:
     def stop(self) -> None:
         """Stop every part of the bot and its workers; the embedded Redis stays up."""
         self.stopping.set()
-        self.conn.hdel(restart.BOT, "beat")
+        self.conn.hdel(keyspace.BOT, "beat")
         _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
         self.notifier.stop()
         self.desk.close()
@@ -192,7 +191,7 @@ class Bot:
 
     def _register(self, port: int) -> None:
         self.conn.hset(
-            restart.BOT,
+            keyspace.BOT,
             mapping={
                 "pid": os.getpid(),
                 "boot_id": self.boot_id,
@@ -212,8 +211,8 @@ class Bot:
     def _beat(self) -> None:
         while not self.stopping.wait(restart.BEAT_SECONDS):
             try:
-                if self.conn.hget(restart.BOT, "boot_id") == self.boot_id:
-                    self.conn.hset(restart.BOT, "beat", f"{time.time():.3f}")
+                if self.conn.hget(keyspace.BOT, "boot_id") == self.boot_id:
+                    self.conn.hset(keyspace.BOT, "beat", f"{time.time():.3f}")
             except redis.RedisError:
                 continue
 
@@ -222,7 +221,7 @@ class Bot:
     def _control(self) -> None:
         while not self.stopping.is_set():
             try:
-                item = self.conn.blpop([restart.CONTROL], timeout=1)
+                item = self.conn.blpop([keyspace.BOT_CONTROL], timeout=1)
             except redis.RedisError:
                 time.sleep(1)
                 continue
@@ -242,7 +241,7 @@ class Bot:
         self.desk.drain(timeout=10)
         self.notifier.stop()
         _together(*(adapter.stop for adapter in self.adapters.values()))
-        self.conn.hdel(restart.BOT, "beat")
+        self.conn.hdel(keyspace.BOT, "beat")
         self.conn.close()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -293,7 +292,7 @@ class Bot:
     def housekeeping(self) -> None:
         if not self.http.alive and not self.stopping.is_set():
             log.warning("the HTTP server stopped; starting it again")
-            self.conn.hset(restart.BOT, "port", self.http.start())
+            self.conn.hset(keyspace.BOT, "port", self.http.start())
         for request in self.store.active():
             if request.state is S.PLAN_READY:
                 approval.expire_if_due(self.of(request.target), self.store, request)
@@ -322,7 +321,7 @@ class Bot:
         # A fleet's workers run on their targets' hosts (``molt worker --target``), not here.
         wanted = 0 if self.settings.fleet else self.settings.workers
         alive = []
-        for raw in self.conn.lrange(WORKERS_KEY, 0, -1):
+        for raw in self.conn.lrange(keyspace.BOT_WORKERS, 0, -1):
             pid = int(raw)
             if _running(pid):
                 alive.append(pid)
@@ -330,9 +329,9 @@ class Bot:
         missing = wanted - len(alive)
         for _ in range(max(0, missing)):
             alive.append(self._spawn_worker())
-        self.conn.delete(WORKERS_KEY)
+        self.conn.delete(keyspace.BOT_WORKERS)
         if alive:
-            self.conn.rpush(WORKERS_KEY, *alive)
+            self.conn.rpush(keyspace.BOT_WORKERS, *alive)
 
     def _spawn_worker(self) -> int:
         logs = self.settings.data_dir / "workers.log"
@@ -354,7 +353,7 @@ class Bot:
             self._stop_listed_workers(grace)
 
     def _stop_listed_workers(self, grace: float) -> None:
-        listed = {int(p) for p in self.conn.lrange(WORKERS_KEY, 0, -1)}
+        listed = {int(p) for p in self.conn.lrange(keyspace.BOT_WORKERS, 0, -1)}
         pids = sorted(listed | {c.pid for c in self._children if c.poll() is None})
         for attempt in range(2):
             for pid in pids:
@@ -367,7 +366,7 @@ class Bot:
             if _running(pid):
                 with suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGKILL)
-        self.conn.delete(WORKERS_KEY)
+        self.conn.delete(keyspace.BOT_WORKERS)
 
 
 def _together(*stops: Callable[[], None]) -> None:

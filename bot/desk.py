@@ -5,12 +5,13 @@ pre-flight tests, planning) runs here on a thread pool, never on the
 platform's thread. Answers that belong to a request travel as events; answers
 to one person (help, status, a refused operator command) go straight back
 through the adapter's ``reply``. A click on a request that moved on meanwhile is
-refused like any other click, saying where the request is now, never "that did not work".
+refused like any other click, saying where the request is now, not as a failure.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -25,7 +26,7 @@ from bot.commands import HELP, OPERATOR_VERBS, Command, parse
 from bot.rendering import refusal_line, render
 from pipeline import audit
 from pipeline.config import Settings
-from pipeline.exceptions import IllegalTransition, UnknownRequest
+from pipeline.exceptions import ConfigError, GitError, IllegalTransition, UnknownRequest
 from pipeline.incidents import book as incidents
 from pipeline.incidents import diagnosis
 from pipeline.intake import approval, control
@@ -51,6 +52,21 @@ PLANNING_BUTTONS = frozenset({"retry", "fix"})
 #: Verbs that, in a fleet, may go without a target: help, answers, and the views of every
 #: target (``status``, ``review``). Any other needs one, named or the channel's.
 FLEET_WIDE = frozenset({"help", "invalid", "answer", "status", "review"})
+
+
+def broke(exc: Exception) -> str:
+    """What went wrong, in words for the person who asked (the log has the details)."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return "Molt cannot reach its Redis"
+    if isinstance(exc, redis.RedisError):
+        return "Redis refused what Molt asked of it"
+    if isinstance(exc, GitError):
+        return "a git command on the target's checkout failed"
+    if isinstance(exc, ConfigError):
+        return "Molt's settings for the target have an error"
+    if isinstance(exc, UnknownRequest):
+        return "the request is gone"
+    return "Molt hit an error it did not expect"
 
 
 class Desk(Front):
@@ -79,23 +95,29 @@ class Desk(Front):
     def say(self, origin: Origin, text: str) -> Future[Any]:
         command = parse(text, self.targets)
         pool = self._planning if command.verb in PLANNING_VERBS else self._quick
-        return self._submit(pool, self._say, origin, command)
+        what = "your request" if command.verb in ("change", "deploy") else f"`{command.verb}`"
+        return self._submit(pool, what, self._say, origin, command)
 
     def press(self, origin: Origin, action: str, request_id: str) -> Future[Any]:
         pool = self._planning if action in PLANNING_BUTTONS else self._quick
-        return self._submit(pool, self._press, origin, action, request_id)
+        what = f"your {action.capitalize()} click on {request_id}"
+        return self._submit(pool, what, self._press, origin, action, request_id)
 
     def revise(self, origin: Origin, request_id: str, note: str) -> Future[Any]:
-        return self._submit(self._planning, self._revise, origin, request_id, note)
+        what = f"your changes to {request_id}"
+        return self._submit(self._planning, what, self._revise, origin, request_id, note)
 
     def answer(self, origin: Origin, request_id: str, text: str) -> Future[Any]:
-        return self._submit(self._planning, self._answer, origin, request_id, text)
+        what = f"your answer on {request_id}"
+        return self._submit(self._planning, what, self._answer, origin, request_id, text)
 
     def home(self, origin: Origin) -> Future[Any]:
-        return self._submit(self._quick, self._home, origin)
+        return self._submit(self._quick, "your Home tab", self._home, origin)
 
-    def _submit(self, pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        future = pool.submit(self._guarded, fn, *args)
+    def _submit(
+        self, pool: ThreadPoolExecutor, what: str, fn: Callable[..., Any], *args: Any
+    ) -> Future[Any]:
+        future = pool.submit(self._guarded, what, fn, *args)
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
         return future
@@ -114,12 +136,15 @@ class Desk(Front):
         self._quick.shutdown(wait=False, cancel_futures=True)
         self._planning.shutdown(wait=False, cancel_futures=True)
 
-    def _guarded(self, fn: Callable[..., Any], origin: Origin, *args: Any) -> Any:
+    def _guarded(self, what: str, fn: Callable[..., Any], origin: Origin, *args: Any) -> Any:
+        """Run ``fn``; when it breaks, the person is told what did not get done and what to
+        do, and the log keeps the traceback under a reference the message gives."""
         try:
             return fn(origin, *args)
         except Exception as exc:
-            log.exception("desk action failed", platform=origin.platform)
-            self._reply(origin, "not_allowed", reason=f"that did not work: {exc}")
+            ref = secrets.token_hex(4)
+            log.exception("desk action failed", what=what, ref=ref, principal=origin.principal)
+            self._reply(origin, "not_done", what=what, cause=broke(exc), ref=ref)
             return None
 
     # -- the work -----------------------------------------------------------

@@ -19,10 +19,10 @@ import redis
 import structlog
 
 from bot.base import Front
+from pipeline import keyspace
 from pipeline.requests.store import Origin
 
 log = structlog.get_logger(__name__)
-STREAM = "molt:inbox"
 GROUP = "desk"
 CONSUMER = "bot"
 MAXLEN = 10_000
@@ -42,7 +42,7 @@ class Inbox(Front):
 
     def _put(self, kind: str, origin: Origin, **fields: str) -> Future[Any]:
         entry = {"kind": kind, "origin": json.dumps(asdict(origin)), **fields}
-        self.conn.xadd(STREAM, entry, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
+        self.conn.xadd(keyspace.INBOX, entry, maxlen=MAXLEN, approximate=True)  # type: ignore[arg-type]
         return _done()
 
     def say(self, origin: Origin, text: str) -> Future[Any]:
@@ -72,7 +72,7 @@ class InboxReader:
 
     def start(self) -> None:
         try:
-            self.conn.xgroup_create(STREAM, GROUP, id="$", mkstream=True)
+            self.conn.xgroup_create(keyspace.INBOX, GROUP, id="$", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -87,7 +87,11 @@ class InboxReader:
         while not self._stop.is_set():
             try:
                 reply = self.conn.xreadgroup(
-                    GROUP, CONSUMER, {STREAM: start}, count=100, block=None if start == "0" else 500
+                    GROUP,
+                    CONSUMER,
+                    {keyspace.INBOX: start},
+                    count=100,
+                    block=None if start == "0" else 500,
                 )
             except redis.RedisError as exc:
                 log.warning("inbox unreachable", error=str(exc))
@@ -101,7 +105,7 @@ class InboxReader:
                 if fields:
                     self._hand_over(str(entry_id), fields)
                 else:  # trimmed away while pending
-                    self.conn.xack(STREAM, GROUP, entry_id)
+                    self.conn.xack(keyspace.INBOX, GROUP, entry_id)
             if start == "0":
                 start = ">"
 
@@ -122,6 +126,6 @@ class InboxReader:
                 future = self.desk.say(origin, fields.get("text", ""))
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("unreadable inbox entry dropped", entry=entry_id, error=str(exc))
-            self.conn.xack(STREAM, GROUP, entry_id)
+            self.conn.xack(keyspace.INBOX, GROUP, entry_id)
             return
-        future.add_done_callback(lambda _: self.conn.xack(STREAM, GROUP, entry_id))
+        future.add_done_callback(lambda _: self.conn.xack(keyspace.INBOX, GROUP, entry_id))

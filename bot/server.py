@@ -42,18 +42,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bot.base import HttpRoute, Served
 from bot.platforms import PLATFORMS
 from bot.refusals import Refusals
-from pipeline import events, metrics, store
+from pipeline import events, keyspace, metrics, store
 from pipeline.config import Settings
 from pipeline.incidents.book import OPEN, IncidentBook
 from pipeline.queue.targets import Target
-from pipeline.requests.store import ACTIVE, request_key
 from pipeline.service import restart
 
 BOOT_ID_ENV = "MOLT_BOOT_ID"
-
-
-def port_key(boot_id: str) -> str:
-    return f"molt:http:{boot_id}"
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
@@ -301,18 +296,18 @@ class HttpServer:
             held = target.lock.holder()
             phase = ""
             if held is not None:
-                phase = str(self.conn.hget(request_key(held.request_id), "phase") or "update")
+                phase = str(self.conn.hget(keyspace.request(held.request_id), "phase") or "update")
             readings.lock_phase[name] = phase
             book = IncidentBook(target.settings, self.conn)
             readings.incidents_open[name] = sum(i.status == OPEN for i in book.recent(50))
         try:
-            info = self.conn.xpending(events.STREAM, events.GROUP)
+            info = self.conn.xpending(keyspace.EVENTS, events.GROUP)
             readings.undelivered = int(info.get("pending", 0)) if isinstance(info, dict) else 0
         except redis.ResponseError:
             pass
         pipe = self.conn.pipeline(transaction=False)
-        for request_id in self.conn.smembers(ACTIVE):
-            pipe.hget(request_key(str(request_id)), "state")
+        for request_id in self.conn.smembers(keyspace.ACTIVE_REQUESTS):
+            pipe.hget(keyspace.request(str(request_id)), "state")
         for state in pipe.execute():
             if state:
                 readings.active[str(state)] = readings.active.get(str(state), 0) + 1
@@ -355,7 +350,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     port = server.start()
-    conn.set(port_key(boot_id), port, ex=3600)
+    conn.set(keyspace.http_port(boot_id), port, ex=3600)
     while not stopping.wait(0.2):
         if os.getppid() != parent:
             break
@@ -412,7 +407,7 @@ class HttpProcess:
         return self._proc is not None and self._proc.poll() is None
 
     def start(self, timeout: float = 30) -> int:
-        self.conn.delete(port_key(self.boot_id))
+        self.conn.delete(keyspace.http_port(self.boot_id))
         out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - the child holds it
         try:
             self._proc = subprocess.Popen(
@@ -427,7 +422,7 @@ class HttpProcess:
                 out.close()
         deadline = time.monotonic() + timeout
         while True:
-            port = self.conn.get(port_key(self.boot_id))
+            port = self.conn.get(keyspace.http_port(self.boot_id))
             if port:
                 self.port = int(port)
                 return self.port

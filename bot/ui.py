@@ -30,7 +30,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from bot.rendering import as_html, duration, short, timestamp
-from pipeline import audit
+from pipeline import audit, keyspace
 from pipeline.config import TEMPLATES_DIR, Settings
 from pipeline.incidents.book import OPEN, IncidentBook
 from pipeline.intake import control
@@ -61,18 +61,10 @@ def _signed_at(at: str) -> str:
     return timestamp(moment.timestamp())
 
 
-def link_key(key: str) -> str:
-    return f"molt:ui:link:{key}"
-
-
-def session_key(session: str) -> str:
-    return f"molt:ui:session:{session}"
-
-
 def new_link(conn: redis.Redis, host: str, port: int, page: str = "/") -> str:
     """A link that opens the status page (at ``page``) once, within LINK_SECONDS."""
     key = secrets.token_urlsafe(24)
-    conn.set(link_key(key), "1", ex=LINK_SECONDS)
+    conn.set(keyspace.ui_link(key), "1", ex=LINK_SECONDS)
     then = f"&next={quote(page, safe='/')}" if page != "/" else ""
     return f"http://{host}:{port}/ui/login?key={key}{then}"
 
@@ -113,15 +105,17 @@ class StatusPage:
         if scheme.lower() == "bearer" and self.token:
             return same_secret(given.strip(), self.token)
         session = request.cookies.get(COOKIE, "")
-        return bool(session) and bool(self.conn.exists(session_key(session)))
+        return bool(session) and bool(self.conn.exists(keyspace.ui_session(session)))
 
     async def login(self, request: Request) -> Response:
         key = request.query_params.get("key", "")
-        used = await asyncio.to_thread(self.conn.getdel, link_key(key)) if key else None
+        used = await asyncio.to_thread(self.conn.getdel, keyspace.ui_link(key)) if key else None
         if not used:
             return PlainTextResponse("This link was used or has expired.\n" + DENIED, 401)
         session = secrets.token_urlsafe(24)
-        await asyncio.to_thread(self.conn.set, session_key(session), "1", ex=SESSION_SECONDS)
+        await asyncio.to_thread(
+            self.conn.set, keyspace.ui_session(session), "1", ex=SESSION_SECONDS
+        )
         page = request.query_params.get("next", "/")
         # Only a page of this server: no other host (``//host``, ``/\\host``) is sent to.
         local = page.startswith("/") and not page.startswith(("//", "/\\"))

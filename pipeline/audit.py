@@ -24,15 +24,13 @@ from typing import Any
 
 import redis
 
-from pipeline import metrics
+from pipeline import keyspace, metrics
 
 #: Every audited write WATCHes the chain head. Writers in one process take turns, so they do
 #: not keep aborting each other's transactions; across processes a conflict is retried after
 #: a short random pause.
 _WRITING = threading.Lock()
 
-AUDIT = "molt:audit"
-HEAD = "molt:audit:head"
 GENESIS = "0" * 64
 
 
@@ -46,10 +44,6 @@ def pause_after_conflict(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))
 
 
-def request_index(request_id: str) -> str:
-    return f"molt:audit:request:{request_id}"
-
-
 def _digest(entry: dict[str, Any]) -> str:
     body = {k: v for k, v in entry.items() if k != "hash"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -57,7 +51,7 @@ def _digest(entry: dict[str, Any]) -> str:
 
 
 def read_head(conn: redis.Redis) -> tuple[int, str]:
-    head = conn.get(HEAD)
+    head = conn.get(keyspace.AUDIT_HEAD)
     if not head:
         return -1, GENESIS
     seq, digest = str(head).split(" ", 1)
@@ -85,10 +79,10 @@ def stage(
         "prev": prev,
     }
     entry["hash"] = _digest(entry)
-    pipe.rpush(AUDIT, json.dumps(entry, sort_keys=True))
-    pipe.set(HEAD, f"{entry['seq']} {entry['hash']}")
+    pipe.rpush(keyspace.AUDIT, json.dumps(entry, sort_keys=True))
+    pipe.set(keyspace.AUDIT_HEAD, f"{entry['seq']} {entry['hash']}")
     if request_id:
-        pipe.rpush(request_index(request_id), entry["seq"])
+        pipe.rpush(keyspace.audit_request(request_id), entry["seq"])
     return entry
 
 
@@ -105,7 +99,7 @@ def append(
         for attempt in itertools.count():
             with conn.pipeline() as pipe:
                 try:
-                    pipe.watch(HEAD)
+                    pipe.watch(keyspace.AUDIT_HEAD)
                     head = read_head(pipe)
                     pipe.multi()
                     entry = stage(
@@ -120,11 +114,11 @@ def append(
 
 def entries(conn: redis.Redis, request_id: str | None = None) -> list[dict[str, Any]]:
     if request_id is None:
-        return [json.loads(raw) for raw in conn.lrange(AUDIT, 0, -1)]
-    seqs = [int(s) for s in conn.lrange(request_index(request_id), 0, -1)]
+        return [json.loads(raw) for raw in conn.lrange(keyspace.AUDIT, 0, -1)]
+    seqs = [int(s) for s in conn.lrange(keyspace.audit_request(request_id), 0, -1)]
     found = []
     for seq in seqs:
-        raw = conn.lindex(AUDIT, seq)
+        raw = conn.lindex(keyspace.AUDIT, seq)
         if raw:
             found.append(json.loads(raw))
     return found
@@ -150,7 +144,7 @@ def verify(conn: redis.Redis, after: ChainCheck | None = None) -> ChainCheck:
 
 
 def _walk(conn: redis.Redis, start: int, prev: str) -> ChainCheck:
-    raws = conn.lrange(AUDIT, start, -1)
+    raws = conn.lrange(keyspace.AUDIT, start, -1)
     end = start + len(raws)
     for index, raw in enumerate(raws, start=start):
         try:

@@ -6,6 +6,8 @@ import secrets
 
 import redis
 
+from pipeline import keyspace
+
 _ADJECTIVES = (
     "amber",
     "azure",
@@ -127,16 +129,15 @@ _ANIMALS = (
     "yak",
     "zebra",
 )
-USED = "molt:codenames"
 
 
 def new_codename(conn: redis.Redis) -> str:
     """A name not given before; falls back to a numbered one when the pairs run out."""
     for _ in range(50):
         name = f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_ANIMALS)}"
-        if conn.sadd(USED, name):
+        if conn.sadd(keyspace.CODENAMES, name):
             return name
     while True:
         name = f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_ANIMALS)}-{secrets.randbelow(1000)}"
-        if conn.sadd(USED, name):
+        if conn.sadd(keyspace.CODENAMES, name):
             return name

@@ -352,7 +352,7 @@ class DiscordSettings(PlatformSettings):
     @field_validator("channels", mode="before")
     @classmethod
     def _split_channels(cls, value: Any) -> Any:
-        channels = _listed(value)
+        channels = _as_list(value)
         if any(not channel.isdigit() for channel in channels or []):
             raise ValueError("expected comma-separated numeric channel ids")
         return value if channels is None else channels
@@ -388,7 +388,7 @@ class GitHubSettings(PlatformSettings):
     @field_validator("repos", mode="before")
     @classmethod
     def _split_repos(cls, value: Any) -> Any:
-        repos = _listed(value)
+        repos = _as_list(value)
         for repo in repos or []:
             if not re.fullmatch(r"[\w.-]{1,100}/[\w.-]{1,100}", repo):
                 raise ValueError(f"expected comma-separated owner/name entries, got {repo!r}")
@@ -656,7 +656,7 @@ class Settings(BaseSettings):
     @field_validator("authorised_users", "approvers", "operators", mode="before")
     @classmethod
     def _split_users(cls, value: Any) -> Any:
-        users = _listed(value)
+        users = _as_list(value)
         for user in users or []:
             platform, sep, ident = user.partition(":")
             if not sep or not platform or not ident:
@@ -666,7 +666,7 @@ class Settings(BaseSettings):
     @field_validator("redis_sentinels", mode="before")
     @classmethod
     def _split_sentinels(cls, value: Any) -> Any:
-        sentinels = _listed(value)
+        sentinels = _as_list(value)
         for entry in sentinels or []:
             host, _, port = entry.rpartition(":")
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -676,13 +676,13 @@ class Settings(BaseSettings):
     @field_validator("channels", mode="before")
     @classmethod
     def _split_names(cls, value: Any) -> Any:
-        names = _listed(value)
+        names = _as_list(value)
         return value if names is None else names
 
     @field_validator("sentry_projects", mode="before")
     @classmethod
     def _split_projects(cls, value: Any) -> Any:
-        projects = _listed(value)
+        projects = _as_list(value)
         for entry in projects or []:
             slug, sep, target = entry.partition("=")
             if not sep or not slug.strip() or not target.strip():
@@ -724,7 +724,7 @@ class Settings(BaseSettings):
     @field_validator("test_env", mode="before")
     @classmethod
     def _split_test_env(cls, value: Any) -> Any:
-        names = _listed(value)
+        names = _as_list(value)
         for name in names or []:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
                 raise ValueError(f"expected comma-separated variable names, got {name!r}")
@@ -758,7 +758,7 @@ class Settings(BaseSettings):
     @field_validator("trusted_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
-        keys = _listed(value)
+        keys = _as_list(value)
         if keys is None:
             return value
         for key in keys:
@@ -931,7 +931,7 @@ SECRET_VARIABLES = frozenset(
 )
 
 
-def _listed(value: Any) -> list[str] | None:
+def _as_list(value: Any) -> list[str] | None:
     """A comma-separated string or a list (molt.toml) as clean items; None for other types,
     which pydantic then refuses with its own message."""
     if isinstance(value, str):

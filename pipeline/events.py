@@ -14,7 +14,8 @@ from typing import Any, cast
 
 import redis
 
-STREAM = "molt:events"
+from pipeline import keyspace
+
 GROUP = "notifier"
 MAXLEN = 100_000
 
@@ -54,16 +55,16 @@ class Event:
 
 
 def stage(pipe: Any, event: Event) -> None:
-    pipe.xadd(STREAM, event.fields(), maxlen=MAXLEN, approximate=True)
+    pipe.xadd(keyspace.EVENTS, event.fields(), maxlen=MAXLEN, approximate=True)
 
 
 def emit(conn: redis.Redis, event: Event) -> str:
-    return str(conn.xadd(STREAM, event.fields(), maxlen=MAXLEN, approximate=True))
+    return str(conn.xadd(keyspace.EVENTS, event.fields(), maxlen=MAXLEN, approximate=True))
 
 
 def ensure_group(conn: redis.Redis) -> None:
     try:
-        conn.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        conn.xgroup_create(keyspace.EVENTS, GROUP, id="0", mkstream=True)
     except redis.ResponseError as exc:
         if "BUSYGROUP" not in str(exc):
             raise
@@ -76,7 +77,11 @@ def read(
     out: list[Event] = []
     for start in ("0", ">"):
         reply = conn.xreadgroup(
-            GROUP, consumer, {STREAM: start}, count=count, block=None if start == "0" else block_ms
+            GROUP,
+            consumer,
+            {keyspace.EVENTS: start},
+            count=count,
+            block=None if start == "0" else block_ms,
         )
         for _stream, items in cast(list[Any], reply or []):
             out.extend(Event.from_fields(eid, raw) for eid, raw in items if raw)
@@ -87,4 +92,4 @@ def read(
 
 def ack(conn: redis.Redis, *event_ids: str) -> None:
     if event_ids:
-        conn.xack(STREAM, GROUP, *event_ids)
+        conn.xack(keyspace.EVENTS, GROUP, *event_ids)

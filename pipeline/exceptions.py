@@ -65,11 +65,10 @@ class LLMError(PlanningError):
 
 
 class UpdateFailed(MoltError):
-    def __init__(self, phase: str, reason: str, *, transient: bool = False) -> None:
+    def __init__(self, phase: str, reason: str) -> None:
         super().__init__(f"{phase}: {reason}")
         self.phase = phase
         self.reason = reason
-        self.transient = transient
 
 
 class RollbackFailed(UpdateFailed):

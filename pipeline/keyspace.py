@@ -1,6 +1,6 @@
-"""Every Redis key Molt keeps for one target, named in one place.
+"""Every Redis key Molt keeps, named in one place, so a key is spelled once.
 
-``<id>`` is the target's id (``Settings.target_id``):
+For one target, ``<id>`` being the target's id (``Settings.target_id``):
 
   molt:lock:<id>                   the update lock: JSON {request_id, codename, holder, since}
   molt:queue:<id>                  the waiting line: approved request ids, oldest first
@@ -44,8 +44,9 @@
   molt:incidents:<id>:breaker      why automatic actions are off for the target (the circuit
                                    breaker), until an operator's `resume`
 
-Keys shared by every target (requests, audit, events, codenames, the bot's registration)
-are named by the module that owns them.
+Keys shared by every target follow ``TargetKeys``, grouped by the module that owns them;
+each name says what its key holds. tests/pipeline/test_keyspace.py checks that no two names
+are one key and that no other module spells a key again.
 """
 
 from __future__ import annotations
@@ -126,3 +127,168 @@ class TargetKeys:
 
     def start(self, start_id: str) -> str:
         return f"molt:boot:{self.target_id}:start:{start_id}"
+
+
+# -- Requests (pipeline/requests/store.py) ---------------------------------------------
+
+#: Sorted set of request ids by creation time.
+REQUESTS = "molt:requests"
+#: Set of the ids of requests not in a terminal state.
+ACTIVE_REQUESTS = "molt:requests:active"
+
+
+def request(request_id: str) -> str:
+    """Hash of one request (JSON for the nested fields)."""
+    return f"molt:request:{request_id}"
+
+
+# -- Audit (pipeline/audit.py) ------------------------------------------------------------
+
+#: List of the audit's JSON entries, oldest first (index = seq).
+AUDIT = "molt:audit"
+#: "<seq> <hash>" of the newest audit entry.
+AUDIT_HEAD = "molt:audit:head"
+
+
+def audit_request(request_id: str) -> str:
+    """List of the seqs of the audit entries that concern one request."""
+    return f"molt:audit:request:{request_id}"
+
+
+# -- Events, codenames, workers, proposals ------------------------------------------------
+
+#: The stream every transition goes out on (pipeline/events.py).
+EVENTS = "molt:events"
+#: Set of every codename given (pipeline/codenames.py).
+CODENAMES = "molt:codenames"
+#: Hash: RQ worker name → JSON {host, pid, targets, seen} (pipeline/queue/workers.py).
+WORKERS = "molt:workers"
+
+
+def proposal(request_id: str) -> str:
+    """Hash: the follow-up of a proposed request (pipeline/update/proposals.py)."""
+    return f"molt:proposal:{request_id}"
+
+
+# -- Incidents and alerts (pipeline/incidents/) ------------------------------------------
+
+#: The stream of signals from the HTTP process to the bot's reader (incidents/oncall.py).
+ALERTS = "molt:alerts"
+
+
+def incident(incident_id: str) -> str:
+    """Hash of one incident, JSON for its ``actions`` (pipeline/incidents/book.py)."""
+    return f"molt:incident:{incident_id}"
+
+
+def alert_delivery(source: str, delivery: str) -> str:
+    """Marks an alert delivery as taken, so a redelivery is seen as one."""
+    return f"molt:alerts:delivered:{source}:{delivery}"
+
+
+# -- The bot process (bot/, pipeline/service/restart.py) ---------------------------------
+
+#: Hash: the running bot {pid, boot_id, version, port, argv, cwd, beat}.
+BOT = "molt:bot"
+#: List: what a worker asks of the bot (a restart).
+BOT_CONTROL = "molt:control:bot"
+#: List: pids of the workers the bot started (bot/app.py).
+BOT_WORKERS = "molt:bot:workers"
+#: The stream from the HTTP process to the bot: chat deliveries to act on (bot/inbox.py).
+INBOX = "molt:inbox"
+
+
+def http_port(boot_id: str) -> str:
+    """The port the HTTP process of one boot listens on (bot/server.py)."""
+    return f"molt:http:{boot_id}"
+
+
+def ui_link(key: str) -> str:
+    """A status page link not yet used (bot/ui.py)."""
+    return f"molt:ui:link:{key}"
+
+
+def ui_session(session: str) -> str:
+    """A status page session a link opened (bot/ui.py)."""
+    return f"molt:ui:session:{session}"
+
+
+# -- Slack (bot/slack/) ---------------------------------------------------------------------
+
+
+def slack_seen(delivery: str) -> str:
+    """A delivery (trigger or event id) acted on, so a retry acts once (listeners.py)."""
+    return f"molt:slack:seen:{delivery}"
+
+
+def slack_thread(channel: str, ts: str) -> str:
+    """The request whose status message that is, for answers in its thread (delivery.py)."""
+    return f"molt:slack:thread:{channel}:{ts}"
+
+
+# -- GitHub (bot/github/) -------------------------------------------------------------------
+
+#: The stream of happenings from the webhook and the poller to the adapter (webhook.py).
+GITHUB_INBOX = "molt:github:inbox"
+#: Set of the pull requests being followed, ``owner/name#number`` (pulls.py).
+GITHUB_FOLLOWING = "molt:github:following"
+
+
+def github_delivery(delivery: str) -> str:
+    """A webhook delivery (X-GitHub-Delivery) taken once (webhook.py)."""
+    return f"molt:github:delivery:{delivery}"
+
+
+def github_taken(key: str) -> str:
+    """A happening taken once, whichever source saw it first (adapter.py, poller.py)."""
+    return f"molt:github:taken:{key.lower()}"
+
+
+def github_poll(repo: str, listing: str) -> str:
+    """The poller's cursor (ISO time) of one list of a repository (poller.py)."""
+    return f"molt:github:poll:{repo.lower()}:{listing}"
+
+
+def github_pull(repo: str, number: int | str) -> str:
+    """The request a followed pull request belongs to (pulls.py)."""
+    return f"molt:github:pull:{repo.lower()}#{number}"
+
+
+def github_pull_head(repo: str, sha: str) -> str:
+    """The followed pull request whose head ``sha`` is (following.py)."""
+    return f"molt:github:pull-sha:{repo.lower()}:{sha}"
+
+
+def github_pull_seen(followed: str) -> str:
+    """What the poller last saw of a followed pull request: state, head (following.py)."""
+    return f"molt:github:pull-seen:{followed.lower()}"
+
+
+def github_status(repo: str, comment_id: int | str) -> str:
+    """The request whose status comment that is, for its ticked boxes (delivery.py)."""
+    return f"molt:github:status:{repo.lower()}:{comment_id}"
+
+
+def github_issue(channel: str) -> str:
+    """An issue's newest request, for ``/molt approve`` (delivery.py)."""
+    return f"molt:github:issue:{channel.lower()}"
+
+
+def github_incident(incident_id: str) -> str:
+    """The issue opened for an incident, ``repo#number`` (delivery.py)."""
+    return f"molt:github:incident:{incident_id}"
+
+
+def github_posted(request_id: str, kind: str) -> str:
+    """A comment posted once per request and kind, and its id (delivery.py)."""
+    return f"molt:github:posted:{request_id}:{kind}"
+
+
+def github_deployment(request_id: str, attempt: int) -> str:
+    """The GitHub Deployment of one attempt of a request (delivery.py)."""
+    return f"molt:github:deployment:{request_id}:{attempt}"
+
+
+def github_told(principal: str, channel: str) -> str:
+    """A refusal answered to one person on one issue, kept quiet for a while (adapter.py)."""
+    return f"molt:github:told:{principal}:{channel}".lower()

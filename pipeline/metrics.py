@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import processes
+
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: From a tenth of a second (a snapshot) to an hour (a long test suite); few, since every
 #: bucket is a series per target and phase.
@@ -505,16 +507,6 @@ def _folder_lock(folder: Path, mode: int) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def tidy(at_least: int = 1) -> int:
     """Fold the files of processes that are gone into the archive, once at least
     ``at_least`` of them are gone (a worker after each job folds its horses in batches);
@@ -528,7 +520,7 @@ def tidy(at_least: int = 1) -> int:
     pids: set[int] = set()
     for path in Path(folder).glob("*.db"):
         kind, _, ends = path.name[:-3].rpartition("_")
-        if ends.isdigit() and not _alive(int(ends)):
+        if ends.isdigit() and not processes.alive(int(ends)):
             dead.setdefault(kind, []).append(path)
             pids.add(int(ends))
     if len(pids) < max(1, at_least):

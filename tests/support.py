@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from bot.messages import Message
 from bot.rendering import render
-from pipeline import events, processes, store
+from pipeline import events, keyspace, processes, store
 from pipeline.config import load_settings
 from pipeline.requests.store import Request, RequestStore
 
@@ -424,7 +424,7 @@ def shown_message(conn: redis.Redis, request: Request, template: str) -> Message
     """The newest message of ``template`` for ``request``, rendered as the notifier would."""
     found = [
         events.Event.from_fields(i, f)
-        for i, f in conn.xrange(events.STREAM)
+        for i, f in conn.xrange(keyspace.EVENTS)
         if f.get("request_id") == request.id and f.get("template") == template
     ]
     assert found, f"no {template} message for {request.id}"

@@ -35,6 +35,7 @@ OUTCOME_COLOURS = {
     "blocked": RED,
     "refused": RED,
     "not_allowed": RED,
+    "not_done": RED,
     "rejected": GREY,
     "expired": GREY,
     "cancelled": GREY,

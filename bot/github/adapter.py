@@ -22,17 +22,17 @@ from github import GithubException
 from bot.base import Adapter
 from bot.github import comments
 from bot.github.client import PERMISSION_RETRIES, Permissions, Writer, connect
-from bot.github.delivery import Delivery, issue_key, status_key
+from bot.github.delivery import Delivery
 from bot.github.following import Following
 from bot.github.happenings import PULL_EVENTS, Happening
-from bot.github.poller import Poller, taken_key
+from bot.github.poller import Poller
 from bot.github.pulls import Pulls
-from bot.github.webhook import INBOX
 from bot.messages import Message
 from bot.rendering import refusal_line, render
-from pipeline import audit
+from pipeline import audit, keyspace
 from pipeline.config import Settings
 from pipeline.exceptions import ConfigError, UnknownRequest
+from pipeline.keyspace import GITHUB_INBOX as INBOX
 from pipeline.requests import authorisation
 from pipeline.requests.decisions import Decision
 from pipeline.requests.states import RequestState as S
@@ -171,7 +171,7 @@ class GitHub(Adapter):
         """Whether this process is the first to act on it. An issue stays taken for good: a
         labelled issue that comes back into a poll years later is not a new request."""
         lasts = None if happening.event == "issues" else TAKEN_TTL
-        return bool(self.conn.set(taken_key(happening.key), 1, nx=True, ex=lasts))
+        return bool(self.conn.set(keyspace.github_taken(happening.key), 1, nx=True, ex=lasts))
 
     def _origin(self, happening: Happening) -> Origin:
         return Origin("github", happening.login, happening.channel, happening.login)
@@ -248,7 +248,7 @@ class GitHub(Adapter):
 
     def _tick(self, happening: Happening) -> None:
         """A box ticked on a status comment: acted on for the right person, else unticked."""
-        request_id = self.conn.get(status_key(happening.repo, happening.comment_id))
+        request_id = self.conn.get(keyspace.github_status(happening.repo, happening.comment_id))
         action = comments.ticked(happening.previous_body, happening.body)
         if not request_id or action is None or not self._take(happening):
             return
@@ -285,7 +285,7 @@ class GitHub(Adapter):
             log.exception("github untick")
 
     def _request_id(self, happening: Happening) -> str:
-        raw = self.conn.get(status_key(happening.repo, happening.comment_id)) or b""
+        raw = self.conn.get(keyspace.github_status(happening.repo, happening.comment_id)) or b""
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     def _untick(self, happening: Happening, action: str) -> None:
@@ -297,7 +297,7 @@ class GitHub(Adapter):
 
     def _request_on(self, channel: str) -> Request | None:
         """The newest request made on an issue."""
-        request_id = self.conn.get(issue_key(channel))
+        request_id = self.conn.get(keyspace.github_issue(channel))
         if not request_id:
             return None
         try:
@@ -325,7 +325,7 @@ class GitHub(Adapter):
             action="github_refused",
             detail={"where": happening.channel, "what": what, "reason": decision.reason},
         )
-        told = f"molt:github:told:{origin.principal}:{happening.channel}".lower()
+        told = keyspace.github_told(origin.principal, happening.channel)
         if not self.conn.set(told, 1, nx=True, ex=REFUSAL_QUIET):
             return
         line = refusal_line(self.settings.refusal_theme, f"{origin.principal}:{happening.key}")

@@ -30,6 +30,7 @@ from bot.base import MessageRefs
 from bot.github import comments
 from bot.github.client import Writer
 from bot.messages import Message
+from pipeline import keyspace
 from pipeline.config import Settings
 from pipeline.incidents.oncall import raised_for
 from pipeline.requests.store import Origin, Request, RequestStore
@@ -77,18 +78,6 @@ DEPLOYMENT_STATES = {
     "success": "success",
     "failure": "failure",
 }
-
-
-def status_key(repo: str, comment_id: int | str) -> str:
-    return f"molt:github:status:{repo.lower()}:{comment_id}"
-
-
-def issue_key(channel: str) -> str:
-    return f"molt:github:issue:{channel.lower()}"
-
-
-def incident_issue_key(incident_id: str) -> str:
-    return f"molt:github:incident:{incident_id}"
 
 
 def _digest(text: str) -> str:
@@ -164,8 +153,8 @@ class Delivery:
             "label": ref.get("label", ""),
         }
         self._remember(request, ref)
-        self.conn.set(status_key(repo, made.id), request.id, ex=REF_TTL)
-        self.conn.set(issue_key(channel), request.id, ex=REF_TTL)
+        self.conn.set(keyspace.github_status(repo, made.id), request.id, ex=REF_TTL)
+        self.conn.set(keyspace.github_issue(channel), request.id, ex=REF_TTL)
         return ref, True
 
     def _remember(self, request: Request, ref: dict[str, Any]) -> None:
@@ -190,7 +179,7 @@ class Delivery:
     def _once(self, issue: Issue, body: str, request_id: str, kind: str) -> None:
         """A comment posted once per (request, kind) even when the delivery that posts it is
         tried again after a later step failed (a label, a deployment)."""
-        key = f"molt:github:posted:{request_id}:{kind}"
+        key = keyspace.github_posted(request_id, kind)
         if self.conn.exists(key):
             return
         made = self._create(issue, body, request_id, kind)
@@ -249,7 +238,7 @@ class Delivery:
         commit = str(plan.get("target_commit") or "")
         if state is None or not commit:
             return
-        key = f"molt:github:deployment:{request.id}:{request.attempt}"
+        key = keyspace.github_deployment(request.id, request.attempt)
         repo, _ = where(self._conversation(request))
         found = self.client.get_repo(repo)
         deployment_id = _text(self.conn.get(key))
@@ -297,7 +286,7 @@ class Delivery:
         incident = raised_for(request)
         if "#" in channel or not incident:
             return channel
-        opened = _text(self.conn.get(incident_issue_key(incident)))
+        opened = _text(self.conn.get(keyspace.github_incident(incident)))
         if not opened:  # the incident's own message opens it, just before: try again
             raise LookupError(f"no issue opened yet for incident {incident}")
         return opened
@@ -307,7 +296,7 @@ class Delivery:
     def announce(self, repo: str, message: Message, thread: str) -> None:
         """An incident's news: the first opens an issue in ``repo``, the rest are comments
         on it. Each is posted once, however often it is tried."""
-        key = incident_issue_key(thread)
+        key = keyspace.github_incident(thread)
         opened = _text(self.conn.get(key))
         kind = f"incident:{message.template}:{_digest(message.title + message.text)}"
         # The incident's own marker, not a status comment's: no request's status is this.

@@ -24,20 +24,13 @@ import structlog
 from github import Github, GithubException
 
 from bot.github.happenings import Happening, as_object
-from bot.github.pulls import FOLLOW_TTL, FOLLOWING, Pulls
+from bot.github.pulls import FOLLOW_TTL, Pulls
+from pipeline import keyspace
 from pipeline.config import Settings
 from pipeline.requests.store import Origin, Request
 from pipeline.update import proposals
 
 log = structlog.get_logger(__name__)
-
-
-def sha_key(repo: str, sha: str) -> str:
-    return f"molt:github:pull-sha:{repo.lower()}:{sha}"
-
-
-def seen_key(followed: str) -> str:
-    return f"molt:github:pull-seen:{followed.lower()}"
 
 
 class Following:
@@ -57,7 +50,9 @@ class Following:
         pull = (request.result or {}).get("pull_request") or {}
         if pull.get("commit"):
             where = f"{pull['repo']}#{pull['number']}"
-            self.conn.set(sha_key(pull["repo"], pull["commit"]), where, ex=FOLLOW_TTL)
+            self.conn.set(
+                keyspace.github_pull_head(pull["repo"], pull["commit"]), where, ex=FOLLOW_TTL
+            )
 
     # -- what GitHub says --------------------------------------------------------
 
@@ -95,7 +90,9 @@ class Following:
         self._summarise(request, happening.repo, number)
 
     def _by_head(self, happening: Happening) -> int:
-        raw = self.conn.get(sha_key(happening.repo, str(happening.extra.get("head_sha", ""))))
+        raw = self.conn.get(
+            keyspace.github_pull_head(happening.repo, str(happening.extra.get("head_sha", "")))
+        )
         text = raw.decode() if isinstance(raw, bytes) else str(raw or "")
         return int(text.rpartition("#")[2]) if text else 0
 
@@ -131,7 +128,7 @@ class Following:
 
     def poll(self, found: Callable[[Happening], None]) -> None:
         """Each followed pull request, asked with its last ETag; what changed, as happenings."""
-        for raw in self.conn.smembers(FOLLOWING):
+        for raw in self.conn.smembers(keyspace.GITHUB_FOLLOWING):
             followed = raw.decode() if isinstance(raw, bytes) else str(raw)
             repo, _, number = followed.rpartition("#")
             try:
@@ -176,10 +173,10 @@ class Following:
         state = str(pull.get("state", ""))
         before = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in self.conn.hgetall(seen_key(followed)).items()
+            for k, v in self.conn.hgetall(keyspace.github_pull_seen(followed)).items()
         }
-        self.conn.hset(seen_key(followed), mapping={"state": state, "head": sha})
-        self.conn.expire(seen_key(followed), FOLLOW_TTL)
+        self.conn.hset(keyspace.github_pull_seen(followed), mapping={"state": state, "head": sha})
+        self.conn.expire(keyspace.github_pull_seen(followed), FOLLOW_TTL)
         merged_by = str(as_object(pull.get("merged_by")).get("login", ""))
         author = str(as_object(pull.get("user")).get("login", ""))
         common: dict[str, Any] = {

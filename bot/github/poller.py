@@ -26,14 +26,11 @@ import structlog
 from github import Github, GithubException
 
 from bot.github.happenings import Happening, from_comment, from_issue
+from pipeline import keyspace
 from pipeline.config import Settings
 
 log = structlog.get_logger(__name__)
 PAGE = 100
-
-
-def cursor_key(repo: str, listing: str) -> str:
-    return f"molt:github:poll:{repo.lower()}:{listing}"
 
 
 def _iso(moment: datetime) -> str:
@@ -44,11 +41,6 @@ def _iso(moment: datetime) -> str:
 class Labeller:
     login: str
     bot: bool
-
-
-def taken_key(key: str) -> str:
-    """Where the adapter marks a happening taken (bot/github/adapter.py ``_take``)."""
-    return f"molt:github:taken:{key.lower()}"
 
 
 class Poller:
@@ -93,7 +85,7 @@ class Poller:
         params = {"labels": self.settings.github.label, "state": "open"}
         for issue in self._since(repo, "issues", f"/repos/{repo}/issues", params):
             happening = from_issue(repo, issue)
-            if self.conn.exists(taken_key(happening.key)):
+            if self.conn.exists(keyspace.github_taken(happening.key)):
                 continue  # a request already: no need to ask who labelled it
             labeller = self._labeller(repo, happening.number)
             if labeller:
@@ -114,7 +106,7 @@ class Poller:
         return Labeller(found.login, found.type == "Bot" or found.login.endswith("[bot]"))
 
     def _comments(self, repo: str) -> None:
-        key = cursor_key(repo, "comments")
+        key = keyspace.github_poll(repo, "comments")
         since = self._cursor(key)
         for comment in self._since(repo, "comments", f"/repos/{repo}/issues/comments", {}):
             # Comments edited since, but made before, were seen when they were new.
@@ -134,7 +126,7 @@ class Poller:
         self, repo: str, listing: str, url: str, params: dict[str, str]
     ) -> list[dict[str, Any]]:
         """One page of ``url`` updated since the cursor, oldest first; [] when unchanged."""
-        key = cursor_key(repo, listing)
+        key = keyspace.github_poll(repo, listing)
         since = self._cursor(key)
         query = params | {"since": since, "sort": "updated", "direction": "asc"}
         query["per_page"] = str(PAGE)

@@ -20,19 +20,13 @@ from github import Github, GithubException
 from bot.github import comments
 from bot.github.client import Writer
 from bot.rendering import render
-from pipeline import usage
+from pipeline import keyspace, usage
 from pipeline.config import Settings
 from pipeline.requests.store import Request, RequestStore
 
 log = structlog.get_logger(__name__)
 FOLLOW_TTL = 90 * 86400
-#: The pull requests being followed, ``owner/name#number``, for the poller.
-FOLLOWING = "molt:github:following"
 _GITHUB_REMOTE = re.compile(r"[:/](?P<repo>[\w.-]+/[\w.-]+?)(?:\.git)?/?$")
-
-
-def pull_key(repo: str, number: int | str) -> str:
-    return f"molt:github:pull:{repo.lower()}#{number}"
 
 
 def repo_for(settings: Settings, remote: str) -> str | None:
@@ -92,8 +86,8 @@ class Pulls:
             "branch": branch,
         }
         self.store.update(request.id, result=result)
-        self.conn.set(pull_key(repo_name, pull.number), request.id, ex=FOLLOW_TTL)
-        self.conn.sadd(FOLLOWING, f"{repo_name}#{pull.number}")
+        self.conn.set(keyspace.github_pull(repo_name, pull.number), request.id, ex=FOLLOW_TTL)
+        self.conn.sadd(keyspace.GITHUB_FOLLOWING, f"{repo_name}#{pull.number}")
         log.info("pull request opened", request_id=request.id, number=pull.number)
         return True
 
@@ -111,13 +105,13 @@ class Pulls:
 
     def followed(self, repo: str, number: int) -> Request | None:
         """The proposed request whose pull request this is, or None."""
-        raw = self.conn.get(pull_key(repo, number))
+        raw = self.conn.get(keyspace.github_pull(repo, number))
         if not raw:
             return None
         return self.store.get(raw.decode() if isinstance(raw, bytes) else str(raw))
 
     def stop_following(self, repo: str, number: int) -> None:
-        self.conn.srem(FOLLOWING, f"{repo}#{number}")
+        self.conn.srem(keyspace.GITHUB_FOLLOWING, f"{repo}#{number}")
 
     def summary(self, repo_name: str, number: int) -> tuple[str, dict[str, Any]]:
         """ "PR #41: 3/4 checks passed, 1 approval", and the pull request as GitHub has it."""

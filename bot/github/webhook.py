@@ -27,17 +27,13 @@ from starlette.responses import JSONResponse, Response
 
 from bot.github.happenings import ACTIONS, from_webhook
 from bot.github.payloads import Envelope
+from pipeline import keyspace
 from pipeline.payloads import Misfit, fitted
 from pipeline.redaction import same_secret
 
-INBOX = "molt:github:inbox"
 INBOX_MAXLEN = 10_000
 #: GitHub redelivers by hand or through its API for three days.
 DELIVERY_TTL = 3 * 86400
-
-
-def delivery_key(delivery: str) -> str:
-    return f"molt:github:delivery:{delivery}"
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -82,9 +78,12 @@ class Webhook:
             return JSONResponse({"error": f"malformed {event} delivery: {exc}"}, status_code=400)
         if happening is None:
             return Response(status_code=204)
-        if not self.conn.set(delivery_key(delivery), 1, nx=True, ex=DELIVERY_TTL):
+        if not self.conn.set(keyspace.github_delivery(delivery), 1, nx=True, ex=DELIVERY_TTL):
             return JSONResponse({"ok": True, "duplicate": True})
         self.conn.xadd(
-            INBOX, {"happening": happening.dumps()}, maxlen=INBOX_MAXLEN, approximate=True
+            keyspace.GITHUB_INBOX,
+            {"happening": happening.dumps()},
+            maxlen=INBOX_MAXLEN,
+            approximate=True,
         )
         return JSONResponse({"ok": True})

@@ -13,12 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from slack_bolt import App
-from slack_bolt.middleware.authorization.single_team_authorization import (
-    SingleTeamAuthorization,
-)
+from slack_bolt.authorization import AuthorizeResult
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import RateLimitErrorRetryHandler, default_retry_handlers
+from slack_sdk.web import SlackResponse
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 
@@ -35,6 +34,17 @@ if TYPE_CHECKING:
     from bot.base import Front
 
 log = structlog.get_logger(__name__)
+
+
+def _web_client(settings: Settings, token: str | None) -> WebClient:
+    base_url = settings.slack.api_url
+    return WebClient(
+        token=token,
+        base_url=base_url if base_url.endswith("/") else base_url + "/",
+        timeout=15,
+        # slack_sdk does not retry a 429 by itself.
+        retry_handlers=[*default_retry_handlers(), RateLimitErrorRetryHandler(max_retry_count=3)],
+    )
 
 
 class Slack(Adapter):
@@ -54,24 +64,19 @@ class Slack(Adapter):
             )
         self.settings = settings
         self.store = store
-        base_url = settings.slack.api_url
-        self.client = WebClient(
-            token=token,
-            base_url=base_url if base_url.endswith("/") else base_url + "/",
-            timeout=15,
-            # slack_sdk does not retry a 429 by itself.
-            retry_handlers=[
-                *default_retry_handlers(),
-                RateLimitErrorRetryHandler(max_retry_count=3),
-            ],
-        )
-        # The client carries the token (Bolt warns when both are given). Bolt's info
-        # lines would dump request bodies, legacy verification token included.
+        self.client = _web_client(settings, token)
+        #: auth.test of the bot token: who Molt is in Slack, asked once (``_identity``).
+        self.identity: SlackResponse | None = None
+        # Bolt learns who the app is from ``authorize``, so its client carries no token
+        # (Bolt warns when both are given); each request's client gets the one ``authorize``
+        # returns. Bolt's info lines would dump request bodies, legacy verification token
+        # included.
         bolt_logger = logging.getLogger("bot.slack.bolt")
         if bolt_logger.level == logging.NOTSET:
             bolt_logger.setLevel(logging.WARNING)
         self.app = App(
-            client=self.client,
+            client=_web_client(settings, None),
+            authorize=lambda: self._authorize(),  # Bolt passes what a function names: nothing
             signing_secret=secret or None,
             request_verification_enabled=bool(secret),
             process_before_response=True,
@@ -115,10 +120,24 @@ class Slack(Adapter):
             self.socket_mode = None
         self.listeners.stop()
 
+    def _identity(self) -> SlackResponse:
+        if self.identity is None:
+            self.identity = self.client.auth_test()
+        return self.identity
+
+    def _authorize(self) -> AuthorizeResult:
+        """Bolt's ``authorize``: the bot token and who it is, from the one auth.test."""
+        identity = self._identity()
+        return AuthorizeResult.from_auth_test_response(
+            bot_token=self.client.token,
+            bot_scopes=identity.headers.get("x-oauth-scopes"),
+            auth_test_response=identity,
+        )
+
     def _warm_up(self) -> None:
-        """Cache ``auth.test`` where Bolt looks for it, or the first command waits on it."""
+        """Ask ``auth.test`` at start, or the first command waits on it."""
         try:
-            result = self.client.auth_test()
+            result = self._identity()
         except SlackApiError as exc:
             log.error("SLACK_BOT_TOKEN refused by auth.test", error=error_code(exc))
             return
@@ -127,9 +146,6 @@ class Slack(Adapter):
                 "auth.test unreachable; Bolt will retry on the first request", error=str(exc)
             )
             return
-        for middleware in getattr(self.app, "_middleware_list", []):
-            if isinstance(middleware, SingleTeamAuthorization) and not middleware.auth_test_result:
-                middleware.auth_test_result = result
         self.events.authorised = True
         log.info("slack connected", team=result.get("team"), bot_user=result.get("user_id"))
 

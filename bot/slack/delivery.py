@@ -17,6 +17,7 @@ from slack_sdk.errors import SlackApiError
 from bot.base import MessageRefs
 from bot.messages import Message
 from bot.slack.blocks import content, to_blocks
+from pipeline import keyspace
 from pipeline.requests.store import Origin, Request, RequestStore
 
 log = structlog.get_logger(__name__)
@@ -30,10 +31,6 @@ THREAD_TTL = 30 * 86400
 _REPOST = frozenset({"message_not_found", "cant_update_message", "edit_window_closed"})
 #: Errors that mean the bot cannot write where the request came from: write to the person.
 _NO_CHANNEL = frozenset({"channel_not_found", "not_in_channel", "is_archived"})
-
-
-def thread_key(channel: str, ts: str) -> str:
-    return f"molt:slack:thread:{channel}:{ts}"
 
 
 class Delivery:
@@ -85,7 +82,7 @@ class Delivery:
         self._refs.remember(request.id, new_ref)
         self.store.update(request.id, message_ref=new_ref)
         self.store.conn.set(
-            thread_key(new_ref["channel"], new_ref["ts"]), request.id, ex=THREAD_TTL
+            keyspace.slack_thread(new_ref["channel"], new_ref["ts"]), request.id, ex=THREAD_TTL
         )
         return new_ref
 

@@ -22,7 +22,7 @@ from slack_bolt import Ack, App
 from slack_sdk import WebClient
 
 from bot.slack.blocks import ACTIONS, REVISION_VIEW, revision_view
-from bot.slack.delivery import thread_key
+from pipeline import keyspace
 from pipeline.requests.store import Origin, RequestStore
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class Listeners:
         """Slack redelivers (retries, Socket Mode reconnects): act on each delivery once."""
         if not key:
             return True
-        return bool(self.store.conn.set(f"molt:slack:seen:{key}", 1, nx=True, ex=SEEN_TTL))
+        return bool(self.store.conn.set(keyspace.slack_seen(key), 1, nx=True, ex=SEEN_TTL))
 
     def _later(self, key: str, work: Callable[[], Any]) -> None:
         self._handoffs.put((key, work))
@@ -150,7 +150,7 @@ class Listeners:
         text = str(event.get("text") or "")
 
         def answer() -> None:
-            request_id = self.store.conn.get(thread_key(channel, thread))
+            request_id = self.store.conn.get(keyspace.slack_thread(channel, thread))
             if request_id:
                 desk.answer(origin, str(request_id), text)
 

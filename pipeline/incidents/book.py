@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from pipeline import audit, events, metrics
+from pipeline import audit, events, keyspace, metrics
 from pipeline.config import Settings
 from pipeline.incidents.alerts import RESOLVED, Signal
 from pipeline.keyspace import TargetKeys
@@ -44,14 +44,6 @@ ACTS = ("rollback", "fix")
 DELIVERY_TTL = 86400
 #: Writers in one process (the alert reader, the log watcher) open incidents one at a time.
 _TAKING = threading.Lock()
-
-
-def incident_key(incident_id: str) -> str:
-    return f"molt:incident:{incident_id}"
-
-
-def delivery_key(source: str, delivery: str) -> str:
-    return f"molt:alerts:delivered:{source}:{delivery}"
 
 
 @dataclass
@@ -111,7 +103,7 @@ class IncidentBook:
         self.keys = TargetKeys(settings.target_id)
 
     def get(self, incident_id: str) -> Incident | None:
-        raw = self.conn.hgetall(incident_key(incident_id))
+        raw = self.conn.hgetall(keyspace.incident(incident_id))
         return Incident.from_hash(raw) if raw else None
 
     def recent(self, count: int = 20) -> list[Incident]:
@@ -212,7 +204,7 @@ class IncidentBook:
             self.record(incident, "incident_again", f"incident {incident.id} fired again")
         else:
             self.conn.hset(
-                incident_key(incident.id), mapping={"count": incident.count, "last_seen": now}
+                keyspace.incident(incident.id), mapping={"count": incident.count, "last_seen": now}
             )
         return Taken(incident, again=again)
 
@@ -305,7 +297,7 @@ class IncidentBook:
         return str(why) if why is not None else None
 
     def _save(self, incident: Incident) -> None:
-        self.conn.hset(incident_key(incident.id), mapping=incident.to_hash())
+        self.conn.hset(keyspace.incident(incident.id), mapping=incident.to_hash())
 
     def record(
         self, incident: Incident, action: str, message: str, data: dict[str, Any] | None = None
@@ -314,7 +306,7 @@ class IncidentBook:
         with audit.writing(), self.conn.pipeline() as pipe:
             while True:
                 try:
-                    pipe.watch(audit.HEAD)
+                    pipe.watch(keyspace.AUDIT_HEAD)
                     head = audit.read_head(pipe)
                     pipe.multi()
                     detail = {"fingerprint": incident.fingerprint, "message": message}

@@ -34,11 +34,12 @@ from typing import Any, cast
 import redis
 import structlog
 
+from pipeline import keyspace
 from pipeline.config import Settings
 from pipeline.git import Git
 from pipeline.incidents import diagnosis
 from pipeline.incidents.alerts import Signal
-from pipeline.incidents.book import DELIVERY_TTL, Incident, IncidentBook, delivery_key
+from pipeline.incidents.book import DELIVERY_TTL, Incident, IncidentBook
 from pipeline.intake import autonomy
 from pipeline.intake import flow as intake
 from pipeline.queue.targets import Target, of_target
@@ -48,7 +49,6 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
 
 log = structlog.get_logger(__name__)
-STREAM = "molt:alerts"
 GROUP = "oncall"
 CONSUMER = "bot"
 MAXLEN = 100_000
@@ -72,8 +72,8 @@ def hand_over(conn: redis.Redis, signals: list[Signal]) -> tuple[int, int]:
     """Queue signals for the bot, dropping redeliveries; returns (taken, duplicates)."""
     if not signals:
         return 0, 0
-    keys = [delivery_key(s.source, s.delivery) if s.delivery else "" for s in signals]
-    args = [DELIVERY_TTL, STREAM, MAXLEN, *(s.to_json() for s in signals)]
+    keys = [keyspace.alert_delivery(s.source, s.delivery) if s.delivery else "" for s in signals]
+    args = [DELIVERY_TTL, keyspace.ALERTS, MAXLEN, *(s.to_json() for s in signals)]
     taken = int(conn.eval(_HAND_OVER, len(keys), *keys, *args))  # type: ignore[arg-type]
     return taken, len(signals) - taken
 
@@ -325,7 +325,7 @@ class SignalReader:
 
     def start(self) -> None:
         try:
-            self.conn.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+            self.conn.xgroup_create(keyspace.ALERTS, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
@@ -340,7 +340,11 @@ class SignalReader:
         while not self._stop.is_set():
             try:
                 reply = self.conn.xreadgroup(
-                    GROUP, CONSUMER, {STREAM: start}, count=100, block=None if start == "0" else 500
+                    GROUP,
+                    CONSUMER,
+                    {keyspace.ALERTS: start},
+                    count=100,
+                    block=None if start == "0" else 500,
                 )
             except redis.RedisError as exc:
                 log.warning("alert stream unreachable", error=str(exc))
@@ -352,7 +356,7 @@ class SignalReader:
                 if self._stop.is_set():
                     return
                 self._take(fields)
-                self.conn.xack(STREAM, GROUP, entry_id)
+                self.conn.xack(keyspace.ALERTS, GROUP, entry_id)
 
     def _take(self, fields: dict[str, str]) -> None:
         try:

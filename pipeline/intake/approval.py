@@ -91,8 +91,8 @@ def _refuse(
     return decision
 
 
-def _late(request: Request) -> Decision:
-    """Whether the plan still waits for its answer."""
+def _still_waiting(request: Request) -> Decision:
+    """Allowed while the plan waits for its answer; once it moved on, the refusal saying where."""
     return ALLOWED if request.state is S.PLAN_READY else moved_on(request)
 
 
@@ -177,13 +177,13 @@ def approve_automatically(settings: Settings, conn: redis.Redis, request_id: str
     """MOLT_AUTONOMY=auto: Molt approves a low-risk plan itself, audited as ``molt:auto``."""
     store = RequestStore(conn)
     request = store.get(request_id)
-    decision = _late(request) and approvable(settings, conn, request)
+    decision = _still_waiting(request) and approvable(settings, conn, request)
     if decision and not autonomy.approves_itself(settings, request.plan or {}):
         decision = Decision(False, "only low-risk plans are approved by Molt itself", "autonomy")
     if not decision:
         return decision
     message = "approved by Molt itself: a low-risk plan (MOLT_AUTONOMY=auto)"
-    return _approved(settings, conn, request_id, autonomy.AUTO_APPROVER, message)
+    return _approve_and_queue(settings, conn, request_id, autonomy.AUTO_APPROVER, message)
 
 
 def approve_recovery(settings: Settings, conn: redis.Redis, request_id: str) -> Decision:
@@ -191,13 +191,13 @@ def approve_recovery(settings: Settings, conn: redis.Redis, request_id: str) -> 
     itself whatever its plan's risk: returning to the release before the suspect update is
     the recovery (pipeline/incidents/oncall.py). Audited as ``molt:auto``."""
     request = RequestStore(conn).get(request_id)
-    decision = _late(request) and approvable(settings, conn, request)
+    decision = _still_waiting(request) and approvable(settings, conn, request)
     if decision and not autonomy.recovers_itself(settings, request):
         decision = Decision(False, "only an incident's rollback is approved this way", "autonomy")
     if not decision:
         return decision
     message = "approved by Molt itself: the rollback of an incident's suspect (MOLT_AUTONOMY=auto)"
-    return _approved(settings, conn, request_id, autonomy.AUTO_APPROVER, message)
+    return _approve_and_queue(settings, conn, request_id, autonomy.AUTO_APPROVER, message)
 
 
 def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
@@ -208,9 +208,11 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
     decision = authorisation.may_approve(settings, who, request.requester, risk)
     if decision and expire_if_due(settings, store, request):
         decision = Decision(False, "this plan has expired: ask again", "expired")
-    decision = decision and _late(request) and approvable(settings, conn, request)
+    decision = decision and _still_waiting(request) and approvable(settings, conn, request)
     if decision:
-        decision = _approved(settings, conn, request_id, principal, f"approved by {principal}")
+        decision = _approve_and_queue(
+            settings, conn, request_id, principal, f"approved by {principal}"
+        )
     if not decision:
         return _refuse(store, request, principal, "approve", decision)
     return decision
@@ -244,7 +246,7 @@ def approve_on_retry(
 ) -> Decision:
     """An approver's Retry of an unchanged plan is its approval, audited as such."""
     message = f"approved by {who.principal} by pressing Retry: the plan is unchanged"
-    return _approved_by(settings, conn, request_id, who, message)
+    return _approve_as(settings, conn, request_id, who, message)
 
 
 def approve_on_merge(
@@ -253,10 +255,10 @@ def approve_on_merge(
     """MOLT_MERGE_APPROVES: an approver's merge of the pull request ``merged`` approves the
     deploy of its merge commit, audited as such."""
     message = f"approved by {who.principal} by merging {merged}"
-    return _approved_by(settings, conn, request_id, who, message)
+    return _approve_as(settings, conn, request_id, who, message)
 
 
-def _approved_by(
+def _approve_as(
     settings: Settings, conn: redis.Redis, request_id: str, who: Origin, message: str
 ) -> Decision:
     """An approval that something other than the Approve button stands for (a Retry, a
@@ -265,35 +267,39 @@ def _approved_by(
     level = (request.plan or {}).get("risk", {}).get("level", "low")
     decision = (
         authorisation.may_approve(settings, who, request.requester, level)
-        and _late(request)
+        and _still_waiting(request)
         and approvable(settings, conn, request)
     )
     if not decision:
         return decision
-    return _approved(settings, conn, request_id, who.principal, message)
+    return _approve_and_queue(settings, conn, request_id, who.principal, message)
 
 
 def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     store = RequestStore(conn)
     request = store.get(request_id)
     principal = who.principal
-    decision = authorisation.may_approve(settings, who, request.requester, "low") and _late(request)
+    decision = authorisation.may_approve(
+        settings, who, request.requester, "low"
+    ) and _still_waiting(request)
     if decision:
-        decision = _answered(store, request_id, S.REJECTED, principal, f"rejected by {principal}")
+        decision = _answer_plan(
+            store, request_id, S.REJECTED, principal, f"rejected by {principal}"
+        )
     if not decision:
         return _refuse(store, request, principal, "reject", decision)
     return decision
 
 
-def _approved(
+def _approve_and_queue(
     settings: Settings, conn: redis.Redis, request_id: str, approver: str, message: str
 ) -> Decision:
     """Approve the plan and queue its update; a click that lost the race is told so."""
-    decision = _answered(RequestStore(conn), request_id, S.APPROVED, approver, message)
-    return decision and _queued(settings, conn, request_id)
+    decision = _answer_plan(RequestStore(conn), request_id, S.APPROVED, approver, message)
+    return decision and _queue_approved(settings, conn, request_id)
 
 
-def _queued(settings: Settings, conn: redis.Redis, request_id: str) -> Decision:
+def _queue_approved(settings: Settings, conn: redis.Redis, request_id: str) -> Decision:
     """Queue an approved request. One that moved on in between (the update ahead failed
     and cleared the queue, say) stays where it is, out of the waiting line, and the click
     is told what happened to it."""
@@ -307,7 +313,7 @@ def _queued(settings: Settings, conn: redis.Redis, request_id: str) -> Decision:
     return ALLOWED
 
 
-def _answered(
+def _answer_plan(
     store: RequestStore, request_id: str, answer: S, approver: str, message: str
 ) -> Decision:
     """Move the plan out of plan_ready, once: the state machine settles two racing clicks."""

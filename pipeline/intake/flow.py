@@ -101,7 +101,7 @@ def _on_worker(
             request_id, S.FAILED, actor=MOLT, message=served.reason, phase="planning"
         )
     if not served:
-        return _blocked(store, request_id, served)
+        return _block(store, request_id, served)
     queueing.add_intake_job(settings, request_id, step, retried_by)
     return store.get(request_id)
 
@@ -178,13 +178,13 @@ def _checked_and_planned(
     store = RequestStore(conn)
     gate = _gates(settings, conn, store.get(request_id))
     if not gate:
-        return _blocked(store, request_id, gate)
+        return _block(store, request_id, gate)
     if retried_by is not None:  # a person's Retry runs a remembered failure's tests again
         Target(settings, conn).tests.forget_failure(Git(settings.target_dir).head())
     started = time.monotonic()
     checked, report = _preflight(settings, conn, store.get(request_id))
     if not checked:
-        return _blocked(store, request_id, checked, report)
+        return _block(store, request_id, checked, report)
     store.transition(
         request_id,
         S.PLANNING,
@@ -280,7 +280,7 @@ def _tests_done(settings: Settings, conn: redis.Redis, record: TestRecord) -> No
             )
 
 
-def _blocked(
+def _block(
     store: RequestStore,
     request_id: str,
     decision: Decision,

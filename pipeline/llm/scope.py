@@ -17,7 +17,7 @@ from pipeline.planning.plans import Plan
 MAX_SHOWN = 8
 
 
-def _listed(paths: list[str]) -> str:
+def _first_few(paths: list[str]) -> str:
     shown = ", ".join(paths[:MAX_SHOWN])
     return shown if len(paths) <= MAX_SHOWN else f"{shown} and {len(paths) - MAX_SHOWN} more"
 
@@ -48,12 +48,12 @@ class Scope:
         if not self.unplanned:
             return f"{len(self.changed)} changed, all in the plan"
         if self.unplanned_allowed:
-            return f"outside the plan (allowed by it): {_listed(self.unplanned)}"
-        return f"changed outside the approved plan: {_listed(self.unplanned)}"
+            return f"outside the plan (allowed by it): {_first_few(self.unplanned)}"
+        return f"changed outside the approved plan: {_first_few(self.unplanned)}"
 
     def protected_detail(self) -> str:
         if self.protected:
-            return f"protected paths changed without approval: {_listed(self.protected)}"
+            return f"protected paths changed without approval: {_first_few(self.protected)}"
         return "no protected path changed without approval"
 
 

@@ -36,7 +36,7 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def _listed(paths: list[str], limit: int = 5) -> str:
+def _first_few(paths: list[str], limit: int = 5) -> str:
     shown = ", ".join(paths[:limit])
     return shown if len(paths) <= limit else f"{shown} and {len(paths) - limit} more"
 
@@ -61,7 +61,7 @@ def assess_risk(
     risk: dict[str, Any] = {"level": "low", "reasons": []}
     if protected:
         noun = "protected path" if len(protected) == 1 else "protected paths"
-        raise_level(risk, "high", f"touches {noun} {_listed(protected)}")
+        raise_level(risk, "high", f"touches {noun} {_first_few(protected)}")
     count = diffstat["files"]
     if count > HIGH_FILES:
         raise_level(risk, "high", f"{count} files changed")
@@ -80,10 +80,10 @@ def assess_risk(
     paths = touched_paths(files)
     manifests = [p for p in paths if matches(p, DEPENDENCY_MANIFESTS)]
     if manifests:
-        raise_level(risk, "medium", f"changes dependencies: {_listed(manifests)}")
+        raise_level(risk, "medium", f"changes dependencies: {_first_few(manifests)}")
     migrations = [p for p in paths if MIGRATION_DIRS & set(p.split("/")[:-1])]
     if migrations:
-        raise_level(risk, "medium", f"includes migrations: {_listed(migrations)}")
+        raise_level(risk, "medium", f"includes migrations: {_first_few(migrations)}")
     return risk
 
 

@@ -24,6 +24,7 @@ from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
+from pipeline import keyspace
 from pipeline import store as stores
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
@@ -31,7 +32,7 @@ from pipeline.queue.locking import OPERATOR_ROLLBACK, ORDINARY, RECOVERY
 from pipeline.queue.targets import Target, with_test_limit
 from pipeline.requests.authorisation import raised_by_molt
 from pipeline.requests.states import RequestState as S
-from pipeline.requests.store import Origin, Request, RequestStore, request_key
+from pipeline.requests.store import Origin, Request, RequestStore
 
 QUEUE = "molt-updates"
 #: How long a job may wait for the lock and run, beyond its phases.
@@ -232,8 +233,8 @@ def _try_turn(pipe: Any, target: Target, codename: str) -> Turn | None:
     head = _text(pipe.lindex(keys.queue, 0))
     if not head:
         return Turn()
-    pipe.watch(request_key(head))
-    state = _text(pipe.hget(request_key(head), "state"))
+    pipe.watch(keyspace.request(head))
+    state = _text(pipe.hget(keyspace.request(head), "state"))
     if state == S.APPROVED.value:  # being queued this instant
         return Turn(wait=True)
     pipe.multi()

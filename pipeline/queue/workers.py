@@ -29,6 +29,7 @@ import redis
 import structlog
 from rq import Queue, Worker, get_current_job
 
+from pipeline import keyspace
 from pipeline.config import Settings
 from pipeline.keyspace import TargetKeys
 from pipeline.queue import queueing
@@ -36,7 +37,6 @@ from pipeline.requests.decisions import ALLOWED, Decision
 from pipeline.store import connect
 
 log = structlog.get_logger(__name__)
-REGISTRY = "molt:workers"
 #: How often a worker says it is alive, and how long after its last beat it no longer counts.
 BEAT_SECONDS = 2.0
 STALE_SECONDS = 10.0
@@ -94,10 +94,10 @@ class Beat:
     def _forget_former_self(self) -> None:
         """A worker that re-executed onto new code keeps its pid and takes a new name: the
         entry it had before is dropped as it registers again."""
-        for name, raw in self.conn.hgetall(REGISTRY).items():
+        for name, raw in self.conn.hgetall(keyspace.WORKERS).items():
             entry = json.loads(raw)
             if (entry.get("host"), entry.get("pid")) == (self.host, os.getpid()):
-                self.conn.hdel(REGISTRY, name)
+                self.conn.hdel(keyspace.WORKERS, name)
 
     def once(self) -> None:
         now = time.time()
@@ -106,7 +106,7 @@ class Beat:
             if self._left:
                 return
             with self.conn.pipeline() as pipe:
-                pipe.hset(REGISTRY, self.name, json.dumps(entry))
+                pipe.hset(keyspace.WORKERS, self.name, json.dumps(entry))
                 for target_id in self.target_ids:
                     pipe.set(TargetKeys(target_id).seen, f"{now:.3f}")
                 pipe.execute()
@@ -117,7 +117,7 @@ class Beat:
         with self._entry:
             self._left = True
             with contextlib.suppress(redis.RedisError):  # gone anyway once it stops beating
-                self.conn.hdel(REGISTRY, self.name)
+                self.conn.hdel(keyspace.WORKERS, self.name)
 
     def _run(self) -> None:
         while not self._stopped.wait(BEAT_SECONDS):
@@ -143,11 +143,11 @@ def registered(conn: Any) -> list[dict[str, Any]]:
     """The workers that beat lately, each with its name and seconds since it was seen."""
     now = time.time()
     found = []
-    for name, raw in sorted(conn.hgetall(REGISTRY).items()):
+    for name, raw in sorted(conn.hgetall(keyspace.WORKERS).items()):
         entry = json.loads(raw)
         ago = max(0.0, now - float(entry.get("seen", 0)))
         if ago > STALE_SECONDS * 30:  # long gone (killed): no longer listed
-            conn.hdel(REGISTRY, name)
+            conn.hdel(keyspace.WORKERS, name)
             continue
         found.append(entry | {"name": _text(name), "ago": ago, "live": ago <= STALE_SECONDS})
     return found

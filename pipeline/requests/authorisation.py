@@ -13,18 +13,18 @@ CHECK = "authorisation"
 RECOVERY_USER = "molt:incident"
 
 
-def _listed(who: Origin, entries: list[str]) -> bool:
+def _on_list(who: Origin, entries: list[str]) -> bool:
     return not who.identities.isdisjoint(entries)
 
 
 def may_request(settings: Settings, who: Origin) -> Decision:
-    if _listed(who, settings.authorised_users):
+    if _on_list(who, settings.authorised_users):
         return ALLOWED
     return Decision(False, f"{who.principal} is not in MOLT_AUTHORISED_USERS", CHECK)
 
 
 def may_approve(settings: Settings, who: Origin, requester: str, risk: str) -> Decision:
-    if not _listed(who, settings.approvers):
+    if not _on_list(who, settings.approvers):
         return Decision(False, "only approvers may approve or reject a plan", CHECK)
     if risk == "high" and who.principal == requester:
         return Decision(False, "a high-risk plan needs an approver other than its requester", CHECK)
@@ -32,7 +32,7 @@ def may_approve(settings: Settings, who: Origin, requester: str, risk: str) -> D
 
 
 def may_operate(settings: Settings, who: Origin) -> Decision:
-    if _listed(who, settings.operators):
+    if _on_list(who, settings.operators):
         return ALLOWED
     return Decision(False, "only operators may do that", CHECK)
 

@@ -18,20 +18,14 @@ from typing import Any, TypeVar
 
 import redis
 
-from pipeline import audit, events, metrics
+from pipeline import audit, events, keyspace, metrics
 from pipeline.exceptions import IllegalTransition, UnknownRequest
 from pipeline.requests.states import TERMINAL, RequestState, can_move, template_for
 
-ALL = "molt:requests"
-ACTIVE = "molt:requests:active"
 _JSON_FIELDS = ("plan", "snapshot", "result", "message_ref", "answers")
 #: Commands planned as a deploy of a commit; any other is a change described in words.
 DEPLOY_COMMANDS = frozenset({"deploy", "rollback"})
 T = TypeVar("T")
-
-
-def request_key(request_id: str) -> str:
-    return f"molt:request:{request_id}"
 
 
 @dataclass(frozen=True)
@@ -196,9 +190,9 @@ class RequestStore:
         def write(pipe: Any) -> Request:
             head = audit.read_head(pipe)
             pipe.multi()
-            pipe.hset(request_key(request.id), mapping=request.to_hash())
-            pipe.zadd(ALL, {request.id: now})
-            pipe.sadd(ACTIVE, request.id)
+            pipe.hset(keyspace.request(request.id), mapping=request.to_hash())
+            pipe.zadd(keyspace.REQUESTS, {request.id: now})
+            pipe.sadd(keyspace.ACTIVE_REQUESTS, request.id)
             audit.stage(
                 pipe,
                 head,
@@ -221,7 +215,7 @@ class RequestStore:
             for attempt in itertools.count():
                 with self.conn.pipeline() as pipe:
                     try:
-                        pipe.watch(*keys, audit.HEAD)
+                        pipe.watch(*keys, keyspace.AUDIT_HEAD)
                         result = write(pipe)
                         pipe.execute()
                         return result
@@ -230,7 +224,7 @@ class RequestStore:
         raise AssertionError("unreachable")
 
     def get(self, request_id: str) -> Request:
-        raw = self.conn.hgetall(request_key(request_id))
+        raw = self.conn.hgetall(keyspace.request(request_id))
         if not raw:
             raise UnknownRequest(request_id)
         return Request.from_hash(raw)
@@ -240,7 +234,7 @@ class RequestStore:
         token = token.strip()
         if not token:
             return None
-        if self.conn.exists(request_key(token)):
+        if self.conn.exists(keyspace.request(token)):
             return self.get(token)
         for request in self.recent(200):
             if request.codename == token:
@@ -248,11 +242,11 @@ class RequestStore:
         return None
 
     def recent(self, count: int = 20) -> list[Request]:
-        ids = self.conn.zrevrange(ALL, 0, count - 1)
+        ids = self.conn.zrevrange(keyspace.REQUESTS, 0, count - 1)
         return [r for r in (self._maybe(str(i)) for i in ids) if r]
 
     def active(self) -> list[Request]:
-        ids = sorted(str(i) for i in self.conn.smembers(ACTIVE))
+        ids = sorted(str(i) for i in self.conn.smembers(keyspace.ACTIVE_REQUESTS))
         found = [r for r in (self._maybe(i) for i in ids) if r]
         return sorted(found, key=lambda r: r.created_at)
 
@@ -268,7 +262,7 @@ class RequestStore:
             k: json.dumps(v, sort_keys=True) if k in _JSON_FIELDS else str(v)
             for k, v in fields.items()
         }
-        self.conn.hset(request_key(request_id), mapping=mapping)
+        self.conn.hset(keyspace.request(request_id), mapping=mapping)
 
     def transition(
         self,
@@ -287,7 +281,7 @@ class RequestStore:
         ``allowed_from`` narrows the legal starting states, so that two clicks
         racing each other cannot both succeed.
         """
-        key = request_key(request_id)
+        key = keyspace.request(request_id)
 
         def write(pipe: Any) -> Request:
             raw = pipe.hgetall(key)
@@ -310,9 +304,9 @@ class RequestStore:
             pipe.multi()
             pipe.hset(key, mapping=request.to_hash())
             if to in TERMINAL:
-                pipe.srem(ACTIVE, request_id)
+                pipe.srem(keyspace.ACTIVE_REQUESTS, request_id)
             else:
-                pipe.sadd(ACTIVE, request_id)
+                pipe.sadd(keyspace.ACTIVE_REQUESTS, request_id)
             detail = {"from": current.value, "to": to.value, "message": message}
             if request.phase:
                 detail["phase"] = request.phase

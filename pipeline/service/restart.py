@@ -26,15 +26,13 @@ from pathlib import Path
 
 import redis
 
-from pipeline import metrics
+from pipeline import keyspace, metrics
 from pipeline.config import Settings
 from pipeline.exceptions import UpdateFailed
 from pipeline.queue.targets import Target
 from pipeline.releases.boots import restart_grace
 from pipeline.sandbox.validation import run_command
 
-BOT = "molt:bot"
-CONTROL = "molt:control:bot"
 #: The bot refreshes its registration this often; twice this without a beat means gone.
 BEAT_SECONDS = 1.0
 
@@ -65,7 +63,7 @@ class BotInfo:
 
 
 def bot_info(conn: redis.Redis) -> BotInfo | None:
-    raw = conn.hgetall(BOT)
+    raw = conn.hgetall(keyspace.BOT)
     if not raw:
         return None
     return BotInfo(
@@ -160,7 +158,7 @@ def _restart_self(
     if before is None or not before.alive:
         raise UpdateFailed("restart", "Molt's bot is not running, so it cannot restart itself")
     asked = time.time()
-    conn.rpush(CONTROL, json.dumps({"action": "restart", "expect": expect}))
+    conn.rpush(keyspace.BOT_CONTROL, json.dumps({"action": "restart", "expect": expect}))
     verifying()
     started = time.monotonic()
     deadline = started + settings.boot_timeout

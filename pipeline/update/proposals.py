@@ -20,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 import structlog
 
+from pipeline import keyspace
 from pipeline.config import Settings
 from pipeline.exceptions import GitError, UpdateFailed
 from pipeline.git import Git
@@ -32,10 +33,6 @@ log = structlog.get_logger(__name__)
 BRANCH_PREFIX = "molt/"
 #: How long a proposal is followed (a pull request open longer is still deployed by hand).
 FOLLOW_TTL = 90 * 86400
-
-
-def proposal_key(request_id: str) -> str:
-    return f"molt:proposal:{request_id}"
 
 
 def branch_for(codename: str) -> str:
@@ -70,13 +67,13 @@ def shown_url(url: str) -> str:
 
 def follow(conn: redis.Redis, request_id: str, commit: str, branch: str) -> None:
     conn.hset(
-        proposal_key(request_id), mapping={"state": "open", "commit": commit, "branch": branch}
+        keyspace.proposal(request_id), mapping={"state": "open", "commit": commit, "branch": branch}
     )
-    conn.expire(proposal_key(request_id), FOLLOW_TTL)
+    conn.expire(keyspace.proposal(request_id), FOLLOW_TTL)
 
 
 def state(conn: redis.Redis, request_id: str) -> dict[str, str]:
-    raw = conn.hgetall(proposal_key(request_id))
+    raw = conn.hgetall(keyspace.proposal(request_id))
     return {_text(k): _text(v) for k, v in raw.items()}
 
 
@@ -99,7 +96,7 @@ def merged(
     following = state(conn, request_id)
     if following.get("state") != "open":
         return None  # voided, closed or already deployed: a merge changes nothing here
-    conn.hset(proposal_key(request_id), "state", "merged")
+    conn.hset(keyspace.proposal(request_id), "state", "merged")
     proposed = store.get(request_id)
     store.notify(
         request_id,
@@ -116,7 +113,7 @@ def merged(
         merge_commit,
         f"deploy {merge_commit} (merged from {where}, request {request_id})",
     )
-    conn.hset(proposal_key(request_id), "deploy", deploy.id)
+    conn.hset(keyspace.proposal(request_id), "deploy", deploy.id)
     if deploy.state is S.PLAN_READY and settings.merge_approves and merged_by is not None:
         decision = approval.approve_on_merge(settings, conn, deploy.id, merged_by, where)
         if not decision:
@@ -130,7 +127,7 @@ def ended(conn: redis.Redis, request_id: str, how: str, detail: str, actor: str)
     following = state(conn, request_id)
     if following.get("state") != "open":
         return False
-    conn.hset(proposal_key(request_id), "state", how)
+    conn.hset(keyspace.proposal(request_id), "state", how)
     RequestStore(conn).notify(
         request_id,
         "proposal",

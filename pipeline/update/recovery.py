@@ -45,7 +45,7 @@ import redis
 import structlog
 from rq.job import Job, JobStatus
 
-from pipeline import audit, codenames, metrics
+from pipeline import audit, codenames, keyspace, metrics
 from pipeline.config import Settings, config_file, load_settings
 from pipeline.exceptions import (
     ConfigError,
@@ -64,7 +64,7 @@ from pipeline.queue.targets import Target, of_target
 from pipeline.releases import signing as releases
 from pipeline.requests.states import UNDER_WAY
 from pipeline.requests.states import RequestState as S
-from pipeline.requests.store import ACTIVE, Request, RequestStore
+from pipeline.requests.store import Request, RequestStore
 from pipeline.service import restart, snapshots
 from pipeline.service.rollback import RESTARTED_PHASES, Trail, undo
 from pipeline.service.snapshots import Snapshot
@@ -522,13 +522,13 @@ def _settle_requests(
     process that is gone."""
     store = RequestStore(conn)
     dropped = []
-    for request_id in sorted(str(i) for i in conn.smembers(ACTIVE)):
+    for request_id in sorted(str(i) for i in conn.smembers(keyspace.ACTIVE_REQUESTS)):
         try:
             found: Request | None = store.get(request_id)
         except UnknownRequest:
             found = None
         if found is None or found.terminal:
-            conn.srem(ACTIVE, request_id)
+            conn.srem(keyspace.ACTIVE_REQUESTS, request_id)
             dropped.append(f"{request_id} ({found.state.value if found else 'unknown'})")
     if dropped:
         step.say(f"removed finished requests from the active set: {', '.join(dropped)}")

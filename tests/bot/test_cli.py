@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pipeline import audit, store
+from pipeline import audit, keyspace, store
 from pipeline.config import load_settings
 from tests.desk import StartChat, molt, start_chat
 from tests.support import ServiceRepo
@@ -25,9 +25,9 @@ def test_audit_verify_names_the_first_broken_entry(
     chat.close()
     intact = molt("audit", "verify")
     assert intact.returncode == 0 and "audit chain intact" in intact.stdout
-    entry = json.loads(chat.conn.lindex(audit.AUDIT, 2) or "{}")
+    entry = json.loads(chat.conn.lindex(keyspace.AUDIT, 2) or "{}")
     entry["actor"] = "console:mallory"
-    chat.conn.lset(audit.AUDIT, 2, json.dumps(entry, sort_keys=True))
+    chat.conn.lset(keyspace.AUDIT, 2, json.dumps(entry, sort_keys=True))
     broken = molt("audit", "verify")
     assert broken.returncode == 1
     assert "audit chain broken at entry #2: entry was altered" in broken.stderr
@@ -43,9 +43,9 @@ def test_audit_tampering_is_found_by_molt_audit_verify_with_no_bot_running(
     intact = molt("audit", "verify", env=molt_env)
     assert intact.returncode == 0 and "audit chain intact: 3 entries" in intact.stdout
 
-    entry = json.loads(conn.lindex(audit.AUDIT, 1))
+    entry = json.loads(conn.lindex(keyspace.AUDIT, 1))
     entry["actor"] = "console:mallory"
-    conn.lset(audit.AUDIT, 1, json.dumps(entry, sort_keys=True))
+    conn.lset(keyspace.AUDIT, 1, json.dumps(entry, sort_keys=True))
     broken = molt("audit", "verify", env=molt_env)
     assert broken.returncode == 1
     assert "audit chain broken at entry #1: entry was altered" in broken.stderr

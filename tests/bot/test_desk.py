@@ -4,15 +4,17 @@ click."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import pytest
 import redis
 
 from bot.base import Adapter
 from bot.commands import OPERATOR_VERBS, VERBS
 from bot.desk import BY_VERB, Desk
 from bot.messages import Message
-from pipeline import audit, events
+from pipeline import audit, events, keyspace
 from pipeline.config import Settings
 from pipeline.intake import approval
 from pipeline.intake import flow as intake
@@ -76,7 +78,7 @@ def test_a_click_on_a_request_that_moved_on_is_refused_to_that_person_alone(
     settings: Settings, conn: redis.Redis, service: ServiceRepo
 ) -> None:
     """Retry, Request changes and answers on a request that succeeded, failed or was
-    answered are told where it is now, audited, and never "that did not work"."""
+    answered are told where it is now, audited, and not as a failure."""
     service.commit({"notes.txt": "x\n"}, "notes")
     request = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
     assert approval.reject(settings, conn, request.id, Origin("console", "bob"))
@@ -91,7 +93,7 @@ def test_a_click_on_a_request_that_moved_on_is_refused_to_that_person_alone(
     unanswerable = "this request is not waiting for answers: it was already rejected by console:bob"
     told = [
         (e.template, e.data.get("reason"))
-        for e in (events.Event.from_fields(i, f) for i, f in conn.xrange(events.STREAM))
+        for e in (events.Event.from_fields(i, f) for i, f in conn.xrange(keyspace.EVENTS))
         if e.audience == ALICE.principal
     ]
     assert told == [
@@ -102,3 +104,27 @@ def test_a_click_on_a_request_that_moved_on_is_refused_to_that_person_alone(
     refused = [e["action"] for e in audit.entries(conn, request.id) if "refused" in e["action"]]
     assert refused == ["retry_refused", "revise_refused", "answer_refused"]
     assert RequestStore(conn).get(request.id).state is S.REJECTED
+
+
+def test_a_click_that_breaks_tells_the_person_what_was_not_done_and_logs_why(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A request Molt cannot read (its stored plan is not JSON): the click is answered with
+    what was not done and what to do, and the traceback is in the log under the same error."""
+    service.commit({"notes.txt": "x\n"}, "notes")
+    request = intake.submit(settings, conn, ALICE, "deploy", "main", "deploy main")
+    conn.hset(keyspace.request(request.id), "plan", "{torn")
+    replies = Replies()
+    desk = Desk(settings, conn, {"console": replies})
+    try:
+        desk.press(ALICE, "approve", request.id).result(timeout=60)
+    finally:
+        desk.close()
+    [told] = replies.replies
+    assert (told.template, told.private) == ("not_done", True)
+    shown = told.plain()
+    assert f"Molt could not finish your Approve click on {request.id}" in shown
+    assert "Try again in a minute. If it fails again, ask an operator" in shown
+    [ref] = re.findall(r"look for error (\w+) in Molt's log", shown)
+    logged = "".join(capfd.readouterr())
+    assert ref in logged and "JSONDecodeError" in logged and "Traceback" in logged

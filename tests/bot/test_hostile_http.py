@@ -28,11 +28,10 @@ from bot.refusals import ACTION
 from bot.server import BODY_SECONDS, HttpServer
 from bot.slack.adapter import Slack
 from bot.slack.platform import EVENTS, EVENTS_LIMIT
-from pipeline import audit
+from pipeline import audit, keyspace
 from pipeline.config import Settings
-from pipeline.incidents import oncall
 from pipeline.incidents.alerts import UnreadableAlert, from_sentry
-from pipeline.requests.store import ALL, RequestStore
+from pipeline.requests.store import RequestStore
 from tests.fakes.alerts import signature
 from tests.fakes.github import issue_comment_payload, issues_payload
 from tests.fakes.github import sign as github_sign
@@ -172,8 +171,8 @@ def _signed(path: str, body: bytes, resource: str = "issue") -> dict[str, bytes 
 
 
 def _nothing_taken(conn: redis.Redis) -> None:
-    assert conn.xlen(oncall.STREAM) == 0
-    assert conn.zcard(ALL) == 0
+    assert conn.xlen(keyspace.ALERTS) == 0
+    assert conn.zcard(keyspace.REQUESTS) == 0
 
 
 # -- credentials and bodies -------------------------------------------------------------------

@@ -31,8 +31,9 @@ EXPECTED_TEMPLATES = {
     "queue",
     "history",
     "not_allowed",
+    "not_done",
 }
-PRIVATE = {"refused", "not_allowed", "help", "status", "queue", "history"}
+PRIVATE = {"refused", "not_allowed", "not_done", "help", "status", "queue", "history"}
 
 CHECKS = [
     {"name": "unit tests", "ok": True, "seconds": 42.3, "detail": ""},

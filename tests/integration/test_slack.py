@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline import store
+from pipeline import keyspace, store
 from pipeline.config import load_settings
 from pipeline.requests.store import RequestStore
 from tests.fakes.slack import (
@@ -324,7 +324,7 @@ def test_an_approve_click_after_the_update_failed_says_what_happened(
     late = slack_bot.shown("not_allowed")
     assert "this request failed: " in late["text"]
     assert "press Retry to run it again" in late["text"]
-    assert "that did not work" not in late["text"]
+    assert "Molt could not finish" not in late["text"]
     assert slack_bot.store.get(request_id).state.value == "failed"
     refused = [e for e in _audit(slack_bot, request_id) if e["action"] == "approve_refused"]
     assert [e["actor"] for e in refused] == ["slack:U2BOB"]
@@ -354,7 +354,7 @@ def test_a_plan_nobody_approves_expires_with_a_message(
 def test_secrets_never_reach_messages_audit_events_or_logs(
     service: ServiceRepo, slack_bot: SlackBot, data_dir: Path
 ) -> None:
-    from pipeline import audit, events
+    from pipeline import audit
 
     slack_bot.command(f"deploy {BOT_TOKEN}")
     slack_bot.command(f"please use {SIGNING_SECRET} and ghp_{'a' * 36}")
@@ -364,7 +364,7 @@ def test_secrets_never_reach_messages_audit_events_or_logs(
     seen = [
         json.dumps([c.args for c in slack_bot.slack.calls()]),
         json.dumps(audit.entries(conn)),
-        json.dumps(conn.xrange(events.STREAM)),
+        json.dumps(conn.xrange(keyspace.EVENTS)),
         json.dumps([r.to_hash() for r in slack_bot.store.recent(10)]),
         slack_bot.said(),
         *(p.read_text(errors="replace") for p in data_dir.rglob("*.log")),

@@ -6,7 +6,7 @@ import time
 
 import redis
 
-from pipeline import audit, events
+from pipeline import audit, events, keyspace
 from pipeline.config import Settings
 from pipeline.intake import approval
 from pipeline.intake import flow as intake
@@ -31,7 +31,7 @@ def _planned(
 def _private_notes(conn: redis.Redis, audience: str) -> list[str]:
     return [
         events.Event.from_fields(i, f).data.get("reason", "")
-        for i, f in conn.xrange(events.STREAM)
+        for i, f in conn.xrange(keyspace.EVENTS)
         if f.get("audience") == audience
     ]
 
@@ -163,9 +163,9 @@ def test_an_approval_that_loses_the_race_with_a_cleared_queue_midway_says_so(
     fails), and only then does the approval queue it."""
     request = _planned(settings, conn, service, {"notes.txt": "x\n"})
     store = RequestStore(conn)
-    assert approval._answered(store, request.id, S.APPROVED, "console:bob", "approved by bob")
+    assert approval._answer_plan(store, request.id, S.APPROVED, "console:bob", "approved by bob")
     store.transition(request.id, S.FAILED, actor="molt", message=CLEARED, phase="queued")
-    lost = approval._queued(settings, conn, request.id)
+    lost = approval._queue_approved(settings, conn, request.id)
     assert not lost and lost.reason == f"this request was {CLEARED}; press Retry to run it again"
     assert store.get(request.id).state is S.FAILED
     assert Target(settings, conn).line.ids() == []
@@ -209,7 +209,7 @@ def test_an_approvers_retry_of_an_unchanged_deploy_is_its_approval(
         ("console:bob", "approved by console:bob"),
         ("console:alice", "approved by console:alice by pressing Retry: the plan is unchanged"),
     ]
-    shown = [events.Event.from_fields(i, f) for i, f in conn.xrange(events.STREAM)]
+    shown = [events.Event.from_fields(i, f) for i, f in conn.xrange(keyspace.EVENTS)]
     plans = [e.data.get("approved_on_retry") for e in shown if e.template == "plan_ready"]
     assert plans == ["", "console:alice"]  # the second plan is shown as approved, no buttons
 

@@ -6,7 +6,7 @@ import json
 
 import redis
 
-from pipeline import audit
+from pipeline import audit, keyspace
 
 
 def _fill(conn: redis.Redis, count: int) -> None:
@@ -23,9 +23,9 @@ def test_an_untouched_chain_verifies(conn: redis.Redis) -> None:
 
 def test_an_altered_entry_is_named(conn: redis.Redis) -> None:
     _fill(conn, 5)
-    entry = json.loads(conn.lindex(audit.AUDIT, 2))
+    entry = json.loads(conn.lindex(keyspace.AUDIT, 2))
     entry["actor"] = "console:mallory"
-    conn.lset(audit.AUDIT, 2, json.dumps(entry))
+    conn.lset(keyspace.AUDIT, 2, json.dumps(entry))
     check = audit.verify(conn)
     assert not check.ok and check.broken_at == 2
     assert "altered" in check.reason
@@ -33,9 +33,9 @@ def test_an_altered_entry_is_named(conn: redis.Redis) -> None:
 
 def test_a_removed_entry_breaks_the_chain(conn: redis.Redis) -> None:
     _fill(conn, 5)
-    conn.lrem(audit.AUDIT, 1, conn.lindex(audit.AUDIT, 1))
+    conn.lrem(keyspace.AUDIT, 1, conn.lindex(keyspace.AUDIT, 1))
     assert audit.verify(conn).broken_at == 1
-    conn.delete(audit.AUDIT)
+    conn.delete(keyspace.AUDIT)
     _fill(conn, 3)
-    conn.rpop(audit.AUDIT)
+    conn.rpop(keyspace.AUDIT)
     assert not audit.verify(conn).ok

@@ -16,7 +16,7 @@ import redis
 
 from bot.messages import Message
 from bot.rendering import render
-from pipeline import audit
+from pipeline import audit, keyspace
 from pipeline.config import MOLT_HOME, Settings, load_settings
 from pipeline.exceptions import ConfigError
 from pipeline.intake import approval, autonomy, control, preflight
@@ -24,7 +24,7 @@ from pipeline.intake import flow as intake
 from pipeline.queue import queueing
 from pipeline.queue.targets import Target
 from pipeline.requests.states import RequestState as S
-from pipeline.requests.store import ACTIVE, Origin, Request, RequestStore
+from pipeline.requests.store import Origin, Request, RequestStore
 from pipeline.sandbox.confinement import Confinement, sandbox_env
 from pipeline.sandbox.validation import PhaseSpec, run_phase
 from pipeline.update import recovery
@@ -409,7 +409,7 @@ def test_recover_makes_the_requests_in_redis_consistent(
     planned = _deploy(settings, conn)
     finished = store.create(ALICE, "deploy x", "deploy", "x")
     store.transition(finished.id, S.REFUSED, actor="molt", message="no")
-    conn.sadd(ACTIVE, finished.id, "r-vanished")
+    conn.sadd(keyspace.ACTIVE_REQUESTS, finished.id, "r-vanished")
     Target(settings, conn).line.join(finished.id)
     holder = {
         "request_id": "r-gone",
@@ -433,7 +433,7 @@ def test_recover_makes_the_requests_in_redis_consistent(
     )
     assert store.get(planned.id).state is S.PLAN_READY  # waits for a person: left alone
     assert Target(settings, conn).lock.holder() is None
-    assert set(conn.smembers(ACTIVE)) == {planned.id}
+    assert set(conn.smembers(keyspace.ACTIVE_REQUESTS)) == {planned.id}
     assert "no update was left half-done" in release.lines[0]
 
     again = recovery.recover(settings, conn, actor="console:alice")[1]

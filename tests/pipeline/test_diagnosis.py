@@ -12,7 +12,7 @@ import redis
 from pydantic import SecretStr
 
 from bot.rendering import render
-from pipeline import events
+from pipeline import events, keyspace
 from pipeline.config import Settings
 from pipeline.incidents import diagnosis, oncall
 from pipeline.incidents.alerts import FIRING, Signal
@@ -45,7 +45,9 @@ def llm(settings: Settings, fake: FakeAnthropic) -> Settings:
 
 def _incident_events(conn: redis.Redis, state: str) -> list[events.Event]:
     return [
-        events.Event.from_fields(i, f) for i, f in conn.xrange(events.STREAM) if f["state"] == state
+        events.Event.from_fields(i, f)
+        for i, f in conn.xrange(keyspace.EVENTS)
+        if f["state"] == state
     ]
 
 

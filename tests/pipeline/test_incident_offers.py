@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from bot.rendering import render
-from pipeline import events
+from pipeline import events, keyspace
 from pipeline.config import Settings
 from pipeline.incidents import oncall
 from pipeline.incidents.alerts import FIRING, Signal
@@ -72,7 +72,7 @@ def _error(fingerprint: str, settings: Settings, conn: redis.Redis) -> Incident:
 def _said(conn: redis.Redis, incident: Incident) -> list[Any]:
     """What the incident channel shows of ``incident`` after it opened."""
     shown = []
-    for entry_id, fields in conn.xrange(events.STREAM):
+    for entry_id, fields in conn.xrange(keyspace.EVENTS):
         event = events.Event.from_fields(entry_id, fields)
         if event.request_id == incident.id and event.state != "incident_opened":
             shown.append(render("incident", {**event.data, "state": event.state}))

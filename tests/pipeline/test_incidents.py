@@ -16,7 +16,7 @@ import redis
 from bot.alerts import AlertEndpoints
 from bot.rendering import render
 from bot.server import HttpServer
-from pipeline import events
+from pipeline import events, keyspace
 from pipeline.config import Settings
 from pipeline.incidents import oncall
 from pipeline.incidents.alerts import FIRING, RESOLVED, Signal, from_alertmanager, from_sentry
@@ -70,7 +70,7 @@ def server(alerting: Settings, conn: redis.Redis) -> Iterator[str]:
 
 
 def _queued_signals(conn: redis.Redis) -> list[Signal]:
-    return [Signal.from_json(f["signal"]) for _, f in conn.xrange(oncall.STREAM)]
+    return [Signal.from_json(f["signal"]) for _, f in conn.xrange(keyspace.ALERTS)]
 
 
 def _landed(settings: Settings, conn: redis.Redis, service: ServiceRepo) -> Request:
@@ -214,7 +214,7 @@ def test_the_incident_message_offers_approve_rollback_and_the_press_queues_it_fi
     oncall.take(settings, conn, _firing("alertmanager:x", counted=False, summary="5xx"))
     raised = [
         events.Event.from_fields(i, f)
-        for i, f in conn.xrange(events.STREAM)
+        for i, f in conn.xrange(keyspace.EVENTS)
         if f["state"] == "incident_rollback"
     ]
     [event] = raised

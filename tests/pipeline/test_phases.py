@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from bot.rendering import render
-from pipeline import events
+from pipeline import events, keyspace
 from tests.desk import StartChat
 from tests.support import ServiceRepo, fails_once
 
@@ -52,7 +52,7 @@ def test_a_long_phase_shows_its_progress_while_it_runs(
     [request] = chat.requests(1)
     refreshes = [
         events.Event.from_fields(i, f)
-        for i, f in chat.conn.xrange(events.STREAM)
+        for i, f in chat.conn.xrange(keyspace.EVENTS)
         if f.get("request_id") == request.id and f.get("template") == "working"
     ]
     fields = [

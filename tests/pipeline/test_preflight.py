@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from pipeline import events
+from pipeline import events, keyspace
 from pipeline.config import Settings
 from pipeline.intake import approval, preflight
 from pipeline.intake import flow as intake
@@ -222,7 +222,7 @@ def _blocked_check(conn: redis.Redis, request_id: str) -> str:
     """The ``check`` a blocked request's event names (for the audit and metrics)."""
     found = [
         events.Event.from_fields(i, f)
-        for i, f in conn.xrange(events.STREAM)
+        for i, f in conn.xrange(keyspace.EVENTS)
         if f.get("request_id") == request_id and f.get("state") == "blocked"
     ]
     assert found, f"no blocked event for {request_id}"

@@ -7,7 +7,7 @@ import threading
 import pytest
 import redis
 
-from pipeline import audit, events
+from pipeline import audit, events, keyspace
 from pipeline.exceptions import IllegalTransition
 from pipeline.requests.states import TERMINAL, RequestState, can_move
 from pipeline.requests.store import Origin, RequestStore
@@ -23,7 +23,7 @@ def test_every_state_change_writes_the_audit_entry_and_the_event(conn: redis.Red
     store.transition(request.id, S.BLOCKED, actor="molt", message="tests fail")
     actions = [e["action"] for e in audit.entries(conn, request.id)]
     assert actions == ["received", "preflight", "blocked"]
-    stream = conn.xrange(events.STREAM)
+    stream = conn.xrange(keyspace.EVENTS)
     assert [fields["state"] for _, fields in stream] == ["preflight", "blocked"]
     assert [fields["template"] for _, fields in stream] == ["processing", "blocked"]
     assert store.get(request.id).message == "tests fail"
@@ -39,7 +39,7 @@ def test_a_progress_refresh_is_an_event_for_the_conversation_but_no_audit_entry(
     audited = len(audit.entries(conn))
     store.refresh(request.id, {"progress": {"seconds": 15.0, "share": 45, "failed": 1}})
     assert len(audit.entries(conn)) == audited
-    [*_, (_, shown)] = conn.xrange(events.STREAM)
+    [*_, (_, shown)] = conn.xrange(keyspace.EVENTS)
     event = events.Event.from_fields("", shown)
     assert (event.state, event.template, event.audience) == ("preflight", "processing", "")
     assert event.data["progress"] == {"seconds": 15.0, "share": 45, "failed": 1}

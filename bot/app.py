@@ -27,6 +27,7 @@ import structlog
 from bot.base import Adapter
 from bot.console import Console
 from bot.desk import Desk, background_thread
+from bot.groups import Groups
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
 from bot.server import HttpProcess, HttpThread
@@ -37,6 +38,7 @@ from pipeline.incidents import logwatch, oncall
 from pipeline.intake import approval, preflight
 from pipeline.queue import queueing
 from pipeline.releases.manifests import running_version
+from pipeline.requests import authorisation
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import RequestStore
 from pipeline.sandbox.confinement import Confinement
@@ -70,6 +72,8 @@ class Bot:
             self.slack = Slack(settings, self.store)
             self.adapters["slack"] = self.slack
         self.desk = Desk(settings, self.conn, self.adapters)
+        # Group entries of the user lists (slack:@oncall) are asked of their platforms.
+        authorisation.ask_groups_with(Groups(settings, self.conn))
         if settings.github_enabled:
             from bot.github.adapter import GitHub
 
@@ -188,6 +192,7 @@ class Bot:
         self.notifier.stop()
         self.desk.close()
         _together(*(adapter.stop for adapter in self.adapters.values()))
+        authorisation.ask_groups_with(None)
         self._stop_workers()
 
     def _register(self, port: int) -> None:

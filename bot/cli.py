@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import redis
 
+from bot import groups
 from pipeline import audit, logs, metrics, store
 from pipeline.config import SANDBOX_AUTO, SANDBOX_BWRAP, Settings, config_file, load_settings
 from pipeline.exceptions import ConfigError, StoreError
@@ -26,6 +27,7 @@ def _settings() -> Settings:
     one (every process, and what it starts, writes its samples there)."""
     try:
         settings = load_settings()
+        groups.check(settings)
     except ConfigError as exc:
         sys.exit(f"molt: {exc}")
     metrics.prepare(settings.data_dir)

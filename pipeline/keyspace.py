@@ -45,7 +45,11 @@
                                    breaker), until an operator's `resume`
 
 Keys shared by every target (requests, audit, events, codenames, the bot's registration)
-are named by the module that owns them.
+are named by the module that owns them; but one, kept by the bot (bot/groups.py):
+
+  molt:group:<group>:<principal>   "1" or "0": whether the person is in the group (a user
+                                   list's ``slack:@oncall``), as its platform last said;
+                                   expires after MOLT_GROUP_TTL
 """
 
 from __future__ import annotations
@@ -77,6 +81,11 @@ FORMATS = {
     "breaker": "molt:incidents:{id}:breaker",
     "signatures": "molt:incidents:{id}:signatures",
 }
+
+
+def group_answer(group: str, principal: str) -> str:
+    """The key of the platform's last answer whether ``principal`` is in ``group``."""
+    return f"molt:group:{group}:{principal}"
 
 
 @dataclass(frozen=True)

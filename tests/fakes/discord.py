@@ -146,6 +146,7 @@ class FakeDiscord(AsyncFake):
         self.channels = channels
         self.forbidden_channels: set[str] = set()
         self._direct: dict[str, str] = {}  # DM channel id -> the person's user id
+        self._members: dict[str, Person] = {}  # the guild's members by user id
         self._changed = threading.Condition()
         self._calls: list[Call] = []
         self._messages: dict[str, dict[str, Any]] = {}
@@ -306,6 +307,12 @@ class FakeDiscord(AsyncFake):
 
     # -- people ----------------------------------------------------------------
 
+    def join(self, who: Person) -> None:
+        """``who`` is in the guild with their roles as they are now (what GET
+        /guilds/{guild}/members/{user} answers); whoever writes or clicks has joined."""
+        with self._changed:
+            self._members[who.id] = who
+
     def say(self, who: Person, content: str, channel: str = CHANNEL_ID) -> str:
         """``who`` writes ``content`` in ``channel``; returns the message id."""
         message = self._message_payload(
@@ -315,6 +322,7 @@ class FakeDiscord(AsyncFake):
         )
         message["guild_id"] = GUILD_ID
         message["member"] = who.member(with_user=False)
+        self.join(who)
         self.on_loop(self._store_and_dispatch("MESSAGE_CREATE", message))
         return str(message["id"])
 
@@ -361,6 +369,7 @@ class FakeDiscord(AsyncFake):
         data: dict[str, Any],
         message: dict[str, Any] | None = None,
     ) -> str:
+        self.join(who)
         interaction_id = self._snowflake()
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         payload: dict[str, Any] = {
@@ -451,6 +460,8 @@ class FakeDiscord(AsyncFake):
             "POST /channels/{id}/messages": self._create_message,
             "PATCH /channels/{id}/messages/{id}": self._edit_message,
             "GET /channels/{id}/messages/{id}": self._get_message,
+            "GET /channels/{id}": self._get_channel,
+            "GET /guilds/{id}/members/{id}": self._get_member,
             "POST /users/@me/channels": self._open_dm,
             "POST /interactions/{id}/{token}/callback": self._callback,
             "POST /webhooks/{id}/{token}": self._followup,
@@ -462,6 +473,22 @@ class FakeDiscord(AsyncFake):
             return 404, {"message": "404: Not Found", "code": 0}, {}
         status, answer = handler(parts, body, query)
         return status, answer, {}
+
+    def _get_channel(self, parts: list[str], *_: Any) -> tuple[int, Any]:
+        """A guild channel (with its ``guild_id``) or a direct message (without one)."""
+        channel = parts[1]
+        if channel in self._direct:
+            return 200, {"id": channel, "type": 1, "last_message_id": None, "flags": 0}
+        if channel not in self.channels:
+            return 404, {"message": "Unknown Channel", "code": 10003}
+        return 200, self._channel(channel)
+
+    def _get_member(self, parts: list[str], *_: Any) -> tuple[int, Any]:
+        """A member of the guild, with the role ids they hold now; 404 for anyone else."""
+        person = self._members.get(parts[3]) if parts[1] == GUILD_ID else None
+        if person is None:
+            return 404, {"message": "Unknown Member", "code": 10007}
+        return 200, person.member(with_user=True)
 
     def _gateway_bot(self, *_: Any) -> tuple[int, Any]:
         return 200, {

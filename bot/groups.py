@@ -178,7 +178,8 @@ class SlackGroups:
         except SlackApiError as exc:
             raise MembershipUnknown(group, f"Slack answered {exc.response.get('error')}") from exc
         except OSError as exc:
-            raise MembershipUnknown(group, f"Slack could not be reached: {exc}") from exc
+            said = f"Slack could not be reached ({type(exc).__name__})"
+            raise MembershipUnknown(group, said) from exc
         return who.user in (members.get("users") or [])
 
 
@@ -202,8 +203,13 @@ class GitHubTeams:
             return False
         except GithubException as exc:
             raise MembershipUnknown(group, f"GitHub answered {exc.status}") from exc
+        except requests.exceptions.RetryError as exc:  # errors until the retries ran out
+            status = re.search(r"too many (\d{3}) error", str(exc))
+            said = f"GitHub answered {status[1]}" if status else "GitHub kept failing"
+            raise MembershipUnknown(group, said) from exc
         except (OSError, requests.RequestException) as exc:
-            raise MembershipUnknown(group, f"GitHub could not be reached: {exc}") from exc
+            said = f"GitHub could not be reached ({type(exc).__name__})"
+            raise MembershipUnknown(group, said) from exc
         return bool(membership) and membership.get("state") == "active"
 
 
@@ -233,7 +239,8 @@ class DiscordRoles:
         try:
             answer = self.session.get(self.api + path, timeout=TIMEOUT)
         except requests.RequestException as exc:
-            raise MembershipUnknown(group, f"Discord could not be reached: {exc}") from exc
+            said = f"Discord could not be reached ({type(exc).__name__})"
+            raise MembershipUnknown(group, said) from exc
         if answer.status_code == 404:
             return None
         if answer.status_code != 200:

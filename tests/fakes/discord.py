@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
@@ -157,6 +158,7 @@ class FakeDiscord(AsyncFake):
         self._session: _Session | None = None
         self._held = False
         self._limits: list[tuple[Callable[[str], bool], float]] = []
+        self._failures: list[tuple[str, int]] = []  # (route, status) to answer next
         self._ids = itertools.count(1)
 
     # -- life cycle --------------------------------------------------------
@@ -271,6 +273,12 @@ class FakeDiscord(AsyncFake):
         with self._changed:
             for _ in range(count):
                 self._limits.append((where or (lambda _route: True), retry_after))
+
+    def fail_next(self, route: str, status: int = 503, count: int = 1) -> None:
+        """Answer the next ``count`` calls of ``route`` (``GET /guilds/{id}/members/{id}``)
+        with ``status``, as Discord does when it has trouble of its own."""
+        with self._changed:
+            self._failures.extend([(route, status)] * count)
 
     def drop_gateway(self, *, hold: bool = False) -> None:
         """Close the client's gateway connection (code 4000): it resumes. ``hold`` refuses
@@ -446,6 +454,10 @@ class FakeDiscord(AsyncFake):
                     "global": False,
                 }
                 return 429, answer, headers
+        for index, (failing, status) in enumerate(self._failures):
+            if failing == route:
+                del self._failures[index]
+                return status, {"message": HTTPStatus(status).phrase, "code": 0}, {}
         webhook = path.startswith(("/interactions/", "/webhooks/"))
         if not webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             return 401, {"message": "401: Unauthorized", "code": 0}, {}

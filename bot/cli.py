@@ -106,6 +106,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         metrics.serve(settings.http_host, settings.metrics_port)
     # In a fleet a worker of the target recovers its updates; the bot has no checkout.
     conn = store.connect(settings)
+    # A worker asks no platform: a group counts as the bot last kept its answer.
+    authorisation.ask_groups_with(groups.Groups(settings, conn, resolvers={}))
     tend = (lambda view: recovery.recover_abandoned(view, conn)) if settings.fleet else None
     run_worker(settings, burst=args.burst, targets=targets, tend=tend)
     return 0

@@ -16,7 +16,8 @@ Each answer (yes or no) is kept in Redis for MOLT_GROUP_TTL under ``keyspace.gro
 Redis rather than this process's memory because Molt restarts itself on every update it
 lands, and a cache that outlives the restart keeps the next click from waiting on the
 platform. A platform that cannot be asked is never cached: the check refuses with its reason,
-and the next click asks again.
+and the next click asks again. A worker asks no platform (``resolvers={}``): there a
+group counts only as the bot last kept its answer.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class Groups:
             raise MembershipUnknown(group, f"expected {EXPECTED.get(platform, 'no group')}")
         resolver = self.resolvers.get(platform)
         if resolver is None:
-            raise MembershipUnknown(group, f"{platform.title()} is not configured")
+            raise MembershipUnknown(group, f"{platform.title()} is not asked from this process")
         member = resolver(who, found)
         log.info("group asked", group=group, who=who.principal, member=member)
         ttl = int(self.settings.group_ttl * 1000)

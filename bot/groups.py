@@ -133,7 +133,7 @@ class Groups:
 
     @property
     def resolvers(self) -> dict[str, Resolver]:
-        """One resolver a configured platform, made on first use (their clients import
+        """One resolver per configured platform, made on first use (their clients import
         slowly, and most deployments name no group)."""
         with self._lock:
             if self._resolvers is None:
@@ -216,7 +216,8 @@ class GitHubTeams:
 
 class DiscordRoles:
     """A Discord role held in the guild of the channel the person wrote in: the channel's
-    guild, then the member's roles. A direct message is in no guild, so no role counts there."""
+    guild, then the member's roles. A direct message is in no guild: there the check refuses,
+    saying so, rather than keeping a "no" that would refuse the same person in the guild."""
 
     def __init__(self, settings: Settings) -> None:
         token = settings.discord_token.get_secret_value() if settings.discord_token else ""
@@ -226,12 +227,10 @@ class DiscordRoles:
 
     def __call__(self, who: Origin, found: re.Match[str]) -> bool:
         group = found.group(0)
-        if not who.channel:
-            return False
-        channel = self._get(group, f"/channels/{who.channel}")
+        channel = self._get(group, f"/channels/{who.channel}") if who.channel else None
         guild = channel.get("guild_id") if channel else None
-        if not guild:
-            return False
+        if not guild:  # not "no": the same person may ask in the guild (and is not kept)
+            raise MembershipUnknown(group, "a role is held in a server, and this is not in one")
         member = self._get(group, f"/guilds/{guild}/members/{who.user}") or {}
         return found["role"] in [str(r) for r in member.get("roles") or []]
 

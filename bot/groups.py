@@ -15,9 +15,12 @@ entry                               a member is           asked with
 Each answer (yes or no) is kept in Redis for MOLT_GROUP_TTL under ``keyspace.group_answer``:
 Redis rather than this process's memory because Molt restarts itself on every update it
 lands, and a cache that outlives the restart keeps the next click from waiting on the
-platform. A platform that cannot be asked is never cached: the check refuses with its reason,
-and the next click asks again. A worker asks no platform (``resolvers={}``): there a
-group counts only as the bot last kept its answer.
+platform. A platform that cannot be asked is never cached: the check refuses with its
+reason, and the next click asks again. A worker asks no platform (``resolvers={}``): there
+a group counts only as the bot last kept its answer.
+
+The platforms' clients are imported on first use: every ``molt`` process imports this
+module for ``check``, and a restart is no faster than what it imports.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-import requests
 import structlog
 
 from pipeline import keyspace
@@ -194,6 +196,7 @@ class GitHubTeams:
         self.github = connect(settings, retries=PERMISSION_RETRIES)
 
     def __call__(self, who: Origin, found: re.Match[str]) -> bool:
+        import requests
         from github import GithubException, UnknownObjectException
 
         group, org, team = found.group(0), found["org"], found["team"]
@@ -220,6 +223,8 @@ class DiscordRoles:
     saying so, rather than keeping a "no" that would refuse the same person in the guild."""
 
     def __init__(self, settings: Settings) -> None:
+        import requests
+
         token = settings.discord_token.get_secret_value() if settings.discord_token else ""
         self.api = settings.discord_api_url.rstrip("/")
         self.session = requests.Session()
@@ -236,6 +241,8 @@ class DiscordRoles:
 
     def _get(self, group: str, path: str) -> dict[str, Any] | None:
         """The JSON Discord answers ``path`` with; None for 404 (no such member)."""
+        import requests
+
         try:
             answer = self.session.get(self.api + path, timeout=TIMEOUT)
         except requests.RequestException as exc:

@@ -14,7 +14,9 @@ One request, module by module, in the order it meets them:
    and calls the ``desk``. ``platforms`` lists them, each declared by a ``Platform``: how it
    is built, what it serves over HTTP, how it names people.
 3. The ``desk`` reads the command with the one grammar of every front end (``commands``)
-   and does the work on its own threads: intake, approval, operator controls.
+   and does the work on its own threads: intake, approval, operator controls. A group in
+   a user list (``slack:@oncall``) is asked of its platform by ``groups``, which the bot
+   registers with pipeline/requests/authorisation.py at start.
 4. Workers never talk to a platform: every step is an event on a Redis Stream. The
    ``notifier`` reads it and acknowledges each event only once it is shown.
 5. Each event is rendered from templates/ (``rendering``) into one platform-neutral

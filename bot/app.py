@@ -26,6 +26,7 @@ import structlog
 
 from bot.base import Adapter, Wiring
 from bot.desk import Desk, background_thread
+from bot.groups import Groups
 from bot.inbox import InboxReader
 from bot.notifier import Notifier
 from bot.platforms import PLATFORMS
@@ -38,6 +39,7 @@ from pipeline.incidents import logwatch, oncall
 from pipeline.intake import approval, preflight
 from pipeline.queue import queueing
 from pipeline.releases.manifests import running_version
+from pipeline.requests import authorisation
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import RequestStore
 from pipeline.sandbox.confinement import Confinement
@@ -65,6 +67,8 @@ class Bot:
         self.store = RequestStore(self.conn)
         self.adapters: dict[str, Adapter] = {}
         self.desk = Desk(settings, self.conn, self.adapters)
+        # Group entries of the user lists (slack:@oncall) are asked of their platforms.
+        authorisation.ask_groups_with(Groups(settings, self.conn))
         wiring = Wiring(settings, self.store, self.desk, terminal=console)
         for platform in PLATFORMS:
             adapter = platform.build(wiring)
@@ -187,6 +191,7 @@ class Bot:
         self.notifier.stop()
         self.desk.close()
         _together(*(adapter.stop for adapter in self.adapters.values()))
+        authorisation.ask_groups_with(None)
         self._stop_workers()
 
     def _register(self, port: int) -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import redis
 
+from bot import groups
 from pipeline import audit, logs, metrics, store
 from pipeline.config import SANDBOX_AUTO, SANDBOX_BWRAP, Settings, config_file, load_settings
 from pipeline.exceptions import ConfigError, StoreError
@@ -26,6 +27,7 @@ def _settings() -> Settings:
     one (every process, and what it starts, writes its samples there)."""
     try:
         settings = load_settings()
+        groups.check(settings)
     except ConfigError as exc:
         sys.exit(f"molt: {exc}")
     metrics.prepare(settings.data_dir)
@@ -103,6 +105,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         metrics.serve(settings.http_host, settings.metrics_port)
     # In a fleet a worker of the target recovers its updates; the bot has no checkout.
     conn = store.connect(settings)
+    # A worker asks no platform: a group counts as the bot last kept its answer.
+    authorisation.ask_groups_with(groups.Groups(settings, conn, resolvers={}))
     tend = (lambda view: recovery.recover_abandoned(view, conn)) if settings.fleet else None
     run_worker(settings, burst=args.burst, targets=targets, tend=tend)
     return 0

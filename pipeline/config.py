@@ -524,6 +524,9 @@ class Settings(BaseSettings):
     authorised_users: UserList = _var("MOLT_AUTHORISED_USERS", [])
     approvers: UserList = _var("MOLT_APPROVERS", [])
     operators: UserList = _var("MOLT_OPERATORS", [])
+    #: Seconds a platform's answer about a group of people (``slack:@oncall`` in a user
+    #: list; bot/groups.py) is kept; 0 asks on every check.
+    group_ttl: float = _var("MOLT_GROUP_TTL", 300.0, ge=0)
     console_wait: float = _var("MOLT_CONSOLE_WAIT", 3600.0, gt=0)
     console_user: str = _var("MOLT_CONSOLE_USER", "", pattern=r"^[\w.@-]*$")
     http_host: str = _var("MOLT_HTTP_HOST", "127.0.0.1", min_length=1)

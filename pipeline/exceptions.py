@@ -7,6 +7,7 @@ things that went wrong.
     ├── StoreError             Redis could not be started or reached
     ├── IllegalTransition      a state change the state machine does not allow
     ├── UnknownRequest         no request with that id
+    ├── MembershipUnknown      a platform could not say whether someone is in a group
     ├── GitError               a git command failed (carries the command and output)
     ├── PlanningError          a ref could not be planned (unknown ref, bad input)
     │   └── LLMError           the model API failed after its retries, or a model limit ran out
@@ -50,6 +51,16 @@ class GitError(MoltError):
         self.args_list = args
         self.returncode = returncode
         self.output = output
+
+
+class MembershipUnknown(MoltError):
+    """The platform a group entry names (``slack:@oncall``) could not be asked; ``reason``
+    is what a person reads, and the check asking is refused (fail closed)."""
+
+    def __init__(self, group: str, reason: str) -> None:
+        super().__init__(f"{group}: {reason}")
+        self.group = group
+        self.reason = reason
 
 
 class PlanningError(MoltError):

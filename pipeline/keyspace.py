@@ -80,6 +80,11 @@ FORMATS = {
 }
 
 
+def group_answer(group: str, principal: str) -> str:
+    """The key of the platform's last answer whether ``principal`` is in ``group``."""
+    return f"molt:group:{group}:{principal}"
+
+
 @dataclass(frozen=True)
 class TargetKeys:
     target_id: str

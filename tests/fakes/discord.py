@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 from aiohttp import WSMsgType, web
@@ -146,6 +147,7 @@ class FakeDiscord(AsyncFake):
         self.channels = channels
         self.forbidden_channels: set[str] = set()
         self._direct: dict[str, str] = {}  # DM channel id -> the person's user id
+        self._members: dict[str, Person] = {}  # the guild's members by user id
         self._changed = threading.Condition()
         self._calls: list[Call] = []
         self._messages: dict[str, dict[str, Any]] = {}
@@ -156,6 +158,7 @@ class FakeDiscord(AsyncFake):
         self._session: _Session | None = None
         self._held = False
         self._limits: list[tuple[Callable[[str], bool], float]] = []
+        self._failures: list[tuple[str, int]] = []  # (route, status) to answer next
         self._ids = itertools.count(1)
 
     # -- life cycle --------------------------------------------------------
@@ -271,6 +274,12 @@ class FakeDiscord(AsyncFake):
             for _ in range(count):
                 self._limits.append((where or (lambda _route: True), retry_after))
 
+    def fail_next(self, route: str, status: int = 503, count: int = 1) -> None:
+        """Answer the next ``count`` calls of ``route`` (``GET /guilds/{id}/members/{id}``)
+        with ``status``, as Discord does when it has trouble of its own."""
+        with self._changed:
+            self._failures.extend([(route, status)] * count)
+
     def drop_gateway(self, *, hold: bool = False) -> None:
         """Close the client's gateway connection (code 4000): it resumes. ``hold`` refuses
         new connections until ``release_gateway``, as an outage would."""
@@ -306,6 +315,12 @@ class FakeDiscord(AsyncFake):
 
     # -- people ----------------------------------------------------------------
 
+    def join(self, who: Person) -> None:
+        """``who`` is in the guild with their roles as they are now (what GET
+        /guilds/{guild}/members/{user} answers); whoever writes or clicks has joined."""
+        with self._changed:
+            self._members[who.id] = who
+
     def say(self, who: Person, content: str, channel: str = CHANNEL_ID) -> str:
         """``who`` writes ``content`` in ``channel``; returns the message id."""
         message = self._message_payload(
@@ -315,6 +330,7 @@ class FakeDiscord(AsyncFake):
         )
         message["guild_id"] = GUILD_ID
         message["member"] = who.member(with_user=False)
+        self.join(who)
         self.on_loop(self._store_and_dispatch("MESSAGE_CREATE", message))
         return str(message["id"])
 
@@ -361,6 +377,7 @@ class FakeDiscord(AsyncFake):
         data: dict[str, Any],
         message: dict[str, Any] | None = None,
     ) -> str:
+        self.join(who)
         interaction_id = self._snowflake()
         token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(48)
         payload: dict[str, Any] = {
@@ -437,6 +454,10 @@ class FakeDiscord(AsyncFake):
                     "global": False,
                 }
                 return 429, answer, headers
+        for index, (failing, status) in enumerate(self._failures):
+            if failing == route:
+                del self._failures[index]
+                return status, {"message": HTTPStatus(status).phrase, "code": 0}, {}
         webhook = path.startswith(("/interactions/", "/webhooks/"))
         if not webhook and request.headers.get("Authorization") != f"Bot {self.token}":
             return 401, {"message": "401: Unauthorized", "code": 0}, {}
@@ -451,6 +472,8 @@ class FakeDiscord(AsyncFake):
             "POST /channels/{id}/messages": self._create_message,
             "PATCH /channels/{id}/messages/{id}": self._edit_message,
             "GET /channels/{id}/messages/{id}": self._get_message,
+            "GET /channels/{id}": self._get_channel,
+            "GET /guilds/{id}/members/{id}": self._get_member,
             "POST /users/@me/channels": self._open_dm,
             "POST /interactions/{id}/{token}/callback": self._callback,
             "POST /webhooks/{id}/{token}": self._followup,
@@ -462,6 +485,22 @@ class FakeDiscord(AsyncFake):
             return 404, {"message": "404: Not Found", "code": 0}, {}
         status, answer = handler(parts, body, query)
         return status, answer, {}
+
+    def _get_channel(self, parts: list[str], *_: Any) -> tuple[int, Any]:
+        """A guild channel (with its ``guild_id``) or a direct message (without one)."""
+        channel = parts[1]
+        if channel in self._direct:
+            return 200, {"id": channel, "type": 1, "last_message_id": None, "flags": 0}
+        if channel not in self.channels:
+            return 404, {"message": "Unknown Channel", "code": 10003}
+        return 200, self._channel(channel)
+
+    def _get_member(self, parts: list[str], *_: Any) -> tuple[int, Any]:
+        """A member of the guild, with the role ids they hold now; 404 for anyone else."""
+        person = self._members.get(parts[3]) if parts[1] == GUILD_ID else None
+        if person is None:
+            return 404, {"message": "Unknown Member", "code": 10007}
+        return 200, person.member(with_user=True)
 
     def _gateway_bot(self, *_: Any) -> tuple[int, Any]:
         return 200, {

@@ -190,6 +190,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"/user", "_get_user"),
         ("GET", r"/users/([^/]+)", "_get_named_user"),
         ("GET", r"/rate_limit", "_get_rate_limit"),
+        ("GET", r"/orgs/([^/]+)/teams/([^/]+)/memberships/([^/]+)", "_get_team_membership"),
         ("GET", _R, "_get_repo"),
         ("GET", _R + r"/issues", "_list_issues"),
         ("POST", _R + r"/issues", "_create_issue"),
@@ -257,6 +258,8 @@ class FakeGitHub(HttpFake):
         self._repos: dict[str, _Repo] = {}
         self._failures: list[_Failure] = []
         self._permissions_broken: int | None = None
+        #: (org, team slug) → login → membership state (active, pending).
+        self._teams: dict[tuple[str, str], dict[str, str]] = {}
         self._ids = {
             kind: itertools.count(start)
             for kind, start in [
@@ -298,6 +301,12 @@ class FakeGitHub(HttpFake):
             for name, color in (labels or {}).items():
                 self._label(repo, name, color)
             return copy.deepcopy(repo.json)
+
+    def add_team(self, org: str, slug: str, members: dict[str, str]) -> None:
+        """A team of ``org`` with its members' states (``active``, or ``pending`` while an
+        invitation is not yet accepted)."""
+        with self._changed:
+            self._teams[(org.lower(), slug)] = dict(members)
 
     def open_issue(
         self,
@@ -903,6 +912,18 @@ class FakeGitHub(HttpFake):
         }
         user = {**self._user(login), "permissions": permissions, "role_name": role}
         return _Reply(200, {"permission": permission, "role_name": role, "user": user})
+
+    def _get_team_membership(
+        self, org: str, slug: str, login: str, *, query: dict[str, str], body: Any
+    ) -> _Reply:
+        """200 with the membership's role and state; 404 for no membership or no team."""
+        team = self._teams.get((org.lower(), slug))
+        state = (team or {}).get(login)
+        if state is None:
+            return _Reply(404, _error_body(404))
+        team_path = f"/organizations/{_stable_id(org)}/team/{_stable_id(slug)}"
+        url = f"{self.url}{team_path}/memberships/{login}"
+        return _Reply(200, {"url": url, "role": "member", "state": state})
 
     # -- the API: issues -------------------------------------------------------
 

@@ -79,6 +79,7 @@ class FakeSlack(HttpFake):
         self._limited = 0
         self._retry_after = 1
         self._last_ts = 0.0
+        self._usergroups: dict[str, dict[str, Any]] = {}  # by id
         self._changed = threading.Condition()
         #: Set by ``with_socket_mode()``: the WebSocket end of Socket Mode.
         self.socket_mode: FakeSocketMode | None = None
@@ -137,6 +138,32 @@ class FakeSlack(HttpFake):
         with self._changed:
             self._limited = count
             self._retry_after = retry_after
+
+    def add_usergroup(self, handle: str, users: list[str], name: str = "") -> str:
+        """A user group of the workspace (``@handle``) with these members; returns its id."""
+        with self._changed:
+            group_id = f"S{len(self._usergroups) + 1:08d}"
+            now = int(time.time())
+            self._usergroups[group_id] = {
+                "id": group_id,
+                "team_id": self.team_id,
+                "is_usergroup": True,
+                "name": name or handle.title(),
+                "description": "",
+                "handle": handle,
+                "is_external": False,
+                "date_create": now,
+                "date_update": now,
+                "date_delete": 0,
+                "auto_type": None,
+                "created_by": "U0OWNER",
+                "updated_by": "U0OWNER",
+                "deleted_by": None,
+                "prefs": {"channels": [], "groups": []},
+                "users": list(users),
+                "user_count": len(users),
+            }
+            return group_id
 
     def fail_next(self, method: str, error: str) -> None:
         """Answer the next call of ``method`` with ``{"ok": false, "error": error}``."""
@@ -282,6 +309,21 @@ class FakeSlack(HttpFake):
         if not isinstance(view, dict) or view.get("type") != "home":
             return {"ok": False, "error": "invalid_arguments"}
         return {"ok": True, "view": {"id": f"V{uuid.uuid4().hex[:10].upper()}", **view}}
+
+    def _usergroups_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The workspace's user groups; their members only with ``include_users``."""
+        with_users = str(args.get("include_users", "")).lower() in ("1", "true")
+        groups = [
+            {k: v for k, v in g.items() if k != "users" or with_users}
+            for g in self._usergroups.values()
+        ]
+        return {"ok": True, "usergroups": copy.deepcopy(groups)}
+
+    def _usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        group = self._usergroups.get(str(args.get("usergroup") or ""))
+        if group is None:
+            return {"ok": False, "error": "no_such_subteam"}
+        return {"ok": True, "users": list(group["users"])}
 
     def _apps_connections_open(self, args: dict[str, Any]) -> dict[str, Any]:
         if self.socket_mode is None:

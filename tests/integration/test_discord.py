@@ -21,6 +21,7 @@ from pipeline.requests.store import RequestStore
 from tests.fakes.discord import (
     CHANNEL_ID,
     EPHEMERAL,
+    GUILD_ID,
     ROLE_APPROVERS,
     ROLE_DEPLOYERS,
     ROLE_VISITORS,
@@ -504,3 +505,40 @@ def test_an_incident_is_posted_in_its_channel_with_approve_rollback(
     bot.fake.click(BOB, message_id, button)
     bot.shown("success", rollback, since=mark)
     assert service.live_head() == old
+
+
+def test_a_role_named_as_a_group_is_asked_of_discord_on_each_click_and_kept_for_the_ttl(
+    service: ServiceRepo, start_discord_bot: Callable[..., DiscordBot]
+) -> None:
+    """MOLT_APPROVERS names ``discord:@&<approvers role>``: whether a clicker holds it is
+    asked of the guild, not read from the click. Victor (no such role) is refused, twice, the
+    second time without asking; Bob's click while Discord errors is refused with the reason
+    and approves nothing; his next click approves."""
+    member_route = "GET /guilds/{id}/members/{id}"
+    bot = start_discord_bot(MOLT_APPROVERS=f"discord:{ALICE.id},discord:@&{ROLE_APPROVERS}")
+    _v2(service)
+    request_id = bot.plan(ALICE)
+
+    def refusal(click: str) -> str:
+        answer = bot.fake.wait_interaction(click, lambda i: bool(i.followups))
+        assert _stamp(answer.followups[0])[1] == "not_allowed"
+        return _text(_embed(answer.followups[0]))
+
+    assert "only approvers" in refusal(bot.click(VICTOR, request_id, "approve"))
+    asked = len(bot.fake.calls(member_route))
+    assert asked == 1
+    assert "only approvers" in refusal(bot.click(VICTOR, request_id, "approve"))
+    assert len(bot.fake.calls(member_route)) == asked
+
+    bot.fake.fail_next(member_route, 503)
+    said = refusal(bot.click(BOB, request_id, "approve"))
+    assert f"could not check whether discord:{BOB.id}" in said
+    assert f"{ROLE_APPROVERS}: Discord answered 503" in said
+    request = bot.store.get(request_id)
+    assert request.state.value == "plan_ready" and request.approver == ""
+
+    bot.click(BOB, request_id, "approve")
+    bot.shown("success", request_id)
+    assert bot.store.get(request_id).approver == f"discord:{BOB.id}"
+    [member] = [c for c in bot.fake.calls(member_route) if c.status == 200 and BOB.id in c.path]
+    assert member.path == f"/guilds/{GUILD_ID}/members/{BOB.id}"

@@ -330,3 +330,41 @@ def test_polling_takes_a_labelled_issue_as_the_request_of_whoever_labelled_it(
     refusal = bot.said(int(issue["number"]), "@mallory")
     assert "read access" in refusal["body"]
     assert bot.requests() == []
+
+
+def test_a_team_approves_for_its_active_members_and_a_github_error_approves_nothing(
+    service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
+) -> None:
+    """MOLT_APPROVERS names ``github:@acme/deployers``: Dave, invited but not yet a member,
+    is refused; Bob's tick while GitHub errors is refused with the reason; then it counts."""
+    github.add_team("acme", "deployers", {"bob": "active", "dave": "pending"})
+    github_bot = start_github_bot(MOLT_APPROVERS="github:alice,github:@acme/deployers")
+    service.commit(V2, "v2")
+    issue = github_bot.open_issue("deploy main")
+    number = int(issue["number"])
+    github_bot.shows(number, "Plan ready")
+
+    github_bot.tick(number, "Approve", "dave")
+    assert "only approvers" in github_bot.said(number, "@dave")["body"]
+    github_bot.wait_until(
+        "the box unticked", lambda: "- [ ] Approve" in github_bot.status_comment(number)["body"]
+    )
+    github.fail_next("GET", "/teams/deployers/memberships/bob", 502, times=2)
+    github_bot.tick(number, "Approve", "bob")
+    refusal = github_bot.said(number, "could not check whether github:bob")
+    # The team is named without mentioning it (GitHub would notify all of it).
+    assert "acme/deployers: GitHub answered 502" in refusal["body"]
+    assert "@acme/deployers" not in refusal["body"]
+    github_bot.wait_until(
+        "the box unticked", lambda: "- [ ] Approve" in github_bot.status_comment(number)["body"]
+    )
+    assert github_bot.requests()[0].state.value == "plan_ready"
+
+    github_bot.comment(number, "/molt approve", user="bob")  # the same tick again is a repeat
+    github_bot.shows(number, "Live")
+    assert github_bot.requests()[0].approver == "github:bob"
+    asked = [c.path for c in github.calls if "/memberships/" in c.path]
+    assert asked == [
+        "/orgs/acme/teams/deployers/memberships/dave",
+        *["/orgs/acme/teams/deployers/memberships/bob"] * 3,
+    ]

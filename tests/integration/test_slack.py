@@ -545,3 +545,80 @@ def test_an_incident_is_posted_in_the_incident_channel_with_approve_rollback(
         )
     )
     assert service.live_head() == old
+
+
+def _group_calls(slack: FakeSlack) -> int:
+    return len(slack.calls("usergroups.list")) + len(slack.calls("usergroups.users.list"))
+
+
+def _shown_count(slack_bot: SlackBot, template: str) -> int:
+    return sum(1 for c in slack_bot.slack.calls() if _payload(c.args).get("template") == template)
+
+
+def _wait_shown(slack_bot: SlackBot, template: str, count: int) -> dict[str, Any]:
+    """The ``count``-th message rendered from ``template`` (a second refusal, say)."""
+    call = slack_bot.slack.wait_for(
+        lambda c: (
+            c.method in POSTING
+            and _payload(c.args).get("template") == template
+            and _shown_count(slack_bot, template) >= count
+        ),
+        timeout=60,
+    )
+    shown = [c for c in slack_bot.slack.calls() if _payload(c.args).get("template") == template]
+    return shown[count - 1].args if len(shown) >= count else call.args
+
+
+def test_a_user_group_approves_for_its_members_and_slack_is_asked_once_within_the_ttl(
+    service: ServiceRepo, slack: FakeSlack, start_slack_bot: Callable[..., SlackBot]
+) -> None:
+    """MOLT_APPROVERS names ``slack:@deployers``: Bob, in it, approves; Mallory, not in it,
+    is refused, and her second click is answered from what Slack said the first time."""
+    slack.add_usergroup("visitors", ["U9MALLORY"])
+    deployers = slack.add_usergroup("deployers", ["U2BOB", "U3CAROL"])
+    slack_bot = start_slack_bot(MOLT_APPROVERS="slack:U1ALICE,slack:@deployers")
+    service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    slack_bot.command("deploy main")
+    request_id = slack_bot.request_id()
+
+    assert slack_bot.click("approve", request_id, MALLORY) == 200
+    assert "only approvers" in _wait_shown(slack_bot, "not_allowed", 1)["text"]
+    asked = _group_calls(slack)
+    assert asked > 0
+    assert slack_bot.click("approve", request_id, MALLORY) == 200
+    assert "only approvers" in _wait_shown(slack_bot, "not_allowed", 2)["text"]
+    assert _group_calls(slack) == asked  # the second click asked Slack nothing
+    assert slack_bot.store.get(request_id).state.value == "plan_ready"
+
+    assert slack_bot.click("approve", request_id, BOB) == 200
+    slack_bot.shown("success")
+    assert slack_bot.store.get(request_id).approver == "slack:U2BOB"
+    assert {c.args["usergroup"] for c in slack.calls("usergroups.users.list")} == {deployers}
+
+
+def test_slack_unable_to_answer_refuses_a_group_approver_with_the_reason_and_approves_nothing(
+    service: ServiceRepo, slack: FakeSlack, start_slack_bot: Callable[..., SlackBot]
+) -> None:
+    """Fail closed: when Slack cannot say who is in the group, the click is refused with
+    Slack's reason and nothing is approved; once Slack answers again, the click counts."""
+    slack.add_usergroup("deployers", ["U2BOB"])
+    slack_bot = start_slack_bot(MOLT_APPROVERS="slack:U1ALICE,slack:@deployers")
+    service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    slack_bot.command("deploy main")
+    request_id = slack_bot.request_id()
+
+    slack.fail_next("usergroups.list", "internal_error")
+    assert slack_bot.click("approve", request_id, BOB) == 200
+    refused = _wait_shown(slack_bot, "not_allowed", 1)
+    assert (
+        "could not check whether slack:U2BOB is in slack:@deployers: "
+        "Slack answered internal_error" in refused["text"]
+    )
+    request = slack_bot.store.get(request_id)
+    assert request.state.value == "plan_ready" and request.approver == ""
+    refusals = [e for e in _audit(slack_bot, request_id) if e["action"] == "approve_refused"]
+    assert [e["actor"] for e in refusals] == ["slack:U2BOB"]
+
+    assert slack_bot.click("approve", request_id, BOB) == 200  # the failure was not kept
+    slack_bot.shown("success")
+    assert slack_bot.store.get(request_id).approver == "slack:U2BOB"

@@ -85,10 +85,10 @@ class Notifier:
         """A passing progress message with a newer message of its request already waiting."""
         if event.audience or event.template not in TRANSIENT:
             return False
-        waiting = self.conn.xrange(events.STREAM, min=f"({event.id}", count=LOOK_AHEAD)
+        waiting = self.conn.xrange(events.STREAM, min=event.id, count=LOOK_AHEAD + 1)
         return any(
-            f.get("request_id") == event.request_id and not f.get("audience")
-            for _, f in cast(list[tuple[str, dict[str, str]]], waiting)
+            i != event.id and f.get("request_id") == event.request_id and not f.get("audience")
+            for i, f in cast(list[tuple[str, dict[str, str]]], waiting)
         )
 
     def _deliver(self, event: events.Event) -> None:

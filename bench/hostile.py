@@ -50,9 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 from bench.harness import ROOT, BenchFailure, clean_environment
 from bench.repo import TEST_COMMAND, generate_repo
 from bench.slack_ack import MOLT_UP, Child, molt_redis
-from pipeline import audit, store
-from pipeline.incidents import oncall
-from pipeline.requests.store import ALL
+from pipeline import keyspace, store
 from tests.fakes.alerts import signature
 from tests.fakes.github import TOKEN as GITHUB_TOKEN
 from tests.fakes.github import FakeGitHub, issue_comment_payload, issues_payload
@@ -334,11 +332,11 @@ def bench(args: argparse.Namespace) -> int:
         port = molt.port(MOLT_UP)
         conn = molt_redis(data)
         health = Health(port)
-        before = conn.llen(audit.AUDIT)
+        before = conn.llen(keyspace.AUDIT)
         began = time.monotonic()
         first = fire(port, unauthenticated(args.unauthenticated), args.concurrency, args.hold)
         time.sleep(max(0.0, args.settle - (time.monotonic() - began)))
-        written = conn.llen(audit.AUDIT) - before
+        written = conn.llen(keyspace.AUDIT) - before
         second = fire(port, signed(3), args.concurrency, args.hold)
         health.stop()
         answers = first + second
@@ -354,7 +352,8 @@ def bench(args: argparse.Namespace) -> int:
         print(f"tracebacks in the bot's log: {tracebacks}")
         print(f"/healthz: {health.asked - health.bad} of {health.asked} answered 200")
         print(
-            f"requests created: {conn.zcard(ALL)}, alert signals taken: {conn.xlen(oncall.STREAM)}"
+            f"requests created: {conn.zcard(keyspace.REQUESTS)},"
+            f" alert signals taken: {conn.xlen(keyspace.ALERTS)}"
         )
         print(f"answers echoing a secret: {echoed}")
     except BenchFailure as exc:

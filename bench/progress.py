@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 
 from bench.harness import PRINCIPAL, BenchFailure, Rig, clean_environment, entry_at, table
 from bench.repo import git
-from pipeline import events, store
+from pipeline import keyspace, store
 from pipeline.config import load_settings
 from pipeline.requests.states import RequestState as S
 
@@ -88,7 +88,7 @@ def one_run(seconds: float) -> dict[str, Any]:
         began, ended = entry_at(trail, "running", "phase 1"), entry_at(trail, "running", "apply")
         refreshes = [
             json.loads(fields["data"])
-            for _, fields in conn.xrange(events.STREAM)
+            for _, fields in conn.xrange(keyspace.EVENTS)
             if fields.get("request_id") == request.id and '"progress"' in fields.get("data", "")
         ]
         in_phase = [r for r in refreshes if r.get("phase") == "phase 1"]

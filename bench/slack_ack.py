@@ -59,7 +59,7 @@ import redis
 
 from bench.harness import ROOT, BenchFailure, clean_environment, median, table
 from bench.repo import TEST_COMMAND, generate_repo
-from pipeline import events, store
+from pipeline import keyspace, store
 from tests.fakes.slack import (
     BOT_TOKEN,
     SIGNING_SECRET,
@@ -516,7 +516,7 @@ def one_at_a_time(setup: Setup, count: int) -> dict[str, list[float]]:
     for request_id, template, reply_at in replies:
         at = appended.get((request_id, template))
         if at is None:
-            raise BenchFailure(f"no {template!r} event for {request_id} in {events.STREAM}")
+            raise BenchFailure(f"no {template!r} event for {request_id} in {keyspace.EVENTS}")
         out["event"].append((reply_at - at) * 1000)
     return out
 
@@ -526,7 +526,7 @@ def stream_times(data: Path) -> dict[tuple[str, str], float]:
     conn = molt_redis(data)
     try:
         found: dict[tuple[str, str], float] = {}
-        for _id, raw in conn.xrange(events.STREAM):
+        for _id, raw in conn.xrange(keyspace.EVENTS):
             key = (raw.get("request_id", ""), raw.get("template", ""))
             found.setdefault(key, float(raw.get("at") or 0))
         return found

@@ -39,9 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 from bench.harness import ROOT, BenchFailure, clean_environment, median, table
 from bench.repo import GIT_ENV, TEST_COMMAND, generate_repo
 from bench.slack_ack import MOLT_UP, Child
-from pipeline import approval, intake, store
+from pipeline import store
 from pipeline.config import load_settings
-from pipeline.requests import Origin, RequestStore
+from pipeline.intake import approval
+from pipeline.intake import flow as intake
+from pipeline.requests.store import Origin, RequestStore
 
 #: How long an update's tests take with ``--during-update``.
 SLOW_TESTS = 30

@@ -10,19 +10,17 @@ had taken but not finished when it stopped are taken again at start.
 from __future__ import annotations
 
 import json
-import threading
 from concurrent.futures import Future
 from dataclasses import asdict
-from typing import Any, cast
+from typing import Any
 
 import redis
-import structlog
 
 from bot.base import Front
 from pipeline import keyspace
 from pipeline.requests.store import Origin
+from pipeline.streams import StreamReader
 
-log = structlog.get_logger(__name__)
 GROUP = "desk"
 CONSUMER = "bot"
 MAXLEN = 10_000
@@ -62,70 +60,31 @@ class Inbox(Front):
 
 
 class InboxReader:
-    """The consumer side: a thread in the bot process that hands entries to the desk."""
+    """The consumer side: a thread in the bot process that hands entries to the desk, each
+    acknowledged once the desk's work on it ends."""
 
     def __init__(self, conn: redis.Redis, desk: Front) -> None:
-        self.conn = conn
         self.desk = desk
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="molt-inbox", daemon=True)
+        self.reader = StreamReader(
+            conn, keyspace.INBOX, GROUP, CONSUMER, self._hand_over, name="molt-inbox"
+        )
 
     def start(self) -> None:
-        try:
-            self.conn.xgroup_create(keyspace.INBOX, GROUP, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._thread.start()
+        self.reader.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self.reader.stop()
 
-    def _loop(self) -> None:
-        start = "0"  # first what a previous bot process took and did not finish
-        while not self._stop.is_set():
-            try:
-                reply = self.conn.xreadgroup(
-                    GROUP,
-                    CONSUMER,
-                    {keyspace.INBOX: start},
-                    count=100,
-                    block=None if start == "0" else 500,
-                )
-            except redis.RedisError as exc:
-                log.warning("inbox unreachable", error=str(exc))
-                self._stop.wait(1.0)
-                continue
-            items = [item for _, batch in cast(list[Any], reply or []) for item in batch]
-            if start == "0" and not items:
-                start = ">"
-                continue
-            for entry_id, fields in items:
-                if fields:
-                    self._hand_over(str(entry_id), fields)
-                else:  # trimmed away while pending
-                    self.conn.xack(keyspace.INBOX, GROUP, entry_id)
-            if start == "0":
-                start = ">"
-
-    def _hand_over(self, entry_id: str, fields: dict[str, str]) -> None:
-        try:
-            raw = json.loads(fields["origin"])
-            origin = Origin(**{**raw, "roles": tuple(raw.get("roles") or ())})
-            kind = fields.get("kind")
-            if kind == "press":
-                future = self.desk.press(origin, fields["action"], fields["request_id"])
-            elif kind == "revise":
-                future = self.desk.revise(origin, fields["request_id"], fields["note"])
-            elif kind == "answer":
-                future = self.desk.answer(origin, fields["request_id"], fields["text"])
-            elif kind == "home":
-                future = self.desk.home(origin)
-            else:
-                future = self.desk.say(origin, fields.get("text", ""))
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("unreadable inbox entry dropped", entry=entry_id, error=str(exc))
-            self.conn.xack(keyspace.INBOX, GROUP, entry_id)
-            return
-        future.add_done_callback(lambda _: self.conn.xack(keyspace.INBOX, GROUP, entry_id))
+    def _hand_over(self, entry_id: str, fields: dict[str, str]) -> Future[Any]:
+        raw = json.loads(fields["origin"])
+        origin = Origin(**{**raw, "roles": tuple(raw.get("roles") or ())})
+        kind = fields.get("kind")
+        if kind == "press":
+            return self.desk.press(origin, fields["action"], fields["request_id"])
+        if kind == "revise":
+            return self.desk.revise(origin, fields["request_id"], fields["note"])
+        if kind == "answer":
+            return self.desk.answer(origin, fields["request_id"], fields["text"])
+        if kind == "home":
+            return self.desk.home(origin)
+        return self.desk.say(origin, fields.get("text", ""))

@@ -2,18 +2,18 @@
 
 It reads in the consumer group ``notifier`` under one consumer name, so after a
 restart it first re-reads what it had taken but not yet shown. An event is
-acknowledged only after its adapter delivered it. Progress events superseded
-by a later event of the same request in the same batch are not shown (they
-are acknowledged with the one that replaces them), which keeps a busy update
-within the platforms' rate limits.
+acknowledged only after its adapter delivered it; a failed delivery holds it and
+those after it for a retry after a pause (pipeline/streams.py, ``OnFault.RETRY``),
+up to MAX_ATTEMPTS. Progress events superseded by a later event of the same
+request already in the stream are not shown, which keeps a busy update within
+the platforms' rate limits.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 import structlog
@@ -21,11 +21,12 @@ import structlog
 from bot.base import Adapter
 from bot.desk import background_thread
 from bot.rendering import refusal_line, render
-from pipeline import events, metrics
+from pipeline import events, keyspace, metrics
 from pipeline.config import Settings
 from pipeline.exceptions import UnknownRequest
 from pipeline.incidents.book import is_incident_event
 from pipeline.requests.store import Origin, Request, RequestStore
+from pipeline.streams import OnFault, StreamReader
 
 log = structlog.get_logger(__name__)
 CONSUMER = "bot"
@@ -33,6 +34,8 @@ CONSUMER = "bot"
 MAX_ATTEMPTS = 12
 #: Messages that may be skipped when a newer one for the same request is waiting.
 TRANSIENT = frozenset({"processing", "planning", "working", "starting", None})
+#: How many of the events after a progress message are looked at for a newer one.
+LOOK_AHEAD = 100
 
 
 class Notifier:
@@ -45,70 +48,48 @@ class Notifier:
         self.store = RequestStore(conn)
         self.delivered = 0
         self._attempts: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="molt-notifier", daemon=True)
+        self.reader = StreamReader(
+            conn,
+            keyspace.EVENTS,
+            events.GROUP,
+            CONSUMER,
+            self._show,
+            on_fault=OnFault.RETRY,
+            name="molt-notifier",
+            on_thread=background_thread,
+        )
 
     def start(self) -> None:
-        events.ensure_group(self.conn)
-        self._thread.start()
+        self.reader.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._thread.join(timeout=timeout)
+        self.reader.stop(timeout)
 
-    def _loop(self) -> None:
-        background_thread()
-        backoff = 0.0
-        while not self._stop.is_set():
-            try:
-                batch = events.read(self.conn, CONSUMER, block_ms=200)
-                if batch:
-                    failed = self.show(batch)
-                    backoff = min(5.0, backoff * 2 or 0.2) if failed else 0.0
-                    if failed:
-                        self._stop.wait(backoff)
-            except redis.RedisError as exc:
-                log.warning("event stream unreachable", error=str(exc))
-                self._stop.wait(1.0)
-            except Exception:
-                log.exception("notifier loop")
-                self._stop.wait(1.0)
-
-    def show(self, batch: list[events.Event]) -> bool:
-        """Deliver a batch in order; returns true if any delivery failed (left pending)."""
-        latest: dict[str, int] = {}
-        for index, event in enumerate(batch):
-            if not event.audience:
-                latest[event.request_id] = index
-        failed = False
-        done: list[str] = []
-        for index, event in enumerate(batch):
-            if self._stop.is_set():
-                break
-            superseded = (
-                not event.audience
-                and event.template in TRANSIENT
-                and latest.get(event.request_id, index) > index
-            )
-            if superseded or (failed and not event.audience):
-                if superseded:
-                    done.append(event.id)
-                continue
-            try:
+    def _show(self, event_id: str, fields: dict[str, str]) -> None:
+        """Deliver one event, unless superseded; a failed delivery raises, leaving the event
+        (and those after it) for a retry, until the last attempt drops it."""
+        try:
+            event = events.Event.from_fields(event_id, fields)
+            if not self._superseded(event):
                 self._deliver(event)
-            except Exception as exc:
-                attempts = self._attempts.get(event.id, 0) + 1
-                self._attempts[event.id] = attempts
-                if attempts < MAX_ATTEMPTS:
-                    failed = True
-                    log.warning("delivery failed; will retry", event=event.id, error=str(exc))
-                    continue
-                log.error("delivery failed; giving up", event=event.id, template=event.template)
-                metrics.dropped()
-            self._attempts.pop(event.id, None)
-            done.append(event.id)
-        events.ack(self.conn, *done)
-        return failed
+        except Exception:
+            attempts = self._attempts.get(event_id, 0) + 1
+            if attempts < MAX_ATTEMPTS:
+                self._attempts[event_id] = attempts
+                raise
+            log.error("delivery failed; giving up", event=event_id, template=fields.get("template"))
+            metrics.dropped()
+        self._attempts.pop(event_id, None)
+
+    def _superseded(self, event: events.Event) -> bool:
+        """A passing progress message with a newer message of its request already waiting."""
+        if event.audience or event.template not in TRANSIENT:
+            return False
+        waiting = self.conn.xrange(keyspace.EVENTS, min=event.id, count=LOOK_AHEAD + 1)
+        return any(
+            i != event.id and f.get("request_id") == event.request_id and not f.get("audience")
+            for i, f in cast(list[tuple[str, dict[str, str]]], waiting)
+        )
 
     def _deliver(self, event: events.Event) -> None:
         if not event.template:

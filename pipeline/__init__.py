@@ -28,7 +28,8 @@ go the same way as any request.
 The leaves everything uses stay here: ``config`` (the settings), ``store`` (Redis;
 ``store_watch`` stops the embedded server once no Molt process is left),
 ``keyspace`` (every shared Redis key), ``git``, ``exceptions`` (faults, as opposed to
-refusals), ``audit``, ``events`` (the stream the notifier reads), ``metrics``, ``logs``,
+refusals), ``audit``, ``events`` (the stream the notifier reads), ``streams`` (the one way
+to read a stream in a consumer group), ``metrics``, ``logs``,
 ``redaction``, ``processes``, ``retries``, ``codenames``, ``payloads`` (untrusted JSON read
 into declared models) and ``usage`` (model use per request).
 """

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import redis
 
@@ -60,36 +60,3 @@ def stage(pipe: Any, event: Event) -> None:
 
 def emit(conn: redis.Redis, event: Event) -> str:
     return str(conn.xadd(keyspace.EVENTS, event.fields(), maxlen=MAXLEN, approximate=True))
-
-
-def ensure_group(conn: redis.Redis) -> None:
-    try:
-        conn.xgroup_create(keyspace.EVENTS, GROUP, id="0", mkstream=True)
-    except redis.ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-
-
-def read(
-    conn: redis.Redis, consumer: str, *, block_ms: int = 1000, count: int = 100
-) -> list[Event]:
-    """This consumer's unacknowledged events first (after a restart), then new ones."""
-    out: list[Event] = []
-    for start in ("0", ">"):
-        reply = conn.xreadgroup(
-            GROUP,
-            consumer,
-            {keyspace.EVENTS: start},
-            count=count,
-            block=None if start == "0" else block_ms,
-        )
-        for _stream, items in cast(list[Any], reply or []):
-            out.extend(Event.from_fields(eid, raw) for eid, raw in items if raw)
-        if out:
-            return out
-    return out
-
-
-def ack(conn: redis.Redis, *event_ids: str) -> None:
-    if event_ids:
-        conn.xack(keyspace.EVENTS, GROUP, *event_ids)

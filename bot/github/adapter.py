@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import redis
 import structlog
@@ -37,6 +37,7 @@ from pipeline.requests import authorisation
 from pipeline.requests.decisions import Decision
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
+from pipeline.streams import StreamReader
 
 if TYPE_CHECKING:
     from bot.base import Front
@@ -74,26 +75,22 @@ class GitHub(Adapter):
         self.poller = Poller(settings, self.client, self.conn, self.put, self.following.poll)
         self.desk: Front | None = None
         self._stopping = threading.Event()
+        self.inbox = StreamReader(
+            self.conn, INBOX, GROUP, CONSUMER, self._read, stopping=self._stopping
+        )
         self._threads: list[threading.Thread] = []
 
     # -- life cycle ----------------------------------------------------------
 
     def start(self) -> None:
-        self._join_inbox()
-        loops: list[Callable[[], None]] = [self._introduce, self._read_inbox]
+        self.inbox.join_group()
+        loops: list[Callable[[], None]] = [self._introduce, self.inbox.run]
         if self.settings.github.poll > 0:
             loops.append(lambda: self.poller.run(self._stopping))
         for loop in loops:
             thread = threading.Thread(target=loop, name="molt-github", daemon=True)
             thread.start()
             self._threads.append(thread)
-
-    def _join_inbox(self) -> None:
-        try:
-            self.conn.xgroup_create(INBOX, GROUP, id="$", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
 
     def stop(self) -> None:
         self._stopping.set()
@@ -123,32 +120,10 @@ class GitHub(Adapter):
         """Hand a happening to the inbox (the poller's way in; the webhook's is the same)."""
         self.conn.xadd(INBOX, {"happening": happening.dumps()}, maxlen=10_000, approximate=True)
 
-    def _read_inbox(self) -> None:
-        start = "0"  # first what this process took before it stopped and did not finish
-        while not self._stopping.is_set():
-            try:
-                reply = self.conn.xreadgroup(
-                    GROUP, CONSUMER, {INBOX: start}, count=50, block=None if start == "0" else 500
-                )
-            except redis.RedisError as exc:
-                log.warning("github inbox unreachable", error=str(exc))
-                if "NOGROUP" in str(exc):  # Redis lost the group (a flush): make it again
-                    self._join_inbox()
-                self._stopping.wait(1.0)
-                continue
-            items = [item for _, batch in cast(list[Any], reply or []) for item in batch]
-            for entry_id, fields in items:
-                try:
-                    if fields:
-                        self.handle(Happening.loads(fields["happening"]))
-                except Exception:
-                    log.exception("github happening dropped", entry=str(entry_id))
-                try:
-                    self.conn.xack(INBOX, GROUP, entry_id)
-                except redis.RedisError as exc:  # taken keys keep it from acting twice
-                    log.warning("github inbox entry not acknowledged", error=str(exc))
-            if start == "0" and not items:
-                start = ">"
+    def _read(self, entry_id: str, fields: dict[str, str]) -> None:
+        """One inbox entry; one that fails is dropped (the taken keys keep a redelivered
+        happening from acting twice, so nothing is gained by keeping it)."""
+        self.handle(Happening.loads(fields["happening"]))
 
     def handle(self, happening: Happening) -> None:
         """Act on one happening, unless it is Molt's own, a bot's, or already taken."""

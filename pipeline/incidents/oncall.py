@@ -29,7 +29,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
 
 import redis
 import structlog
@@ -47,6 +46,7 @@ from pipeline.requests.authorisation import RECOVERY_USER, raised_by_molt
 from pipeline.requests.states import UNDER_WAY
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
+from pipeline.streams import StreamReader
 
 log = structlog.get_logger(__name__)
 GROUP = "oncall"
@@ -314,57 +314,22 @@ def news_since(settings: Settings, conn: redis.Redis, since: float) -> Callable[
 
 @dataclass
 class SignalReader:
-    """The consumer side of ``molt:alerts``: a thread in the bot process."""
+    """The consumer side of ``molt:alerts``: a thread in the bot process. A signal that
+    cannot be read or taken is logged and dropped: the next one still comes."""
 
     settings: Settings
     conn: redis.Redis
 
     def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="molt-oncall", daemon=True)
+        self.reader = StreamReader(
+            self.conn, keyspace.ALERTS, GROUP, CONSUMER, self._take, name="molt-oncall"
+        )
 
     def start(self) -> None:
-        try:
-            self.conn.xgroup_create(keyspace.ALERTS, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        self._thread.start()
+        self.reader.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        self.reader.stop()
 
-    def _loop(self) -> None:
-        start = "0"  # first what a previous bot process took and did not finish
-        while not self._stop.is_set():
-            try:
-                reply = self.conn.xreadgroup(
-                    GROUP,
-                    CONSUMER,
-                    {keyspace.ALERTS: start},
-                    count=100,
-                    block=None if start == "0" else 500,
-                )
-            except redis.RedisError as exc:
-                log.warning("alert stream unreachable", error=str(exc))
-                self._stop.wait(1.0)
-                continue
-            items = [item for _, batch in cast(list[Any], reply or []) for item in batch]
-            start = ">"
-            for entry_id, fields in items:
-                if self._stop.is_set():
-                    return
-                self._take(fields)
-                self.conn.xack(keyspace.ALERTS, GROUP, entry_id)
-
-    def _take(self, fields: dict[str, str]) -> None:
-        try:
-            signal = Signal.from_json(fields["signal"])
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("unreadable signal dropped", error=str(exc))
-            return
-        try:
-            take(self.settings, self.conn, signal)
-        except Exception:
-            log.exception("taking a signal", fingerprint=signal.fingerprint)
+    def _take(self, entry_id: str, fields: dict[str, str]) -> None:
+        take(self.settings, self.conn, Signal.from_json(fields["signal"]))

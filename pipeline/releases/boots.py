@@ -38,6 +38,8 @@ def restart_grace() -> float:
     except OSError:
         busy = 1.0
     return RESTART_GRACE * max(1.0, busy)
+
+
 KEEP_STARTS = 50
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import audit, events
+from pipeline import audit, keyspace
 from pipeline.config import WatchQuery, load_settings
 from pipeline.exceptions import ConfigError
 from pipeline.requests.states import RequestState as S
@@ -147,7 +147,7 @@ def test_the_token_is_sent_as_bearer_and_never_shown_logged_or_stored(
     seen = [
         chat.output,
         json.dumps(audit.entries(conn)),
-        json.dumps(conn.xrange(events.STREAM)),
+        json.dumps(conn.xrange(keyspace.EVENTS)),
         json.dumps([r.to_hash() for r in chat.store.recent(10)]),
         *(p.read_text(errors="replace") for p in data_dir.rglob("*.log")),
         *capfd.readouterr(),

@@ -38,7 +38,7 @@ PROTECTED_PATHS = (
     "pipeline/update/jobs.py",
     "pipeline/update/change.py",
     "pipeline/service/rollback.py",
-    "pipeline/update/recovery.py",
+    "pipeline/update/repair.py",
     "pipeline/redaction.py",
     "pipeline/releases/signing.py",
     "pipeline/releases/manifests.py",

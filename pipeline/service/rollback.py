@@ -1,7 +1,7 @@
 """The one failure path: undoing an update and ending its request as failed.
 
 The job calls ``undo`` when a step fails; abandoned-update recovery calls it for an
-update whose worker died (pipeline/update/recovery.py); the boot guard calls it for the update
+update whose worker died (pipeline/update/repair.py); the boot guard calls it for the update
 that installed a release that cannot start (pipeline/update/bootguard.py). Each describes
 how far the update got with a ``Trail``; ``undo`` takes back exactly that: signs the
 return past a signed release, restores the live checkout to the snapshot, restarts

@@ -3,7 +3,7 @@
 ``worker`` is the RQ worker process; ``jobs`` is the approved update, step by step
 (snapshot, phase 1 in the sandbox, apply, phase 2, sign, restart, verify, watch), with
 ``change`` writing a change in words and ``proposals`` delivering one as a pull request.
-``recovery`` finishes what a dead worker left and is ``molt recover``; ``bootguard``
+``repair`` finishes what a dead worker left and is ``molt recover``; ``bootguard``
 checks each start of Molt and returns to the last good release; ``release_rollback`` is
 an operator's return to an earlier release.
 

@@ -41,7 +41,7 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import RequestStore
 from pipeline.sandbox.confinement import Confinement
 from pipeline.service import restart
-from pipeline.update import bootguard, repair
+from pipeline.update import backups, bootguard, recovery
 
 log = structlog.get_logger(__name__)
 WORKERS_KEY = "molt:bot:workers"
@@ -123,7 +123,7 @@ class Bot:
 
     def start(self) -> int:
         """Start every part of the bot but the console's loop; returns the HTTP port."""
-        repair.backup_config(self.settings)
+        backups.backup_config(self.settings)
         version = running_version()
         for adapter in self.adapters.values():
             adapter.start()
@@ -303,10 +303,10 @@ class Bot:
                 approval.expire_unanswered(self.of(request.target), self.store, request)
         # in a fleet, the target's own workers do (pipeline/queue/workers.py)
         if not self.settings.fleet:
-            repair.recover_abandoned(self.settings, self.conn)
+            recovery.recover_abandoned(self.settings, self.conn)
         for name in self.settings.target_names():
-            repair.keep_line_moving(self.of(name), self.conn)
-            repair.end_unserved(self.of(name), self.conn)  # in a fleet: no worker came
+            recovery.keep_line_moving(self.of(name), self.conn)
+            recovery.end_unserved(self.of(name), self.conn)  # in a fleet: no worker came
         metrics.tidy()  # metrics files of processes that are gone, into the archive
         self._keep_workers()
 

@@ -18,7 +18,7 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.states import template_for
 from pipeline.requests.store import Origin
 from pipeline.sandbox import confinement
-from pipeline.update import repair
+from pipeline.update import backups, recovery, repair
 
 
 def _settings() -> Settings:
@@ -104,7 +104,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         metrics.serve(settings.http_host, settings.metrics_port)
     # In a fleet a worker of the target recovers its updates; the bot has no checkout.
     conn = store.connect(settings)
-    tend = (lambda view: repair.recover_abandoned(view, conn)) if settings.fleet else None
+    tend = (lambda view: recovery.recover_abandoned(view, conn)) if settings.fleet else None
     run_worker(settings, burst=args.burst, targets=targets, tend=tend)
     return 0
 
@@ -226,7 +226,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Return a broken installation to a state Molt can run from, and say what was done."""
     path = config_file()
-    steps = [repair.restore_config(path, repair.data_dir_hint(path))]
+    steps = [backups.restore_config(path, backups.data_dir_hint(path))]
     try:
         settings = load_settings()
     except ConfigError as exc:

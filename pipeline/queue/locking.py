@@ -7,7 +7,7 @@ The lock is taken for the request at the head of the line, in one transaction wi
 reading the line (pipeline/queue/queueing.py ``take_turn``), so updates land in the order they
 joined the line, however many workers there are and whichever job a worker takes.
 A holder that dies stops heartbeating; the lock expires and recovery rolls back
-what it left (pipeline/update/repair.py).
+what it left (pipeline/update/recovery.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ takes one, the line's head runs next, and a job that finds the line empty just e
 
 There are as many jobs as requests waiting, or more: each approval adds one of each, and a
 job takes at most one request. A job lost with its worker (killed while it waited, or timed
-out) leaves a line with nobody to run it: pipeline/update/repair.py gives such a line a job
+out) leaves a line with nobody to run it: pipeline/update/recovery.py gives such a line a job
 again (``add_job``), from the bot's housekeeping and from ``molt recover``.
 """
 

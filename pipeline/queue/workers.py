@@ -10,7 +10,7 @@ worker of it last beat, so that a target nobody serves is told apart from a busy
 worker told to stop leaves the registry at once, even while it finishes its job: it takes
 no more, so a target it alone served is not served any more (``serving``). A job left on
 a target's queue with no worker to take it ends its request after MOLT_WORKER_WAIT
-(pipeline/update/repair.py ``end_unserved``, from the bot's housekeeping).
+(pipeline/update/recovery.py ``end_unserved``, from the bot's housekeeping).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from pipeline.service import restart, snapshots, watching
 from pipeline.service.rollback import Trail, undo
 from pipeline.store import connect
 from pipeline.update import change, proposals
-from pipeline.update.repair import recover_abandoned
+from pipeline.update.recovery import recover_abandoned
 from pipeline.usage import model_use
 
 log = structlog.get_logger(__name__)

@@ -1,275 +1,46 @@
-"""Finishing what a dead worker left half-done, and ``molt recover``.
-
-A job heartbeats its update lock. When a request is running but nobody holds
-its lock any more (the worker was killed, or lost Redis for longer than the
-lock's TTL), the request is rolled back to its snapshot and failed with a
-message, exactly as if the job had failed by itself (``recover_abandoned``,
-run by the bot's housekeeping and before each update starts). A test command the dead
-worker left running is killed first (pipeline/service/rollback.py).
-
-The waiting line runs as long as a job is on the RQ queue to take its next turn
-(pipeline/queue/queueing.py). A job can be lost with its worker (killed while it waited, or
-timed out); ``keep_line_moving``, run by the bot's housekeeping, gives a line that waits
-with the lock free and no job a job again.
-
-In a fleet a request waits for a worker of its target (its pre-flight and planning, its
-turn in the line). When no worker has been there to take it for MOLT_WORKER_WAIT (stopped,
-killed with -9, never started), ``end_unserved``, run by the bot's housekeeping, ends it
-saying so, and takes its jobs off the queue: a worker that comes back later runs none.
+"""``molt recover``: putting back an installation Molt cannot run from.
 
 ``molt recover`` is for when Molt itself is down or broken: it returns the live
-checkout to the snapshot of an update that was left half-done, makes the
-requests in Redis consistent (ending stuck ones with a message, releasing a lock
-whose holder is gone), and restores molt.toml from the backup ``molt run``
-keeps. Each step reports what it did; ``ok`` is false where it could not fix
-something.
-
-Files:
-  MOLT_DATA_DIR/config-backup/<config name>.<UTC time>   the last KEEP_BACKUPS versions
+checkout to the snapshot of an update that was left half-done (the one way back,
+pipeline/service/rollback.py ``return_to``), makes the requests in Redis consistent
+(ending stuck ones with a message, releasing a lock whose holder is gone), and restores
+molt.toml from the backup ``molt run`` keeps (pipeline/update/backups.py). Each step
+reports what it did; ``ok`` is false where it could not fix something.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
 import socket
 import time
-import tomllib
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 import structlog
 from rq.job import Job, JobStatus
 
-from pipeline import audit, codenames, metrics
-from pipeline.config import Settings, config_file, load_settings
-from pipeline.exceptions import (
-    ConfigError,
-    GitError,
-    IllegalTransition,
-    UnknownRequest,
-    UpdateFailed,
-)
+from pipeline import audit
+from pipeline.config import Settings
+from pipeline.exceptions import GitError, IllegalTransition, UnknownRequest, UpdateFailed
 from pipeline.git import Git
 from pipeline.intake import control
 from pipeline.keyspace import TargetKeys
-from pipeline.processes import RunningCommand, alive
+from pipeline.processes import alive
 from pipeline.queue import queueing, workers
 from pipeline.queue.locking import Holder
 from pipeline.queue.targets import Target, of_target
-from pipeline.releases import signing as releases
 from pipeline.requests.states import UNDER_WAY
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import ACTIVE, Request, RequestStore
-from pipeline.service import restart, snapshots
-from pipeline.service.rollback import RESTARTED_PHASES, Trail, undo
+from pipeline.service import restart
+from pipeline.service.rollback import RESTARTED_PHASES, return_to, stop_left
 from pipeline.service.snapshots import Snapshot
 
 log = structlog.get_logger(__name__)
-KEEP_BACKUPS = 10
-BACKUP_DIR = "config-backup"
-_STAMP = re.compile(r"\.\d{8}T\d{12}Z$")
 _INTAKE = (S.RECEIVED, S.PREFLIGHT, S.PLANNING)
 #: An approved request is queued within moments; one older than this was dropped.
 _APPROVED_GRACE = 60.0
 _JOB_ALIVE = (JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHEDULED)
-#: What a fleet's request waits for a worker of its target in, and how it ends when none
-#: comes (``end_unserved``): pre-flight blocked, planning and the waiting line failed.
-_FOR_A_WORKER = (S.PREFLIGHT, S.PLANNING, S.QUEUED)
-_UNSERVED_ENDS = {
-    S.PREFLIGHT: (S.BLOCKED, None),
-    S.PLANNING: (S.FAILED, "planning"),
-    S.QUEUED: (S.FAILED, "queued"),
-}
-#: How long a line waits with the lock free and no job before it gets one (a job a worker
-#: just took needs a moment to take its turn).
-_STALL_GRACE = 3.0
-
-
-def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
-    """Roll back every running request of the target whose job is gone; returns their ids.
-    In a fleet only a worker of the request's own target does this: the rollback runs on
-    the host that holds its checkout."""
-    store = RequestStore(conn)
-    lock = Target(settings, conn).lock
-    recovered = []
-    for request in store.active():
-        if request.state not in UNDER_WAY or not of_target(settings, request):
-            continue
-        if lock.holder() is not None:
-            continue
-        if not lock.try_lock(request.id, request.codename).ours:
-            continue
-        try:
-            current = store.get(request.id)
-            if current.state not in UNDER_WAY:
-                continue
-            log.warning("recovering abandoned update", request_id=request.id, phase=current.phase)
-            restarted = current.state is not S.RUNNING or current.phase in RESTARTED_PHASES
-            trail = Trail.left_by(settings, current, since=current.updated_at, restarted=restarted)
-            phase = current.phase or "update"
-            failure = UpdateFailed(
-                phase,
-                f"the worker running this update stopped during {phase} "
-                "(killed, crashed or cut off from Redis)",
-            )
-            undo(settings, conn, request.id, failure, trail)
-            recovered.append(request.id)
-        finally:
-            lock.release(request.id)
-    return recovered
-
-
-def keep_line_moving(settings: Settings, conn: redis.Redis) -> str:
-    """Give a waiting line that nothing runs a job again: its head waits, the lock is free,
-    updates are not paused, and no job is on the RQ queue, twice ``_STALL_GRACE`` apart.
-    Returns what it did, "" if nothing."""
-    target = Target(settings, conn)
-    head = target.line.head()
-    stalled = (
-        head is not None
-        and target.lock.holder() is None
-        and not control.is_paused(settings, conn)
-        and queueing.jobs_queued(settings) == 0
-    )
-    seen = json.loads(conn.get(target.keys.stalled) or "{}")
-    if not stalled or seen.get("head") != head:
-        if stalled:
-            conn.set(target.keys.stalled, json.dumps({"head": head, "since": time.time()}))
-        else:
-            conn.delete(target.keys.stalled)
-        return ""
-    if time.time() - float(seen["since"]) < _STALL_GRACE:
-        return ""
-    conn.delete(target.keys.stalled)
-    assert head is not None
-    done = _give_job(settings, conn, head)
-    log.warning("the waiting line had stalled", detail=done)
-    return done
-
-
-def _give_job(settings: Settings, conn: redis.Redis, head: str) -> str:
-    """What the head of a line nothing runs needs: a job, the rest of its queueing, or to
-    leave the line it no longer waits in."""
-    request = RequestStore(conn).find(head)
-    name = request.codename or request.id if request else head
-    if request is None or request.state not in (S.QUEUED, S.APPROVED):
-        Target(settings, conn).line.leave(head)
-        return f"removed {name} from the waiting line: it no longer waited"
-    if request.state is S.APPROVED:  # queueing it stopped half-way
-        try:
-            queueing.enqueue(settings, conn, head)
-        except IllegalTransition:
-            return ""
-        return f"finished queueing {name}: it had joined the waiting line and stopped there"
-    job = queueing.add_job(settings, request, again=True)
-    return f"the waiting line had no job to run it: added {job} for {name}, at its head"
-
-
-def end_unserved(settings: Settings, conn: redis.Redis) -> list[str]:
-    """End the requests of a fleet's target that wait for a worker, once none has been
-    there to take their job for MOLT_WORKER_WAIT: pre-flight blocked, planning and the
-    waiting line failed (with Retry), each saying when a worker was last seen. Returns
-    the ids of the requests it ended."""
-    if not settings.fleet or workers.live(settings, conn):
-        return []
-    wait = settings.worker_wait
-    ago = workers.last_seen(settings, conn)
-    if ago is not None and ago < wait:
-        return []
-    store = RequestStore(conn)
-    now = time.time()
-    ended = [
-        request.id
-        for request in store.active()
-        if request.state in _FOR_A_WORKER
-        and of_target(settings, request)
-        and now - request.updated_at >= wait
-        and _end_unserved(settings, conn, request, ago)
-    ]
-    line = Target(settings, conn).line
-    if ended and not len(line):  # the turns nobody took: a worker that comes runs none
-        for name in queueing.untaken(settings, queueing.UPDATE_JOB):
-            queueing.withdraw(settings, name)
-    return ended
-
-
-def _end_unserved(
-    settings: Settings, conn: redis.Redis, request: Request, ago: float | None
-) -> bool:
-    """End one request nobody served; False if a worker took its job after all."""
-    name = settings.target_name
-    seen = "none was ever seen" if ago is None else f"last seen {workers.seen_at(ago)}"
-    took = f"no worker for {name} took it in {settings.worker_wait:g} s ({seen})"
-    if request.state is not S.QUEUED:
-        prefix = f"{queueing.INTAKE_JOB}{request.id}-"
-        if queueing.running(settings, prefix):
-            return False  # a worker told to stop finishes it first
-        jobs = queueing.untaken(settings, prefix)
-        withdrawn = [queueing.withdraw(settings, job) for job in jobs]
-        if jobs and not any(withdrawn):
-            return False  # taken this instant: a worker is back
-        if not jobs:
-            took = f"no worker for {name} is there to finish it ({seen})"
-    why = f"{took}; {workers.how_to_serve(settings)}"
-    to, phase = _UNSERVED_ENDS[request.state]
-    try:
-        RequestStore(conn).transition(
-            request.id,
-            to,
-            actor="molt",
-            message=why,
-            phase=phase,
-            data={"check": "workers"} if to is S.BLOCKED else None,
-            allowed_from=frozenset({request.state}),
-        )
-    except IllegalTransition:  # it moved on meanwhile
-        return False
-    Target(settings, conn).line.leave(request.id)
-    if to is S.BLOCKED:
-        metrics.refused("workers")
-    log.warning("no worker served the request", request_id=request.id, target=name)
-    return True
-
-
-# -- the config backup ------------------------------------------------------------------------
-
-
-def backups(data_dir: Path, name: str) -> list[Path]:
-    """Saved copies of the config file called ``name``, oldest first."""
-    folder = data_dir / BACKUP_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.glob(f"{name}.*") if _STAMP.search(p.name))
-
-
-def backup_config(settings: Settings, path: Path | None = None) -> Path | None:
-    """Keep a copy of the config file that just loaded, if it changed since the last copy;
-    returns the new copy, or None. ``molt run`` calls this at each start."""
-    path = path or config_file()
-    if not path.is_file():
-        return None
-    content = path.read_bytes()
-    saved = backups(settings.data_dir, path.name)
-    if saved and saved[-1].read_bytes() == content:
-        return None
-    folder = settings.data_dir / BACKUP_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
-    copy = folder / f"{path.name}.{stamp}"
-    partial = folder / f".{copy.name}.partial"
-    partial.write_bytes(content)
-    partial.replace(copy)
-    for old in backups(settings.data_dir, path.name)[:-KEEP_BACKUPS]:
-        old.unlink(missing_ok=True)
-    return copy
-
-
-# -- molt recover -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -287,82 +58,12 @@ class Step:
         self.lines.append(line)
         self.ok = False
 
-
-def config_problem(path: Path) -> str:
-    """Why the settings do not load with ``path`` as the config file; "" if they do."""
-    try:
-        with path.open("rb") as handle:
-            tomllib.load(handle)
-    except OSError as exc:
-        return f"cannot be read: {exc.strerror or exc}"
-    except tomllib.TOMLDecodeError as exc:
-        return f"is not valid TOML: {exc}"
-    before = os.environ.get("MOLT_CONFIG")
-    os.environ["MOLT_CONFIG"] = str(path)
-    try:
-        load_settings()
-    except ConfigError as exc:
-        return " ".join(str(exc).split())
-    finally:
-        if before is None:
-            os.environ.pop("MOLT_CONFIG", None)
+    def check(self, name: str, ok: bool, seconds: float, detail: str = "") -> None:
+        """A step of the way back (pipeline/service/rollback.py ``Report``)."""
+        if ok:
+            self.say(detail)
         else:
-            os.environ["MOLT_CONFIG"] = before
-    return ""
-
-
-def data_dir_hint(path: Path) -> Path:
-    """MOLT_DATA_DIR before the settings can load: the environment, the config file if it
-    still parses, else the default."""
-    value = os.environ.get("MOLT_DATA_DIR")
-    if not value:
-        try:
-            with path.open("rb") as handle:
-                raw = tomllib.load(handle)
-            value = str(raw.get("MOLT_DATA_DIR") or raw.get("molt_data_dir") or "")
-        except (OSError, tomllib.TOMLDecodeError):
-            value = ""
-    return Path(value or ".molt").expanduser().resolve()
-
-
-def restore_config(path: Path, data_dir: Path) -> Step:
-    """Put back the newest backup of the config file if it is missing or does not load
-    (and the backup does); a broken file is kept beside it, renamed."""
-    step = Step("config")
-    saved = backups(data_dir, path.name)
-    newest = saved[-1] if saved else None
-    if not path.exists():
-        if newest is None:
-            step.say(f"no {path} and no backup of one: the settings come from the environment")
-            return step
-        problem = config_problem(newest)
-        if problem:
-            step.fail(f"{path} is missing, and its newest backup {newest} does not load: {problem}")
-            return step
-        shutil.copy2(newest, path)
-        step.say(f"{path} was missing: restored it from {newest}")
-        return step
-    problem = config_problem(path)
-    if not problem:
-        step.say(f"{path} loads; nothing to restore")
-        return step
-    if newest is None:
-        step.fail(f"{path} does not load ({problem}), and there is no backup in {data_dir}")
-        return step
-    if config_problem(newest):
-        step.fail(
-            f"{path} does not load ({problem}), and neither does its newest backup {newest}: "
-            "left as it is"
-        )
-        return step
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    kept = path.with_name(f"{path.name}.broken-{stamp}")
-    path.replace(kept)
-    shutil.copy2(newest, path)
-    step.say(
-        f"{path} did not load ({problem}): restored it from {newest}; the broken file is {kept}"
-    )
-    return step
+            self.fail(f"{name} failed: {detail}")
 
 
 def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
@@ -411,7 +112,10 @@ def _return_to_snapshot(
     touched the live checkout. Returns the step, and what happened to the checkout (for the
     messages of the requests ended)."""
     step = Step("release")
-    _stop_left_commands(settings, conn, abandoned, step)
+    for request in abandoned:  # it runs in the checkout about to be restored
+        killed = stop_left(settings, conn, request.id)
+        if killed:
+            step.say(f"update {request.codename or request.id} stopped half-done: {killed}")
     live = Git(settings.target_dir)
     with_snapshot = [r for r in abandoned if r.snapshot]
     try:
@@ -444,44 +148,37 @@ def _return_to_snapshot(
     try:
         at_snapshot = live.head() == snapshot.commit and live.branch() == snapshot.branch
         if at_snapshot and not dirty:
-            step.say(f"the live checkout is at {where}, the snapshot of update {name}, already")
+            returned = f"the live checkout is at {where}, the snapshot of update {name}, already"
         else:
-            # A return past a signed release is a release of its own, or the next start of
-            # Molt would be refused as a downgrade.
-            releases.record_return(
-                settings,
-                conn,
-                commit=snapshot.commit,
-                from_commit=live.head(),
-                codename=codenames.new_codename(conn),
-                reason=f"molt recover: update {name} stopped half-done",
-                request_id=newest.id,
-            )
-            snapshots.restore(live, snapshot)
-            step.say(
-                f"returned the live checkout from {where} to {_where(live)}: the snapshot "
+            returned = (
+                f"returned the live checkout from {where} to {_at(snapshot)}: the snapshot "
                 f"update {name} took before it stopped half-done in {newest.phase or 'its run'}"
             )
-        if newest.state in (S.RESTARTING, S.WATCHING) or newest.phase in RESTARTED_PHASES:
-            step.say(_restart_after(settings, conn, newest, snapshot))
-    except UpdateFailed as exc:
-        step.fail(f"returning to snapshot {snapshot.short} of update {name}: {exc.reason}")
+        restarted = newest.state in (S.RESTARTING, S.WATCHING) or newest.phase in RESTARTED_PHASES
+        return_to(
+            settings,
+            conn,
+            snapshot,
+            f"molt recover: update {name} stopped half-done",
+            step,
+            request_id=newest.id,
+            bring_back=(lambda _: _restart_after(settings, conn, newest, snapshot))
+            if restarted
+            else None,
+            live=live,
+            returned=returned,
+        )
+    except UpdateFailed:  # the step says which part failed
         return step, f"returning the live checkout to {snapshot.short} failed"
     finally:
         lock.release(newest.id)
     return step, f"the live checkout was returned to its snapshot {snapshot.short}"
 
 
-def _stop_left_commands(
-    settings: Settings, conn: redis.Redis, abandoned: list[Request], step: Step
-) -> None:
-    """A test command a half-done update left running goes first: it runs in the checkout
-    about to be restored."""
-    command = RunningCommand(conn, Target(settings, conn).keys.command)
-    for request in abandoned:
-        killed = command.stop_left(request.id)
-        if killed:
-            step.say(f"update {request.codename or request.id} stopped half-done: {killed}")
+def _at(snapshot: Snapshot) -> str:
+    """Where the live checkout is once it is back on ``snapshot`` (as ``_where`` says it)."""
+    on = f"on {snapshot.branch}" if snapshot.branch else "(detached)"
+    return f"{snapshot.short} {on}"
 
 
 def _last_good_release(settings: Settings, conn: redis.Redis, head: str) -> str:

@@ -27,7 +27,7 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import ACTIVE, Origin, Request, RequestStore
 from pipeline.sandbox.confinement import Confinement, sandbox_env
 from pipeline.sandbox.validation import PhaseSpec, run_phase
-from pipeline.update import repair
+from pipeline.update import backups, repair
 from tests.support import ServiceRepo, shown_message
 
 ALICE = Origin("console", "alice")
@@ -353,14 +353,14 @@ def test_config_backups_keep_changed_versions_only_and_the_last_ten(
 ) -> None:
     config = tmp_path / "molt.toml"
     config.write_text("MOLT_QUEUE_MAX = 3\n")
-    first = repair.backup_config(settings, config)
+    first = backups.backup_config(settings, config)
     assert first is not None and first.read_text() == "MOLT_QUEUE_MAX = 3\n"
-    assert repair.backup_config(settings, config) is None  # unchanged: no new copy
+    assert backups.backup_config(settings, config) is None  # unchanged: no new copy
     for n in range(12):
         config.write_text(f"MOLT_QUEUE_MAX = {n}\n")
-        repair.backup_config(settings, config)
-    kept = repair.backups(settings.data_dir, "molt.toml")
-    assert len(kept) == repair.KEEP_BACKUPS
+        backups.backup_config(settings, config)
+    kept = backups.backups(settings.data_dir, "molt.toml")
+    assert len(kept) == backups.KEEP_BACKUPS
     assert kept[-1].read_text() == "MOLT_QUEUE_MAX = 11\n"
 
 
@@ -370,25 +370,25 @@ def test_recover_restores_a_missing_or_broken_config_from_its_backup(
     config = tmp_path / "molt.toml"
     monkeypatch.setenv("MOLT_CONFIG", str(config))
     config.write_text("MOLT_QUEUE_MAX = 3\n")
-    repair.backup_config(settings, config)
+    backups.backup_config(settings, config)
 
-    fine = repair.restore_config(config, settings.data_dir)
+    fine = backups.restore_config(config, settings.data_dir)
     assert fine.ok and fine.lines == [f"{config} loads; nothing to restore"]
     config.write_text("MOLT_QUEUE_MAX = [oops\n")
-    step = repair.restore_config(config, settings.data_dir)
+    step = backups.restore_config(config, settings.data_dir)
     assert step.ok and "is not valid TOML" in step.lines[0] and "restored it from" in step.lines[0]
     assert config.read_text() == "MOLT_QUEUE_MAX = 3\n"
     [kept] = tmp_path.glob("molt.toml.broken-*")
     assert kept.read_text() == "MOLT_QUEUE_MAX = [oops\n"
 
     config.unlink()
-    step = repair.restore_config(config, settings.data_dir)
-    newest = repair.backups(settings.data_dir, "molt.toml")[-1]
+    step = backups.restore_config(config, settings.data_dir)
+    newest = backups.backups(settings.data_dir, "molt.toml")[-1]
     assert step.ok and step.lines == [f"{config} was missing: restored it from {newest}"]
 
     config.write_text('MOLT_QUEUE_MAX = "many"\n')
     (settings.data_dir / "config-backup").rename(tmp_path / "elsewhere")
-    step = repair.restore_config(config, settings.data_dir)
+    step = backups.restore_config(config, settings.data_dir)
     assert not step.ok and "MOLT_QUEUE_MAX" in step.lines[0] and "no backup" in step.lines[0]
 
 

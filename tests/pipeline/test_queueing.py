@@ -18,7 +18,7 @@ from pipeline.intake import flow as intake
 from pipeline.queue import queueing
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
-from pipeline.update import repair
+from pipeline.update import recovery, repair
 from tests.support import Molt, ServiceRepo, git
 
 StartMolt = Callable[..., Molt]
@@ -201,7 +201,7 @@ def test_a_line_whose_job_was_lost_gets_one_again(
             said = ""
             deadline = time.monotonic() + _STUCK_AFTER
             while not said and time.monotonic() < deadline:
-                said = repair.keep_line_moving(settings, conn)
+                said = recovery.keep_line_moving(settings, conn)
                 time.sleep(0.2)
         assert "the waiting line had no job to run it: added update-" in said, said
         assert not _settled(conn, [request])

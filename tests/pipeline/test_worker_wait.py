@@ -18,7 +18,7 @@ from pipeline.queue import queueing, workers
 from pipeline.queue.targets import Target
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
-from pipeline.update import repair
+from pipeline.update import recovery
 from pipeline.update.worker import run_worker
 from tests.bot.test_desk import Replies
 from tests.support import ServiceRepo
@@ -92,9 +92,9 @@ def test_an_intake_job_nobody_took_ends_the_request_blocked_after_the_worker_wai
     [job] = queueing.untaken(web, queueing.INTAKE_JOB)
     worker.stop()  # and the worker stops before it takes it
     patient = web.model_copy(update={"worker_wait": 600.0})
-    assert repair.end_unserved(patient, conn) == []  # gone a moment ago: it may come back
+    assert recovery.end_unserved(patient, conn) == []  # gone a moment ago: it may come back
     short = web.model_copy(update={"worker_wait": 0.5})
-    assert _until(lambda: repair.end_unserved(short, conn)) == [request.id]
+    assert _until(lambda: recovery.end_unserved(short, conn)) == [request.id]
     blocked = RequestStore(conn).get(request.id)
     assert blocked.state is S.BLOCKED
     assert blocked.message.startswith("no worker for web took it in 0.5 s (last seen ")
@@ -118,7 +118,7 @@ def test_an_update_nobody_took_fails_after_the_worker_wait_and_leaves_the_line(
     assert queueing.untaken(web, queueing.UPDATE_JOB)
     worker.stop()  # killed or stopped before it took the update
     short = web.model_copy(update={"worker_wait": 0.5})
-    assert _until(lambda: repair.end_unserved(short, conn)) == [request.id]
+    assert _until(lambda: recovery.end_unserved(short, conn)) == [request.id]
     failed = store.get(request.id)
     assert (failed.state, failed.phase) == (S.FAILED, "queued")
     assert failed.message.startswith("no worker for web took it in 0.5 s (last seen ")
@@ -132,6 +132,6 @@ def test_a_worker_that_is_there_is_waited_for_however_long_it_is_busy(
     request = _ask(desk, conn, "deploy web main")
     short = web.model_copy(update={"worker_wait": 0.1})
     time.sleep(0.5)  # longer than the wait: a worker that beats takes its jobs in turn
-    assert repair.end_unserved(short, conn) == []
+    assert recovery.end_unserved(short, conn) == []
     assert RequestStore(conn).get(request.id).state is S.PREFLIGHT
     assert len(queueing.untaken(web, queueing.INTAKE_JOB)) == 1

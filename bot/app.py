@@ -44,7 +44,7 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import RequestStore
 from pipeline.sandbox.confinement import Confinement
 from pipeline.service import restart
-from pipeline.update import bootguard, recovery
+from pipeline.update import backups, bootguard, recovery
 
 log = structlog.get_logger(__name__)
 HOUSEKEEPING_SECONDS = 1.0
@@ -116,7 +116,7 @@ class Bot:
 
     def start(self) -> int:
         """Start every part of the bot but the console's loop; returns the HTTP port."""
-        recovery.backup_config(self.settings)
+        backups.backup_config(self.settings)
         version = running_version()
         for adapter in self.adapters.values():
             adapter.start()

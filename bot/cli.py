@@ -19,7 +19,7 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.states import template_for
 from pipeline.requests.store import Origin
 from pipeline.sandbox import confinement
-from pipeline.update import recovery
+from pipeline.update import backups, recovery, repair
 
 
 def _settings() -> Settings:
@@ -229,7 +229,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_recover(args: argparse.Namespace) -> int:
     """Return a broken installation to a state Molt can run from, and say what was done."""
     path = config_file()
-    steps = [recovery.restore_config(path, recovery.data_dir_hint(path))]
+    steps = [backups.restore_config(path, backups.data_dir_hint(path))]
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -239,7 +239,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     if settings.fleet:  # on the host of the target named: its checkout, its requests
         settings = _target(args)
     conn = store.connect(settings)
-    steps.extend(recovery.recover(settings, conn, actor=f"console:{settings.console_user}"))
+    steps.extend(repair.recover(settings, conn, actor=f"console:{settings.console_user}"))
     _report(steps)
     broken = [step.name for step in steps if not step.ok]
     if broken:
@@ -249,7 +249,7 @@ def cmd_recover(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(steps: list[recovery.Step]) -> None:
+def _report(steps: list[repair.Step]) -> None:
     for step in steps:
         print(f"{'✓' if step.ok else '✗'} {step.name}")
         for line in step.lines:

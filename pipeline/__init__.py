@@ -13,8 +13,9 @@ The packages, from the bottom up; each imports only those before it (and the lea
 - ``intake/``: from received to plan_ready (gates, pre-flight, planning), approval, and the
   operators' controls.
 - ``incidents/``: alerts, the service's log, incidents, on-call and diagnosis.
-- ``update/``: the RQ worker and the approved update, recovery of abandoned work, the boot
-  guard and an operator's release rollback.
+- ``update/``: the RQ worker and the approved update, recovery of abandoned work,
+  ``molt recover`` and the config backups, the boot guard and an operator's release
+  rollback.
 
 One request, in the order it meets them: ``intake.flow.submit`` creates it
 (``requests.store``; every state change goes through ``RequestStore.transition``, which

@@ -39,6 +39,8 @@ PROTECTED_PATHS = (
     "pipeline/update/change.py",
     "pipeline/service/rollback.py",
     "pipeline/update/recovery.py",
+    "pipeline/update/repair.py",
+    "pipeline/update/backups.py",
     "pipeline/redaction.py",
     "pipeline/releases/signing.py",
     "pipeline/releases/manifests.py",

@@ -1,21 +1,30 @@
-"""The one failure path: undoing an update and ending its request as failed.
+"""The one failure path, and the one way back to a commit.
 
-The job calls ``undo`` when a step fails; abandoned-update recovery calls it for an
-update whose worker died (pipeline/update/recovery.py); the boot guard calls it for the update
-that installed a release that cannot start (pipeline/update/bootguard.py). Each describes
-how far the update got with a ``Trail``; ``undo`` takes back exactly that: signs the
-return past a signed release, restores the live checkout to the snapshot, restarts
-the service again if it had been restarted, and verifies the return. Then it ends the
-request as failed with the reason and clears the waiting line, whatever happened on
-the way: a request is never left unfinished.
+``return_to`` is every return of the live checkout to a commit: it signs the return as a
+``rollback`` release when the commit is below the newest release (else the Molt that
+starts on it is refused as a downgrade), restores the checkout and proves it, and restarts
+the service on it when asked. Each step is reported to a ``Report`` as a check; a step
+that fails is reported and raised, so the caller ends what it was doing its own way. The
+caller holds the update lock and stops what a dead worker left running first
+(``stop_left``).
+
+``undo`` is the failure path: the job calls it when a step fails; abandoned-update
+recovery calls it for an update whose worker died (pipeline/update/recovery.py); the boot
+guard calls it for the update that installed a release that cannot start
+(pipeline/update/bootguard.py). Each describes how far the update got with a ``Trail``;
+``undo`` takes back exactly that through ``return_to``, then ends the request as failed
+with the reason and clears the waiting line, whatever happened on the way: a request is
+never left unfinished. ``molt recover`` (pipeline/update/repair.py) and the boot guard's
+return to the last good release take the same way back with reports of their own.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 import structlog
@@ -39,6 +48,13 @@ log = structlog.get_logger(__name__)
 MOLT = "molt"
 #: The phases after which the service runs the update's code.
 RESTARTED_PHASES = ("restart", "verify", "watch")
+
+
+class Report(Protocol):
+    """Where a way back says what each step did: a failed update's ``Trail``, a step of
+    ``molt recover``."""
+
+    def check(self, name: str, ok: bool, seconds: float, detail: str = "") -> None: ...
 
 
 @dataclass
@@ -103,11 +119,17 @@ def _stop_left_command(
 ) -> UpdateFailed:
     """Kill the test command the update left running, if it still runs; the failure then
     says so."""
+    killed = stop_left(settings, conn, request_id)
+    return type(failure)(failure.phase, f"{failure.reason}; {killed}") if killed else failure
+
+
+def stop_left(settings: Settings, conn: redis.Redis, request_id: str) -> str:
+    """Kill the test command an update left running (it runs in the checkout about to be
+    restored); says what was killed, "" if nothing ran."""
     killed = RunningCommand(conn, Target(settings, conn).keys.command).stop_left(request_id)
-    if not killed:
-        return failure
-    log.warning("killed a test command left running", request_id=request_id, detail=killed)
-    return type(failure)(failure.phase, f"{failure.reason}; {killed}")
+    if killed:
+        log.warning("killed a test command left running", request_id=request_id, detail=killed)
+    return killed
 
 
 def _roll_back_and_report(
@@ -172,43 +194,87 @@ def _return_to_snapshot(
     snapshot: Snapshot,
 ) -> None:
     """The live checkout back on the snapshot, and the service restarted on it if it had
-    been restarted onto the update."""
-    if trail.touched_live:
-        live = Git(settings.target_dir)
-        _sign_return(settings, conn, request, failure, trail, live.head())
-        seconds = snapshots.restore(live, snapshot)
-        trail.check("rollback", True, seconds, f"back on {snapshot.short}")
-    if trail.restarted:
-        back = restart.bring_back(settings, conn, snapshot.commit, trail.log_dir / "restart.log")
-        trail.check("restart after rollback", True, 0.0, back)
+    been restarted onto the update (which it can only be once the checkout was touched)."""
+    if not trail.touched_live:
+        return
+
+    def bring_back(commit: str) -> str:
+        return restart.bring_back(settings, conn, commit, trail.log_dir / "restart.log")
+
+    codename = request.codename or request.id
+    return_to(
+        settings,
+        conn,
+        snapshot,
+        f"update {codename} failed in {failure.phase}: {failure.reason}",
+        trail,
+        request_id=request.id,
+        bring_back=bring_back if trail.restarted else None,
+    )
+
+
+def return_to(
+    settings: Settings,
+    conn: redis.Redis,
+    to: Snapshot,
+    reason: str,
+    report: Report,
+    *,
+    request_id: str = "",
+    bring_back: Callable[[str], str] | None = None,
+    live: Git | None = None,
+    returned: str = "",
+) -> None:
+    """Return the live checkout (``live``, else the target's) to the commit and branch of
+    ``to``: sign the return (``reason`` is the release's reason), restore the checkout and
+    prove it, then restart the service with ``bring_back`` (given the commit, it says what
+    it did) if given. Reports ``rollback release``, ``rollback`` (``returned`` says it, else
+    "back on <commit>") and ``restart after rollback``; a restore or restart that fails is
+    reported and raised (``UpdateFailed``), the steps before it stay done."""
+    live = live or Git(settings.target_dir)
+    _sign_return(settings, conn, to, reason, report, live.head(), request_id)
+    try:
+        seconds = snapshots.restore(live, to)
+    except UpdateFailed as exc:
+        report.check("rollback", False, 0.0, exc.reason)
+        raise
+    report.check("rollback", True, seconds, returned or f"back on {to.short}")
+    if bring_back is None:
+        return
+    try:
+        back = bring_back(to.commit)
+    except UpdateFailed as exc:
+        report.check("restart after rollback", False, 0.0, f"on {to.short}: {exc.reason}")
+        raise
+    report.check("restart after rollback", True, 0.0, back)
 
 
 def _sign_return(
     settings: Settings,
     conn: redis.Redis,
-    request: Request,
-    failure: UpdateFailed,
-    trail: Trail,
+    to: Snapshot,
+    reason: str,
+    report: Report,
     head: str,
+    request_id: str,
 ) -> None:
-    """Going back to the snapshot after this update's release was signed is a release of
-    its own (``rollback``), signed before the checkout moves, so that the Molt that starts
-    on it is not refused as a downgrade."""
-    assert trail.snapshot is not None
-    codename = request.codename or request.id
+    """Going back below the newest signed release is a release of its own (``rollback``),
+    signed before the checkout moves, so that the Molt that starts on it is not refused as
+    a downgrade. A signing that fails is reported, and the return goes on: the way back
+    matters more."""
     try:
         back = releases.record_return(
             settings,
             conn,
-            commit=trail.snapshot.commit,
+            commit=to.commit,
             from_commit=head,
             codename=codenames.new_codename(conn),
-            reason=f"update {codename} failed in {failure.phase}: {failure.reason}",
-            request_id=request.id,
+            reason=reason,
+            request_id=request_id,
         )
-    except Exception as exc:  # the rollback itself matters more
-        log.exception("signing the return to the snapshot", request_id=request.id)
-        trail.check("rollback release", False, 0.0, str(exc)[:200])
+    except Exception as exc:
+        log.exception("signing the return", request_id=request_id, commit=to.commit[:12])
+        report.check("rollback release", False, 0.0, str(exc)[:200])
         return
     if back is not None:
-        trail.check("rollback release", True, 0.0, f"{back.describe()}, key {back.key_id}")
+        report.check("rollback release", True, 0.0, f"{back.describe()}, key {back.key_id}")

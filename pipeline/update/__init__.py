@@ -3,9 +3,11 @@
 ``worker`` is the RQ worker process; ``jobs`` is the approved update, step by step
 (snapshot, phase 1 in the sandbox, apply, phase 2, sign, restart, verify, watch), with
 ``change`` writing a change in words and ``proposals`` delivering one as a pull request.
-``recovery`` finishes what a dead worker left and is ``molt recover``; ``bootguard``
+``recovery`` finishes what a dead worker left and keeps the waiting line moving; ``repair``
+is ``molt recover``, and ``backups`` the config file's backups it restores; ``bootguard``
 checks each start of Molt and returns to the last good release; ``release_rollback`` is
-an operator's return to an earlier release.
+an operator's return to an earlier release. Every return of the live checkout to a commit
+takes the one way back (pipeline/service/rollback.py ``return_to``).
 
 The top of pipeline/: it may import every other package; none imports it.
 """

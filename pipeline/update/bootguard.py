@@ -35,7 +35,7 @@ import time
 import redis
 import structlog
 
-from pipeline import audit, codenames, store
+from pipeline import audit, store
 from pipeline.config import MOLT_HOME, Settings
 from pipeline.exceptions import ConfigError, UpdateFailed
 from pipeline.git import Git
@@ -45,7 +45,7 @@ from pipeline.releases import signing as releases
 from pipeline.releases.boots import CrashLoop, Ending
 from pipeline.requests.store import RequestStore
 from pipeline.service import snapshots
-from pipeline.service.rollback import Trail, undo
+from pipeline.service.rollback import Trail, return_to, undo
 
 log = structlog.get_logger(__name__)
 
@@ -195,14 +195,14 @@ def _answer(boot: Boot, loop: CrashLoop) -> None:
             detail = (
                 f"{loop.describe()}; the boot guard returned to {good.describe()} of {good.short}"
             )
-            _return_to(settings, conn, git, good, loop, detail)
+            _back_to_good(settings, conn, git, good, loop, detail)
     finally:
         lock.release(GUARD)
     boot.end(Ending.ROLLED_BACK, detail)
     _exec()
 
 
-def _return_to(
+def _back_to_good(
     settings: Settings,
     conn: redis.Redis,
     git: Git,
@@ -211,7 +211,8 @@ def _return_to(
     detail: str,
 ) -> None:
     """Back on ``good``: through the failure path of the update that installed the crashing
-    release when its snapshot is ``good``, else as a rollback release of the guard's own."""
+    release when its snapshot is ``good``, else the one way back with a rollback release of
+    the guard's own (pipeline/service/rollback.py ``return_to``)."""
     requests = RequestStore(conn)
     bad = ledger.read(settings, conn).newest_for(loop.commit)
     request = requests.find(bad.request_id) if bad and bad.request_id else None
@@ -221,15 +222,10 @@ def _return_to(
         trail = Trail.left_by(settings, request, since=request.created_at, restarted=False)
         undo(settings, conn, request.id, UpdateFailed("verify", detail), trail)
     else:
-        releases.record_return(
-            settings,
-            conn,
-            commit=good.target_commit,
-            from_commit=loop.commit,
-            codename=codenames.new_codename(conn),
-            reason=detail,
-        )
-        snapshots.restore(git, snapshots.Snapshot(good.target_commit, git.branch(), time.time()))
+        trail = Trail(log_dir=settings.updates_dir, started=time.monotonic())
+        to = snapshots.Snapshot(good.target_commit, git.branch(), time.time())
+        return_to(settings, conn, to, detail, trail, live=git)
+        log.warning("the boot guard returned", detail=detail, checks=trail.checks)
         if request is not None:
             requests.notify(
                 request.id,

@@ -27,7 +27,7 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
 from pipeline.sandbox.confinement import Confinement, sandbox_env
 from pipeline.sandbox.validation import PhaseSpec, run_phase
-from pipeline.update import recovery
+from pipeline.update import backups, repair
 from tests.support import ServiceRepo, shown_message
 
 ALICE = Origin("console", "alice")
@@ -353,14 +353,14 @@ def test_config_backups_keep_changed_versions_only_and_the_last_ten(
 ) -> None:
     config = tmp_path / "molt.toml"
     config.write_text("MOLT_QUEUE_MAX = 3\n")
-    first = recovery.backup_config(settings, config)
+    first = backups.backup_config(settings, config)
     assert first is not None and first.read_text() == "MOLT_QUEUE_MAX = 3\n"
-    assert recovery.backup_config(settings, config) is None  # unchanged: no new copy
+    assert backups.backup_config(settings, config) is None  # unchanged: no new copy
     for n in range(12):
         config.write_text(f"MOLT_QUEUE_MAX = {n}\n")
-        recovery.backup_config(settings, config)
-    kept = recovery.backups(settings.data_dir, "molt.toml")
-    assert len(kept) == recovery.KEEP_BACKUPS
+        backups.backup_config(settings, config)
+    kept = backups.backups(settings.data_dir, "molt.toml")
+    assert len(kept) == backups.KEEP_BACKUPS
     assert kept[-1].read_text() == "MOLT_QUEUE_MAX = 11\n"
 
 
@@ -370,25 +370,25 @@ def test_recover_restores_a_missing_or_broken_config_from_its_backup(
     config = tmp_path / "molt.toml"
     monkeypatch.setenv("MOLT_CONFIG", str(config))
     config.write_text("MOLT_QUEUE_MAX = 3\n")
-    recovery.backup_config(settings, config)
+    backups.backup_config(settings, config)
 
-    fine = recovery.restore_config(config, settings.data_dir)
+    fine = backups.restore_config(config, settings.data_dir)
     assert fine.ok and fine.lines == [f"{config} loads; nothing to restore"]
     config.write_text("MOLT_QUEUE_MAX = [oops\n")
-    step = recovery.restore_config(config, settings.data_dir)
+    step = backups.restore_config(config, settings.data_dir)
     assert step.ok and "is not valid TOML" in step.lines[0] and "restored it from" in step.lines[0]
     assert config.read_text() == "MOLT_QUEUE_MAX = 3\n"
     [kept] = tmp_path.glob("molt.toml.broken-*")
     assert kept.read_text() == "MOLT_QUEUE_MAX = [oops\n"
 
     config.unlink()
-    step = recovery.restore_config(config, settings.data_dir)
-    newest = recovery.backups(settings.data_dir, "molt.toml")[-1]
+    step = backups.restore_config(config, settings.data_dir)
+    newest = backups.backups(settings.data_dir, "molt.toml")[-1]
     assert step.ok and step.lines == [f"{config} was missing: restored it from {newest}"]
 
     config.write_text('MOLT_QUEUE_MAX = "many"\n')
     (settings.data_dir / "config-backup").rename(tmp_path / "elsewhere")
-    step = recovery.restore_config(config, settings.data_dir)
+    step = backups.restore_config(config, settings.data_dir)
     assert not step.ok and "MOLT_QUEUE_MAX" in step.lines[0] and "no backup" in step.lines[0]
 
 
@@ -419,7 +419,7 @@ def test_recover_makes_the_requests_in_redis_consistent(
     }
     conn.set(f"molt:lock:{settings.target_id}", json.dumps(holder), px=60_000)
 
-    release, requests = recovery.recover(settings, conn, actor="console:alice")
+    release, requests = repair.recover(settings, conn, actor="console:alice")
     assert release.ok and requests.ok, release.lines + requests.lines
     said = "\n".join(requests.lines)
     assert "released the update lock of lost-lobster" in said
@@ -436,7 +436,7 @@ def test_recover_makes_the_requests_in_redis_consistent(
     assert set(conn.smembers(keyspace.ACTIVE_REQUESTS)) == {planned.id}
     assert "no update was left half-done" in release.lines[0]
 
-    again = recovery.recover(settings, conn, actor="console:alice")[1]
+    again = repair.recover(settings, conn, actor="console:alice")[1]
     assert again.lines == ["consistent: 1 open request(s) left, 1 waiting for a person"]
     assert queueing.waiting(settings, conn) == 0
 
@@ -448,7 +448,7 @@ def test_recover_names_the_last_release_of_molt_that_started_healthy(
     (none yet here); it only reads Molt's own checkout."""
     itself = _with(settings, target_dir=MOLT_HOME)
     assert itself.manages_itself
-    release = recovery.recover(itself, conn, actor="console:alice")[0]
+    release = repair.recover(itself, conn, actor="console:alice")[0]
     assert release.lines[-1] == "no signed release of Molt has reported healthy yet"
 
 

@@ -18,7 +18,7 @@ from pipeline.intake import flow as intake
 from pipeline.queue import queueing
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
-from pipeline.update import recovery
+from pipeline.update import recovery, repair
 from tests.support import Molt, ServiceRepo, git
 
 StartMolt = Callable[..., Molt]
@@ -188,15 +188,15 @@ def test_a_line_whose_job_was_lost_gets_one_again(
 ) -> None:
     """A job lost with its worker (here: its data deleted) leaves a request queued that
     nothing would run: `molt recover`, and the bot's housekeeping, give the line a job."""
-    for version, repair in ((2, "recover"), (3, "housekeeping")):
+    for version, way in ((2, "recover"), (3, "housekeeping")):
         service.commit({"app.py": f"def greet():\n    return 'hello'\n\n\nV = {version}\n"}, "v")
         [request] = _plans(settings, conn, 1)
         assert approval.approve(settings, conn, request.id, APPROVERS[0])
         conn.delete(*conn.keys("rq:job:update-*"))  # lost with its worker
         worker = start_molt("worker")
         worker.wait_for(r"Listening on|molt-updates")
-        if repair == "recover":
-            said = "\n".join(recovery.recover(settings, conn, actor="console:alice")[1].lines)
+        if way == "recover":
+            said = "\n".join(repair.recover(settings, conn, actor="console:alice")[1].lines)
         else:
             said = ""
             deadline = time.monotonic() + _STUCK_AFTER
@@ -206,5 +206,5 @@ def test_a_line_whose_job_was_lost_gets_one_again(
         assert "the waiting line had no job to run it: added update-" in said, said
         assert not _settled(conn, [request])
         ended = RequestStore(conn).get(request.id)
-        assert ended.state is S.SUCCEEDED, f"{repair}: {ended.message}"
+        assert ended.state is S.SUCCEEDED, f"{way}: {ended.message}"
         worker.stop()

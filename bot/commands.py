@@ -1,9 +1,9 @@
 """The command grammar, the same after `/molt`, `!molt`, a GitHub comment or the console:
 
 deploy <ref> [--break-glass <reason>] · rollback [codename] · status · queue · history ·
-review · incidents · freezes · pause · resume · stop · help · answer <text> · anything else: a change request in plain words (a
-sentence: one or two words that are not a command are an unknown command, answered with the
-nearest one)
+review · incidents · freezes · pause · resume · stop · help · answer <text> · anything
+else: a change request in plain words (a sentence: one or two words that are not a command
+are an unknown command, answered with the nearest one)
 
 With more than one target (a fleet), the target's name comes first: after the verb
 (``deploy api v1.4``, ``rollback web``, ``status api``) or, for a change in words, before

@@ -123,17 +123,21 @@ def break_glass_hint(settings: Settings) -> str:
     )
 
 
-def gate(settings: Settings, request: Request, now: datetime | None = None) -> Decision:
+def gate(
+    settings: Settings, request: Request, now: datetime | None = None, *, then: str = ""
+) -> Decision:
     """At plan time and when the approved update starts: a frozen target refuses a deploy or
-    a change, saying until when and how to break glass. A rollback is never held, and a
-    break-glass deploy was (or will be) approved by a second operator."""
+    a change, saying until when, ``then`` (what became of it), and how to break glass. A
+    rollback is never held, and a break-glass deploy was (or will be) approved by a second
+    operator."""
     if request.command == "rollback" or request.break_glass:
         return ALLOWED
     now = now or datetime.now(UTC)
     found = frozen(settings, now)
     if found is None:
         return ALLOWED
-    return Decision(False, f"{found.message(now)}. {break_glass_hint(settings)}", CHECK)
+    said = f"{found.message(now)}. {then + ' ' if then else ''}{break_glass_hint(settings)}"
+    return Decision(False, said, CHECK)
 
 
 def may_break_glass(settings: Settings, request: Request) -> Decision:

@@ -387,10 +387,9 @@ class Update:
         """A freeze that began after the approval holds the update, checked last before the
         snapshot (the tests may have been waited for): it fails without touching anything.
         A rollback, or a deploy a second operator approved to break glass, goes on."""
-        held = freezes.gate(self.settings, request)
+        held = freezes.gate(self.settings, request, then="Nothing was touched.")
         if not held:
-            self.check("freeze", False, 0.0, held.reason)
-            raise UpdateFailed("freeze", f"not started: {held.reason}. Nothing was touched")
+            raise UpdateFailed("freeze", held.reason)
 
     def _snapshot(self, plan: Plan) -> None:
         began = time.monotonic()

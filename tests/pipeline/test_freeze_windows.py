@@ -36,7 +36,7 @@ def test_a_deploy_into_a_frozen_target_is_blocked_at_plan_time_saying_how_to_bre
     service: ServiceRepo, start_chat: StartChat, tmp_path: Path
 ) -> None:
     old = service.live_head()
-    service.commit({"app.py": "VERSION = 2\n"}, "v2")
+    service.commit({"notes.txt": "x\n"}, "notes")
     config = tmp_path / "molt.toml"
     end = _freeze(config)
     chat = start_chat(MOLT_CONFIG=str(config))
@@ -54,7 +54,7 @@ def test_a_freeze_that_begins_between_approval_and_start_holds_the_update_untouc
     service: ServiceRepo, start_chat: StartChat, tmp_path: Path
 ) -> None:
     old = service.live_head()
-    service.commit({"app.py": "VERSION = 2\n"}, "v2")
+    service.commit({"notes.txt": "x\n"}, "notes")
     config = tmp_path / "molt.toml"
     chat = start_chat(MOLT_CONFIG=str(config))
     since = chat.send("deploy main")
@@ -78,7 +78,7 @@ def test_a_freeze_that_begins_between_approval_and_start_holds_the_update_untouc
 def test_break_glass_needs_a_second_operator_and_both_are_audited(
     service: ServiceRepo, start_chat: StartChat, tmp_path: Path
 ) -> None:
-    new = service.commit({"app.py": "VERSION = 2\n"}, "v2")
+    new = service.commit({"notes.txt": "x\n"}, "notes")
     config = tmp_path / "molt.toml"
     end = _freeze(config)
     chat = start_chat(MOLT_CONFIG=str(config), MOLT_OPERATORS=OPERATORS)
@@ -121,7 +121,7 @@ def test_a_rollback_is_never_held_by_a_freeze(
     service: ServiceRepo, start_chat: StartChat, tmp_path: Path
 ) -> None:
     old = service.live_head()
-    service.commit({"app.py": "VERSION = 2\n"}, "v2")
+    service.commit({"notes.txt": "x\n"}, "notes")
     config = tmp_path / "molt.toml"
     first = start_chat(MOLT_CONFIG=str(config))
     since = first.send("deploy main")

@@ -123,21 +123,17 @@ def break_glass_hint(settings: Settings) -> str:
     )
 
 
-def gate(
-    settings: Settings, request: Request, now: datetime | None = None, *, then: str = ""
-) -> Decision:
+def gate(settings: Settings, request: Request, now: datetime | None = None) -> Decision:
     """At plan time and when the approved update starts: a frozen target refuses a deploy or
-    a change, saying until when, ``then`` (what became of it), and how to break glass. A
-    rollback is never held, and a break-glass deploy was (or will be) approved by a second
-    operator."""
+    a change, saying until when and how to break glass. A rollback is never held, and a
+    break-glass deploy was (or will be) approved by a second operator."""
     if request.command == "rollback" or request.break_glass:
         return ALLOWED
     now = now or datetime.now(UTC)
     found = frozen(settings, now)
     if found is None:
         return ALLOWED
-    said = f"{found.message(now)}. {then + ' ' if then else ''}{break_glass_hint(settings)}"
-    return Decision(False, said, CHECK)
+    return Decision(False, f"{found.message(now)}. {break_glass_hint(settings)}", CHECK)
 
 
 def may_break_glass(settings: Settings, request: Request) -> Decision:
@@ -224,6 +220,6 @@ def listing(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
     found = None if whole else frozen(settings, now)
     return {
         "windows": windows,
-        "target_name": "" if whole else settings.target_name,
+        "target_name": settings.target_name if settings.fleet and not whole else "",
         "frozen": found.message(now) if found else "",
     }

@@ -387,7 +387,7 @@ class Update:
         """A freeze that began after the approval holds the update, checked last before the
         snapshot (the tests may have been waited for): it fails without touching anything.
         A rollback, or a deploy a second operator approved to break glass, goes on."""
-        held = freezes.gate(self.settings, request, then="Nothing was touched.")
+        held = freezes.gate(self.settings, request)
         if not held:
             raise UpdateFailed("freeze", held.reason)
 

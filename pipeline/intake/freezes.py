@@ -179,7 +179,8 @@ def glass(settings: Settings, request: Request, now: datetime | None = None) -> 
 
 
 def describe(freeze: Freeze) -> str:
-    """When a window is in force, as its table says it: "fri-sun 16:00-09:00 Europe/London"."""
+    """When a window is in force, spelt out so that what the table means is plain: "weekly,
+    fri 16:00 to mon 09:00 Europe/London"."""
     if not freeze.weekly:
         assert freeze.start is not None and freeze.end is not None
         zone = ZoneInfo(freeze.timezone)
@@ -188,13 +189,13 @@ def describe(freeze: Freeze) -> str:
         )
         return f"{start} to {end} {freeze.timezone}"
     assert freeze.opens is not None and freeze.closes is not None
-    days = ", ".join(
-        WEEKDAYS[first]
-        if length == 1
-        else f"{WEEKDAYS[first]}-{WEEKDAYS[(first + length - 1) % 7]}"
-        for first, length in _runs(freeze.days)
-    )
-    return f"{days} {freeze.opens:%H:%M}-{freeze.closes:%H:%M} {freeze.timezone}"
+    crosses = freeze.closes <= freeze.opens
+    spans = []
+    for first, length in _runs(freeze.days):
+        opens, closes = WEEKDAYS[first], WEEKDAYS[(first + length - 1 + crosses) % 7]
+        closing = f"{freeze.closes:%H:%M}" if closes == opens else f"{closes} {freeze.closes:%H:%M}"
+        spans.append(f"{opens} {freeze.opens:%H:%M} to {closing}")
+    return f"weekly, {', '.join(spans)} {freeze.timezone}"
 
 
 def listing(settings: Settings, now: datetime | None = None) -> dict[str, Any]:

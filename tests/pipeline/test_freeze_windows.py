@@ -155,10 +155,14 @@ def test_freezes_lists_the_windows_and_which_are_in_force(
     since = chat.send("freezes")
     chat.wait_for(r"❄️ Freeze windows", since=since)
     chat.wait_for(rf"1\. in force until {end:%a %H:%M} UTC · holidays · .* · every target", since)
-    chat.wait_for(r"2\. .*weekends · sat-sun 00:00-00:00 Europe/London · every target", since)
+    chat.wait_for(
+        r"2\. .*weekends · weekly, sat 00:00 to mon 00:00 Europe/London · every target", since
+    )
     said = molt("freezes")
     assert said.returncode == 0
-    assert "holidays" in said.stdout and "sat-sun 00:00-00:00 Europe/London" in said.stdout
+    assert (
+        "holidays" in said.stdout and "weekly, sat 00:00 to mon 00:00 Europe/London" in said.stdout
+    )
 
 
 def test_freezes_is_for_operators_only(

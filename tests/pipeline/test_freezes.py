@@ -154,7 +154,16 @@ def test_the_listing_marks_the_windows_in_force() -> None:
         ("weekend freeze", True, "Mon 09:00 Europe/London"),
         ("holidays", False, ""),
     ]
-    assert listed["windows"][0]["when"] == "fri-sun 16:00-09:00 Europe/London"
+    assert listed["windows"][0]["when"] == "weekly, fri 16:00 to mon 09:00 Europe/London"
+    assert listed["windows"][1]["when"] == "2026-12-20 00:00 to 2027-01-04 00:00 UTC"
+
+
+def test_a_listing_spells_out_each_run_of_days_as_one_window() -> None:
+    """Consecutive days are one window; a day apart from the others is a window of its own."""
+    settings = _with({"days": ["mon", "tue", "thu"], "from": "09:00", "to": "17:00", "reason": "x"})
+    [listed] = freezes.listing(settings, datetime(2026, 12, 8, 12, 0, tzinfo=UTC))["windows"]
+    assert listed["when"] == "weekly, mon 09:00 to tue 17:00, thu 09:00 to 17:00 UTC"
+    assert listed["in_force"] and listed["until"] == "Tue 17:00 UTC"
 
 
 @pytest.mark.parametrize(

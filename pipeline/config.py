@@ -13,6 +13,7 @@ import base64
 import binascii
 import getpass
 import hashlib
+import json
 import os
 import re
 import tomllib
@@ -413,7 +414,9 @@ class Settings(BaseSettings):
     channels: UserList = _var("MOLT_CHANNELS", [])
     # Freeze windows (pipeline/intake/freezes.py): the ``[[freeze]]`` tables of molt.toml,
     # checked into ``Freeze``s as they load; a bad one stops start-up naming its key.
-    freeze: list[Freeze] = Field([], validation_alias=AliasChoices("freeze", "MOLT_FREEZE"))
+    freeze: Annotated[list[Freeze], NoDecode] = Field(
+        [], validation_alias=AliasChoices("freeze", "MOLT_FREEZE")
+    )
     #: The target this is the view of (``for_target``); empty for the settings as loaded.
     _target_name: str = PrivateAttr("")
     _views: dict[str, Settings] = PrivateAttr(default_factory=dict)
@@ -479,6 +482,14 @@ class Settings(BaseSettings):
     @field_validator("freeze", mode="before")
     @classmethod
     def _freezes(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):  # MOLT_FREEZE, the tables as JSON
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(
+                    "invalid configuration: MOLT_FREEZE: expected a JSON list of freeze "
+                    "tables, as [[freeze]] in molt.toml"
+                ) from None
         if not isinstance(value, list):
             return value  # pydantic refuses it, naming the setting
         freezes = [_freeze(table, number) for number, table in enumerate(value, start=1)]

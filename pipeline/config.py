@@ -18,7 +18,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, time
 from functools import cached_property
 from pathlib import Path
@@ -170,7 +170,7 @@ class Freeze:
             start, end = (_instant(table, key, zone, wrong) for key in ("start", "end"))
             if end <= start:
                 raise wrong("end", f"a time after start ({start.isoformat()})")
-            return cls(**{**found.__dict__, "start": start, "end": end})
+            return replace(found, start=start, end=end)
         days = table.get("days")
         if not isinstance(days, list) or not days or not all(d in WEEKDAYS for d in days):
             raise wrong("days", f"a list of days among {', '.join(WEEKDAYS)}")
@@ -178,7 +178,7 @@ class Freeze:
             raise wrong("days", "fewer than all seven days (a weekly window has to end)")
         opens, closes = (_clock(table, key, wrong) for key in ("from", "to"))
         numbers = tuple(sorted({WEEKDAYS.index(d) for d in days}))
-        return cls(**{**found.__dict__, "days": numbers, "opens": opens, "closes": closes})
+        return replace(found, days=numbers, opens=opens, closes=closes)
 
 
 def _freeze(table: Any, number: int) -> Freeze:

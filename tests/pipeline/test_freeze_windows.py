@@ -8,12 +8,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import redis
+
 from pipeline import audit
+from pipeline.config import Freeze, Settings
 from pipeline.intake import approval
+from pipeline.intake import flow as intake
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin
 from tests.desk import StartChat, molt
-from tests.support import ServiceRepo
+from tests.support import ServiceRepo, shown_message
 
 BOB = Origin("console", "bob")
 OPERATORS = "console:alice,console:bob"
@@ -182,3 +186,20 @@ def test_a_bad_freeze_table_stops_start_up_naming_the_key(tmp_path: Path) -> Non
     said = molt("status", env={"MOLT_CONFIG": str(config)})
     assert said.returncode != 0
     assert "freeze #1: to: expected a time of day" in said.stderr
+
+
+def test_molt_never_approves_a_break_glass_plan_itself(
+    service: ServiceRepo, settings: Settings, conn: redis.Redis
+) -> None:
+    """Under MOLT_AUTONOMY=auto a low-risk plan is approved by Molt itself, but not one that
+    breaks glass: that needs a second operator."""
+    service.commit({"notes.txt": "x\n"}, "notes")
+    now = datetime.now(UTC)
+    holidays = {"start": now - timedelta(hours=1), "end": now + timedelta(days=1), "reason": "x"}
+    auto = settings.model_copy(update={"autonomy": "auto", "freeze": [Freeze.parse(holidays, 1)]})
+    alice = Origin("console", "alice")
+    request = intake.submit(auto, conn, alice, "deploy", "main", "deploy main", break_glass="y")
+    assert request.state is S.PLAN_READY and not request.approver
+    assert "Molt approves this plan itself" not in shown_message(conn, request, "plan_ready").text
+    plain = intake.submit(auto, conn, alice, "rollback", "main", "rollback amber-otter")
+    assert plain.state is S.QUEUED  # what auto does to a plan that breaks no glass

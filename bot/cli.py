@@ -141,6 +141,13 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_freezes(args: argparse.Namespace) -> int:
+    from pipeline.intake import freezes
+
+    _print("freezes", **freezes.listing(_target(args, whole=True)))
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     settings = _target(args, whole=bool(args.request))
     conn = store.connect(settings)
@@ -419,6 +426,9 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     incidents = sub.add_parser("incidents", help="open and recent incidents and their outcomes")
     incidents.add_argument("-n", "--count", type=int, default=20)
     incidents.set_defaults(func=cmd_incidents)
+    sub.add_parser(
+        "freezes", parents=[targeted], help="the freeze windows, and which are in force"
+    ).set_defaults(func=cmd_freezes)
     for name, what in (
         ("pause", "hold the start of new updates (requests still get plans)"),
         ("resume", "let queued updates start again"),

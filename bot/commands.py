@@ -1,9 +1,9 @@
 """The command grammar, the same after `/molt`, `!molt`, a GitHub comment or the console:
 
-deploy <ref> · rollback [codename] · status · queue · history · review · incidents · pause ·
-resume · stop · help · answer <text> · anything else: a change request in plain words (a
-sentence: one or two words that are not a command are an unknown command, answered with the
-nearest one)
+deploy <ref> [--break-glass <reason>] · rollback [codename] · status · queue · history ·
+review · incidents · freezes · pause · resume · stop · help · answer <text> · anything
+else: a change request in plain words (a sentence: one or two words that are not a command
+are an unknown command, answered with the nearest one)
 
 With more than one target (a fleet), the target's name comes first: after the verb
 (``deploy api v1.4``, ``rollback web``, ``status api``) or, for a change in words, before
@@ -20,20 +20,36 @@ from dataclasses import dataclass, replace
 
 MAX_LENGTH = 2000
 OPERATOR_VERBS = frozenset(
-    {"status", "queue", "history", "review", "incidents", "pause", "resume", "stop", "rollback"}
+    {
+        "status",
+        "queue",
+        "history",
+        "review",
+        "incidents",
+        "freezes",
+        "pause",
+        "resume",
+        "stop",
+        "rollback",
+    }
 )
+#: What follows a deploy's ref to deploy into a freeze window, with the reason after it.
+BREAK_GLASS = "--break-glass"
 VERBS = frozenset({"deploy", "help", "answer"}) | OPERATOR_VERBS
 #: Verbs that may name a target of a fleet after them.
 TARGETED_VERBS = frozenset({"deploy"}) | OPERATOR_VERBS
 
 HELP = (
     "deploy <ref> — plan deploying a branch, tag or commit; Approve to run it",
+    "deploy <ref> --break-glass <reason> — deploy into a freeze window (operators; a second "
+    "operator approves)",
     "rollback [codename] — return to the release before that update (default: the last one)",
     "status — what is running, what waits, which version is live",
     "queue — approved requests waiting their turn",
     "history — the last updates and how they ended",
     "review — plans waiting for approval and questions waiting for answers",
     "incidents — open and recent incidents, what Molt did and whether it held",
+    "freezes — the freeze windows, and which are in force",
     "pause / resume — hold or release the start of new updates",
     "stop — emergency: roll back the running update and clear the queue",
     "answer <text> — answer the planner's questions on your newest request that asks",
@@ -49,6 +65,7 @@ class Command:
     text: str = ""
     error: str = ""
     target: str = ""  # the target it names, in a fleet ("" if it names none)
+    break_glass: str = ""  # a deploy's reason to go into a freeze window (--break-glass)
 
 
 def _clean(text: str) -> str:
@@ -84,11 +101,17 @@ def _parse(text: str) -> Command:
     verb = head.lower()
     rest = rest.strip()
     if verb == "deploy":
-        if not rest or " " in rest:
+        ref, glass, reason = f" {rest} ".partition(f" {BREAK_GLASS} ")
+        ref, reason = ref.strip(), " ".join(reason.split())
+        if glass and (not reason or not ref or " " in ref):
+            return Command(
+                "invalid", text=clean, error=f"usage: deploy <ref> {BREAK_GLASS} <reason>"
+            )
+        if not ref or " " in ref:
             return Command(
                 "invalid", text=clean, error="usage: deploy <ref> (one branch, tag or commit)"
             )
-        return Command("deploy", rest, clean)
+        return Command("deploy", ref, clean, break_glass=reason)
     if verb == "answer":
         if not rest:
             return Command(

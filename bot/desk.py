@@ -29,7 +29,7 @@ from pipeline.config import Settings
 from pipeline.exceptions import ConfigError, GitError, IllegalTransition, UnknownRequest
 from pipeline.incidents import book as incidents
 from pipeline.incidents import diagnosis
-from pipeline.intake import approval, control
+from pipeline.intake import approval, control, freezes
 from pipeline.intake import flow as intake
 from pipeline.requests import authorisation
 from pipeline.requests.decisions import Decision
@@ -51,7 +51,7 @@ PLANNING_VERBS = frozenset({"deploy", "change", "rollback", "answer"})
 PLANNING_BUTTONS = frozenset({"retry", "fix"})
 #: Verbs that, in a fleet, may go without a target: help, answers, and the views of every
 #: target (``status``, ``review``). Any other needs one, named or the channel's.
-FLEET_WIDE = frozenset({"help", "invalid", "answer", "status", "review"})
+FLEET_WIDE = frozenset({"help", "invalid", "answer", "status", "review", "freezes"})
 
 
 def broke(exc: Exception) -> str:
@@ -226,7 +226,15 @@ class Desk(Front):
 
     def _ask(self, settings: Settings, origin: Origin, command: Command) -> None:
         """``deploy <ref>`` or a change in words: a new request."""
-        intake.submit(settings, self.conn, origin, command.verb, command.argument, command.text)
+        intake.submit(
+            settings,
+            self.conn,
+            origin,
+            command.verb,
+            command.argument,
+            command.text,
+            break_glass=command.break_glass,
+        )
 
     def _help_lines(self, origin: Origin) -> tuple[str, ...]:
         """The grammar, and what the asker's platform adds (the console's ``press``)."""
@@ -268,6 +276,9 @@ class Desk(Front):
 
     def _incidents(self, settings: Settings, origin: Origin, command: Command) -> None:
         self._reply(origin, "incidents", **incidents.listing(settings, self.conn))
+
+    def _freezes(self, settings: Settings, origin: Origin, command: Command) -> None:
+        self._reply(origin, "freezes", **freezes.listing(settings))
 
     def _pause(self, settings: Settings, origin: Origin, command: Command) -> None:
         said = control.pause(settings, self.conn, origin.principal)
@@ -398,6 +409,7 @@ BY_VERB: dict[str, Callable[[Desk, Settings, Origin, Command], None]] = {
     "history": Desk._history,
     "review": Desk._review,
     "incidents": Desk._incidents,
+    "freezes": Desk._freezes,
     "pause": Desk._pause,
     "resume": Desk._resume,
     "stop": Desk._stop,

@@ -18,11 +18,13 @@ import os
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, time
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -219,6 +221,117 @@ def _watch_query(where: str, raw: Any) -> WatchQuery:
         consecutive,
         required,
     )
+
+
+#: The days a weekly ``[[freeze]]`` names, Monday first (``datetime.weekday()``'s order).
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+#: The keys a ``[[freeze]]`` table may set.
+FREEZE_KEYS = ("targets", "days", "from", "to", "timezone", "start", "end", "reason")
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """One ``[[freeze]]`` table of molt.toml: a weekly window (``days``, ``opens`` and
+    ``closes`` in ``timezone``) or a one-off one (``start`` to ``end``), for ``targets``
+    (empty: every target). pipeline/intake/freezes.py says when it is in force."""
+
+    number: int  # its place among the tables, from 1, as errors and listings name it
+    reason: str
+    targets: tuple[str, ...] = ()
+    days: tuple[int, ...] = ()
+    opens: time | None = None
+    closes: time | None = None
+    timezone: str = "UTC"
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @property
+    def weekly(self) -> bool:
+        return bool(self.days)
+
+    @classmethod
+    def parse(cls, table: Any, number: int) -> Freeze:
+        """A table as molt.toml gives it; anything wrong is a ConfigError naming the key."""
+        where = f"freeze #{number}"
+
+        def wrong(key: str, expected: str) -> ConfigError:
+            given = table.get(key) if isinstance(table, dict) else table
+            return ConfigError(
+                f"invalid configuration: {where}: {key}: expected {expected}, got {given!r}"
+            )
+
+        if not isinstance(table, dict):
+            raise ConfigError(f"invalid configuration: {where}: expected a [[freeze]] table")
+        unknown = sorted(set(table) - set(FREEZE_KEYS))
+        if unknown:
+            raise wrong(unknown[0], f"one of the keys {', '.join(FREEZE_KEYS)}")
+        reason = table.get("reason")
+        if not isinstance(reason, str) or not reason.strip():
+            raise wrong("reason", "the reason people are told, as text")
+        targets = table.get("targets", [])
+        if not isinstance(targets, list) or not all(
+            isinstance(t, str) and TARGET_NAME.fullmatch(t) for t in targets
+        ):
+            raise wrong("targets", "a list of target names")
+        zone = table.get("timezone", "UTC")
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise wrong("timezone", "an IANA time zone such as Europe/London") from None
+        found = cls(number, reason.strip(), tuple(targets), timezone=zone)
+        weekly = {"days", "from", "to"} & set(table)
+        once = {"start", "end"} & set(table)
+        if weekly and once:
+            raise wrong(sorted(once)[0], "days, from and to, or start and end, not both")
+        if once:
+            start, end = (_instant(table, key, zone, wrong) for key in ("start", "end"))
+            if end <= start:
+                raise wrong("end", f"a time after start ({start.isoformat()})")
+            return replace(found, start=start, end=end)
+        days = table.get("days")
+        if not isinstance(days, list) or not days or not all(d in WEEKDAYS for d in days):
+            raise wrong("days", f"a list of days among {', '.join(WEEKDAYS)}")
+        if len(set(days)) == len(WEEKDAYS):
+            raise wrong("days", "fewer than all seven days (a weekly window has to end)")
+        opens, closes = (_clock(table, key, wrong) for key in ("from", "to"))
+        numbers = tuple(sorted({WEEKDAYS.index(d) for d in days}))
+        return replace(found, days=numbers, opens=opens, closes=closes)
+
+
+def _freeze(table: Any, number: int) -> Freeze:
+    """A table of molt.toml, or a freeze already read (a target's view is built from the
+    settings' own dump, where each is the dataclass's fields)."""
+    if isinstance(table, Freeze):
+        return table
+    if isinstance(table, dict) and set(table) == set(Freeze.__dataclass_fields__):
+        return Freeze(**table)
+    return Freeze.parse(table, number)
+
+
+def _clock(table: dict[str, Any], key: str, wrong: Callable[[str, str], ConfigError]) -> time:
+    """A ``from``/``to`` of a weekly freeze: "HH:MM", 24-hour."""
+    value = table.get(key)
+    if not isinstance(value, str) or not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+        raise wrong(key, 'a time of day as "HH:MM" (24-hour)')
+    return time(int(value[:2]), int(value[3:]))
+
+
+def _instant(
+    table: dict[str, Any], key: str, zone: str, wrong: Callable[[str, str], ConfigError]
+) -> datetime:
+    """A ``start``/``end`` of a one-off freeze: an ISO 8601 time or a TOML date-time; one
+    without an offset is in the table's ``timezone``."""
+    value = table.get(key)
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise wrong(key, 'a date and time such as "2026-12-20T00:00:00Z"') from None
+    if not isinstance(value, datetime):
+        raise wrong(key, 'a date and time such as "2026-12-20T00:00:00Z"')
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=ZoneInfo(zone))
+    return value.astimezone(UTC)
 
 
 def _var(name: str, default: Any = None, **kwargs: Any) -> Any:
@@ -591,6 +704,11 @@ class Settings(BaseSettings):
         {}, validation_alias=AliasChoices("targets", "MOLT_TARGETS")
     )
     channels: UserList = _var("MOLT_CHANNELS", [])
+    # Freeze windows (pipeline/intake/freezes.py): the ``[[freeze]]`` tables of molt.toml,
+    # checked into ``Freeze``s as they load; a bad one stops start-up naming its key.
+    freeze: Annotated[list[Freeze], NoDecode] = Field(
+        [], validation_alias=AliasChoices("freeze", "MOLT_FREEZE")
+    )
     #: The target this is the view of (``for_target``); empty for the settings as loaded.
     _target_name: str = PrivateAttr("")
     _views: dict[str, Settings] = PrivateAttr(default_factory=dict)
@@ -665,6 +783,30 @@ class Settings(BaseSettings):
             if not sep or not platform or not ident:
                 raise ValueError(f"expected platform:id entries, got {user!r}")
         return value if users is None else users
+
+    @field_validator("freeze", mode="before")
+    @classmethod
+    def _freezes(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):  # MOLT_FREEZE, the tables as JSON
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ConfigError(
+                    "invalid configuration: MOLT_FREEZE: expected a JSON list of freeze "
+                    "tables, as [[freeze]] in molt.toml"
+                ) from None
+        if not isinstance(value, list):
+            return value  # pydantic refuses it, naming the setting
+        freezes = [_freeze(table, number) for number, table in enumerate(value, start=1)]
+        known = info.data.get("targets") or {}
+        for freeze in freezes if known else ():
+            unknown = sorted(set(freeze.targets) - set(known))
+            if unknown:
+                raise ConfigError(
+                    f"invalid configuration: freeze #{freeze.number}: targets: no target "
+                    f"{unknown[0]!r} (known are {', '.join(sorted(known))})"
+                )
+        return freezes
 
     @field_validator("redis_sentinels", mode="before")
     @classmethod

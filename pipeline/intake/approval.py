@@ -12,6 +12,8 @@ approval, Molt's own included (MOLT_AUTONOMY=auto approves low-risk plans as
 which approves it (``approves_on_retry``).
 A refusal is a Decision whose check is "authorisation", "expired", "late", "queue-full",
 "autonomy" (not a plan Molt approves itself) or one of pipeline/intake/autonomy.py's.
+A break-glass plan (pipeline/intake/freezes.py) is approved only by a second operator, never
+its requester nor Molt itself; that approval is audited as ``break_glass_approved``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from typing import Any
 
 import redis
 
+from pipeline import audit
 from pipeline.config import Settings
 from pipeline.exceptions import IllegalTransition
-from pipeline.intake import autonomy
+from pipeline.intake import autonomy, freezes
 from pipeline.queue import queueing
 from pipeline.queue.targets import Target
 from pipeline.requests import authorisation
@@ -180,6 +183,8 @@ def approve_automatically(settings: Settings, conn: redis.Redis, request_id: str
     decision = _still_waiting(request) and approvable(settings, conn, request)
     if decision and not autonomy.approves_itself(settings, request.plan or {}):
         decision = Decision(False, "only low-risk plans are approved by Molt itself", "autonomy")
+    if decision and request.break_glass:
+        decision = Decision(False, "breaking glass needs a second operator's approval", "autonomy")
     if not decision:
         return decision
     message = "approved by Molt itself: a low-risk plan (MOLT_AUTONOMY=auto)"
@@ -206,6 +211,7 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
     principal = who.principal
     risk = (request.plan or {}).get("risk", {}).get("level", "low")
     decision = authorisation.may_approve(settings, who, request.requester, risk)
+    decision = decision and freezes.may_approve(settings, who, request)
     if decision and expire_if_due(settings, store, request):
         decision = Decision(False, "this plan has expired: ask again", "expired")
     decision = decision and _still_waiting(request) and approvable(settings, conn, request)
@@ -215,7 +221,20 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
         )
     if not decision:
         return _refuse(store, request, principal, "approve", decision)
+    _glass_approved(settings, conn, request, principal)
     return decision
+
+
+def _glass_approved(settings: Settings, conn: redis.Redis, request: Request, approver: str) -> None:
+    """A second operator let a deploy through a freeze: on the record, with the reason."""
+    if not request.break_glass:
+        return
+    detail = {"reason": request.break_glass, "requester": request.requester}
+    if settings.fleet:
+        detail["target"] = settings.target_name
+    audit.append(
+        conn, actor=approver, action="break_glass_approved", request_id=request.id, detail=detail
+    )
 
 
 def unchanged(previous: dict[str, Any] | None, plan: dict[str, Any]) -> bool:
@@ -238,6 +257,7 @@ def approves_on_retry(
     approve it (so a high-risk plan still needs someone other than its requester)."""
     level = plan.get("risk", {}).get("level", "low")
     may = authorisation.may_approve(settings, who, request.requester, level)
+    may = may and freezes.may_approve(settings, who, request)
     return bool(request.approver) and unchanged(request.plan, plan) and may.allowed
 
 
@@ -267,12 +287,16 @@ def _approve_as(
     level = (request.plan or {}).get("risk", {}).get("level", "low")
     decision = (
         authorisation.may_approve(settings, who, request.requester, level)
+        and freezes.may_approve(settings, who, request)
         and _still_waiting(request)
         and approvable(settings, conn, request)
     )
     if not decision:
         return decision
-    return _approve_and_queue(settings, conn, request_id, who.principal, message)
+    decision = _approve_and_queue(settings, conn, request_id, who.principal, message)
+    if decision:
+        _glass_approved(settings, conn, request, who.principal)
+    return decision
 
 
 def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:

@@ -9,8 +9,10 @@ the new plan is unchanged, the press is its approval (pipeline/intake/approval.p
 
 ``advance`` runs named steps: the gates, pre-flight, planning. A refusal among them
 ends the request blocked, its data naming the Decision's check: "switch", "daily
-limit", the failing pre-flight check's name, or "tests". A change in words with no
-planner configured is refused at ``submit`` (check "planner"): no Retry brings one.
+limit", "freeze" (pipeline/intake/freezes.py), the failing pre-flight check's name, or
+"tests". A change in words with no planner configured is refused at ``submit`` (check
+"planner"), as is a break-glass deploy asked by someone who is not an operator: no Retry
+changes either.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from typing import Any
 import redis
 import structlog
 
-from pipeline import metrics
+from pipeline import audit, metrics
 from pipeline.config import Settings
 from pipeline.exceptions import MoltError, PlanningError
 from pipeline.git import Git
-from pipeline.intake import approval, autonomy, preflight
+from pipeline.intake import approval, autonomy, freezes, preflight
 from pipeline.planning import deploys as planning
 from pipeline.queue import queueing, workers
 from pipeline.queue.targets import Target, of_target
@@ -51,9 +53,16 @@ TOO_MANY_FOLLOW_UPS = Decision(
 
 
 def submit(
-    settings: Settings, conn: redis.Redis, origin: Origin, command: str, argument: str, text: str
+    settings: Settings,
+    conn: redis.Redis,
+    origin: Origin,
+    command: str,
+    argument: str,
+    text: str,
+    break_glass: str = "",
 ) -> Request:
-    """Take a request in and move it as far as it goes without a person."""
+    """Take a request in and move it as far as it goes without a person; ``break_glass``
+    is an operator's reason to deploy into a freeze window."""
     store = RequestStore(conn)
     known = settings.secrets()
     request = store.create(
@@ -62,13 +71,14 @@ def submit(
         command,
         redact(argument[:MAX_TEXT], known),
         target=settings.target_name if settings.fleet else "",
+        break_glass=redact(break_glass[:MAX_TEXT], known),
     )
     # Who may ask, then whether anything here can plan what was asked (a change in words
     # needs the LLM planner): both are refusals, with nothing a Retry could change.
     # A switch that is off says so first (blocked, by the gates).
     decision = authorisation.may_request(settings, origin)
     if decision and autonomy.switched_on(settings, request):
-        decision = _planner(settings, request)
+        decision = _planner(settings, request) and freezes.may_break_glass(settings, request)
     if not decision:
         metrics.refused(decision.check)
         return store.transition(
@@ -78,7 +88,20 @@ def submit(
             message=decision.reason,
             data={"check": decision.check},
         )
+    if request.break_glass:
+        detail = freezes.glass(settings, request) | _named(settings)
+        audit.append(
+            conn,
+            actor=request.requester,
+            action="break_glass",
+            request_id=request.id,
+            detail=detail,
+        )
     return advance(settings, conn, request.id)
+
+
+def _named(settings: Settings) -> dict[str, str]:
+    return {"target": settings.target_name} if settings.fleet else {}
 
 
 def _on_worker(
@@ -196,11 +219,13 @@ def _checked_and_planned(
 
 
 def _gates(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
-    """What refuses a request before any check runs: a switch, the daily limit, no planner."""
+    """What refuses a request before any check runs: a switch, the daily limit, no planner,
+    a freeze."""
     return (
         autonomy.switched_on(settings, request)
         and autonomy.within_daily_limit(settings, conn, request)
         and _planner(settings, request)
+        and freezes.gate(settings, request)
     )
 
 
@@ -311,6 +336,8 @@ def _plan(
     made = planning.plan_deploy(settings, conn, request.argument, request.rollback_of)
     tests = _tests(settings, conn, request)
     shown = made.to_dict()
+    if request.break_glass:  # the plan shows the freeze it breaks, and why
+        shown["break_glass"] = freezes.glass(settings, request)
     if settings.autonomy == "semi":
         store.notify(
             request_id,
@@ -346,6 +373,7 @@ def _plan_ready(
         presser = retried_by
     recovery = presser is None and autonomy.recovers_itself(settings, request)
     auto = presser is None and (recovery or autonomy.approves_itself(settings, plan))
+    auto = auto and not request.break_glass  # a second operator approves those
     held = approval.approvable(settings, conn, request) if auto or presser else ALLOWED
     shown = {"expires_in": settings.plan_ttl, "autonomy": settings.autonomy, "tests": tests or {}}
     held_key = "retry_held" if presser else "auto_held"

@@ -74,6 +74,8 @@ class Request:
     answers: list[str] = field(default_factory=list)
     #: The target (``Settings.target_name``) the request updates.
     target: str = ""
+    #: Why an operator deploys into a freeze window (``--break-glass``); "" for any other.
+    break_glass: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -127,6 +129,7 @@ class Request:
             approver=raw.get("approver", ""),
             plan_ready_at=float(raw.get("plan_ready_at", 0)),
             target=raw.get("target", ""),
+            break_glass=raw.get("break_glass", ""),
             **{k: v for k, v in loaded.items() if v is not None or k != "answers"},
         )
 
@@ -158,6 +161,7 @@ class Request:
             "approver": self.approver,
             "target_name": self.target,  # a fleet's target; messages name it
             "rollback_of": self.rollback_of,
+            "break_glass": self.break_glass,
             "plan": self.plan or {},
             "result": self.result or {},
         }
@@ -170,7 +174,13 @@ class RequestStore:
         self.conn = conn
 
     def create(
-        self, origin: Origin, text: str, command: str, argument: str, target: str = ""
+        self,
+        origin: Origin,
+        text: str,
+        command: str,
+        argument: str,
+        target: str = "",
+        break_glass: str = "",
     ) -> Request:
         now = time.time()
         request = Request(
@@ -182,6 +192,7 @@ class RequestStore:
             created_at=now,
             updated_at=now,
             target=target,
+            break_glass=break_glass,
         )
         detail = {"text": text, "command": command, "platform": origin.platform}
         if target:

@@ -2,7 +2,8 @@
 
 A job is a turn: it waits for the update lock, then runs whichever request heads the
 waiting line (pipeline/queue/queueing.py). One update, step by step: snapshot → sandbox →
-phase one → apply to live → phase two → sign the release → restart → verify. A
+phase one → apply to live → phase two → sign the release → restart → verify; before the
+snapshot, a freeze window in force holds it (pipeline/intake/freezes.py). A
 change described in words is written in the sandbox first (pipeline/update/change.py).
 Any failure goes down the one failure path (pipeline/service/rollback.py): back to the
 snapshot, restarted again if the service had been restarted, the return verified,
@@ -25,7 +26,7 @@ from pipeline.exceptions import IllegalTransition, UpdateFailed
 from pipeline.git import Git
 from pipeline.incidents import oncall
 from pipeline.incidents.book import IncidentBook
-from pipeline.intake import autonomy, control, preflight
+from pipeline.intake import autonomy, control, freezes, preflight
 from pipeline.intake import flow as intake
 from pipeline.planning.plans import Plan
 from pipeline.processes import RunningCommand
@@ -288,6 +289,7 @@ class Update:
 
     def _steps(self, request: Request, plan: Plan) -> None:
         self._tests_first(request, plan)
+        self._not_frozen(request)
         self._snapshot(plan)
         baseline = self._baseline(plan.base_commit)
         one, changed = self._phase_one(request, plan, baseline)
@@ -382,6 +384,14 @@ class Update:
             raise UpdateFailed("pre-flight", f"{countable.reason}. Nothing was touched")
         counted = f"{record.count} passed" if record.count is not None else "passed"
         self.check("pre-flight tests", True, seconds, f"{counted} at {short}")
+
+    def _not_frozen(self, request: Request) -> None:
+        """A freeze that began after the approval holds the update, checked last before the
+        snapshot (the tests may have been waited for): it fails without touching anything.
+        A rollback, or a deploy a second operator approved to break glass, goes on."""
+        held = freezes.gate(self.settings, request)
+        if not held:
+            raise UpdateFailed("freeze", held.reason)
 
     def _snapshot(self, plan: Plan) -> None:
         began = time.monotonic()

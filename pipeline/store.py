@@ -148,6 +148,7 @@ def ensure_embedded(data_dir: Path) -> Path:
             return sock
         _stop_stale(data_dir)
         sock.unlink(missing_ok=True)
+        (data_dir / "redis.pid").unlink(missing_ok=True)  # the new server's pid goes there
         conf = data_dir / "redis.conf"
         conf.write_text(
             "\n".join(
@@ -173,12 +174,16 @@ def ensure_embedded(data_dir: Path) -> Path:
         if result.returncode != 0:
             raise StoreError(f"starting embedded Redis: {result.stderr or result.stdout}".strip())
         deadline = time.monotonic() + 10
+        # Watched from the moment it has a pid, before it answers: a process killed while it
+        # waits for the answer leaves no server that nothing would stop.
+        while not _server_pid(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        _watch(data_dir)
         while not _alive(sock):
             if time.monotonic() > deadline:
                 log = (data_dir / "redis.log").read_text(errors="replace")[-1000:]
                 raise StoreError(f"starting embedded Redis: no answer on {sock}: {log}")
             time.sleep(0.01)
-        _watch(data_dir)
     return sock
 
 

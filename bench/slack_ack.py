@@ -82,7 +82,7 @@ DRAIN_TIMEOUT = 60.0
 REPLY_TIMEOUT = 10.0
 FAKE_UP = r"fake slack is up port=(\d+)"
 BARE_UP = r"bare bolt is up port=(\d+)"
-MOLT_UP = r"molt is up.* port=(\d+)"
+MOLT_UP = r"molt is up.*\bport\W+(\d+)"  # the console or the JSON log line
 
 
 # -- the two helper processes: the fake Slack and the bare Bolt app -------------------------------

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from slack_bolt import App
 from slack_bolt.authorization import AuthorizeResult
+from slack_bolt.logger.messages import warning_client_prioritized_and_token_skipped
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry import RateLimitErrorRetryHandler, default_retry_handlers
@@ -47,6 +48,12 @@ def _web_client(settings: Settings, token: str | None) -> WebClient:
     )
 
 
+def _not_the_token_warning(record: logging.LogRecord) -> bool:
+    """Bolt reads SLACK_BOT_TOKEN from the environment by itself, then warns at every start
+    that the client it was given wins; that client carries no token on purpose."""
+    return record.getMessage() != warning_client_prioritized_and_token_skipped()
+
+
 class Slack(Adapter):
     platform = "slack"
 
@@ -74,6 +81,7 @@ class Slack(Adapter):
         bolt_logger = logging.getLogger("bot.slack.bolt")
         if bolt_logger.level == logging.NOTSET:
             bolt_logger.setLevel(logging.WARNING)
+            bolt_logger.addFilter(_not_the_token_warning)
         self.app = App(
             client=_web_client(settings, None),
             authorize=lambda: self._authorize(),  # Bolt passes what a function names: nothing

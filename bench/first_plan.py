@@ -7,8 +7,12 @@ starts; the plan shows how that run stands.
 With ``--live`` the plan is approved as soon as it shows, and the run goes on until the
 branch is live (pre-flight's run, phase 1, phase 2, the self-restart and the watch window,
 ``--watch`` seconds): approve → live, against one run of the suite as pre-flight timed it.
+With ``--after-tests`` as well, the plan is approved only once it shows pre-flight's run
+passed, as a person who read the plan for a few minutes would, and as every later deploy
+meets it (its phase 2 records the run at the commit it makes live): approve → live is then
+phase 1, phase 2, the restart and the watch.
 
-    python bench/first_plan.py [--runs 1] [--live] [--watch 60]
+    python bench/first_plan.py [--runs 1] [--live [--after-tests]] [--watch 60]
 """
 
 from __future__ import annotations
@@ -31,13 +35,14 @@ UP = re.compile(r"Molt \S+ is up")
 PLAN = re.compile(r"📋 Plan ready")
 LIVE = re.compile(r"✅ Live: ")
 FAILED = re.compile(r"❌ Failed: |⛔ Blocked: ")
+TESTS_PASSED = re.compile(r"Tests at `?\w+`?:\*? passed")
 
 
 def _git(cwd: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True)
 
 
-def one_run(work: Path, live_too: bool, watch: float) -> dict[str, float]:
+def one_run(work: Path, live_too: bool, watch: float, after_tests: bool) -> dict[str, float]:
     origin, live = work / "origin.git", work / "molt"
     subprocess.run(["git", "clone", "--quiet", "--bare", str(ROOT), str(origin)], check=True)
     subprocess.run(["git", "clone", "--quiet", str(origin), str(live)], check=True)
@@ -80,6 +85,8 @@ def one_run(work: Path, live_too: bool, watch: float) -> dict[str, float]:
                 figures["first plan"] = time.monotonic() - started
                 if not live_too:
                     break
+            ready = "first plan" in figures and (not after_tests or TESTS_PASSED.search(line))
+            if live_too and ready and approved == started:
                 approved = time.monotonic()
                 molt.stdin.write("press approve\n")
                 molt.stdin.flush()
@@ -113,11 +120,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--live", action="store_true", help="approve, and time until live")
     parser.add_argument("--watch", type=float, default=60.0, help="MOLT_WATCH_SECONDS")
+    parser.add_argument(
+        "--after-tests", action="store_true", help="approve once pre-flight's run passed"
+    )
     args = parser.parse_args()
     results = []
     for n in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="molt-first-plan-") as tmp:
-            figures = one_run(Path(tmp), args.live, args.watch)
+            figures = one_run(Path(tmp), args.live, args.watch, args.after_tests)
         print(f"run {n + 1}: {figures}", flush=True)
         results.append(figures)
     keys = ("up", "first plan", "approve to live", "suite run")

@@ -33,7 +33,9 @@ from pipeline.intake import flow as intake
 from pipeline.requests import authorisation
 from pipeline.requests.decisions import Decision
 from pipeline.requests.states import RequestState as S
+from pipeline.requests.steps import ROLLOUT
 from pipeline.requests.store import Origin, RequestStore
+from pipeline.update import rollouts
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +68,7 @@ class Desk(Front):
         self.adapters = adapters
         self.store = RequestStore(conn)
         self.targets = settings.target_names() if settings.fleet else []
+        self.rollouts = settings.rollout_names()
         self._quick = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="molt-desk", initializer=background_thread
         )
@@ -77,7 +80,7 @@ class Desk(Front):
     # -- called by adapters (return at once) ------------------------------
 
     def say(self, origin: Origin, text: str) -> Future[Any]:
-        command = parse(text, self.targets)
+        command = parse(text, [*self.targets, *self.rollouts])
         pool = self._planning if command.verb in PLANNING_VERBS else self._quick
         return self._submit(pool, self._say, origin, command)
 
@@ -133,6 +136,9 @@ class Desk(Front):
         adapter.reply(origin, render(template, context))
 
     def _say(self, origin: Origin, command: Command) -> None:
+        if command.target in self.rollouts:
+            self._rollout(origin, command)
+            return
         settings = self._target_of(origin, command)
         if settings is None:
             return
@@ -163,8 +169,11 @@ class Desk(Front):
         return listing[0] if len(listing) == 1 else ""
 
     def _of(self, request_id: str) -> Settings:
-        """The settings of an existing request's target."""
-        return self.settings.for_target(self.store.get(request_id).target)
+        """The settings of an existing request's target (a rollout's: the fleet's own)."""
+        request = self.store.get(request_id)
+        if request.command == ROLLOUT:
+            return self.settings
+        return self.settings.for_target(request.target)
 
     def _whole_fleet(self, settings: Settings) -> bool:
         """A fleet's view of every target (a command that named none)."""
@@ -262,6 +271,29 @@ class Desk(Front):
         if not asked:
             self._reply(origin, "not_allowed", reason=asked.reason)
 
+    def _rollout(self, origin: Origin, command: Command) -> None:
+        """A command naming a rollout: ``deploy`` plans it; ``stop``, ``status``, ``queue`` and
+        ``history`` are for the operators of every one of its steps' targets."""
+        name = command.target
+        if command.verb == "deploy":
+            rollouts.plan(self.settings, self.conn, origin, name, command.argument, command.text)
+            return
+        if command.verb not in ("stop", "status", "queue", "history"):
+            named = ", ".join(self.settings.rollout(name).steps)
+            reason = f"`{command.verb}` is for a target: name one of rollout {name}'s ({named})"
+            self._reply(origin, "not_allowed", reason=reason)
+            return
+        for target in self.settings.rollout(name).steps:
+            if not self._may_operate(self.settings.for_target(target), origin, command):
+                return
+        if command.verb == "stop":
+            said = rollouts.stop(self.settings, self.conn, name, origin.principal)
+            self._reply(origin, "status", message=said)
+            return
+        count = 10 if command.verb == "history" else 1
+        shown = rollouts.listing(self.conn, name, count)
+        self._reply(origin, "rollouts", rollout=name, rollouts=shown, verb=command.verb)
+
     # -- answers on an existing request ----------------------------------------
 
     def _revise(self, origin: Origin, request_id: str, note: str) -> None:
@@ -346,7 +378,9 @@ class Desk(Front):
             return
         settings = self._of(request_id)  # the target's people decide
         try:
-            if action == "approve":  # approve and reject tell their refusals themselves
+            if self.store.get(request_id).command == ROLLOUT:
+                self._press_rollout(origin, action, request_id)
+            elif action == "approve":  # approve and reject tell their refusals themselves
                 approval.approve(settings, self.conn, request_id, origin)
             elif action == "reject":
                 approval.reject(settings, self.conn, request_id, origin)
@@ -359,6 +393,14 @@ class Desk(Front):
         except IllegalTransition:  # a race the step did not settle: it moved on meanwhile
             moved_on = approval.moved_on(self.store.get(request_id))
             self._refused(origin, request_id, action, moved_on)
+
+    def _press_rollout(self, origin: Origin, action: str, request_id: str) -> None:
+        """A rollout's buttons: its own approval, rejection and Retry (which plans it again)."""
+        pressed = {"approve": rollouts.approve, "reject": rollouts.reject, "retry": rollouts.retry}
+        if action not in pressed:
+            self._reply(origin, "not_allowed", reason=f"unknown button {action!r}")
+            return
+        pressed[action](self.settings, self.conn, request_id, origin)
 
 
 #: What each verb of the grammar (bot/commands.py) does; "invalid" is a command that did

@@ -1,0 +1,25 @@
+"""Which rollout a request is a step of: a rollout (pipeline/update/rollouts.py) is a
+request whose steps are ordinary requests of their targets; the link lives here, below
+intake, so that planning and the front ends can tell a step from a request of its own.
+
+Keys:
+  molt:rollout:steps      hash of step request id → its rollout's request id
+"""
+
+from __future__ import annotations
+
+import redis
+
+STEPS = "molt:rollout:steps"
+#: The command of a rollout's own request (its steps are ``deploy`` and ``rollback``).
+ROLLOUT = "rollout"
+
+
+def link(conn: redis.Redis, step_id: str, rollout_id: str) -> None:
+    conn.hset(STEPS, step_id, rollout_id)
+
+
+def rollout_of(conn: redis.Redis, request_id: str) -> str:
+    """The rollout's request ``request_id`` is a step of, or ""."""
+    found = conn.hget(STEPS, request_id)
+    return str(found) if found else ""

@@ -151,7 +151,7 @@ def check_gate(
     since = update.updated_at  # its watch ended well: the update succeeded
     shown: dict[str, Any] = {
         "source": source,
-        "update": update.codename or update.id,
+        "landed": update.codename or update.id,
         "watch_ended_at": since,
         "soak": rollout.soak,
         "soaked": now - since,

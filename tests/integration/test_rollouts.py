@@ -144,7 +144,7 @@ def test_a_rollout_goes_through_its_steps_one_after_another_in_one_message(
     said.wait_for(rf"1\. web-1 \(canary\): planned · from {old[:7]} · risk \w+", since=since)
     said.wait_for(rf"2\. web-2: planned · from {old[:7]}", since=since)
     approved = bot.type(f"press approve {rollout_id}")
-    said.wait_for(rf"✅ Rolled out: {new[:7]}", since=approved, timeout=300)
+    said.wait_for(rf"✅ Rolled out: {new[:7]}", since=approved, timeout=120)
     assert hosts.head("web-1") == new and hosts.head("web-2") == new
     requests = hosts.requests()
     assert requests.get(rollout_id).state is S.SUCCEEDED
@@ -201,7 +201,7 @@ def test_a_commit_that_has_not_soaked_is_blocked_until_it_has(hosts: Hosts) -> N
     soaking = rollouts.check_gate(settings, conn, rollout, new, now=staged.updated_at + 599)
     assert not soaking and "9 min of 10" in soaking.reason
     ready = rollouts.check_gate(settings, conn, rollout, new, now=staged.updated_at + 600)
-    assert ready and ready.shown["update"] == (staged.codename or staged.id)
+    assert ready and ready.shown["landed"] == (staged.codename or staged.id)
 
 
 def _fails_on(live: Path) -> dict[str, str]:

@@ -646,8 +646,9 @@ def view(conn: redis.Redis, request: Request) -> dict[str, Any]:
     shown = []
     for child in _steps(conn, request):
         state = _SHOWN.get(child.state, "running")
-        if state == "running":
-            state = f"running: {child.state.value}{' · ' + child.phase if child.phase else ''}"
+        if state == "running":  # its state and phase, as its own message would show them
+            phase = child.phase.replace("_", " ")
+            state = child.state.value + (f" · {phase}" if phase and phase != state else "")
         if state == "waiting" and request.state in (S.PREFLIGHT, S.PLANNING, S.PLAN_READY):
             state = "planned"
         undo = rollbacks.get(child.target)
@@ -689,7 +690,7 @@ def listing(conn: redis.Redis, name: str, count: int = 10) -> list[dict[str, Any
     """The rollout's newest requests, newest first, each with its steps (status, history)."""
     store = RequestStore(conn)
     mine = [r for r in store.recent(200) if r.command == ROLLOUT and r.target == name][:count]
-    return [r.context() | view(conn, r) for r in mine]
+    return [r.context() | {"updated_at": r.updated_at} | view(conn, r) for r in mine]
 
 
 # -- the driver ------------------------------------------------------------------------

@@ -165,7 +165,7 @@ def test_a_rollout_goes_through_its_steps_one_after_another_in_one_message(
     assert "Plan ready" not in shown and "✅ Live" not in shown
     assert "1. web-1 (canary): done" in shown and "2. web-2: done" in shown
     history = bot.type("history web")
-    said.wait_for(rf"\* {rollout_id} succeeded `main` {new[:7]}", since=history)
+    said.wait_for(rf"UTC \*?{rollout_id}\*? succeeded `main` {new[:7]}", since=history)
 
 
 def test_a_commit_not_yet_on_staging_is_blocked(hosts: Hosts) -> None:

@@ -547,10 +547,19 @@ def _rolling_back(settings: Settings, conn: redis.Redis, request: Request) -> Re
         if not rollback.terminal:
             return request
     failed = result["failed"]
-    undone = [r["target"] for r in rollbacks if not r.get("error")]
     message = f"step {failed['target']} failed: {failed['reason']}"
+    undone, left = [], []
+    for entry in rollbacks:
+        back = store.get(entry["request_id"]) if entry["request_id"] else None
+        if back is not None and back.state is S.SUCCEEDED:
+            undone.append(entry["target"])
+        else:
+            said = back.message if back is not None else entry.get("error", "")
+            left.append(f"{entry['target']} ({said})" if said else entry["target"])
     if undone:
         message += f"; rolled back: {', '.join(undone)}"
+    if left:
+        message += f"; not rolled back: {', '.join(left)}"
     if result.get("kept"):
         message += f"; left as they are (on_failure = stop): {', '.join(result['kept'])}"
     return _finish(conn, request, S.FAILED, message)

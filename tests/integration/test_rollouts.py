@@ -205,9 +205,13 @@ def test_a_commit_that_has_not_soaked_is_blocked_until_it_has(hosts: Hosts) -> N
 
 
 def _fails_on(live: Path) -> dict[str, str]:
-    """A check that fails on ``live``'s checkout only: that target's phase 2."""
-    check = f"import os\n\n\ndef test_not_there():\n    assert os.getcwd() != {str(live)!r}\n"
-    return {"checks/test_host.py": check}
+    """The service's test, failing on ``live``'s checkout only (that target's phase 2); as
+    many tests as before, so that a rollback to the commit before passes its own."""
+    check = (
+        "import os\n\nfrom app import greet\n\n\ndef test_greet():\n"
+        f"    assert greet() == 'hello'\n    assert os.getcwd() != {str(live)!r}\n"
+    )
+    return {"checks/test_app.py": check}
 
 
 def test_a_failed_canary_is_rolled_back_and_the_next_step_never_runs(hosts: Hosts) -> None:
@@ -238,11 +242,11 @@ def test_a_failed_step_rolls_back_the_steps_done_before_it(hosts: Hosts) -> None
     said.wait_for(r"1\. web-1 \(canary\): done", since=since, timeout=300)
     assert hosts.head("web-1") == new
     said.wait_for(r"❌ Rollout failed", since=since, timeout=300)
+    [rollback] = [r for r in hosts.requests().recent(20) if r.command == "rollback"]
+    assert (rollback.target, rollback.state) == ("web-1", S.SUCCEEDED), rollback.message
     said.wait_for(r"step web-2 failed: .*; rolled back: web-1", since=since)
     said.wait_for(r"1\. web-1 \(canary\): done, rolled back", since=since)
     assert hosts.head("web-1") == old and hosts.head("web-2") == old
-    [rollback] = [r for r in hosts.requests().recent(20) if r.command == "rollback"]
-    assert (rollback.target, rollback.state) == ("web-1", S.SUCCEEDED)
     assert hosts.head("web-staging") == new  # the gate's target is no step: it stays
 
 

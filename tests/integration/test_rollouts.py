@@ -229,6 +229,12 @@ def test_a_failed_canary_is_rolled_back_and_the_next_step_never_runs(hosts: Host
     assert hosts.requests().get(rollout_id).state is S.FAILED
     one, two = _steps(hosts, rollout_id)
     assert (one.state, two.state) == (S.FAILED, S.CANCELLED)
+    # Retry plans the whole rollout again, each step anew.
+    again = bot.type(f"press retry {rollout_id}")
+    said.wait_for(rf"press approve {rollout_id}", since=again, timeout=180)
+    retried = hosts.requests().get(rollout_id)
+    assert (retried.state, retried.attempt) == (S.PLAN_READY, 2)
+    assert {s.id for s in _steps(hosts, rollout_id)}.isdisjoint({one.id, two.id})
 
 
 def test_a_failed_step_rolls_back_the_steps_done_before_it(hosts: Hosts) -> None:

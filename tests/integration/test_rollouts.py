@@ -16,6 +16,8 @@ import pytest
 
 from pipeline import audit, store
 from pipeline.config import load_settings
+from pipeline.incidents.alerts import FIRING, Signal
+from pipeline.incidents.book import IncidentBook
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Request, RequestStore
 from pipeline.update import rollouts
@@ -202,6 +204,13 @@ def test_a_commit_that_has_not_soaked_is_blocked_until_it_has(hosts: Hosts) -> N
     assert not soaking and "9 min of 10" in soaking.reason
     ready = rollouts.check_gate(settings, conn, rollout, new, now=staged.updated_at + 600)
     assert ready and ready.shown["landed"] == (staged.codename or staged.id)
+    # An open incident on the stage holds the commit back, however long it soaked.
+    book = IncidentBook(settings.for_target("web-staging"), conn)
+    opened = book.take(Signal("alertmanager", "5xx", FIRING, "web-staging", "5xx on staging"))
+    assert opened.incident is not None
+    held = rollouts.check_gate(settings, conn, rollout, new, now=staged.updated_at + 600)
+    assert not held
+    assert f"web-staging has an open incident ({opened.incident.id}: 5xx on staging)" in held.reason
 
 
 def _fails_on(live: Path) -> dict[str, str]:

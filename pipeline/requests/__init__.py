@@ -3,7 +3,8 @@
 ``store`` keeps requests and moves them between the states ``states`` names, writing the
 audit entry and the event in the same step; ``decisions`` is a refusal's shape;
 ``authorisation`` says from configuration alone who may ask, approve and operate;
-``timeline`` reads an update's phases back from its audit trail.
+``timeline`` reads an update's phases back from its audit trail; ``steps`` links a
+rollout's steps to it.
 
 Imports only the leaves at the top of pipeline/.
 """

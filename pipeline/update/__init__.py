@@ -5,7 +5,8 @@
 ``change`` writing a change in words and ``proposals`` delivering one as a pull request.
 ``recovery`` finishes what a dead worker left and is ``molt recover``; ``bootguard``
 checks each start of Molt and returns to the last good release; ``release_rollback`` is
-an operator's return to an earlier release.
+an operator's return to an earlier release; ``rollouts`` takes one commit through several
+targets in turn, each step an ordinary update of its target.
 
 The top of pipeline/: it may import every other package; none imports it.
 """

@@ -30,7 +30,7 @@ from pipeline.incidents import book as incidents
 from pipeline.incidents import diagnosis
 from pipeline.intake import approval, control
 from pipeline.intake import flow as intake
-from pipeline.requests import authorisation
+from pipeline.requests import authorisation, steps
 from pipeline.requests.decisions import Decision
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.steps import ROLLOUT
@@ -377,6 +377,11 @@ class Desk(Front):
         if not self._known(origin, request_id):
             return
         settings = self._of(request_id)  # the target's people decide
+        rollout = steps.rollout_of(self.conn, request_id)
+        if rollout:  # a step is approved, in turn, with its rollout
+            said = f"this is a step of rollout {rollout}: its buttons are the rollout's"
+            self._refused(origin, request_id, action, Decision(False, said, "rollout"))
+            return
         try:
             if self.store.get(request_id).command == ROLLOUT:
                 self._press_rollout(origin, action, request_id)

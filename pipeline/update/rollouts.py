@@ -206,7 +206,10 @@ def advance(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
     with _ADVANCING:
         store = RequestStore(conn)
         request = store.get(request_id)
-        if request.terminal or request.command != ROLLOUT:
+        if request.command != ROLLOUT:
+            return request
+        if request.terminal:  # a step planned after its rollout ended never runs
+            _cancel_plans(conn, _steps(conn, request), f"its rollout {request.state.value}")
             return request
         try:
             if request.state is S.PREFLIGHT:
@@ -387,10 +390,19 @@ def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) 
     decision = _may_approve(settings, settings.rollout(request.target), who, "", "low")
     if not decision:
         return _refuse(store, request, who, "reject", decision)
-    decision = approval.reject(settings, conn, request_id, who)
-    if decision:
-        _cancel_plans(conn, _steps(conn, request), f"its rollout was rejected by {who.principal}")
-    return decision
+    try:
+        store.transition(
+            request.id,
+            S.REJECTED,
+            actor=who.principal,
+            message=f"rejected by {who.principal}",
+            fields={"approver": who.principal},
+            allowed_from=frozenset({S.PLAN_READY}),
+        )
+    except IllegalTransition:
+        return _refuse(store, request, who, "reject", approval.moved_on(store.get(request_id)))
+    _cancel_plans(conn, _steps(conn, request), f"its rollout was rejected by {who.principal}")
+    return ALLOWED
 
 
 def retry(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:

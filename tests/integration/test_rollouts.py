@@ -145,8 +145,16 @@ def test_a_rollout_goes_through_its_steps_one_after_another_in_one_message(
     said.wait_for(r"Gate: \w+ succeeded on web-staging with ", since=since)
     said.wait_for(rf"1\. web-1 \(canary\): planned · from {old[:7]} · risk \w+", since=since)
     said.wait_for(rf"2\. web-2: planned · from {old[:7]}", since=since)
+    # A step is approved with its rollout, in turn, never on its own.
+    canary = (hosts.requests().get(rollout_id).result or {})["steps"][0]["request_id"]
+    console = bot.bot.console
+    assert console is not None
+    refused = len(said.lines)
+    bot.bot.desk.press(console.origin, "approve", canary).result(timeout=60)
+    said.wait_for(rf"this is a step of rollout {rollout_id}: its buttons are", since=refused)
+    assert hosts.requests().get(canary).state is S.PLAN_READY
     approved = bot.type(f"press approve {rollout_id}")
-    said.wait_for(rf"✅ Rolled out: {new[:7]}", since=approved, timeout=120)
+    said.wait_for(rf"✅ Rolled out: {new[:7]}", since=approved, timeout=300)
     assert hosts.head("web-1") == new and hosts.head("web-2") == new
     requests = hosts.requests()
     assert requests.get(rollout_id).state is S.SUCCEEDED

@@ -32,6 +32,7 @@ from pipeline.intake import approval, control
 from pipeline.intake import flow as intake
 from pipeline.requests import authorisation, steps
 from pipeline.requests.decisions import Decision
+from pipeline.requests.states import TERMINAL
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.steps import ROLLOUT
 from pipeline.requests.store import Origin, RequestStore
@@ -228,7 +229,14 @@ class Desk(Front):
 
     def _status(self, settings: Settings, origin: Origin, command: Command) -> None:
         if self._whole_fleet(settings):
-            self._reply(origin, "fleet", **control.fleet(settings, self.conn))
+            under_way = [
+                shown
+                for name in self.rollouts
+                for shown in rollouts.listing(self.conn, name, 1)
+                if shown["state"] not in TERMINAL
+            ]
+            fleet = control.fleet(settings, self.conn)
+            self._reply(origin, "fleet", **fleet, rollouts=under_way)
             return
         self._reply(origin, "status", **control.status(settings, self.conn))
 

@@ -285,14 +285,18 @@ def test_stop_during_a_rollout_stops_it_and_rolls_back_as_on_failure_says(
         f"        while not pathlib.Path({str(go)!r}).exists():\n"
         "            time.sleep(0.1)\n"
     )
-    hosts.service.commit(V2 | {"checks/test_wait.py": waits}, "web v2, waiting on web-1")
+    new = hosts.service.commit(V2 | {"checks/test_wait.py": waits}, "web v2, waiting on web-1")
     bot = hosts.bot()
     _live(bot, "deploy web-staging main")
     since, rollout_id = _rollout_planned(bot)
     bot.type(f"press approve {rollout_id}")
     wait_for_in_process(started, bot, timeout=300)  # web-1's phase 2 waits
-    stop = bot.type("stop web")
     said = bot.transcript
+    status = bot.type("status")  # the fleet's, with the rollouts under way
+    said.wait_for(
+        rf"web {rollout_id} running {new[:7]}: web-1 running · phase 2; web-2 waiting", since=status
+    )
+    stop = bot.type("stop web")
     said.wait_for(r"Stopping rollout \S+ at its next safe point", since=stop)
     said.wait_for(r"❌ Rollout failed", since=since, timeout=300)
     said.wait_for(r"step web-1 failed: stopped by console:alice", since=since)

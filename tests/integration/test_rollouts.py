@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import audit, store
 from pipeline.config import load_settings
-from pipeline.incidents.alerts import FIRING, Signal
+from pipeline.incidents.alerts import FIRING, RESOLVED, Signal
 from pipeline.incidents.book import IncidentBook
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Request, RequestStore
@@ -219,6 +219,25 @@ def test_a_commit_that_has_not_soaked_is_blocked_until_it_has(hosts: Hosts) -> N
     held = rollouts.check_gate(settings, conn, rollout, new, now=staged.updated_at + 600)
     assert not held
     assert f"web-staging has an open incident ({opened.incident.id}: 5xx on staging)" in held.reason
+
+
+def test_the_gate_is_checked_again_at_the_approval(hosts: Hosts) -> None:
+    old = hosts.head("web-1")
+    new = hosts.service.commit(V2, "web v2")
+    bot = hosts.bot()
+    _live(bot, "deploy web-staging main")
+    _, rollout_id = _rollout_planned(bot)
+    settings = load_settings()
+    book = IncidentBook(settings.for_target("web-staging"), hosts.requests().conn)
+    book.take(Signal("alertmanager", "5xx", FIRING, "web-staging", "5xx on staging"))
+    refused = bot.type(f"press approve {rollout_id}")
+    said = bot.transcript
+    said.wait_for(r"web-staging has an open incident \(i\w+: 5xx on staging\)", since=refused)
+    assert hosts.requests().get(rollout_id).state is S.PLAN_READY
+    assert hosts.head("web-1") == old
+    book.take(Signal("alertmanager", "5xx", RESOLVED, "web-staging", "5xx on staging"))
+    approved = bot.type(f"press approve {rollout_id}")
+    said.wait_for(rf"✅ Rolled out: {new[:7]}", since=approved, timeout=300)
 
 
 def _fails_on(live: Path) -> dict[str, str]:

@@ -322,3 +322,31 @@ def test_stop_during_a_rollout_stops_it_and_rolls_back_as_on_failure_says(
     assert hosts.head("web-1") == old and hosts.head("web-2") == old
     one, two = _steps(hosts, rollout_id)
     assert (one.state, two.state) == (S.FAILED, S.CANCELLED)
+
+
+def test_a_step_whose_plan_expired_while_it_waited_is_planned_again_in_turn(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    started, go = tmp_path / "phase-2-started", tmp_path / "go"
+    waits = (
+        "import os, pathlib, time\n\n\ndef test_waits_on_web_1():\n"
+        f"    if os.getcwd() == {str(hosts.lives['web-1'])!r}:\n"
+        f"        pathlib.Path({str(started)!r}).touch()\n"
+        f"        while not pathlib.Path({str(go)!r}).exists():\n"
+        "            time.sleep(0.1)\n"
+    )
+    new = hosts.service.commit(V2 | {"checks/test_wait.py": waits}, "web v2, waiting on web-1")
+    bot = hosts.bot()
+    _live(bot, "deploy web-staging main")
+    since, rollout_id = _rollout_planned(bot)
+    bot.type(f"press approve {rollout_id}")
+    wait_for_in_process(started, bot, timeout=300)  # web-1 runs; web-2's plan waits its turn
+    _, waiting = _steps(hosts, rollout_id)
+    hosts.requests().transition(
+        waiting.id, S.EXPIRED, actor="molt", message="nobody approved it within 60 min"
+    )
+    go.touch()
+    bot.transcript.wait_for(rf"✅ Rolled out: {new[:7]}", since=since, timeout=300)
+    assert hosts.head("web-2") == new
+    one, two = _steps(hosts, rollout_id)
+    assert two.id != waiting.id and (one.state, two.state) == (S.SUCCEEDED, S.SUCCEEDED)

@@ -44,7 +44,7 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import RequestStore
 from pipeline.sandbox.confinement import Confinement
 from pipeline.service import restart
-from pipeline.update import backups, bootguard, recovery
+from pipeline.update import backups, bootguard, recovery, rollouts
 
 log = structlog.get_logger(__name__)
 HOUSEKEEPING_SECONDS = 1.0
@@ -80,6 +80,8 @@ class Bot:
         self.oncall = oncall.SignalReader(settings, self.conn)
         self.watchers = logwatch.Watchers(settings, self.conn)
         self.notifier = Notifier(settings, self.conn, self.adapters)
+        #: Moves rollouts on as their steps end (pipeline/update/rollouts.py).
+        self.rollouts = rollouts.Driver(settings, self.conn)
         self.http: HttpProcess | HttpThread
         if http_thread:
             self.http = HttpThread(settings, self.conn, self.boot_id)
@@ -124,6 +126,8 @@ class Bot:
         self.resume_interrupted()
         self.inbox.start()
         self.notifier.start()
+        if self.settings.rollout_names():
+            self.rollouts.start()
         self.oncall.start()
         self.watchers.start()
         self._register(port)
@@ -189,6 +193,7 @@ class Bot:
         self.conn.hdel(keyspace.BOT, "beat")
         _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
         self.notifier.stop()
+        self.rollouts.stop()
         self.desk.close()
         _together(*(adapter.stop for adapter in self.adapters.values()))
         authorisation.ask_groups_with(None)
@@ -245,6 +250,7 @@ class Bot:
         _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
         self.desk.drain(timeout=10)
         self.notifier.stop()
+        self.rollouts.stop()
         _together(*(adapter.stop for adapter in self.adapters.values()))
         self.conn.hdel(keyspace.BOT, "beat")
         self.conn.close()
@@ -313,7 +319,10 @@ class Bot:
         self._keep_workers()
 
     def of(self, target: str) -> Settings:
-        """The settings of a request's target (the one target's, without a fleet)."""
+        """The settings of a request's target (the one target's, without a fleet; a
+        rollout's, the fleet's own)."""
+        if target in self.settings.rollouts:
+            return self.settings
         return self.settings.for_target(target)
 
     def _keep_workers(self) -> None:

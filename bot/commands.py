@@ -7,7 +7,8 @@ are an unknown command, answered with the nearest one)
 
 With more than one target (a fleet), the target's name comes first: after the verb
 (``deploy api v1.4``, ``rollback web``, ``status api``) or, for a change in words, before
-a colon (``api: add a /ping route``).
+a colon (``api: add a /ping route``). A rollout's name stands where a target's does
+(``deploy web v1.4``, ``stop web``; bot/desk.py sends it to pipeline/update/rollouts.py).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ SETTLED = frozenset(
         "cancelled",
         "plan_ready",
         "needs_info",
+        "rollout",  # a rollout's one message, shown again as it moves on
     }
 )
 SINCE_ENV = "MOLT_CONSOLE_SINCE"

@@ -31,10 +31,13 @@ from pipeline.incidents import book as incidents
 from pipeline.incidents import diagnosis
 from pipeline.intake import approval, control, freezes
 from pipeline.intake import flow as intake
-from pipeline.requests import authorisation
+from pipeline.requests import authorisation, steps
 from pipeline.requests.decisions import Decision
+from pipeline.requests.states import TERMINAL
 from pipeline.requests.states import RequestState as S
+from pipeline.requests.steps import ROLLOUT
 from pipeline.requests.store import Origin, RequestStore
+from pipeline.update import rollouts
 
 log = structlog.get_logger(__name__)
 
@@ -82,6 +85,7 @@ class Desk(Front):
         self.adapters = adapters
         self.store = RequestStore(conn)
         self.targets = settings.target_names() if settings.fleet else []
+        self.rollouts = settings.rollout_names()
         self._quick = ThreadPoolExecutor(
             max_workers=threads, thread_name_prefix="molt-desk", initializer=background_thread
         )
@@ -93,7 +97,7 @@ class Desk(Front):
     # -- called by adapters (return at once) ------------------------------
 
     def say(self, origin: Origin, text: str) -> Future[Any]:
-        command = parse(text, self.targets)
+        command = parse(text, [*self.targets, *self.rollouts])
         pool = self._planning if command.verb in PLANNING_VERBS else self._quick
         what = "your request" if command.verb in ("change", "deploy") else f"`{command.verb}`"
         return self._submit(pool, what, self._say, origin, command)
@@ -158,6 +162,9 @@ class Desk(Front):
         adapter.reply(origin, render(template, context))
 
     def _say(self, origin: Origin, command: Command) -> None:
+        if command.target in self.rollouts:
+            self._rollout(origin, command)
+            return
         settings = self._target_of(origin, command)
         if settings is None:
             return
@@ -188,8 +195,11 @@ class Desk(Front):
         return listing[0] if len(listing) == 1 else ""
 
     def _of(self, request_id: str) -> Settings:
-        """The settings of an existing request's target."""
-        return self.settings.for_target(self.store.get(request_id).target)
+        """The settings of an existing request's target (a rollout's: the fleet's own)."""
+        request = self.store.get(request_id)
+        if request.command == ROLLOUT:
+            return self.settings
+        return self.settings.for_target(request.target)
 
     def _whole_fleet(self, settings: Settings) -> bool:
         """A fleet's view of every target (a command that named none)."""
@@ -252,7 +262,14 @@ class Desk(Front):
 
     def _status(self, settings: Settings, origin: Origin, command: Command) -> None:
         if self._whole_fleet(settings):
-            self._reply(origin, "fleet", **control.fleet(settings, self.conn))
+            under_way = [
+                shown
+                for name in self.rollouts
+                for shown in rollouts.listing(self.conn, name, 1)
+                if shown["state"] not in TERMINAL
+            ]
+            fleet = control.fleet(settings, self.conn)
+            self._reply(origin, "fleet", **fleet, rollouts=under_way)
             return
         self._reply(origin, "status", **control.status(settings, self.conn))
 
@@ -297,6 +314,29 @@ class Desk(Front):
         asked = control.rollback(settings, self.conn, origin, command.argument)
         if not asked:
             self._reply(origin, "not_allowed", reason=asked.reason)
+
+    def _rollout(self, origin: Origin, command: Command) -> None:
+        """A command naming a rollout: ``deploy`` plans it; ``stop``, ``status``, ``queue`` and
+        ``history`` are for the operators of every one of its steps' targets."""
+        name = command.target
+        if command.verb == "deploy":
+            rollouts.plan(self.settings, self.conn, origin, name, command.argument, command.text)
+            return
+        if command.verb not in ("stop", "status", "queue", "history"):
+            named = ", ".join(self.settings.rollout(name).steps)
+            reason = f"`{command.verb}` is for a target: name one of rollout {name}'s ({named})"
+            self._reply(origin, "not_allowed", reason=reason)
+            return
+        for target in self.settings.rollout(name).steps:
+            if not self._may_operate(self.settings.for_target(target), origin, command):
+                return
+        if command.verb == "stop":
+            said = rollouts.stop(self.settings, self.conn, name, origin.principal)
+            self._reply(origin, "status", message=said)
+            return
+        count = 10 if command.verb == "history" else 1
+        shown = rollouts.listing(self.conn, name, count)
+        self._reply(origin, "rollouts", rollout=name, rollouts=shown, verb=command.verb)
 
     # -- answers on an existing request ----------------------------------------
 
@@ -381,8 +421,15 @@ class Desk(Front):
         if not self._known(origin, request_id):
             return
         settings = self._of(request_id)  # the target's people decide
+        rollout = steps.rollout_of(self.conn, request_id)
+        if rollout:  # a step is approved, in turn, with its rollout
+            said = f"this is a step of rollout {rollout}: its buttons are the rollout's"
+            self._refused(origin, request_id, action, Decision(False, said, "rollout"))
+            return
         try:
-            if action == "approve":  # approve and reject tell their refusals themselves
+            if self.store.get(request_id).command == ROLLOUT:
+                self._press_rollout(origin, action, request_id)
+            elif action == "approve":  # approve and reject tell their refusals themselves
                 approval.approve(settings, self.conn, request_id, origin)
             elif action == "reject":
                 approval.reject(settings, self.conn, request_id, origin)
@@ -395,6 +442,14 @@ class Desk(Front):
         except IllegalTransition:  # a race the step did not settle: it moved on meanwhile
             moved_on = approval.moved_on(self.store.get(request_id))
             self._refused(origin, request_id, action, moved_on)
+
+    def _press_rollout(self, origin: Origin, action: str, request_id: str) -> None:
+        """A rollout's buttons: its own approval, rejection and Retry (which plans it again)."""
+        pressed = {"approve": rollouts.approve, "reject": rollouts.reject, "retry": rollouts.retry}
+        if action not in pressed:
+            self._reply(origin, "not_allowed", reason=f"unknown button {action!r}")
+            return
+        pressed[action](self.settings, self.conn, request_id, origin)
 
 
 #: What each verb of the grammar (bot/commands.py) does; "invalid" is a command that did

@@ -25,8 +25,11 @@ from pipeline import events, keyspace, metrics
 from pipeline.config import Settings
 from pipeline.exceptions import UnknownRequest
 from pipeline.incidents.book import is_incident_event
+from pipeline.requests import steps
+from pipeline.requests.steps import ROLLOUT
 from pipeline.requests.store import Origin, Request, RequestStore
 from pipeline.streams import OnFault, StreamReader
+from pipeline.update import rollouts
 
 log = structlog.get_logger(__name__)
 CONSUMER = "bot"
@@ -102,6 +105,10 @@ class Notifier:
         except UnknownRequest:
             log.warning("event for an unknown request", request_id=event.request_id)
             return
+        rollout = "" if event.audience else steps.rollout_of(self.conn, request.id)
+        if rollout or (request.command == ROLLOUT and not event.audience):
+            self._show_rollout(rollout or request.id, event)
+            return
         if not event.audience and any(
             [adapter.act_on(request, event.template) for adapter in self.adapters.values()]
         ):
@@ -127,6 +134,19 @@ class Notifier:
             template=event.template,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+
+    def _show_rollout(self, request_id: str, event: events.Event) -> None:
+        """A rollout has one message, showing every step: each event of the rollout or of one
+        of its steps shows it again as it stands now, refreshed in place."""
+        request = self.store.get(request_id)
+        adapter = self.adapters.get(request.origin.platform)
+        if adapter is None:
+            log.warning("no adapter for platform", platform=request.origin.platform)
+            return
+        context = request.context() | rollouts.view(self.conn, request)
+        adapter.deliver(request, render("rollout", context | {"state": request.state.value}))
+        metrics.delivered(request.origin.platform, event.at)
+        self.delivered += 1
 
     def _announce(self, event: events.Event) -> None:
         """An incident's news, posted where MOLT_INCIDENT_CHANNEL says."""

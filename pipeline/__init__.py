@@ -14,8 +14,8 @@ The packages, from the bottom up; each imports only those before it (and the lea
   operators' controls.
 - ``incidents/``: alerts, the service's log, incidents, on-call and diagnosis.
 - ``update/``: the RQ worker and the approved update, recovery of abandoned work,
-  ``molt recover`` and the config backups, the boot guard and an operator's release
-  rollback.
+  ``molt recover`` and the config backups, the boot guard, an operator's release
+  rollback, and rollouts through several targets.
 
 One request, in the order it meets them: ``intake.flow.submit`` creates it
 (``requests.store``; every state change goes through ``RequestStore.transition``, which

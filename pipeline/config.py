@@ -398,6 +398,81 @@ TARGET_KEYS = {
     "test_network": "test_network",
     "test_limits": "test_limits",
 }
+#: The keys a ``[rollouts.<name>]`` table may set (pipeline/update/rollouts.py runs them).
+ROLLOUT_KEYS = ("from", "soak", "steps", "on_failure", "approvers")
+#: What a failed step does to the steps already done: roll them back too, or leave them.
+ROLLBACK_ALL, STOP = "rollback-all", "stop"
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smh])\s*")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One ``[rollouts.<name>]`` table: a commit's way through several targets, one after
+    another, after it soaked on ``source`` (``from``)."""
+
+    name: str
+    steps: tuple[str, ...]  # target names, in order: the first is the canary
+    source: str = ""  # the target a commit must have succeeded on first ("": none)
+    soak: float = 0.0  # seconds it must have stayed there, watched, with no open incident
+    on_failure: str = ROLLBACK_ALL
+    approvers: tuple[str, ...] = ()  # who may approve it (empty: approvers of every step)
+
+
+def _rollout(name: str, table: Any, targets: dict[str, Any]) -> Rollout:
+    """Read one rollout table, or stop start-up naming the key that is wrong."""
+    where = f"rollouts.{name}"
+
+    def bad(key: str, expected: str, got: Any = None) -> ConfigError:
+        shown = "" if got is None else f" (got {got!r})"
+        return ConfigError(
+            f"invalid configuration: {where}{'.' + key if key else ''}: {expected}{shown}"
+        )
+
+    if not TARGET_NAME.fullmatch(name):
+        raise bad("", "expected a name of [a-z0-9-]{1,32}")
+    if name in targets:
+        raise bad("", "a rollout cannot have the name of a target")
+    if not isinstance(table, dict):
+        raise bad("", "expected a table")
+    unknown = sorted(set(table) - set(ROLLOUT_KEYS))
+    if unknown:
+        raise bad(unknown[0], f"not a rollout setting (expected one of {', '.join(ROLLOUT_KEYS)})")
+    steps = table.get("steps")
+    if not isinstance(steps, list) or not steps or not all(isinstance(s, str) for s in steps):
+        raise bad("steps", "expected a list of target names", steps)
+    for step in steps:
+        if step not in targets:
+            raise bad("steps", f"no target {step!r}: known are {', '.join(sorted(targets))}")
+    if len(set(steps)) != len(steps):
+        raise bad("steps", "a target may be one step only", steps)
+    source = table.get("from", "")
+    if source and (not isinstance(source, str) or source not in targets):
+        raise bad("from", f"expected a target: one of {', '.join(sorted(targets))}", source)
+    if source in steps:
+        raise bad("from", "the target a commit soaks on cannot also be a step", source)
+    soak = table.get("soak", "0s")
+    found = _DURATION.fullmatch(soak) if isinstance(soak, str) else None
+    if found is None:
+        raise bad("soak", "expected a duration such as 90s, 10m or 2h", soak)
+    if float(found.group(1)) and not source:
+        raise bad("soak", "a soak needs `from`, the target the commit soaks on")
+    on_failure = table.get("on_failure", ROLLBACK_ALL)
+    if on_failure not in (ROLLBACK_ALL, STOP):
+        raise bad("on_failure", f"expected {ROLLBACK_ALL!r} or {STOP!r}", on_failure)
+    approvers = table.get("approvers", [])
+    if not isinstance(approvers, list) or not all(isinstance(a, str) for a in approvers):
+        raise bad("approvers", 'expected a list such as ["slack:U123", "github:alice"]')
+    return Rollout(
+        name=name,
+        steps=tuple(steps),
+        source=source,
+        soak=float(found.group(1)) * _UNIT_SECONDS[found.group(2)],
+        on_failure=on_failure,
+        approvers=tuple(a.strip() for a in approvers if a.strip()),
+    )
+
+
 #: Settings whose default is derived from others (``model_post_init``): unless set, a
 #: target's view derives them again from its own values.
 _DERIVED = ("test_command", "authorised_users", "approvers", "operators")
@@ -709,6 +784,11 @@ class Settings(BaseSettings):
     freeze: Annotated[list[Freeze], NoDecode] = Field(
         [], validation_alias=AliasChoices("freeze", "MOLT_FREEZE")
     )
+    #: Rollouts (``rollout``): the ``[rollouts.<name>]`` tables, a commit's way through
+    #: several of the fleet's targets in turn.
+    rollouts: dict[str, dict[str, Any]] = Field(
+        {}, validation_alias=AliasChoices("rollouts", "MOLT_ROLLOUTS")
+    )
     #: The target this is the view of (``for_target``); empty for the settings as loaded.
     _target_name: str = PrivateAttr("")
     _views: dict[str, Settings] = PrivateAttr(default_factory=dict)
@@ -991,6 +1071,15 @@ class Settings(BaseSettings):
     def target_names(self) -> list[str]:
         return sorted(self.targets) if self.fleet else [self.target_name]
 
+    def rollout_names(self) -> list[str]:
+        return sorted(self.rollouts) if self.fleet else []
+
+    def rollout(self, name: str) -> Rollout:
+        """The rollout ``name``, read from its table (checked at start-up)."""
+        if name not in self.rollouts or not self.fleet:
+            raise ConfigError(f"no rollout {name!r}: known are {', '.join(self.rollout_names())}")
+        return _rollout(name, self.rollouts[name], self.targets)
+
     def for_target(self, name: str) -> Settings:
         """The settings as target ``name`` sees them: its table's keys over the global ones,
         so that code written for one target runs unchanged for each. Without a fleet every
@@ -1149,6 +1238,12 @@ def load_settings(**overrides: Any) -> Settings:
         raise _config_error(exc, _variable_for) from None
     for name in settings.target_names() if settings.fleet else ():
         settings.for_target(name)
+    if settings.rollouts and not settings.fleet:
+        raise ConfigError(
+            "invalid configuration: rollouts: a rollout needs [targets.<name>] tables"
+        )
+    for name in settings.rollout_names():
+        settings.rollout(name)
     return settings
 
 

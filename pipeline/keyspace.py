@@ -147,6 +147,11 @@ def request(request_id: str) -> str:
     return f"molt:request:{request_id}"
 
 
+#: Hash of a rollout's step request id → the rollout's request id
+#: (pipeline/requests/steps.py).
+ROLLOUT_STEPS = "molt:rollout:steps"
+
+
 # -- Audit (pipeline/audit.py) ------------------------------------------------------------
 
 #: List of the audit's JSON entries, oldest first (index = seq).

@@ -173,6 +173,18 @@ def _build() -> Any:
             "HTTP requests refused before any work, by route and status (401, 413, …)",
             ["route", "status"],
         )
+        rollout_steps = Counter(
+            "molt_rollout_steps",
+            "Steps of rollouts that ended, by rollout and outcome "
+            "(succeeded, failed, rolled_back, not_run)",
+            ["rollout", "outcome"],
+        )
+        rollout_seconds = Histogram(
+            "molt_rollout_seconds",
+            "Seconds from a rollout's approval to its end, by rollout and outcome",
+            ["rollout", "outcome"],
+            buckets=DURATION_BUCKETS,
+        )
         audit_ok = Gauge(
             "molt_audit_chain_ok",
             "1 if the audit chain held at its last verification, else 0",
@@ -187,6 +199,14 @@ def _build() -> Any:
 
 def request_finished(platform: str, kind: str, state: str) -> None:
     _m().requests.labels(word(platform), word(kind), state).inc()
+
+
+def rollout_step(rollout: str, outcome: str) -> None:
+    _m().rollout_steps.labels(word(rollout), outcome).inc()
+
+
+def rollout_finished(rollout: str, outcome: str, seconds: float) -> None:
+    _m().rollout_seconds.labels(word(rollout), outcome).observe(seconds)
 
 
 def refused(check: str) -> None:

@@ -34,8 +34,9 @@ from pipeline.config import Settings
 from pipeline.exceptions import ConfigError, UnknownRequest
 from pipeline.keyspace import GITHUB_INBOX as INBOX
 from pipeline.requests import authorisation
-from pipeline.requests.decisions import Decision
+from pipeline.requests.decisions import ALLOWED, Decision
 from pipeline.requests.states import RequestState as S
+from pipeline.requests.steps import ROLLOUT
 from pipeline.requests.store import Origin, Request, RequestStore
 from pipeline.streams import StreamReader
 
@@ -245,6 +246,8 @@ class GitHub(Adapter):
         pressed.add_done_callback(lambda _: self._untick_if_unmoved(happening, action, before))
 
     def _listed_for(self, action: str, origin: Origin, request: Request) -> Decision:
+        if request.command == ROLLOUT:  # its own approvers decide, at the desk
+            return ALLOWED
         settings = self.settings.for_target(request.target)  # a fleet's target's own lists
         if action == "retry":
             return authorisation.may_request(settings, origin)

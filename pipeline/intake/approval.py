@@ -278,6 +278,30 @@ def approve_on_merge(
     return _approve_as(settings, conn, request_id, who, message)
 
 
+def approve_step(
+    settings: Settings, conn: redis.Redis, request_id: str, who: Origin, rollout: str
+) -> Decision:
+    """A rollout's approval stands for each of its steps, approved in turn as the one before
+    ended well: the same checks as the button (a high-risk step still needs an approver other
+    than its requester), audited as such."""
+    message = f"approved by {who.principal} with rollout {rollout}"
+    return _approve_as(settings, conn, request_id, who, message)
+
+
+def approve_rollout_rollback(
+    settings: Settings, conn: redis.Redis, request_id: str, rollout: str
+) -> Decision:
+    """A rollout's ``on_failure = "rollback-all"``: the rollback of a step already done was
+    approved with the rollout, which said so; audited as Molt's, like an incident's recovery
+    (a rollback is never held by the approvers of a plan that went wrong)."""
+    request = RequestStore(conn).get(request_id)
+    decision = _still_waiting(request) and approvable(settings, conn, request)
+    if not decision:
+        return decision
+    message = f"approved with rollout {rollout}: a failed step rolls back the steps done"
+    return _approve_and_queue(settings, conn, request_id, autonomy.AUTO_APPROVER, message)
+
+
 def _approve_as(
     settings: Settings, conn: redis.Redis, request_id: str, who: Origin, message: str
 ) -> Decision:

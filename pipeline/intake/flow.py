@@ -35,7 +35,7 @@ from pipeline.planning import deploys as planning
 from pipeline.queue import queueing, workers
 from pipeline.queue.targets import Target, of_target
 from pipeline.redaction import redact
-from pipeline.requests import authorisation
+from pipeline.requests import authorisation, steps
 from pipeline.requests.decisions import ALLOWED, Decision
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
@@ -374,6 +374,8 @@ def _plan_ready(
     recovery = presser is None and autonomy.recovers_itself(settings, request)
     auto = presser is None and (recovery or autonomy.approves_itself(settings, plan))
     auto = auto and not request.break_glass  # a second operator approves those
+    if steps.rollout_of(conn, request_id):  # a rollout's step: its rollout approves it in turn
+        presser, recovery, auto = None, False, False
     held = approval.approvable(settings, conn, request) if auto or presser else ALLOWED
     shown = {"expires_in": settings.plan_ttl, "autonomy": settings.autonomy, "tests": tests or {}}
     held_key = "retry_held" if presser else "auto_held"

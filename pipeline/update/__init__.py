@@ -6,8 +6,9 @@
 ``recovery`` finishes what a dead worker left and keeps the waiting line moving; ``repair``
 is ``molt recover``, and ``backups`` the config file's backups it restores; ``bootguard``
 checks each start of Molt and returns to the last good release; ``release_rollback`` is
-an operator's return to an earlier release. Every return of the live checkout to a commit
-takes the one way back (pipeline/service/rollback.py ``return_to``).
+an operator's return to an earlier release; ``rollouts`` takes one commit through several
+targets in turn, each step an ordinary update of its target. Every return of the live
+checkout to a commit takes the one way back (pipeline/service/rollback.py ``return_to``).
 
 The top of pipeline/: it may import every other package; none imports it.
 """

@@ -166,3 +166,76 @@ def test_a_new_secret_typed_setting_is_redacted_without_being_listed_anywhere() 
     assert redact("paged with pager-token-5678 and echo-key-5678", grown.secrets()) == (
         f"paged with {MASK} and {MASK}"
     )
+
+
+ROLLOUT_TARGETS = """
+[targets.web-staging]
+dir = "/srv/web"
+[targets.web-1]
+dir = "/srv/web"
+[targets.web-2]
+dir = "/srv/web"
+"""
+
+
+def test_a_rollout_table_is_read_with_its_durations_and_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "molt.toml"
+    config.write_text(
+        ROLLOUT_TARGETS
+        + '[rollouts.web]\nfrom = "web-staging"\nsoak = "10m"\nsteps = ["web-1", "web-2"]\n'
+        + 'approvers = ["slack:U123", "github:alice"]\n'
+        + '[rollouts.quick]\nsteps = ["web-2"]\non_failure = "stop"\n'
+    )
+    monkeypatch.setenv("MOLT_CONFIG", str(config))
+    settings = load_settings()
+    web = settings.rollout("web")
+    assert (web.source, web.soak, web.steps, web.on_failure) == (
+        "web-staging",
+        600.0,
+        ("web-1", "web-2"),
+        "rollback-all",
+    )
+    assert web.approvers == ("slack:U123", "github:alice")
+    quick = settings.rollout("quick")
+    assert (quick.source, quick.soak, quick.on_failure) == ("", 0.0, "stop")
+    assert settings.rollout_names() == ["quick", "web"]
+
+
+@pytest.mark.parametrize(
+    ("table", "named", "expected"),
+    [
+        (
+            'steps = ["web-1"]\nsoak = "10 minutes"\nfrom = "web-staging"',
+            "rollouts.web.soak",
+            "a duration",
+        ),
+        ('steps = ["web-3"]', "rollouts.web.steps", "no target 'web-3'"),
+        ("steps = []", "rollouts.web.steps", "a list of target names"),
+        ('steps = ["web-1"]\nfrom = "db"', "rollouts.web.from", "expected a target"),
+        ('steps = ["web-1"]\non_failure = "retry"', "rollouts.web.on_failure", "'rollback-all'"),
+        ('steps = ["web-1"]\nsoak = "5m"', "rollouts.web.soak", "needs `from`"),
+        ('steps = ["web-1"]\ncanary = "web-1"', "rollouts.web.canary", "not a rollout setting"),
+    ],
+)
+def test_a_bad_rollout_table_stops_start_up_naming_the_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, table: str, named: str, expected: str
+) -> None:
+    config = tmp_path / "molt.toml"
+    config.write_text(ROLLOUT_TARGETS + f"[rollouts.web]\n{table}\n")
+    monkeypatch.setenv("MOLT_CONFIG", str(config))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert named in str(caught.value) and expected in str(caught.value)
+
+
+def test_a_rollout_cannot_have_a_targets_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "molt.toml"
+    config.write_text(ROLLOUT_TARGETS + '[rollouts.web-1]\nsteps = ["web-2"]\n')
+    monkeypatch.setenv("MOLT_CONFIG", str(config))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "rollouts.web-1: a rollout cannot have the name of a target" in str(caught.value)

@@ -171,3 +171,24 @@ def test_threads_recording_their_first_metric_at_once_build_the_metrics_once(
             check=True,
         )
         assert ran.stdout.strip() == "none failed", ran.stdout + ran.stderr
+
+
+def test_rollouts_are_counted_by_step_outcome_and_timed(tmp_path: Path) -> None:
+    folder = metrics.prepare(tmp_path / "data")
+    record = (
+        "from pipeline import metrics\n"
+        "metrics.rollout_step('web', 'succeeded')\n"
+        "metrics.rollout_step('web', 'rolled_back')\n"
+        "metrics.rollout_step('web', 'failed')\n"
+        "metrics.rollout_finished('web', 'failed', 42.0)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", record],
+        env={**os.environ, metrics.ENV: str(folder), "PYTHONPATH": str(ROOT)},
+        check=True,
+        timeout=60,
+    )
+    text = _scrape(folder)
+    for outcome in ("succeeded", "rolled_back", "failed"):
+        assert f'molt_rollout_steps_total{{outcome="{outcome}",rollout="web"}} 1.0' in text
+    assert 'molt_rollout_seconds_count{outcome="failed",rollout="web"} 1.0' in text

@@ -1,0 +1,24 @@
+"""Which rollout a request is a step of: a rollout (pipeline/update/rollouts.py) is a
+request whose steps are ordinary requests of their targets; the link lives here, below
+intake, so that planning and the front ends can tell a step from a request of its own
+(the link: ``keyspace.ROLLOUT_STEPS``).
+"""
+
+from __future__ import annotations
+
+import redis
+
+from pipeline import keyspace
+
+#: The command of a rollout's own request (its steps are ``deploy`` and ``rollback``).
+ROLLOUT = "rollout"
+
+
+def link(conn: redis.Redis, step_id: str, rollout_id: str) -> None:
+    conn.hset(keyspace.ROLLOUT_STEPS, step_id, rollout_id)
+
+
+def rollout_of(conn: redis.Redis, request_id: str) -> str:
+    """The rollout's request ``request_id`` is a step of, or ""."""
+    found = conn.hget(keyspace.ROLLOUT_STEPS, request_id)
+    return str(found) if found else ""

@@ -393,6 +393,46 @@ class Molt:
             molt.stop()
 
 
+class Hosts:
+    """Molt processes on "hosts" of their own under ``root`` (each its own MOLT_DATA_DIR),
+    sharing one Redis server, as a fleet runs: the bot reads ``root/molt.toml``, a worker
+    ``root/hosts.toml``, where the targets' checkouts are."""
+
+    def __init__(self, root: Path, **env: str) -> None:
+        self.root = root
+        self.redis = root / "redis"
+        sock = store.ensure_embedded(self.redis)
+        self.env = {
+            "REDIS_URL": f"unix://{sock}",
+            "MOLT_CONFIG": str(root / "molt.toml"),
+            "MOLT_HTTP_PORT": "0",
+            "MOLT_CONSOLE_USER": "alice",
+            "MOLT_AUTHORISED_USERS": "console:alice",
+            "MOLT_LOG_LEVEL": "debug",
+            **env,
+        }
+        self.started: list[Molt] = []
+
+    def start(self, where: str, *args: str, **env: str) -> Molt:
+        host = self.root / where
+        (host / "data").mkdir(parents=True, exist_ok=True)
+        molt = Molt(list(args), {**self.env, "MOLT_DATA_DIR": str(host / "data"), **env}, host)
+        self.started.append(molt)
+        return molt
+
+    def worker(self, target: str) -> Molt:
+        """A worker of ``target`` on a host of its own, serving once it says so."""
+        config = str(self.root / "hosts.toml")
+        worker = self.start(f"host-{target}", "worker", "--target", target, MOLT_CONFIG=config)
+        worker.wait_for(rf"molt-updates:{target}")
+        return worker
+
+    def stop(self) -> None:
+        for molt in reversed(self.started):
+            molt.stop()
+        store.stop_embedded(self.redis)
+
+
 def run_cli(
     molt_env: dict[str, str], cwd: Path, *args: str, **env: str
 ) -> subprocess.CompletedProcess[str]:

@@ -80,14 +80,7 @@ def submit(
     if decision and autonomy.switched_on(settings, request):
         decision = _planner(settings, request) and freezes.may_break_glass(settings, request)
     if not decision:
-        metrics.refused(decision.check)
-        return store.transition(
-            request.id,
-            S.REFUSED,
-            actor=MOLT,
-            message=decision.reason,
-            data={"check": decision.check},
-        )
+        return refuse(store, request, decision)
     if request.break_glass:
         detail = freezes.glass(settings, request) | _named(settings)
         audit.append(
@@ -98,6 +91,15 @@ def submit(
             detail=detail,
         )
     return advance(settings, conn, request.id)
+
+
+def refuse(store: RequestStore, request: Request, decision: Decision) -> Request:
+    """End ``request`` refused with the decision's reason, counted under its check: who may
+    ask, or what cannot be planned, with nothing a Retry could change."""
+    metrics.refused(decision.check)
+    return store.transition(
+        request.id, S.REFUSED, actor=MOLT, message=decision.reason, data={"check": decision.check}
+    )
 
 
 def _named(settings: Settings) -> dict[str, str]:

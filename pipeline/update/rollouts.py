@@ -68,14 +68,7 @@ def plan(
     request = store.create(origin, text, ROLLOUT, ref, target=name)
     decision = _may_request(settings, rollout, origin)
     if not decision:
-        metrics.refused(decision.check)
-        return store.transition(
-            request.id,
-            S.REFUSED,
-            actor=MOLT,
-            message=decision.reason,
-            data={"check": decision.check},
-        )
+        return intake.refuse(store, request, decision)
     return _plan_steps(settings, conn, request, actor=MOLT)
 
 

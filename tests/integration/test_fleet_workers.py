@@ -17,7 +17,7 @@ from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Request, RequestStore
-from tests.support import Molt, ServiceRepo, wait_for_file
+from tests.support import Hosts, Molt, ServiceRepo, wait_for_file
 
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
 TARGET = """
@@ -29,40 +29,16 @@ operators = ["console:alice"]
 """
 
 
-class Hosts:
+class Web(Hosts):
     """The bot (no checkout of web) and web's worker on a "host" of its own, sharing one
     Redis server."""
 
     def __init__(self, root: Path) -> None:
-        self.root = root
         self.web = ServiceRepo.create(root / "web")
         self.web.commit(V2, "web v2")
         (root / "molt.toml").write_text(TARGET.format(web=root / "no-web"))
         (root / "hosts.toml").write_text(TARGET.format(web=self.web.live))
-        self.redis = root / "redis"
-        sock = store.ensure_embedded(self.redis)
-        self.env = {
-            "REDIS_URL": f"unix://{sock}",
-            "MOLT_CONFIG": str(root / "molt.toml"),
-            "MOLT_HTTP_PORT": "0",
-            "MOLT_CONSOLE_USER": "alice",
-            "MOLT_AUTHORISED_USERS": "console:alice",
-            "MOLT_LOG_LEVEL": "debug",
-        }
-        self.started: list[Molt] = []
-
-    def start(self, where: str, *args: str, **env: str) -> Molt:
-        host = self.root / where
-        (host / "data").mkdir(parents=True, exist_ok=True)
-        molt = Molt(list(args), {**self.env, "MOLT_DATA_DIR": str(host / "data"), **env}, host)
-        self.started.append(molt)
-        return molt
-
-    def worker(self) -> Molt:
-        config = str(self.root / "hosts.toml")
-        worker = self.start("host-web", "worker", "--target", "web", MOLT_CONFIG=config)
-        worker.wait_for(r"molt-updates:web")
-        return worker
+        super().__init__(root)
 
     def bot(self, **env: str) -> Molt:
         molt = self.start("bot", "console", **env)
@@ -76,16 +52,14 @@ class Hosts:
 
 
 @pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    found = Hosts(tmp_path)
+def hosts(tmp_path: Path) -> Iterator[Web]:
+    found = Web(tmp_path)
     yield found
-    for molt in reversed(found.started):
-        molt.stop()
-    store.stop_embedded(found.redis)
+    found.stop()
 
 
-def test_a_request_right_after_its_worker_stopped_is_blocked_at_once(hosts: Hosts) -> None:
-    worker = hosts.worker()
+def test_a_request_right_after_its_worker_stopped_is_blocked_at_once(hosts: Web) -> None:
+    worker = hosts.worker("web")
     molt = hosts.bot()
     worker.stop()  # SIGTERM, as a supervisor stops it
     since = molt.send("deploy web main")
@@ -96,9 +70,9 @@ def test_a_request_right_after_its_worker_stopped_is_blocked_at_once(hosts: Host
 
 
 def test_a_request_whose_worker_was_killed_is_blocked_after_the_worker_wait(
-    hosts: Hosts,
+    hosts: Web,
 ) -> None:
-    worker = hosts.worker()
+    worker = hosts.worker("web")
     molt = hosts.bot(MOLT_WORKER_WAIT="3")
     os.killpg(worker.proc.pid, signal.SIGKILL)
     since = molt.send("deploy web main")  # its registration still looks fresh: a job is queued
@@ -114,7 +88,7 @@ def test_a_request_whose_worker_was_killed_is_blocked_after_the_worker_wait(
 
 
 def test_a_busy_worker_told_to_stop_finishes_its_update_and_is_gone_for_new_requests(
-    hosts: Hosts, tmp_path: Path
+    hosts: Web, tmp_path: Path
 ) -> None:
     started, go = tmp_path / "phase-2-started", tmp_path / "go"
     waits = (
@@ -125,7 +99,7 @@ def test_a_busy_worker_told_to_stop_finishes_its_update_and_is_gone_for_new_requ
         "            time.sleep(0.1)\n"
     )
     new = hosts.web.commit({"checks/test_wait.py": waits}, "web waits in phase 2")
-    worker = hosts.worker()
+    worker = hosts.worker("web")
     molt = hosts.bot()
     since = molt.send("deploy web main")
     planned = molt.wait_for(r"press approve (r[0-9a-f]+)", since=since).group(1)

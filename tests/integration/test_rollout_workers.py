@@ -14,7 +14,7 @@ from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import RequestStore
-from tests.support import Molt, ServiceRepo, git
+from tests.support import Hosts, ServiceRepo, git
 
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
 TARGETS = ("web-staging", "web-1", "web-2")
@@ -22,9 +22,10 @@ TABLE = '[targets.{name}]\ndir = "{dir}"\ntest_command = "python service_tests.p
 ROLLOUT = '[rollouts.web]\nfrom = "web-staging"\nsteps = ["web-1", "web-2"]\n'
 
 
-class Hosts:
+class Rollout(Hosts):
+    """Staging and two hosts of web, cloned from one upstream, and the web rollout."""
+
     def __init__(self, root: Path) -> None:
-        self.root = root
         self.service = ServiceRepo.create(root / "web")
         self.lives = {"web-staging": self.service.live}
         for name in TARGETS[1:]:
@@ -36,49 +37,26 @@ class Hosts:
         (root / "molt.toml").write_text("\n".join([*bots, ROLLOUT]))
         hosts = [TABLE.format(name=n, dir=self.lives[n]) for n in TARGETS]
         (root / "hosts.toml").write_text("\n".join([*hosts, ROLLOUT]))
-        self.redis = root / "redis"
-        sock = store.ensure_embedded(self.redis)
-        self.env = {
-            "REDIS_URL": f"unix://{sock}",
-            "MOLT_CONFIG": str(root / "molt.toml"),
-            "MOLT_RESTART_COMMAND": "true",
-            "MOLT_SANDBOX": "off",
-            "MOLT_HEALTH_COMMAND": "python health.py",
-            "MOLT_HTTP_PORT": "0",
-            "MOLT_LOCK_TTL": "3",
-            "MOLT_CONSOLE_USER": "alice",
-            "MOLT_AUTHORISED_USERS": "console:alice",
-            "MOLT_LOG_LEVEL": "debug",
-        }
-        self.started: list[Molt] = []
-
-    def start(self, where: str, *args: str, **env: str) -> Molt:
-        host = self.root / where
-        (host / "data").mkdir(parents=True, exist_ok=True)
-        molt = Molt(list(args), {**self.env, "MOLT_DATA_DIR": str(host / "data"), **env}, host)
-        self.started.append(molt)
-        return molt
-
-    def worker(self, target: str) -> Molt:
-        config = str(self.root / "hosts.toml")
-        worker = self.start(f"host-{target}", "worker", "--target", target, MOLT_CONFIG=config)
-        worker.wait_for(rf"molt-updates:{target}")
-        return worker
+        super().__init__(
+            root,
+            MOLT_RESTART_COMMAND="true",
+            MOLT_SANDBOX="off",
+            MOLT_HEALTH_COMMAND="python health.py",
+            MOLT_LOCK_TTL="3",
+        )
 
     def head(self, target: str) -> str:
         return git(self.lives[target], "rev-parse", "HEAD")
 
 
 @pytest.fixture
-def hosts(tmp_path: Path) -> Iterator[Hosts]:
-    found = Hosts(tmp_path)
+def hosts(tmp_path: Path) -> Iterator[Rollout]:
+    found = Rollout(tmp_path)
     yield found
-    for molt in reversed(found.started):
-        molt.stop()
-    store.stop_embedded(found.redis)
+    found.stop()
 
 
-def test_a_rollout_runs_each_step_on_its_targets_own_worker(hosts: Hosts) -> None:
+def test_a_rollout_runs_each_step_on_its_targets_own_worker(hosts: Rollout) -> None:
     workers = {name: hosts.worker(name) for name in TARGETS}
     new = hosts.service.commit(V2, "web v2")
     molt = hosts.start("bot", "console")

@@ -330,17 +330,9 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
         decision = check_gate(settings, conn, rollout, str(plan.get("target_commit", "")))
     if not decision:
         return _refuse(store, request, who, "approve", decision)
-    try:
-        store.transition(
-            request.id,
-            S.APPROVED,
-            actor=who.principal,
-            message=f"approved by {who.principal}",
-            fields={"approver": who.principal},
-            allowed_from=frozenset({S.PLAN_READY}),
-        )
-    except IllegalTransition:
-        return _refuse(store, request, who, "approve", approval.moved_on(store.get(request_id)))
+    moved = _answer(store, request, who, "approve", S.APPROVED)
+    if not moved:
+        return moved
     result = (request.result or {}) | {"started_at": time.time()}
     store.transition(
         request.id,
@@ -353,23 +345,29 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
     return ALLOWED
 
 
+def _answer(store: RequestStore, request: Request, who: Origin, verb: str, to: S) -> Decision:
+    """The rollout's plan approved or rejected by ``who``, unless it moved on meanwhile."""
+    done = "approved" if to is S.APPROVED else "rejected"
+    try:
+        store.transition(
+            request.id,
+            to,
+            actor=who.principal,
+            message=f"{done} by {who.principal}",
+            fields={"approver": who.principal},
+            allowed_from=frozenset({S.PLAN_READY}),
+        )
+    except IllegalTransition:
+        return _refuse(store, request, who, verb, approval.moved_on(store.get(request.id)))
+    return ALLOWED
+
+
 def _may_approve(
     settings: Settings, rollout: Rollout, who: Origin, requester: str, level: str
 ) -> Decision:
-    if rollout.approvers:
-        if not who.identities & set(rollout.approvers):
-            return Decision(
-                False,
-                f"only the approvers of rollout {rollout.name} may approve it",
-                "authorisation",
-            )
-        if level == "high" and who.principal == requester:
-            return Decision(
-                False,
-                "a high-risk plan needs an approver other than its requester",
-                "authorisation",
-            )
-        return ALLOWED
+    if rollout.approvers:  # the rollout's own list, read as any list of people (groups too)
+        named = settings.model_copy(update={"approvers": list(rollout.approvers)})
+        return authorisation.may_approve(named, who, requester, level)
     for target in rollout.steps:
         decision = authorisation.may_approve(settings.for_target(target), who, requester, level)
         if not decision:
@@ -384,17 +382,9 @@ def reject(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) 
     decision = _may_approve(settings, settings.rollout(request.target), who, "", "low")
     if not decision:
         return _refuse(store, request, who, "reject", decision)
-    try:
-        store.transition(
-            request.id,
-            S.REJECTED,
-            actor=who.principal,
-            message=f"rejected by {who.principal}",
-            fields={"approver": who.principal},
-            allowed_from=frozenset({S.PLAN_READY}),
-        )
-    except IllegalTransition:
-        return _refuse(store, request, who, "reject", approval.moved_on(store.get(request_id)))
+    moved = _answer(store, request, who, "reject", S.REJECTED)
+    if not moved:
+        return moved
     _cancel_plans(conn, _steps(conn, request), f"its rollout was rejected by {who.principal}")
     return ALLOWED
 

@@ -141,7 +141,7 @@ class Bot:
         terminated = threading.Event()
         reason = "end of input"
 
-        def terminate(*_: Any) -> None:
+        def terminate() -> None:
             nonlocal reason
             reason = "SIGTERM"
             terminated.set()
@@ -149,7 +149,7 @@ class Bot:
 
         # Handled from before the start, which can take seconds on a busy machine: a SIGTERM
         # meanwhile ends in the same clean stop, not in an exit that stops nothing.
-        signal.signal(signal.SIGTERM, terminate)
+        _on_sigterm(terminate)
         port = self.start()
         if self.console is not None:
             target = (
@@ -406,6 +406,29 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _on_sigterm(act: Callable[[], None]) -> None:
+    """Run ``act`` on a thread of its own each time SIGTERM comes. A Python signal handler
+    runs in the main thread between any two bytecodes, inside an Event's ``set`` there too:
+    one that set that Event itself waited for the Event's own lock forever (a supervisor that
+    sent SIGTERM twice left Molt hanging). So the handler does nothing: the signal's number
+    reaches a pipe (``signal.set_wakeup_fd``), which the thread reads."""
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write)
+    signal.signal(signal.SIGTERM, lambda *_: None)
+
+    def listen() -> None:
+        while True:
+            try:
+                got = os.read(read, 64)
+            except OSError:
+                return
+            if int(signal.SIGTERM) in got:
+                act()
+
+    threading.Thread(target=listen, name="molt-signals", daemon=True).start()
 
 
 def _notice(text: str) -> Any:

@@ -102,3 +102,16 @@ def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
     assert processes_in(service.live) == []
     assert service.live_head() == old
     assert service.live_status() == ""
+
+
+def test_sigterm_sent_again_and_again_still_ends_in_one_clean_stop(
+    start_molt: StartMolt,
+) -> None:
+    """As a supervisor that repeats its SIGTERM: a second one arriving while the first was
+    being handled once left Molt waiting for a lock it held itself, until it was killed."""
+    molt = _up(start_molt())
+    for _ in range(200):
+        os.kill(molt.proc.pid, signal.SIGTERM)
+    assert molt.proc.wait(timeout=60) == 0
+    assert molt.output.count("shutting down") == 1
+    assert "reason=SIGTERM" in molt.output or '"reason": "SIGTERM"' in molt.output

@@ -107,9 +107,11 @@ def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
 def test_sigterm_sent_again_and_again_still_ends_in_one_clean_stop(
     start_molt: StartMolt,
 ) -> None:
-    """As a supervisor that repeats its SIGTERM: a second one arriving while the first was
-    being handled once left Molt waiting for a lock it held itself, until it was killed."""
+    """As a supervisor that repeats its SIGTERM (and as these tests stop Molt: end of input,
+    then SIGTERM): a second one arriving while the first was being handled once left Molt
+    waiting for a lock it held itself, until it was killed."""
     molt = _up(start_molt())
+    molt.close_input()
     for _ in range(200):
         os.kill(molt.proc.pid, signal.SIGTERM)
     assert molt.proc.wait(timeout=60) == 0

@@ -178,6 +178,9 @@ class Bot:
             reason = "the restart did not happen"
         log.info("shutting down", reason=reason)
         self.shutdown()
+        # Stopped: a SIGTERM repeated now would find the default action restored as Python
+        # exits, and turn this clean stop into a kill.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return 0
 
     def shutdown(self) -> None:

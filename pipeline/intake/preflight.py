@@ -150,9 +150,10 @@ def start_tests(
     done: Callable[[redis.Redis, TestRecord], None] | None = None,
 ) -> TestsState:
     """The run at ``commit``, started in the background if nobody ran or runs it; ``done``
-    is told its record (with a client of the run's own) when this process ran it."""
+    is told its record (with a client of the run's own) when the run ends, this process's
+    or one already going (the run Molt starts as it starts): a thread joins that one."""
     known = tests_state(settings, conn, commit)
-    if known is not None:
+    if known is not None and (known.state != RUNNING or done is None):
         return known
 
     def run() -> None:
@@ -166,11 +167,15 @@ def start_tests(
         finally:
             own.close()
 
-    thread = threading.Thread(target=run, name="molt-preflight", daemon=True)
+    thread = threading.Thread(target=run, name=f"molt-preflight-{commit[:7]}", daemon=True)
     with _runs_lock:
         _runs[:] = [t for t in _runs if t.is_alive()]
+        if known is not None and any(t.name == thread.name for t in _runs):
+            return known  # this process already waits for that run's end
         _runs.append(thread)
     thread.start()
+    if known is not None:
+        return known
     limit = Target(settings, conn).tests.limit(settings.phase_timeout)
     return TestsState(commit, RUNNING, limit, since=time.time())
 

@@ -88,6 +88,29 @@ def test_a_plan_does_not_wait_for_the_tests_and_shows_how_their_run_stands(
     assert "Approve" in [b.label for b in again.buttons]
 
 
+def test_a_plan_made_while_the_start_up_run_goes_is_shown_again_when_that_run_ends(
+    settings: Settings, conn: redis.Redis, service: ServiceRepo, tmp_path: Path
+) -> None:
+    service.commit({"notes.txt": "x\n"}, "notes")
+    gate = tmp_path / "gate"
+    slow = _gated(settings, gate)
+    head = service.live_head()
+    start_up = threading.Thread(target=preflight.tests_at, args=(slow, conn, head))
+    start_up.start()  # the run Molt starts as it starts, not the plan's
+    deadline = time.monotonic() + 30
+    while Target(slow, conn).tests.running_since(head) is None:
+        assert time.monotonic() < deadline, "the start-up run never began"
+        time.sleep(0.05)
+    request = intake.submit(slow, conn, ALICE, "deploy", "main", "deploy main")
+    assert f"Tests at `{head[:7]}`:* running" in shown_message(conn, request, "plan_ready").text
+
+    gate.touch()
+    start_up.join(timeout=60)
+    preflight.finish_background(timeout=60)
+    again = shown_message(conn, request, "plan_ready")
+    assert f"Tests at `{head[:7]}`:* passed" in again.text
+
+
 def test_an_unknown_ref_is_answered_before_any_test_runs_and_claims_no_snapshot(
     settings: Settings, conn: redis.Redis
 ) -> None:

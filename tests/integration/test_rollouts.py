@@ -292,18 +292,24 @@ def test_a_failed_step_rolls_back_the_steps_done_before_it(hosts: Hosts) -> None
     assert hosts.head("web-staging") == new  # the gate's target is no step: it stays
 
 
-def test_stop_during_a_rollout_stops_it_and_rolls_back_as_on_failure_says(
-    hosts: Hosts, tmp_path: Path
-) -> None:
-    old = hosts.head("web-1")
-    started, go = tmp_path / "phase-2-started", tmp_path / "go"
-    waits = (
+def _waiting_on_web_1(hosts: Hosts, started: Path, go: Path) -> str:
+    """A test that, on web-1's live checkout only (its phase 2), says it started and waits
+    for ``go``."""
+    return (
         "import os, pathlib, time\n\n\ndef test_waits_on_web_1():\n"
         f"    if os.getcwd() == {str(hosts.lives['web-1'])!r}:\n"
         f"        pathlib.Path({str(started)!r}).touch()\n"
         f"        while not pathlib.Path({str(go)!r}).exists():\n"
         "            time.sleep(0.1)\n"
     )
+
+
+def test_stop_during_a_rollout_stops_it_and_rolls_back_as_on_failure_says(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    old = hosts.head("web-1")
+    started, go = tmp_path / "phase-2-started", tmp_path / "go"
+    waits = _waiting_on_web_1(hosts, started, go)
     new = hosts.service.commit(V2 | {"checks/test_wait.py": waits}, "web v2, waiting on web-1")
     bot = hosts.bot()
     _live(bot, "deploy web-staging main")
@@ -328,13 +334,7 @@ def test_a_step_whose_plan_expired_while_it_waited_is_planned_again_in_turn(
     hosts: Hosts, tmp_path: Path
 ) -> None:
     started, go = tmp_path / "phase-2-started", tmp_path / "go"
-    waits = (
-        "import os, pathlib, time\n\n\ndef test_waits_on_web_1():\n"
-        f"    if os.getcwd() == {str(hosts.lives['web-1'])!r}:\n"
-        f"        pathlib.Path({str(started)!r}).touch()\n"
-        f"        while not pathlib.Path({str(go)!r}).exists():\n"
-        "            time.sleep(0.1)\n"
-    )
+    waits = _waiting_on_web_1(hosts, started, go)
     new = hosts.service.commit(V2 | {"checks/test_wait.py": waits}, "web v2, waiting on web-1")
     bot = hosts.bot()
     _live(bot, "deploy web-staging main")

@@ -53,12 +53,6 @@ def deploy_tasks(
     untouched = "discard the sandbox; the live checkout was not touched"
     steps = [
         (
-            "snapshot",
-            f"record {rollback_point} as the point to return to",
-            f"the snapshot of {short_base} is saved",
-            "stop; nothing has changed",
-        ),
-        (
             "prepare sandbox",
             f"check out {short_target} in the sandbox worktree",
             f"the sandbox is at {short_target} and clean",
@@ -68,6 +62,13 @@ def deploy_tasks(
             "phase 1 validation",
             f"run {settings.test_command!r} and byte-compile changed files in the sandbox",
             validated,
+            untouched,
+        ),
+        (
+            "snapshot",
+            f"once the tests at {short_base} are known to pass, record {rollback_point} as "
+            "the point to return to",
+            f"the snapshot of {short_base} is saved",
             untouched,
         ),
         (
@@ -162,13 +163,6 @@ def change_tasks(
         "an approver approves it",
         "nothing changes",
     )
-    add(
-        "snapshot",
-        "checks",
-        f"record {rollback_point} as the point to return to",
-        f"the snapshot of {short_base} is saved",
-        "stop; nothing has changed",
-    )
     sandbox = add(
         "prepare sandbox",
         "checks",
@@ -199,6 +193,6 @@ def change_tasks(
         untouched,
         [scope],
     )
-    for task in deploy_tasks(settings, short_base, "the change", rollback_point, baseline)[2:]:
+    for task in deploy_tasks(settings, short_base, "the change", rollback_point, baseline)[1:]:
         add(task["name"], "checks", task["detail"], task["checkpoint"], task["on_failure"])
     return steps.listed

@@ -65,7 +65,7 @@ def can_move(current: RequestState, wanted: RequestState) -> bool:
 def template_for(state: RequestState, phase: str = "") -> str | None:
     """The message template a person sees when a request enters ``state``."""
     if state is S.RUNNING:
-        return "starting" if phase == "snapshot" else "working"
+        return "starting" if phase == "sandbox" else "working"  # the update's first phase
     if state is S.RESTARTING and phase == "verify":
         return "working"
     return {

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.requests.states import TERMINAL
+from pipeline.requests.states import TERMINAL, UNDER_WAY
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Request
 
@@ -20,11 +20,11 @@ from pipeline.requests.store import Request
 #: ``propose`` only for one delivered as a pull request, which ends there, ``watch`` once
 #: the service is watched after its restart).
 PHASES = (
-    "snapshot",
     "sandbox",
     "implement",
     "phase 1",
     "propose",
+    "snapshot",
     "apply",
     "phase 2",
     "restart",
@@ -36,6 +36,7 @@ ROLLBACK = "rollback"
 #: Intake's checks, drawn alone for a request that never reached its update (blocked).
 PREFLIGHT = "pre-flight"
 _STATES = frozenset(state.value for state in S)
+_UNDER_WAY = frozenset(state.value for state in UNDER_WAY)
 
 
 @dataclass
@@ -79,10 +80,10 @@ class Timeline:
 def _last_attempt(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The state changes of the last run of the update (a Retry starts another)."""
     changes = [e for e in entries if e.get("action") in _STATES and "to" in (e.get("detail") or {})]
-    starts = [
+    starts = [  # into running from the line (approved or queued), not from another phase
         i
         for i, e in enumerate(changes)
-        if e["detail"].get("to") == S.RUNNING.value and e["detail"].get("phase") == "snapshot"
+        if e["detail"].get("to") == S.RUNNING.value and e["detail"].get("from") not in _UNDER_WAY
     ]
     return changes[starts[-1] :] if starts else []
 

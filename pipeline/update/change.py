@@ -99,7 +99,6 @@ def write(change: Writing) -> Written:
 
 def _checkout_base(change: Writing) -> Path:
     base = change.plan.base_commit
-    change.steps.enter("sandbox", f"checking out {base[:7]} in the sandbox")
     began = time.monotonic()
     path = transient("sandbox", change.sandbox.checkout, base)
     change.steps.check("sandbox", True, time.monotonic() - began, base[:7])

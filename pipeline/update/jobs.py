@@ -1,10 +1,13 @@
 """The jobs RQ workers run. Workers import them by path (``pipeline.update.jobs.run_update``).
 
 A job is a turn: it waits for the update lock, then runs whichever request heads the
-waiting line (pipeline/queue/queueing.py). One update, step by step: snapshot → sandbox →
-phase one → apply to live → phase two → sign the release → restart → verify; before the
-snapshot, a freeze window in force holds it (pipeline/intake/freezes.py). A
-change described in words is written in the sandbox first (pipeline/update/change.py).
+waiting line (pipeline/queue/queueing.py). One update, step by step: sandbox → phase one →
+snapshot → apply to live → phase two → sign the release → restart → verify. Phase one never
+touches the live checkout, so it runs while pre-flight's test run at the live commit may
+still be going; the update waits for that run (and a freeze window in force holds it,
+pipeline/intake/freezes.py) before its snapshot, taken just before the live checkout is
+touched. A change described in words is written in the sandbox first
+(pipeline/update/change.py).
 Any failure goes down the one failure path (pipeline/service/rollback.py): back to the
 snapshot, restarted again if the service had been restarted, the return verified,
 the waiting line cleared, and the request failed with the reason.
@@ -52,10 +55,13 @@ from pipeline.usage import model_use
 
 log = structlog.get_logger(__name__)
 MOLT = "molt"
-PHASES = ("snapshot", "sandbox", "phase 1", "apply", "phase 2", "restart", "verify", "watch")
-CHANGE_PHASES = ("snapshot", "sandbox", "implement", *PHASES[2:])
-#: A change delivered as a pull request stops after phase 1 (MOLT_CHANGE_DELIVERY).
-PROPOSAL_PHASES = (*CHANGE_PHASES[:4], "propose")
+PHASES = ("sandbox", "phase 1", "snapshot", "apply", "phase 2", "restart", "verify", "watch")
+CHANGE_PHASES = ("sandbox", "implement", *PHASES[1:])
+#: A change delivered as a pull request stops after phase 1 (MOLT_CHANGE_DELIVERY): the
+#: live checkout is never touched, so there is no snapshot.
+PROPOSAL_PHASES = (*CHANGE_PHASES[:3], "propose")
+#: Entered as the update starts (its "starting" message, pipeline/requests/states.py).
+FIRST_PHASE = PHASES[0]
 
 
 def steps_of(settings: Settings, phases: tuple[str, ...]) -> tuple[str, ...]:
@@ -197,17 +203,17 @@ class Update:
         self.trail.log_dir.mkdir(parents=True, exist_ok=True)
         self.trail.started = time.monotonic()
         self.clock = metrics.PhaseClock(self.settings.target_name)
-        self.clock.enter("snapshot")
-        logs.bind(phase="snapshot")
+        self.clock.enter(FIRST_PHASE)
+        logs.bind(phase=FIRST_PHASE)
         autonomy.record_start(self.settings, self.conn, request)
         return self.store.transition(
             self.request_id,
             S.RUNNING,
             actor=MOLT,
             message=f"update {codename} started",
-            phase="snapshot",
+            phase=FIRST_PHASE,
             fields={"codename": codename, "update_dir": str(self.trail.log_dir)},
-            data=self._progress("snapshot"),
+            data=self._progress(FIRST_PHASE),
         )
 
     # -- progress, checks and safe points (also lent to pipeline/update/change.py) --------------
@@ -288,14 +294,17 @@ class Update:
         return "succeeded"
 
     def _steps(self, request: Request, plan: Plan) -> None:
-        self._tests_first(request, plan)
-        self._not_frozen(request)
-        self._snapshot(plan)
-        baseline = self._baseline(plan.base_commit)
+        known = self._tests_known(request, plan)
+        baseline = self._baseline(known)
         one, changed = self._phase_one(request, plan, baseline)
+        if known is None and intake.tests_first(request):
+            baseline = self._baseline(self._tests_first(plan))
+            self._still_passing("phase 1", one, baseline)
         if self._proposes(plan):
             self._propose(plan, one, len(changed))
             return
+        self._not_frozen(request)
+        self._snapshot(plan)
         self._apply(plan)
         two = self._phase_two(plan, changed, baseline)
         self._sign_release(plan)
@@ -343,34 +352,41 @@ class Update:
             data={"checks": self.trail.checks, "total_seconds": result["total_seconds"]},
         )
 
-    def _tests_first(self, request: Request, plan: Plan) -> None:
-        """The target's tests must pass at the commit it runs before anything is touched.
-        The plan did not wait for pre-flight's test run; the update does, before its
-        snapshot, and fails without touching anything if the run fails."""
+    def _tests_known(self, request: Request, plan: Plan) -> TestRecord | None:
+        """The target's tests must pass at the commit it runs before anything is touched. A
+        result already known is taken at once, and a failure fails the update before it
+        starts; None while pre-flight's run is still going (the plan did not wait for it),
+        which phase 1 need not wait for either: ``_tests_first`` does, after it."""
         if not intake.tests_first(request):
-            return
-        short = plan.base_commit[:7]
+            return None
         record = self.target.tests.at(plan.base_commit)
-        if record is None:
-            began = time.monotonic()
-            self.enter("preflight", f"waiting for the pre-flight test run at {short}")
-            ticker = Ticker(
-                self.settings.progress_interval,
-                lambda: self.store.refresh(
-                    self.request_id,
-                    self._progress("preflight")
-                    | {"progress": {"seconds": time.monotonic() - began}},
-                ),
+        if record is not None:
+            self._tests_passed(plan, record, 0.0)
+        return record
+
+    def _tests_first(self, plan: Plan) -> TestRecord:
+        """Wait for pre-flight's run at the live commit, after phase 1 and before the
+        snapshot; a failure fails the update without touching anything."""
+        short = plan.base_commit[:7]
+        began = time.monotonic()
+        self.enter("preflight", f"waiting for the pre-flight test run at {short}")
+        ticker = Ticker(
+            self.settings.progress_interval,
+            lambda: self.store.refresh(
+                self.request_id,
+                self._progress("preflight") | {"progress": {"seconds": time.monotonic() - began}},
+            ),
+        )
+        with ticker:
+            record = preflight.tests_at(
+                self.settings, self.conn, plan.base_commit, self._stop_asked
             )
-            with ticker:
-                record = preflight.tests_at(
-                    self.settings, self.conn, plan.base_commit, self._stop_asked
-                )
-            self.guard()
-            self.enter("snapshot", f"the tests passed at {short}; taking a snapshot")
-            seconds = time.monotonic() - began
-        else:
-            seconds = 0.0
+        self.guard()
+        self._tests_passed(plan, record, time.monotonic() - began)
+        return record
+
+    def _tests_passed(self, plan: Plan, record: TestRecord, seconds: float) -> None:
+        short = plan.base_commit[:7]
         if not record.passed:
             self.check("pre-flight tests", False, seconds, record.detail)
             raise UpdateFailed(
@@ -394,6 +410,7 @@ class Update:
             raise UpdateFailed("freeze", held.reason)
 
     def _snapshot(self, plan: Plan) -> None:
+        self.enter("snapshot", "taking a snapshot of the live checkout before it is touched")
         began = time.monotonic()
         snapshot = transient("snapshot", snapshots.take, self.live)
         if snapshot.commit != plan.base_commit:
@@ -406,11 +423,20 @@ class Update:
         self.store.update(self.request_id, snapshot=snapshot.to_dict())
         self.check("snapshot", True, time.monotonic() - began, snapshot.short)
 
-    def _baseline(self, commit: str) -> int | None:
-        known = self.target.tests.at(commit)
-        if known is None:
-            known = preflight.tests_at(self.settings, self.conn, commit)
-        return known.count if known.passed else None
+    @staticmethod
+    def _baseline(known: TestRecord | None) -> int | None:
+        """How many tests passed at the live commit: no phase may pass fewer."""
+        return known.count if known is not None and known.passed else None
+
+    def _still_passing(self, phase: str, result: PhaseResult, baseline: int | None) -> None:
+        """Phase 1 ran before pre-flight's count was known: the count is compared now."""
+        if baseline is None or result.passed is None:
+            return
+        dropped = result.passed < baseline
+        detail = f"{result.passed} now, {baseline} before"
+        self.check(f"{phase}: passing tests", not dropped, 0.0, detail)
+        if dropped:
+            raise UpdateFailed(phase, f"passing tests: {detail}. Nothing was touched")
 
     def _phase_one(
         self, request: Request, plan: Plan, baseline: int | None
@@ -434,7 +460,7 @@ class Update:
         return result, changed
 
     def _sandbox(self, plan: Plan, sandbox: snapshots.Sandbox) -> Path:
-        self.enter("sandbox", f"checking out {plan.target_commit[:7]} in the sandbox")
+        """The update's first phase (entered as it started): the target in the sandbox."""
         began = time.monotonic()
         path = transient("sandbox", sandbox.checkout, plan.target_commit)
         self.check("sandbox", True, time.monotonic() - began, plan.target_commit[:7])

@@ -45,7 +45,7 @@ def test_a_change_in_words_is_planned_by_the_model_and_shown_for_approval(
     since = chat.send(ASK)
     chat.wait_for(r"📋 Plan ready", since=since)
     chat.wait_for(r"Scope: a new function ping\(\) in app.py", since=since)
-    chat.wait_for(r"4\. add ping\(\) \[implementer\]: .*\(after 3\)", since=since)
+    chat.wait_for(r"3\. add ping\(\) \[implementer\]: .*\(after 2\)", since=since)
     chat.wait_for(r"review \[reviewer\]", since=since)
     chat.wait_for(r"Risk: LOW", since=since)
     chat.wait_for(r"`checks/test_ping.py` A — a test for ping\(\)", since=since)

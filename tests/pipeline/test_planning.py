@@ -439,7 +439,7 @@ def test_estimate_falls_back_to_the_last_test_run_and_then_to_nothing(
         "two test runs like the last (12 s), the restart and the 60 s watch window"
     )
     assert "passing tests do not drop below 40" in plan.success_criteria
-    assert "tests pass (40 or more passing)" in plan.tasks[2]["checkpoint"]
+    assert "tests pass (40 or more passing)" in plan.tasks[1]["checkpoint"]
 
 
 def test_success_criteria_and_tasks_say_what_must_hold(
@@ -457,17 +457,17 @@ def test_success_criteria_and_tasks_say_what_must_hold(
         f"the service restarts and its health check passes on {sha[:7]}",
     ]
     assert [(t["step"], t["name"]) for t in plan.tasks] == [
-        (1, "snapshot"),
-        (2, "prepare sandbox"),
-        (3, "phase 1 validation"),
+        (1, "prepare sandbox"),
+        (2, "phase 1 validation"),
+        (3, "snapshot"),
         (4, "apply to live"),
         (5, "phase 2 validation"),
         (6, "restart"),
         (7, "verify"),
         (8, "watch"),
     ]
-    assert plan.base_commit[:7] in plan.tasks[0]["detail"]
-    assert f"check out {sha[:7]}" in plan.tasks[1]["detail"]
+    assert f"check out {sha[:7]}" in plan.tasks[0]["detail"]
+    assert plan.base_commit[:7] in plan.tasks[2]["detail"]  # the snapshot, once tests pass there
     assert all(t["checkpoint"] for t in plan.tasks)
     assert "roll back to the snapshot" in plan.tasks[3]["on_failure"]
 

@@ -141,7 +141,7 @@ def _roll_back_and_report(
     trail: Trail,
 ) -> None:
     request = store.get(request_id)
-    if request.state in UNDER_WAY:
+    if request.state in UNDER_WAY and trail.snapshot is not None:  # else nothing to return
         store.transition(
             request_id,
             S.RUNNING,

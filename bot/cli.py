@@ -150,6 +150,7 @@ def cmd_incidents_replay(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.exit(f"molt: --since: {exc}")
     settings = _target(args, whole=True)
+    logs.configure(settings.log_level, settings.secrets(), fmt=settings.log_format)  # stderr
     conn = store.connect(settings)
     whole = settings.fleet and not args.target
     views = [settings.for_target(n) for n in settings.target_names()] if whole else [settings]

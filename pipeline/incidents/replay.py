@@ -124,6 +124,10 @@ def replay(settings: Settings, conn: redis.Redis, since: float) -> list[Replayed
     return rows
 
 
+def _time(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
+
+
 def _yes(value: bool | None) -> str:
     return "—" if value is None else ("yes" if value else "no")
 
@@ -141,7 +145,7 @@ def table(rows: list[Replayed]) -> str:
             "checks out" if r.checks else "dropped",
             "—" if r.confidence is None else f"{r.confidence:.2f}",
             f"{r.tokens:,}",
-            f"{r.seconds:.1f} s",
+            _time(r.seconds),
         )
         for r in rows
     ]
@@ -161,6 +165,6 @@ def table(rows: list[Replayed]) -> str:
         f"{sum(1 for r in judged if r.agrees)}/{len(judged)} agree with a cause that held; "
         f"evidence checks out in {sum(1 for r in rows if r.checks)}/{len(rows)}; "
         f"mean confidence {mean}; {tokens:,} tokens ({tokens // len(rows):,} a case); "
-        f"{seconds:.1f} s ({seconds / len(rows):.1f} s a case)"
+        f"{_time(seconds)} ({_time(seconds / len(rows))} a case)"
     )
     return "\n".join(lines)

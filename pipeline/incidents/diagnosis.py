@@ -427,16 +427,18 @@ def _offer(
     found: Diagnosis,
 ) -> tuple[str, bool]:
     """The diagnosis's message, and whether it offers Fix it: below MOLT_FIX_CONFIDENCE it
-    does not; under auto, confident enough and delivered as a pull request, Molt asks."""
+    does not; under auto, confident enough and delivered as a pull request, Molt asks, as
+    the target's one automatic action in MOLT_INCIDENT_COOLDOWN."""
     shown = _confidence(found.confidence)
+    cause = found.cause.rstrip(".")
     if found.confidence < settings.fix_confidence:
         where = ", ".join(c.where() for c in found.cited())
         return (
-            f"diagnosis: {found.cause} Confidence {shown}: not offering a fix "
+            f"diagnosis: {cause}. Confidence {shown}: not offering a fix "
             f"(MOLT_FIX_CONFIDENCE={_confidence(settings.fix_confidence)}); evidence {where}",
             False,
         )
-    lead = f"diagnosis (confidence {shown}): {found.cause}"
+    lead = f"diagnosis (confidence {shown}): {cause}"
     if (
         settings.autonomy == "auto"
         and found.confidence >= settings.auto_fix_confidence
@@ -444,10 +446,12 @@ def _offer(
         and settings.allow_changes
         and autonomy.may_act(settings)
         and book.breaker() is None
+        and len(book.failed_attempts(incident.fingerprint)) < settings.max_fix_attempts
+        and book.claim_action(incident) is None  # Molt's one action per cooldown
     ):
         request = _ask_for_fix(settings, conn, book, incident, found)
         return (
-            f"{lead} Molt asks for the fix itself, as a pull request "
+            f"{lead}. Molt asks for the fix itself, as a pull request "
             f"(MOLT_AUTO_FIX_CONFIDENCE={_confidence(settings.auto_fix_confidence)}): "
             f"request {request.id}, {request.state.value}",
             False,

@@ -139,7 +139,10 @@ def test_a_diagnosis_citing_handlers_py_is_posted_with_its_checked_evidence_and_
     conn.hset(keyspace.incident(earlier.id), mapping={"outcome": DID_NOT_HOLD, "status": "x"})
     conn.hdel(book.keys.current_incidents, "webhook:div")
     fake.add(
-        reply(tool("read_file", {"path": "handlers.py"})),
+        reply(
+            tool("read_file", {"path": "handlers.py"}),
+            tool("search", {"pattern": "average(", "fixed": True}),  # not a valid regex
+        ),
         reply(tool("submit_diagnosis", ANSWER)),
     )
     message = _posted(llm, conn, _opened(llm, conn))
@@ -158,8 +161,10 @@ def test_a_diagnosis_citing_handlers_py_is_posted_with_its_checked_evidence_and_
         "(did not hold): diagnosis, confidence 0.85: the cache is cold Fix proposed: warm it"
         in (prompt)
     )
-    [read] = second.tool_results()
+    read, search = second.tool_results()
     assert "return total / count" in read["content"] and not read.get("is_error")
+    assert "handlers.py:1:def average(total, count):" in search["content"]
+    assert "handlers.py:7:    return average(" in search["content"]
 
 
 def test_evidence_whose_quote_is_not_in_the_file_drops_the_diagnosis(

@@ -1,7 +1,7 @@
 """Diagnose second: an incident with no suspect update gets the model's reading of it,
 and one still firing after its rollback gets another, told what the rollback did.
 
-With ANTHROPIC_API_KEY, ``diagnose`` gives the model the alert and its log excerpt
+With ANTHROPIC_API_KEY, ``post`` gives the model the alert and its log excerpt
 (redacted and fenced as untrusted), the target's recent updates, and the earlier diagnoses
 and actions of the same fingerprint with their outcomes (held, did not hold), so that a fix
 that failed is not proposed again. It may read the target at the live commit through the
@@ -357,15 +357,6 @@ def checked(answer: dict[str, Any], checker: Checker) -> Diagnosis:
         [c.to_dict() for c in cited],
         checker.commit,
     )
-
-
-def diagnose(settings: Settings, conn: redis.Redis, incident: Incident) -> Diagnosis:
-    """A checked diagnosis of ``incident``, or MoltError saying why there is none (nothing
-    is posted or kept)."""
-    found = investigate(settings, gather(settings, conn, IncidentBook(settings, conn), incident))
-    if found.diagnosis is None:
-        raise MoltError(found.refused)
-    return found.diagnosis
 
 
 def post(

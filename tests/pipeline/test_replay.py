@@ -1,9 +1,13 @@
-"""Replay: each diagnosis is kept as a case; ``molt incidents replay`` (run in this process)
-makes them again through the fake Messages API and prints per case and overall whether the
-cause agrees with the one that held, whether the evidence still checks out, the confidence,
-tokens and time; it posts and changes nothing."""
+"""Replay: each diagnosis is kept as a case; ``molt incidents replay`` (a process of its
+own) makes them again through the fake Messages API and prints per case and overall whether
+the cause agrees with the one that held, whether the evidence still checks out, the
+confidence, tokens and time; it posts and changes nothing."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import pytest
 import redis
@@ -12,9 +16,9 @@ from pipeline import events, keyspace
 from pipeline.config import Settings
 from pipeline.incidents import cases, diagnosis, replay
 from pipeline.incidents.book import DID_NOT_HOLD, IncidentBook
-from tests.desk import molt
 from tests.fakes.anthropic import FakeAnthropic, reply, tool
 from tests.pipeline.test_diagnosis import ANSWER, _opened, fake, llm
+from tests.support import ROOT
 
 __all__ = ["fake", "llm"]  # the fixtures these tests use
 OTHER = ANSWER | {
@@ -59,7 +63,17 @@ def test_replay_over_three_stored_cases_prints_its_table(
         reply(tool("submit_diagnosis", OTHER)),  # the case that did not hold: no reference
         reply(tool("submit_diagnosis", MADE_UP)),  # still made up
     )
-    said = molt("incidents", "replay", "--since", "1d", env=molt_env | fake.env())
+    # A process of its own: the command sends its log to stderr, which configures logging
+    # for the whole process it runs in.
+    said = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "incidents", "replay", "--since", "1d"],
+        env={**os.environ, **molt_env, **fake.env(), "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert said.returncode == 0, said.stderr
     printed = said.stdout.splitlines()
 

@@ -141,6 +141,26 @@ def cmd_incidents(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_incidents_replay(args: argparse.Namespace) -> int:
+    """Each kept diagnosis made again with today's model, prompts and code; read-only."""
+    from pipeline.incidents import replay
+
+    try:
+        since = replay.since_seconds(args.since)
+    except ValueError as exc:
+        sys.exit(f"molt: --since: {exc}")
+    settings = _target(args, whole=True)
+    logs.configure(settings.log_level, settings.secrets(), fmt=settings.log_format)  # stderr
+    conn = store.connect(settings)
+    whole = settings.fleet and not args.target
+    views = [settings.for_target(n) for n in settings.target_names()] if whole else [settings]
+    for view in views:
+        if whole:
+            print(f"target {view.target_name}:")
+        print(replay.table(replay.replay(view, conn, since)))
+    return 0
+
+
 def cmd_freezes(args: argparse.Namespace) -> int:
     from pipeline.intake import freezes
 
@@ -426,6 +446,13 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     incidents = sub.add_parser("incidents", help="open and recent incidents and their outcomes")
     incidents.add_argument("-n", "--count", type=int, default=20)
     incidents.set_defaults(func=cmd_incidents)
+    replay = incidents.add_subparsers(dest="incidents_command").add_parser(
+        "replay",
+        parents=[targeted],
+        help="diagnose the kept cases again with today's model, prompts and code (read-only)",
+    )
+    replay.add_argument("--since", default="30d", help="cases diagnosed within this (30d, 12h)")
+    replay.set_defaults(func=cmd_incidents_replay)
     sub.add_parser(
         "freezes", parents=[targeted], help="the freeze windows, and which are in force"
     ).set_defaults(func=cmd_freezes)

@@ -823,6 +823,11 @@ class Settings(BaseSettings):
     resolve_window: float = _var("MOLT_RESOLVE_WINDOW", 900.0, gt=0)
     #: Actions on one fingerprint that did not hold before Molt stops acting on it.
     max_fix_attempts: int = _var("MOLT_MAX_FIX_ATTEMPTS", 2, ge=1)
+    #: A diagnosis (pipeline/incidents/diagnosis.py) offers Fix it at this confidence or
+    #: above; under MOLT_AUTONOMY=auto Molt asks for the fix itself, as a pull request, at
+    #: MOLT_AUTO_FIX_CONFIDENCE or above.
+    fix_confidence: float = _var("MOLT_FIX_CONFIDENCE", 0.6, ge=0, le=1)
+    auto_fix_confidence: float = _var("MOLT_AUTO_FIX_CONFIDENCE", 0.8, ge=0, le=1)
     alert_token: SecretStr | None = _var("MOLT_ALERT_TOKEN")
     alert_secret: SecretStr | None = _var("MOLT_ALERT_SECRET")
     sentry_secret: SecretStr | None = _var("MOLT_SENTRY_SECRET")

@@ -43,6 +43,8 @@ For one target, ``<id>`` being the target's id (``Settings.target_id``):
                                    signature was first seen in the target's log
   molt:incidents:<id>:breaker      why automatic actions are off for the target (the circuit
                                    breaker), until an operator's `resume`
+  molt:cases:<id>                  sorted set: the target's diagnosis cases by when they were
+                                   diagnosed (pipeline/incidents/cases.py; bounded)
 
 Keys shared by every target follow ``TargetKeys``, grouped by the module that owns them;
 each name says what its key holds. tests/pipeline/test_keyspace.py checks that no two names
@@ -77,6 +79,7 @@ FORMATS = {
     "acted": "molt:incidents:{id}:acted",
     "breaker": "molt:incidents:{id}:breaker",
     "signatures": "molt:incidents:{id}:signatures",
+    "cases": "molt:cases:{id}",
 }
 
 
@@ -110,6 +113,7 @@ class TargetKeys:
     acted: str = field(init=False)
     breaker: str = field(init=False)
     signatures: str = field(init=False)
+    cases: str = field(init=False)
 
     def __post_init__(self) -> None:
         for name, key in FORMATS.items():
@@ -189,6 +193,11 @@ ALERTS = "molt:alerts"
 def incident(incident_id: str) -> str:
     """Hash of one incident, JSON for its ``actions`` (pipeline/incidents/book.py)."""
     return f"molt:incident:{incident_id}"
+
+
+def case(case_id: str) -> str:
+    """JSON of one diagnosis case, kept for replay (pipeline/incidents/cases.py)."""
+    return f"molt:case:{case_id}"
 
 
 def alert_delivery(source: str, delivery: str) -> str:

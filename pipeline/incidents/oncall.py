@@ -16,7 +16,8 @@ MOLT_AUTONOMY=auto it is approved by ``molt:auto`` as soon as its plan is ready
 (pipeline/intake/flow.py, wherever the target's planning runs); otherwise the incident's
 message carries Approve rollback. An update still under way on the target is left to
 its watch window, which rolls it back on its own. Alert text never reaches a plan: a
-rollback's text is Molt's own.
+rollback's text is Molt's own. An incident that still fires once its rollback landed is
+diagnosed (pipeline/incidents/diagnosis.py ``after_rollback``), told what the rollback did.
 
 The cooldown bounds what Molt does on its own, not what it offers a person: within it,
 an update that landed after the last action is a new suspect, whose rollback is planned
@@ -115,6 +116,8 @@ def take(settings: Settings, conn: redis.Redis, signal: Signal) -> None:
     taken = book.take(signal)
     if taken.opened and taken.incident is not None:
         respond(settings, conn, book, taken.incident)
+    elif taken.incident is not None:  # still firing after its rollback: diagnose it again
+        diagnosis.after_rollback(settings, conn, book, taken.incident)
 
 
 def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident: Incident) -> None:

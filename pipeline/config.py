@@ -823,6 +823,9 @@ class Settings(BaseSettings):
     resolve_window: float = _var("MOLT_RESOLVE_WINDOW", 900.0, gt=0)
     #: Actions on one fingerprint that did not hold before Molt stops acting on it.
     max_fix_attempts: int = _var("MOLT_MAX_FIX_ATTEMPTS", 2, ge=1)
+    #: How long an incident's signature must stay quiet after a fix's watch window for the
+    #: incident to be marked held.
+    fix_hold: float = _var("MOLT_FIX_HOLD", 900.0, ge=0)
     alert_token: SecretStr | None = _var("MOLT_ALERT_TOKEN")
     alert_secret: SecretStr | None = _var("MOLT_ALERT_SECRET")
     sentry_secret: SecretStr | None = _var("MOLT_SENTRY_SECRET")

@@ -23,6 +23,7 @@ import structlog
 
 from pipeline.config import Settings
 from pipeline.exceptions import MoltError
+from pipeline.incidents import failures
 from pipeline.incidents.book import Incident, IncidentBook
 from pipeline.intake import flow as intake
 from pipeline.llm.client import Claude
@@ -156,6 +157,7 @@ def fix(settings: Settings, conn: redis.Redis, incident_id: str, who: Origin) ->
     book = IncidentBook(settings, conn)
     fields = {k: found[-1][k] for k in Diagnosis.__dataclass_fields__}
     text = Diagnosis(**fields).change_text(incident.id)
-    request = intake.submit(settings, conn, who, "change", text, text)
+    failure = failures.carried(settings, incident)  # the failure its test must reproduce
+    request = intake.submit(settings, conn, who, "change", text, text, incident=failure)
     book.act(incident, "fix", {"request_id": request.id, "asked_by": who.principal})
     return request

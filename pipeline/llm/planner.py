@@ -23,7 +23,14 @@ from pipeline.exceptions import GitError, LLMError, PlanningError
 from pipeline.git import Git
 from pipeline.llm import prompts, repomap
 from pipeline.llm.client import Claude, Reply
-from pipeline.llm.proposal import ASK_QUESTIONS, SUBMIT_PLAN, PlanProblems, build_plan, questions
+from pipeline.llm.proposal import (
+    ASK_QUESTIONS,
+    SUBMIT_PLAN,
+    PlanProblems,
+    build_plan,
+    questions,
+    reproducing_tests,
+)
 from pipeline.llm.tools import READ_TOOLS, CommitFiles
 from pipeline.llm.turns import Done, converse, text, tool_result
 from pipeline.planning.deploys import import_graph
@@ -92,10 +99,17 @@ def plan_change(settings: Settings, conn: redis.Redis, request: Request) -> Plan
     system, _ = system_blocks(settings, git, base, graph)
     view = CommitFiles(git, base)
     messages = [request_message(settings, request.text, request.answers)]
+    if request.incident:  # a Fix it: the plan must list the test that reproduces it
+        messages[0]["content"].append(text(prompts.incident_block(request.incident)))
     claude = Claude(settings, "planning", deadline=time.monotonic() + settings.llm_timeout)
 
     def build(raw: Any) -> Plan:
-        return build_plan(settings, conn, view, base, branch, graph, raw)
+        plan = build_plan(settings, conn, view, base, branch, graph, raw)
+        if request.incident and not reproducing_tests(plan):
+            raise PlanProblems(
+                ["a fix of an incident must list a test that reproduces it (a test file)"]
+            )
+        return plan
 
     try:
         planned = converse(

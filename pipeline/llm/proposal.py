@@ -142,6 +142,17 @@ ASK_QUESTIONS = tool(
 )
 
 
+def is_test_path(path: str) -> bool:
+    """A file of the service's tests, by the names test runners collect."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
+def reproducing_tests(plan: Plan) -> list[str]:
+    """The test files a plan creates or modifies: where a fix reproduces its incident."""
+    return [f["path"] for f in plan.files if f.get("status") != "D" and is_test_path(f["path"])]
+
+
 class PlanProblems(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))

@@ -24,7 +24,7 @@ from pipeline import audit, codenames, events, logs, metrics
 from pipeline.config import DELIVERY_PULL_REQUEST, Settings, load_settings
 from pipeline.exceptions import IllegalTransition, UpdateFailed
 from pipeline.git import Git
-from pipeline.incidents import oncall
+from pipeline.incidents import failures, oncall
 from pipeline.incidents.book import IncidentBook
 from pipeline.intake import autonomy, control, freezes, preflight
 from pipeline.intake import flow as intake
@@ -81,6 +81,15 @@ def run_update(request_id: str, target: str = "") -> str:
         return "not run"
     taken, codename = turn
     return Update(settings, conn, taken).run(codename)
+
+
+def check_hold(request_id: str, since: float, target: str = "") -> str:
+    """RQ entry point of a fix's hold check (pipeline/queue/queueing.py ``add_hold_check``):
+    the incident it fixed held if its signature stayed quiet since the fix went live."""
+    settings = load_settings().for_target(target)
+    conn = connect(settings)
+    failure = RequestStore(conn).get(request_id).incident
+    return failures.settle(settings, conn, failure, request_id, since) if failure else "unknown"
 
 
 def run_intake(
@@ -155,6 +164,8 @@ class Update:
         self.watched = ""  # what the watch window saw, for the success message
         self.queries: MetricWatch | None = None  # the service's metrics, read in the window
         self.clock = metrics.PhaseClock(settings.target_name)
+        self.proof = ""  # a Fix it request's: its test reproduced the incident (reproduction.py)
+        self.live_since = 0.0  # when the watch window began
 
     # -- starting, the lock taken for it ------------------------------------------------
 
@@ -256,6 +267,12 @@ class Update:
         except redis.RedisError:
             return False
 
+    def stopping(self) -> bool:
+        return self._stop_asked()
+
+    def running(self, pid: int) -> None:
+        self._running(pid)
+
     def _running(self, pid: int) -> None:
         """The test command started: its process group is recorded for whoever rolls this
         update back if this worker dies (pipeline/service/rollback.py kills it first)."""
@@ -272,6 +289,9 @@ class Update:
             self.phases = (
                 PROPOSAL_PHASES if self._proposes(plan) else steps_of(self.settings, CHANGE_PHASES)
             )
+            if request.incident:  # a Fix it reproduces its incident before phase 1
+                at = self.phases.index("implement") + 1
+                self.phases = (*self.phases[:at], "reproduce", *self.phases[at:])
         with self.lock.keep_alive(self.request_id) as heartbeat:
             self.heartbeat = heartbeat
             try:
@@ -302,6 +322,8 @@ class Update:
         self._restart(plan)
         self._watch(plan)
         self._succeed(plan, one.test_seconds + two.test_seconds, len(changed))
+        if request.incident and self.settings.watch_seconds:
+            queueing.add_hold_check(self.settings, self.request_id, self.live_since)
 
     def _proposes(self, plan: Plan) -> bool:
         return plan.kind == "change" and self.settings.change_delivery == DELIVERY_PULL_REQUEST
@@ -327,6 +349,7 @@ class Update:
             "branch": branch,
             "remote": remote,
             "merge_approves": self.settings.merge_approves,
+            "proof": self.proof,
         }
         parts = (
             f"{plan.target_commit[:7]} is on {branch} at {remote}; the live checkout is untouched.",
@@ -423,10 +446,16 @@ class Update:
                 writing = change.Writing(
                     self.settings, self.conn, self, request, plan, sandbox, self.trail.log_dir
                 )
-                written = change.write(writing)
+                try:
+                    written = change.write(writing)
+                finally:
+                    self.command.clear(self.request_id)
                 path, changed = written.path, written.changed
                 if written.note:
                     self.notes.append(written.note)
+                if written.proof:
+                    self.proof = written.proof
+                    self.notes.append(f"Proof: {written.proof}.")
             else:
                 path = self._sandbox(plan, sandbox)
                 changed = [f["path"] for f in plan.files if f.get("status") != "D"]
@@ -565,6 +594,15 @@ class Update:
         also = f" and {count} metric quer{'y' if count == 1 else 'ies'}" if count else ""
         self.enter("watch", f"live; watching its health{also} for {seconds}", state=S.WATCHING)
         began = time.monotonic()
+        self.live_since = time.time()
+        opened = oncall.news_since(self.settings, self.conn, self.live_since)
+        failure = self.store.get(self.request_id).incident
+        # A fix: its incident's signature coming back rolls it back too.
+        back = failures.came_back(self.settings, self.conn, failure or {}, self.live_since)
+
+        def news() -> list[str]:
+            return opened() + (back() if failure else [])
+
         try:
             report = watching.watch(
                 self.settings,
@@ -572,7 +610,7 @@ class Update:
                 plan.target_commit,
                 self.trail.log_dir / "watch.log",
                 guard=self.guard,
-                news=oncall.news_since(self.settings, self.conn, time.time()),
+                news=news,
                 shown=lambda seen: self.store.refresh(
                     self.request_id, self._progress("watch") | {"watch": seen.summary()}
                 ),
@@ -651,6 +689,7 @@ class Update:
             "flaky": self.flaky,
             "watch": self.watched,
             "metrics": self.queries.shown() if self.queries else [],
+            "proof": self.proof,
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:

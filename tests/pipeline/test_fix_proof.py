@@ -1,0 +1,219 @@
+"""A fix must reproduce the failure first (pipeline/update/reproduction.py): a release whose
+handler fails only in production, its incident from the service's real traceback, Fix it,
+and the implementer's fix and test through the fake Messages API; the test runs on the base
+and on the fix in the sandbox before phase 1, the fix lands, the watch window watches the
+incident's signature, and the hold check marks the incident held."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from pipeline import audit
+from pipeline.incidents import diagnosis
+from pipeline.incidents.book import Incident, IncidentBook
+from pipeline.incidents.logwatch import LineReader, occurrence_signal
+from pipeline.requests.states import RequestState as S
+from tests.desk import Chat, StartChat
+from tests.fakes.anthropic import FakeAnthropic, Turn, reply, tool
+from tests.support import ServiceRepo, git
+
+#: A release that passes its tests, and divides by the count of items, which is 0 only
+#: in production.
+HANDLER = (
+    "def greet():\n    return 'hello'\n\n\ndef handle(total, count):\n    return total // count\n"
+)
+PASSES = "from app import handle\n\n\ndef test_handle():\n    assert handle(10, 2) == 5\n"
+FIXED = (
+    "def greet():\n    return 'hello'\n\n\n"
+    "def handle(total, count):\n    return total // count if count else 0\n"
+)
+ZERO_COUNT = "from app import handle\n\n\ndef test_zero_count():\n    assert handle(10, 0) == 0\n"
+DIAGNOSED = {
+    "cause": "handle() divides by the count, which is 0 for an empty order",
+    "files": ["app.py"],
+    "confidence": "high",
+    "fix": "answer 0 when the count is 0",
+    "confirm": "the ZeroDivisionError stops",
+}
+
+
+def fix_plan() -> dict[str, Any]:
+    return {
+        "summary": "handle() answers 0 for an empty order",
+        "scope": "handle() in app.py and a test that reproduces the incident",
+        "impact": "an empty order no longer fails",
+        "components": ["app"],
+        "files": [
+            {"path": "app.py", "action": "modify", "why": "no division by a zero count"},
+            {"path": "checks/test_handlers.py", "action": "create", "why": "reproduces it"},
+        ],
+        "risk": {"level": "low", "reasons": ["one guarded division"]},
+        "tasks": [
+            {
+                "id": 1,
+                "name": "reproduce and fix",
+                "detail": "test_zero_count, then guard the division",
+                "role": "implementer",
+                "depends_on": [],
+                "checkpoint": "the test passes",
+            }
+        ],
+        "validation": ["test_zero_count fails before and passes after"],
+        "rollback_points": ["revert the commit"],
+        "effort": {"estimate": "small", "complexity": "low"},
+        "prerequisites": [],
+        "constraints": [],
+        "success_criteria": ["no ZeroDivisionError for an empty order"],
+    }
+
+
+def written(app: str | None, test: str | None) -> list[Turn]:
+    """One round of the implementer: it writes what it is given, then finishes."""
+    writes = [
+        tool("write_file", {"path": path, "content": content})
+        for path, content in (("app.py", app), ("checks/test_handlers.py", test))
+        if content is not None
+    ]
+    return [reply(*writes), reply(tool("finish", {"summary": "fixed handle()"}))]
+
+
+def approve() -> Turn:
+    return reply(tool("submit_review", {"verdict": "approve", "reasons": ["guards it"]}))
+
+
+@pytest.fixture
+def fake() -> Any:
+    with FakeAnthropic() as server:
+        yield server
+
+
+def _released(service: ServiceRepo) -> str:
+    """The release with the handler is live (it passed its tests)."""
+    service.commit({"app.py": HANDLER, "checks/test_app_handle.py": PASSES}, "handle orders")
+    git(service.live, "pull", "-q", "--ff-only")
+    return service.live_head()
+
+
+def _incident(chat: Chat, service: ServiceRepo, fake: FakeAnthropic) -> Incident:
+    """An empty order in production: the service's own traceback, read by the log watcher's
+    reader, opens an incident, which is diagnosed."""
+    run = subprocess.run(
+        [sys.executable, "-c", "from app import handle; handle(10, 0)"],
+        cwd=service.live,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    reader = LineReader(service.live)
+    [found] = [o for o in map(reader.feed, run.stderr.splitlines(keepends=True)) if o]
+    signal = replace(occurrence_signal(chat.settings, found), counted=False)
+    book = IncidentBook(chat.settings, chat.conn)
+    incident = book.take(signal).incident
+    assert incident is not None
+    fake.add(reply(tool("submit_diagnosis", DIAGNOSED)))
+    diagnosis.post(chat.settings, chat.conn, book, incident)
+    return incident
+
+
+def _fix_it(chat: Chat, incident: Incident) -> int:
+    since = chat.send(f"press fix {incident.id}")
+    chat.wait_for(r"📋 Plan ready", since=since)
+    chat.send("press approve")
+    chat.work()
+    return since
+
+
+def test_a_fix_whose_test_reproduces_the_incident_lands_and_holds(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
+) -> None:
+    base = _released(service)
+    chat = start_chat(**fake.env(), MOLT_WATCH_SECONDS="1", MOLT_FIX_HOLD="0.5")
+    incident = _incident(chat, service, fake)
+    assert incident.summary.startswith("ZeroDivisionError")
+    fake.add(reply(tool("submit_plan", fix_plan())), *written(FIXED, ZERO_COUNT), approve())
+    since = _fix_it(chat, incident)
+    chat.wait_for(r"✅ Live: ", since=since)
+    fix = service.live_head()
+    proof = (
+        f"test_handlers.py::test_zero_count failed on {base[:7]} with ZeroDivisionError "
+        f"at app.py:handle, passes on {fix[:7]}"
+    )
+    chat.wait_for(f"Proof: {proof}", since=since)
+    assert (service.live / "checks/test_handlers.py").read_text() == ZERO_COUNT
+    [request] = [r for r in chat.requests() if r.command == "change"]
+    assert request.state is S.SUCCEEDED
+    assert request.incident is not None and request.incident["kind"] == "ZeroDivisionError"
+    assert (request.result or {})["proof"] == proof
+    planning = fake.calls()[1].user_text()
+    assert "must add or modify a test that reproduces the failure" in planning
+    assert "fails with ZeroDivisionError at app.py:handle" in planning
+
+    # The signature stayed quiet through the window and MOLT_FIX_HOLD: the incident held.
+    deadline = time.monotonic() + 60
+    book = IncidentBook(chat.settings, chat.conn)
+    while (book.get(incident.id) or incident).outcome != "held":
+        assert time.monotonic() < deadline, "the hold check never marked the incident held"
+        time.sleep(0.2)
+        chat.worker().work(burst=True, with_scheduler=True)
+    chat.wait_for(rf"✅ Held: incident {incident.id}", since=since)
+
+
+def _refused(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic, rounds: list[Turn]
+) -> tuple[Chat, str, int]:
+    base = _released(service)
+    chat = start_chat(**fake.env())
+    incident = _incident(chat, service, fake)
+    fake.add(reply(tool("submit_plan", fix_plan())), *rounds)
+    since = _fix_it(chat, incident)
+    chat.wait_for(r"❌ Failed: ", since=since)
+    chat.wait_for(r"press retry", since=since)
+    assert service.live_head() == base
+    [request] = [r for r in chat.requests() if r.command == "change"]
+    refusals = [e for e in audit.entries(chat.conn, request.id) if e["action"] == "fix_refused"]
+    assert len(refusals) == 2  # refused, told once, refused again
+    told = fake.calls()[-1].user_text()
+    assert "Molt refused this fix" in told
+    return chat, base, since
+
+
+def test_a_fix_without_a_test_is_refused_and_the_model_told_once(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
+) -> None:
+    again = FIXED + "\n# guarded\n"
+    chat, _, since = _refused(
+        service, start_chat, fake, [*written(FIXED, None), *written(again, None)]
+    )
+    chat.wait_for(r"adds or changes no test that reproduces the incident", since=since)
+
+
+def test_a_test_that_passes_on_the_base_is_refused(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
+) -> None:
+    chat, base, since = _refused(
+        service, start_chat, fake, [*written(FIXED, PASSES), *written(None, PASSES + "\n")]
+    )
+    chat.wait_for(
+        rf"checks/test_handlers.py pass on {base[:7]}: they do not reproduce", since=since
+    )
+
+
+def test_a_test_failing_on_the_base_with_another_error_is_refused(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
+) -> None:
+    other = "from app import handle\n\n\ndef test_zero_count():\n    assert handle(10, 0) == 0\n"
+    other = other.replace("handle(10, 0)", "{}['count']")
+    chat, base, since = _refused(
+        service, start_chat, fake, [*written(FIXED, other), *written(None, other + "\n")]
+    )
+    chat.wait_for(
+        rf"fail on {base[:7]} with KeyError at \S*test_handlers.py:test_zero_count in "
+        r"test_handlers.py::test_zero_count, not with ZeroDivisionError at app.py:handle",
+        since=since,
+    )

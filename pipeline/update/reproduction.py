@@ -87,7 +87,7 @@ def raised(output: str, own_code: Path, tests: list[str]) -> list[Raised]:
     reader = LineReader(own_code)
     found = []
     for seen in map(reader.feed, output.splitlines(keepends=True)):
-        if seen is None or "Traceback" not in seen.excerpt:
+        if seen is None or "\n" not in seen.excerpt.strip():  # an error line, not a traceback
             continue
         kind, _, frame = seen.signature.partition(" at ")
         found.append(Raised(kind, frame, _test_of(seen.excerpt, tests)))

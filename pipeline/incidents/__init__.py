@@ -4,7 +4,8 @@
 pipeline/payloads.py); ``logwatch`` finds more in the service's log and in idle health
 probes; ``book`` keeps incidents (records, thresholds, cooldowns, outcomes); ``oncall``
 answers a new incident by rolling back its suspect through intake, and ``diagnosis`` asks
-the model for a fix when there is none.
+the model for a fix when there is none; ``failures`` is what a fix carries of its incident
+(the failure its test must reproduce, the signature its watch and hold check look for).
 
 Imports everything below it up to intake/; never update/.
 """

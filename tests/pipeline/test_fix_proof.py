@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from pipeline.incidents import diagnosis
 from pipeline.incidents.book import Incident, IncidentBook
 from pipeline.incidents.logwatch import LineReader, occurrence_signal
 from pipeline.requests.states import RequestState as S
+from pipeline.update import reproduction
 from tests.desk import Chat, StartChat
 from tests.fakes.anthropic import FakeAnthropic, Turn, reply, tool
 from tests.support import ServiceRepo, git
@@ -217,3 +219,34 @@ def test_a_test_failing_on_the_base_with_another_error_is_refused(
         r"test_handlers.py::test_zero_count, not with ZeroDivisionError at app.py:handle",
         since=since,
     )
+
+
+def test_pytest_runs_only_the_fix_tests_and_its_native_traceback_is_read(tmp_path: Path) -> None:
+    """A pytest command is narrowed to the fix's tests; its traceback (longer than a log
+    excerpt, through pytest's own frames) still names the exception, the service's frame
+    and the test."""
+    (tmp_path / "svc").mkdir()
+    (tmp_path / "svc/__init__.py").write_text("")
+    (tmp_path / "svc/handlers.py").write_text(
+        "def handle(total, count):\n    return total // count\n"
+    )
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks/test_handlers.py").write_text(
+        ZERO_COUNT.replace("from app", "from svc.handlers")
+    )
+    command = reproduction.command_for(
+        f"{sys.executable} -m pytest -q -p no:cacheprovider", ["checks/test_handlers.py"]
+    )
+    assert command.endswith("--tb=native checks/test_handlers.py")
+    assert reproduction.command_for("python service_tests.py", ["checks/t.py"]) == (
+        "python service_tests.py"
+    )
+    run = subprocess.run(
+        command, shell=True, cwd=tmp_path, capture_output=True, text=True, check=False
+    )
+    found = reproduction.raised(run.stdout, tmp_path.resolve(), ["checks/test_handlers.py"])
+    wanted = {"kind": "ZeroDivisionError", "frame": "svc/handlers.py:handle"}
+    assert reproduction.matching(found, wanted) == reproduction.Raised(
+        "ZeroDivisionError", "svc/handlers.py:handle", "test_handlers.py::test_zero_count"
+    )
+    assert reproduction.matching(found, wanted | {"kind": "KeyError"}) is None

@@ -14,11 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from pipeline import audit
-from pipeline.incidents import diagnosis
-from pipeline.incidents.book import Incident, IncidentBook
+from pipeline.config import Settings
+from pipeline.incidents import diagnosis, failures
+from pipeline.incidents.alerts import FIRING, Signal
+from pipeline.incidents.book import Incident, IncidentBook, listing
 from pipeline.incidents.logwatch import LineReader, occurrence_signal
+from pipeline.queue import workers
 from pipeline.requests.states import RequestState as S
 from pipeline.update import reproduction
 from tests.desk import Chat, StartChat
@@ -102,9 +106,9 @@ def _released(service: ServiceRepo) -> str:
     return service.live_head()
 
 
-def _incident(chat: Chat, service: ServiceRepo, fake: FakeAnthropic) -> Incident:
+def _incident(chat: Chat, service: ServiceRepo, fake: FakeAnthropic) -> tuple[Incident, Signal]:
     """An empty order in production: the service's own traceback, read by the log watcher's
-    reader, opens an incident, which is diagnosed."""
+    reader, opens an incident, which is diagnosed; returns it and its signal."""
     run = subprocess.run(
         [sys.executable, "-c", "from app import handle; handle(10, 0)"],
         cwd=service.live,
@@ -120,7 +124,7 @@ def _incident(chat: Chat, service: ServiceRepo, fake: FakeAnthropic) -> Incident
     assert incident is not None
     fake.add(reply(tool("submit_diagnosis", DIAGNOSED)))
     diagnosis.post(chat.settings, chat.conn, book, incident)
-    return incident
+    return incident, signal
 
 
 def _fix_it(chat: Chat, incident: Incident) -> int:
@@ -136,7 +140,7 @@ def test_a_fix_whose_test_reproduces_the_incident_lands_and_holds(
 ) -> None:
     base = _released(service)
     chat = start_chat(**fake.env(), MOLT_WATCH_SECONDS="1", MOLT_FIX_HOLD="0.5")
-    incident = _incident(chat, service, fake)
+    incident, _ = _incident(chat, service, fake)
     assert incident.summary.startswith("ZeroDivisionError")
     fake.add(reply(tool("submit_plan", fix_plan())), *written(FIXED, ZERO_COUNT), approve())
     since = _fix_it(chat, incident)
@@ -156,14 +160,83 @@ def test_a_fix_whose_test_reproduces_the_incident_lands_and_holds(
     assert "must add or modify a test that reproduces the failure" in planning
     assert "fails with ZeroDivisionError at app.py:handle" in planning
 
-    # The signature stayed quiet through the window and MOLT_FIX_HOLD: the incident held.
+    # The signature stayed quiet through the window and MOLT_FIX_HOLD: the hold check, put
+    # on the queue by a worker's beat once due, marks the incident held.
     deadline = time.monotonic() + 60
     book = IncidentBook(chat.settings, chat.conn)
-    while (book.get(incident.id) or incident).outcome != "held":
-        assert time.monotonic() < deadline, "the hold check never marked the incident held"
-        time.sleep(0.2)
-        chat.worker().work(burst=True, with_scheduler=True)
+    beat = workers.Beat(chat.settings, "fix-worker", [chat.settings])
+    beat.start()
+    try:
+        while (book.get(incident.id) or incident).outcome != "held":
+            assert time.monotonic() < deadline, "the hold check never marked the incident held"
+            time.sleep(0.2)
+            chat.work()
+    finally:
+        beat.stop()
     chat.wait_for(rf"✅ Held: incident {incident.id}", since=since)
+    assert listing(chat.settings, chat.conn)["incidents"][0]["outcome"] == "held"
+
+
+def test_the_incidents_signature_coming_back_in_the_watch_rolls_the_fix_back(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
+) -> None:
+    base = _released(service)
+    chat = start_chat(**fake.env(), MOLT_WATCH_SECONDS="60")
+    incident, signal = _incident(chat, service, fake)
+    fake.add(reply(tool("submit_plan", fix_plan())), *written(FIXED, ZERO_COUNT), approve())
+    since = chat.send(f"press fix {incident.id}")
+    chat.wait_for(r"📋 Plan ready", since=since)
+    chat.send("press approve")
+    chat.work_in_background()
+    [request] = [r for r in chat.requests() if r.command == "change"]
+    deadline = time.monotonic() + 120
+    while chat.store.get(request.id).state is not S.WATCHING:
+        assert time.monotonic() < deadline, "the fix was never watched"
+        time.sleep(0.05)
+    IncidentBook(chat.settings, chat.conn).take(replace(signal, at=time.time()))
+    chat.wait_for(r"❌ Failed: ", since=since)
+    chat.wait_for(rf"incident {incident.id}'s signature came back: ZeroDivisionError", since=since)
+    assert service.live_head() == base
+    assert chat.store.get(request.id).state is S.FAILED
+
+
+def test_what_a_fix_carries_of_log_and_sentry_incidents_and_a_fix_that_did_not_hold(
+    settings: Settings, conn: redis.Redis
+) -> None:
+    book = IncidentBook(settings, conn)
+    logged = Signal(
+        "log",
+        "log:1",
+        FIRING,
+        summary="ZeroDivisionError: division by zero (svc/handlers.py:handle)",
+        details="Traceback (most recent call last):\n...",
+    )
+    sentry = Signal(
+        "sentry", "sentry:7", FIRING, summary="KeyError: 'count'", details="svc.orders in total"
+    )
+    alert = Signal("alertmanager", "am:1", FIRING, summary="HighErrorRate")
+    shown = {}
+    for signal in (logged, sentry, alert):
+        opened = book.take(signal).incident
+        assert opened is not None
+        carried = failures.carried(settings, opened)
+        shown[signal.source] = (carried["kind"], carried["frame"], carried["signature"])
+    assert shown == {
+        "log": (
+            "ZeroDivisionError",
+            "svc/handlers.py:handle",
+            "ZeroDivisionError at svc/handlers.py:handle",
+        ),
+        "sentry": ("KeyError", "svc/orders.py:total", "KeyError at svc/orders.py:total"),
+        "alertmanager": ("", "", "HighErrorRate"),
+    }
+    # Seen again after the fix went live, before the hold check: it did not hold.
+    went_live = time.time()
+    again = book.take(replace(logged, at=went_live + 1)).incident
+    assert again is not None
+    failure = failures.carried(settings, again)
+    assert failures.settle(settings, conn, failure, "r1", went_live) == "did not hold"
+    assert failures.settle(settings, conn, failure, "r1", went_live + 2) == "did not hold"
 
 
 def _refused(
@@ -171,7 +244,7 @@ def _refused(
 ) -> tuple[Chat, str, int]:
     base = _released(service)
     chat = start_chat(**fake.env())
-    incident = _incident(chat, service, fake)
+    incident, _ = _incident(chat, service, fake)
     fake.add(reply(tool("submit_plan", fix_plan())), *rounds)
     since = _fix_it(chat, incident)
     chat.wait_for(r"❌ Failed: ", since=since)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis
 
+from bot.rendering import render
 from pipeline import audit
 from pipeline.config import Settings
 from pipeline.incidents import diagnosis, failures
@@ -323,3 +324,24 @@ def test_pytest_runs_only_the_fix_tests_and_its_native_traceback_is_read(tmp_pat
         "ZeroDivisionError", "svc/handlers.py:handle", "test_handlers.py::test_zero_count"
     )
     assert reproduction.matching(found, wanted | {"kind": "KeyError"}) is None
+
+
+def test_a_fix_delivered_as_a_pull_request_shows_its_proof(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
+) -> None:
+    base = _released(service)
+    chat = start_chat(**fake.env(), MOLT_CHANGE_DELIVERY="pull-request")
+    incident, _ = _incident(chat, service, fake)
+    fake.add(reply(tool("submit_plan", fix_plan())), *written(FIXED, ZERO_COUNT), approve())
+    since = _fix_it(chat, incident)
+    chat.wait_for(r"🔀 Proposed: ", since=since)
+    proof = (
+        rf"Proof: test_handlers.py::test_zero_count failed on {base[:7]} with ZeroDivisionError "
+        r"at app.py:handle, passes on \w{7}"
+    )
+    chat.wait_for(proof, since=since)
+    assert service.live_head() == base
+    [request] = [r for r in chat.requests() if r.command == "change"]
+    shown = (request.result or {})["proof"]
+    body = render("pull_request", request.context() | {"fence": "```", "conversation": ""})
+    assert f"*Proof:* {shown}" in body.text

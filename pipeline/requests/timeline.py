@@ -17,8 +17,8 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Request
 
 #: The phases of an update in their order (``implement`` only for a change in words,
-#: ``reproduce`` only for a Fix it, ``propose`` only for one delivered as a pull request, which ends there, ``watch`` once
-#: the service is watched after its restart).
+#: ``reproduce`` only for a Fix it, ``propose`` only for one delivered as a pull request,
+#: which ends there, ``watch`` once the service is watched after its restart).
 PHASES = (
     "snapshot",
     "sandbox",

@@ -96,6 +96,9 @@ class Writing:
     plan: Plan
     sandbox: Sandbox
     log_dir: Path
+    #: What the job's validation phases run (the target's test limit); the settings' own
+    #: when not given.
+    spec: PhaseSpec | None = None
 
 
 def write(change: Writing) -> Written:
@@ -140,7 +143,7 @@ def _prove(change: Writing) -> reproduction.Proof:
     began = time.monotonic()
     proof = reproduction.reproduce(
         change.sandbox,
-        PhaseSpec.from_settings(change.settings),
+        change.spec or PhaseSpec.from_settings(change.settings),
         plan.base_commit,
         plan.target_commit,
         change.request.incident or {},

@@ -444,7 +444,14 @@ class Update:
         with sandbox.locked():
             if plan.kind == "change":
                 writing = change.Writing(
-                    self.settings, self.conn, self, request, plan, sandbox, self.trail.log_dir
+                    self.settings,
+                    self.conn,
+                    self,
+                    request,
+                    plan,
+                    sandbox,
+                    self.trail.log_dir,
+                    self.spec,
                 )
                 try:
                     written = change.write(writing)

@@ -23,14 +23,7 @@ from pipeline.exceptions import GitError, LLMError, PlanningError
 from pipeline.git import Git
 from pipeline.llm import prompts, repomap
 from pipeline.llm.client import Claude, Reply
-from pipeline.llm.proposal import (
-    ASK_QUESTIONS,
-    SUBMIT_PLAN,
-    PlanProblems,
-    build_plan,
-    questions,
-    reproducing_tests,
-)
+from pipeline.llm.proposal import ASK_QUESTIONS, SUBMIT_PLAN, PlanProblems, build_plan, questions
 from pipeline.llm.tools import READ_TOOLS, CommitFiles
 from pipeline.llm.turns import Done, converse, text, tool_result
 from pipeline.planning.deploys import import_graph
@@ -104,12 +97,7 @@ def plan_change(settings: Settings, conn: redis.Redis, request: Request) -> Plan
     claude = Claude(settings, "planning", deadline=time.monotonic() + settings.llm_timeout)
 
     def build(raw: Any) -> Plan:
-        plan = build_plan(settings, conn, view, base, branch, graph, raw)
-        if request.incident and not reproducing_tests(plan):
-            raise PlanProblems(
-                ["a fix of an incident must list a test that reproduces it (a test file)"]
-            )
-        return plan
+        return build_plan(settings, conn, view, base, branch, graph, raw, request.incident)
 
     try:
         planned = converse(

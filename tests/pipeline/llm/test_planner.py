@@ -194,7 +194,13 @@ def test_a_fix_of_an_incident_is_planned_only_with_a_test_that_reproduces_it(
     text = "Fix incident i1: guard the division"
     request = intake.submit(llm_settings, conn, ALICE, "change", text, text, incident=incident)
     assert request.state.value == "plan_ready"
-    assert "checks/test_ping.py" in [f["path"] for f in (request.plan or {})["files"]]
+    plan = request.plan or {}
+    assert "checks/test_ping.py" in [f["path"] for f in plan["files"]]
+    [step] = [t for t in plan["tasks"] if t["name"] == "reproduce"]
+    assert step["detail"] == (
+        f"run checks/test_ping.py on {plan['base_commit'][:7]}, where they must fail with "
+        "ZeroDivisionError at app.py:greet, then on the change, where they must pass"
+    )
     first, second = fake.calls()
     told = first.user_text()
     assert "must add or modify a test that reproduces the failure" in told

@@ -60,12 +60,15 @@ def carried(settings: Settings, incident: Incident) -> dict[str, Any]:
 
 
 def came_back(
-    settings: Settings, conn: redis.Redis, failure: dict[str, Any], since: float
+    settings: Settings, conn: redis.Redis, failure: dict[str, Any] | None, since: float
 ) -> Callable[[], list[str]]:
-    """For a watch window: the fixed incident's signature seen again since ``since``."""
+    """For a watch window: the fixed incident's signature seen again since ``since`` (never,
+    for an update that fixes no incident)."""
     book = IncidentBook(settings, conn)
 
     def seen() -> list[str]:
+        if not failure:
+            return []
         incident = book.current(str(failure.get("fingerprint", ""))) or book.get(
             str(failure.get("id", ""))
         )

@@ -135,20 +135,22 @@ class Beat:
 
     def enqueue_due(self) -> None:
         """Jobs put off with RQ's ``enqueue_in`` (a fix's hold check) join their queue once
-        due: the work RQ's scheduler does, without the process it forks."""
+        due: the work RQ's scheduler does, without the process it forks. One worker of a
+        queue holds its scheduler lock, refreshed at each beat, until it stops (or for a
+        minute after it died)."""
         if self._scheduler is None:
             raw = connect(self.settings, decode=False)
             names = [queueing.queue_name(view) for view in self.served]
             self._scheduler = RQScheduler(names, connection=raw)
         if self._scheduler.acquire_locks():
-            try:
-                self._scheduler.enqueue_scheduled_jobs()
-            finally:
-                self._scheduler.release_locks()
+            self._scheduler.enqueue_scheduled_jobs()
 
     def stop(self, *, leave: bool = True) -> None:
         self._stopped.set()
         self._thread.join(timeout=5)
+        if self._scheduler is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._scheduler.release_locks()
         try:
             if leave:
                 self.leave()

@@ -165,7 +165,7 @@ class Update:
         self.queries: MetricWatch | None = None  # the service's metrics, read in the window
         self.clock = metrics.PhaseClock(settings.target_name)
         self.proof = ""  # a Fix it request's: its test reproduced the incident (reproduction.py)
-        self.live_since = 0.0  # when the watch window began
+        self.live_since = 0.0  # when the restarted service was verified live
 
     # -- starting, the lock taken for it ------------------------------------------------
 
@@ -322,8 +322,17 @@ class Update:
         self._restart(plan)
         self._watch(plan)
         self._succeed(plan, one.test_seconds + two.test_seconds, len(changed))
-        if request.incident and self.settings.watch_seconds:
+        if request.incident:
+            self._check_hold_later()
+
+    def _check_hold_later(self) -> None:
+        """A live fix's incident is held once its signature stays quiet for MOLT_FIX_HOLD
+        after the watch window: checked then by a job of its own. The fix is live whatever
+        happens here, so a failure to schedule it is logged, never rolled back."""
+        try:
             queueing.add_hold_check(self.settings, self.request_id, self.live_since)
+        except Exception as exc:
+            log.warning("hold check not scheduled", request_id=self.request_id, error=str(exc))
 
     def _proposes(self, plan: Plan) -> bool:
         return plan.kind == "change" and self.settings.change_delivery == DELIVERY_PULL_REQUEST
@@ -590,6 +599,7 @@ class Update:
             ),
         )
         self.check("restart and verify", True, time.monotonic() - began, summary)
+        self.live_since = time.time()
 
     def _watch(self, plan: Plan) -> None:
         """The watch window (pipeline/service/watching.py); a failure in it rolls back like
@@ -601,14 +611,13 @@ class Update:
         also = f" and {count} metric quer{'y' if count == 1 else 'ies'}" if count else ""
         self.enter("watch", f"live; watching its health{also} for {seconds}", state=S.WATCHING)
         began = time.monotonic()
-        self.live_since = time.time()
         opened = oncall.news_since(self.settings, self.conn, self.live_since)
         failure = self.store.get(self.request_id).incident
         # A fix: its incident's signature coming back rolls it back too.
-        back = failures.came_back(self.settings, self.conn, failure or {}, self.live_since)
+        back = failures.came_back(self.settings, self.conn, failure, self.live_since)
 
         def news() -> list[str]:
-            return opened() + (back() if failure else [])
+            return opened() + back()
 
         try:
             report = watching.watch(

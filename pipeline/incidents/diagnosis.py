@@ -157,7 +157,7 @@ def fix(settings: Settings, conn: redis.Redis, incident_id: str, who: Origin) ->
     book = IncidentBook(settings, conn)
     fields = {k: found[-1][k] for k in Diagnosis.__dataclass_fields__}
     text = Diagnosis(**fields).change_text(incident.id)
-    failure = failures.carried(settings, incident)  # the failure its test must reproduce
+    failure = failures.carried(incident)  # the failure its test must reproduce
     request = intake.submit(settings, conn, who, "change", text, text, incident=failure)
     book.act(incident, "fix", {"request_id": request.id, "asked_by": who.principal})
     return request

@@ -1,7 +1,7 @@
 """The failure a fix must reproduce: what Fix it carries from the incident to its request.
 
 A press of **Fix it** (pipeline/incidents/diagnosis.py) makes a change request that carries
-``carried(settings, incident)``: the incident, its signature, the exception type and the
+``carried(incident)``: the incident, its signature, the exception type and the
 innermost frame of the service's own code when the source names them (the log watcher's
 summary of a traceback, pipeline/incidents/logwatch.py; a Sentry issue's title and
 culprit), and the log excerpt. The planner must list a test that reproduces it; the job
@@ -30,7 +30,7 @@ _CULPRIT = re.compile(r"^(?P<module>[\w.]+) in (?P<func>[\w.<>]+)$")
 MAX_EXCERPT = 2000
 
 
-def carried(settings: Settings, incident: Incident) -> dict[str, Any]:
+def carried(incident: Incident) -> dict[str, Any]:
     """What a Fix it request carries of ``incident``; ``kind`` and ``frame`` are "" when the
     source does not say them (an alert, an error line without a traceback)."""
     kind = frame = ""

@@ -220,7 +220,7 @@ def test_what_a_fix_carries_of_log_and_sentry_incidents_and_a_fix_that_did_not_h
     for signal in (logged, sentry, alert):
         opened = book.take(signal).incident
         assert opened is not None
-        carried = failures.carried(settings, opened)
+        carried = failures.carried(opened)
         shown[signal.source] = (carried["kind"], carried["frame"], carried["signature"])
     assert shown == {
         "log": (
@@ -235,7 +235,7 @@ def test_what_a_fix_carries_of_log_and_sentry_incidents_and_a_fix_that_did_not_h
     went_live = time.time()
     again = book.take(replace(logged, at=went_live + 1)).incident
     assert again is not None
-    failure = failures.carried(settings, again)
+    failure = failures.carried(again)
     assert failures.settle(settings, conn, failure, "r1", went_live) == "did not hold"
     assert failures.settle(settings, conn, failure, "r1", went_live + 2) == "did not hold"
 

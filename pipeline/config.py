@@ -828,6 +828,9 @@ class Settings(BaseSettings):
     #: MOLT_AUTO_FIX_CONFIDENCE or above.
     fix_confidence: float = _var("MOLT_FIX_CONFIDENCE", 0.6, ge=0, le=1)
     auto_fix_confidence: float = _var("MOLT_AUTO_FIX_CONFIDENCE", 0.8, ge=0, le=1)
+    #: How long an incident's signature must stay quiet after a fix's watch window for the
+    #: incident to be marked held.
+    fix_hold: float = _var("MOLT_FIX_HOLD", 900.0, ge=0)
     alert_token: SecretStr | None = _var("MOLT_ALERT_TOKEN")
     alert_secret: SecretStr | None = _var("MOLT_ALERT_SECRET")
     sentry_secret: SecretStr | None = _var("MOLT_SENTRY_SECRET")

@@ -7,6 +7,8 @@ answers a new incident by rolling back its suspect through intake, and ``diagnos
 the model for a fix when there is none (or the rollback did not stop it), reading the target
 through ``inquiry``'s read-only tools and citing evidence that ``evidence`` checks; each
 diagnosis is kept in ``cases``, and ``replay`` makes them again to score a model or prompt.
+``failures`` is what a fix carries of its incident (the failure its test must reproduce, the
+signature its watch and hold check look for).
 
 Imports everything below it up to intake/; never update/.
 """

@@ -38,6 +38,8 @@ OPEN = "open"
 #: (resolved within MOLT_RESOLVE_WINDOW after Molt acted); did not hold (fired again).
 RESOLVED_OUTCOME = "resolved"
 DID_NOT_HOLD = "did not hold"
+#: A fix whose incident's signature stayed quiet for its watch window and MOLT_FIX_HOLD.
+HELD = "held"
 #: What counts as Molt acting on an incident (whether it held is recorded).
 ACTS = ("rollback", "fix")
 #: How long a delivery key is remembered, so a redelivery is seen as one.
@@ -286,6 +288,28 @@ class IncidentBook:
             attempts += [f"{a['action']} {a.get('request_id', '')} ({incident.id})" for a in done]
         return attempts
 
+    def hold(self, incident: Incident, request_id: str, since: float) -> str:
+        """A fix's hold check: ``incident`` held (resolved, outcome held) when its signature
+        was not seen since ``since``, when the fix went live; else it did not hold."""
+        quiet = incident.last_seen < since and incident.outcome != DID_NOT_HOLD
+        hold = self.settings.fix_hold
+        if quiet:
+            incident.status, incident.outcome = RESOLVED, HELD
+            incident.resolved_at = incident.resolved_at or time.time()
+            message = (
+                f"incident {incident.id} held: its signature stayed quiet through the watch "
+                f"window of fix {request_id} and {hold:g} s after it (MOLT_FIX_HOLD)"
+            )
+        else:
+            incident.outcome = DID_NOT_HOLD
+            message = (
+                f"incident {incident.id} did not hold: its signature came back after fix "
+                f"{request_id} went live"
+            )
+        self.act(incident, "held" if quiet else "not_held", {"request_id": request_id})
+        self.record(incident, "incident_held" if quiet else "incident_not_held", message)
+        return incident.outcome
+
     def trip_breaker(self, why: str) -> None:
         """Turn automatic actions off for the target until an operator says ``resume``."""
         self.conn.set(self.keys.breaker, why)
@@ -337,6 +361,8 @@ def outcome(settings: Settings, incident: Incident, now: float) -> str:
     """Whether what Molt did held: resolved within MOLT_RESOLVE_WINDOW of its action and
     quiet for a day since ("held"; "holding" until then), fired again ("did not hold"),
     or neither (open, resolved, or resolved late)."""
+    if incident.outcome == HELD:  # a fix's hold check said so
+        return HELD
     if incident.status == OPEN or incident.outcome == DID_NOT_HOLD:
         return incident.outcome if incident.outcome == DID_NOT_HOLD else OPEN
     acted = [a["at"] for a in incident.actions if a.get("action") in ACTS]

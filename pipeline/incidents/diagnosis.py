@@ -35,7 +35,7 @@ import structlog
 from pipeline.config import DELIVERY_PULL_REQUEST, Settings
 from pipeline.exceptions import GitError, MoltError
 from pipeline.git import Git
-from pipeline.incidents import cases
+from pipeline.incidents import cases, failures
 from pipeline.incidents.book import ACTS, OPEN, Incident, IncidentBook, outcome
 from pipeline.incidents.evidence import Checker, Cited, github_repo
 from pipeline.incidents.inquiry import Inquiry
@@ -507,6 +507,7 @@ def fix(settings: Settings, conn: redis.Redis, incident_id: str, who: Origin) ->
         return None
     book = IncidentBook(settings, conn)
     words = diagnosis.change_text(incident.id)
-    request = intake.submit(settings, conn, who, "change", words, words)
+    failure = failures.carried(incident)  # the failure its test must reproduce
+    request = intake.submit(settings, conn, who, "change", words, words, incident=failure)
     book.act(incident, "fix", {"request_id": request.id, "asked_by": who.principal})
     return request

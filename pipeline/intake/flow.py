@@ -60,9 +60,11 @@ def submit(
     argument: str,
     text: str,
     break_glass: str = "",
+    incident: dict[str, Any] | None = None,
 ) -> Request:
     """Take a request in and move it as far as it goes without a person; ``break_glass``
-    is an operator's reason to deploy into a freeze window."""
+    is an operator's reason to deploy into a freeze window; ``incident``, the failure a
+    Fix it request must reproduce (pipeline/incidents/failures.py)."""
     store = RequestStore(conn)
     known = settings.secrets()
     request = store.create(
@@ -72,6 +74,7 @@ def submit(
         redact(argument[:MAX_TEXT], known),
         target=settings.target_name if settings.fleet else "",
         break_glass=redact(break_glass[:MAX_TEXT], known),
+        incident=incident,
     )
     # Who may ask, then whether anything here can plan what was asked (a change in words
     # needs the LLM planner): both are refusals, with nothing a Retry could change.

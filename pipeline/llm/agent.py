@@ -94,6 +94,7 @@ def implement(
             intro,
             prompts.fence("approved plan", prompts.describe_plan(plan.to_dict())),
             prompts.request_blocks(request.text, request.answers),
+            *([prompts.incident_block(request.incident)] if request.incident else []),
         ]
     )
     with open(log_path, "a", encoding="utf-8") as trail:

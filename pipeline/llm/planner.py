@@ -92,10 +92,12 @@ def plan_change(settings: Settings, conn: redis.Redis, request: Request) -> Plan
     system, _ = system_blocks(settings, git, base, graph)
     view = CommitFiles(git, base)
     messages = [request_message(settings, request.text, request.answers)]
+    if request.incident:  # a Fix it: the plan must list the test that reproduces it
+        messages[0]["content"].append(text(prompts.incident_block(request.incident)))
     claude = Claude(settings, "planning", deadline=time.monotonic() + settings.llm_timeout)
 
     def build(raw: Any) -> Plan:
-        return build_plan(settings, conn, view, base, branch, graph, raw)
+        return build_plan(settings, conn, view, base, branch, graph, raw, request.incident)
 
     try:
         planned = converse(

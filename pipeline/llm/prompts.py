@@ -115,6 +115,24 @@ def request_blocks(text: str, follow_ups: Sequence[str]) -> str:
     return "\n\n".join(parts)
 
 
+def incident_block(failure: dict[str, Any]) -> str:
+    """The production failure a Fix it request must reproduce in a test first: what Molt
+    knows of it, then its log excerpt (untrusted)."""
+    kind = failure.get("kind") or ""
+    frame = failure.get("frame") or ""
+    how = f" with {kind}" + (f" at {frame}" if frame else "") if kind else ""
+    known = (
+        f"This change fixes production incident {failure.get('id', '')} "
+        f"(signature: {failure.get('signature', '')}). It must add or modify a test that "
+        f"reproduces the failure: on the current code the test fails{how}; with the fix it "
+        "passes. The plan lists that test file. Before anything else Molt runs the tests the "
+        "change adds or modifies on the current commit and on the fix, and refuses a fix "
+        "whose test passes on the current commit or fails there with another error."
+    )
+    excerpt = str(failure.get("excerpt") or "")
+    return f"{known}\n\n{fence(str(failure.get('source', 'incident')), excerpt, kind='incident')}"
+
+
 def describe_plan(plan: dict[str, Any]) -> str:
     """An approved change plan as text for the implementer and the reviewer."""
     lines = [f"Summary: {plan.get('summary', '')}", f"Scope: {plan.get('scope', '')}"]

@@ -142,6 +142,12 @@ ASK_QUESTIONS = tool(
 )
 
 
+def is_test_path(path: str) -> bool:
+    """A file of the service's tests, by the names test runners collect."""
+    name = path.rsplit("/", 1)[-1]
+    return name.endswith(".py") and (name.startswith("test_") or name.endswith("_test.py"))
+
+
 class PlanProblems(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
@@ -371,10 +377,12 @@ def build_plan(
     branch: str,
     graph: ImportGraph,
     raw: Any,
+    incident: dict[str, Any] | None = None,
 ) -> Plan:
     """The plan, from what the model submitted and what the code decides; PlanProblems if the
-    submission does not hold up."""
+    submission does not hold up. A fix of ``incident`` must list a test that reproduces it."""
     submitted = _submitted(raw, view)
+    reproduce = _reproduction(incident, submitted.files, base[:7]) if incident else ""
     paths = [f["path"] for f in submitted.files]
     protected = protected_paths(paths)
     components, dependents = _components(graph, paths, _lines(raw.get("components"), 120))
@@ -403,7 +411,9 @@ def build_plan(
         estimate_basis=f"{past.basis}, plus up to {_minutes(settings.llm_timeout)} to write "
         "the change",
         success_criteria=_criteria(raw, submitted.files, past.last_run, allow_unplanned),
-        tasks=change_tasks(settings, short_base, rollback_point, submitted.tasks, past.baseline),
+        tasks=change_tasks(
+            settings, short_base, rollback_point, submitted.tasks, past.baseline, reproduce
+        ),
         downgrade=False,
         scope=submitted.scope,
         impact=_line(raw.get("impact"), 1000),
@@ -422,6 +432,21 @@ def build_plan(
         allow_unplanned=allow_unplanned,
     )
     return _redacted(plan, tuple(settings.secrets()))
+
+
+def _reproduction(incident: dict[str, Any], files: list[dict[str, Any]], short_base: str) -> str:
+    """What the reproduce step runs and expects, for the plan's steps."""
+    tests = [f["path"] for f in files if f.get("status") != "D" and is_test_path(f["path"])]
+    if not tests:
+        raise PlanProblems(
+            ["a fix of an incident must list a test that reproduces it (a test file)"]
+        )
+    kind, frame = incident.get("kind") or "", incident.get("frame") or ""
+    how = (f" with {kind}" + (f" at {frame}" if frame else "")) if kind else ""
+    return (
+        f"run {', '.join(tests)} on {short_base}, where they must fail{how}, "
+        "then on the change, where they must pass"
+    )
 
 
 def _minutes(seconds: float) -> str:

@@ -151,8 +151,10 @@ def change_tasks(
     rollback_point: str,
     planned: list[dict[str, Any]],
     baseline: int | None,
+    reproduce: str = "",
 ) -> list[dict[str, Any]]:
-    """The planner's tasks between Molt's own steps, numbered in order, each with its role."""
+    """The planner's tasks between Molt's own steps, numbered in order, each with its role;
+    ``reproduce``, for a fix of an incident, what its reproduce step runs."""
     untouched = "discard the sandbox; the live checkout was not touched"
     steps = _Steps()
     add = steps.add
@@ -177,6 +179,17 @@ def change_tasks(
             task["name"], task["role"], task["detail"], task["checkpoint"], untouched, after
         )
     written = list(numbers.values()) or [sandbox]
+    if reproduce:
+        written = [
+            add(
+                "reproduce",
+                "checks",
+                reproduce,
+                "the tests fail on the base as production did, and pass on the change",
+                untouched,
+                written,
+            )
+        ]
     scope = add(
         "scope check",
         "checks",

@@ -17,6 +17,7 @@ import contextlib
 import secrets
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -122,6 +123,27 @@ def add_job(settings: Settings, request: Request, *, again: bool = False) -> str
         result_ttl=86400,
         failure_ttl=7 * 86400,
         description=f"update {request.id}: {request.argument} (runs the head of the line)",
+    )
+    return name
+
+
+def add_hold_check(settings: Settings, request_id: str, since: float) -> str:
+    """The hold check of a fix live since ``since``: on the target's queue once its watch
+    window and MOLT_FIX_HOLD have passed (RQ's scheduled jobs, moved onto the queue when
+    due by a worker's beat, pipeline/queue/workers.py)."""
+    name = f"hold-{request_id}-{secrets.token_hex(3)}"
+    due = max(0.0, since + settings.watch_seconds + settings.fix_hold - time.time())
+    rq_queue(settings).enqueue_in(
+        timedelta(seconds=due),
+        "pipeline.update.jobs.check_hold",
+        request_id,
+        since,
+        settings.target_name if settings.fleet else "",
+        job_id=name,
+        job_timeout=60,
+        result_ttl=86400,
+        failure_ttl=7 * 86400,
+        description=f"hold check of fix {request_id}",
     )
     return name
 

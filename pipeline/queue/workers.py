@@ -28,6 +28,7 @@ from typing import Any
 import redis
 import structlog
 from rq import Queue, Worker, get_current_job
+from rq.scheduler import RQScheduler
 
 from pipeline import keyspace
 from pipeline.config import Settings
@@ -75,6 +76,8 @@ class Beat:
         tend: Callable[[Settings], object] | None = None,
     ) -> None:
         self.conn = connect(settings)
+        self.settings = settings
+        self._scheduler: RQScheduler | None = None
         self.name = name
         self.served = served
         self.target_ids = [view.target_id for view in served]
@@ -123,15 +126,31 @@ class Beat:
         while not self._stopped.wait(BEAT_SECONDS):
             try:
                 self.once()
+                self.enqueue_due()
                 if self.tend is not None:
                     for view in self.served:
                         self.tend(view)
             except Exception:  # Redis away for a moment (a failover): beat again next time
                 log.warning("worker beat failed", exc_info=True)
 
+    def enqueue_due(self) -> None:
+        """Jobs put off with RQ's ``enqueue_in`` (a fix's hold check) join their queue once
+        due: the work RQ's scheduler does, without the process it forks. One worker of a
+        queue holds its scheduler lock, refreshed at each beat, until it stops (or for a
+        minute after it died)."""
+        if self._scheduler is None:
+            raw = connect(self.settings, decode=False)
+            names = [queueing.queue_name(view) for view in self.served]
+            self._scheduler = RQScheduler(names, connection=raw)
+        if self._scheduler.acquire_locks():
+            self._scheduler.enqueue_scheduled_jobs()
+
     def stop(self, *, leave: bool = True) -> None:
         self._stopped.set()
         self._thread.join(timeout=5)
+        if self._scheduler is not None:
+            with contextlib.suppress(redis.RedisError):
+                self._scheduler.release_locks()
         try:
             if leave:
                 self.leave()

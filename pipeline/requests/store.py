@@ -22,7 +22,7 @@ from pipeline import audit, events, keyspace, metrics
 from pipeline.exceptions import IllegalTransition, UnknownRequest
 from pipeline.requests.states import TERMINAL, RequestState, can_move, template_for
 
-_JSON_FIELDS = ("plan", "snapshot", "result", "message_ref", "answers")
+_JSON_FIELDS = ("plan", "snapshot", "result", "message_ref", "answers", "incident")
 #: Commands planned as a deploy of a commit; any other is a change described in words.
 DEPLOY_COMMANDS = frozenset({"deploy", "rollback"})
 T = TypeVar("T")
@@ -76,6 +76,9 @@ class Request:
     target: str = ""
     #: Why an operator deploys into a freeze window (``--break-glass``); "" for any other.
     break_glass: str = ""
+    #: The production failure a Fix it request must reproduce in a test first (its
+    #: incident, signature, exception type, innermost frame, log excerpt), or None.
+    incident: dict[str, Any] | None = None
 
     @property
     def terminal(self) -> bool:
@@ -181,6 +184,7 @@ class RequestStore:
         argument: str,
         target: str = "",
         break_glass: str = "",
+        incident: dict[str, Any] | None = None,
     ) -> Request:
         now = time.time()
         request = Request(
@@ -193,6 +197,7 @@ class RequestStore:
             updated_at=now,
             target=target,
             break_glass=break_glass,
+            incident=incident,
         )
         detail = {"text": text, "command": command, "platform": origin.platform}
         if target:

@@ -17,11 +17,12 @@ from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Request
 
 #: The phases of an update in their order (``implement`` only for a change in words,
-#: ``propose`` only for one delivered as a pull request, which ends there, ``watch`` once
-#: the service is watched after its restart).
+#: ``reproduce`` only for a Fix it, ``propose`` only for one delivered as a pull request,
+#: which ends there, ``watch`` once the service is watched after its restart).
 PHASES = (
     "sandbox",
     "implement",
+    "reproduce",
     "phase 1",
     "propose",
     "snapshot",
@@ -112,7 +113,12 @@ def timeline(request: Request, entries: list[dict[str, Any]], now: float | None 
     changes = _last_attempt(entries)
     shown = Timeline(running=not request.terminal and bool(changes))
     seen = {str(e["detail"].get("phase", "")) for e in changes}
-    wanted = [p for p in PHASES if p != "implement" or request.command == "change"]
+    wanted = [
+        p
+        for p in PHASES
+        if (p != "implement" or request.command == "change")
+        and (p != "reproduce" or request.incident)
+    ]
     wanted = wanted[: wanted.index("propose") + 1] if "propose" in seen else wanted
     bars = {phase: Bar(phase) for phase in wanted if phase != "propose" or "propose" in seen}
     if not changes:

@@ -14,12 +14,13 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import redis
 
+from pipeline import audit
 from pipeline.config import Settings
 from pipeline.exceptions import LLMError, UpdateFailed
 from pipeline.git import Git
@@ -29,8 +30,12 @@ from pipeline.planning.diffs import changed_files
 from pipeline.planning.plans import Plan
 from pipeline.requests.store import Request, RequestStore
 from pipeline.retries import transient
+from pipeline.sandbox.validation import PhaseSpec
 from pipeline.service.snapshots import Sandbox
+from pipeline.update import reproduction
 from pipeline.usage import record_usage
+
+MOLT = "molt"
 
 #: Who writes and commits a change written in the sandbox, whatever the environment says.
 MOLT_AUTHOR = {
@@ -62,6 +67,10 @@ class Steps(Protocol):
 
     def guard(self) -> None: ...
 
+    def stopping(self) -> bool: ...
+
+    def running(self, pid: int) -> None: ...
+
 
 @dataclass(frozen=True)
 class Written:
@@ -71,6 +80,9 @@ class Written:
     path: Path
     changed: list[str]
     note: str
+    #: A Fix it request's proof: its test failed on the base as production did, and
+    #: passes on the fix (pipeline/update/reproduction.py); "" for any other change.
+    proof: str = ""
 
 
 @dataclass(frozen=True)
@@ -84,17 +96,73 @@ class Writing:
     plan: Plan
     sandbox: Sandbox
     log_dir: Path
+    #: What the job's validation phases run (the target's test limit); the settings' own
+    #: when not given.
+    spec: PhaseSpec | None = None
 
 
 def write(change: Writing) -> Written:
     """Implement, commit, check the scope and review, all in the sandbox; the plan's
     ``target_commit`` is the new commit afterwards."""
     path = _checkout_base(change)
-    files = _implement(change, path)
+    files, spent = _implement(change, path)
+    proof = ""
+    if change.request.incident:
+        files, proof = _reproduce(change, files, spent)
     found = _check_scope(change, files)
     _review(change, found)
     note = found.deviation_detail() if found.unplanned else ""
-    return Written(path, [f["path"] for f in files if f["status"] != "D"], note)
+    return Written(path, [f["path"] for f in files if f["status"] != "D"], note, proof)
+
+
+def _reproduce(
+    change: Writing, files: list[dict[str, Any]], spent: int
+) -> tuple[list[dict[str, Any]], str]:
+    """A Fix it request's test must reproduce its incident on the base and pass on the fix;
+    refused, the implementer is told why once (within what is left of its model budget),
+    then the request fails."""
+    proof = _prove(change)
+    if not proof.ok:
+        told = (
+            f"Molt refused this fix: {proof.reason}. Add or change a test that reproduces "
+            "the incident: it must fail on the current code with the incident's error and "
+            "pass with the fix."
+        )
+        again = replace(change.request, answers=[*change.request.answers, told])
+        files, _ = _implement(replace(change, request=again), change.sandbox.path, spent)
+        proof = _prove(change)
+    if not proof.ok:
+        raise UpdateFailed("reproduce", f"the fix does not reproduce its incident: {proof.reason}")
+    return files, proof.shown()
+
+
+def _prove(change: Writing) -> reproduction.Proof:
+    """One run of the fix's tests on the base and on the fix; a refusal is audited."""
+    plan = change.plan
+    change.steps.enter("reproduce", f"running the fix's tests on {plan.base_commit[:7]}")
+    began = time.monotonic()
+    proof = reproduction.reproduce(
+        change.sandbox,
+        change.spec or PhaseSpec.from_settings(change.settings),
+        plan.base_commit,
+        plan.target_commit,
+        change.request.incident or {},
+        log_path=change.log_dir / "reproduce.log",
+        stop=change.steps.stopping,
+        started=change.steps.running,
+    )
+    detail = proof.shown() if proof.ok else proof.reason
+    change.steps.check("reproduce", proof.ok, time.monotonic() - began, detail[:600])
+    if not proof.ok:
+        audit.append(
+            change.conn,
+            actor=MOLT,
+            action="fix_refused",
+            request_id=change.request.id,
+            detail={"reason": proof.reason, "incident": (change.request.incident or {}).get("id")},
+        )
+    change.steps.guard()
+    return proof
 
 
 def _checkout_base(change: Writing) -> Path:
@@ -105,16 +173,17 @@ def _checkout_base(change: Writing) -> Path:
     return path
 
 
-def _implement(change: Writing, path: Path) -> list[dict[str, Any]]:
+def _implement(change: Writing, path: Path, spent: int = 0) -> tuple[list[dict[str, Any]], int]:
     """The model writes the plan in the sandbox; the result is committed there. Returns
-    the files the commit changed."""
+    the files changed since the base and the tokens used, ``spent`` included (a second
+    round has what is left of MOLT_LLM_MAX_TOKENS)."""
     from pipeline.llm import agent
     from pipeline.llm.client import Claude
 
     settings, plan, git = change.settings, change.plan, change.sandbox.git
     change.steps.enter("implement", "writing the change in the sandbox")
     began = time.monotonic()
-    writer = Claude(settings, "implementation")
+    writer = Claude(settings, "implementation", max_tokens=max(1, settings.llm_max_tokens - spent))
     graph = import_graph(settings, change.conn, git, plan.base_commit)
     try:
         done = agent.implement(
@@ -144,7 +213,7 @@ def _implement(change: Writing, path: Path) -> list[dict[str, Any]]:
         detail += f" (left out {len(left_out)} new files it did not write: {left_out[0]}…)"
     change.steps.check("implement", True, time.monotonic() - began, detail[:300])
     change.steps.guard()
-    return files
+    return files, spent + writer.usage.total
 
 
 def _check_scope(change: Writing, files: list[dict[str, Any]]) -> Scope:

@@ -27,7 +27,7 @@ from pipeline import audit, codenames, events, logs, metrics
 from pipeline.config import DELIVERY_PULL_REQUEST, Settings, load_settings
 from pipeline.exceptions import IllegalTransition, UpdateFailed
 from pipeline.git import Git
-from pipeline.incidents import oncall
+from pipeline.incidents import failures, oncall
 from pipeline.incidents.book import IncidentBook
 from pipeline.intake import autonomy, control, freezes, preflight
 from pipeline.intake import flow as intake
@@ -87,6 +87,15 @@ def run_update(request_id: str, target: str = "") -> str:
         return "not run"
     taken, codename = turn
     return Update(settings, conn, taken).run(codename)
+
+
+def check_hold(request_id: str, since: float, target: str = "") -> str:
+    """RQ entry point of a fix's hold check (pipeline/queue/queueing.py ``add_hold_check``):
+    the incident it fixed held if its signature stayed quiet since the fix went live."""
+    settings = load_settings().for_target(target)
+    conn = connect(settings)
+    failure = RequestStore(conn).get(request_id).incident
+    return failures.settle(settings, conn, failure, request_id, since) if failure else "unknown"
 
 
 def run_intake(
@@ -161,6 +170,8 @@ class Update:
         self.watched = ""  # what the watch window saw, for the success message
         self.queries: MetricWatch | None = None  # the service's metrics, read in the window
         self.clock = metrics.PhaseClock(settings.target_name)
+        self.proof = ""  # a Fix it request's: its test reproduced the incident (reproduction.py)
+        self.live_since = 0.0  # when the restarted service was verified live
 
     # -- starting, the lock taken for it ------------------------------------------------
 
@@ -262,6 +273,12 @@ class Update:
         except redis.RedisError:
             return False
 
+    def stopping(self) -> bool:
+        return self._stop_asked()
+
+    def running(self, pid: int) -> None:
+        self._running(pid)
+
     def _running(self, pid: int) -> None:
         """The test command started: its process group is recorded for whoever rolls this
         update back if this worker dies (pipeline/service/rollback.py kills it first)."""
@@ -278,6 +295,9 @@ class Update:
             self.phases = (
                 PROPOSAL_PHASES if self._proposes(plan) else steps_of(self.settings, CHANGE_PHASES)
             )
+            if request.incident:  # a Fix it reproduces its incident before phase 1
+                at = self.phases.index("implement") + 1
+                self.phases = (*self.phases[:at], "reproduce", *self.phases[at:])
         with self.lock.keep_alive(self.request_id) as heartbeat:
             self.heartbeat = heartbeat
             try:
@@ -311,6 +331,17 @@ class Update:
         self._restart(plan)
         self._watch(plan)
         self._succeed(plan, one.test_seconds + two.test_seconds, len(changed))
+        if request.incident:
+            self._check_hold_later()
+
+    def _check_hold_later(self) -> None:
+        """A live fix's incident is held once its signature stays quiet for MOLT_FIX_HOLD
+        after the watch window: checked then by a job of its own. The fix is live whatever
+        happens here, so a failure to schedule it is logged, never rolled back."""
+        try:
+            queueing.add_hold_check(self.settings, self.request_id, self.live_since)
+        except Exception as exc:
+            log.warning("hold check not scheduled", request_id=self.request_id, error=str(exc))
 
     def _proposes(self, plan: Plan) -> bool:
         return plan.kind == "change" and self.settings.change_delivery == DELIVERY_PULL_REQUEST
@@ -336,6 +367,7 @@ class Update:
             "branch": branch,
             "remote": remote,
             "merge_approves": self.settings.merge_approves,
+            "proof": self.proof,
         }
         parts = (
             f"{plan.target_commit[:7]} is on {branch} at {remote}; the live checkout is untouched.",
@@ -447,12 +479,25 @@ class Update:
         with sandbox.locked():
             if plan.kind == "change":
                 writing = change.Writing(
-                    self.settings, self.conn, self, request, plan, sandbox, self.trail.log_dir
+                    self.settings,
+                    self.conn,
+                    self,
+                    request,
+                    plan,
+                    sandbox,
+                    self.trail.log_dir,
+                    self.spec,
                 )
-                written = change.write(writing)
+                try:
+                    written = change.write(writing)
+                finally:
+                    self.command.clear(self.request_id)
                 path, changed = written.path, written.changed
                 if written.note:
                     self.notes.append(written.note)
+                if written.proof:
+                    self.proof = written.proof
+                    self.notes.append(f"Proof: {written.proof}.")
             else:
                 path = self._sandbox(plan, sandbox)
                 changed = [f["path"] for f in plan.files if f.get("status") != "D"]
@@ -580,6 +625,7 @@ class Update:
             ),
         )
         self.check("restart and verify", True, time.monotonic() - began, summary)
+        self.live_since = time.time()
 
     def _watch(self, plan: Plan) -> None:
         """The watch window (pipeline/service/watching.py); a failure in it rolls back like
@@ -591,6 +637,14 @@ class Update:
         also = f" and {count} metric quer{'y' if count == 1 else 'ies'}" if count else ""
         self.enter("watch", f"live; watching its health{also} for {seconds}", state=S.WATCHING)
         began = time.monotonic()
+        opened = oncall.news_since(self.settings, self.conn, self.live_since)
+        failure = self.store.get(self.request_id).incident
+        # A fix: its incident's signature coming back rolls it back too.
+        back = failures.came_back(self.settings, self.conn, failure, self.live_since)
+
+        def news() -> list[str]:
+            return opened() + back()
+
         try:
             report = watching.watch(
                 self.settings,
@@ -598,7 +652,7 @@ class Update:
                 plan.target_commit,
                 self.trail.log_dir / "watch.log",
                 guard=self.guard,
-                news=oncall.news_since(self.settings, self.conn, time.time()),
+                news=news,
                 shown=lambda seen: self.store.refresh(
                     self.request_id, self._progress("watch") | {"watch": seen.summary()}
                 ),
@@ -677,6 +731,7 @@ class Update:
             "flaky": self.flaky,
             "watch": self.watched,
             "metrics": self.queries.shown() if self.queries else [],
+            "proof": self.proof,
         }
         message = f"{plan.target_commit[:7]} is live and healthy"
         if self.release is not None:

@@ -176,3 +176,36 @@ def test_what_the_model_may_not_decide_is_ignored(
         "slack:U1ALICE",
         "slack:U2BOB",
     ]
+
+
+def test_a_fix_of_an_incident_is_planned_only_with_a_test_that_reproduces_it(
+    llm_settings: Settings, conn: redis.Redis, fake: FakeAnthropic
+) -> None:
+    incident = {
+        "id": "i1",
+        "source": "log",
+        "signature": "ZeroDivisionError at app.py:greet",
+        "kind": "ZeroDivisionError",
+        "frame": "app.py:greet",
+        "excerpt": "Traceback (most recent call last):\nZeroDivisionError: division by zero",
+    }
+    untested = [{"path": "app.py", "action": "modify", "why": "guard the division"}]
+    fake.add(planned(files=untested), planned())
+    text = "Fix incident i1: guard the division"
+    request = intake.submit(llm_settings, conn, ALICE, "change", text, text, incident=incident)
+    assert request.state.value == "plan_ready"
+    plan = request.plan or {}
+    assert "checks/test_ping.py" in [f["path"] for f in plan["files"]]
+    [step] = [t for t in plan["tasks"] if t["name"] == "reproduce"]
+    assert step["detail"] == (
+        f"run checks/test_ping.py on {plan['base_commit'][:7]}, where they must fail with "
+        "ZeroDivisionError at app.py:greet, then on the change, where they must pass"
+    )
+    first, second = fake.calls()
+    told = first.user_text()
+    assert "must add or modify a test that reproduces the failure" in told
+    assert "fails with ZeroDivisionError at app.py:greet" in told
+    assert '<untrusted source="log" kind="incident">' in told
+    [refusal] = second.tool_results()
+    assert refusal["is_error"] is True
+    assert "must list a test that reproduces it" in refusal["content"]

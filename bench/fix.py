@@ -71,7 +71,8 @@ PLAN = {
 DIAGNOSED = {
     "cause": "handle() divides by the count, which is 0 for an empty order",
     "files": ["svc/handlers.py"],
-    "confidence": "high",
+    "evidence": [{"file": "svc/handlers.py", "line": 2, "quote": "return total // count"}],
+    "confidence": 0.9,
     "fix": "answer 0 when the count is 0",
     "confirm": "the ZeroDivisionError stops",
 }

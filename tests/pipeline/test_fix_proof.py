@@ -44,7 +44,8 @@ ZERO_COUNT = "from app import handle\n\n\ndef test_zero_count():\n    assert han
 DIAGNOSED = {
     "cause": "handle() divides by the count, which is 0 for an empty order",
     "files": ["app.py"],
-    "confidence": "high",
+    "evidence": [{"file": "app.py", "line": 6, "quote": "return total // count"}],
+    "confidence": 0.9,
     "fix": "answer 0 when the count is 0",
     "confirm": "the ZeroDivisionError stops",
 }

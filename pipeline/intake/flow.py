@@ -60,9 +60,11 @@ def submit(
     argument: str,
     text: str,
     break_glass: str = "",
+    rollout: str = "",
 ) -> Request:
     """Take a request in and move it as far as it goes without a person; ``break_glass``
-    is an operator's reason to deploy into a freeze window."""
+    is an operator's reason to deploy into a freeze window; ``rollout`` the rollout's request
+    it is a step of (linked before it is planned)."""
     store = RequestStore(conn)
     known = settings.secrets()
     request = store.create(
@@ -73,6 +75,8 @@ def submit(
         target=settings.target_name if settings.fleet else "",
         break_glass=redact(break_glass[:MAX_TEXT], known),
     )
+    if rollout:
+        steps.link(conn, request.id, rollout)
     # Who may ask, then whether anything here can plan what was asked (a change in words
     # needs the LLM planner): both are refusals, with nothing a Retry could change.
     # A switch that is off says so first (blocked, by the gates).

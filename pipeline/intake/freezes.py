@@ -114,13 +114,22 @@ def _told(instant: datetime, zone: str, now: datetime) -> str:
     return f"{day} {local:%H:%M} {zone}"
 
 
+#: How the sentence saying how to break glass begins.
+_HINT = "To deploy anyway"
+
+
 def break_glass_hint(settings: Settings) -> str:
     """How to deploy into a freeze anyway, as the refusals say it."""
     named = f"{settings.target_name} " if settings.fleet else ""
     return (
-        f"To deploy anyway, an operator may break glass: `deploy {named}<ref> --break-glass "
+        f"{_HINT}, an operator may break glass: `deploy {named}<ref> --break-glass "
         "<reason>`, which a second operator approves"
     )
+
+
+def without_hint(reason: str) -> str:
+    """A freeze's refusal without how to break glass (a rollout's step: its rollout says how)."""
+    return reason.split(f". {_HINT}", 1)[0]
 
 
 def gate(settings: Settings, request: Request, now: datetime | None = None) -> Decision:

@@ -155,14 +155,18 @@ def _break_glass_hint(rollout: Rollout) -> str:
 
 
 def check_freezes(
-    settings: Settings, rollout: Rollout, request: Request, targets: tuple[str, ...] = ()
+    settings: Settings,
+    rollout: Rollout,
+    request: Request,
+    targets: tuple[str, ...] = (),
+    now: datetime | None = None,
 ) -> Decision:
     """At plan time, at the approval and when each step starts: a freeze on a step's target
     (``targets``, default every step's) blocks the rollout, saying until when and how to break
     glass; a break-glass rollout goes on (a second operator approves it)."""
     if request.break_glass:
         return ALLOWED
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     held = [f for f in _frozen(settings, rollout, now) if f.target in (targets or rollout.steps)]
     if not held:
         return ALLOWED

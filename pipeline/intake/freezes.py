@@ -13,7 +13,9 @@ ends blocked, check "freeze") and again when the approved update starts, before 
 snapshot (pipeline/update/jobs.py). Rollbacks, an incident's recovery among them, are never
 held. An operator of the target may break glass (``deploy <ref> --break-glass <reason>``):
 the plan shows the freeze and the reason, and only a second operator's approval runs it
-(``may_approve``); the request and the approval are both audited.
+(``may_approve``); the request and the approval are both audited. A rollout is held by a
+freeze on any of its steps' targets, and breaks glass for all of them at once
+(pipeline/update/rollouts.py).
 """
 
 from __future__ import annotations

@@ -485,7 +485,10 @@ def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin)
         decision = approval.moved_on(request)
     if not decision:
         return _refuse(store, request, who, "approve", decision)
-    with _advancing(conn, request.id):
+    with _advancing(conn, request.id) as holding:
+        if not holding:
+            busy = Decision(False, "another Molt is moving this rollout on: press again", "late")
+            return _refuse(store, request, who, "approve", busy)
         commit = str(plan.get("target_commit", ""))
         held: Decision = check_gate(settings, conn, rollout, commit)
         held = held and check_freezes(settings, rollout, request)
@@ -819,7 +822,9 @@ def stop(settings: Settings, conn: redis.Redis, name: str, principal: str) -> st
         except IllegalTransition:
             return f"Stop: rollout {shown} moved on meanwhile; ask again."
         return f"Stop: rollout {shown} cancelled before it started."
-    store.update(request.id, result=(request.result or {}) | {"stop": principal})
+    with _advancing(conn, request.id):  # its result is the driver's to write meanwhile
+        request = store.get(request.id)
+        store.update(request.id, result=(request.result or {}) | {"stop": principal})
     running = next(
         (c for c in _steps(conn, request) if not c.terminal and c.state not in _NOT_STARTED),
         None,

@@ -397,12 +397,14 @@ BREAK_GLASS_HINT = (
 )
 
 
-def _freeze(target: str, reason: str, days: float = 2) -> tuple[str, datetime]:
-    """A [[freeze]] table holding ``target`` from an hour ago for ``days``, and its end."""
+def _freeze(targets: str, reason: str, days: float = 2) -> tuple[str, datetime]:
+    """A [[freeze]] table holding ``targets`` (comma-separated) from an hour ago for ``days``,
+    and its end."""
     now = datetime.now(UTC).replace(microsecond=0)
     end = now + timedelta(days=days)
+    listed = ", ".join(f'"{t}"' for t in targets.split(","))
     table = (
-        f'[[freeze]]\ntargets = ["{target}"]\n'
+        f"[[freeze]]\ntargets = [{listed}]\n"
         f'start = "{(now - timedelta(hours=1)).isoformat()}"\nend = "{end.isoformat()}"\n'
         f'reason = "{reason}"\n'
     )
@@ -474,7 +476,7 @@ def test_breaking_glass_into_a_frozen_step_takes_an_operator_of_every_step_and_a
     assert ("console:bob", "break_glass_approved") in done
 
 
-def test_a_freeze_met_when_a_step_starts_blocks_the_rollout_and_rolls_back_the_steps_done(
+def test_a_freeze_met_when_a_step_starts_blocks_the_rollout_and_the_steps_done_roll_back_anyway(
     hosts: Hosts, tmp_path: Path
 ) -> None:
     old = hosts.head("web-1")
@@ -486,8 +488,9 @@ def test_a_freeze_met_when_a_step_starts_blocks_the_rollout_and_rolls_back_the_s
     since, rollout_id = _rollout_planned(bot)
     bot.type(f"press approve {rollout_id}")
     wait_for_in_process(started, bot, timeout=300)  # web-1's phase 2 waits
-    # A freeze of web-2 begins (molt.toml as web-2's worker reads it when its step starts).
-    table, end = _freeze("web-2", "change freeze")
+    # A freeze of both hosts begins (molt.toml as their workers read it): web-2's step is
+    # held, and web-1's rollback is not.
+    table, end = _freeze("web-1,web-2", "change freeze")
     hosts.configure(extra=table)
     go.touch()
     said = bot.transcript

@@ -1,10 +1,13 @@
 """The freeze gate's own cost: ``freezes.gate`` (pipeline/intake/freezes.py) runs at plan time
-and again before every update's snapshot, so it should cost nothing next to either.
+and again before every update's snapshot, so it should cost nothing next to either; a
+rollout's (``rollouts.check_freezes``, pipeline/update/rollouts.py) checks each of its steps'
+targets at plan time, at the approval and as each step starts.
 
 Five windows apply to the target (three weekly ones in different zones, two crossing midnight;
 two one-off), and the instant checked moves by a prime number of minutes each call, so both
 frozen and free instants are timed. Reported: the median, p90 and max of ``--calls`` calls,
-for each of ``--runs`` runs; no Redis, git or process is involved.
+for each of ``--runs`` runs, for one target and for a rollout of three; no Redis, git or
+process is involved.
 
     python bench/freeze.py [--runs 5] [--calls 1000]
 """
@@ -23,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``pipelin
 from pipeline.config import load_settings
 from pipeline.intake import freezes
 from pipeline.requests.store import Origin, Request
+from pipeline.update import rollouts
+
+STEPS = ("web-1", "web-2", "web-3")
 
 WINDOWS = [
     {
@@ -45,16 +51,26 @@ WINDOWS = [
 ]
 
 
-def one_run(calls: int) -> tuple[list[float], int]:
-    """Seconds each gate check took, and how many found the target frozen."""
+def one_run(calls: int, rollout: bool = False) -> tuple[list[float], int]:
+    """Seconds each gate check took (of one target, or of a rollout of three), and how many
+    found it frozen."""
     settings = load_settings(freeze=WINDOWS, target_dir=Path.cwd())
+    fleet = load_settings(
+        freeze=WINDOWS,
+        target_dir=Path.cwd(),
+        targets={name: {"dir": str(Path.cwd())} for name in STEPS},
+        rollouts={"web": {"steps": list(STEPS)}},
+    )
     request = Request("r1", Origin("console", "bench"), "deploy main", "deploy", "main")
     start = datetime(2026, 12, 1, tzinfo=UTC)
     seconds, frozen = [], 0
     for n in range(calls):
         at = start + timedelta(minutes=97 * n)
         began = time.perf_counter()
-        decision = freezes.gate(settings, request, at)
+        if rollout:
+            decision = rollouts.check_freezes(fleet, fleet.rollout("web"), request, now=at)
+        else:
+            decision = freezes.gate(settings, request, at)
         seconds.append(time.perf_counter() - began)
         frozen += not decision
     return seconds, frozen
@@ -65,18 +81,20 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--calls", type=int, default=1000)
     args = parser.parse_args()
-    medians = []
-    print(f"freeze gate, {len(WINDOWS)} windows, {args.calls} calls a run")
-    for run in range(1, args.runs + 1):
-        seconds, frozen = one_run(args.calls)
-        ordered = sorted(seconds)
-        medians.append(statistics.median(ordered))
-        print(
-            f"run {run}: median {medians[-1] * 1e6:.1f} µs, "
-            f"p90 {ordered[int(len(ordered) * 0.9)] * 1e6:.1f} µs, "
-            f"max {ordered[-1] * 1e6:.1f} µs ({frozen} of {args.calls} frozen)"
-        )
-    print(f"median of the runs' medians: {statistics.median(medians) * 1e6:.1f} µs")
+    for rollout in (False, True):
+        medians = []
+        what = f"rollout of {len(STEPS)} steps" if rollout else "one target"
+        print(f"freeze gate, {what}, {len(WINDOWS)} windows, {args.calls} calls a run")
+        for run in range(1, args.runs + 1):
+            seconds, frozen = one_run(args.calls, rollout)
+            ordered = sorted(seconds)
+            medians.append(statistics.median(ordered))
+            print(
+                f"run {run}: median {medians[-1] * 1e6:.1f} µs, "
+                f"p90 {ordered[int(len(ordered) * 0.9)] * 1e6:.1f} µs, "
+                f"max {ordered[-1] * 1e6:.1f} µs ({frozen} of {args.calls} frozen)"
+            )
+        print(f"median of the runs' medians: {statistics.median(medians) * 1e6:.1f} µs")
     return 0
 
 

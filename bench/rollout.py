@@ -8,9 +8,11 @@ in this process with each target's jobs on a thread of its own, registered as it
 that sleeps ``--seconds``, so that each update's phases take about as long as a real
 service's tests. First ``deploy web-staging main`` (the gate), then ``deploy alone-N main``
 → Approve → ✅ Live for each ``alone`` target in turn (request to live, summed), then
-``deploy web main`` → Approve → ✅ Rolled out (request to the end).
+``deploy web main`` → Approve → ✅ Rolled out (request to the end). Then the rollout's gate
+(``rollouts.check_gate``: the update of the commit on ``web-staging``, its soak, the stage's
+incidents), as plan time and the approval check it, timed ``--gate-calls`` times.
 
-    python bench/rollout.py [--seconds 2] [--runs 1]
+    python bench/rollout.py [--seconds 2] [--runs 1] [--gate-calls 200]
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for ``bench``
 from bench.harness import clean_environment, median, table
 from pipeline import store
 from pipeline.config import load_settings
+from pipeline.requests.store import RequestStore
+from pipeline.update import rollouts
 from tests.integration.inprocess import InProcessBot
 from tests.support import ServiceRepo
 
@@ -57,7 +61,20 @@ def _timed(bot: InProcessBot, command: str, done: str) -> float:
     return time.monotonic() - started
 
 
-def run(seconds: float) -> tuple[list[float], float]:
+def _gate_seconds(bot: InProcessBot, calls: int) -> list[float]:
+    """Seconds each check of the rollout's gate took, for the commit it rolled out."""
+    settings, conn = bot.settings, bot.conn
+    [done] = [r for r in RequestStore(conn).recent(20) if r.command == "rollout"]
+    commit = str((done.plan or {})["target_commit"])
+    timed = []
+    for _ in range(calls):
+        began = time.perf_counter()
+        assert rollouts.check_gate(settings, conn, settings.rollout("web"), commit)
+        timed.append(time.perf_counter() - began)
+    return timed
+
+
+def run(seconds: float, gate_calls: int = 200) -> tuple[list[float], float, list[float]]:
     root = Path(tempfile.mkdtemp(prefix="molt-bench-rollout-"))
     redis_dir = root / "redis"
     bot = None
@@ -94,7 +111,7 @@ def run(seconds: float) -> tuple[list[float], float]:
         _timed(bot, "deploy web-staging main", r"✅ Live: .*web-staging")
         alone = [_timed(bot, f"deploy {name} main", rf"✅ Live: .*{name}") for name in ALONE]
         rollout = _timed(bot, "deploy web main", r"✅ Rolled out: ")
-        return alone, rollout
+        return alone, rollout, _gate_seconds(bot, gate_calls)
     finally:
         if bot is not None:
             bot.stop()
@@ -106,10 +123,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="a check's sleep")
     parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--gate-calls", type=int, default=200)
     args = parser.parse_args()
-    rows, ratios = [], []
+    rows, ratios, gates = [], [], []
     for number in range(args.runs):
-        alone, rollout = run(args.seconds)
+        alone, rollout, gate = run(args.seconds, args.gate_calls)
+        gates.extend(gate)
         ratio = rollout / sum(alone)
         ratios.append(ratio)
         shown = " + ".join(f"{a:.1f}" for a in alone)
@@ -117,6 +136,11 @@ def main() -> int:
     print(table(["run", "3 updates alone (s)", "rollout of 3 (s)", "ratio"], rows))
     verdict = "met" if median(ratios) <= TARGET_RATIO else "MISSED"
     print(f"median ratio {median(ratios):.2f} (target ≤ {TARGET_RATIO}: {verdict})")
+    ordered = sorted(gates)
+    print(
+        f"gate check ({len(ordered)} calls): median {median(ordered) * 1e3:.2f} ms, "
+        f"p90 {ordered[int(len(ordered) * 0.9)] * 1e3:.2f} ms, max {ordered[-1] * 1e3:.2f} ms"
+    )
     return 0
 
 

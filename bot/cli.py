@@ -118,16 +118,37 @@ def _print(template: str, **context: object) -> None:
     print(as_text(render(template, {"request_id": "", **context}).plain()))
 
 
+def _rollout(args: argparse.Namespace, count: int = 1) -> bool:
+    """``--target`` naming a rollout: its newest runs and their steps, as chat shows them."""
+    name = getattr(args, "target", None) or ""
+    settings = _settings()
+    if name not in settings.rollout_names():
+        return False
+    from pipeline.update import rollouts
+
+    shown = rollouts.listing(store.connect(settings), name, count)
+    _print("rollouts", rollout=name, rollouts=shown, verb=args.command)
+    return True
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    if _rollout(args):
+        return 0
     settings = _target(args, whole=True)
     if settings.fleet and not args.target:
-        _print("fleet", **control.fleet(settings, store.connect(settings)))
+        from pipeline.update import rollouts
+
+        conn = store.connect(settings)
+        under_way = rollouts.under_way(settings, conn)
+        _print("fleet", **control.fleet(settings, conn), rollouts=under_way)
         return 0
     _print("status", **control.status(settings, store.connect(settings)))
     return 0
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
+    if _rollout(args):
+        return 0
     settings = _target(args)
     _print("queue", requests=control.waiting(settings, store.connect(settings)))
     return 0
@@ -169,6 +190,8 @@ def cmd_freezes(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
+    if not args.request and _rollout(args, args.count):
+        return 0
     settings = _target(args, whole=bool(args.request))
     conn = store.connect(settings)
     if not args.request:
@@ -430,7 +453,9 @@ def _operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     """What an operator asks at a shell, as in chat."""
     # In a fleet, each names its target (``--target api``); ``status`` without one shows all.
     targeted = argparse.ArgumentParser(add_help=False)
-    targeted.add_argument("--target", metavar="NAME", help="the fleet's target it is about")
+    targeted.add_argument(
+        "--target", metavar="NAME", help="the fleet's target (or, to show, rollout) it is about"
+    )
     sub.add_parser(
         "status", parents=[targeted], help="what runs, what waits, which version"
     ).set_defaults(func=cmd_status)

@@ -33,7 +33,6 @@ from pipeline.intake import approval, control, freezes
 from pipeline.intake import flow as intake
 from pipeline.requests import authorisation, steps
 from pipeline.requests.decisions import Decision
-from pipeline.requests.states import TERMINAL
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.steps import ROLLOUT
 from pipeline.requests.store import Origin, RequestStore
@@ -262,14 +261,8 @@ class Desk(Front):
 
     def _status(self, settings: Settings, origin: Origin, command: Command) -> None:
         if self._whole_fleet(settings):
-            under_way = [
-                shown
-                for name in self.rollouts
-                for shown in rollouts.listing(self.conn, name, 1)
-                if shown["state"] not in TERMINAL
-            ]
-            fleet = control.fleet(settings, self.conn)
-            self._reply(origin, "fleet", **fleet, rollouts=under_way)
+            under_way = rollouts.under_way(settings, self.conn)
+            self._reply(origin, "fleet", **control.fleet(settings, self.conn), rollouts=under_way)
             return
         self._reply(origin, "status", **control.status(settings, self.conn))
 
@@ -320,7 +313,15 @@ class Desk(Front):
         ``history`` are for the operators of every one of its steps' targets."""
         name = command.target
         if command.verb == "deploy":
-            rollouts.plan(self.settings, self.conn, origin, name, command.argument, command.text)
+            rollouts.plan(
+                self.settings,
+                self.conn,
+                origin,
+                name,
+                command.argument,
+                command.text,
+                break_glass=command.break_glass,
+            )
             return
         if command.verb not in ("stop", "status", "queue", "history"):
             named = ", ".join(self.settings.rollout(name).steps)

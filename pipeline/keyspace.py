@@ -156,6 +156,12 @@ def request(request_id: str) -> str:
 ROLLOUT_STEPS = "molt:rollout:steps"
 
 
+def rollout_advancing(request_id: str) -> str:
+    """Held by the bot process moving a rollout on, so that only one does
+    (pipeline/update/rollouts.py)."""
+    return f"molt:rollout:{request_id}:advancing"
+
+
 # -- Audit (pipeline/audit.py) ------------------------------------------------------------
 
 #: List of the audit's JSON entries, oldest first (index = seq).

@@ -292,10 +292,11 @@ def approve_rollout_rollback(
     settings: Settings, conn: redis.Redis, request_id: str, rollout: str
 ) -> Decision:
     """A rollout's ``on_failure = "rollback-all"``: the rollback of a step already done was
-    approved with the rollout, which said so; audited as Molt's, like an incident's recovery
-    (a rollback is never held by the approvers of a plan that went wrong)."""
+    approved with the rollout, which said so; audited as Molt's, like an incident's recovery.
+    A rollback is never held: not by the approvers of a plan that went wrong, nor by the
+    limits (pipeline/intake/autonomy.py) or a full queue."""
     request = RequestStore(conn).get(request_id)
-    decision = _still_waiting(request) and approvable(settings, conn, request)
+    decision = _still_waiting(request)
     if not decision:
         return decision
     message = f"approved with rollout {rollout}: a failed step rolls back the steps done"

@@ -13,8 +13,10 @@ MOLT_MAX_CHANGES_PER_DAY, MOLT_ALLOW_DEPLOYS, MOLT_ALLOW_CHANGES, MOLT_ALLOW_GIT
 Each answers with a Decision (pipeline/requests/decisions.py) whose check is "observe", "switch",
 "daily limit" or "tests". A rollback (a request of command ``rollback``,
 pipeline/intake/control.py; operators only) is exempt from the deploy switch and the daily
-limit: it returns to a release that ran before. MOLT_REQUIRE_TESTS is checked at
-pre-flight here and in every validation phase (pipeline/sandbox/validation.py).
+limit: it returns to a release that ran before. The rollback of a rollout's step
+(pipeline/update/rollouts.py) is exempt from every one of them, observe mode included.
+MOLT_REQUIRE_TESTS is checked at pre-flight here and in every validation phase
+(pipeline/sandbox/validation.py).
 
 Updates that began are counted in the target's ``started`` key (pipeline/keyspace.py).
 """
@@ -33,6 +35,7 @@ from pipeline.intake import preflight
 from pipeline.keyspace import TargetKeys
 from pipeline.planning.plans import Plan
 from pipeline.queue.targets import Target
+from pipeline.requests import steps
 from pipeline.requests.authorisation import raised_by_molt
 from pipeline.requests.decisions import ALLOWED, Decision
 from pipeline.requests.store import Request
@@ -126,7 +129,10 @@ def may_act(settings: Settings) -> Decision:
 
 
 def limits_allow(settings: Settings, conn: redis.Redis, request: Request) -> Decision:
-    """Whether a plan may be approved now (by anyone): the mode, the switches, the limit."""
+    """Whether a plan may be approved now (by anyone): the mode, the switches, the limit.
+    The rollback of a rollout's step is never held by them."""
+    if steps.rolls_back_a_step(conn, request):
+        return ALLOWED
     return (
         may_act(settings)
         and switched_on(settings, request)

@@ -125,10 +125,13 @@ class RollbackAsked(Decision):
     request: Request | None = field(default=None, kw_only=True)
 
 
-def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) -> RollbackAsked:
+def rollback(
+    settings: Settings, conn: redis.Redis, origin: Origin, token: str, rollout: str = ""
+) -> RollbackAsked:
     """Plan a return to the release before an update (default: the last one that landed):
     a request of its own command, ``rollback``, planned as a deploy of the update's
-    rollback point, with the same pre-flight, approval, phases and restart."""
+    rollback point, with the same pre-flight, approval, phases and restart; ``rollout``, the
+    rollout's request whose step it undoes."""
     store = RequestStore(conn)
     if token:
         update = store.find(token)
@@ -144,7 +147,7 @@ def rollback(settings: Settings, conn: redis.Redis, origin: Origin, token: str) 
         return RollbackAsked(False, f"found no {shown} to roll back", "rollback")
     base = str(update.plan.get("base_commit", ""))
     text = f"rollback {update.codename or update.id}"
-    asked = intake.submit(settings, conn, origin, "rollback", base, text)
+    asked = intake.submit(settings, conn, origin, "rollback", base, text, rollout=rollout)
     return RollbackAsked(True, request=asked)
 
 

@@ -61,10 +61,12 @@ def submit(
     text: str,
     break_glass: str = "",
     incident: dict[str, Any] | None = None,
+    rollout: str = "",
 ) -> Request:
     """Take a request in and move it as far as it goes without a person; ``break_glass``
     is an operator's reason to deploy into a freeze window; ``incident``, the failure a
-    Fix it request must reproduce (pipeline/incidents/failures.py)."""
+    Fix it request must reproduce (pipeline/incidents/failures.py); ``rollout`` the
+    rollout's request it is a step of (linked before it is planned)."""
     store = RequestStore(conn)
     known = settings.secrets()
     request = store.create(
@@ -76,6 +78,8 @@ def submit(
         break_glass=redact(break_glass[:MAX_TEXT], known),
         incident=incident,
     )
+    if rollout:
+        steps.link(conn, request.id, rollout)
     # Who may ask, then whether anything here can plan what was asked (a change in words
     # needs the LLM planner): both are refusals, with nothing a Retry could change.
     # A switch that is off says so first (blocked, by the gates).

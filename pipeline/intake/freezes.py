@@ -13,7 +13,9 @@ ends blocked, check "freeze") and again when the approved update starts, before 
 snapshot (pipeline/update/jobs.py). Rollbacks, an incident's recovery among them, are never
 held. An operator of the target may break glass (``deploy <ref> --break-glass <reason>``):
 the plan shows the freeze and the reason, and only a second operator's approval runs it
-(``may_approve``); the request and the approval are both audited.
+(``may_approve``); the request and the approval are both audited. A rollout is held by a
+freeze on any of its steps' targets, and breaks glass for all of them at once
+(pipeline/update/rollouts.py).
 """
 
 from __future__ import annotations
@@ -114,13 +116,22 @@ def _told(instant: datetime, zone: str, now: datetime) -> str:
     return f"{day} {local:%H:%M} {zone}"
 
 
+#: How the sentence saying how to break glass begins.
+_HINT = "To deploy anyway"
+
+
 def break_glass_hint(settings: Settings) -> str:
     """How to deploy into a freeze anyway, as the refusals say it."""
     named = f"{settings.target_name} " if settings.fleet else ""
     return (
-        f"To deploy anyway, an operator may break glass: `deploy {named}<ref> --break-glass "
+        f"{_HINT}, an operator may break glass: `deploy {named}<ref> --break-glass "
         "<reason>`, which a second operator approves"
     )
+
+
+def without_hint(reason: str) -> str:
+    """A freeze's refusal without how to break glass (a rollout's step: its rollout says how)."""
+    return reason.split(f". {_HINT}", 1)[0]
 
 
 def gate(settings: Settings, request: Request, now: datetime | None = None) -> Decision:

@@ -229,8 +229,9 @@ class Turn:
     wait: bool = False
 
 
-def take_turn(settings: Settings, conn: redis.Redis, codename: str) -> Turn:
-    """Take the update lock for the head of the line, in one transaction with reading both.
+def take_turn(settings: Settings, conn: redis.Redis, codename: str, only: str = "") -> Turn:
+    """Take the update lock for the head of the line, in one transaction with reading both;
+    with ``only``, if that request is the head (else wait).
 
     The head stays in the line until it is marked running; a head that no longer waits
     (cleared, failed) is dropped from the line and the next one looked at.
@@ -239,14 +240,14 @@ def take_turn(settings: Settings, conn: redis.Redis, codename: str) -> Turn:
     while True:
         with conn.pipeline() as pipe:
             try:
-                turn = _try_turn(pipe, target, codename)
+                turn = _try_turn(pipe, target, codename, only)
             except redis.WatchError:
                 continue
         if turn is not None:
             return turn
 
 
-def _try_turn(pipe: Any, target: Target, codename: str) -> Turn | None:
+def _try_turn(pipe: Any, target: Target, codename: str, only: str = "") -> Turn | None:
     """One try of ``take_turn``; None when it dropped a head that no longer waits."""
     keys = target.keys
     pipe.watch(keys.lock, keys.queue)
@@ -255,6 +256,8 @@ def _try_turn(pipe: Any, target: Target, codename: str) -> Turn | None:
     head = _text(pipe.lindex(keys.queue, 0))
     if not head:
         return Turn()
+    if only and head != only:
+        return Turn(wait=True)
     pipe.watch(keyspace.request(head))
     state = _text(pipe.hget(keyspace.request(head), "state"))
     if state == S.APPROVED.value:  # being queued this instant

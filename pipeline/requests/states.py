@@ -44,10 +44,14 @@ _MOVES: dict[RequestState, frozenset[RequestState]] = {
     S.PREFLIGHT: frozenset({S.BLOCKED, S.PLANNING, S.CANCELLED, S.FAILED}),
     S.PLANNING: frozenset({S.NEEDS_INFO, S.PLAN_READY, S.CANCELLED, S.FAILED}),
     S.NEEDS_INFO: frozenset({S.PLANNING, S.CANCELLED, S.EXPIRED}),
-    S.PLAN_READY: frozenset({S.APPROVED, S.REJECTED, S.EXPIRED, S.CANCELLED, S.PLANNING}),
+    # A rollout (pipeline/update/rollouts.py) is blocked by its gate or a freeze at the
+    # approval, or by a freeze when a step's turn comes.
+    S.PLAN_READY: frozenset(
+        {S.APPROVED, S.REJECTED, S.EXPIRED, S.CANCELLED, S.PLANNING, S.BLOCKED}
+    ),
     S.APPROVED: frozenset({S.QUEUED, S.FAILED, S.CANCELLED}),
-    S.QUEUED: frozenset({S.RUNNING, S.FAILED, S.CANCELLED}),
-    S.RUNNING: frozenset({S.RUNNING, S.RESTARTING, S.SUCCEEDED, S.FAILED, S.PROPOSED}),
+    S.QUEUED: frozenset({S.RUNNING, S.FAILED, S.CANCELLED, S.BLOCKED}),
+    S.RUNNING: frozenset({S.RUNNING, S.RESTARTING, S.SUCCEEDED, S.FAILED, S.PROPOSED, S.BLOCKED}),
     # Restarted, then verified (phase restart, then verify).
     S.RESTARTING: frozenset({S.RESTARTING, S.RUNNING, S.WATCHING, S.SUCCEEDED, S.FAILED}),
     # A failed watch rolls back (running, phase rollback); a quiet one succeeds.

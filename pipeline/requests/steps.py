@@ -9,6 +9,7 @@ from __future__ import annotations
 import redis
 
 from pipeline import keyspace
+from pipeline.requests.store import Request
 
 #: The command of a rollout's own request (its steps are ``deploy`` and ``rollback``).
 ROLLOUT = "rollout"
@@ -22,3 +23,9 @@ def rollout_of(conn: redis.Redis, request_id: str) -> str:
     """The rollout's request ``request_id`` is a step of, or ""."""
     found = conn.hget(keyspace.ROLLOUT_STEPS, request_id)
     return str(found) if found else ""
+
+
+def rolls_back_a_step(conn: redis.Redis, request: Request) -> bool:
+    """Whether ``request`` rolls back a step its rollout had done (a failed step, ``stop``):
+    such a rollback is never held, not by a pause, observe mode or the daily limit."""
+    return request.command == "rollback" and bool(rollout_of(conn, request.id))

@@ -38,6 +38,7 @@ from pipeline.queue.locking import Heartbeat
 from pipeline.queue.targets import Target
 from pipeline.releases import manifests
 from pipeline.releases import signing as releases
+from pipeline.requests import steps
 from pipeline.requests.authorisation import raised_by_molt
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import Origin, Request, RequestStore
@@ -127,21 +128,35 @@ def wait_for_turn(settings: Settings, conn: redis.Redis) -> tuple[str, str] | No
     the request whose turn it is and the update's codename, or None once the line is empty.
 
     Before each try with the lock free, an update left abandoned is rolled back first. A
-    worker asked to shut down stops waiting (pipeline/queue/workers.py ``stopping``).
+    worker asked to shut down stops waiting (pipeline/queue/workers.py ``stopping``). A pause
+    holds the line, but for the rollback of a rollout's step at its head, which is never held.
     """
     target = Target(settings, conn)
     codename = ""
     while len(target.line) and not workers.stopping(conn):
-        if not control.is_paused(settings, conn):
+        only = _unpaused_head(settings, conn, target)
+        if only is not None:
             if target.lock.holder() is None:
                 recover_abandoned(settings, conn)
             codename = codename or codenames.new_codename(conn)
-            turn = queueing.take_turn(settings, conn, codename)
+            turn = queueing.take_turn(settings, conn, codename, only=only)
             if turn.taken:
                 return turn.taken, codename
             if not turn.wait:
                 return None
         time.sleep(_TURN_POLL_SECONDS)
+    return None
+
+
+def _unpaused_head(settings: Settings, conn: redis.Redis, target: Target) -> str | None:
+    """Which head of the line may take its turn now: any ("") unless the target is paused;
+    then only the rollback of a rollout's step (its id), else none (None)."""
+    if not control.is_paused(settings, conn):
+        return ""
+    head = target.line.head()
+    request = RequestStore(conn).find(head) if head else None
+    if request is not None and steps.rolls_back_a_step(conn, request):
+        return request.id
     return None
 
 

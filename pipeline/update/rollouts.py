@@ -10,28 +10,40 @@ the one before it ended well, watch window included; a failed step or a ``stop``
 failed, rolling the steps already done back as ``on_failure`` says, newest first, each as
 a ``rollback`` request of its target. States change only through
 ``RequestStore.transition``; what a rollout knows of its steps is its ``result``.
+
+A freeze (pipeline/intake/freezes.py) on any step's target blocks the rollout at plan time
+and at the approval; one met when a step's turn comes blocks it there, the steps done
+rolled back as ``on_failure`` says. ``--break-glass <reason>`` is for an operator of every
+step's target, and only a second such operator approves it; each step then carries the
+reason. The rollbacks of steps are never held: not by a freeze, a pause, observe mode or
+the daily limit. One bot process at a time moves a rollout on: a Redis lock per rollout
+(``keyspace.rollout_advancing``), so that bots sharing a Redis never drive it twice.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
 import structlog
+from redis.exceptions import LockError
 
 from pipeline import audit, keyspace, metrics
 from pipeline.config import ROLLBACK_ALL, Rollout, Settings
 from pipeline.exceptions import IllegalTransition, MoltError
 from pipeline.incidents.book import OPEN, IncidentBook
-from pipeline.intake import approval, control
+from pipeline.intake import approval, control, freezes
 from pipeline.intake import flow as intake
+from pipeline.redaction import redact
 from pipeline.requests import authorisation, steps
 from pipeline.requests.decisions import ALLOWED, Decision
+from pipeline.requests.states import TERMINAL
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.steps import ROLLOUT
 from pipeline.requests.store import Origin, Request, RequestStore
@@ -43,9 +55,13 @@ MOLT = "molt"
 _NOT_STARTED = frozenset({S.RECEIVED, S.PREFLIGHT, S.PLANNING, S.PLAN_READY})
 #: A step's plan that will never run (planned again when its turn comes).
 _UNRUN = frozenset({S.EXPIRED, S.CANCELLED, S.REJECTED})
+_PLAN_READY = frozenset({S.PLAN_READY})
 _RANK = {"low": 0, "medium": 1, "high": 2}
-#: One rollout moves on at a time in this process (the desk's threads and the driver).
-_ADVANCING = threading.RLock()
+#: Seconds one process may hold a rollout while moving it on (the lock then expires, should
+#: it die holding it), and waits for another's hold before leaving it to the next sweep.
+HOLD_SECONDS = 60.0
+#: The rollouts this thread holds, so that moving one on may move it on again within.
+_HELD = threading.local()
 
 
 @dataclass(frozen=True)
@@ -60,15 +76,33 @@ class Gate(Decision):
 
 
 def plan(
-    settings: Settings, conn: redis.Redis, origin: Origin, name: str, ref: str, text: str
+    settings: Settings,
+    conn: redis.Redis,
+    origin: Origin,
+    name: str,
+    ref: str,
+    text: str,
+    break_glass: str = "",
 ) -> Request:
-    """``deploy <rollout> <ref>``: a rollout request, each of its steps planned on its target."""
+    """``deploy <rollout> <ref>``: a rollout request, each of its steps planned on its target;
+    ``break_glass`` is an operator's reason to deploy into the freezes of its steps."""
     rollout = settings.rollout(name)
     store = RequestStore(conn)
-    request = store.create(origin, text, ROLLOUT, ref, target=name)
+    known = settings.secrets()
+    reason = redact(break_glass[: intake.MAX_TEXT], known)
+    request = store.create(origin, text, ROLLOUT, ref, target=name, break_glass=reason)
     decision = _may_request(settings, rollout, origin)
+    decision = decision and _may_break_glass(settings, rollout, request)
     if not decision:
         return intake.refuse(store, request, decision)
+    if request.break_glass:
+        audit.append(
+            conn,
+            actor=request.requester,
+            action="break_glass",
+            request_id=request.id,
+            detail={"rollout": name} | _glass(settings, rollout, request),
+        )
     return _plan_steps(settings, conn, request, actor=MOLT)
 
 
@@ -81,36 +115,111 @@ def _may_request(settings: Settings, rollout: Rollout, origin: Origin) -> Decisi
     return ALLOWED
 
 
+def _may_break_glass(settings: Settings, rollout: Rollout, request: Request) -> Decision:
+    """Only an operator of every step's target may ask to deploy into their freezes."""
+    if not request.break_glass:
+        return ALLOWED
+    for target in rollout.steps:
+        if not authorisation.may_operate(settings.for_target(target), request.origin):
+            return Decision(
+                False,
+                f"only an operator of every step's target may break glass: not of {target} "
+                "(operators)",
+                authorisation.CHECK,
+            )
+    return ALLOWED
+
+
+def _may_approve_glass(
+    settings: Settings, rollout: Rollout, who: Origin, request: Request
+) -> Decision:
+    """A break-glass rollout is approved by a second operator of every step's target."""
+    for target in rollout.steps if request.break_glass else ():
+        decision = freezes.may_approve(settings.for_target(target), who, request)
+        if not decision:
+            return decision
+    return ALLOWED
+
+
+def _frozen(settings: Settings, rollout: Rollout, now: datetime) -> list[freezes.Frozen]:
+    """The steps whose targets are frozen at ``now``, in their order."""
+    found = (freezes.frozen(settings.for_target(t), now) for t in rollout.steps)
+    return [f for f in found if f is not None]
+
+
+def _break_glass_hint(rollout: Rollout) -> str:
+    return (
+        "To deploy anyway, an operator of every step's target may break glass: "
+        f"`deploy {rollout.name} <ref> --break-glass <reason>`, which a second operator approves"
+    )
+
+
+def check_freezes(
+    settings: Settings,
+    rollout: Rollout,
+    request: Request,
+    targets: tuple[str, ...] = (),
+    now: datetime | None = None,
+) -> Decision:
+    """At plan time, at the approval and when each step starts: a freeze on a step's target
+    (``targets``, default every step's) blocks the rollout, saying until when and how to break
+    glass; a break-glass rollout goes on (a second operator approves it)."""
+    if request.break_glass:
+        return ALLOWED
+    now = now or datetime.now(UTC)
+    held = [f for f in _frozen(settings, rollout, now) if f.target in (targets or rollout.steps)]
+    if not held:
+        return ALLOWED
+    said = "; ".join(f.message(now) for f in held)
+    return Decision(False, f"{said}. {_break_glass_hint(rollout)}", freezes.CHECK)
+
+
+def _glass(settings: Settings, rollout: Rollout, request: Request) -> dict[str, Any]:
+    """What a break-glass rollout's plan shows and the audit keeps: why, by whom, and each
+    frozen step with its freeze."""
+    now = datetime.now(UTC)
+    frozen = [
+        {"target": f.target, "freeze": f.message(now)} for f in _frozen(settings, rollout, now)
+    ]
+    return {"reason": request.break_glass, "by": request.requester, "frozen": frozen}
+
+
 def _plan_steps(
     settings: Settings, conn: redis.Redis, request: Request, *, actor: str, retry: bool = False
 ) -> Request:
-    """A step request per target, each planned where its checkout is (its worker)."""
+    """A step request per target, each planned where its checkout is (its worker); none
+    while a step's target is frozen: the rollout is blocked, saying so."""
     store = RequestStore(conn)
     rollout = settings.rollout(request.target)
-    planned = []
-    for target in rollout.steps:
-        step = _step_request(conn, request, target)
-        planned.append({"target": target, "request_id": step.id})
-    message = f"planning {', '.join(rollout.steps)}, each on its target"
-    fields: dict[str, Any] = {"result": {"steps": planned}, "plan": None}
-    if retry:
-        fields |= {"attempt": request.attempt + 1, "codename": ""}
-    store.transition(
-        request.id,
-        S.PREFLIGHT,
-        actor=actor,
-        message=message,
-        fields=fields,
-        allowed_from=frozenset({S.FAILED, S.BLOCKED} if retry else {S.RECEIVED}),
-    )
-    for planned_step in planned:
-        view = settings.for_target(planned_step["target"])
-        intake.advance(view, conn, planned_step["request_id"])
-    return advance(settings, conn, request.id)
+    with _advancing(conn, request.id):
+        held = check_freezes(settings, rollout, request)
+        planned = []
+        for target in rollout.steps if held else ():
+            step = _step_request(conn, request, target)
+            planned.append({"target": target, "request_id": step.id})
+        message = f"planning {', '.join(rollout.steps)}, each on its target"
+        fields: dict[str, Any] = {"result": {"steps": planned}, "plan": None}
+        if retry:
+            fields |= {"attempt": request.attempt + 1, "codename": ""}
+        store.transition(
+            request.id,
+            S.PREFLIGHT,
+            actor=actor,
+            message=message if held else "checking the freeze windows",
+            fields=fields,
+            allowed_from=frozenset({S.FAILED, S.BLOCKED} if retry else {S.RECEIVED}),
+        )
+        if not held:
+            return _blocked(conn, store.get(request.id), [], held)
+        for planned_step in planned:
+            view = settings.for_target(planned_step["target"])
+            intake.advance(view, conn, planned_step["request_id"])
+        return advance(settings, conn, request.id)
 
 
 def _step_request(conn: redis.Redis, rollout: Request, target: str) -> Request:
-    """An ordinary deploy of ``target``, a step of ``rollout``."""
+    """An ordinary deploy of ``target``, a step of ``rollout`` (through its freeze, if the
+    rollout breaks glass)."""
     store = RequestStore(conn)
     step = store.create(
         rollout.origin,
@@ -118,6 +227,7 @@ def _step_request(conn: redis.Redis, rollout: Request, target: str) -> Request:
         "deploy",
         rollout.argument,
         target=target,
+        break_glass=rollout.break_glass,
     )
     steps.link(conn, step.id, rollout.id)
     return step
@@ -195,11 +305,41 @@ def _clock(at: float, soak: float) -> str:
 # -- moving a rollout on ----------------------------------------------------------
 
 
+@contextmanager
+def _advancing(conn: redis.Redis, request_id: str) -> Iterator[bool]:
+    """Hold the rollout while moving it on: one thread of one bot process at a time, however
+    many share the Redis (a lock there, per rollout); the thread holding it may take it again.
+    False if another held it for all of ``HOLD_SECONDS``: the next event or sweep tries again."""
+    held: set[str] = _HELD.__dict__.setdefault("ids", set())
+    if request_id in held:
+        yield True
+        return
+    lock = conn.lock(
+        keyspace.rollout_advancing(request_id),
+        timeout=HOLD_SECONDS,
+        blocking_timeout=HOLD_SECONDS,
+        thread_local=False,
+    )
+    if not lock.acquire():
+        yield False
+        return
+    held.add(request_id)
+    try:
+        yield True
+    finally:
+        held.discard(request_id)
+        with suppress(LockError):  # held past its time: it expired
+            lock.release()
+
+
 def advance(settings: Settings, conn: redis.Redis, request_id: str) -> Request:
     """Do what the rollout's state and its steps' states call for next; safe to run again."""
-    with _ADVANCING:
+    with _advancing(conn, request_id) as holding:
         store = RequestStore(conn)
         request = store.get(request_id)
+        if not holding:
+            log.warning("rollout held elsewhere too long", request_id=request_id)
+            return request
         if request.command != ROLLOUT:
             return request
         if request.terminal:  # a step planned after its rollout ended never runs
@@ -228,6 +368,9 @@ def _planned(settings: Settings, conn: redis.Redis, request: Request) -> Request
     if any(c.state is not S.PLAN_READY and not c.terminal for c in children):
         return request  # still planning
     rollout = settings.rollout(request.target)
+    held = check_freezes(settings, rollout, request)  # one may have begun meanwhile
+    if not held:
+        return _blocked(conn, request, children, held)
     unready = next((c for c in children if c.state is not S.PLAN_READY), None)
     if unready is not None:
         reason = f"step {unready.target}: {unready.message or unready.state.value}"
@@ -243,6 +386,8 @@ def _planned(settings: Settings, conn: redis.Redis, request: Request) -> Request
         return _blocked(conn, request, children, gate)
     store.transition(request.id, S.PLANNING, actor=MOLT, message="every step is planned")
     whole = _whole_plan(request, rollout, children, commit, gate)
+    if request.break_glass:  # the plan shows each freeze it breaks, and why
+        whole["break_glass"] = _glass(settings, rollout, request)
     return store.transition(
         request.id,
         S.PLAN_READY,
@@ -286,7 +431,11 @@ def _whole_plan(
 
 
 def _blocked(
-    conn: redis.Redis, request: Request, children: list[Request], decision: Decision
+    conn: redis.Redis,
+    request: Request,
+    children: list[Request],
+    decision: Decision,
+    allowed_from: frozenset[S] | None = None,
 ) -> Request:
     _cancel_plans(conn, children, "its rollout was blocked")
     metrics.refused(decision.check)
@@ -294,7 +443,12 @@ def _blocked(
     if isinstance(decision, Gate) and decision.shown:
         data["gate"] = decision.shown
     return RequestStore(conn).transition(
-        request.id, S.BLOCKED, actor=MOLT, message=decision.reason, data=data
+        request.id,
+        S.BLOCKED,
+        actor=MOLT,
+        message=decision.reason,
+        data=data,
+        allowed_from=allowed_from,
     )
 
 
@@ -315,33 +469,61 @@ def _cancel_plans(conn: redis.Redis, children: list[Request], why: str) -> None:
 
 def approve(settings: Settings, conn: redis.Redis, request_id: str, who: Origin) -> Decision:
     """One approval starts the rollout: by one of its ``approvers`` (or of every step's
-    target), someone other than its requester for a high-risk step, the gate still open."""
+    target), someone other than its requester for a high-risk step, a second operator of
+    every step's target for a break-glass one. The gate and the freezes are checked again
+    first: either ends the rollout blocked, saying why, as at plan time."""
     store = RequestStore(conn)
     request = store.get(request_id)
     rollout = settings.rollout(request.target)
     plan = request.plan or {}
     level = str(plan.get("risk", {}).get("level", "low"))
     decision = _may_approve(settings, rollout, who, request.requester, level)
+    decision = decision and _may_approve_glass(settings, rollout, who, request)
     if decision and approval.expire_if_due(settings, store, request):
         decision = Decision(False, "this plan has expired: ask again", "expired")
     if decision and request.state is not S.PLAN_READY:
         decision = approval.moved_on(request)
-    if decision:
-        decision = check_gate(settings, conn, rollout, str(plan.get("target_commit", "")))
     if not decision:
         return _refuse(store, request, who, "approve", decision)
-    moved = _answer(store, request, who, "approve", S.APPROVED)
-    if not moved:
-        return moved
-    result = (request.result or {}) | {"started_at": time.time()}
-    store.transition(
-        request.id,
-        S.QUEUED,
-        actor=MOLT,
-        message=f"starting with {rollout.steps[0]}, the canary",
-        fields={"result": result},
-    )
-    advance(settings, conn, request.id)
+    with _advancing(conn, request.id) as holding:
+        if not holding:
+            busy = Decision(False, "another Molt is moving this rollout on: press again", "late")
+            return _refuse(store, request, who, "approve", busy)
+        commit = str(plan.get("target_commit", ""))
+        held: Decision = check_gate(settings, conn, rollout, commit)
+        held = held and check_freezes(settings, rollout, request)
+        if not held:
+            try:
+                _blocked(conn, request, _steps(conn, request), held, allowed_from=_PLAN_READY)
+            except IllegalTransition:
+                return _refuse(
+                    store, request, who, "approve", approval.moved_on(store.get(request.id))
+                )
+            return held
+        moved = _answer(store, request, who, "approve", S.APPROVED)
+        if not moved:
+            return moved
+        if request.break_glass:  # a second operator let it through the freezes: on the record
+            audit.append(
+                conn,
+                actor=who.principal,
+                action="break_glass_approved",
+                request_id=request.id,
+                detail={
+                    "rollout": rollout.name,
+                    "reason": request.break_glass,
+                    "requester": request.requester,
+                },
+            )
+        result = (request.result or {}) | {"started_at": time.time()}
+        store.transition(
+            request.id,
+            S.QUEUED,
+            actor=MOLT,
+            message=f"starting with {rollout.steps[0]}, the canary",
+            fields={"result": result},
+        )
+        advance(settings, conn, request.id)
     return ALLOWED
 
 
@@ -436,6 +618,8 @@ def _drive(settings: Settings, conn: redis.Redis, request: Request) -> Request:
             return _start_step(settings, conn, request, child)
         if child.state in _UNRUN:  # its plan expired while the steps before it ran
             return _plan_again(settings, conn, request, index)
+        if child.state is S.FAILED and child.phase == freezes.CHECK:  # held at its start
+            return _held_by_freeze(settings, conn, request, child)
         if child.terminal:  # failed (rolled back as any update), blocked or refused
             reason = child.message or child.state.value
             if result.get("stop"):
@@ -446,7 +630,11 @@ def _drive(settings: Settings, conn: redis.Redis, request: Request) -> Request:
 
 
 def _start_step(settings: Settings, conn: redis.Redis, request: Request, child: Request) -> Request:
+    """The step's turn: its freeze checked, then its plan approved with the rollout."""
     store = RequestStore(conn)
+    rollout = settings.rollout(request.target)
+    if not check_freezes(settings, rollout, request, (child.target,)):
+        return _held_by_freeze(settings, conn, request, child)
     view = settings.for_target(child.target)
     platform, _, user = request.approver.partition(":")
     who = Origin(platform, user, request.origin.channel)
@@ -474,18 +662,37 @@ def _plan_again(settings: Settings, conn: redis.Redis, request: Request, index: 
     return store.get(request.id)
 
 
-def _fail(
-    settings: Settings, conn: redis.Redis, request: Request, target: str, reason: str
+def _held_by_freeze(
+    settings: Settings, conn: redis.Redis, request: Request, child: Request
 ) -> Request:
-    """A step failed (or the rollout was stopped): the steps already done are rolled back
-    as ``on_failure`` says, newest first; the rollout ends once they are."""
+    """A step whose turn came in a freeze: the rollout ends blocked, saying until when and how
+    to break glass, the steps done rolled back as ``on_failure`` says (rollbacks are never
+    frozen)."""
+    rollout = settings.rollout(request.target)
+    now = datetime.now(UTC)
+    found = freezes.frozen(settings.for_target(child.target), now)
+    said = found.message(now) if found else freezes.without_hint(child.message)
+    return _fail(settings, conn, request, child.target, said, hint=_break_glass_hint(rollout))
+
+
+def _fail(
+    settings: Settings,
+    conn: redis.Redis,
+    request: Request,
+    target: str,
+    reason: str,
+    hint: str = "",
+) -> Request:
+    """A step failed (or the rollout was stopped, or a step met a freeze, ``hint`` saying how
+    to break it): the steps already done are rolled back as ``on_failure`` says, newest first;
+    the rollout ends once they are, blocked by a freeze, else failed."""
     rollout = settings.rollout(request.target)
     children = _steps(conn, request)
     _cancel_plans(conn, children, f"its rollout stopped at {target}")
     done = [c for c in children if c.state is S.SUCCEEDED]
     undo = list(reversed(done)) if rollout.on_failure == ROLLBACK_ALL else []
     result = dict(request.result or {}) | {
-        "failed": {"target": target, "reason": reason},
+        "failed": {"target": target, "reason": reason} | ({"hint": hint} if hint else {}),
         "rollbacks": [
             {"target": c.target, "of": c.codename or c.id, "request_id": ""} for c in undo
         ],
@@ -497,7 +704,12 @@ def _fail(
         actor=MOLT,
         action="rollout_step_failed",
         request_id=request.id,
-        detail={"target": target, "reason": reason, "rolling_back": [c.target for c in undo]},
+        detail={
+            "target": target,
+            "reason": reason,
+            "rolling_back": [c.target for c in undo],
+            "check": freezes.CHECK if hint else "step",
+        },
     )
     return _rolling_back(settings, conn, RequestStore(conn).get(request.id))
 
@@ -513,13 +725,12 @@ def _rolling_back(settings: Settings, conn: redis.Redis, request: Request) -> Re
             continue
         view = settings.for_target(entry["target"])
         if not entry["request_id"]:
-            asked = control.rollback(view, conn, request.origin, entry["of"])
+            asked = control.rollback(view, conn, request.origin, entry["of"], request.id)
             if not asked or asked.request is None:
                 entry["error"] = asked.reason
                 store.update(request.id, result=result | {"rollbacks": rollbacks})
                 continue
             entry["request_id"] = asked.request.id
-            steps.link(conn, asked.request.id, request.id)
             store.update(request.id, result=result | {"rollbacks": rollbacks})
             if request.state is not S.RUNNING or request.phase != "rollback":
                 store.transition(
@@ -543,7 +754,8 @@ def _rolling_back(settings: Settings, conn: redis.Redis, request: Request) -> Re
         if not rollback.terminal:
             return request
     failed = result["failed"]
-    message = f"step {failed['target']} failed: {failed['reason']}"
+    blocked = bool(failed.get("hint"))
+    message = f"step {failed['target']} {'blocked' if blocked else 'failed'}: {failed['reason']}"
     undone, left = [], []
     for entry in rollbacks:
         back = store.get(entry["request_id"]) if entry["request_id"] else None
@@ -558,6 +770,8 @@ def _rolling_back(settings: Settings, conn: redis.Redis, request: Request) -> Re
         message += f"; not rolled back: {', '.join(left)}"
     if result.get("kept"):
         message += f"; left as they are (on_failure = stop): {', '.join(result['kept'])}"
+    if blocked:
+        return _finish(conn, request, S.BLOCKED, f"{message}. {failed['hint']}")
     return _finish(conn, request, S.FAILED, message)
 
 
@@ -608,7 +822,9 @@ def stop(settings: Settings, conn: redis.Redis, name: str, principal: str) -> st
         except IllegalTransition:
             return f"Stop: rollout {shown} moved on meanwhile; ask again."
         return f"Stop: rollout {shown} cancelled before it started."
-    store.update(request.id, result=(request.result or {}) | {"stop": principal})
+    with _advancing(conn, request.id):  # its result is the driver's to write meanwhile
+        request = store.get(request.id)
+        store.update(request.id, result=(request.result or {}) | {"stop": principal})
     running = next(
         (c for c in _steps(conn, request) if not c.terminal and c.state not in _NOT_STARTED),
         None,
@@ -677,7 +893,7 @@ def view(conn: redis.Redis, request: Request) -> dict[str, Any]:
                 "risk": (step_plan.get("risk") or (child.plan or {}).get("risk") or {}).get(
                     "level", ""
                 ),
-                "message": child.message if child.state is S.FAILED else "",
+                "message": _failed(child),
             }
         )
     return {
@@ -691,11 +907,28 @@ def view(conn: redis.Redis, request: Request) -> dict[str, Any]:
     }
 
 
+def _failed(child: Request) -> str:
+    """Why a step failed, as its rollout shows it (the rollout says how to break a freeze)."""
+    if child.state is not S.FAILED:
+        return ""
+    return freezes.without_hint(child.message) if child.phase == freezes.CHECK else child.message
+
+
 def listing(conn: redis.Redis, name: str, count: int = 10) -> list[dict[str, Any]]:
     """The rollout's newest requests, newest first, each with its steps (status, history)."""
     store = RequestStore(conn)
     mine = [r for r in store.recent(200) if r.command == ROLLOUT and r.target == name][:count]
     return [r.context() | {"updated_at": r.updated_at} | view(conn, r) for r in mine]
+
+
+def under_way(settings: Settings, conn: redis.Redis) -> list[dict[str, Any]]:
+    """Each rollout's newest request not yet ended, with its steps (the fleet's status)."""
+    return [
+        shown
+        for name in settings.rollout_names()
+        for shown in listing(conn, name, 1)
+        if S(shown["state"]) not in TERMINAL
+    ]
 
 
 # -- the driver ------------------------------------------------------------------------

@@ -7,19 +7,24 @@ service's origin, so that a commit is the same commit on each.
 
 from __future__ import annotations
 
+import re
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from pipeline import audit, store
+from bot import cli
+from pipeline import audit, keyspace, store
 from pipeline.config import load_settings
 from pipeline.incidents.alerts import FIRING, RESOLVED, Signal
 from pipeline.incidents.book import IncidentBook
+from pipeline.intake import control
 from pipeline.requests.states import RequestState as S
-from pipeline.requests.store import Request, RequestStore
+from pipeline.requests.store import Origin, Request, RequestStore
 from pipeline.update import rollouts
 from tests.integration.inprocess import InProcessBot
 from tests.integration.inprocess import wait_for_file as wait_for_in_process
@@ -34,6 +39,7 @@ test_command = "python service_tests.py"
 [targets.web-1]
 dir = "{one}"
 test_command = "python service_tests.py"
+{one_extra}
 
 [targets.web-2]
 dir = "{two}"
@@ -44,6 +50,7 @@ from = "web-staging"
 soak = "{soak}"
 steps = ["web-1", "web-2"]
 on_failure = "{on_failure}"
+{extra}
 """
 
 
@@ -56,22 +63,44 @@ class Hosts:
     monkeypatch: pytest.MonkeyPatch
     bots: list[InProcessBot]
 
-    def bot(self, soak: str = "0s", on_failure: str = "rollback-all", **env: str) -> InProcessBot:
-        config = self.root / "molt.toml"
-        config.write_text(
+    def bot(
+        self,
+        soak: str = "0s",
+        on_failure: str = "rollback-all",
+        extra: str = "",
+        one_extra: str = "",
+        **env: str,
+    ) -> InProcessBot:
+        self.configure(soak, on_failure, extra, one_extra)
+        for name, value in {**self.env, "MOLT_CONFIG": str(self.config), **env}.items():
+            self.monkeypatch.setenv(name, value)
+        bot = InProcessBot(load_settings(), console=True)
+        self.bots.append(bot)
+        return bot.start()
+
+    @property
+    def config(self) -> Path:
+        return self.root / "molt.toml"
+
+    def configure(
+        self,
+        soak: str = "0s",
+        on_failure: str = "rollback-all",
+        extra: str = "",
+        one_extra: str = "",
+    ) -> None:
+        """Write molt.toml: ``extra`` tables at its end, ``one_extra`` keys in web-1's table."""
+        self.config.write_text(
             CONFIG.format(
                 staging=self.lives["web-staging"],
                 one=self.lives["web-1"],
                 two=self.lives["web-2"],
                 soak=soak,
                 on_failure=on_failure,
+                extra=extra,
+                one_extra=one_extra,
             )
         )
-        for name, value in {**self.env, "MOLT_CONFIG": str(config), **env}.items():
-            self.monkeypatch.setenv(name, value)
-        bot = InProcessBot(load_settings(), console=True)
-        self.bots.append(bot)
-        return bot.start()
 
     def head(self, target: str) -> str:
         return git(self.lives[target], "rev-parse", "HEAD")
@@ -221,7 +250,7 @@ def test_a_commit_that_has_not_soaked_is_blocked_until_it_has(hosts: Hosts) -> N
     assert f"web-staging has an open incident ({opened.incident.id}: 5xx on staging)" in held.reason
 
 
-def test_the_gate_is_checked_again_at_the_approval(hosts: Hosts) -> None:
+def test_a_gate_that_fails_at_the_approval_ends_the_rollout_blocked(hosts: Hosts) -> None:
     old = hosts.head("web-1")
     new = hosts.service.commit(V2, "web v2")
     bot = hosts.bot()
@@ -230,14 +259,19 @@ def test_the_gate_is_checked_again_at_the_approval(hosts: Hosts) -> None:
     settings = load_settings()
     book = IncidentBook(settings.for_target("web-staging"), hosts.requests().conn)
     book.take(Signal("alertmanager", "5xx", FIRING, "web-staging", "5xx on staging"))
-    refused = bot.type(f"press approve {rollout_id}")
+    pressed = bot.type(f"press approve {rollout_id}")
     said = bot.transcript
-    said.wait_for(r"web-staging has an open incident \(i\w+: 5xx on staging\)", since=refused)
-    assert hosts.requests().get(rollout_id).state is S.PLAN_READY
+    said.wait_for(r"⛔ Rollout blocked: `main`", since=pressed)
+    said.wait_for(r"web-staging has an open incident \(i\w+: 5xx on staging\)", since=pressed)
+    said.wait_for(rf"press retry {rollout_id}", since=pressed)
+    assert hosts.requests().get(rollout_id).state is S.BLOCKED
+    assert [s.state for s in _steps(hosts, rollout_id)] == [S.CANCELLED, S.CANCELLED]
     assert hosts.head("web-1") == old
+    # Once the stage is well again, Retry plans the rollout anew.
     book.take(Signal("alertmanager", "5xx", RESOLVED, "web-staging", "5xx on staging"))
-    approved = bot.type(f"press approve {rollout_id}")
-    said.wait_for(rf"✅ Rolled out: {new[:7]}", since=approved, timeout=300)
+    again = bot.type(f"press retry {rollout_id}")
+    said.wait_for(rf"📋 Rollout plan: {new[:7]} → web-1, web-2", since=again, timeout=180)
+    assert hosts.requests().get(rollout_id).state is S.PLAN_READY
 
 
 def _fails_on(live: Path) -> dict[str, str]:
@@ -292,16 +326,19 @@ def test_a_failed_step_rolls_back_the_steps_done_before_it(hosts: Hosts) -> None
     assert hosts.head("web-staging") == new  # the gate's target is no step: it stays
 
 
-def _waiting_on_web_1(hosts: Hosts, started: Path, go: Path) -> str:
-    """A test that, on web-1's live checkout only (its phase 2), says it started and waits
-    for ``go``."""
-    return (
-        "import os, pathlib, time\n\n\ndef test_waits_on_web_1():\n"
-        f"    if os.getcwd() == {str(hosts.lives['web-1'])!r}:\n"
+def _waiting_on(hosts: Hosts, target: str, started: Path, go: Path) -> dict[str, str]:
+    """The service's test, which on ``target``'s live checkout only (its phase 2) says it
+    started and waits for ``go``; as many tests as before, so that a rollback to the commit
+    before passes its own."""
+    check = (
+        "import os, pathlib, time\n\nfrom app import greet\n\n\ndef test_greet():\n"
+        "    assert greet() == 'hello'\n"
+        f"    if os.getcwd() == {str(hosts.lives[target])!r}:\n"
         f"        pathlib.Path({str(started)!r}).touch()\n"
         f"        while not pathlib.Path({str(go)!r}).exists():\n"
         "            time.sleep(0.1)\n"
     )
+    return {"checks/test_app.py": check}
 
 
 def test_stop_during_a_rollout_stops_it_and_rolls_back_as_on_failure_says(
@@ -309,8 +346,8 @@ def test_stop_during_a_rollout_stops_it_and_rolls_back_as_on_failure_says(
 ) -> None:
     old = hosts.head("web-1")
     started, go = tmp_path / "phase-2-started", tmp_path / "go"
-    waits = _waiting_on_web_1(hosts, started, go)
-    new = hosts.service.commit(V2 | {"checks/test_wait.py": waits}, "web v2, waiting on web-1")
+    waits = _waiting_on(hosts, "web-1", started, go)
+    new = hosts.service.commit(V2 | waits, "web v2, waiting on web-1")
     bot = hosts.bot()
     _live(bot, "deploy web-staging main")
     since, rollout_id = _rollout_planned(bot)
@@ -334,8 +371,8 @@ def test_a_step_whose_plan_expired_while_it_waited_is_planned_again_in_turn(
     hosts: Hosts, tmp_path: Path
 ) -> None:
     started, go = tmp_path / "phase-2-started", tmp_path / "go"
-    waits = _waiting_on_web_1(hosts, started, go)
-    new = hosts.service.commit(V2 | {"checks/test_wait.py": waits}, "web v2, waiting on web-1")
+    waits = _waiting_on(hosts, "web-1", started, go)
+    new = hosts.service.commit(V2 | waits, "web v2, waiting on web-1")
     bot = hosts.bot()
     _live(bot, "deploy web-staging main")
     since, rollout_id = _rollout_planned(bot)
@@ -350,3 +387,179 @@ def test_a_step_whose_plan_expired_while_it_waited_is_planned_again_in_turn(
     assert hosts.head("web-2") == new
     one, two = _steps(hosts, rollout_id)
     assert two.id != waiting.id and (one.state, two.state) == (S.SUCCEEDED, S.SUCCEEDED)
+
+
+# -- freezes -------------------------------------------------------------------------------
+
+BREAK_GLASS_HINT = (
+    "To deploy anyway, an operator of every step's target may break glass: "
+    "`deploy web <ref> --break-glass <reason>`, which a second operator approves"
+)
+
+
+def _freeze(targets: str, reason: str, days: float = 2) -> tuple[str, datetime]:
+    """A [[freeze]] table holding ``targets`` (comma-separated) from an hour ago for ``days``,
+    and its end."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    end = now + timedelta(days=days)
+    listed = ", ".join(f'"{t}"' for t in targets.split(","))
+    table = (
+        f"[[freeze]]\ntargets = [{listed}]\n"
+        f'start = "{(now - timedelta(hours=1)).isoformat()}"\nend = "{end.isoformat()}"\n'
+        f'reason = "{reason}"\n'
+    )
+    return table, end
+
+
+def test_a_freeze_on_any_step_blocks_the_rollout_at_plan_time_saying_how_to_break_glass(
+    hosts: Hosts,
+) -> None:
+    old = hosts.head("web-2")
+    hosts.service.commit(V2, "web v2")
+    table, end = _freeze("web-2", "holidays")
+    bot = hosts.bot(extra=table)
+    since = bot.type("deploy web main")
+    said = bot.transcript
+    said.wait_for(r"⛔ Rollout blocked: `main`", since=since, timeout=180)
+    frozen = f"web-2 is frozen until {end:%a %H:%M} UTC: holidays. {BREAK_GLASS_HINT}"
+    said.wait_for(re.escape(frozen), since=since)
+    [rollout] = [r for r in hosts.requests().recent(10) if r.command == "rollout"]
+    assert rollout.state is S.BLOCKED
+    # No step was planned: nothing ran on any target's worker.
+    assert [r.command for r in hosts.requests().recent(10)] == ["rollout"]
+    assert hosts.head("web-1") == hosts.head("web-2") == old
+
+
+def test_breaking_glass_into_a_frozen_step_takes_an_operator_of_every_step_and_a_second_to_approve(
+    hosts: Hosts,
+) -> None:
+    old = hosts.head("web-2")
+    new = hosts.service.commit(V2, "web v2")
+    table, end = _freeze("web-2", "holidays")
+    bot = hosts.bot(
+        extra=table,
+        # carol operates web-1 only; alice and bob (the approvers) every target
+        one_extra='operators = ["console:alice", "console:bob", "console:carol"]',
+        MOLT_AUTHORISED_USERS="console:alice,console:carol",
+    )
+    settings = load_settings()
+    conn = hosts.requests().conn
+    text = "deploy web main --break-glass because"
+    carol = rollouts.plan(
+        settings, conn, Origin("console", "carol"), "web", "main", text, "because"
+    )
+    assert carol.state is S.REFUSED
+    assert carol.message == (
+        "only an operator of every step's target may break glass: not of web-2 (operators)"
+    )
+    assert hosts.head("web-2") == old
+
+    _live(bot, "deploy web-staging main")
+    said = bot.transcript
+    since = bot.type("deploy web main --break-glass login is down for everyone")
+    rollout_id = said.wait_for(r"press approve (r[0-9a-f]+)", since=since, timeout=180).group(1)
+    said.wait_for(r"Break glass.* by console:alice: login is down for everyone", since=since)
+    said.wait_for(re.escape(f"• web-2 is frozen until {end:%a %H:%M} UTC: holidays"), since=since)
+    said.wait_for(r"Only a second operator of every step's target approves it", since=since)
+
+    pressed = bot.type(f"press approve {rollout_id}")  # the requester's own approval
+    said.wait_for(r"the requester cannot approve their own", since=pressed)
+    assert hosts.requests().get(rollout_id).state is S.PLAN_READY
+
+    bot.bot.desk.press(Origin("console", "bob"), "approve", rollout_id).result(timeout=60)
+    said.wait_for(rf"✅ Rolled out: {new[:7]}", since=since, timeout=300)
+    assert hosts.head("web-1") == hosts.head("web-2") == new
+    done = {(e["actor"], e["action"]): e for e in audit.entries(conn, rollout_id)}
+    asked = done[("console:alice", "break_glass")]["detail"]
+    assert asked["reason"] == "login is down for everyone"
+    assert [f["target"] for f in asked["frozen"]] == ["web-2"]
+    assert ("console:bob", "break_glass_approved") in done
+
+
+def test_a_freeze_met_when_a_step_starts_blocks_the_rollout_and_the_steps_done_roll_back_anyway(
+    hosts: Hosts, tmp_path: Path
+) -> None:
+    old = hosts.head("web-1")
+    started, go = tmp_path / "phase-2-started", tmp_path / "go"
+    waits = _waiting_on(hosts, "web-1", started, go)
+    new = hosts.service.commit(V2 | waits, "web v2, waiting on web-1")
+    bot = hosts.bot(on_failure="rollback-all")
+    _live(bot, "deploy web-staging main")
+    since, rollout_id = _rollout_planned(bot)
+    bot.type(f"press approve {rollout_id}")
+    wait_for_in_process(started, bot, timeout=300)  # web-1's phase 2 waits
+    # A freeze of both hosts begins (molt.toml as their workers read it): web-2's step is
+    # held, and web-1's rollback is not.
+    table, end = _freeze("web-1,web-2", "change freeze")
+    hosts.configure(extra=table)
+    go.touch()
+    said = bot.transcript
+    said.wait_for(r"⛔ Rollout blocked", since=since, timeout=300)
+    frozen = f"step web-2 blocked: web-2 is frozen until {end:%a %H:%M} UTC: change freeze"
+    said.wait_for(
+        re.escape(frozen) + r".*; rolled back: web-1\. " + re.escape(BREAK_GLASS_HINT), since
+    )
+    assert hosts.requests().get(rollout_id).state is S.BLOCKED
+    assert hosts.head("web-1") == hosts.head("web-2") == old
+    one, two = _steps(hosts, rollout_id)
+    assert (one.state, two.state) == (S.SUCCEEDED, S.FAILED) and new != old
+
+
+# -- rollbacks, the coordinator, the shell ------------------------------------------------
+
+
+def test_the_rollback_of_a_step_is_never_held_by_a_pause_observe_mode_or_the_daily_limit(
+    hosts: Hosts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old = hosts.head("web-1")
+    started, go = tmp_path / "phase-2-started", tmp_path / "go"
+    waits = _waiting_on(hosts, "web-2", started, go)
+    new = hosts.service.commit(V2 | waits, "web v2, waiting on web-2")
+    bot = hosts.bot(on_failure="rollback-all")
+    _live(bot, "deploy web-staging main")
+    since, rollout_id = _rollout_planned(bot)
+    bot.type(f"press approve {rollout_id}")
+    wait_for_in_process(started, bot, timeout=300)  # web-1 done; web-2's phase 2 waits
+    assert hosts.head("web-1") == new
+    # The shell shows the rollout under way, as chat's status does.
+    assert cli.main(["status"]) == 0
+    shown = capsys.readouterr().out
+    assert re.search(rf"web {rollout_id} running {new[:7]}: web-1 done; web-2 running", shown)
+    said = bot.transcript
+    paused = bot.type("pause web-1")
+    said.wait_for(r"Paused: no new update will start", since=paused)
+    # web-1 also turns to observe mode, its day's one update spent (molt.toml as its worker
+    # reads it when the rollback is planned and starts).
+    hosts.configure(one_extra='autonomy = "observe"\nmax_changes_per_day = 1')
+    bot.type("stop web")
+    said.wait_for(r"❌ Rollout failed", since=since, timeout=300)
+    said.wait_for(r"step web-2 failed: stopped by console:alice.*; rolled back: web-1", since)
+    assert hosts.head("web-1") == hosts.head("web-2") == old
+    assert control.is_paused(load_settings().for_target("web-1"), hosts.requests().conn)
+    assert cli.main(["history", "--target", "web"]) == 0
+    shown = capsys.readouterr().out
+    assert "Rollout web: history" in shown
+    assert re.search(rf"{rollout_id}\*? failed `main` {new[:7]}", shown)
+    assert "1. web-1: done, rolled back" in shown
+
+
+def test_a_rollout_another_bot_process_holds_is_moved_on_only_once_it_lets_go(
+    hosts: Hosts,
+) -> None:
+    new = hosts.service.commit(V2, "web v2")
+    bot = hosts.bot()
+    _live(bot, "deploy web-staging main")
+    since, rollout_id = _rollout_planned(bot)
+    conn = hosts.requests().conn
+    other = conn.lock(keyspace.rollout_advancing(rollout_id), timeout=120)
+    assert other.acquire(blocking=False)  # as another bot process on this Redis holds it
+    bot.type(f"press approve {rollout_id}")
+    time.sleep(1.5)  # time enough to have approved it, were it not held
+    assert hosts.requests().get(rollout_id).state is S.PLAN_READY
+    assert [s.state for s in _steps(hosts, rollout_id)] == [S.PLAN_READY, S.PLAN_READY]
+    other.release()
+    bot.transcript.wait_for(rf"✅ Rolled out: {new[:7]}", since=since, timeout=300)
+    one, two = _steps(hosts, rollout_id)
+    for step in (one, two):
+        approvals = [e for e in audit.entries(conn, step.id) if e["action"] == "approved"]
+        assert len(approvals) == 1

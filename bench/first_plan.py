@@ -5,8 +5,9 @@ pre-flight's run of Molt's own suite (its default test command), which Molt star
 starts; the plan shows how that run stands.
 
 With ``--live`` the plan is approved as soon as it shows, and the run goes on until the
-branch is live (phase 1 beside pre-flight's run, then phase 2, the self-restart and the watch window,
-``--watch`` seconds): approve → live, against one run of the suite as pre-flight timed it.
+branch is live (phase 1 beside pre-flight's run, then phase 2, the self-restart and the
+watch window, ``--watch`` seconds): approve → live, against one run of the suite as
+pre-flight timed it.
 With ``--after-tests`` as well, the plan is approved only once it shows pre-flight's run
 passed, as a person who read the plan for a few minutes would, and as every later deploy
 meets it (its phase 2 records the run at the commit it makes live): approve → live is then

@@ -454,12 +454,16 @@ def _ask_for_fix(
     settings: Settings, conn: redis.Redis, book: IncidentBook, incident: Incident, found: Diagnosis
 ) -> Request:
     """Molt's own change request for the fix, shown where the incident's rollback would be
-    (as pipeline/incidents/oncall.py ``incident_origin``); planned like any other."""
+    (as pipeline/incidents/oncall.py ``incident_origin``); planned like any other, and
+    carrying its incident as Fix it does, so that it too must reproduce it first."""
     platform, _, channel = settings.incident_channel.partition(":")
     origin = Origin(platform, RECOVERY_USER, channel, user_name=f"incident {incident.id}")
     words = found.change_text(incident.id)
     target = settings.target_name if settings.fleet else ""
-    request = RequestStore(conn).create(origin, words, "change", words, target=target)
+    failure = failures.carried(incident)
+    request = RequestStore(conn).create(
+        origin, words, "change", words, target=target, incident=failure
+    )
     book.act(incident, "fix", {"request_id": request.id, "asked_by": RECOVERY_USER})
     return intake.advance(settings, conn, request.id)
 

@@ -20,7 +20,7 @@ from bot.rendering import render
 from pipeline import audit
 from pipeline.config import Settings
 from pipeline.incidents import diagnosis, failures
-from pipeline.incidents.alerts import FIRING, Signal
+from pipeline.incidents.alerts import FIRING, RESOLVED, Signal
 from pipeline.incidents.book import Incident, IncidentBook, listing
 from pipeline.incidents.logwatch import LineReader, occurrence_signal
 from pipeline.queue import workers
@@ -346,3 +346,21 @@ def test_a_fix_delivered_as_a_pull_request_shows_its_proof(
     shown = (request.result or {})["proof"]
     body = render("pull_request", request.context() | {"fence": "```", "conversation": ""})
     assert f"*Proof:* {shown}" in body.text
+
+
+def test_a_fix_whose_incident_came_back_as_a_new_one_did_not_hold(
+    settings: Settings, conn: redis.Redis
+) -> None:
+    """The alert resolved once the fix went live, then fired again after its cooldown: the
+    signature is back, in an incident of its own, so the fix did not hold."""
+    quick = settings.model_copy(update={"incident_cooldown": 0.0})
+    book = IncidentBook(quick, conn)
+    alert = Signal("alertmanager", "am:rate", FIRING, summary="HighErrorRate", at=time.time())
+    fixed = book.take(alert).incident
+    assert fixed is not None
+    went_live = time.time() + 1
+    book.take(replace(alert, status=RESOLVED, at=went_live + 1))
+    again = book.take(replace(alert, at=went_live + 2)).incident
+    assert again is not None and again.id != fixed.id
+    failure = failures.carried(fixed)
+    assert failures.settle(quick, conn, failure, "r1", went_live) == "did not hold"

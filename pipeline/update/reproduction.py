@@ -14,6 +14,7 @@ log watcher reads the service's log (pipeline/incidents/logwatch.py).
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import time
@@ -149,10 +150,16 @@ def reproduce(
     if not tests:
         return Proof(False, "the fix adds or changes no test that reproduces the incident")
     path = sandbox.checkout(fix)
+    astray = _astray(path, tests, fix)
+    if astray:
+        return Proof(False, astray)
     written = {t: (path / t).read_bytes() for t in tests}
     command = command_for(spec.test_command, tests)
     try:
         path = sandbox.checkout(base)
+        astray = _astray(path, tests, base)
+        if astray:
+            return Proof(False, astray)
         for rel, content in written.items():
             (path / rel).parent.mkdir(parents=True, exist_ok=True)
             (path / rel).write_bytes(content)
@@ -178,6 +185,21 @@ def reproduce(
         return Proof(False, f"{match.test} fails on the fix {fix[:7]} too: {why}")
     seconds = time.monotonic() - began
     return Proof(True, "", match.test, match.kind, match.frame, base, fix, seconds)
+
+
+def _astray(root: Path, tests: list[str], commit: str) -> str:
+    """Why a test file cannot be copied safely at ``commit``: it is a symlink, or a
+    directory above it leads out of the checkout (Molt copies them itself, outside any
+    sandbox); "" if none."""
+    top = os.path.realpath(root)
+    for rel in tests:
+        full = root / rel
+        if full.is_symlink() or not os.path.realpath(full).startswith(top + os.sep):
+            return (
+                f"{rel} is a symlink at {commit[:7]}, or a symlink above it leads out of the "
+                "checkout: test files are copied only as files inside it"
+            )
+    return ""
 
 
 def _run(

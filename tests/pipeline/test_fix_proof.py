@@ -19,12 +19,15 @@ import redis
 from bot.rendering import render
 from pipeline import audit
 from pipeline.config import Settings
+from pipeline.git import Git
 from pipeline.incidents import diagnosis, failures
 from pipeline.incidents.alerts import FIRING, RESOLVED, Signal
 from pipeline.incidents.book import Incident, IncidentBook, listing
 from pipeline.incidents.logwatch import LineReader, occurrence_signal
 from pipeline.queue import workers
 from pipeline.requests.states import RequestState as S
+from pipeline.sandbox.validation import PhaseSpec
+from pipeline.service.snapshots import Sandbox
 from pipeline.update import reproduction
 from tests.desk import Chat, StartChat
 from tests.fakes.anthropic import FakeAnthropic, Turn, reply, tool
@@ -364,3 +367,26 @@ def test_a_fix_whose_incident_came_back_as_a_new_one_did_not_hold(
     assert again is not None and again.id != fixed.id
     failure = failures.carried(fixed)
     assert failures.settle(quick, conn, failure, "r1", went_live) == "did not hold"
+
+
+def test_a_test_file_under_a_symlink_out_of_the_base_is_not_copied_there(
+    service: ServiceRepo, settings: Settings, tmp_path: Path
+) -> None:
+    """On the base, checks/ is a symlink out of the repository; the fix makes it a directory
+    with its test. Copying that test onto the base would write through the link, outside
+    the sandbox: the fix is refused instead, and nothing is written there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (service.work / "checks").rename(service.work / "kept")
+    (service.work / "checks").symlink_to(outside)
+    base = service.commit({}, "checks is a link")
+    fix = service.commit({"checks": None, "checks/test_handlers.py": ZERO_COUNT}, "a test")
+    git(service.live, "pull", "-q", "--ff-only")
+    sandbox = Sandbox(Git(service.live), tmp_path / "sandbox")
+    sandbox.checkout(fix)  # as the fix was written there
+    spec = PhaseSpec.from_settings(settings)
+    proof = reproduction.reproduce(sandbox, spec, base, fix, {"kind": "ZeroDivisionError"})
+    assert not proof.ok
+    assert proof.reason.startswith(f"checks/test_handlers.py is a symlink at {base[:7]}, or a")
+    assert list(outside.iterdir()) == []
+    assert sandbox.git.head() == fix

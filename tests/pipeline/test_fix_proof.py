@@ -390,3 +390,33 @@ def test_a_test_file_under_a_symlink_out_of_the_base_is_not_copied_there(
     assert proof.reason.startswith(f"checks/test_handlers.py is a symlink at {base[:7]}, or a")
     assert list(outside.iterdir()) == []
     assert sandbox.git.head() == fix
+
+
+GUARDED = HANDLER + "\n\ndef guarded(total, count):\n    return total // count if count else 0\n"
+IMPORTS_GUARDED = ZERO_COUNT.replace("import handle", "import guarded").replace(
+    "handle(10, 0)", "guarded(10, 0)"
+)
+
+
+def test_a_test_that_does_not_load_on_the_base_does_not_reproduce_an_alert(
+    service: ServiceRepo, settings: Settings, tmp_path: Path
+) -> None:
+    """An alert names no exception, so any failure on the base would do; but a test that
+    imports what only the fix adds fails there before it runs, and proves nothing."""
+    base = _released(service)
+    fix = service.commit({"app.py": GUARDED, "checks/test_handlers.py": IMPORTS_GUARDED}, "fix")
+    git(service.live, "pull", "-q", "--ff-only")
+    sandbox = Sandbox(Git(service.live), tmp_path / "sandbox")
+    sandbox.checkout(fix)
+    pytest_command = f"{sys.executable} -m pytest -q -p no:cacheprovider"
+    spec = replace(PhaseSpec.from_settings(settings), test_command=pytest_command)
+    alert = {"id": "i1", "source": "alertmanager", "kind": "", "frame": ""}
+    proof = reproduction.reproduce(sandbox, spec, base, fix, alert)
+    assert not proof.ok
+    assert proof.reason.startswith(
+        f"checks/test_handlers.py did not run on {base[:7]} (pytest exited 2: "
+    )
+    # A runner of its own shows Python's traceback: raised while the test file loaded.
+    loading = reproduction.Raised("ImportError", "", "test_handlers.py::<module>")
+    assert reproduction.matching([loading], alert) is None
+    assert reproduction.matching([loading], alert | {"kind": "ImportError"}) == loading

@@ -288,10 +288,12 @@ class IncidentBook:
             attempts += [f"{a['action']} {a.get('request_id', '')} ({incident.id})" for a in done]
         return attempts
 
-    def hold(self, incident: Incident, request_id: str, since: float) -> str:
+    def hold(self, incident: Incident, request_id: str, since: float, seen: float = 0.0) -> str:
         """A fix's hold check: ``incident`` held (resolved, outcome held) when its signature
-        was not seen since ``since``, when the fix went live; else it did not hold."""
-        quiet = incident.last_seen < since and incident.outcome != DID_NOT_HOLD
+        was not seen since ``since``, when the fix went live (``seen``: when a later
+        incident of its fingerprint last saw it); else it did not hold."""
+        last = max(incident.last_seen, seen)
+        quiet = last < since and incident.outcome != DID_NOT_HOLD
         hold = self.settings.fix_hold
         if quiet:
             incident.status, incident.outcome = RESOLVED, HELD

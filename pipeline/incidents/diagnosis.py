@@ -43,6 +43,7 @@ from pipeline.intake import autonomy
 from pipeline.intake import flow as intake
 from pipeline.llm.client import Claude, Reply
 from pipeline.llm.prompts import fence
+from pipeline.llm.tools import Refused
 from pipeline.llm.turns import Done, converse, text, tool_result
 from pipeline.redaction import redact
 from pipeline.requests.authorisation import RECOVERY_USER
@@ -344,7 +345,10 @@ def checked(answer: dict[str, Any], checker: Checker) -> Diagnosis:
     cited, wrong = checker.check(answer.get("evidence"))
     if wrong:
         raise _Dropped("; ".join(wrong))
-    known = set(checker.files.entries()) if checker.files is not None else set()
+    try:  # the files it names, when this host can read the commit (a replay's may be gone)
+        known = set(checker.files.entries()) if checker.files is not None else set()
+    except Refused:
+        known = set()
     raw = answer.get("files")
     listed = [f for f in (raw if isinstance(raw, list) else [])[:20] if isinstance(f, str)]
     files = [f for f in listed if f in known] + [c.file for c in cited if c.file]
@@ -454,12 +458,16 @@ def _ask_for_fix(
     settings: Settings, conn: redis.Redis, book: IncidentBook, incident: Incident, found: Diagnosis
 ) -> Request:
     """Molt's own change request for the fix, shown where the incident's rollback would be
-    (as pipeline/incidents/oncall.py ``incident_origin``); planned like any other."""
+    (as pipeline/incidents/oncall.py ``incident_origin``); planned like any other, and
+    carrying its incident as Fix it does, so that it too must reproduce it first."""
     platform, _, channel = settings.incident_channel.partition(":")
     origin = Origin(platform, RECOVERY_USER, channel, user_name=f"incident {incident.id}")
     words = found.change_text(incident.id)
     target = settings.target_name if settings.fleet else ""
-    request = RequestStore(conn).create(origin, words, "change", words, target=target)
+    failure = failures.carried(incident)
+    request = RequestStore(conn).create(
+        origin, words, "change", words, target=target, incident=failure
+    )
     book.act(incident, "fix", {"request_id": request.id, "asked_by": RECOVERY_USER})
     return intake.advance(settings, conn, request.id)
 

@@ -88,4 +88,7 @@ def settle(
     incident = book.get(str(failure.get("id", "")))
     if incident is None:
         return "unknown"
-    return book.hold(incident, request_id, since)
+    # Resolved, then back after its cooldown, the signature is a new incident of its own.
+    now = book.current(incident.fingerprint)
+    seen = now.last_seen if now is not None and now.id != incident.id else 0.0
+    return book.hold(incident, request_id, since, seen=seen)

@@ -117,20 +117,21 @@ def request_blocks(text: str, follow_ups: Sequence[str]) -> str:
 
 def incident_block(failure: dict[str, Any]) -> str:
     """The production failure a Fix it request must reproduce in a test first: what Molt
-    knows of it, then its log excerpt (untrusted)."""
+    knows of it, then its signature and log excerpt (untrusted: an alert's signature is its
+    summary, written by whoever sent it)."""
     kind = failure.get("kind") or ""
     frame = failure.get("frame") or ""
     how = f" with {kind}" + (f" at {frame}" if frame else "") if kind else ""
     known = (
-        f"This change fixes production incident {failure.get('id', '')} "
-        f"(signature: {failure.get('signature', '')}). It must add or modify a test that "
-        f"reproduces the failure: on the current code the test fails{how}; with the fix it "
-        "passes. The plan lists that test file. Before anything else Molt runs the tests the "
-        "change adds or modifies on the current commit and on the fix, and refuses a fix "
-        "whose test passes on the current commit or fails there with another error."
+        f"This change fixes production incident {failure.get('id', '')}. It must add or "
+        f"modify a test that reproduces the failure: on the current code the test fails{how}; "
+        "with the fix it passes. The plan lists that test file. Before anything else Molt "
+        "runs the tests the change adds or modifies on the current commit and on the fix, and "
+        "refuses a fix whose test passes on the current commit or fails there with another "
+        "error."
     )
-    excerpt = str(failure.get("excerpt") or "")
-    return f"{known}\n\n{fence(str(failure.get('source', 'incident')), excerpt, kind='incident')}"
+    seen = f"signature: {failure.get('signature', '')}\n\n{failure.get('excerpt') or ''}"
+    return f"{known}\n\n{fence(str(failure.get('source', 'incident')), seen, kind='incident')}"
 
 
 def describe_plan(plan: dict[str, Any]) -> str:

@@ -7,13 +7,16 @@ and run there with the target's test command, confined and reaped as every test 
 (pipeline/sandbox/validation.py); then they run on the fix. On the base they must fail,
 and for an incident whose source names an exception (a traceback in the log, a Sentry
 issue) with that exception type, and at the same innermost frame of the service's own code
-when it is known; on the fix they must pass. A pytest command runs only those files, with
-native tracebacks; any other runs whole, and its output's tracebacks are read the way the
-log watcher reads the service's log (pipeline/incidents/logwatch.py).
+when it is known; on the fix they must pass. A test that does not even load on the base
+(it imports what only the fix adds) proves nothing there and is refused. A pytest command
+runs only those files, with native tracebacks; any other runs whole, and its output's
+tracebacks are read the way the log watcher reads the service's log
+(pipeline/incidents/logwatch.py).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import time
@@ -29,6 +32,9 @@ from pipeline.planning.diffs import changed_files
 from pipeline.sandbox.validation import PhaseSpec, TestRun, run_tests
 from pipeline.service.snapshots import Sandbox
 
+#: pytest's exit code when tests ran and some failed (2: interrupted, as by a test file that
+#: cannot be imported; 5: no tests collected).
+PYTEST_FAILED = 1
 _FRAME = re.compile(r'File "(?P<path>[^"]+)", line \d+, in (?P<func>\S+)')
 
 
@@ -73,11 +79,14 @@ def added_tests(git: Git, base: str, fix: str) -> list[str]:
     return [f["path"] for f in changed if f["status"] != "D" and is_test_path(f["path"])]
 
 
+def is_pytest(command: str) -> bool:
+    return any(w == "pytest" or w.endswith("/pytest") for w in shlex.split(command))
+
+
 def command_for(command: str, tests: list[str]) -> str:
     """The test command narrowed to ``tests`` when it is pytest (native tracebacks, which
     name the exception and frames as the log does); any other runs as it is."""
-    words = shlex.split(command)
-    if not any(w == "pytest" or w.endswith("/pytest") for w in words):
+    if not is_pytest(command):
         return command
     return " ".join([command, "--tb=native", *(shlex.quote(t) for t in tests)])
 
@@ -118,6 +127,8 @@ def matching(found: list[Raised], failure: dict[str, Any]) -> Raised | None:
     for one in found:
         if not one.test:
             continue
+        if not kind and one.test.endswith("::<module>"):  # the test file did not even load
+            continue
         if kind and one.kind != kind and not one.kind.endswith(f".{kind}"):
             continue
         if kind and frame and not same_frame(one.frame, frame):
@@ -149,10 +160,16 @@ def reproduce(
     if not tests:
         return Proof(False, "the fix adds or changes no test that reproduces the incident")
     path = sandbox.checkout(fix)
+    astray = _astray(path, tests, fix)
+    if astray:
+        return Proof(False, astray)
     written = {t: (path / t).read_bytes() for t in tests}
     command = command_for(spec.test_command, tests)
     try:
         path = sandbox.checkout(base)
+        astray = _astray(path, tests, base)
+        if astray:
+            return Proof(False, astray)
         for rel, content in written.items():
             (path / rel).parent.mkdir(parents=True, exist_ok=True)
             (path / rel).write_bytes(content)
@@ -164,6 +181,12 @@ def reproduce(
         return Proof(False, f"{listed} did not finish on {base[:7]}: {_ended(on_base, spec)}")
     if on_base.ok:
         return Proof(False, f"{listed} pass on {base[:7]}: they do not reproduce the incident")
+    if is_pytest(spec.test_command) and on_base.exit_code != PYTEST_FAILED:
+        return Proof(
+            False,
+            f"{listed} did not run on {base[:7]} (pytest exited {on_base.exit_code}: "
+            f"{_last(on_base.output)}): a reproducing test must run on it and fail",
+        )
     found = raised(on_base.output, path.resolve(), tests)
     match = matching(found, failure)
     if match is None and not failure.get("kind") and not found:
@@ -178,6 +201,21 @@ def reproduce(
         return Proof(False, f"{match.test} fails on the fix {fix[:7]} too: {why}")
     seconds = time.monotonic() - began
     return Proof(True, "", match.test, match.kind, match.frame, base, fix, seconds)
+
+
+def _astray(root: Path, tests: list[str], commit: str) -> str:
+    """Why a test file cannot be copied safely at ``commit``: it is a symlink, or a
+    directory above it leads out of the checkout (Molt copies them itself, outside any
+    sandbox); "" if none."""
+    top = os.path.realpath(root)
+    for rel in tests:
+        full = root / rel
+        if full.is_symlink() or not os.path.realpath(full).startswith(top + os.sep):
+            return (
+                f"{rel} is a symlink at {commit[:7]}, or a symlink above it leads out of the "
+                "checkout: test files are copied only as files inside it"
+            )
+    return ""
 
 
 def _run(

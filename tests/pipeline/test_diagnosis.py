@@ -314,6 +314,7 @@ def test_under_auto_a_confident_diagnosis_asks_for_its_fix_only_as_a_pull_reques
     message = render("incident", {**event.data, "state": event.state})
     [asked] = RequestStore(conn).recent()
     assert asked.command == "change" and asked.requester == "console:molt:incident"
+    assert asked.incident is not None and asked.incident["id"] == opened.id  # to reproduce
     assert asked.text.startswith(f"Fix incident {opened.id}: return 0 from average()")
     assert "Molt asks for the fix itself, as a pull request" in message.text
     assert asked.id in message.text and message.buttons == ()

@@ -19,12 +19,15 @@ import redis
 from bot.rendering import render
 from pipeline import audit
 from pipeline.config import Settings
+from pipeline.git import Git
 from pipeline.incidents import diagnosis, failures
-from pipeline.incidents.alerts import FIRING, Signal
+from pipeline.incidents.alerts import FIRING, RESOLVED, Signal
 from pipeline.incidents.book import Incident, IncidentBook, listing
 from pipeline.incidents.logwatch import LineReader, occurrence_signal
 from pipeline.queue import workers
 from pipeline.requests.states import RequestState as S
+from pipeline.sandbox.validation import PhaseSpec
+from pipeline.service.snapshots import Sandbox
 from pipeline.update import reproduction
 from tests.desk import Chat, StartChat
 from tests.fakes.anthropic import FakeAnthropic, Turn, reply, tool
@@ -346,3 +349,74 @@ def test_a_fix_delivered_as_a_pull_request_shows_its_proof(
     shown = (request.result or {})["proof"]
     body = render("pull_request", request.context() | {"fence": "```", "conversation": ""})
     assert f"*Proof:* {shown}" in body.text
+
+
+def test_a_fix_whose_incident_came_back_as_a_new_one_did_not_hold(
+    settings: Settings, conn: redis.Redis
+) -> None:
+    """The alert resolved once the fix went live, then fired again after its cooldown: the
+    signature is back, in an incident of its own, so the fix did not hold."""
+    quick = settings.model_copy(update={"incident_cooldown": 0.0})
+    book = IncidentBook(quick, conn)
+    alert = Signal("alertmanager", "am:rate", FIRING, summary="HighErrorRate", at=time.time())
+    fixed = book.take(alert).incident
+    assert fixed is not None
+    went_live = time.time() + 1
+    book.take(replace(alert, status=RESOLVED, at=went_live + 1))
+    again = book.take(replace(alert, at=went_live + 2)).incident
+    assert again is not None and again.id != fixed.id
+    failure = failures.carried(fixed)
+    assert failures.settle(quick, conn, failure, "r1", went_live) == "did not hold"
+
+
+def test_a_test_file_under_a_symlink_out_of_the_base_is_not_copied_there(
+    service: ServiceRepo, settings: Settings, tmp_path: Path
+) -> None:
+    """On the base, checks/ is a symlink out of the repository; the fix makes it a directory
+    with its test. Copying that test onto the base would write through the link, outside
+    the sandbox: the fix is refused instead, and nothing is written there."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (service.work / "checks").rename(service.work / "kept")
+    (service.work / "checks").symlink_to(outside)
+    base = service.commit({}, "checks is a link")
+    fix = service.commit({"checks": None, "checks/test_handlers.py": ZERO_COUNT}, "a test")
+    git(service.live, "pull", "-q", "--ff-only")
+    sandbox = Sandbox(Git(service.live), tmp_path / "sandbox")
+    sandbox.checkout(fix)  # as the fix was written there
+    spec = PhaseSpec.from_settings(settings)
+    proof = reproduction.reproduce(sandbox, spec, base, fix, {"kind": "ZeroDivisionError"})
+    assert not proof.ok
+    assert proof.reason.startswith(f"checks/test_handlers.py is a symlink at {base[:7]}, or a")
+    assert list(outside.iterdir()) == []
+    assert sandbox.git.head() == fix
+
+
+GUARDED = HANDLER + "\n\ndef guarded(total, count):\n    return total // count if count else 0\n"
+IMPORTS_GUARDED = ZERO_COUNT.replace("import handle", "import guarded").replace(
+    "handle(10, 0)", "guarded(10, 0)"
+)
+
+
+def test_a_test_that_does_not_load_on_the_base_does_not_reproduce_an_alert(
+    service: ServiceRepo, settings: Settings, tmp_path: Path
+) -> None:
+    """An alert names no exception, so any failure on the base would do; but a test that
+    imports what only the fix adds fails there before it runs, and proves nothing."""
+    base = _released(service)
+    fix = service.commit({"app.py": GUARDED, "checks/test_handlers.py": IMPORTS_GUARDED}, "fix")
+    git(service.live, "pull", "-q", "--ff-only")
+    sandbox = Sandbox(Git(service.live), tmp_path / "sandbox")
+    sandbox.checkout(fix)
+    pytest_command = f"{sys.executable} -m pytest -q -p no:cacheprovider"
+    spec = replace(PhaseSpec.from_settings(settings), test_command=pytest_command)
+    alert = {"id": "i1", "source": "alertmanager", "kind": "", "frame": ""}
+    proof = reproduction.reproduce(sandbox, spec, base, fix, alert)
+    assert not proof.ok
+    assert proof.reason.startswith(
+        f"checks/test_handlers.py did not run on {base[:7]} (pytest exited 2: "
+    )
+    # A runner of its own shows Python's traceback: raised while the test file loaded.
+    loading = reproduction.Raised("ImportError", "", "test_handlers.py::<module>")
+    assert reproduction.matching([loading], alert) is None
+    assert reproduction.matching([loading], alert | {"kind": "ImportError"}) == loading

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import redis
@@ -17,7 +18,7 @@ from pipeline.config import Settings
 from pipeline.incidents import cases, diagnosis, replay
 from pipeline.incidents.book import DID_NOT_HOLD, IncidentBook
 from tests.fakes.anthropic import FakeAnthropic, reply, tool
-from tests.pipeline.test_diagnosis import ANSWER, _opened, fake, llm
+from tests.pipeline.test_diagnosis import ANSWER, TRACE, _opened, fake, llm
 from tests.support import ROOT
 
 __all__ = ["fake", "llm"]  # the fixtures these tests use
@@ -109,3 +110,17 @@ def test_causes_agree_on_a_shared_file_and_a_third_of_their_words() -> None:
     assert replay.since_seconds("30d") == 30 * 86400 and replay.since_seconds("12h") == 43200
     with pytest.raises(ValueError, match="expected an age"):
         replay.since_seconds("last week")
+
+
+def test_a_case_whose_commit_this_host_cannot_read_is_still_replayed(
+    llm: Settings, conn: redis.Redis, fake: FakeAnthropic
+) -> None:
+    """A case diagnosed on another host, or at a commit since gone: its log evidence still
+    checks out, the files it names are left out, and the replay goes on."""
+    gone = "0" * 40
+    materials = diagnosis.Materials("i9", llm.target_id, "webhook", "the prompt", TRACE, gone)
+    cases.keep(conn, cases.Case("i9.0", "i9", llm.target_id, time.time(), materials.to_dict()))
+    logged = ANSWER | {"evidence": [{"log": "incident", "quote": "division by zero"}]}
+    fake.add(reply(tool("submit_diagnosis", logged)))
+    [row] = replay.replay(llm, conn, 86400)
+    assert row.checks and row.note == ANSWER["cause"]

@@ -94,8 +94,8 @@ def one_run(work: Path, live_too: bool, watch: float, after_tests: bool) -> dict
             if LIVE.search(line):
                 figures["approve to live"] = time.monotonic() - approved
                 break
-            if FAILED.search(line):
-                print(line.rstrip(), flush=True)
+            if FAILED.search(line):  # the message, which says why, follows its title
+                print(line.rstrip(), *(molt.stdout.readline().rstrip() for _ in range(12)))
                 break
     finally:
         molt.stdin.close()

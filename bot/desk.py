@@ -416,7 +416,11 @@ class Desk(Front):
 
     def _press(self, origin: Origin, action: str, request_id: str) -> None:
         if action == "fix":  # Fix it, on an incident's diagnosis: its value is the incident
-            if diagnosis.fix(self.settings, self.conn, request_id, origin) is None:
+            asked = diagnosis.fix_under_way(self.settings, self.conn, request_id)
+            if asked is not None:
+                said = f"a fix of this incident is already under way: {asked.id}"
+                self._reply(origin, "not_allowed", reason=f"{said} ({asked.state.value})")
+            elif diagnosis.fix(self.settings, self.conn, request_id, origin) is None:
                 self._reply(origin, "not_allowed", reason=f"no diagnosis of {request_id!r}")
             return
         if not self._known(origin, request_id):

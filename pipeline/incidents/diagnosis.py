@@ -396,6 +396,26 @@ def post(
     book.record(incident, "incident_diagnosis", message, data)
 
 
+def post_in_background(
+    settings: Settings, conn: redis.Redis, book: IncidentBook, incident: Incident, again: str = ""
+) -> None:
+    """``post`` on a thread of its own; whatever goes wrong there is still posted on the
+    incident, so that it never ends without a word on its diagnosis."""
+
+    def run() -> None:
+        try:
+            post(settings, conn, book, incident, again)
+        except Exception as exc:
+            log.exception("the diagnosis failed", incident=incident.id)
+            said = redact(f"no diagnosis: {type(exc).__name__}: {exc}", settings.secrets())
+            try:
+                book.record(incident, "incident_diagnosis", said[:500])
+            except redis.RedisError:
+                log.warning("could not post that the diagnosis failed", incident=incident.id)
+
+    threading.Thread(target=run, name="molt-diagnosis").start()
+
+
 def _keep(conn: redis.Redis, incident: Incident, materials: Materials, finding: Finding) -> None:
     made = sum(1 for a in incident.actions if a.get("action") in DIAGNOSED)
     case = cases.Case(
@@ -497,14 +517,29 @@ def after_rollback(
         f"{last}): the suspect update was not the whole cause, or not the cause."
     )
     book.act(incident, "diagnosis_again", {"rollback": request.id})
-    args = (settings, conn, book, incident, again)
-    threading.Thread(target=post, args=args, name="molt-diagnosis").start()
+    post_in_background(settings, conn, book, incident, again)
     return True
 
 
+def fix_under_way(settings: Settings, conn: redis.Redis, incident_id: str) -> Request | None:
+    """The fix of this incident asked for earlier and not yet over, if any: a second press
+    of Fix it (or Molt's own ask) never makes a second request."""
+    incident = IncidentBook(settings, conn).get(incident_id)
+    asked = [a for a in (incident.actions if incident else []) if a.get("action") == "fix"]
+    for action in reversed(asked):
+        request = RequestStore(conn).find(str(action.get("request_id", "")))
+        if request is not None and not request.terminal:
+            return request
+    return None
+
+
 def fix(settings: Settings, conn: redis.Redis, incident_id: str, who: Origin) -> Request | None:
-    """Fix it: a change request in words carrying the incident's diagnosis, from ``who``;
-    None when there is no diagnosis confident enough to offer it."""
+    """Fix it: a change request in words carrying the incident's diagnosis, from ``who``
+    (the one under way, if there is one); None when there is no diagnosis confident enough
+    to offer it."""
+    under_way = fix_under_way(settings, conn, incident_id)
+    if under_way is not None:
+        return under_way
     incident = IncidentBook(settings, conn).get(incident_id)  # incidents are kept by id
     found = [a for a in (incident.actions if incident else []) if a.get("action") == "diagnosis"]
     if incident is None or not found:

@@ -27,7 +27,6 @@ at once, the incident says instead how a person rolls it back.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -152,8 +151,7 @@ def respond(settings: Settings, conn: redis.Redis, book: IncidentBook, incident:
         window = f"{settings.suspect_window:g} s"
         _nothing(book, incident, f"no update landed within {window} before it began")
         if settings.llm_enabled:  # diagnose second, off this thread: the model takes a while
-            args = (settings, conn, book, incident)
-            threading.Thread(target=diagnosis.post, args=args, name="molt-diagnosis").start()
+            diagnosis.post_in_background(settings, conn, book, incident)
         return None
     incident.suspect = suspect.codename or suspect.id
     allowed = autonomy.may_act(settings)

@@ -62,8 +62,11 @@ def implement(
     *,
     log_path: Path,
     guard: Callable[[], None] = lambda: None,
+    refused: str = "",
 ) -> Implemented:
-    """Run the implementer in ``root`` (checked out at the plan's base commit)."""
+    """Run the implementer in ``root`` (checked out at the plan's base commit).
+    ``refused``: why Molt refused its last attempt (a Fix it whose test did not reproduce
+    the incident), told as Molt's own instruction, with the test output fenced."""
     if claude.deadline is None:
         claude.deadline = time.monotonic() + settings.llm_timeout
     files = SandboxFiles(
@@ -95,6 +98,7 @@ def implement(
             prompts.fence("approved plan", prompts.describe_plan(plan.to_dict())),
             prompts.request_blocks(request.text, request.answers),
             *([prompts.incident_block(request.incident)] if request.incident else []),
+            *([_again(refused)] if refused else []),
         ]
     )
     with open(log_path, "a", encoding="utf-8") as trail:
@@ -112,6 +116,17 @@ def implement(
             setting="MOLT_LLM_MAX_TURNS",
             before=guard,
         )
+
+
+def _again(refused: str) -> str:
+    """Molt's instruction after it refused a fix: outside the fence, as it is Molt's; what
+    the test run printed inside it, as it is not."""
+    return (
+        "Molt ran your tests on the current code and on your change, and refused the change. "
+        "Add or change a test that reproduces the incident: it must fail on the current code "
+        "with the incident's error and pass with the fix. Why it was refused:\n"
+        + prompts.fence("refusal", refused)
+    )
 
 
 @dataclass

@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +36,8 @@ from pipeline.update import reproduction
 from pipeline.usage import record_usage
 
 MOLT = "molt"
+#: The implementer ended without writing anything.
+NOTHING_WRITTEN = "the implementer changed nothing"
 
 #: Who writes and commits a change written in the sandbox, whatever the environment says.
 MOLT_AUTHOR = {
@@ -123,13 +125,16 @@ def _reproduce(
     then the request fails."""
     proof = _prove(change)
     if not proof.ok:
-        told = (
-            f"Molt refused this fix: {proof.reason}. Add or change a test that reproduces "
-            "the incident: it must fail on the current code with the incident's error and "
-            "pass with the fix."
-        )
-        again = replace(change.request, answers=[*change.request.answers, told])
-        files, _ = _implement(replace(change, request=again), change.sandbox.path, spent)
+        refused = f"the fix does not reproduce its incident: {proof.reason}"
+        try:
+            files, _ = _implement(change, change.sandbox.path, spent, refused=proof.reason)
+        except UpdateFailed as exc:
+            if not (isinstance(exc.__cause__, LLMError) or exc.reason == NOTHING_WRITTEN):
+                raise  # a stop, or a lost lock: that is the news
+            # The refusal is the news; what went wrong in the second round follows it.
+            raise UpdateFailed(
+                "reproduce", f"{refused}; told once, the implementer then: {exc.reason}"
+            ) from exc
         proof = _prove(change)
     if not proof.ok:
         raise UpdateFailed("reproduce", f"the fix does not reproduce its incident: {proof.reason}")
@@ -173,7 +178,9 @@ def _checkout_base(change: Writing) -> Path:
     return path
 
 
-def _implement(change: Writing, path: Path, spent: int = 0) -> tuple[list[dict[str, Any]], int]:
+def _implement(
+    change: Writing, path: Path, spent: int = 0, refused: str = ""
+) -> tuple[list[dict[str, Any]], int]:
     """The model writes the plan in the sandbox; the result is committed there. Returns
     the files changed since the base and the tokens used, ``spent`` included (a second
     round has what is left of MOLT_LLM_MAX_TOKENS)."""
@@ -195,6 +202,7 @@ def _implement(change: Writing, path: Path, spent: int = 0) -> tuple[list[dict[s
             graph,
             log_path=change.log_dir / "implement.log",
             guard=change.steps.guard,
+            refused=refused,
         )
     except LLMError as exc:
         raise UpdateFailed("implement", str(exc)) from exc
@@ -282,7 +290,7 @@ def _commit(git: Git, plan: Plan, request: Request, summary: str, signing: list[
     approver as co-authors (signed with MOLT_COMMIT_SIGNING_KEY when set); the new sha."""
     git.run("add", "--all")
     if not git.run("status", "--porcelain").strip():
-        raise UpdateFailed("implement", "the implementer changed nothing")
+        raise UpdateFailed("implement", NOTHING_WRITTEN)
     message = (
         f"{plan.summary}\n\n{summary}\n\n"
         f"Change request {request.id} by {request.requester}, written from the approved plan.\n\n"

@@ -258,9 +258,17 @@ def _refused(
     [request] = [r for r in chat.requests() if r.command == "change"]
     refusals = [e for e in audit.entries(chat.conn, request.id) if e["action"] == "fix_refused"]
     assert len(refusals) == 2  # refused, told once, refused again
-    told = fake.calls()[-1].user_text()
-    assert "Molt refused this fix" in told
+    _told_by_molt(fake)
     return chat, base, since
+
+
+def _told_by_molt(fake: FakeAnthropic) -> None:
+    """The implementer's second round is told why, in Molt's words outside the untrusted
+    fence (a model discounts what is inside), the test run's output inside it."""
+    told = fake.calls()[-1].user_text()
+    instruction = told.index("Molt ran your tests on the current code and on your change")
+    assert '<untrusted source="refusal">' in told[instruction:]
+    assert "<untrusted" not in told[told.rindex("</untrusted>", 0, instruction) : instruction]
 
 
 def test_a_fix_without_a_test_is_refused_and_the_model_told_once(
@@ -420,3 +428,37 @@ def test_a_test_that_does_not_load_on_the_base_does_not_reproduce_an_alert(
     loading = reproduction.Raised("ImportError", "", "test_handlers.py::<module>")
     assert reproduction.matching([loading], alert) is None
     assert reproduction.matching([loading], alert | {"kind": "ImportError"}) == loading
+
+
+def test_a_second_round_that_writes_nothing_fails_naming_the_refusal(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
+) -> None:
+    base = _released(service)
+    chat = start_chat(**fake.env())
+    incident, _ = _incident(chat, service, fake)
+    idle = reply(tool("finish", {"summary": "nothing more to do"}))
+    fake.add(reply(tool("submit_plan", fix_plan())), *written(FIXED, None), idle)
+    since = _fix_it(chat, incident)
+    chat.wait_for(r"❌ Failed: ", since=since)
+    chat.wait_for(
+        r"the fix does not reproduce its incident: .*adds or changes no test.*; told once, "
+        r"the implementer then: the implementer changed nothing",
+        since=since,
+    )
+    assert service.live_head() == base
+    _told_by_molt(fake)
+
+
+def test_a_second_press_of_fix_it_says_the_fix_is_under_way(
+    service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
+) -> None:
+    _released(service)
+    chat = start_chat(**fake.env())
+    incident, _ = _incident(chat, service, fake)
+    fake.add(reply(tool("submit_plan", fix_plan())))
+    since = chat.send(f"press fix {incident.id}")
+    chat.wait_for(r"📋 Plan ready", since=since)
+    [asked] = [r for r in chat.requests() if r.command == "change"]
+    again = chat.send(f"press fix {incident.id}")
+    chat.wait_for(rf"a fix of this incident is already under way: {asked.id}", since=again)
+    assert [r.id for r in chat.requests() if r.command == "change"] == [asked.id]

@@ -251,6 +251,11 @@ def slack_thread(channel: str, ts: str) -> str:
     return f"molt:slack:thread:{channel}:{ts}"
 
 
+def slack_replied(request_id: str, kind: str) -> str:
+    """A milestone already replied in a request's thread (delivery.py)."""
+    return f"molt:slack:replied:{request_id}:{kind}"
+
+
 # -- GitHub (bot/github/) -------------------------------------------------------------------
 
 #: The stream of happenings from the webhook and the poller to the adapter (webhook.py).

@@ -3,11 +3,14 @@ edited in place (``message_ref`` on the request), with milestones also replied i
 thread so the channel is notified of what matters.
 
 Keys: ``molt:slack:thread:<channel>:<ts>`` names the request whose status message that
-is, so a reply in its thread answers the planner's questions (kept ``THREAD_TTL``).
+is, so a reply in its thread answers the planner's questions; ``molt:slack:replied:…``, a plan
+already replied in the thread (both kept ``THREAD_TTL``).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import structlog
@@ -47,9 +50,24 @@ class Delivery:
             self._ephemeral(request.origin, posted)
             return
         ref = self._root(request, posted)
-        if message.template in MILESTONES:
-            # A reply in the thread too, so the channel is notified of what matters.
-            self.client.chat_postMessage(channel=ref["channel"], thread_ts=ref["ts"], **posted)
+        if message.template not in MILESTONES:
+            return
+        seen = self._seen_key(request, message)
+        if seen and self.store.conn.exists(seen):
+            return  # the same plan shown again (its pre-flight run ended): edited, not news
+        # A reply in the thread too, so the channel is notified of what matters.
+        self.client.chat_postMessage(channel=ref["channel"], thread_ts=ref["ts"], **posted)
+        if seen:
+            self.store.conn.set(seen, "1", ex=THREAD_TTL)
+
+    @staticmethod
+    def _seen_key(request: Request, message: Message) -> str:
+        """Each plan is news once in its thread: a revised plan, or a Retry's, is another."""
+        if message.template != "plan_ready":
+            return ""
+        plan = json.dumps(request.plan or {}, sort_keys=True, default=str).encode()
+        digest = hashlib.sha256(plan).hexdigest()[:16]
+        return keyspace.slack_replied(request.id, f"plan:{request.attempt}:{digest}")
 
     def show_home(self, origin: Origin, message: Message) -> None:
         """The App Home tab: the current update, the queue, the last ten updates."""

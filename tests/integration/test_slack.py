@@ -286,6 +286,27 @@ def test_request_text_naming_someone_mentions_nobody(
     assert "<@U2BOB>" not in shown
 
 
+def test_a_plan_shown_again_when_its_tests_end_is_one_thread_reply(
+    service: ServiceRepo, start_slack_bot: Callable[..., SlackBot], tmp_path: Path
+) -> None:
+    """The plan is posted while pre-flight's run goes on, then edited in place when the run
+    ends; the channel hears of that plan once."""
+    gate = tmp_path / "gate"
+    slow = f"while [ ! -e {gate} ]; do sleep 0.05; done; python service_tests.py"
+    slack_bot = start_slack_bot(MOLT_TEST_COMMAND=slow)
+    service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
+    slack_bot.command("deploy main")
+    plan = slack_bot.shown("plan_ready")
+    assert "running" in str(plan)
+    gate.touch()
+    slack_bot.slack.wait_for(
+        lambda c: c.method == "chat.update" and "passed" in str(c.args.get("blocks", ""))
+    )
+    calls = [c for c in slack_bot.slack.calls() if c.method == "chat.postMessage"]
+    replies = [c for c in calls if "thread_ts" in c.args]
+    assert [_payload(c.args)["template"] for c in replies] == ["plan_ready"]
+
+
 def test_failure_offers_retry_and_retry_plans_again(
     service: ServiceRepo, slack_bot: SlackBot
 ) -> None:

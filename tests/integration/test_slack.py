@@ -5,6 +5,7 @@ RQ, and a fake Slack Web API on loopback. The bot runs in the test's process
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 import urllib.error
@@ -297,10 +298,14 @@ def test_a_plan_shown_again_when_its_tests_end_is_one_thread_reply(
     service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
     slack_bot.command("deploy main")
     plan = slack_bot.shown("plan_ready")
-    assert "running" in str(plan)
+    assert re.search(r"Tests at `\w+`:\* running", plan["text"])
     gate.touch()
     slack_bot.slack.wait_for(
-        lambda c: c.method == "chat.update" and "passed" in str(c.args.get("blocks", ""))
+        lambda c: (
+            c.method == "chat.update"
+            and _payload(c.args).get("template") == "plan_ready"
+            and re.search(r"Tests at `\w+`:\* passed", c.args["text"]) is not None
+        )
     )
     calls = [c for c in slack_bot.slack.calls() if c.method == "chat.postMessage"]
     replies = [c for c in calls if "thread_ts" in c.args]

@@ -307,9 +307,13 @@ def test_a_plan_shown_again_when_its_tests_end_is_one_thread_reply(
             and re.search(r"Tests at `\w+`:\* passed", c.args["text"]) is not None
         )
     )
+    slack_bot.click("approve", _payload(plan)["request_id"])
+    slack_bot.slack.wait_for(  # delivered in order: after the success, nothing is left
+        lambda c: "thread_ts" in c.args and _payload(c.args).get("template") == "success"
+    )
     calls = [c for c in slack_bot.slack.calls() if c.method == "chat.postMessage"]
-    replies = [c for c in calls if "thread_ts" in c.args]
-    assert [_payload(c.args)["template"] for c in replies] == ["plan_ready"]
+    replies = [_payload(c.args)["template"] for c in calls if "thread_ts" in c.args]
+    assert replies.count("plan_ready") == 1 and replies[-1] == "success", replies
 
 
 def test_failure_offers_retry_and_retry_plans_again(

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -341,18 +342,36 @@ def _waiting_on(hosts: Hosts, target: str, started: Path, go: Path) -> dict[str,
     return {"checks/test_app.py": check}
 
 
+class Held(NamedTuple):
+    """A rollout approved and held in one step's phase 2 until ``go`` exists."""
+
+    bot: InProcessBot
+    since: int
+    rollout_id: str
+    new: str
+    go: Path
+
+
+def _held_in_phase_2(hosts: Hosts, tmp_path: Path, target: str, **options: str) -> Held:
+    """``deploy web main`` of a commit whose tests wait on ``target``'s live checkout,
+    approved; returns once that step's phase 2 has started."""
+    started, go = tmp_path / "phase-2-started", tmp_path / "go"
+    waits = _waiting_on(hosts, target, started, go)
+    new = hosts.service.commit(V2 | waits, f"web v2, waiting on {target}")
+    bot = hosts.bot(**options)
+    _live(bot, "deploy web-staging main")
+    since, rollout_id = _rollout_planned(bot)
+    bot.type(f"press approve {rollout_id}")
+    wait_for_in_process(started, bot, timeout=300)
+    return Held(bot, since, rollout_id, new, go)
+
+
 def test_stop_during_a_rollout_stops_it_and_rolls_back_as_on_failure_says(
     hosts: Hosts, tmp_path: Path
 ) -> None:
     old = hosts.head("web-1")
-    started, go = tmp_path / "phase-2-started", tmp_path / "go"
-    waits = _waiting_on(hosts, "web-1", started, go)
-    new = hosts.service.commit(V2 | waits, "web v2, waiting on web-1")
-    bot = hosts.bot()
-    _live(bot, "deploy web-staging main")
-    since, rollout_id = _rollout_planned(bot)
-    bot.type(f"press approve {rollout_id}")
-    wait_for_in_process(started, bot, timeout=300)  # web-1's phase 2 waits
+    # web-1's phase 2 waits
+    bot, since, rollout_id, new, _ = _held_in_phase_2(hosts, tmp_path, "web-1")
     said = bot.transcript
     status = bot.type("status")  # the fleet's, with the rollouts under way
     said.wait_for(
@@ -370,14 +389,8 @@ def test_stop_during_a_rollout_stops_it_and_rolls_back_as_on_failure_says(
 def test_a_step_whose_plan_expired_while_it_waited_is_planned_again_in_turn(
     hosts: Hosts, tmp_path: Path
 ) -> None:
-    started, go = tmp_path / "phase-2-started", tmp_path / "go"
-    waits = _waiting_on(hosts, "web-1", started, go)
-    new = hosts.service.commit(V2 | waits, "web v2, waiting on web-1")
-    bot = hosts.bot()
-    _live(bot, "deploy web-staging main")
-    since, rollout_id = _rollout_planned(bot)
-    bot.type(f"press approve {rollout_id}")
-    wait_for_in_process(started, bot, timeout=300)  # web-1 runs; web-2's plan waits its turn
+    # web-1 runs; web-2's plan waits its turn
+    bot, since, rollout_id, new, go = _held_in_phase_2(hosts, tmp_path, "web-1")
     _, waiting = _steps(hosts, rollout_id)
     hosts.requests().transition(
         waiting.id, S.EXPIRED, actor="molt", message="nobody approved it within 60 min"
@@ -480,14 +493,10 @@ def test_a_freeze_met_when_a_step_starts_blocks_the_rollout_and_the_steps_done_r
     hosts: Hosts, tmp_path: Path
 ) -> None:
     old = hosts.head("web-1")
-    started, go = tmp_path / "phase-2-started", tmp_path / "go"
-    waits = _waiting_on(hosts, "web-1", started, go)
-    new = hosts.service.commit(V2 | waits, "web v2, waiting on web-1")
-    bot = hosts.bot(on_failure="rollback-all")
-    _live(bot, "deploy web-staging main")
-    since, rollout_id = _rollout_planned(bot)
-    bot.type(f"press approve {rollout_id}")
-    wait_for_in_process(started, bot, timeout=300)  # web-1's phase 2 waits
+    # web-1's phase 2 waits
+    bot, since, rollout_id, new, go = _held_in_phase_2(
+        hosts, tmp_path, "web-1", on_failure="rollback-all"
+    )
     # A freeze of both hosts begins (molt.toml as their workers read it): web-2's step is
     # held, and web-1's rollback is not.
     table, end = _freeze("web-1,web-2", "change freeze")
@@ -512,14 +521,10 @@ def test_the_rollback_of_a_step_is_never_held_by_a_pause_observe_mode_or_the_dai
     hosts: Hosts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     old = hosts.head("web-1")
-    started, go = tmp_path / "phase-2-started", tmp_path / "go"
-    waits = _waiting_on(hosts, "web-2", started, go)
-    new = hosts.service.commit(V2 | waits, "web v2, waiting on web-2")
-    bot = hosts.bot(on_failure="rollback-all")
-    _live(bot, "deploy web-staging main")
-    since, rollout_id = _rollout_planned(bot)
-    bot.type(f"press approve {rollout_id}")
-    wait_for_in_process(started, bot, timeout=300)  # web-1 done; web-2's phase 2 waits
+    # web-1 done; web-2's phase 2 waits
+    bot, since, rollout_id, new, _ = _held_in_phase_2(
+        hosts, tmp_path, "web-2", on_failure="rollback-all"
+    )
     assert hosts.head("web-1") == new
     # The shell shows the rollout under way, as chat's status does.
     assert cli.main(["status"]) == 0

@@ -32,6 +32,7 @@ from pipeline.incidents import diagnosis
 from pipeline.incidents.book import IncidentBook
 from pipeline.incidents.logwatch import LineReader, occurrence_signal
 from pipeline.requests.states import RequestState as S
+from tests.conversations import fix_plan
 from tests.fakes.anthropic import FakeAnthropic, reply, tool
 
 HANDLER = "def handle(total, count):\n    return total // count\n"
@@ -41,33 +42,7 @@ ZERO = (
     "from svc.handlers import handle\n\n\ndef test_zero_count():\n    assert handle(10, 0) == 0\n"
 )
 COMMAND = f"{TEST_COMMAND} && python -m pytest -q -p no:cacheprovider checks"
-PLAN = {
-    "summary": "handle() answers 0 for an empty order",
-    "scope": "handle() in svc/handlers.py and a test that reproduces the incident",
-    "impact": "an empty order no longer fails",
-    "components": ["svc"],
-    "files": [
-        {"path": "svc/handlers.py", "action": "modify", "why": "guard the division"},
-        {"path": "checks/test_handlers.py", "action": "create", "why": "reproduces it"},
-    ],
-    "risk": {"level": "low", "reasons": ["one guarded division"]},
-    "tasks": [
-        {
-            "id": 1,
-            "name": "reproduce and fix",
-            "detail": "test_zero_count, then guard the division",
-            "role": "implementer",
-            "depends_on": [],
-            "checkpoint": "the test passes",
-        }
-    ],
-    "validation": ["test_zero_count fails before and passes after"],
-    "rollback_points": ["revert the commit"],
-    "effort": {"estimate": "small", "complexity": "low"},
-    "prerequisites": [],
-    "constraints": [],
-    "success_criteria": ["no ZeroDivisionError for an empty order"],
-}
+PLAN = fix_plan("svc/handlers.py")
 DIAGNOSED = {
     "cause": "handle() divides by the count, which is 0 for an empty order",
     "files": ["svc/handlers.py"],

@@ -54,6 +54,38 @@ def ping_plan(**changes: Any) -> dict[str, Any]:
     return plan
 
 
+def fix_plan(handler: str = "app.py") -> dict[str, Any]:
+    """What submit_plan gets for a Fix it of handle() dividing by a zero count in
+    ``handler``: the guard and a test that reproduces the incident."""
+    return {
+        "summary": "handle() answers 0 for an empty order",
+        "scope": f"handle() in {handler} and a test that reproduces the incident",
+        "impact": "an empty order no longer fails",
+        "components": [handler.removesuffix(".py").split("/")[0]],
+        "files": [
+            {"path": handler, "action": "modify", "why": "no division by a zero count"},
+            {"path": "checks/test_handlers.py", "action": "create", "why": "reproduces it"},
+        ],
+        "risk": {"level": "low", "reasons": ["one guarded division"]},
+        "tasks": [
+            {
+                "id": 1,
+                "name": "reproduce and fix",
+                "detail": "test_zero_count, then guard the division",
+                "role": "implementer",
+                "depends_on": [],
+                "checkpoint": "the test passes",
+            }
+        ],
+        "validation": ["test_zero_count fails before and passes after"],
+        "rollback_points": ["revert the commit"],
+        "effort": {"estimate": "small", "complexity": "low"},
+        "prerequisites": [],
+        "constraints": [],
+        "success_criteria": ["no ZeroDivisionError for an empty order"],
+    }
+
+
 def planned(**changes: Any) -> Turn:
     return reply(text("Planning."), tool("submit_plan", ping_plan(**changes)))
 

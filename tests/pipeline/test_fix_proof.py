@@ -29,6 +29,7 @@ from pipeline.requests.states import RequestState as S
 from pipeline.sandbox.validation import PhaseSpec
 from pipeline.service.snapshots import Sandbox
 from pipeline.update import reproduction
+from tests.conversations import fix_plan
 from tests.desk import Chat, StartChat
 from tests.fakes.anthropic import FakeAnthropic, Turn, reply, tool
 from tests.support import ServiceRepo, git
@@ -52,36 +53,6 @@ DIAGNOSED = {
     "fix": "answer 0 when the count is 0",
     "confirm": "the ZeroDivisionError stops",
 }
-
-
-def fix_plan() -> dict[str, Any]:
-    return {
-        "summary": "handle() answers 0 for an empty order",
-        "scope": "handle() in app.py and a test that reproduces the incident",
-        "impact": "an empty order no longer fails",
-        "components": ["app"],
-        "files": [
-            {"path": "app.py", "action": "modify", "why": "no division by a zero count"},
-            {"path": "checks/test_handlers.py", "action": "create", "why": "reproduces it"},
-        ],
-        "risk": {"level": "low", "reasons": ["one guarded division"]},
-        "tasks": [
-            {
-                "id": 1,
-                "name": "reproduce and fix",
-                "detail": "test_zero_count, then guard the division",
-                "role": "implementer",
-                "depends_on": [],
-                "checkpoint": "the test passes",
-            }
-        ],
-        "validation": ["test_zero_count fails before and passes after"],
-        "rollback_points": ["revert the commit"],
-        "effort": {"estimate": "small", "complexity": "low"},
-        "prerequisites": [],
-        "constraints": [],
-        "success_criteria": ["no ZeroDivisionError for an empty order"],
-    }
 
 
 def written(app: str | None, test: str | None) -> list[Turn]:

@@ -16,6 +16,7 @@ the new process.
 from __future__ import annotations
 
 import os
+import select
 import sys
 import threading
 import time
@@ -32,6 +33,8 @@ from pipeline.requests.store import Origin, Request, RequestStore
 if TYPE_CHECKING:
     from bot.desk import Desk
 
+#: How often a read waiting for a line looks whether Molt is stopping.
+STOP_POLL_SECONDS = 0.2
 #: Templates after which a request needs nobody's attention from this console.
 SETTLED = frozenset(
     {
@@ -171,9 +174,12 @@ class Console(Terminal):
 
     # -- input -------------------------------------------------------------
 
-    def read_line(self) -> str | None:
+    def read_line(self, stopping: threading.Event | None = None) -> str | None:
+        """The next line, or None once the input ends (or Molt stops while it waits)."""
         data = bytearray()
         while True:
+            if stopping is not None and not self._readable(stopping):
+                return None
             chunk = os.read(self.fd, 1)
             if not chunk:
                 return data.decode(errors="replace") if data else None
@@ -181,14 +187,24 @@ class Console(Terminal):
                 return data.decode(errors="replace")
             data += chunk
 
+    def _readable(self, stopping: threading.Event) -> bool:
+        """Wait for input, or for Molt to stop: a SIGTERM must not wait for someone at the
+        terminal to type a line (a read retried after the signal would)."""
+        while not stopping.is_set():
+            ready, _, _ = select.select([self.fd], [], [], STOP_POLL_SECONDS)
+            if ready:
+                return True
+        return False
+
     def serve(self, desk: Desk, stopping: threading.Event) -> None:
         """Read commands until stdin ends, ``quit``, or ``stopping`` is set."""
         if os.isatty(self.fd):
             self._print("Molt console: type `help`, `press approve`, or `quit`.")
         while not stopping.is_set():
-            line = self.read_line()
+            line = self.read_line(stopping)
             if line is None:
-                self.settle(desk, stopping)
+                if not stopping.is_set():
+                    self.settle(desk, stopping)
                 return
             line = line.strip()
             if not line:

@@ -105,6 +105,15 @@ def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
     assert service.live_status() == ""
 
 
+def test_sigterm_stops_a_console_whose_input_is_still_open(start_molt: StartMolt) -> None:
+    """As a supervisor stops a console left waiting at a terminal: nobody types a line, and
+    the read that waits for one must not hold the stop up."""
+    molt = _up(start_molt())
+    molt.proc.send_signal(signal.SIGTERM)
+    assert molt.proc.wait(timeout=60) == 0
+    assert molt.proc.stdin is not None and not molt.proc.stdin.closed  # its input never ended
+
+
 def test_sigterm_sent_again_and_again_still_ends_in_one_clean_stop(
     start_molt: StartMolt,
 ) -> None:

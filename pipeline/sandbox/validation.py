@@ -386,10 +386,14 @@ def run_phase(
     check = _tests_check(spec, tests, again, result.passed)
     result.checks.append(check)
     if check.ok and baseline_passed is not None:
-        dropped = result.passed is not None and result.passed < baseline_passed
-        detail = f"{result.passed} now, {baseline_passed} before"
-        result.checks.append(Check("passing tests", not dropped, 0.0, detail))
+        result.checks.append(passing_tests(result.passed, baseline_passed))
     return result
+
+
+def passing_tests(passed: int | None, baseline: int) -> Check:
+    """No phase may pass fewer tests than passed at the live commit."""
+    dropped = passed is not None and passed < baseline
+    return Check("passing tests", not dropped, 0.0, f"{passed} now, {baseline} before")
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from pipeline.requests.store import Origin, Request, RequestStore
 from pipeline.retries import transient
 from pipeline.sandbox.progress import TestProgress, Ticker
 from pipeline.sandbox.records import TestRecord
-from pipeline.sandbox.validation import Check, PhaseResult, PhaseSpec, run_phase
+from pipeline.sandbox.validation import Check, PhaseResult, PhaseSpec, passing_tests, run_phase
 from pipeline.service import restart, snapshots, watching
 from pipeline.service.metricwatch import MetricWatch
 from pipeline.service.rollback import Trail, undo
@@ -479,11 +479,10 @@ class Update:
         """Phase 1 ran before pre-flight's count was known: the count is compared now."""
         if baseline is None or result.passed is None:
             return
-        dropped = result.passed < baseline
-        detail = f"{result.passed} now, {baseline} before"
-        self.check(f"{phase}: passing tests", not dropped, 0.0, detail)
-        if dropped:
-            raise UpdateFailed(phase, f"passing tests: {detail}. Nothing was touched")
+        found = passing_tests(result.passed, baseline)
+        self.check(f"{phase}: {found.name}", found.ok, found.seconds, found.detail)
+        if not found.ok:
+            raise UpdateFailed(phase, f"{found.name}: {found.detail}. Nothing was touched")
 
     def _phase_one(
         self, request: Request, plan: Plan, baseline: int | None

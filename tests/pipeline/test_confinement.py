@@ -1,7 +1,7 @@
 """Code under test runs in a sandbox: a branch whose tests try to act with Molt's powers is
 contained in phase 1 and phase 2 while its honest tests pass, its limits fail the phase by
 name, and nothing it started is left running. The update runs in-process, on a real RQ
-SimpleWorker in burst mode, with real Redis, git and bubblewrap."""
+SimpleWorker (tests.desk.ThreadWorker) in burst mode, with real Redis, git and bubblewrap."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import redis
-from rq import SimpleWorker
 
 from pipeline import processes, store
 from pipeline.config import Settings, load_settings
@@ -26,7 +25,7 @@ from pipeline.requests.store import Origin, RequestStore
 from pipeline.sandbox import confinement
 from pipeline.sandbox.validation import run_tests
 from tests.conversations import implemented, planned, reviewed
-from tests.desk import StartChat
+from tests.desk import StartChat, ThreadWorker
 from tests.fakes.anthropic import FakeAnthropic
 from tests.support import ServiceRepo
 
@@ -184,7 +183,7 @@ def _update(settings: Settings, conn: redis.Redis) -> str:
     assert request.state is S.PLAN_READY, request.message
     assert approval.approve(settings, conn, request.id, BOB)
     queue = queueing.rq_queue(settings)
-    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    ThreadWorker([queue], connection=queue.connection).work(burst=True)
     return request.id
 
 

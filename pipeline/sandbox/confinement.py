@@ -49,7 +49,7 @@ from pipeline.config import (
     Limits,
     Settings,
 )
-from pipeline.processes import die_with_parent
+from pipeline.processes import alive, die_with_parent
 
 #: Variables a test command gets from Molt's environment whatever the target says.
 ALLOWED_ENV = ("PATH", "LANG", "LANGUAGE", "TZ", "TERM")
@@ -218,8 +218,11 @@ class Confinement:
     def launch(self, command: str, checkout: Path) -> Iterator[Launch]:
         """How to start ``command`` in ``checkout`` (argv, environment, what the child does
         before it runs); cleans up after it (its cgroup, its scratch directories)."""
+        _sweep_left_behind()
         cgroup = _Cgroup.make(self.limits.processes)
-        scratch = None if self.sandboxed else Path(tempfile.mkdtemp(prefix="molt-tests-"))
+        scratch = None
+        if not self.sandboxed:
+            scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
         try:
             if self.sandboxed:
                 argv = self._bwrap(command, checkout.resolve(), cgroup)
@@ -422,7 +425,7 @@ class _Cgroup:
         home = support().cgroup
         if not home:
             return None
-        path = Path(home) / f"molt-{os.getpid()}-{time.monotonic_ns()}"
+        path = Path(home) / f"{_CGROUP_PREFIX}{os.getpid()}-{time.monotonic_ns()}"
         try:
             path.mkdir()
             (path / "pids.max").write_text(str(limit))
@@ -460,6 +463,44 @@ class _Cgroup:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.kill(pid, signal.SIGKILL)
                 time.sleep(0.005)
+
+
+#: Names of what one test command leaves to clean up, followed by the pid of the Molt process
+#: that made it: its cgroup (under the cgroup home) and, without a sandbox, its scratch
+#: directory (under the temporary directory).
+_CGROUP_PREFIX = "molt-"
+_SCRATCH_PREFIX = "molt-tests-"
+#: Younger than this, a cgroup or scratch directory may belong to a Molt in another PID
+#: namespace that is just starting its command; it is left alone.
+_LEFT_BEHIND_AGE = 60.0
+
+
+def _sweep_left_behind() -> None:
+    """Remove what test commands of a Molt process killed with SIGKILL left behind (its
+    ``finally`` never ran): cgroups and scratch directories named after a process that is
+    gone. A cgroup with a process still in it cannot be removed, and is not."""
+    now = time.time()
+    places = [(Path(tempfile.gettempdir()), _SCRATCH_PREFIX, True)]
+    if support().cgroup:
+        places.append((Path(support().cgroup), _CGROUP_PREFIX, False))
+    for where, prefix, is_scratch in places:
+        try:
+            entries = list(where.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            owner = entry.name.removeprefix(prefix).split("-", 1)[0]
+            if not entry.name.startswith(prefix) or not owner.isdigit():
+                continue
+            try:
+                if now - entry.stat().st_mtime < _LEFT_BEHIND_AGE or alive(int(owner)):
+                    continue
+                if is_scratch:
+                    shutil.rmtree(entry)
+                else:
+                    entry.rmdir()
+            except OSError:
+                continue
 
 
 def _members(path: Path) -> list[int]:

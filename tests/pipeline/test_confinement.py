@@ -6,7 +6,11 @@ SimpleWorker (tests.desk.ThreadWorker) in burst mode, with real Redis, git and b
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -313,6 +317,68 @@ def test_a_stopped_test_command_leaves_nothing_it_started_running(
     while _running(token) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _running(token) == []
+
+
+KILLED_MID_RUN = """\
+import sys
+from pathlib import Path
+from pipeline.sandbox import confinement
+from pipeline.sandbox.validation import run_tests
+
+checkout, sandboxed = Path(sys.argv[1]), sys.argv[2] == "yes"
+way = confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(()))
+run_tests(f"python daemon.py {sys.argv[3]}", checkout, 600, confinement=way)
+"""
+
+
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandbox", "MOLT_SANDBOX=off"])
+def test_what_a_molt_killed_mid_run_left_is_cleared_by_the_next_run(
+    tmp_path: Path, sandboxed: bool
+) -> None:
+    """A Molt killed with SIGKILL while its test command runs never cleans up after it: its
+    command ends with it, and the next test command run removes the cgroup and the scratch
+    directory named after it, once they are old enough not to be another Molt's new ones."""
+    token = f"molt-daemon-{os.getpid()}-{sandboxed}-killed"
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "daemon.py").write_text(DAEMON)
+    molt = subprocess.Popen(
+        [sys.executable, "-c", KILLED_MID_RUN, str(checkout), "yes" if sandboxed else "no", token]
+    )
+    deadline = time.monotonic() + 60
+    while not (checkout / "daemon.started").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(molt.pid, signal.SIGKILL)
+    molt.wait()
+    left = _left_by(molt.pid)
+    if confinement.support().cgroup:
+        assert any(path.parent == Path(confinement.support().cgroup) for path in left)
+    if not sandboxed:
+        assert any(path.parent == Path(tempfile.gettempdir()) for path in left)
+    while _running(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _running(token) == []
+    an_hour_ago = time.time() - 3600
+    for path in left:
+        os.utime(path, (an_hour_ago, an_hour_ago))
+
+    run = run_tests(
+        "true",
+        checkout,
+        60,
+        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(())),
+    )
+
+    assert run.ok
+    assert _left_by(molt.pid) == []
+
+
+def _left_by(pid: int) -> list[Path]:
+    """The cgroups and scratch directories named after Molt process ``pid``."""
+    places = [Path(tempfile.gettempdir()).glob(f"molt-tests-{pid}-*")]
+    if confinement.support().cgroup:
+        places.append(Path(confinement.support().cgroup).glob(f"molt-{pid}-*"))
+    return [path for found in places for path in found]
 
 
 def _running(token: str) -> list[int]:

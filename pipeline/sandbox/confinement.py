@@ -226,14 +226,13 @@ class Confinement:
         try:
             if self.sandboxed:
                 argv = self._bwrap(command, checkout.resolve(), cgroup)
-                env = {**self.env, "HOME": SANDBOX_HOME, "TMPDIR": "/tmp", **_bytecode("/tmp")}
+                env = {**self.env, "HOME": SANDBOX_HOME, "TMPDIR": "/tmp"}
             else:
                 assert scratch is not None
                 (scratch / "home").mkdir()
                 (scratch / "tmp").mkdir()
                 argv = [sys.executable, "-S", str(_REAPER), "/bin/sh", "-c", command]
-                tmp = str(scratch / "tmp")
-                env = {**self.env, "HOME": str(scratch / "home"), "TMPDIR": tmp, **_bytecode(tmp)}
+                env = {**self.env, "HOME": str(scratch / "home"), "TMPDIR": str(scratch / "tmp")}
             yield Launch(argv, env, self, cgroup)
         finally:
             if cgroup is not None:
@@ -333,6 +332,7 @@ def sandbox_env(names: Any) -> dict[str, str]:
         if name in ALLOWED_ENV or name.startswith(ALLOWED_PREFIXES)
     }
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["CI"] = "true"
     for name in names:
         if name in os.environ:
@@ -404,14 +404,6 @@ class Launch:
                 unit = {"memory": " MiB a process", "processes": " processes"}.get(name, "")
                 reached.append(f"it reached its {name} limit ({value}{unit}; test_limits.{name})")
         return reached
-
-
-def _bytecode(tmp: str) -> dict[str, str]:
-    """Python's compiled bytecode goes to the command's private scratch space: the processes
-    of one run (a suite that starts its service hundreds of times, pytest's workers) compile
-    each module once, and the checkout under test (the live one in phase 2) gets no
-    ``__pycache__`` of Molt's making."""
-    return {"PYTHONPYCACHEPREFIX": f"{tmp}/pycache"}
 
 
 def _lower(which: int, value: int) -> None:

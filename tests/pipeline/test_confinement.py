@@ -319,27 +319,6 @@ def test_a_stopped_test_command_leaves_nothing_it_started_running(
     assert _running(token) == []
 
 
-@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandbox", "MOLT_SANDBOX=off"])
-def test_a_runs_processes_share_compiled_modules_and_the_checkout_gets_none(
-    tmp_path: Path, sandboxed: bool
-) -> None:
-    """A suite that starts its service hundreds of times compiles each module once per run,
-    not once per process; the bytecode stays in the run's scratch space."""
-    checkout = tmp_path / "checkout"
-    checkout.mkdir()
-    (checkout / "service.py").write_text("VERSION = 1\n")
-    second = "import os, service; print('cached' if os.path.exists(service.__cached__) else 'not')"
-    run = run_tests(
-        f'python -c "import service" && python -c "{second}"',
-        checkout,
-        60,
-        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(())),
-    )
-    assert run.ok, run.output
-    assert run.output.strip().splitlines()[-1] == "cached"
-    assert not (checkout / "__pycache__").exists()
-
-
 KILLED_MID_RUN = """\
 import sys
 from pathlib import Path

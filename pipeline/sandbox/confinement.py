@@ -6,7 +6,8 @@ commands do not (they must reach the live service). With bubblewrap (``bwrap``) 
 command gets:
 
 - an environment built from an allowlist (``PATH``, ``HOME``, ``LANG``/``LC_*``, ``TZ``,
-  ``TMPDIR``, ``CI``) plus the variables its target names in ``test_env``;
+  ``TMPDIR``, ``CI``) plus the variables its target names in ``test_env``, and
+  ``PYTHONDONTWRITEBYTECODE`` unless git ignores ``__pycache__`` in the checkout;
 - a network namespace of its own (its own loopback only) unless ``test_network = "host"``;
 - the whole filesystem read-only, writable only in the checkout under test, with a private
   ``/tmp`` and ``$HOME`` that vanish with it; Molt's data directory, the credential files
@@ -49,6 +50,7 @@ from pipeline.config import (
     Limits,
     Settings,
 )
+from pipeline.git import Git
 from pipeline.processes import alive, die_with_parent
 
 #: Variables a test command gets from Molt's environment whatever the target says.
@@ -220,19 +222,25 @@ class Confinement:
         before it runs); cleans up after it (its cgroup, its scratch directories)."""
         _sweep_left_behind()
         cgroup = _Cgroup.make(self.limits.processes)
+        bytecode = {} if _ignores_bytecode(checkout) else {"PYTHONDONTWRITEBYTECODE": "1"}
         scratch = None
         if not self.sandboxed:
             scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
         try:
             if self.sandboxed:
                 argv = self._bwrap(command, checkout.resolve(), cgroup)
-                env = {**self.env, "HOME": SANDBOX_HOME, "TMPDIR": "/tmp"}
+                env = {**self.env, **bytecode, "HOME": SANDBOX_HOME, "TMPDIR": "/tmp"}
             else:
                 assert scratch is not None
                 (scratch / "home").mkdir()
                 (scratch / "tmp").mkdir()
                 argv = [sys.executable, "-S", str(_REAPER), "/bin/sh", "-c", command]
-                env = {**self.env, "HOME": str(scratch / "home"), "TMPDIR": str(scratch / "tmp")}
+                env = {
+                    **self.env,
+                    **bytecode,
+                    "HOME": str(scratch / "home"),
+                    "TMPDIR": str(scratch / "tmp"),
+                }
             yield Launch(argv, env, self, cgroup)
         finally:
             if cgroup is not None:
@@ -332,7 +340,6 @@ def sandbox_env(names: Any) -> dict[str, str]:
         if name in ALLOWED_ENV or name.startswith(ALLOWED_PREFIXES)
     }
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["CI"] = "true"
     for name in names:
         if name in os.environ:
@@ -404,6 +411,14 @@ class Launch:
                 unit = {"memory": " MiB a process", "processes": " processes"}.get(name, "")
                 reached.append(f"it reached its {name} limit ({value}{unit}; test_limits.{name})")
         return reached
+
+
+def _ignores_bytecode(checkout: Path) -> bool:
+    """Whether git ignores Python's compiled bytecode in ``checkout``: only then may a test
+    command keep it there (a suite that starts its service hundreds of times compiles each
+    module once, not in every process), since anything else it leaves would show as an
+    untracked file of the live checkout, or of a change about to be committed."""
+    return Git(checkout).ok("check-ignore", "--quiet", "__pycache__/module.cpython.pyc")
 
 
 def _lower(which: int, value: int) -> None:

@@ -31,7 +31,7 @@ from pipeline.sandbox.validation import run_tests
 from tests.conversations import implemented, planned, reviewed
 from tests.desk import StartChat, ThreadWorker
 from tests.fakes.anthropic import FakeAnthropic
-from tests.support import ServiceRepo
+from tests.support import ServiceRepo, git
 
 pytestmark = pytest.mark.skipif(
     not confinement.support().works, reason="this host cannot make a sandbox"
@@ -317,6 +317,33 @@ def test_a_stopped_test_command_leaves_nothing_it_started_running(
     while _running(token) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _running(token) == []
+
+
+@pytest.mark.parametrize("sandboxed", [True, False], ids=["sandbox", "MOLT_SANDBOX=off"])
+@pytest.mark.parametrize("ignored", [True, False], ids=["git ignores it", "git does not"])
+def test_compiled_modules_are_kept_only_where_git_ignores_them(
+    tmp_path: Path, sandboxed: bool, ignored: bool
+) -> None:
+    """A suite that starts its service hundreds of times compiles each module once, where the
+    checkout's git ignores bytecode; elsewhere it writes none, and the checkout stays clean."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    files = {"service.py": "VERSION = 1\n", ".gitignore": "__pycache__/\n" if ignored else ""}
+    for name, text in files.items():
+        (checkout / name).write_text(text)
+    git(checkout, "init", "-q")
+    git(checkout, "add", "-A")
+    git(checkout, "commit", "-q", "-m", "service")
+    second = "import os, service; print('cached' if os.path.exists(service.__cached__) else 'not')"
+    run = run_tests(
+        f'python -c "import service" && python -c "{second}"',
+        checkout,
+        60,
+        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(())),
+    )
+    assert run.ok, run.output
+    assert run.output.strip().splitlines()[-1] == ("cached" if ignored else "not")
+    assert git(checkout, "status", "--porcelain") == ""
 
 
 KILLED_MID_RUN = """\

@@ -10,7 +10,7 @@ of ours for the length of the run; the settings are pyproject.toml's ``[tool.cov
 and line coverage of bot/ and pipeline/ is reported once the data of all of them is combined.
 The CPU time then includes coverage's.
 
-    python bench/suite.py [--coverage] [--slowest 15] [--jobs 3] [-- pytest arguments]
+    python bench/suite.py [--coverage] [--slowest 15] [--jobs 4] [-- pytest arguments]
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--coverage", action="store_true", help="line coverage of bot/, pipeline/")
     parser.add_argument("--slowest", type=int, default=15, help="how many slowest tests to list")
-    parser.add_argument("--jobs", default=os.environ.get("MOLT_TEST_JOBS", "3"))
+    parser.add_argument("--jobs", default=os.environ.get("MOLT_TEST_JOBS", "4"))
     parser.add_argument("pytest_args", nargs="*", help="after --: arguments for pytest")
     args = parser.parse_args()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import pytest
 import redis
 
 from bot.console import Console
@@ -58,6 +59,7 @@ def test_on_a_terminal_progress_rewrites_one_line_in_place(conn: redis.Redis) ->
     assert shown.rstrip().endswith("watched 55 s of 60 s: 11/11 probes healthy")
 
 
+@pytest.mark.slow
 def test_the_watch_says_how_long_it_has_watched_so_far(
     settings: Settings, conn: redis.Redis, tmp_path: Path
 ) -> None:

@@ -380,6 +380,7 @@ def test_commands_are_taken_only_in_the_configured_channels(
     assert origin == Origin("discord", ANA.id, CHANNEL_ID, "ana", roles=(ROLE_DEPLOYERS,))
 
 
+@pytest.mark.slow
 def test_a_session_that_cannot_be_resumed_identifies_again_and_keeps_listening(
     connected: tuple[Discord, RecordingDesk], fake: FakeDiscord
 ) -> None:

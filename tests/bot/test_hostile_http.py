@@ -314,6 +314,7 @@ def test_a_chunked_body_is_read_no_further_than_the_limit(server: HttpServer) ->
     assert answer.status == 413
 
 
+@pytest.mark.slow
 def test_a_body_that_does_not_arrive_is_given_up_on_every_route(server: HttpServer) -> None:
     """A body 1,000 bytes short, the connection held: each route answers 408, none hangs."""
     paths = [*ROUTES, "/alerts/webhook", "/nowhere"]

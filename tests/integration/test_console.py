@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests.store import RequestStore
@@ -36,6 +38,7 @@ def _store(data_dir: Path) -> RequestStore:
     return RequestStore(store.connect(load_settings(data_dir=data_dir)))
 
 
+@pytest.mark.slow
 def test_deploy_lands_after_approval_and_reports_success(
     service: ServiceRepo, start_molt: StartMolt
 ) -> None:
@@ -52,6 +55,7 @@ def test_deploy_lands_after_approval_and_reports_success(
     assert "phase 1: tests" in molt.output and "phase 2: tests" in molt.output
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_update_is_rolled_back(
     service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -73,6 +77,7 @@ def test_worker_killed_mid_update_is_rolled_back(
     assert processes_in(service.live) == []  # its test command went with it
 
 
+@pytest.mark.slow
 def test_a_worker_killed_in_phase_two_leaves_no_test_command_running(
     service: ServiceRepo, start_molt: StartMolt, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from bot.app import WORKER_GRACE, WORKER_KILL_WAIT
 from tests.support import Molt, ServiceRepo
 
 StartMolt = Callable[..., Molt]
 
 
+@pytest.mark.slow
 def test_a_piped_console_stays_until_its_approved_deploy_has_run(
     service: ServiceRepo, start_molt: StartMolt
 ) -> None:

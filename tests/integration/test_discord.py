@@ -209,6 +209,7 @@ def _v2(service: ServiceRepo) -> str:
     return service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
 
 
+@pytest.mark.slow
 def test_message_command_deploys_to_success_in_one_message_edited_in_place(
     service: ServiceRepo, start_discord_molt: Callable[..., DiscordBot]
 ) -> None:
@@ -419,6 +420,7 @@ def test_request_changes_opens_a_modal_and_plans_the_requested_ref(
     assert service.live_head() == tagged
 
 
+@pytest.mark.slow
 def test_a_gateway_outage_mid_update_loses_no_status(
     service: ServiceRepo, start_discord_molt: Callable[..., DiscordBot]
 ) -> None:

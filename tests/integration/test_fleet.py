@@ -142,6 +142,7 @@ def _planned_here(bot: InProcessBot, command: str) -> str:
     return bot.transcript.wait_for(r"press approve (r[0-9a-f]+)", since=since).group(1)
 
 
+@pytest.mark.slow
 def test_two_targets_update_at_once_each_on_its_own_worker(fleet: Fleet) -> None:
     api_worker, web_worker = fleet.worker("api"), fleet.worker("web")
     new_api = fleet.api.commit(V2, "api v2")
@@ -189,6 +190,7 @@ def test_a_command_without_its_target_is_answered_with_the_targets(fleet: Fleet)
     molt.transcript.wait_for(r"Molt fleet: 2 targets", since=shown)
 
 
+@pytest.mark.slow
 def test_people_are_checked_against_the_targets_own_lists(fleet: Fleet) -> None:
     fleet.api.commit(V2, "api v2")
     molt = fleet.bot_in_process()
@@ -253,6 +255,7 @@ def _wait_until_running(requests: RequestStore, request_id: str) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_update_is_rolled_back_by_its_targets_next_worker(
     fleet: Fleet, tmp_path: Path
 ) -> None:

@@ -69,6 +69,7 @@ def test_a_request_right_after_its_worker_stopped_is_blocked_at_once(hosts: Web)
     assert request.state is S.BLOCKED and request.target == "web"
 
 
+@pytest.mark.slow
 def test_a_request_whose_worker_was_killed_is_blocked_after_the_worker_wait(
     hosts: Web,
 ) -> None:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import pytest
+
 from pipeline import audit
 from tests.fakes.github import FakeGitHub, issue_comment_payload, issues_payload, ping_payload
 from tests.integration.github_bot import REPO, V2, GitHubBot
 from tests.support import ServiceRepo
 
 
+@pytest.mark.slow
 def test_labelled_issue_planned_approved_by_a_ticked_box_and_live(
     service: ServiceRepo, start_github_molt: Callable[..., GitHubBot], github: FakeGitHub
 ) -> None:
@@ -175,6 +178,7 @@ def test_a_5xx_after_the_comment_landed_leaves_exactly_one_comment(
     assert len(statuses) == 1
 
 
+@pytest.mark.slow
 def test_rate_limits_are_waited_out_and_the_final_status_delivered(
     service: ServiceRepo, github_bot: GitHubBot, github: FakeGitHub
 ) -> None:
@@ -193,6 +197,7 @@ def test_rate_limits_are_waited_out_and_the_final_status_delivered(
     assert len(limited) == 3
 
 
+@pytest.mark.slow
 def test_polling_alone_picks_up_a_labelled_issue_and_takes_comments(
     service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
 ) -> None:

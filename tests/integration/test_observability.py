@@ -12,6 +12,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.fakes.alerts import Alertmanager, alertmanager_alert, alertmanager_payload
 from tests.integration.inprocess import StartBot
 from tests.support import Molt, ServiceRepo, run_cli
@@ -43,6 +45,7 @@ def _sample(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
+@pytest.mark.slow
 def test_metrics_add_up_the_bot_its_http_server_and_the_workers_horses(
     service: ServiceRepo, start_molt: StartMolt, data_dir: Path
 ) -> None:
@@ -175,6 +178,7 @@ def test_the_status_page_draws_each_phase_and_names_the_step_that_failed(
 ALERT_TOKEN = "am-token-9c1e"
 
 
+@pytest.mark.slow
 def test_an_incident_and_the_watch_window_show_on_the_page_and_in_the_metrics(
     service: ServiceRepo, start_molt: StartMolt
 ) -> None:

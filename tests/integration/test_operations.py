@@ -10,6 +10,8 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests.states import RequestState as S
@@ -38,6 +40,7 @@ def _store(data_dir: Path) -> RequestStore:
     return RequestStore(store.connect(load_settings(data_dir=data_dir)))
 
 
+@pytest.mark.slow
 def test_operator_controls_from_the_shell_act_as_the_console_operator(
     service: ServiceRepo,
     start_molt: StartMolt,
@@ -82,6 +85,7 @@ def test_operator_controls_from_the_shell_act_as_the_console_operator(
     assert service.live_head() == old
 
 
+@pytest.mark.slow
 def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(
     service: ServiceRepo,
     start_molt: StartMolt,

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support import Molt, ServiceRepo, wait_for_file
 
 StartMolt = Callable[..., Molt]
@@ -19,6 +21,7 @@ def _gated_tests(runs: Path, gate: Path, head: str) -> str:
     )
 
 
+@pytest.mark.slow
 def test_the_plan_shows_the_run_molt_started_and_the_approved_update_waits_for_it(
     service: ServiceRepo, start_molt: StartMolt, tmp_path: Path
 ) -> None:

@@ -102,6 +102,7 @@ def molt_checkout(tmp_path: Path) -> tuple[Path, Path]:
     return _copy_of_molt(tmp_path / "molt")
 
 
+@pytest.mark.slow
 def test_a_tampered_tree_is_refused_at_start_with_the_paths_named(
     molt_checkout: tuple[Path, Path], data_dir: Path
 ) -> None:
@@ -139,6 +140,7 @@ def test_a_tampered_tree_is_refused_at_start_with_the_paths_named(
 
 
 @pytest.mark.parametrize("worker_dies", [True, False], ids=["worker-dies", "worker-waits"])
+@pytest.mark.slow
 def test_a_crash_loop_under_a_supervisor_returns_to_the_last_good_release(
     molt_checkout: tuple[Path, Path], data_dir: Path, worker_dies: bool
 ) -> None:

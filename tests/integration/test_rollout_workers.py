@@ -56,6 +56,7 @@ def hosts(tmp_path: Path) -> Iterator[Rollout]:
     found.stop()
 
 
+@pytest.mark.slow
 def test_a_rollout_runs_each_step_on_its_targets_own_worker(hosts: Rollout) -> None:
     workers = {name: hosts.worker(name) for name in TARGETS}
     new = hosts.service.commit(V2, "web v2")

@@ -162,6 +162,7 @@ def _steps(hosts: Hosts, rollout_id: str) -> list[Request]:
     return [requests.get(s["request_id"]) for s in (rollout.result or {})["steps"]]
 
 
+@pytest.mark.slow
 def test_a_rollout_goes_through_its_steps_one_after_another_in_one_message(
     hosts: Hosts,
 ) -> None:
@@ -308,6 +309,7 @@ def test_a_failed_canary_is_rolled_back_and_the_next_step_never_runs(hosts: Host
     assert {s.id for s in _steps(hosts, rollout_id)}.isdisjoint({one.id, two.id})
 
 
+@pytest.mark.slow
 def test_a_failed_step_rolls_back_the_steps_done_before_it(hosts: Hosts) -> None:
     old = hosts.head("web-1")
     new = hosts.service.commit(V2 | _fails_on(hosts.lives["web-2"]), "web v2, failing on web-2")
@@ -517,6 +519,7 @@ def test_a_freeze_met_when_a_step_starts_blocks_the_rollout_and_the_steps_done_r
 # -- rollbacks, the coordinator, the shell ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_rollback_of_a_step_is_never_held_by_a_pause_observe_mode_or_the_daily_limit(
     hosts: Hosts, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -548,6 +551,7 @@ def test_the_rollback_of_a_step_is_never_held_by_a_pause_observe_mode_or_the_dai
     assert "1. web-1: done, rolled back" in shown
 
 
+@pytest.mark.slow
 def test_a_rollout_another_bot_process_holds_is_moved_on_only_once_it_lets_go(
     hosts: Hosts,
 ) -> None:

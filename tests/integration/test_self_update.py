@@ -56,6 +56,7 @@ def molt_checkout(tmp_path: Path) -> tuple[Path, Path]:
     return _copy_of_molt(tmp_path / "molt")
 
 
+@pytest.mark.slow
 def test_molt_updates_itself_and_comes_back_on_the_new_version(
     molt_checkout: tuple[Path, Path], data_dir: Path, tmp_path: Path
 ) -> None:
@@ -107,6 +108,7 @@ def test_molt_updates_itself_and_comes_back_on_the_new_version(
         molt.stop()
 
 
+@pytest.mark.slow
 def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
     molt_checkout: tuple[Path, Path], data_dir: Path
 ) -> None:

@@ -150,6 +150,7 @@ def slack_bot(start_slack_bot: Callable[..., SlackBot]) -> SlackBot:
     return start_slack_bot()
 
 
+@pytest.mark.slow
 def test_deploy_from_slack_to_success_with_metadata_on_every_message(
     service: ServiceRepo, start_slack_molt: Callable[..., SlackBot]
 ) -> None:
@@ -465,6 +466,7 @@ def test_app_home_shows_the_current_update_queue_and_recent_outcomes(
     assert "Nothing waiting" in shown
 
 
+@pytest.mark.slow
 def test_rate_limits_are_honoured_and_the_final_status_still_arrives(
     service: ServiceRepo, slack_bot: SlackBot
 ) -> None:

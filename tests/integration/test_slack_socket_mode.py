@@ -73,6 +73,7 @@ def _shown(slack: FakeSlack, template: str, timeout: float = 60) -> Any:
     return slack.wait_for(lambda c: _template(c) == template, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_socket_mode_deploy_acks_every_envelope_and_lands(
     service: ServiceRepo, slack: FakeSlack, start_socket_bot: Callable[[], InProcessBot]
 ) -> None:
@@ -91,6 +92,7 @@ def test_socket_mode_deploy_acks_every_envelope_and_lands(
     assert [c.method for c in slack.calls("apps.connections.open")]
 
 
+@pytest.mark.slow
 def test_a_dropped_connection_is_reopened_and_nothing_is_lost(
     service: ServiceRepo, slack: FakeSlack, start_socket_bot: Callable[[], InProcessBot]
 ) -> None:
@@ -110,6 +112,7 @@ def test_a_dropped_connection_is_reopened_and_nothing_is_lost(
     assert len(slack.calls("apps.connections.open")) >= 2
 
 
+@pytest.mark.slow
 def test_a_restart_of_the_bot_loses_no_event_and_repeats_none(
     service: ServiceRepo, slack: FakeSlack, start_socket_molt: Callable[[], Molt], data_dir: Path
 ) -> None:

@@ -111,6 +111,7 @@ def _fix_it(chat: Chat, incident: Incident) -> int:
     return since
 
 
+@pytest.mark.slow
 def test_a_fix_whose_test_reproduces_the_incident_lands_and_holds(
     service: ServiceRepo, start_chat: StartChat, fake: FakeAnthropic
 ) -> None:

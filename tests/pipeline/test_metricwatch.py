@@ -85,6 +85,7 @@ def test_a_required_query_out_of_bounds_twice_rolls_back_naming_value_bound_and_
     assert prometheus.queries(ERROR_RATE) == 3  # the baseline and two readings
 
 
+@pytest.mark.slow
 def test_an_optional_query_out_of_bounds_is_reported_and_the_update_lands(
     service: ServiceRepo, start_chat: StartChat, prometheus: FakePrometheus, tmp_path: Path
 ) -> None:
@@ -106,6 +107,7 @@ def test_an_optional_query_out_of_bounds_is_reported_and_the_update_lands(
     assert "Metrics inconclusive" not in chat.output
 
 
+@pytest.mark.slow
 def test_prometheus_down_is_inconclusive_the_update_lands_and_the_incident_channel_is_told(
     service: ServiceRepo, start_chat: StartChat, tmp_path: Path
 ) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from bot.rendering import render
 from pipeline import events, keyspace
 from tests.desk import StartChat
@@ -36,6 +38,7 @@ def _fake_pytest(path: Path, live: Path) -> str:
 FLAKY_ID = "checks/test_flaky.py::test_sometimes"
 
 
+@pytest.mark.slow
 def test_a_long_phase_shows_its_progress_while_it_runs(
     service: ServiceRepo, start_chat: StartChat, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 import redis
 
 from pipeline import audit, store
@@ -78,6 +79,7 @@ def _settled(conn: redis.Redis, plans: list[Request]) -> list[Request]:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_approvals_in_the_same_instant_never_leave_the_queue_stuck(
     settings: Settings,
     conn: redis.Redis,
@@ -120,6 +122,7 @@ def _most_running_at_once(conn: redis.Redis) -> int:
     return most
 
 
+@pytest.mark.slow
 def test_random_interleavings_of_approvals_retries_stops_clears_and_workers(
     settings: Settings, conn: redis.Redis, service: ServiceRepo, start_molt: StartMolt
 ) -> None:
@@ -183,6 +186,7 @@ def test_random_interleavings_of_approvals_retries_stops_clears_and_workers(
     assert most <= 1
 
 
+@pytest.mark.slow
 def test_a_line_whose_job_was_lost_gets_one_again(
     settings: Settings, conn: redis.Redis, service: ServiceRepo, start_molt: StartMolt
 ) -> None:

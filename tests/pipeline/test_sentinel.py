@@ -82,6 +82,7 @@ def sentinel(tmp_path: Path) -> Iterator[tuple[int, int, int]]:
 
 
 @pytest.mark.own_redis
+@pytest.mark.slow
 def test_molt_follows_the_primary_through_a_failover(
     sentinel: tuple[int, int, int], tmp_path: Path
 ) -> None:

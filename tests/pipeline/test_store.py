@@ -183,6 +183,7 @@ def test_a_server_found_without_a_watchdog_gets_one(
     _wait_all_gone(data_dir, "after its last user left")
 
 
+@pytest.mark.slow
 def test_a_server_that_no_longer_answers_is_replaced(
     molt_env: dict[str, str], data_dir: Path, tmp_path: Path
 ) -> None:

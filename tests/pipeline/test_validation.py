@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import FLAKY_FAIL, FLAKY_PASS
 from pipeline.sandbox.validation import PhaseResult, PhaseSpec, run_phase
 from tests.support import fails_once
@@ -90,6 +92,7 @@ def test_another_runner_runs_again_whole_and_is_named_by_its_command(tmp_path: P
     assert result.passed == 5
 
 
+@pytest.mark.slow
 def test_a_timeout_or_a_stop_is_never_run_again(tmp_path: Path) -> None:
     runs = tmp_path / "svc" / "runs"
     slow = f"import time\nopen({str(runs)!r}, 'a').write('run\\n')\ntime.sleep(60)\n"

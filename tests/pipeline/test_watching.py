@@ -3,6 +3,8 @@ in this process, with real git and the service's real restart and health command
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.requests.states import RequestState as S
 from tests.desk import StartChat
 from tests.support import ServiceRepo
@@ -22,6 +24,7 @@ sys.exit(1 if time.time() - since > 1.5 else 0)
 WATCH = {"MOLT_WATCH_SECONDS": "6", "MOLT_WATCH_INTERVAL": "1", "MOLT_RESTART_COMMAND": RESTART}
 
 
+@pytest.mark.slow
 def test_a_release_that_turns_unhealthy_after_its_restart_is_rolled_back_in_the_watch(
     service: ServiceRepo, start_chat: StartChat
 ) -> None:
@@ -45,6 +48,7 @@ def test_a_release_that_turns_unhealthy_after_its_restart_is_rolled_back_in_the_
     assert "python health.py` exit 1" in request.message
 
 
+@pytest.mark.slow
 def test_a_healthy_release_succeeds_saying_what_was_watched(
     service: ServiceRepo, start_chat: StartChat
 ) -> None:

@@ -346,7 +346,7 @@ def config_file() -> Path:
 
 #: MOLT_TEST_COMMAND when unset; Molt's own suite runs in parallel, the way scripts/test runs it.
 DEFAULT_TEST_COMMAND = "python -m pytest -q"
-SELF_TEST_COMMAND = "python -m pytest -q -n 4"
+SELF_TEST_COMMAND = "python -m pytest -q -n 4 --dist worksteal"
 
 #: How much Molt does on its own (MOLT_AUTONOMY); see pipeline/intake/autonomy.py.
 AUTONOMY_MODES = ("observe", "assisted", "semi", "auto")

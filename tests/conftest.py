@@ -47,11 +47,25 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` first: xdist hands tests out in this order, so the long ones
-    start on every worker at once, and the last minutes are short tests that keep all of
-    them busy, not one worker finishing a long test while the others wait."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each xdist worker starts on its share of the tests marked ``slow``. Work stealing
+    (scripts/test) hands worker k the k-th of as many contiguous runs of the collection as
+    there are workers, and later moves tests from the end of one worker's run to another:
+    with the slow tests at the head of every run, they start at once, one per worker, and
+    the suite ends on short tests that keep every worker busy."""
+    workers = getattr(config, "workerinput", {}).get("workercount", 1)
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    quick = [item for item in items if not item.get_closest_marker("slow")]
+    ordered: list[pytest.Item] = []
+    left = len(items)
+    for worker in range(workers):
+        size = left // (workers - worker)  # the share xdist's work stealing hands it
+        left -= size
+        mine = slow[worker::workers]
+        take = max(size - len(mine), 0)
+        ordered += mine + quick[:take]
+        del quick[:take]
+    items[:] = ordered + quick
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -28,7 +28,9 @@ def test_defaults_manage_molt_itself_and_let_the_console_user_in(
     assert settings.authorised_users == ["console:alice"]
     assert settings.approvers == ["console:alice"]
     assert settings.operators == ["console:alice"]
-    assert settings.test_command == "python -m pytest -q -n 4"  # its suite, as scripts/test runs it
+    assert (
+        settings.test_command == "python -m pytest -q -n 4 --dist worksteal"
+    )  # its suite, as scripts/test runs it
     assert settings.data_dir == (Path.cwd() / ".molt").resolve()
 
 

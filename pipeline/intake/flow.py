@@ -311,6 +311,7 @@ def _tests_done(settings: Settings, conn: redis.Redis, record: TestRecord) -> No
                     "autonomy": settings.autonomy,
                     "tests": state.to_dict(),
                 },
+                only_in=S.PLAN_READY,
             )
 
 
@@ -409,7 +410,7 @@ def _plan_ready(
         decision = approval.approve_recovery(settings, conn, request_id)
     else:
         decision = approval.approve_automatically(settings, conn, request_id)
-    if not decision and store.get(request_id).state is S.PLAN_READY:
+    if not decision:
         # something changed in between: show the plan again, with its buttons
         store.notify(
             request_id,
@@ -417,6 +418,7 @@ def _plan_ready(
             actor=MOLT,
             action=f"{'retry' if presser else 'auto'}_approve_refused",
             data=shown | {held_key: decision.reason},
+            only_in=S.PLAN_READY,
         )
     return store.get(request_id)
 

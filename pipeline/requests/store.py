@@ -375,18 +375,31 @@ class RequestStore:
         action: str,
         audience: str = "",
         data: dict[str, Any] | None = None,
-    ) -> None:
-        """An audited message that does not change the request's state."""
-        audit.append(self.conn, actor=actor, action=action, request_id=request_id, detail=data)
-        request = self._maybe(request_id)
-        events.emit(
-            self.conn,
-            events.Event(
+        only_in: RequestState | None = None,
+    ) -> bool:
+        """An audited message that does not change the request's state. With ``only_in``,
+        only while the request is in that state, checked in the same transaction as the
+        writes: a plan shown again from another thread never reappears, buttons and all,
+        after its request moved on. Whether it was sent."""
+        key = keyspace.request(request_id)
+
+        def write(pipe: Any) -> bool:
+            raw = pipe.hgetall(key)
+            request = Request.from_hash(raw) if raw else None
+            if only_in is not None and (request is None or request.state is not only_in):
+                return False
+            head = audit.read_head(pipe)
+            pipe.multi()
+            audit.stage(pipe, head, actor=actor, action=action, request_id=request_id, detail=data)
+            event = events.Event(
                 request_id=request_id,
                 state=request.state.value if request else "",
                 template=template,
                 audience=audience,
                 data=data or {},
                 at=time.time(),
-            ),
-        )
+            )
+            events.stage(pipe, event)
+            return True
+
+        return self._atomically((key,), write)

@@ -87,6 +87,45 @@ def test_two_racing_moves_out_of_the_same_state_succeed_once(conn: redis.Redis) 
     assert [e["action"] for e in audit.entries(conn, request.id)].count("approved") == 1
 
 
+def test_a_plan_shown_again_from_another_thread_never_follows_its_approval(
+    conn: redis.Redis,
+) -> None:
+    """Pre-flight's run ends on a thread of its own and shows waiting plans again, with their
+    buttons: one approved in that instant is not shown as waiting after it was approved."""
+    store = RequestStore(conn)
+    request = store.create(ALICE, "deploy main", "deploy", "main")
+    for state in (S.PREFLIGHT, S.PLANNING, S.PLAN_READY):
+        store.transition(request.id, state, actor="molt")
+    barrier = threading.Barrier(8)
+
+    def show_again() -> None:
+        barrier.wait()
+        store.notify(
+            request.id, "plan_ready", actor="molt", action="shown_again", only_in=S.PLAN_READY
+        )
+
+    def approve() -> None:
+        barrier.wait()
+        store.transition(request.id, S.APPROVED, actor="console:bob")
+
+    threads = [threading.Thread(target=show_again) for _ in range(7)]
+    threads.append(threading.Thread(target=approve))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    shown = [(f["state"], f["template"]) for _, f in conn.xrange(keyspace.EVENTS)]
+    approved = [state for state, _ in shown].index("approved")
+    assert all(template != "plan_ready" for _, template in shown[approved:])
+    audited = len(audit.entries(conn, request.id))
+    sent = store.notify(
+        request.id, "plan_ready", actor="molt", action="shown_again", only_in=S.PLAN_READY
+    )
+    assert not sent
+    assert len(audit.entries(conn, request.id)) == audited
+    assert conn.xlen(keyspace.EVENTS) == len(shown)
+
+
 def test_terminal_states_lead_nowhere_but_retry() -> None:
     for state in TERMINAL:
         for target in RequestState:

@@ -131,7 +131,8 @@ def test_the_status_page_draws_each_phase_and_names_the_step_that_failed(
     since = molt.type("deploy main")
     molt.type("press approve")
     molt.transcript.wait_for(r"❌ Failed: ", since=since)
-    molt.type(f"deploy {TOKEN}")  # a secret in a request's text is never shown
+    since = molt.type(f"deploy {TOKEN}")  # a secret in a request's text is never shown
+    molt.transcript.wait_for(r"❌ Failed: ", since=since)  # no such ref: it ends at once
 
     assert _get(port, "/")[0] == 401
     assert _get(port, "/", {"Authorization": "Bearer wrong"})[0] == 401

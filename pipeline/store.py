@@ -39,7 +39,7 @@ from redis.sentinel import Sentinel
 from pipeline.config import Settings
 from pipeline.exceptions import StoreError
 from pipeline.processes import alive, terminate
-from pipeline.store_watch import WATCH_FILE
+from pipeline.store_watch import STARTING, WATCH_FILE
 
 _SOCKET_LIMIT = 100  # sun_path is 108 bytes on Linux
 USERS_FILE = "redis.users"
@@ -168,17 +168,15 @@ def ensure_embedded(data_dir: Path) -> Path:
             )
             + "\n"
         )
+        # Watched before it starts: a process killed at any moment of the start leaves no
+        # server that nothing would stop.
+        _watch(data_dir, STARTING)
         result = subprocess.run(
             [str(redis_server_binary()), str(conf)], capture_output=True, text=True, check=False
         )
         if result.returncode != 0:
             raise StoreError(f"starting embedded Redis: {result.stderr or result.stdout}".strip())
         deadline = time.monotonic() + 10
-        # Watched from the moment it has a pid, before it answers: a process killed while it
-        # waits for the answer leaves no server that nothing would stop.
-        while not _server_pid(data_dir) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        _watch(data_dir)
         while not _alive(sock):
             if time.monotonic() > deadline:
                 log = (data_dir / "redis.log").read_text(errors="replace")[-1000:]
@@ -187,9 +185,10 @@ def ensure_embedded(data_dir: Path) -> Path:
     return sock
 
 
-def _watch(data_dir: Path) -> None:
-    """Start the watchdog that stops the server once no user is left (it detaches at once)."""
-    pid = _server_pid(data_dir)
+def _watch(data_dir: Path, pid: int | None = None) -> None:
+    """Start the watchdog that stops the server (``pid``, by default the running one) once no
+    user is left; it detaches at once."""
+    pid = _server_pid(data_dir) if pid is None else pid
     if not pid:
         return
     watchdog = Path(__file__).with_name("store_watch.py")

@@ -2,10 +2,11 @@
 data directory is left, however they ended (a SIGKILL runs no exit handler, and a process
 killed during its start never installed one).
 
-pipeline/store.py starts one beside every server it starts, and beside a running server it
-finds without one (started by a Molt from before it had them). It runs in a session of its
-own, detached, and is none of the server's users: every ``TICK`` seconds it asks, under the
-lock that starts and stops the server (redis.lock), for MOLT_DATA_DIR/redis.users alone.
+pipeline/store.py starts one just before every server it starts (it waits for the start to
+end, then watches what it started), and beside a running server it finds without one
+(started by a Molt from before it had them). It runs in a session of its own, detached, and
+is none of the server's users: every ``TICK`` seconds it asks, under the lock that starts
+and stops the server (redis.lock), for MOLT_DATA_DIR/redis.users alone.
 Users hold that file shared and flock locks end with their process, so having it means no
 user is left: it stops the server (SIGTERM: redis writes its append-only file and exits)
 while still holding it, so that a Molt starting meanwhile waits and then finds the server
@@ -32,6 +33,9 @@ TICK = 1.0
 WATCH_FILE = "redis.watch"
 #: How long a server that was sent SIGTERM has to exit before it is killed.
 GRACE = 10.0
+#: The pid given for a server whose start is under way: the watchdog starts before it, so
+#: that a process killed at any moment of the start leaves no server that nothing stops.
+STARTING = -1
 
 
 def main(argv: list[str]) -> int:
@@ -42,6 +46,8 @@ def main(argv: list[str]) -> int:
     # The watchdog of a server just replaced exits as that server goes: wait for it. Another
     # one of this very server keeps the file until the server is gone; this one then exits.
     fcntl.flock(watch, fcntl.LOCK_EX)
+    if pid == STARTING:
+        pid = _started(data_dir)
     started = start_time(pid) if _is_redis(pid) else None
     ended = _ending(pid)
     while started is not None and _watched(data_dir, pid, started):
@@ -49,6 +55,17 @@ def main(argv: list[str]) -> int:
             break
         ended(TICK)
     return 0
+
+
+def _started(data_dir: Path) -> int:
+    """The server a start under way makes: its pid once the start ends, whether it ended
+    well or its process died (the start lock is free either way), or 0 if none runs."""
+    with open(data_dir / "redis.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)
+    try:
+        return int((data_dir / "redis.pid").read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _ending(pid: int) -> Callable[[float], None]:

@@ -62,6 +62,11 @@ def _started(data_dir: Path) -> int:
     well or its process died (the start lock is free either way), or 0 if none runs."""
     with open(data_dir / "redis.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH)
+    return _named(data_dir)
+
+
+def _named(data_dir: Path) -> int:
+    """The pid redis.pid names, or 0."""
     try:
         return int((data_dir / "redis.pid").read_text().strip() or 0)
     except (OSError, ValueError):
@@ -84,11 +89,7 @@ def _ending(pid: int) -> Callable[[float], None]:
 
 def _watched(data_dir: Path, pid: int, started: int) -> bool:
     """The server still runs and is still the data directory's one."""
-    try:
-        named = int((data_dir / "redis.pid").read_text().strip() or 0)
-    except (OSError, ValueError):
-        return False
-    return named == pid and start_time(pid) == started
+    return _named(data_dir) == pid and start_time(pid) == started
 
 
 def _stopped_alone(data_dir: Path, pid: int, started: int) -> bool:

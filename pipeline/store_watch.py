@@ -36,6 +36,8 @@ GRACE = 10.0
 #: The pid given for a server whose start is under way: the watchdog starts before it, so
 #: that a process killed at any moment of the start leaves no server that nothing stops.
 STARTING = -1
+#: How long, once a start ended, its server may take to write its pid file.
+START_SECONDS = 10.0
 
 
 def main(argv: list[str]) -> int:
@@ -62,7 +64,12 @@ def _started(data_dir: Path) -> int:
     well or its process died (the start lock is free either way), or 0 if none runs."""
     with open(data_dir / "redis.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_SH)
-    return _named(data_dir)
+    # A daemonized redis-server writes its pid file after the process that started it has
+    # returned: a starter killed in between leaves a server that names itself a moment later.
+    deadline = time.monotonic() + START_SECONDS
+    while not (pid := _named(data_dir)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return pid
 
 
 def _named(data_dir: Path) -> int:

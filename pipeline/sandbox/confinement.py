@@ -28,6 +28,7 @@ capabilities), so that a Molt under test can make sandboxes of its own inside th
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import os
 import re
@@ -223,9 +224,10 @@ class Confinement:
         _sweep_left_behind()
         cgroup = _Cgroup.make(self.limits.processes)
         bytecode = {} if _ignores_bytecode(checkout) else {"PYTHONDONTWRITEBYTECODE": "1"}
-        scratch = None
+        scratch, held = None, None
         if not self.sandboxed:
             scratch = Path(tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-"))
+            held = _hold(scratch)
         try:
             if self.sandboxed:
                 argv = self._bwrap(command, checkout.resolve(), cgroup)
@@ -247,6 +249,8 @@ class Confinement:
                 cgroup.remove()
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+            if held is not None:
+                os.close(held)
 
     def _bwrap(self, command: str, checkout: Path, cgroup: _Cgroup | None) -> list[str]:
         found = support()
@@ -414,11 +418,15 @@ class Launch:
 
 
 def _ignores_bytecode(checkout: Path) -> bool:
-    """Whether git ignores Python's compiled bytecode in ``checkout``: only then may a test
-    command keep it there (a suite that starts its service hundreds of times compiles each
-    module once, not in every process), since anything else it leaves would show as an
-    untracked file of the live checkout, or of a change about to be committed."""
-    return Git(checkout).ok("check-ignore", "--quiet", "__pycache__/module.cpython.pyc")
+    """Whether git ignores Python's compiled bytecode in ``checkout``, at its top and in its
+    packages: only then may a test command keep it there (a suite that starts its service
+    hundreds of times compiles each module once, not in every process), since anything else
+    it leaves would show as an untracked file of the live checkout, or of a change about to
+    be committed."""
+    name = f"__pycache__/module.{sys.implementation.cache_tag}.pyc"
+    places = {name, f"package/{name}"}
+    ignored = Git(checkout).run("check-ignore", *places, check=False).split()
+    return set(ignored) == places
 
 
 def _lower(which: int, value: int) -> None:
@@ -510,12 +518,25 @@ def _sweep_left_behind() -> None:
             try:
                 if now - entry.stat().st_mtime < _LEFT_BEHIND_AGE or alive(int(owner)):
                     continue
-                if is_scratch:
+                if not is_scratch:
+                    entry.rmdir()  # refused while a process is in it
+                    continue
+                held = os.open(entry, os.O_RDONLY)
+                try:
+                    # Its Molt holds it while its command runs, in whatever PID namespace.
+                    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     shutil.rmtree(entry)
-                else:
-                    entry.rmdir()
+                finally:
+                    os.close(held)
             except OSError:
                 continue
+
+
+def _hold(scratch: Path) -> int:
+    """A shared lock on a scratch directory while its command runs (closing it lets go)."""
+    held = os.open(scratch, os.O_RDONLY)
+    fcntl.flock(held, fcntl.LOCK_SH)
+    return held
 
 
 def _members(path: Path) -> list[int]:

@@ -320,15 +320,19 @@ def test_a_stopped_test_command_leaves_nothing_it_started_running(
 
 
 @pytest.mark.parametrize("sandboxed", [True, False], ids=["sandbox", "MOLT_SANDBOX=off"])
-@pytest.mark.parametrize("ignored", [True, False], ids=["git ignores it", "git does not"])
+@pytest.mark.parametrize(
+    ("ignore", "ignored"),
+    [("__pycache__/\n", True), ("/__pycache__/\n", False), ("", False)],
+    ids=["git ignores it", "only at the top", "git does not"],
+)
 def test_compiled_modules_are_kept_only_where_git_ignores_them(
-    tmp_path: Path, sandboxed: bool, ignored: bool
+    tmp_path: Path, sandboxed: bool, ignore: str, ignored: bool
 ) -> None:
     """A suite that starts its service hundreds of times compiles each module once, where the
     checkout's git ignores bytecode; elsewhere it writes none, and the checkout stays clean."""
     checkout = tmp_path / "checkout"
     checkout.mkdir()
-    files = {"service.py": "VERSION = 1\n", ".gitignore": "__pycache__/\n" if ignored else ""}
+    files = {"service.py": "VERSION = 1\n", ".gitignore": ignore}
     for name, text in files.items():
         (checkout / name).write_text(text)
     git(checkout, "init", "-q")

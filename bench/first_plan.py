@@ -19,6 +19,7 @@ phase 1, phase 2, the restart and the watch.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import subprocess
@@ -94,8 +95,11 @@ def one_run(work: Path, live_too: bool, watch: float, after_tests: bool) -> dict
             if LIVE.search(line):
                 figures["approve to live"] = time.monotonic() - approved
                 break
-            if FAILED.search(line):  # the message, which says why, follows its title
-                print(line.rstrip(), *(molt.stdout.readline().rstrip() for _ in range(12)))
+            if FAILED.search(line):
+                # The message, which says why, follows its title: whatever of it came before
+                # Molt stopped (reading on would wait for lines a console may never print).
+                molt.terminate()
+                print(line.rstrip(), *(rest.rstrip() for rest in itertools.islice(molt.stdout, 12)))
                 break
     finally:
         molt.stdin.close()

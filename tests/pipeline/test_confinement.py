@@ -296,6 +296,11 @@ time.sleep(600)
 """
 
 
+def _confined(sandboxed: bool) -> confinement.Confinement:
+    """The host's sandbox (or none) with nothing but the allowlisted environment."""
+    return confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(()))
+
+
 @pytest.mark.parametrize("sandboxed", [True, False], ids=["sandbox", "MOLT_SANDBOX=off"])
 def test_a_stopped_test_command_leaves_nothing_it_started_running(
     tmp_path: Path, sandboxed: bool
@@ -310,7 +315,7 @@ def test_a_stopped_test_command_leaves_nothing_it_started_running(
         checkout,
         600,
         stop=lambda: (checkout / "daemon.started").exists(),
-        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(())),
+        confinement=_confined(sandboxed),
     )
     assert run.stopped
     deadline = time.monotonic() + 30
@@ -343,7 +348,7 @@ def test_compiled_modules_are_kept_only_where_git_ignores_them(
         f'python -c "import service" && python -c "{second}"',
         checkout,
         60,
-        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(())),
+        confinement=_confined(sandboxed),
     )
     assert run.ok, run.output
     assert run.output.strip().splitlines()[-1] == ("cached" if ignored else "not")
@@ -397,7 +402,7 @@ def test_what_a_molt_killed_mid_run_left_is_cleared_by_the_next_run(
         "true",
         checkout,
         60,
-        confinement=confinement.Confinement(sandboxed=sandboxed, env=confinement.sandbox_env(())),
+        confinement=_confined(sandboxed),
     )
 
     assert run.ok

@@ -184,10 +184,10 @@ class Bot:
         return 0
 
     def shutdown(self) -> None:
+        """Stop every part; the embedded Redis is left by ``molt run`` once it has recorded
+        how this start ended (bot/cli.py)."""
         began = time.monotonic()
         self.stop()
-        if self.settings.redis_url is None:  # the last Molt process stops the embedded Redis
-            store.leave(self.settings.data_dir)
         log.info("stopped", seconds=round(time.monotonic() - began, 2))
 
     def stop(self) -> None:

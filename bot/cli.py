@@ -80,6 +80,8 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
         boot.ended_by(exc)
         raise
     boot.stopped()
+    if settings.redis_url is None:  # the last Molt process stops the embedded Redis
+        store.leave(settings.data_dir)
     return code
 
 

@@ -103,6 +103,7 @@ def molt_checkout(tmp_path: Path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.own_redis  # its stop is recorded before the data directory's Redis stops
 def test_a_tampered_tree_is_refused_at_start_with_the_paths_named(
     molt_checkout: tuple[Path, Path], data_dir: Path
 ) -> None:
@@ -134,9 +135,14 @@ def test_a_tampered_tree_is_refused_at_start_with_the_paths_named(
     checked = _cli(live, data_dir, "release", "verify")
     assert checked.returncode == 0, checked.stderr
     assert f"✓ {head[:7]} is signed release 1 (baseline by " in checked.stdout
-    conn = store.connect(load_settings(data_dir=data_dir))
+    settings = load_settings(data_dir=data_dir, target_dir=live)
+    conn = store.connect(settings)
     actions = [entry["action"] for entry in audit.entries(conn)]
     assert "release_baseline" in actions and "start_refused" in actions
+    # The stop was recorded before the embedded Redis stopped: the boot guard never counts
+    # it among starts that failed.
+    endings = [start.ended for start in Target(settings, conn).boots.starts()]
+    assert sorted(endings) == ["refused", "stopped"]
 
 
 @pytest.mark.parametrize("worker_dies", [True, False], ids=["worker-dies", "worker-waits"])

@@ -83,6 +83,9 @@ class Slack(Adapter):
             bolt_logger.setLevel(logging.WARNING)
             bolt_logger.addFilter(_not_the_token_warning)
         self.app = App(
+            # Named here, since Bolt otherwise takes the caller's file name from
+            # inspect.stack(), which reads the source of every frame on the stack.
+            name="molt",
             client=_web_client(settings, None),
             authorize=lambda: self._authorize(),  # Bolt passes what a function names: nothing
             signing_secret=secret or None,

@@ -8,8 +8,10 @@ honouring ``retry-after``; what still fails becomes an ``LLMError`` saying what 
 
 from __future__ import annotations
 
+import ssl
 import time
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any
 
 import structlog
@@ -189,7 +191,15 @@ def make_client(settings: Settings) -> Any:
         base_url=settings.anthropic_base_url or None,
         max_retries=MAX_RETRIES,
         timeout=min(CALL_TIMEOUT, settings.llm_timeout),
+        http_client=anthropic.DefaultHttpxClient(verify=_tls()),
     )
+
+
+@cache
+def _tls() -> ssl.SSLContext:
+    """One verifying TLS context for every client this process makes: building one reads
+    the system's certificates, which costs more than the rest of a client."""
+    return ssl.create_default_context()
 
 
 def _errors() -> Any:

@@ -17,6 +17,10 @@ _ENV = {
     "GIT_OPTIONAL_LOCKS": "0",
     "LC_ALL": "C",
 }
+#: git's own housekeeping (``gc --auto``, ``maintenance run --auto``) starts after a commit,
+#: fetch or push and goes on in the background: it would outlive the work Molt started git
+#: for, and make a step take as long as a repository's repacking.
+_NO_HOUSEKEEPING = ("-c", "maintenance.auto=false", "-c", "gc.auto=0")
 
 
 class Git:
@@ -46,7 +50,7 @@ class Git:
         """The raw output, for byte counts that matter (cat-file) or text that may not be UTF-8."""
         try:
             result = subprocess.run(
-                ["git", "-C", str(self.path), *args],
+                ["git", "-C", str(self.path), *_NO_HOUSEKEEPING, *args],
                 capture_output=True,
                 timeout=timeout,
                 env={**os.environ, **_ENV, **(env or {})},

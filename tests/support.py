@@ -173,7 +173,10 @@ def wait_for_file(path: Path, molt: Molt, timeout: float = 120) -> None:
 
 def git(cwd: Path, *args: str) -> str:
     result = subprocess.run(
-        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True
+        ["git", "-C", str(cwd), "-c", "maintenance.auto=false", *args],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return result.stdout.strip()
 

@@ -130,6 +130,9 @@ class Bot:
             self.rollouts.start()
         self.oncall.start()
         self.watchers.start()
+        # Now rather than at the first housekeeping: a worker takes a second or more to
+        # import, and the first approved update would wait for it.
+        self._keep_workers()
         self._register(port)
         for loop in (self._beat, self._housekeeping, self._control, self._warm):
             threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()

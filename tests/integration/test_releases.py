@@ -9,13 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from pipeline import audit, store
+from pipeline import audit, processes, store
 from pipeline.config import load_settings
 from pipeline.keyspace import TargetKeys
 from pipeline.queue.targets import Target
@@ -91,10 +90,7 @@ def _stop_relaunched(conn: object) -> None:
     """A Molt the worker relaunched (headless) belongs to no test process: stop it."""
     info = restart.bot_info(conn)  # type: ignore[arg-type]
     if info is not None and info.alive:
-        os.kill(info.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while info.alive and time.monotonic() < deadline:
-            time.sleep(0.1)
+        processes.terminate(info.pid, grace=30)
 
 
 @pytest.fixture

@@ -4,9 +4,7 @@ the new process reports healthy on the new version."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.request
@@ -14,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import store
+from pipeline import processes, store
 from pipeline.config import load_settings
 from pipeline.requests.store import RequestStore
 from pipeline.service import restart
@@ -160,7 +158,4 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
         molt.stop()
         info = restart.bot_info(conn)
         if info is not None and info.alive:  # the relaunched Molt
-            os.kill(info.pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while info.alive and time.monotonic() < deadline:
-                time.sleep(0.1)
+            processes.terminate(info.pid, grace=30)

@@ -765,6 +765,9 @@ class Settings(BaseSettings):
     #: "<starts>/<seconds>": that many failed starts of one release within that many seconds
     #: is a crash loop, and the boot guard returns to the last release that started well.
     crash_loop: str = _var("MOLT_CRASH_LOOP", "3/60", pattern=r"^\s*[1-9]\d*\s*/\s*[1-9]\d*\s*$")
+    #: Seconds a supervisor takes to start Molt again after it exited (systemd's RestartSec):
+    #: a failed start that nothing replaced within this long is not waited for any more.
+    restart_grace: float = _var("MOLT_RESTART_GRACE", 3.0, gt=0)
     # Autonomy and limits (pipeline/intake/autonomy.py): what runs without a person, how much a day,
     # and which kinds of request are taken at all.
     autonomy: str = _var("MOLT_AUTONOMY", "assisted")

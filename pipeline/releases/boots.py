@@ -25,19 +25,16 @@ from pipeline.releases import ledger, manifests
 
 log = structlog.get_logger(__name__)
 
-#: A failed start that nothing replaced within this long was not going to be replaced:
-#: supervisors restart within a second or two (systemd's RestartSec is 100 ms by default).
-RESTART_GRACE = 3.0
 
-
-def restart_grace() -> float:
-    """RESTART_GRACE, stretched by how busy the machine is: on a host whose load is ten times
-    its cores, a restarted Python takes that much longer to record its start."""
+def restart_grace(settings: Settings) -> float:
+    """MOLT_RESTART_GRACE (supervisors restart within a second or two: systemd's RestartSec is
+    100 ms by default), stretched by how busy the machine is: on a host whose load is ten
+    times its cores, a restarted Python takes that much longer to record its start."""
     try:
         busy = os.getloadavg()[0] / (os.cpu_count() or 1)
     except OSError:
         busy = 1.0
-    return RESTART_GRACE * max(1.0, busy)
+    return settings.restart_grace * max(1.0, busy)
 
 
 KEEP_STARTS = 50
@@ -233,7 +230,7 @@ class BootRecords:
         for start in self.starts(5):
             if start.alive and not start.healthy_at:
                 return True
-            if time.time() - max(start.at, start.ended_at) < restart_grace():
+            if time.time() - max(start.at, start.ended_at) < restart_grace(self.settings):
                 return True
         return False
 

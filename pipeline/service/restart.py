@@ -176,7 +176,7 @@ def _restart_self(
         last = records.latest_start()
         if last is not None and last.commit == expect and last.at >= asked and last.failed:
             seen_at = failed_since.setdefault(last.id, time.monotonic())
-            if time.monotonic() - seen_at > restart_grace():
+            if time.monotonic() - seen_at > restart_grace(settings):
                 why = f" ({last.detail})" if last.detail else ""
                 raise UpdateFailed(
                     "verify",

@@ -128,6 +128,8 @@ def test_a_release_that_cannot_start_is_rolled_back_and_molt_relaunched(
             "MOLT_CONSOLE_USER": "alice",
             "MOLT_BOOT_TIMEOUT": "60",
             "MOLT_LOCK_TTL": "5",
+            # No supervisor starts this Molt again: no need to wait long for one.
+            "MOLT_RESTART_GRACE": "0.5",
         },
         cwd=live,
         pythonpath=live,

@@ -158,9 +158,10 @@ def test_a_crash_loop_under_a_supervisor_returns_to_the_last_good_release(
         {"bot/app.py": app + '\nraise SystemExit("this release cannot start")\n'},
         "a release that crashes at start",
     )
+    # A killed worker's lock expires after MOLT_LOCK_TTL, which the boot guard waits for.
     molt = Molt(
         ["console"],
-        _env(data_dir, MOLT_CRASH_LOOP="2/60"),
+        _env(data_dir, MOLT_CRASH_LOOP="2/60", MOLT_LOCK_TTL="3"),
         live,
         live,
         launcher=(sys.executable, "-c", SUPERVISOR),

@@ -32,7 +32,7 @@ from bot.notifier import Notifier
 from bot.platforms import PLATFORMS
 from bot.server import HttpProcess, HttpThread
 from bot.terminal import Terminal
-from pipeline import audit, keyspace, metrics, store
+from pipeline import audit, keyspace, metrics, processes, store
 from pipeline.config import SANDBOX_OFF, Settings
 from pipeline.exceptions import IllegalTransition
 from pipeline.incidents import logwatch, oncall
@@ -400,18 +400,16 @@ def _together(*stops: Callable[[], None]) -> None:
 
 
 def _running(pid: int) -> bool:
-    """Alive and not a zombie; reaps our own exited children (also ones from before an exec)."""
+    """Alive and not a zombie; reaps our own exited children (also ones from before an exec).
+    A worker an earlier process started (before a supervisor started Molt again) is not
+    ours to reap: once it exited it is a zombie until init reaps it, and counts as gone."""
     try:
         done, _ = os.waitpid(pid, os.WNOHANG)
         if done:
             return False
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return processes.alive(pid)
 
 
 def _on_sigterm(act: Callable[[], None]) -> None:

@@ -124,18 +124,25 @@ class Beat:
                 self.conn.hdel(keyspace.WORKERS, self.name)
 
     def _run(self) -> None:
+        # The first round at once (``start`` just beat): a worker that starts where one died
+        # recovers what it left now, not a beat later.
+        self._round(beat=False)
         while not self._stopped.wait(BEAT_SECONDS):
-            try:
+            self._round()
+
+    def _round(self, beat: bool = True) -> None:
+        try:
+            if beat:
                 self.once()
-                if self.tend is not None:
-                    for view in self.served:
-                        self.tend(view)
-            except Exception:  # Redis away for a moment (a failover): beat again next time
-                log.warning("worker beat failed", exc_info=True)
-            try:  # after the recovery, which a put-off job that cannot be read must not stop
-                self.enqueue_due()
-            except Exception:
-                log.warning("put-off jobs not enqueued", exc_info=True)
+            if self.tend is not None:
+                for view in self.served:
+                    self.tend(view)
+        except Exception:  # Redis away for a moment (a failover): beat again next time
+            log.warning("worker beat failed", exc_info=True)
+        try:  # after the recovery, which a put-off job that cannot be read must not stop
+            self.enqueue_due()
+        except Exception:
+            log.warning("put-off jobs not enqueued", exc_info=True)
 
     def enqueue_due(self) -> None:
         """Jobs put off with RQ's ``enqueue_in`` (a fix's hold check) join their queue once

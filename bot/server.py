@@ -193,6 +193,7 @@ class HttpServer:
         boot_id: str,
         front_routes: Sequence[HttpRoute] = (),
         alert_routes: list[Route] | None = None,
+        body_seconds: float = BODY_SECONDS,
     ) -> None:
         self.conn = conn
         self.settings = settings
@@ -221,6 +222,7 @@ class HttpServer:
             refusals=self.refusals,
             routes=frozenset(r.path for r in routes),
             limits=limits,
+            seconds=body_seconds,
         )
         self.app = Starlette(routes=routes, middleware=[guard])
         self.app.router.redirect_slashes = False

@@ -709,6 +709,9 @@ class Settings(BaseSettings):
     #: In a fleet, how long a target's job (pre-flight and planning, or an update's turn)
     #: may wait with no worker of the target there to take it before its request ends.
     worker_wait: float = _var("MOLT_WORKER_WAIT", 30.0, gt=0)
+    #: In a fleet, how long after its last beat (every 2 s) a worker no longer counts as
+    #: running: a worker killed with -9 is taken for gone this long after it died.
+    worker_stale: float = _var("MOLT_WORKER_STALE", 10.0, ge=4)
     authorised_users: UserList = _var("MOLT_AUTHORISED_USERS", [])
     approvers: UserList = _var("MOLT_APPROVERS", [])
     operators: UserList = _var("MOLT_OPERATORS", [])

@@ -41,10 +41,14 @@ def alive(pid: int) -> bool:
 
 
 def terminate(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; returns once the process is gone."""
+    """SIGTERM, then SIGKILL after ``grace`` seconds; returns once the process is gone. A
+    stopped process (SIGSTOP) is continued after the SIGTERM, as systemd does, so that it
+    ends at once instead of after the grace."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
         try:
             os.kill(pid, sig)
+            if sig == signal.SIGTERM:
+                os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + wait

@@ -7,7 +7,9 @@ in Socket Mode the same listeners get envelopes over a WebSocket.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +129,7 @@ class Slack(Adapter):
 
     def stop(self) -> None:
         if self.socket_mode is not None:
-            self.socket_mode.close()
+            _close_at_once(self.socket_mode.client)
             self.socket_mode = None
         self.listeners.stop()
 
@@ -177,3 +179,21 @@ class Slack(Adapter):
 
     def show_home(self, origin: Origin, message: Message) -> None:
         self.delivery.show_home(origin, message)
+
+
+def _close_at_once(client: Any) -> None:
+    """Close a Socket Mode client without sitting out its reads: the SDK's ``close`` waits
+    for the read under way (up to its 3 s timeout) and for the envelope queue's (1 s), which
+    held every stop of the bot up by as much. With the client marked closed, as ``close``
+    first does, the socket is shut and the queue woken; ``close`` then still waits for the
+    envelopes being handled."""
+    client.closed = True
+    client.auto_reconnect_enabled = False
+    client.current_session_state.terminated = True
+    session = client.current_session
+    sock = session.sock if session is not None else None
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+    client.message_queue.put(None)
+    client.close()

@@ -206,7 +206,7 @@ def live(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
 
 def _fleet_status(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
     """What a fleet's status adds for one target: its name, and who serves it."""
-    mine = [w for w in workers.registered(conn) if settings.target_id in w["targets"]]
+    mine = [w for w in workers.registered(settings, conn) if settings.target_id in w["targets"]]
     return {"target_name": settings.target_name, "workers": mine}
 
 
@@ -227,7 +227,7 @@ def fleet(settings: Settings, conn: redis.Redis) -> dict[str, Any]:
                 "worker_live": bool(workers.live(view, conn)),
             }
         )
-    return {"targets": targets, "workers": workers.registered(conn)}
+    return {"targets": targets, "workers": workers.registered(settings, conn)}
 
 
 def switched_off(settings: Settings) -> list[str]:

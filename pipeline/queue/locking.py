@@ -7,7 +7,8 @@ The lock is taken for the request at the head of the line, in one transaction wi
 reading the line (pipeline/queue/queueing.py ``take_turn``), so updates land in the order they
 joined the line, however many workers there are and whichever job a worker takes.
 A holder that dies stops heartbeating; the lock expires and recovery rolls back
-what it left (pipeline/update/recovery.py).
+what it left (pipeline/update/recovery.py), at once if the holder ran on the same machine
+(``Holder.gone``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import redis
+
+from pipeline.processes import alive
 
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
@@ -61,6 +64,12 @@ class Holder:
     holder: str
     since: float
     ours: bool = False
+
+    def gone(self) -> bool:
+        """The holder is a process on this machine that no longer runs (killed, crashed):
+        what it held need not wait for the lock to expire."""
+        host, _, pid = self.holder.rpartition(":")
+        return host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
 
 
 def _mine(request_id: str, codename: str) -> Holder:

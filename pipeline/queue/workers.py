@@ -5,8 +5,9 @@ process itself is pipeline/update/worker.py.
 In a fleet a worker takes the queues of the targets it is given (``molt worker --target
 api``, or ``--all``), on the host that holds their checkouts. Every worker registers in
 ``molt:workers`` (hash: RQ worker name → JSON {host, pid, targets, seen}) and beats there
-every ``BEAT_SECONDS``; each target's ``seen`` key (pipeline/keyspace.py) keeps when a
-worker of it last beat, so that a target nobody serves is told apart from a busy one. A
+every ``BEAT_SECONDS``; it counts as running until MOLT_WORKER_STALE after its last beat.
+Each target's ``seen`` key (pipeline/keyspace.py) keeps when a worker of it last beat, so
+that a target nobody serves is told apart from a busy one. A
 worker told to stop leaves the registry at once, even while it finishes its job: it takes
 no more, so a target it alone served is not served any more (``serving``). A job left on
 a target's queue with no worker to take it ends its request after MOLT_WORKER_WAIT
@@ -38,9 +39,9 @@ from pipeline.requests.decisions import ALLOWED, Decision
 from pipeline.store import connect
 
 log = structlog.get_logger(__name__)
-#: How often a worker says it is alive, and how long after its last beat it no longer counts.
+#: How often a worker says it is alive (MOLT_WORKER_STALE, at least twice this, says how long
+#: after its last beat it no longer counts).
 BEAT_SECONDS = 2.0
-STALE_SECONDS = 10.0
 
 
 def stopping(conn: Any) -> bool:
@@ -123,18 +124,25 @@ class Beat:
                 self.conn.hdel(keyspace.WORKERS, self.name)
 
     def _run(self) -> None:
+        # The first round at once (``start`` just beat): a worker that starts where one died
+        # recovers what it left now, not a beat later.
+        self._round(beat=False)
         while not self._stopped.wait(BEAT_SECONDS):
-            try:
+            self._round()
+
+    def _round(self, beat: bool = True) -> None:
+        try:
+            if beat:
                 self.once()
-                if self.tend is not None:
-                    for view in self.served:
-                        self.tend(view)
-            except Exception:  # Redis away for a moment (a failover): beat again next time
-                log.warning("worker beat failed", exc_info=True)
-            try:  # after the recovery, which a put-off job that cannot be read must not stop
-                self.enqueue_due()
-            except Exception:
-                log.warning("put-off jobs not enqueued", exc_info=True)
+            if self.tend is not None:
+                for view in self.served:
+                    self.tend(view)
+        except Exception:  # Redis away for a moment (a failover): beat again next time
+            log.warning("worker beat failed", exc_info=True)
+        try:  # after the recovery, which a put-off job that cannot be read must not stop
+            self.enqueue_due()
+        except Exception:
+            log.warning("put-off jobs not enqueued", exc_info=True)
 
     def enqueue_due(self) -> None:
         """Jobs put off with RQ's ``enqueue_in`` (a fix's hold check) join their queue once
@@ -161,17 +169,20 @@ class Beat:
             self.conn.close()
 
 
-def registered(conn: Any) -> list[dict[str, Any]]:
-    """The workers that beat lately, each with its name and seconds since it was seen."""
+def registered(settings: Settings, conn: Any) -> list[dict[str, Any]]:
+    """The workers that beat lately, each with its name, seconds since it was seen, and
+    whether it counts as running (``live``: seen within MOLT_WORKER_STALE)."""
     now = time.time()
     found = []
     for name, raw in sorted(conn.hgetall(keyspace.WORKERS).items()):
         entry = json.loads(raw)
         ago = max(0.0, now - float(entry.get("seen", 0)))
-        if ago > STALE_SECONDS * 30:  # long gone (killed): no longer listed
+        if ago > settings.worker_stale * 30:  # long gone (killed): no longer listed
             conn.hdel(keyspace.WORKERS, name)
             continue
-        found.append(entry | {"name": _text(name), "ago": ago, "live": ago <= STALE_SECONDS})
+        found.append(
+            entry | {"name": _text(name), "ago": ago, "live": ago <= settings.worker_stale}
+        )
     return found
 
 
@@ -183,7 +194,9 @@ def last_seen(settings: Settings, conn: Any) -> float | None:
 
 def live(settings: Settings, conn: Any) -> list[dict[str, Any]]:
     """The workers of the target that beat lately and were not told to stop."""
-    return [w for w in registered(conn) if w["live"] and settings.target_id in w["targets"]]
+    return [
+        w for w in registered(settings, conn) if w["live"] and settings.target_id in w["targets"]
+    ]
 
 
 def serving(settings: Settings, conn: Any) -> Decision:

@@ -2,7 +2,8 @@
 
 A job heartbeats its update lock. When a request is running but nobody holds
 its lock any more (the worker was killed, or lost Redis for longer than the
-lock's TTL), the request is rolled back to its snapshot and failed with a
+lock's TTL), or its holder is a process of this machine that is gone (no need to wait for
+the TTL then), the request is rolled back to its snapshot and failed with a
 message, exactly as if the job had failed by itself (``recover_abandoned``,
 run by the bot's housekeeping and before each update starts). A test command the dead
 worker left running is killed first (pipeline/service/rollback.py).
@@ -64,8 +65,11 @@ def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
     for request in store.active():
         if request.state not in UNDER_WAY or not of_target(settings, request):
             continue
-        if lock.holder() is not None:
-            continue
+        held = lock.holder()
+        if held is not None:
+            if held.request_id != request.id or not held.gone():
+                continue
+            lock.release(request.id)  # its job died on this machine: no need to wait for the TTL
         if not lock.try_lock(request.id, request.codename).ours:
             continue
         try:

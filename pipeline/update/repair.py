@@ -10,7 +10,6 @@ reports what it did; ``ok`` is false where it could not fix something.
 
 from __future__ import annotations
 
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,9 +24,7 @@ from pipeline.exceptions import GitError, IllegalTransition, UnknownRequest, Upd
 from pipeline.git import Git
 from pipeline.intake import control
 from pipeline.keyspace import TargetKeys
-from pipeline.processes import alive
 from pipeline.queue import queueing, workers
-from pipeline.queue.locking import Holder
 from pipeline.queue.targets import Target, of_target
 from pipeline.requests.states import UNDER_WAY
 from pipeline.requests.states import RequestState as S
@@ -74,7 +71,7 @@ def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
     lock = Target(settings, conn).lock
     requests = Step("requests")
     holder = lock.holder()
-    if holder is not None and _gone(holder):
+    if holder is not None and holder.gone():
         lock.release(holder.request_id)
         requests.say(
             f"released the update lock of {holder.codename or holder.request_id}: "
@@ -90,14 +87,6 @@ def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
     release, outcome = _return_to_snapshot(settings, conn, abandoned)
     _settle_requests(settings, conn, requests, live, outcome)
     return [release, requests]
-
-
-def _gone(holder: Holder) -> bool:
-    """The lock's holder is a process on this machine that no longer runs."""
-    host, _, pid = holder.holder.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    return not alive(int(pid))
 
 
 def _where(git: Git) -> str:

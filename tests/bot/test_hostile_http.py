@@ -62,6 +62,22 @@ class Answer:
 
 @pytest.fixture
 def server(settings: Settings, conn: redis.Redis) -> Iterator[HttpServer]:
+    with _serving(settings, conn) as http:
+        yield http
+
+
+@pytest.fixture
+def impatient(settings: Settings, conn: redis.Redis) -> Iterator[HttpServer]:
+    """The server giving a body 1 s instead of BODY_SECONDS: a test of what it answers
+    when the time is up waits no longer than it takes."""
+    with _serving(settings, conn, body_seconds=1.0) as http:
+        yield http
+
+
+@contextlib.contextmanager
+def _serving(
+    settings: Settings, conn: redis.Redis, body_seconds: float = BODY_SECONDS
+) -> Iterator[HttpServer]:
     hostile = settings.model_copy(
         update={
             "alert_token": SecretStr(TOKEN),
@@ -89,10 +105,13 @@ def server(settings: Settings, conn: redis.Redis) -> Iterator[HttpServer]:
             HttpRoute("github", WEBHOOK, hook.serve, WEBHOOK_LIMIT),
         ],
         alert_routes=AlertEndpoints(hostile, conn).routes(),
+        body_seconds=body_seconds,
     )
     http.start()
-    yield http
-    http.stop()
+    try:
+        yield http
+    finally:
+        http.stop()
 
 
 def send(
@@ -315,11 +334,11 @@ def test_a_chunked_body_is_read_no_further_than_the_limit(server: HttpServer) ->
 
 
 @pytest.mark.slow
-def test_a_body_that_does_not_arrive_is_given_up_on_every_route(server: HttpServer) -> None:
+def test_a_body_that_does_not_arrive_is_given_up_on_every_route(impatient: HttpServer) -> None:
     """A body 1,000 bytes short, the connection held: each route answers 408, none hangs."""
     paths = [*ROUTES, "/alerts/webhook", "/nowhere"]
     with ThreadPoolExecutor(len(paths)) as pool:
-        answers = list(pool.map(lambda p: send(server, p, b"{" * 100, declared=1_100), paths))
+        answers = list(pool.map(lambda p: send(impatient, p, b"{" * 100, declared=1_100), paths))
     assert [a.status for a in answers] == [408] * len(paths)
 
 

@@ -74,7 +74,9 @@ def test_a_request_whose_worker_was_killed_is_blocked_after_the_worker_wait(
     hosts: Web,
 ) -> None:
     worker = hosts.worker("web")
-    molt = hosts.bot(MOLT_WORKER_WAIT="3")
+    # The dead worker still counts for MOLT_WORKER_STALE after its last beat: 4 s, twice the
+    # beat, is what sets it apart from a live one; 10 s (the default) would add only waiting.
+    molt = hosts.bot(MOLT_WORKER_WAIT="3", MOLT_WORKER_STALE="4")
     os.killpg(worker.proc.pid, signal.SIGKILL)
     since = molt.send("deploy web main")  # its registration still looks fresh: a job is queued
     molt.wait_for(r"⛔ Blocked", since=since)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import time
+from dataclasses import replace
 
 import redis
 
@@ -30,6 +34,23 @@ def test_the_lock_expires_unless_its_holder_heartbeats(conn: redis.Redis) -> Non
     while lock.holder() is not None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert lock.holder() is None
+
+
+def test_a_holder_is_gone_only_if_it_ran_on_this_machine_and_runs_no_more(
+    conn: redis.Redis,
+) -> None:
+    """What lets recovery roll back a killed worker's update without waiting for the TTL."""
+    held = UpdateLock(conn, TargetKeys("svc").lock, ttl=60).try_lock("r1", "amber-otter")
+    assert not held.gone()  # this process
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = ended.stdout.strip()
+    assert replace(held, holder=f"{socket.gethostname()}:{pid}").gone()
+    assert not replace(held, holder=f"elsewhere.example:{pid}").gone()  # cannot tell: it may run
 
 
 def test_the_waiting_line_keeps_order(conn: redis.Redis) -> None:

@@ -50,10 +50,8 @@ log = structlog.get_logger(__name__)
 HOUSEKEEPING_SECONDS = 1.0
 #: How long ``run`` leaves the process to ``restart_self`` before shutting down anyway.
 RESTART_WAIT = 60.0
-#: How long a stop leaves workers to finish their job, then to go once RQ killed the work
-#: horse: together well within the 10 s supervisors (supervisord, docker stop) give before
-#: SIGKILL, so that no worker runs on through an update with its bot gone.
-WORKER_GRACE = 5.0
+#: How long a stop leaves workers to go once RQ killed the work horse, after the
+#: MOLT_WORKER_GRACE they had to finish their job.
 WORKER_KILL_WAIT = 3.0
 
 
@@ -203,7 +201,7 @@ class Bot:
         self.desk.close()
         _together(*(adapter.stop for adapter in self.adapters.values()))
         authorisation.ask_groups_with(None)
-        self._stop_workers()
+        self._stop_workers(self.settings.worker_grace)
 
     def _register(self, port: int) -> None:
         self.conn.hset(
@@ -366,7 +364,7 @@ class Bot:
         self._children.append(child)
         return child.pid
 
-    def _stop_workers(self, grace: float = WORKER_GRACE) -> None:
+    def _stop_workers(self, grace: float) -> None:
         """Warm shutdown (finish the job); past the grace period a second SIGTERM makes RQ
         kill the work horse, and recovery rolls its update back at the next start."""
         with self._workers_lock:

@@ -712,6 +712,10 @@ class Settings(BaseSettings):
     #: In a fleet, how long after its last beat (every 2 s) a worker no longer counts as
     #: running: a worker killed with -9 is taken for gone this long after it died.
     worker_stale: float = _var("MOLT_WORKER_STALE", 10.0, ge=4)
+    #: How long a stopping bot leaves its workers to finish their job before RQ kills it (and
+    #: recovery rolls its update back): with the 3 s the kill is then given, well within the
+    #: 10 s supervisors (supervisord, docker stop) give before SIGKILL by default.
+    worker_grace: float = _var("MOLT_WORKER_GRACE", 5.0, ge=0)
     authorised_users: UserList = _var("MOLT_AUTHORISED_USERS", [])
     approvers: UserList = _var("MOLT_APPROVERS", [])
     operators: UserList = _var("MOLT_OPERATORS", [])

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from bot.app import WORKER_GRACE, WORKER_KILL_WAIT
+from bot.app import WORKER_KILL_WAIT
 from tests.support import Molt, ServiceRepo
 
 StartMolt = Callable[..., Molt]
@@ -19,7 +19,10 @@ def test_a_piped_console_stays_until_its_approved_deploy_has_run(
 ) -> None:
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
     # longer than a stop gives a worker before it kills the job
-    molt = start_molt(MOLT_RESTART_COMMAND=f"sleep {WORKER_GRACE + WORKER_KILL_WAIT + 1:.0f}")
+    molt = start_molt(
+        MOLT_WORKER_GRACE="1",
+        MOLT_RESTART_COMMAND=f"sleep {1 + WORKER_KILL_WAIT + 1:.0f}",
+    )
     molt.send("deploy main")
     molt.send("press approve")
     molt.close_input()

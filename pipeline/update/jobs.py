@@ -329,6 +329,8 @@ class Update:
         return "succeeded"
 
     def _steps(self, request: Request, plan: Plan) -> None:
+        if not self._proposes(plan):
+            self._still_at_base(plan, transient("snapshot", self.live.head))
         known = self._tests_known(request, plan)
         baseline = self._baseline(known)
         one, changed = self._phase_one(request, plan, baseline)
@@ -456,16 +458,22 @@ class Update:
         if not held:
             raise UpdateFailed("freeze", held.reason)
 
+    def _still_at_base(self, plan: Plan, head: str) -> None:
+        """The live checkout is where the plan was made; checked at the snapshot, and before
+        phase 1 too, so that a plan the live checkout left behind (another update landed
+        while it waited in line) fails at once rather than after running the tests."""
+        if head != plan.base_commit:
+            raise UpdateFailed(
+                "snapshot",
+                f"the live checkout moved to {head[:7]} since the plan was made "
+                f"({plan.base_commit[:7]}): plan again",
+            )
+
     def _snapshot(self, plan: Plan) -> None:
         self.enter("snapshot", "taking a snapshot of the live checkout before it is touched")
         began = time.monotonic()
         snapshot = transient("snapshot", snapshots.take, self.live)
-        if snapshot.commit != plan.base_commit:
-            raise UpdateFailed(
-                "snapshot",
-                f"the live checkout moved to {snapshot.short} since the plan was made "
-                f"({plan.base_commit[:7]}): plan again",
-            )
+        self._still_at_base(plan, snapshot.commit)
         self.trail.snapshot = snapshot
         self.store.update(self.request_id, snapshot=snapshot.to_dict())
         self.check("snapshot", True, time.monotonic() - began, snapshot.short)

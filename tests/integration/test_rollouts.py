@@ -168,7 +168,8 @@ def test_a_rollout_goes_through_its_steps_one_after_another_in_one_message(
 ) -> None:
     new = hosts.service.commit(V2, "web v2")
     old = hosts.head("web-1")
-    bot = hosts.bot(MOLT_WATCH_SECONDS="1", MOLT_WATCH_INTERVAL="0.5")
+    # A short watch window (two probes): each step waits for its predecessor's to end well.
+    bot = hosts.bot(MOLT_WATCH_SECONDS="0.5", MOLT_WATCH_INTERVAL="0.25")
     _live(bot, "deploy web-staging main")
     since, rollout_id = _rollout_planned(bot)
     said = bot.transcript

@@ -8,7 +8,7 @@ from pathlib import Path
 from pipeline import audit
 from pipeline.requests.states import RequestState as S
 from tests.desk import StartChat, molt
-from tests.support import ServiceRepo
+from tests.support import ServiceRepo, git
 
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
 FAILING_CHECK = "def test_new_feature():\n    assert 1 + 1 == 3, 'new feature is broken'\n"
@@ -120,6 +120,32 @@ def test_queued_requests_wait_their_turn_and_are_cleared_when_an_update_fails(
         chat.wait_for(rf"\[{request.codename or request.id}\] ❌ Failed: ", since=first)
     assert [r.state for r in chat.requests(3)] == [S.FAILED] * 3
     assert service.live_head() == old
+
+
+def test_a_plan_the_live_checkout_left_behind_fails_before_its_tests_run(
+    service: ServiceRepo, start_chat: StartChat, tmp_path: Path
+) -> None:
+    ran, tests = tmp_path / "ran", tmp_path / "tests.py"
+    tests.write_text(  # marks a run of the planned commit's tests
+        "import pathlib\n"
+        "if 'VERSION = 2' in pathlib.Path('app.py').read_text():\n"
+        f"    pathlib.Path({str(ran)!r}).touch()\n"
+        "print('1 passed')\n"
+    )
+    service.commit(V2, "v2")
+    chat = start_chat(MOLT_TEST_COMMAND=f"python {tests}")
+    since = chat.send("deploy main")
+    chat.wait_for(r"📋 Plan ready", since=since)
+    git(service.live, "commit", "-q", "--allow-empty", "-m", "moved by hand")
+    moved = service.live_head()
+    chat.send("press approve")
+    chat.work()
+    chat.wait_for(
+        rf"Failed during snapshot: the live checkout moved to {moved[:7]} since the plan",
+        since=since,
+    )
+    assert not ran.exists()
+    assert service.live_head() == moved and service.live_status() == ""
 
 
 def test_an_approvers_retry_of_an_unchanged_plan_runs_it_without_asking_again(

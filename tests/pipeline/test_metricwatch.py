@@ -43,14 +43,15 @@ def prometheus() -> Iterator[FakePrometheus]:
 
 
 def _window(tmp_path: Path, url: str, seconds: int = 6, **env: str) -> dict[str, str]:
-    """The environment of a watch window of ``seconds``, a reading a second, with QUERIES."""
+    """The environment of a watch window of ``seconds``, a reading every 0.4 s (three in a
+    second's window), with QUERIES."""
     config = tmp_path / "molt.toml"
     config.write_text(QUERIES)
     return {
         "MOLT_CONFIG": str(config),
         "MOLT_PROMETHEUS_URL": url,
         "MOLT_WATCH_SECONDS": str(seconds),
-        "MOLT_WATCH_INTERVAL": "1",
+        "MOLT_WATCH_INTERVAL": "0.4",
         **env,
     }
 
@@ -92,10 +93,10 @@ def test_an_optional_query_out_of_bounds_is_reported_and_the_update_lands(
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nV = 2\n"}, "v2")
     prometheus.answer(ERROR_RATE, 0.01)
     prometheus.answer(LATENCY, 0.3, 0.9)  # slower after the restart, for good
-    chat, since = _deploy(start_chat, _window(tmp_path, prometheus.url, seconds=3))
+    chat, since = _deploy(start_chat, _window(tmp_path, prometheus.url, seconds=1))
     chat.wait_for(r"✅ Live", since=since)
     chat.wait_for(
-        r"watched 3 s: 3/3 probes healthy, 0 new errors; 1/2 queries within bounds; optional "
+        r"watched 1 s: 3/3 probes healthy, 0 new errors; 1/2 queries within bounds; optional "
         r"query p99 latency out of bounds 3 of 3 times, last 0\.9 > max 0\.5 \(baseline 0\.3\)",
         since=since,
     )
@@ -114,7 +115,7 @@ def test_prometheus_down_is_inconclusive_the_update_lands_and_the_incident_chann
     with FakePrometheus() as gone:
         url = gone.url  # nothing listens there once it stopped
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nV = 2\n"}, "v2")
-    chat, since = _deploy(start_chat, _window(tmp_path, url, seconds=3))
+    chat, since = _deploy(start_chat, _window(tmp_path, url, seconds=1))
     chat.wait_for(r"✅ Live", since=since)
     chat.wait_for(
         r"0/2 queries within bounds; inconclusive: error rate \(3 of 3 readings: Prometheus "
@@ -139,7 +140,7 @@ def test_the_token_is_sent_as_bearer_and_never_shown_logged_or_stored(
 ) -> None:
     with FakePrometheus(token=TOKEN, echo_authorization=True) as prometheus:
         service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nV = 2\n"}, "v2")
-        env = _window(tmp_path, prometheus.url, seconds=2, MOLT_PROMETHEUS_TOKEN=TOKEN)
+        env = _window(tmp_path, prometheus.url, seconds=1, MOLT_PROMETHEUS_TOKEN=TOKEN)
         chat, since = _deploy(start_chat, env)
         chat.wait_for(r"✅ Live", since=since)
         chat.wait_for(r"❔ Metrics inconclusive: ", since=since)

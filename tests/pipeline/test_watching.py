@@ -9,19 +9,19 @@ from pipeline.requests.states import RequestState as S
 from tests.desk import StartChat
 from tests.support import ServiceRepo
 
-#: The restart command notes when the service (re)started, inside .git so the checkout
-#: stays clean.
-RESTART = (
-    "python -c \"import pathlib, time; pathlib.Path('.git/started').write_text(str(time.time()))\""
-)
-#: A release that boots healthy and turns unhealthy a second and a half after its start.
+#: The restart command starts the count of the service's health checks afresh, inside .git
+#: so the checkout stays clean.
+RESTART = "python -c \"import pathlib; pathlib.Path('.git/checks').unlink(missing_ok=True)\""
+#: A release that boots healthy and turns unhealthy after its first two health checks since
+#: its start (the check after the restart, the watch's first probe).
 SOURING_HEALTH = """\
-import pathlib, sys, time
-started = pathlib.Path(".git/started")
-since = float(started.read_text()) if started.exists() else time.time()
-sys.exit(1 if time.time() - since > 1.5 else 0)
+import pathlib, sys
+checks = pathlib.Path(".git/checks")
+seen = len(checks.read_text()) + 1 if checks.exists() else 1
+checks.write_text("." * seen)
+sys.exit(1 if seen > 2 else 0)
 """
-WATCH = {"MOLT_WATCH_SECONDS": "6", "MOLT_WATCH_INTERVAL": "1", "MOLT_RESTART_COMMAND": RESTART}
+WATCH = {"MOLT_WATCH_SECONDS": "6", "MOLT_WATCH_INTERVAL": "0.4", "MOLT_RESTART_COMMAND": RESTART}
 
 
 @pytest.mark.slow
@@ -53,11 +53,11 @@ def test_a_healthy_release_succeeds_saying_what_was_watched(
     service: ServiceRepo, start_chat: StartChat
 ) -> None:
     new = service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nV = 2\n"}, "v2")
-    chat = start_chat(**(WATCH | {"MOLT_WATCH_SECONDS": "3"}))
+    chat = start_chat(**(WATCH | {"MOLT_WATCH_SECONDS": "1"}))
     since = chat.send("deploy main")
     chat.wait_for(r"📋 Plan ready", since=since)
     chat.send("press approve")
     chat.work()
     chat.wait_for(r"✅ Live", since=since)
-    chat.wait_for(r"watched 3 s: 3/3 probes healthy, 0 new errors", since=since)
+    chat.wait_for(r"watched 1 s: 3/3 probes healthy, 0 new errors", since=since)
     assert service.live_head() == new

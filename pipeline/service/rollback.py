@@ -31,7 +31,7 @@ import structlog
 
 from pipeline import codenames, metrics
 from pipeline.config import Settings
-from pipeline.exceptions import RollbackFailed, UpdateFailed
+from pipeline.exceptions import GitError, RollbackFailed, UpdateFailed
 from pipeline.git import Git
 from pipeline.processes import RunningCommand
 from pipeline.queue import queueing
@@ -159,6 +159,7 @@ def _roll_back_and_report(
             failure = RollbackFailed(failure.phase, f"{failure.reason}; and then {exc}")
             Target(settings, conn).boots.mark_unclean(str(exc))
     total = round(trail.elapsed, 3)
+    untouched_on = "" if trail.snapshot is not None else _live_commit(settings)
     result: dict[str, Any] = {"checks": trail.checks, "total_seconds": total}
     spent = model_use(conn, request_id, result)
     store.transition(
@@ -172,6 +173,7 @@ def _roll_back_and_report(
             "checks": trail.checks,
             "failed_phase": failure.phase,
             "rolled_back_to": rolled_back_to,
+            "untouched_on": untouched_on,
             "rollback_failed": isinstance(failure, RollbackFailed),
             "log_dir": str(trail.log_dir),
             "total_seconds": total,
@@ -183,6 +185,15 @@ def _roll_back_and_report(
         f"cleared from the queue because update {request.codename or request_id} "
         f"failed in {failure.phase}",
     )
+
+
+def _live_commit(settings: Settings) -> str:
+    """The commit the live checkout is on, short, for a failure that never touched it: it
+    may no longer be the plan's base (another update landed while the plan waited)."""
+    try:
+        return Git(settings.target_dir).head()[:7]
+    except GitError:
+        return ""
 
 
 def _return_to_snapshot(

@@ -144,6 +144,8 @@ def test_a_plan_the_live_checkout_left_behind_fails_before_its_tests_run(
         rf"Failed during snapshot: the live checkout moved to {moved[:7]} since the plan",
         since=since,
     )
+    # the service runs on the commit it was moved to, not on the plan's base
+    chat.wait_for(rf"Nothing was touched: the service runs as before on `{moved[:7]}`", since=since)
     assert not ran.exists()
     assert service.live_head() == moved and service.live_status() == ""
 

@@ -48,6 +48,8 @@ from pipeline.update import backups, bootguard, recovery, rollouts
 
 log = structlog.get_logger(__name__)
 HOUSEKEEPING_SECONDS = 1.0
+#: How long a stop or a restart waits for a round of housekeeping under way to end.
+HOUSEKEEPING_FINISH = 30.0
 #: How long ``run`` leaves the process to ``restart_self`` before shutting down anyway.
 RESTART_WAIT = 60.0
 #: How long a stop leaves workers to go once RQ killed the work horse, after the
@@ -88,6 +90,7 @@ class Bot:
             http_log = settings.data_dir / "http.log" if console else None
             self.http = HttpProcess(settings, self.conn, self.boot_id, http_log)
         self.stopping = threading.Event()
+        self._housekeeper: threading.Thread | None = None
         self._restart_to: str | None = None
         self._children: list[subprocess.Popen[bytes]] = []
         # Housekeeping starts workers and shutdown stops them: one at a time, so that no
@@ -133,7 +136,10 @@ class Bot:
         self._keep_workers()
         self._register(port)
         for loop in (self._beat, self._housekeeping, self._control, self._warm):
-            threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
+            thread = threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True)
+            thread.start()
+            if loop == self._housekeeping:
+                self._housekeeper = thread
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
         self._announce_sandbox()
         return port
@@ -201,6 +207,7 @@ class Bot:
         self.desk.close()
         _together(*(adapter.stop for adapter in self.adapters.values()))
         authorisation.ask_groups_with(None)
+        self._finish_housekeeping()
         self._stop_workers(self.settings.worker_grace)
 
     def _register(self, port: int) -> None:
@@ -253,6 +260,7 @@ class Bot:
         self.stopping.set()
         _together(self.http.stop, self.inbox.stop, self.oncall.stop, self.watchers.stop)
         self.desk.drain(timeout=10)
+        self._finish_housekeeping()
         self.notifier.stop()
         self.rollouts.stop()
         _together(*(adapter.stop for adapter in self.adapters.values()))
@@ -304,6 +312,13 @@ class Bot:
             except Exception:
                 log.exception("housekeeping")
 
+    def _finish_housekeeping(self) -> None:
+        """Let a round of housekeeping under way end before the process goes: it may be
+        returning an abandoned update to its snapshot, which an exec or an exit would cut
+        off halfway."""
+        if self._housekeeper is not None and self._housekeeper is not threading.current_thread():
+            self._housekeeper.join(HOUSEKEEPING_FINISH)
+
     def housekeeping(self) -> None:
         if not self.http.alive and not self.stopping.is_set():
             log.warning("the HTTP server stopped; starting it again")
@@ -313,8 +328,9 @@ class Bot:
                 approval.expire_if_due(self.of(request.target), self.store, request)
             elif request.state is S.NEEDS_INFO:
                 approval.expire_unanswered(self.of(request.target), self.store, request)
-        # in a fleet, the target's own workers do (pipeline/queue/workers.py)
-        if not self.settings.fleet:
+        # in a fleet, the target's own workers do (pipeline/queue/workers.py); a bot on its
+        # way out leaves it to the next start, rather than begin a rollback it cannot see through
+        if not self.settings.fleet and not self.stopping.is_set():
             recovery.recover_abandoned(self.settings, self.conn)
         for name in self.settings.target_names():
             recovery.keep_line_moving(self.of(name), self.conn)

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import cache
 from typing import Any
 
 import redis
@@ -64,16 +65,31 @@ class Holder:
     holder: str
     since: float
     ours: bool = False
+    #: The PID namespace the holder's pid is numbered in (``pid:[4026531836]``).
+    pids: str = ""
 
     def gone(self) -> bool:
         """The holder is a process on this machine that no longer runs (killed, crashed):
-        what it held need not wait for the lock to expire."""
+        what it held need not wait for the lock to expire. Only a pid of this process's own
+        PID namespace says so: containers can share a host name, and a pid of another
+        namespace may be a process that runs on."""
         host, _, pid = self.holder.rpartition(":")
-        return host == socket.gethostname() and pid.isdigit() and not alive(int(pid))
+        if host != socket.gethostname() or not pid.isdigit():
+            return False
+        return bool(self.pids) and self.pids == _pid_space() and not alive(int(pid))
+
+
+@cache
+def _pid_space() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _mine(request_id: str, codename: str) -> Holder:
-    return Holder(request_id, codename, f"{socket.gethostname()}:{os.getpid()}", time.time())
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    return Holder(request_id, codename, here, time.time(), pids=_pid_space())
 
 
 def _value(holder: Holder) -> str:

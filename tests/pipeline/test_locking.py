@@ -51,6 +51,10 @@ def test_a_holder_is_gone_only_if_it_ran_on_this_machine_and_runs_no_more(
     pid = ended.stdout.strip()
     assert replace(held, holder=f"{socket.gethostname()}:{pid}").gone()
     assert not replace(held, holder=f"elsewhere.example:{pid}").gone()  # cannot tell: it may run
+    # a container of the same host name numbers its pids apart: that pid may run there
+    here = f"{socket.gethostname()}:{pid}"
+    assert not replace(held, holder=here, pids="pid:[1]").gone()
+    assert not replace(held, holder=here, pids="").gone()  # taken where pids were not known
 
 
 def test_the_waiting_line_keeps_order(conn: redis.Redis) -> None:

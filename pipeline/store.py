@@ -13,7 +13,7 @@ for as long as it runs, kept across the bot's re-exec. The last one to stop is t
 one that can take that lock exclusively: it shuts the server down. A process that
 ends without stopping (SIGKILL, or a SIGTERM before it handles one) leaves that to
 the server's watchdog (pipeline/store_watch.py), which takes the lock once no user
-holds it and stops the server within about a second. Starting and stopping the server
+holds it and stops the server within a quarter of a second. Starting and stopping the server
 happen under MOLT_DATA_DIR/redis.lock. A start that finds a server that no longer
 answers stops it and starts a fresh one.
 """

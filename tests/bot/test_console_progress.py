@@ -64,11 +64,11 @@ def test_the_watch_says_how_long_it_has_watched_so_far(
     settings: Settings, conn: redis.Redis, tmp_path: Path
 ) -> None:
     window = settings.model_copy(
-        update={"watch_seconds": 3.0, "watch_interval": 1.0, "health_command": "true"}
+        update={"watch_seconds": 1.0, "watch_interval": 0.4, "health_command": "true"}
     )
     seen: list[str] = []
     report = watching.watch(
         window, conn, "0" * 40, tmp_path / "watch.log", shown=lambda r: seen.append(r.summary())
     )
-    assert seen[0].startswith("watched 0 s of 3 s:")
-    assert report.summary().startswith("watched 3 s: 3/3 probes healthy")
+    assert seen[0].startswith("watched 0 s of 1 s:")
+    assert report.summary().startswith("watched 1 s: 3/3 probes healthy")

@@ -157,6 +157,8 @@ class FakeDiscord(AsyncFake):
         self._sessions: dict[str, _Session] = {}
         self._session: _Session | None = None
         self._held = False
+        self._refused = False  # a connection was refused since the gateway was held
+        self._closing = False
         self._limits: list[tuple[Callable[[str], bool], float]] = []
         self._failures: list[tuple[str, int]] = []  # (route, status) to answer next
         self._ids = itertools.count(1)
@@ -169,6 +171,7 @@ class FakeDiscord(AsyncFake):
         app.router.add_route("*", "/api/v10/{path:.*}", self._rest)
 
     async def closing(self) -> None:
+        self._closing = True
         for session in self._sessions.values():
             if session.socket is not None and not session.socket.closed:
                 await session.socket.close(code=1001)
@@ -282,11 +285,14 @@ class FakeDiscord(AsyncFake):
 
     def drop_gateway(self, *, hold: bool = False) -> None:
         """Close the client's gateway connection (code 4000): it resumes. ``hold`` refuses
-        new connections until ``release_gateway``, as an outage would."""
+        the next connection and keeps those after it waiting until ``release_gateway``, as
+        an outage would: the client's try that meets its end gets through at once, not a
+        random backoff later."""
 
         async def drop() -> None:
             with self._changed:
                 self._held = hold
+                self._refused = False
             session = self._session
             if session is not None and session.socket is not None:
                 await session.socket.close(code=4000, message=b"fake outage")
@@ -689,9 +695,16 @@ class FakeDiscord(AsyncFake):
     # -- the gateway -----------------------------------------------------------
 
     async def _gateway_socket(self, request: web.Request) -> web.StreamResponse:
-        with self._changed:
-            held = self._held
-        if held:
+        while not self._closing:
+            with self._changed:
+                held, refused = self._held, self._refused
+                self._refused = refused or held
+            if not held:
+                break
+            if not refused:
+                return web.Response(status=503, text="gateway unavailable")
+            await asyncio.sleep(0.02)
+        if self._closing:
             return web.Response(status=503, text="gateway unavailable")
         if request.query.get("v") != "10" or request.query.get("encoding") != "json":
             return web.Response(status=400, text="expected v=10&encoding=json")

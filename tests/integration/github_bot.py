@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline import store
+from pipeline import keyspace, store
 from pipeline.config import load_settings
 from pipeline.requests.store import RequestStore
 from tests.fakes.github import (
@@ -129,6 +129,23 @@ class GitHubBot:
 
     def requests(self) -> list[Any]:
         return self.store.recent(50)
+
+    def settled(self, polls: int = 0) -> None:
+        """Wait until the poller has listed the repository's comments ``polls`` more times
+        and the inbox has handed on everything GitHub said: whatever would be taken twice
+        has been by then."""
+
+        def listed() -> int:
+            return len(self.github.calls_to("GET", f"/repos/{REPO}/issues/comments"))
+
+        wanted = listed() + polls
+        self.wait_until(f"{polls} more polls", lambda: listed() >= wanted)
+        self.wait_until("the inbox handed on", self._inbox_read)
+
+    def _inbox_read(self) -> bool:
+        last = self.conn.xinfo_stream(keyspace.GITHUB_INBOX)["last-generated-id"]
+        groups = self.conn.xinfo_groups(keyspace.GITHUB_INBOX)
+        return all(g["pending"] == 0 and g["last-delivered-id"] == last for g in groups)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ comments and labels."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
@@ -108,7 +107,7 @@ def test_forged_missing_unwatched_and_redelivered_deliveries(
     labelled = issues_payload("labeled", REPO, issue, "alice", label="molt")
     assert github_bot.send("issues", labelled) == 200
     github_bot.shows(int(issue["number"]), "Plan ready")
-    time.sleep(1)
+    github_bot.settled()
     assert len(github_bot.requests()) == 1
     actions = {e["action"] for e in audit.entries(github_bot.conn)}
     assert "http_refused" in actions  # the refusals, counted in a summary
@@ -204,7 +203,7 @@ def test_polling_alone_picks_up_a_labelled_issue_and_takes_comments(
     service: ServiceRepo, start_github_bot: Callable[..., GitHubBot], github: FakeGitHub
 ) -> None:
     new = service.commit(V2, "v2")
-    bot = start_github_bot(GITHUB_WEBHOOK_SECRET="", MOLT_GITHUB_POLL="0.5")
+    bot = start_github_bot(GITHUB_WEBHOOK_SECRET="", MOLT_GITHUB_POLL="0.25")
     issue = github.open_issue(REPO, "deploy main", "", "alice", labels=["molt"])
     number = int(issue["number"])
     plan = bot.shows(number, "Plan ready")
@@ -212,7 +211,7 @@ def test_polling_alone_picks_up_a_labelled_issue_and_takes_comments(
     bot.comment(number, "/molt approve", user="bob", send=False)
     bot.shows(number, "Live")
     assert service.live_head() == new
-    time.sleep(1.5)  # more polls: nothing is taken twice
+    bot.settled(polls=2)  # more polls: nothing is taken twice
     assert len(bot.requests()) == 1
     assert any(c.status == 304 for c in github.calls)
 
@@ -226,7 +225,7 @@ def test_webhook_and_poller_seeing_the_same_comment_act_once(
     number = int(issue["number"])
     bot.comment(number, "/molt deploy main")
     bot.shows(number, "Plan ready")
-    time.sleep(1.5)
+    bot.settled(polls=2)  # the poller has seen the comment too
     assert len(bot.requests()) == 1
     statuses = [c for c in github.comments(REPO, number) if '"kind": "status"' in c["body"]]
     assert len(statuses) == 1
@@ -331,7 +330,7 @@ def test_polling_takes_a_labelled_issue_as_the_request_of_whoever_labelled_it(
     """An approver's old issue labelled by someone without write access is that person's
     request, refused; the poller cannot be used to ask in someone else's name."""
     service.commit(V2, "v2")
-    bot = start_github_bot(GITHUB_WEBHOOK_SECRET="", MOLT_GITHUB_POLL="0.5")
+    bot = start_github_bot(GITHUB_WEBHOOK_SECRET="", MOLT_GITHUB_POLL="0.25")
     issue = github.open_issue(REPO, "deploy main", "", "bob")
     github.add_label(REPO, int(issue["number"]), "molt", by="mallory")
     refusal = bot.said(int(issue["number"]), "@mallory")

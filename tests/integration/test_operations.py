@@ -109,7 +109,7 @@ def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(
     [request] = _store(data_dir).recent(1)
     assert request.state is S.RUNNING
 
-    recovered = run_cli(molt_env, tmp_path, "recover")
+    recovered = in_process("recover", env=molt_env)
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     out = recovered.stdout
     assert "✓ config" in out and "✓ release" in out and "✓ requests" in out
@@ -127,7 +127,7 @@ def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(
     ended = _store(data_dir).get(request.id)
     assert ended.state is S.FAILED and ended.message.startswith("ended by molt recover: ")
 
-    again = run_cli(molt_env, tmp_path, "recover")
+    again = in_process("recover", env=molt_env)
     assert again.returncode == 0
     assert "no update was left half-done" in again.stdout
     assert "consistent: 0 open request(s) left" in again.stdout

@@ -158,7 +158,8 @@ class Beat:
 
     def stop(self, *, leave: bool = True) -> None:
         self._stopped.set()
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # a beat never started has no thread to end
+            self._thread.join(timeout=5)
         if self._scheduler is not None:
             with contextlib.suppress(redis.RedisError):
                 self._scheduler.release_locks()

@@ -52,7 +52,7 @@ _UNSERVED_ENDS = {
 }
 #: How long a line waits with the lock free and no job before it gets one (a job a worker
 #: just took needs a moment to take its turn).
-_STALL_GRACE = 3.0
+STALL_GRACE = 3.0
 
 
 def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
@@ -94,7 +94,7 @@ def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
 
 def keep_line_moving(settings: Settings, conn: redis.Redis) -> str:
     """Give a waiting line that nothing runs a job again: its head waits, the lock is free,
-    updates are not paused, and no job is on the RQ queue, twice ``_STALL_GRACE`` apart.
+    updates are not paused, and no job is on the RQ queue, twice ``STALL_GRACE`` apart.
     Returns what it did, "" if nothing."""
     target = Target(settings, conn)
     head = target.line.head()
@@ -111,7 +111,7 @@ def keep_line_moving(settings: Settings, conn: redis.Redis) -> str:
         else:
             conn.delete(target.keys.stalled)
         return ""
-    if time.time() - float(seen["since"]) < _STALL_GRACE:
+    if time.time() - float(seen["since"]) < STALL_GRACE:
         return ""
     conn.delete(target.keys.stalled)
     assert head is not None

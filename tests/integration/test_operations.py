@@ -56,18 +56,18 @@ def test_operator_controls_from_the_shell_act_as_the_console_operator(
     review = molt.send("review")
     molt.wait_for(r"Waiting for a person: 1", since=review)
     molt.wait_for(r"waits for approval · LOW risk · asked by alice", since=review)
-    shown = run_cli(molt_env, tmp_path, "review")
+    shown = in_process("review", env=molt_env)
     assert shown.returncode == 0, shown.stderr
     assert "Waiting for a person: 1" in shown.stdout
     assert "waits for approval · LOW risk · asked by alice" in shown.stdout
 
-    paused = run_cli(molt_env, tmp_path, "pause")
+    paused = in_process("pause", env=molt_env)
     assert paused.returncode == 0, paused.stderr
     assert "Paused: no new update will start until `resume`" in paused.stdout
     assert "Molt status: paused" in in_process("status", env=molt_env).stdout
     molt.send("press approve")
     molt.wait_for(r"🕒 Queued", since=since)
-    resumed = run_cli(molt_env, tmp_path, "resume")
+    resumed = in_process("resume", env=molt_env)
     assert resumed.returncode == 0 and "Resumed" in resumed.stdout
     codename = molt.wait_for(r"✅ Live: (\S+)", since=since).group(1)
     assert service.live_head() == new
@@ -109,7 +109,7 @@ def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(
     [request] = _store(data_dir).recent(1)
     assert request.state is S.RUNNING
 
-    recovered = run_cli(molt_env, tmp_path, "recover")
+    recovered = in_process("recover", env=molt_env)
     assert recovered.returncode == 0, recovered.stdout + recovered.stderr
     out = recovered.stdout
     assert "✓ config" in out and "✓ release" in out and "✓ requests" in out
@@ -127,7 +127,7 @@ def test_recover_returns_a_molt_killed_mid_update_to_its_snapshot(
     ended = _store(data_dir).get(request.id)
     assert ended.state is S.FAILED and ended.message.startswith("ended by molt recover: ")
 
-    again = run_cli(molt_env, tmp_path, "recover")
+    again = in_process("recover", env=molt_env)
     assert again.returncode == 0
     assert "no update was left half-done" in again.stdout
     assert "consistent: 0 open request(s) left" in again.stdout

@@ -188,10 +188,17 @@ def test_random_interleavings_of_approvals_retries_stops_clears_and_workers(
 
 @pytest.mark.slow
 def test_a_line_whose_job_was_lost_gets_one_again(
-    settings: Settings, conn: redis.Redis, service: ServiceRepo, start_molt: StartMolt
+    settings: Settings,
+    conn: redis.Redis,
+    service: ServiceRepo,
+    start_molt: StartMolt,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A job lost with its worker (here: its data deleted) leaves a request queued that
     nothing would run: `molt recover`, and the bot's housekeeping, give the line a job."""
+    # No job is anywhere to take the turn, so the housekeeping's second look need not wait
+    # the seconds a worker that just took a job may take to start it.
+    monkeypatch.setattr(recovery, "STALL_GRACE", 0.5)
     for version, way in ((2, "recover"), (3, "housekeeping")):
         service.commit({"app.py": f"def greet():\n    return 'hello'\n\n\nV = {version}\n"}, "v")
         [request] = _plans(settings, conn, 1)

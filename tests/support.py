@@ -425,10 +425,19 @@ class Hosts:
 
     def worker(self, target: str) -> Molt:
         """A worker of ``target`` on a host of its own, serving once it says so."""
+        return self.workers(target)[0]
+
+    def workers(self, *targets: str) -> list[Molt]:
+        """Workers of ``targets``, each on a host of its own, started at once (each takes a
+        second or more to import) and serving once each says so."""
         config = str(self.root / "hosts.toml")
-        worker = self.start(f"host-{target}", "worker", "--target", target, MOLT_CONFIG=config)
-        worker.wait_for(rf"molt-updates:{target}")
-        return worker
+        started = [
+            self.start(f"host-{target}", "worker", "--target", target, MOLT_CONFIG=config)
+            for target in targets
+        ]
+        for target, worker in zip(targets, started, strict=True):
+            worker.wait_for(rf"molt-updates:{target}")
+        return started
 
     def stop(self) -> None:
         for molt in reversed(self.started):

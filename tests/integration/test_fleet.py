@@ -9,24 +9,27 @@ each target's jobs on a thread of their own, registered as its worker."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from bot import cli
 from pipeline import store
 from pipeline.config import load_settings
 from pipeline.requests.states import RequestState as S
 from pipeline.requests.store import RequestStore
 from tests.integration.inprocess import InProcessBot
 from tests.integration.inprocess import wait_for_file as wait_for_in_process
-from tests.support import Molt, ServiceRepo, hang_on_live, run_cli, wait_for_file
+from tests.support import Molt, ServiceRepo, hang_on_live, wait_for_file
 
 V2 = {"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}
 FLEET = """
@@ -64,16 +67,28 @@ class Fleet:
         return molt
 
     def worker(self, target: str) -> Molt:
-        worker = self.start(
-            "worker", "--target", target, where=f"host-{target}", MOLT_CONFIG=str(self.hosts_config)
-        )
-        worker.wait_for(rf"molt-updates:{target}")
-        return worker
+        return self.workers(target)[0]
 
-    def bot(self, **env: str) -> Molt:
-        molt = self.start("console", **env)
+    def workers(self, *targets: str) -> list[Molt]:
+        """Workers of ``targets``, started at once (each takes a second or more to import),
+        serving once each says so."""
+        started = [
+            self.start(
+                "worker", "--target", t, where=f"host-{t}", MOLT_CONFIG=str(self.hosts_config)
+            )
+            for t in targets
+        ]
+        for target, worker in zip(targets, started, strict=True):
+            worker.wait_for(rf"molt-updates:{target}")
+        return started
+
+    def bot_and_workers(self) -> tuple[Molt, Molt, Molt]:
+        """The bot and a worker of each target, started at once: the bot needs no worker
+        until a plan, and each takes a second or more to start."""
+        molt = self.start("console")
+        api_worker, web_worker = self.workers("api", "web")
         molt.wait_for(r"Molt \S+ is up")
-        return molt
+        return molt, api_worker, web_worker
 
     def bot_in_process(self, targets: list[str] | None = None, **env: str) -> InProcessBot:
         """The bot with its console in this process, with the hosts' molt.toml; the jobs of
@@ -88,8 +103,15 @@ class Fleet:
         return bot.start()
 
     def cli(self, *args: str, **env: str) -> str:
-        done = run_cli(self.env, self.root / "bot", *args, **env)
-        return done.stdout + done.stderr
+        """``molt <args>`` at the bot's host, in this process: what it printed."""
+        said = io.StringIO()
+        data = os.environ.get("MOLT_DATA_DIR", str(self.root / "bot" / ".molt"))
+        with self.monkeypatch.context() as patch:
+            for name, value in {**self.env, "MOLT_DATA_DIR": data, **env}.items():
+                patch.setenv(name, value)
+            with redirect_stdout(said), redirect_stderr(said):
+                cli.main(list(args))
+        return said.getvalue()
 
     def requests(self) -> RequestStore:
         return RequestStore(store.connect(load_settings(redis_url=self.env["REDIS_URL"])))
@@ -144,10 +166,9 @@ def _planned_here(bot: InProcessBot, command: str) -> str:
 
 @pytest.mark.slow
 def test_two_targets_update_at_once_each_on_its_own_worker(fleet: Fleet) -> None:
-    api_worker, web_worker = fleet.worker("api"), fleet.worker("web")
     new_api = fleet.api.commit(V2, "api v2")
     new_web = fleet.web.commit(V2, "web v2")
-    molt = fleet.bot()
+    molt, api_worker, web_worker = fleet.bot_and_workers()
     on_api = _planned(molt, "deploy api main")
     on_web = _planned(molt, "deploy web main")
     molt.send(f"press approve {on_api}")
@@ -259,13 +280,12 @@ def _wait_until_running(requests: RequestStore, request_id: str) -> None:
 def test_a_worker_killed_mid_update_is_rolled_back_by_its_targets_next_worker(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    api_worker, web_worker = fleet.worker("api"), fleet.worker("web")
     started = tmp_path / "api-phase-2-started"
     old_api = fleet.api.live_head()
     fleet.api.commit({"checks/test_hang.py": hang_on_live(fleet.api.live, started)}, "api hangs")
     go = tmp_path / "go"
     new_web = fleet.web.commit({"checks/test_wait.py": _waits_for(go)}, "web waits")
-    molt = fleet.bot()
+    molt, api_worker, web_worker = fleet.bot_and_workers()
     on_api = _planned(molt, "deploy api main")
     on_web = _planned(molt, "deploy web main")
     molt.send(f"press approve {on_api}")

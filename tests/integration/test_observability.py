@@ -189,8 +189,8 @@ def test_an_incident_and_the_watch_window_show_on_the_page_and_in_the_metrics(
         MOLT_UI="true",
         MOLT_UI_TOKEN=TOKEN,
         MOLT_ALERT_TOKEN=ALERT_TOKEN,
-        MOLT_WATCH_SECONDS="1",
-        MOLT_WATCH_INTERVAL="0.5",
+        MOLT_WATCH_SECONDS="0.5",
+        MOLT_WATCH_INTERVAL="0.25",
     )
     port = _port(molt)
     since = molt.send("deploy main")

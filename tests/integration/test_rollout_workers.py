@@ -58,9 +58,9 @@ def hosts(tmp_path: Path) -> Iterator[Rollout]:
 
 @pytest.mark.slow
 def test_a_rollout_runs_each_step_on_its_targets_own_worker(hosts: Rollout) -> None:
-    workers = {name: hosts.worker(name) for name in TARGETS}
     new = hosts.service.commit(V2, "web v2")
-    molt = hosts.start("bot", "console")
+    molt = hosts.start("bot", "console")  # starting meanwhile: it needs no worker until a plan
+    workers = dict(zip(TARGETS, hosts.workers(*TARGETS), strict=True))
     molt.wait_for(r"Molt \S+ is up")
     since = molt.send("deploy web-staging main")
     staged = molt.wait_for(r"press approve (r[0-9a-f]+)", since=since).group(1)

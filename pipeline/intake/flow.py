@@ -312,6 +312,7 @@ def _tests_done(settings: Settings, conn: redis.Redis, record: TestRecord) -> No
                     "tests": state.to_dict(),
                 },
                 only_in=S.PLAN_READY,
+                again=True,
             )
 
 

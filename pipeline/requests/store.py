@@ -23,6 +23,9 @@ from pipeline.exceptions import IllegalTransition, UnknownRequest
 from pipeline.requests.states import TERMINAL, RequestState, can_move, template_for
 
 _JSON_FIELDS = ("plan", "snapshot", "result", "message_ref", "answers", "incident")
+#: What the plan was last shown with (its plan_ready event's data): a plan shown again
+#: keeps what it does not change, such as its approval at once on a Retry.
+_PLAN_SHOWN = "plan_shown"
 #: Commands planned as a deploy of a commit; any other is a change described in words.
 DEPLOY_COMMANDS = frozenset({"deploy", "rollback"})
 T = TypeVar("T")
@@ -341,6 +344,8 @@ class RequestStore:
                 at=now,
             )
             events.stage(pipe, event)
+            if event.template == "plan_ready":
+                pipe.hset(key, _PLAN_SHOWN, json.dumps(event.data))
             return request
 
         moved = self._atomically((key,), write)
@@ -376,11 +381,14 @@ class RequestStore:
         audience: str = "",
         data: dict[str, Any] | None = None,
         only_in: RequestState | None = None,
+        again: bool = False,
     ) -> bool:
         """An audited message that does not change the request's state. With ``only_in``,
         only while the request is in that state, checked in the same transaction as the
         writes: a plan shown again from another thread never reappears, buttons and all,
-        after its request moved on. Whether it was sent."""
+        after its request moved on. With ``again``, the plan as it was last shown, updated
+        by ``data``: shown again as an approver's Retry approves it, it is still shown
+        approved. Whether it was sent."""
         key = keyspace.request(request_id)
 
         def write(pipe: Any) -> bool:
@@ -388,6 +396,8 @@ class RequestStore:
             request = Request.from_hash(raw) if raw else None
             if only_in is not None and (request is None or request.state is not only_in):
                 return False
+            shown = json.loads(raw.get(_PLAN_SHOWN) or "{}") if again and raw else {}
+            said = shown | (data or {})
             head = audit.read_head(pipe)
             pipe.multi()
             audit.stage(pipe, head, actor=actor, action=action, request_id=request_id, detail=data)
@@ -396,10 +406,12 @@ class RequestStore:
                 state=request.state.value if request else "",
                 template=template,
                 audience=audience,
-                data=data or {},
+                data=said,
                 at=time.time(),
             )
             events.stage(pipe, event)
+            if template == "plan_ready" and request is not None:
+                pipe.hset(key, _PLAN_SHOWN, json.dumps(said))
             return True
 
         return self._atomically((key,), write)

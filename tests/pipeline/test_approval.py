@@ -211,7 +211,9 @@ def test_an_approvers_retry_of_an_unchanged_deploy_is_its_approval(
     ]
     shown = [events.Event.from_fields(i, f) for i, f in conn.xrange(keyspace.EVENTS)]
     plans = [e.data.get("approved_on_retry") for e in shown if e.template == "plan_ready"]
-    assert plans == ["", "console:alice"]  # the second plan is shown as approved, no buttons
+    # the plan is shown as approved, no buttons, from then on: also if pre-flight's run
+    # ended in that instant and showed it again
+    assert plans[0] == "" and plans[1:] and set(plans[1:]) == {"console:alice"}
 
 
 def test_a_non_approvers_retry_posts_the_plan_for_approval(

@@ -126,6 +126,46 @@ def test_a_plan_shown_again_from_another_thread_never_follows_its_approval(
     assert conn.xlen(keyspace.EVENTS) == len(shown)
 
 
+def test_a_plan_shown_again_keeps_how_it_was_shown_and_updates_what_changed(
+    conn: redis.Redis,
+) -> None:
+    """Pre-flight's run ends the instant an approver's Retry shows the plan approved: shown
+    again with how the run ended, it is still shown approved, never with its buttons."""
+    store = RequestStore(conn)
+    request = store.create(ALICE, "deploy main", "deploy", "main")
+    for state in (S.PREFLIGHT, S.PLANNING):
+        store.transition(request.id, state, actor="molt")
+    running, passed = {"state": "running"}, {"state": "passed"}
+    store.transition(
+        request.id,
+        S.PLAN_READY,
+        actor="molt",
+        data={"approved_on_retry": "console:alice", "tests": running},
+    )
+    assert store.notify(
+        request.id,
+        "plan_ready",
+        actor="molt",
+        action="preflight_tests_done",
+        data={"tests": passed},
+        only_in=S.PLAN_READY,
+        again=True,
+    )
+    *_, (_, last) = conn.xrange(keyspace.EVENTS)
+    shown = events.Event.from_fields("0-0", last)
+    assert shown.template == "plan_ready"
+    assert shown.data["approved_on_retry"] == "console:alice"
+    assert shown.data["tests"] == passed
+    # what is shown with its buttons stays so when shown again
+    store.notify(
+        request.id, "plan_ready", actor="molt", action="refused", data={"retry_held": "paused"}
+    )
+    store.notify(request.id, "plan_ready", actor="molt", action="again", again=True)
+    *_, (_, last) = conn.xrange(keyspace.EVENTS)
+    again = events.Event.from_fields("0-0", last).data
+    assert "approved_on_retry" not in again and again["retry_held"] == "paused"
+
+
 def test_terminal_states_lead_nowhere_but_retry() -> None:
     for state in TERMINAL:
         for target in RequestState:

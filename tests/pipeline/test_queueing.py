@@ -88,7 +88,8 @@ def test_approvals_in_the_same_instant_never_leave_the_queue_stuck(
 ) -> None:
     """Four plans approved at once, one worker, many rounds: each round the head of the line
     runs (and fails at once: the live checkout moved since the plans were made) and the
-    others are cleared from the queue; no round leaves a request queued."""
+    others are cleared from the queue, or run and fail in turn if approved after that; no
+    round leaves a request queued."""
     base = service.live_head()
     service.commit({"app.py": "def greet():\n    return 'hello'\n\n\nVERSION = 2\n"}, "v2")
     worker = start_molt("worker")
@@ -102,8 +103,11 @@ def test_approvals_in_the_same_instant_never_leave_the_queue_stuck(
         print(f"round {round_}/{rounds}: {'stuck: ' + str(len(left)) if left else 'settled'}")
         stuck = [(r.id, r.state.value, r.message) for r in left]
         assert not left, f"round {round_}: {stuck}; the worker said:\n{worker.output[-3000:]}"
-        ran = [p for p in plans if "moved" in RequestStore(conn).get(p.id).message]
-        assert len(ran) == 1  # the head; the others were cleared when it failed
+        # The head ran and failed at once; the others were cleared from the queue when it
+        # failed, or (approved only after that) ran and failed the same way in turn.
+        ended = [RequestStore(conn).get(p.id).message for p in plans]
+        assert any("moved" in message for message in ended), ended
+        assert all("moved" in m or "cleared from the queue" in m for m in ended), ended
         git(service.live, "reset", "-q", "--hard", base)
 
 

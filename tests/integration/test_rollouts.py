@@ -562,7 +562,8 @@ def test_a_rollout_another_bot_process_holds_is_moved_on_only_once_it_lets_go(
     since, rollout_id = _rollout_planned(bot)
     conn = hosts.requests().conn
     other = conn.lock(keyspace.rollout_advancing(rollout_id), timeout=120)
-    assert other.acquire(blocking=False)  # as another bot process on this Redis holds it
+    # as another bot process on this Redis holds it (once the bot's planning let it go)
+    assert other.acquire(blocking=True, blocking_timeout=60)
     bot.type(f"press approve {rollout_id}")
     time.sleep(1.5)  # time enough to have approved it, were it not held
     assert hosts.requests().get(rollout_id).state is S.PLAN_READY

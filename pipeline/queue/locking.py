@@ -20,12 +20,17 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from pipeline.processes import alive
 
+_RELEASE_EXACT = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 _RELEASE = """
 local v = redis.call('GET', KEYS[1])
 if v and cjson.decode(v)['request_id'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -65,7 +70,7 @@ class Holder:
     holder: str
     since: float
     ours: bool = False
-    #: The PID namespace the holder's pid is numbered in (``pid:[4026531836]``).
+    #: The boot and PID namespace the holder's pid is numbered in (``<boot id>/pid:[…]``).
     pids: str = ""
 
     def gone(self) -> bool:
@@ -81,8 +86,11 @@ class Holder:
 
 @cache
 def _pid_space() -> str:
+    """This boot of this machine and the PID namespace in it: every machine's first
+    namespace has the same number, so the boot's id tells machines apart."""
     try:
-        return os.readlink("/proc/self/ns/pid")
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
     except OSError:
         return ""
 
@@ -127,6 +135,12 @@ class UpdateLock:
 
     def release(self, request_id: str) -> bool:
         return bool(self.conn.eval(_RELEASE, 1, self.key, request_id))
+
+    def release_gone(self, held: Holder) -> bool:
+        """Let go of the lock ``held`` described, if it still does: of two processes that
+        found its holder gone, only the first releases it, never the lock the other took
+        for the same request since."""
+        return bool(self.conn.eval(_RELEASE_EXACT, 1, self.key, _value(held)))
 
     def keep_alive(self, request_id: str) -> Heartbeat:
         return Heartbeat(self, request_id)

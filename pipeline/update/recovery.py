@@ -69,7 +69,7 @@ def recover_abandoned(settings: Settings, conn: redis.Redis) -> list[str]:
         if held is not None:
             if held.request_id != request.id or not held.gone():
                 continue
-            lock.release(request.id)  # its job died on this machine: no need to wait for the TTL
+            lock.release_gone(held)  # its job died on this machine: no need to wait for the TTL
         if not lock.try_lock(request.id, request.codename).ours:
             continue
         try:

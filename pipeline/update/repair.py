@@ -72,7 +72,7 @@ def recover(settings: Settings, conn: redis.Redis, actor: str) -> list[Step]:
     requests = Step("requests")
     holder = lock.holder()
     if holder is not None and holder.gone():
-        lock.release(holder.request_id)
+        lock.release_gone(holder)
         requests.say(
             f"released the update lock of {holder.codename or holder.request_id}: "
             f"its holder {holder.holder} is gone"

@@ -57,6 +57,20 @@ def test_a_holder_is_gone_only_if_it_ran_on_this_machine_and_runs_no_more(
     assert not replace(held, holder=here, pids="").gone()  # taken where pids were not known
 
 
+def test_a_gone_holders_lock_is_released_once_never_the_lock_taken_after_it(
+    conn: redis.Redis,
+) -> None:
+    """Two recoveries that found the same holder gone: the second lets go of nothing, and
+    above all not of the lock the first took for the same request to roll it back."""
+    lock = UpdateLock(conn, TargetKeys("svc").lock, ttl=60)
+    gone = lock.try_lock("r1", "amber-otter")
+    assert lock.release_gone(gone)
+    taken = lock.try_lock("r1", "amber-otter")
+    assert taken.ours
+    assert not lock.release_gone(gone)
+    assert lock.holder() == replace(taken, ours=False)
+
+
 def test_the_waiting_line_keeps_order(conn: redis.Redis) -> None:
     line = WaitingLine(conn, TargetKeys("svc").queue)
     assert [line.join(r) for r in ("a", "b", "c")] == [1, 2, 3]

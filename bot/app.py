@@ -48,8 +48,10 @@ from pipeline.update import backups, bootguard, recovery, rollouts
 
 log = structlog.get_logger(__name__)
 HOUSEKEEPING_SECONDS = 1.0
-#: How long a stop or a restart waits for a round of housekeeping under way to end.
-HOUSEKEEPING_FINISH = 30.0
+#: How long a stop or a restart waits for a round of housekeeping under way to end (the
+#: workers' stop runs meanwhile): within the 10 s supervisors give before SIGKILL. What it
+#: cuts off, the next start takes up again.
+HOUSEKEEPING_FINISH = 5.0
 #: How long ``run`` leaves the process to ``restart_self`` before shutting down anyway.
 RESTART_WAIT = 60.0
 #: How long a stop leaves workers to go once RQ killed the work horse, after the

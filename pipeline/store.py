@@ -13,9 +13,9 @@ for as long as it runs, kept across the bot's re-exec. The last one to stop is t
 one that can take that lock exclusively: it shuts the server down. A process that
 ends without stopping (SIGKILL, or a SIGTERM before it handles one) leaves that to
 the server's watchdog (pipeline/store_watch.py), which takes the lock once no user
-holds it and stops the server within a quarter of a second. Starting and stopping the server
-happen under MOLT_DATA_DIR/redis.lock. A start that finds a server that no longer
-answers stops it and starts a fresh one.
+holds it and stops the server once it notices, within a quarter of a second. Starting
+and stopping the server happen under MOLT_DATA_DIR/redis.lock. A start that finds a
+server that no longer answers stops it and starts a fresh one.
 """
 
 from __future__ import annotations

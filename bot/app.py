@@ -137,11 +137,12 @@ class Bot:
         # import, and the first approved update would wait for it.
         self._keep_workers()
         self._register(port)
-        for loop in (self._beat, self._housekeeping, self._control, self._warm):
-            thread = threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True)
-            thread.start()
-            if loop == self._housekeeping:
-                self._housekeeper = thread
+        self._housekeeper = threading.Thread(
+            target=self._housekeeping, name="molt-housekeeping", daemon=True
+        )
+        self._housekeeper.start()
+        for loop in (self._beat, self._control, self._warm):
+            threading.Thread(target=loop, name=f"molt-{loop.__name__[1:]}", daemon=True).start()
         log.info("molt is up", version=version[:12], port=port, boot_id=self.boot_id)
         self._announce_sandbox()
         return port

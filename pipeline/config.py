@@ -490,11 +490,19 @@ def _url_password(url: Any) -> str | None:
     return urlsplit(url).password if isinstance(url, str) else None
 
 
+#: Every process reads its settings first thing. Patterns are Python's ``re``: the default
+#: engine compiled ``\w{1,100}``'s Unicode classes into automata at import, a twentieth of a
+#: second at each start. ``\Z`` ends them where ``$`` would let a trailing line break through.
+_MODEL_CONFIG = ConfigDict(
+    extra="ignore", populate_by_name=True, frozen=True, regex_engine="python-re"
+)
+
+
 class PlatformSettings(BaseModel):
     """One chat platform's keys (``Settings.slack``, ``.discord``, ``.github``). Each key is
     read from its own variable, as every setting is (``SLACK_BOT_TOKEN``)."""
 
-    model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(**_MODEL_CONFIG)
 
     #: How an incident channel of this platform is written (MOLT_INCIDENT_CHANNEL).
     channel: ClassVar[str]
@@ -515,7 +523,7 @@ class SlackSettings(PlatformSettings):
     signing_secret: SecretStr | None = _var("SLACK_SIGNING_SECRET")
     app_token: SecretStr | None = _var("SLACK_APP_TOKEN")
     api_url: str = _var("SLACK_API_URL", "https://slack.com/api/", pattern=r"^https?://")
-    command: str = _var("MOLT_SLACK_COMMAND", "/molt", pattern=r"^/[\w-]{1,31}$")
+    command: str = _var("MOLT_SLACK_COMMAND", "/molt", pattern=r"^/[\w-]{1,31}\Z")
 
     @property
     def enabled(self) -> bool:
@@ -528,7 +536,7 @@ class DiscordSettings(PlatformSettings):
     chat: ClassVar[bool] = True
 
     token: SecretStr | None = _var("DISCORD_TOKEN")
-    prefix: str = _var("MOLT_DISCORD_PREFIX", "!molt", pattern=r"^\S{1,32}$")
+    prefix: str = _var("MOLT_DISCORD_PREFIX", "!molt", pattern=r"^\S{1,32}\Z")
     #: Channel ids Discord commands are taken in; empty: every channel the bot can read.
     channels: UserList = _var("MOLT_DISCORD_CHANNELS", [])
     api_url: str = _var("DISCORD_API_URL", "https://discord.com/api/v10", pattern=r"^https?://")
@@ -552,14 +560,14 @@ class GitHubSettings(PlatformSettings):
     channel: ClassVar[str] = r"github:[\w.-]+/[\w.-]+"
 
     token: SecretStr | None = _var("GITHUB_TOKEN")
-    app_id: str | None = _var("GITHUB_APP_ID", pattern=r"^\d{1,20}$")
+    app_id: str | None = _var("GITHUB_APP_ID", pattern=r"^\d{1,20}\Z")
     app_private_key: SecretStr | None = _var("GITHUB_APP_PRIVATE_KEY")
-    app_installation_id: str | None = _var("GITHUB_APP_INSTALLATION_ID", pattern=r"^\d{1,20}$")
+    app_installation_id: str | None = _var("GITHUB_APP_INSTALLATION_ID", pattern=r"^\d{1,20}\Z")
     api_url: str = _var("GITHUB_API_URL", "https://api.github.com", pattern=r"^https?://")
     #: Signs webhook deliveries; unset, GitHub is polled only (no public URL needed).
     webhook_secret: SecretStr | None = _var("GITHUB_WEBHOOK_SECRET")
     repos: UserList = _var("MOLT_GITHUB_REPOS", [])
-    label: str = _var("MOLT_GITHUB_LABEL", "molt", pattern=r"^[^,\s][^,]{0,49}$")
+    label: str = _var("MOLT_GITHUB_LABEL", "molt", pattern=r"^[^,\s][^,]{0,49}\Z")
     #: Seconds between polls for labelled issues and comments a webhook may have missed; 0 off.
     poll: float = _var("MOLT_GITHUB_POLL", 60.0, ge=0)
     deployments: bool = _var("MOLT_GITHUB_DEPLOYMENTS", False)
@@ -675,7 +683,7 @@ class _File(TomlConfigSettingsSource):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, frozen=True)
+    model_config = SettingsConfigDict(**_MODEL_CONFIG)
 
     data_dir: Path = _var("MOLT_DATA_DIR", Path(".molt"))
     redis_url: Annotated[str | None, Secret(_url_password)] = _var("REDIS_URL")
@@ -683,7 +691,7 @@ class Settings(BaseSettings):
     #: every process follows a failover of the primary. Set, it is used instead of REDIS_URL.
     redis_sentinels: UserList = _var("REDIS_SENTINELS", [])
     redis_sentinel_master: str = _var(
-        "REDIS_SENTINEL_MASTER", "mymaster", pattern=r"^[\w.-]{1,64}$"
+        "REDIS_SENTINEL_MASTER", "mymaster", pattern=r"^[\w.-]{1,64}\Z"
     )
     target_dir: Path = _var("MOLT_TARGET_DIR", MOLT_HOME)
     target_remote: str = _var("MOLT_TARGET_REMOTE", "origin", min_length=1)
@@ -723,7 +731,7 @@ class Settings(BaseSettings):
     #: list; bot/groups.py) is kept; 0 asks on every check.
     group_ttl: float = _var("MOLT_GROUP_TTL", 300.0, ge=0)
     console_wait: float = _var("MOLT_CONSOLE_WAIT", 3600.0, gt=0)
-    console_user: str = _var("MOLT_CONSOLE_USER", "", pattern=r"^[\w.@-]*$")
+    console_user: str = _var("MOLT_CONSOLE_USER", "", pattern=r"^[\w.@-]*\Z")
     http_host: str = _var("MOLT_HTTP_HOST", "127.0.0.1", min_length=1)
     http_port: int = _var("MOLT_HTTP_PORT", 3000, ge=0, le=65535)
     #: A port on which ``molt worker`` serves its host's metrics (a fleet's workers on hosts
@@ -733,7 +741,7 @@ class Settings(BaseSettings):
     refusal_theme: str = _var("MOLT_REFUSAL_THEME", "moult")
     min_free_disk_mb: int = _var("MOLT_MIN_FREE_DISK_MB", 200, ge=0)
     min_free_memory_mb: int = _var("MOLT_MIN_FREE_MEMORY_MB", 100, ge=0)
-    log_level: str = _var("MOLT_LOG_LEVEL", "info", pattern=r"^(?i:debug|info|warning|error)$")
+    log_level: str = _var("MOLT_LOG_LEVEL", "info", pattern=r"^(?i:debug|info|warning|error)\Z")
     log_format: str = _var("MOLT_LOG_FORMAT", "auto")
     #: The read-only status page at / on the HTTP port (bot/ui.py), and the token it asks.
     ui_token: SecretStr | None = _var("MOLT_UI_TOKEN")
@@ -756,7 +764,7 @@ class Settings(BaseSettings):
     # size of the first plan prompt (instructions, tools, repository map and request).
     anthropic_api_key: SecretStr | None = _var("ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = _var("ANTHROPIC_BASE_URL", pattern=r"^https?://")
-    model: str = _var("MOLT_MODEL", DEFAULT_MODEL, pattern=r"^[\w.:@/-]{1,100}$")
+    model: str = _var("MOLT_MODEL", DEFAULT_MODEL, pattern=r"^[\w.:@/-]{1,100}\Z")
     llm_max_turns: int = _var("MOLT_LLM_MAX_TURNS", 40, ge=1, le=500)
     llm_max_tokens: int = _var("MOLT_LLM_MAX_TOKENS", 2_000_000, ge=10_000)
     llm_timeout: float = _var("MOLT_LLM_TIMEOUT", 1200.0, gt=0)
@@ -771,7 +779,7 @@ class Settings(BaseSettings):
     trusted_keys: UserList = _var("MOLT_TRUSTED_KEYS", [])
     #: "<starts>/<seconds>": that many failed starts of one release within that many seconds
     #: is a crash loop, and the boot guard returns to the last release that started well.
-    crash_loop: str = _var("MOLT_CRASH_LOOP", "3/60", pattern=r"^\s*[1-9]\d*\s*/\s*[1-9]\d*\s*$")
+    crash_loop: str = _var("MOLT_CRASH_LOOP", "3/60", pattern=r"^\s*[1-9]\d*\s*/\s*[1-9]\d*\s*\Z")
     #: Seconds a supervisor takes to start Molt again after it exited (systemd's RestartSec):
     #: a failed start that nothing replaced within this long is not waited for any more.
     restart_grace: float = _var("MOLT_RESTART_GRACE", 3.0, gt=0)
@@ -820,13 +828,13 @@ class Settings(BaseSettings):
     #: "<occurrences>/<seconds>": a log signature or webhook fingerprint opens an incident
     #: once seen that often within that many seconds.
     incident_threshold: str = _var(
-        "MOLT_INCIDENT_THRESHOLD", "5/300", pattern=r"^\s*[1-9]\d*\s*/\s*[1-9]\d*\s*$"
+        "MOLT_INCIDENT_THRESHOLD", "5/300", pattern=r"^\s*[1-9]\d*\s*/\s*[1-9]\d*\s*\Z"
     )
     incident_cooldown: float = _var("MOLT_INCIDENT_COOLDOWN", 900.0, ge=0)
     incident_channel: str = _var(
         "MOLT_INCIDENT_CHANNEL",
         "console",
-        pattern=f"^(console|{'|'.join(m.channel for m in PLATFORM_SETTINGS.values())})$",
+        pattern=rf"^(console|{'|'.join(m.channel for m in PLATFORM_SETTINGS.values())})\Z",
     )
     suspect_window: float = _var("MOLT_SUSPECT_WINDOW", 1800.0, ge=0)
     #: An incident Molt acted on held if resolved within this many seconds of the action.

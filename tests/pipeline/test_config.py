@@ -65,6 +65,10 @@ def test_lists_are_comma_separated_and_approvers_default_to_the_authorised(
         ("MOLT_SLACK_COMMAND", "molt", "MOLT_SLACK_COMMAND"),
         ("MOLT_FLAKY", "retry", "expected one of fail, pass"),
         ("MOLT_PROGRESS_INTERVAL", "0.5", "greater than or equal to 2"),
+        # A pattern holds to the end of the value: a line break after it is not let through.
+        ("MOLT_SLACK_COMMAND", "/molt\n", "MOLT_SLACK_COMMAND"),
+        ("GITHUB_APP_ID", "12345\n", "GITHUB_APP_ID"),
+        ("MOLT_CONSOLE_USER", "alice\nbob", "MOLT_CONSOLE_USER"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_it_expected(

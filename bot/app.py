@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from bot.inbox import InboxReader
 from bot.notifier import Notifier
 from bot.platforms import PLATFORMS
 from bot.server import HttpProcess, HttpThread
+from bot.spawner import Child, spawner
 from bot.terminal import Terminal
 from pipeline import audit, keyspace, metrics, processes, store
 from pipeline.config import SANDBOX_OFF, Settings
@@ -94,7 +94,7 @@ class Bot:
         self.stopping = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self._restart_to: str | None = None
-        self._children: list[subprocess.Popen[bytes]] = []
+        self._children: list[Child] = []
         # Housekeeping starts workers and shutdown stops them: one at a time, so that no
         # worker is started after shutdown looked for the ones to stop.
         self._workers_lock = threading.Lock()
@@ -378,14 +378,7 @@ class Bot:
 
     def _spawn_worker(self) -> int:
         logs = self.settings.data_dir / "workers.log"
-        with open(logs, "ab") as out:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "worker"],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        child = spawner.popen(["worker"], log_to=logs, new_session=True)
         self._children.append(child)
         return child.pid
 

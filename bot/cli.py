@@ -74,7 +74,10 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
         return bootguard.REFUSED_EXIT
     try:
         from bot.app import Bot
+        from bot.spawner import spawner
 
+        # The code is let in and imported: the bot's own processes are forked from here.
+        spawner.start()
         code = Bot(settings, console=console).run()
     except BaseException as exc:
         boot.ended_by(exc)

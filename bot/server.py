@@ -22,7 +22,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -42,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from bot.base import HttpRoute, Served
 from bot.platforms import PLATFORMS
 from bot.refusals import Refusals
+from bot.spawner import Child, spawner
 from pipeline import events, keyspace, metrics, store
 from pipeline.config import Settings
 from pipeline.incidents.book import OPEN, IncidentBook
@@ -402,7 +402,7 @@ class HttpProcess:
         self.boot_id = boot_id
         self.log = log
         self.port = 0
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: Child | None = None
 
     @property
     def alive(self) -> bool:
@@ -410,18 +410,7 @@ class HttpProcess:
 
     def start(self, timeout: float = 30) -> int:
         self.conn.delete(keyspace.http_port(self.boot_id))
-        out = open(self.log, "ab") if self.log else None  # noqa: SIM115 - the child holds it
-        try:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "bot.cli", "http"],
-                env={**os.environ, BOOT_ID_ENV: self.boot_id},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT if out else None,
-            )
-        finally:
-            if out:
-                out.close()
+        self._proc = spawner.popen(["http"], log_to=self.log, env={BOOT_ID_ENV: self.boot_id})
         deadline = time.monotonic() + timeout
         while True:
             port = self.conn.get(keyspace.http_port(self.boot_id))

@@ -68,7 +68,9 @@ def configure(level: str, secrets: list[str], file: Path | None = None, fmt: str
         processors=[*shared, structlog.processors.format_exc_info, mask, first, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=True,
+        # Not cached: a process the bot's spawner forks configures its own output, and a
+        # logger cached before the fork would go on writing to the bot's (bot/spawner.py).
+        cache_logger_on_first_use=False,
     )
 
 

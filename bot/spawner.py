@@ -7,11 +7,12 @@ the bot opens a connection, starts a thread or reads a message, so what the spaw
 done nothing but import. Each child then runs its ``molt`` command as a new process would:
 its own session if asked, stdin from /dev/null, output to its log, the default signal
 handlers, and ``sys.orig_argv`` as ``python -m bot.cli <command>`` would have it (a worker
-re-executes onto new code with it). The spawner reads requests from a pipe and ends when the
-bot's end closes, at its exit and at its exec onto new code alike; children outlive it as any
-started process would, and the kernel reaps them (SIGCHLD ignored).
+re-executes onto new code with it), and none of the bot's descriptors. The spawner reads
+requests from a socket and ends when the bot's end closes, at its exit, its death and its
+exec onto new code alike; children outlive it as any started process would.
 
-Without Linux's pidfds, or once the spawner is gone, ``popen`` starts a new Python instead.
+Without Linux's pidfds, once the spawner is gone, or once Molt's checkout moved on from the
+code the spawner holds, ``popen`` starts a new Python instead.
 """
 
 from __future__ import annotations
@@ -21,52 +22,68 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
 import structlog
 
+from pipeline.releases.manifests import checkout_version, running_version
+
 log = structlog.get_logger(__name__)
 
 #: What every child will need and the bot itself does not import: loaded once, in the spawner.
 PRELOAD = ("pipeline.update.worker",)
+#: Where a bot that re-executed itself finds the spawner of its earlier image, to reap it.
+SPAWNER_ENV = "MOLT_SPAWNER_PID"
+#: How long the bot waits for the spawner to answer before it starts a new Python instead.
+ASK_TIMEOUT = 10.0
+#: The largest request: the environment travels in it.
+MESSAGE_MAX = 1 << 20
 
 
 class Spawned:
-    """A child of the spawner, with what the bot asks of a ``Popen``. It is not the bot's
-    child: its end is seen through a pidfd (never another process that took its pid), and
-    its exit status is not known (``returncode`` is -1 once it ended)."""
+    """A child of the spawner, with what the bot asks of a ``Popen``. Its end is seen through
+    a pidfd; the spawner reaps it only once the bot saw it end, so that its pid is never
+    another process's while the bot may still signal it, as with a child of its own. Its exit
+    status is not known: ``returncode`` is -1 once it ended."""
 
-    def __init__(self, pid: int, pidfd: int) -> None:
+    def __init__(self, pid: int, pidfd: int, reap: Callable[[int], None]) -> None:
         self.pid = pid
-        self._pidfd = pidfd
         self.returncode: int | None = None
+        self._pidfd = pidfd
+        self._reap = reap
+        self._lock = threading.Lock()  # the housekeeping and a stop may both ask at once
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            with suppress(subprocess.TimeoutExpired):
-                self.wait(0)
+        with suppress(subprocess.TimeoutExpired):
+            self.wait(0)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is None:
-            ready, _, _ = select.select([self._pidfd], [], [], timeout)
-            if not ready:
-                raise subprocess.TimeoutExpired(["molt"], timeout or 0)
-            self.returncode = -1
-            os.close(self._pidfd)
-        return self.returncode
+        with self._lock:
+            if self.returncode is None:
+                ready = select.poll()
+                ready.register(self._pidfd, select.POLLIN)
+                if not ready.poll(None if timeout is None else timeout * 1000):
+                    raise subprocess.TimeoutExpired(["molt"], timeout or 0)
+                self.returncode = -1
+                os.close(self._pidfd)
+                self._reap(self.pid)
+            return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            with suppress(ProcessLookupError):  # ended, not yet seen: as Popen does
-                signal.pidfd_send_signal(self._pidfd, sig)
+        with self._lock:
+            if self.returncode is None:
+                with suppress(ProcessLookupError):  # ended, not yet seen: as Popen does
+                    signal.pidfd_send_signal(self._pidfd, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -83,26 +100,37 @@ class Spawner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._requests: int | None = None
-        self._replies: int | None = None
+        self._socket: socket.socket | None = None
+        self._version = ""
         self.pid = 0
 
     def start(self) -> None:
-        """Fork the spawner; call it while this process has a single thread."""
-        if not hasattr(os, "pidfd_open") or threading.active_count() > 1:
+        """Fork the spawner; only while this process has a single thread, on a kernel with
+        pidfds. Reaps the spawner of this process's image before an exec, gone with it."""
+        _reap_earlier()
+        if threading.active_count() > 1 or not _pidfds():
             return
-        requests_r, requests_w = os.pipe()
-        replies_r, replies_w = os.pipe()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # no memory for it, a process limit: new Pythons, as before
+            log.warning("no process spawner; starting new processes instead", error=str(exc))
+            ours.close()
+            theirs.close()
+            return
         if pid == 0:
-            os.close(requests_w)
-            os.close(replies_r)
-            _serve(requests_r, replies_w)
-        os.close(requests_r)
-        os.close(replies_w)
-        self._requests, self._replies, self.pid = requests_w, replies_r, pid
+            try:
+                ours.close()
+                _serve(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        ours.settimeout(ASK_TIMEOUT)
+        self._socket, self.pid = ours, pid
+        self._version = running_version()
+        os.environ[SPAWNER_ENV] = str(pid)
 
     def popen(
         self,
@@ -112,43 +140,78 @@ class Spawner:
         env: Mapping[str, str] | None = None,
         new_session: bool = False,
     ) -> Child:
-        """``molt <command>``: forked by the spawner, or else started as a new Python."""
-        # What a new process would be given: this process's environment and directory now.
-        request = {
-            "command": list(command),
-            "log": str(log_to) if log_to else None,
-            "env": {**os.environ, **(env or {})},
-            "cwd": os.getcwd(),
-            "session": new_session,
-        }
+        """``molt <command>``: forked by the spawner, or else started as a new Python: when
+        there is none, or once Molt's checkout moved on from the code the spawner holds (a
+        self-update landed; the bot restarts onto it soon), where a child would mix the
+        spawner's modules with the new code's."""
         with self._lock:
-            pid = self._ask(request)
-            if pid:
-                try:
-                    return Spawned(pid, os.pidfd_open(pid))
-                except ProcessLookupError:  # ended already: seen as ended
-                    pass
+            if self._socket is not None and checkout_version() == self._version:
+                # What a new process would be given: this process's environment and
+                # directory now.
+                pid = self._ask(
+                    {
+                        "command": list(command),
+                        "log": str(log_to) if log_to else None,
+                        "env": {**_environment(), **(env or {})},
+                        "cwd": os.getcwd(),
+                        "session": new_session,
+                    }
+                )
+                if pid:
+                    # Not reaped until the bot says so: a child that ended already is a
+                    # zombie, and its pidfd says it ended.
+                    return Spawned(pid, os.pidfd_open(pid), self.reap)
         return _exec(command, log_to, env, new_session)
 
+    def reap(self, pid: int) -> None:
+        """The bot saw ``pid`` end: the spawner may let it go."""
+        with self._lock:
+            self._ask({"reap": pid})
+
     def _ask(self, request: dict[str, Any]) -> int:
-        if self._requests is None or self._replies is None:
+        if self._socket is None:
             return 0
         try:
-            os.write(self._requests, json.dumps(request).encode() + b"\n")
-            reply = _line(self._replies)
-        except OSError:
+            self._socket.send(json.dumps(request).encode())
+            reply = self._socket.recv(MESSAGE_MAX)
+        except OSError:  # a timeout, or a request too large to send
             reply = b""
-        if not reply:  # the spawner is gone: new Pythons from now on
+        if not reply:  # gone, or stuck: new Pythons from now on
             log.warning("process spawner gone; starting new processes instead")
-            self.close()
+            self._socket.close()
+            self._socket = None
+            with suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            with suppress(ChildProcessError):
+                os.waitpid(self.pid, 0)
             return 0
         return int(json.loads(reply)["pid"])
 
-    def close(self) -> None:
-        for fd in (self._requests, self._replies):
-            if fd is not None:
-                os.close(fd)
-        self._requests = self._replies = None
+
+def _environment() -> dict[str, str]:
+    """This process's environment, but for the spawner's pid, which is its alone."""
+    return {name: value for name, value in os.environ.items() if name != SPAWNER_ENV}
+
+
+def _pidfds() -> bool:
+    """This kernel opens pidfds (Linux 5.3 and later, unless a seccomp filter says no)."""
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except (AttributeError, OSError):
+        return False
+    return True
+
+
+def _reap_earlier() -> None:
+    """The spawner of this process before it re-executed itself ends as the exec closed its
+    socket: reap it (as a child of this process, nobody else would)."""
+    earlier = os.environ.pop(SPAWNER_ENV, "")
+    if not earlier.isdigit():
+        return
+    deadline = time.monotonic() + 2
+    with suppress(ChildProcessError):
+        while os.waitpid(int(earlier), os.WNOHANG)[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 def _exec(
@@ -158,7 +221,7 @@ def _exec(
     try:
         return subprocess.Popen(
             [sys.executable, "-m", "bot.cli", *command],
-            env={**os.environ, **(env or {})},
+            env={**_environment(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out else None,
@@ -169,43 +232,38 @@ def _exec(
             out.close()
 
 
-def _line(fd: int) -> bytes:
-    """One line from a pipe, read a byte at a time: nothing past it is taken."""
-    line = bytearray()
-    while not line.endswith(b"\n"):
-        chunk = os.read(fd, 1)
-        if not chunk:
-            return b""
-        line += chunk
-    return bytes(line)
-
-
-def _serve(requests: int, replies: int) -> NoReturn:
-    """The spawner: fork a child for each request until the bot's end of the pipe closes."""
-    try:
-        _let_go_of_inherited(keep={0, 1, 2, requests, replies})
-        # Ctrl-C at the console reaches the whole process group: the bot stops, and the
-        # spawner with it once the pipe closes.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
-        for module in PRELOAD:
-            __import__(module)
-        while request := _line(requests):
-            # As with Popen, the child is set up (session, output, environment) by the time
-            # the bot hears its pid: it closes its end of ``ready`` once it is.
-            ready_r, ready_w = os.pipe()
-            pid = os.fork()
-            if pid == 0:
-                for fd in (requests, replies, ready_r):
-                    os.close(fd)
-                _become(json.loads(request), ready_w)
-            os.close(ready_w)
-            os.read(ready_r, 1)
-            os.close(ready_r)
-            os.write(replies, json.dumps({"pid": pid}).encode() + b"\n")
-    finally:
-        os._exit(0)
+def _serve(sock: socket.socket) -> None:
+    """The spawner: fork a child for each request until the bot's end of the socket closes
+    (its exit, its exec and its death alike); reap a child once the bot saw it end."""
+    _let_go_of_inherited(keep={0, 1, 2, sock.fileno()})
+    # Ctrl-C at the console reaches the whole process group: the bot stops, and the
+    # spawner with it once the socket closes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for module in PRELOAD:
+        __import__(module)
+    while message := sock.recv(MESSAGE_MAX):
+        request = json.loads(message)
+        if "reap" in request:
+            with suppress(ChildProcessError):
+                os.waitpid(int(request["reap"]), os.WNOHANG)
+            sock.send(b'{"pid": 0}')
+            continue
+        # As with Popen, the child is set up (session, output, environment) by the time the
+        # bot hears its pid: it closes its end of ``ready`` once it is.
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                sock.close()
+                os.close(ready_r)
+                _become(request, ready_w)
+            finally:
+                os._exit(1)
+        os.close(ready_w)
+        os.read(ready_r, 1)
+        os.close(ready_r)
+        sock.send(json.dumps({"pid": pid}).encode())
 
 
 def _let_go_of_inherited(keep: set[int]) -> None:
@@ -225,8 +283,7 @@ def _become(request: dict[str, Any], ready: int) -> NoReturn:
     """Run ``molt <command>`` in this fresh fork as a new process would, and exit with it."""
     code = 1
     try:
-        for sig in (signal.SIGTERM, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         if request["session"]:
             os.setsid()

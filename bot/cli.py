@@ -77,7 +77,7 @@ def cmd_run(args: argparse.Namespace, *, console: bool | None = None) -> int:
         from bot.spawner import spawner
 
         # The code is let in and imported: the bot's own processes are forked from here.
-        spawner.start()
+        spawner.start(main)
         code = Bot(settings, console=console).run()
     except BaseException as exc:
         boot.ended_by(exc)

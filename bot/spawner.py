@@ -93,6 +93,8 @@ class Spawned:
 
 
 Child = subprocess.Popen[bytes] | Spawned
+#: ``bot.cli.main``: runs a ``molt`` command, returns its exit status.
+Main = Callable[[list[str]], int]
 
 
 class Spawner:
@@ -104,9 +106,10 @@ class Spawner:
         self._version = ""
         self.pid = 0
 
-    def start(self) -> None:
-        """Fork the spawner; only while this process has a single thread, on a kernel with
-        pidfds. Reaps the spawner of this process's image before an exec, gone with it."""
+    def start(self, main: Main) -> None:
+        """Fork the spawner, which runs each command with ``main`` (``bot.cli.main``); only
+        while this process has a single thread, on a kernel with pidfds. Reaps the spawner
+        of this process's image before an exec, gone with it."""
         _reap_earlier()
         if threading.active_count() > 1 or not _pidfds():
             return
@@ -123,7 +126,7 @@ class Spawner:
         if pid == 0:
             try:
                 ours.close()
-                _serve(theirs)
+                _serve(theirs, main)
             finally:
                 os._exit(0)
         theirs.close()
@@ -232,7 +235,7 @@ def _exec(
             out.close()
 
 
-def _serve(sock: socket.socket) -> None:
+def _serve(sock: socket.socket, main: Main) -> None:
     """The spawner: fork a child for each request until the bot's end of the socket closes
     (its exit, its exec and its death alike); reap a child once the bot saw it end."""
     _let_go_of_inherited(keep={0, 1, 2, sock.fileno()})
@@ -257,7 +260,7 @@ def _serve(sock: socket.socket) -> None:
             try:
                 sock.close()
                 os.close(ready_r)
-                _become(request, ready_w)
+                _become(request, ready_w, main)
             finally:
                 os._exit(1)
         os.close(ready_w)
@@ -279,7 +282,7 @@ def _let_go_of_inherited(keep: set[int]) -> None:
     os.close(devnull)
 
 
-def _become(request: dict[str, Any], ready: int) -> NoReturn:
+def _become(request: dict[str, Any], ready: int, main: Main) -> NoReturn:
     """Run ``molt <command>`` in this fresh fork as a new process would, and exit with it."""
     code = 1
     try:
@@ -293,11 +296,9 @@ def _become(request: dict[str, Any], ready: int) -> NoReturn:
         os.environ.update(request["env"])
         os.close(ready)
         command = request["command"]
-        from bot import cli
-
-        sys.argv = [str(cli.__file__), *command]
+        sys.argv = [main.__code__.co_filename, *command]
         sys.orig_argv = [sys.executable, "-m", "bot.cli", *command]
-        code = _exit_code(cli.main, command)
+        code = _exit_code(main, command)
         atexit._run_exitfuncs()
     except BaseException:
         traceback.print_exc()
@@ -319,7 +320,7 @@ def _redirect(log_to: str | None) -> None:
         os.close(out)
 
 
-def _exit_code(main: Any, command: list[str]) -> int:
+def _exit_code(main: Main, command: list[str]) -> int:
     """What ``sys.exit(main(command))`` would leave as the exit status."""
     try:
         return int(main(command))

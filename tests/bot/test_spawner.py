@@ -20,11 +20,12 @@ SCRIPT = textwrap.dedent(
     """
     import json, os, sys, time
     from pathlib import Path
+    from bot.cli import main
     from bot.spawner import Spawned, spawner
 
     out = Path(sys.argv[1])
     os.environ.pop("MOLT_SANDBOX", None)
-    spawner.start()
+    spawner.start(main)
     os.environ["MOLT_SANDBOX"] = "off"  # set after the spawner started: the child sees it
     forked = spawner.popen(["doctor"], log_to=out / "doctor.log", new_session=True)
     code = forked.wait(30)
@@ -83,10 +84,11 @@ CHILD_VIEW = textwrap.dedent(
     """
     import json, os, sys
     from pathlib import Path
+    from bot.cli import main
     from bot.spawner import spawner
 
     out = Path(sys.argv[1])
-    spawner.start()
+    spawner.start(main)
     os.chdir(out)
     child = spawner.popen(["worker"], log_to=out / "worker.log", new_session=True)
     print(json.dumps({"me": os.getpid(), "spawner": spawner.pid, "child": child.pid}))

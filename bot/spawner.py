@@ -62,6 +62,13 @@ class Spawned:
         self._reap = reap
         self._lock = threading.Lock()  # the housekeeping and a stop may both ask at once
 
+    @classmethod
+    def ended(cls, pid: int) -> Spawned:
+        """A child already gone and reaped, with no pidfd to ask."""
+        child = cls(pid, -1, lambda _: None)
+        child.returncode = -1
+        return child
+
     def poll(self) -> int | None:
         with suppress(subprocess.TimeoutExpired):
             self.wait(0)
@@ -163,7 +170,10 @@ class Spawner:
                 if pid:
                     # Not reaped until the bot says so: a child that ended already is a
                     # zombie, and its pidfd says it ended.
-                    return Spawned(pid, os.pidfd_open(pid), self.reap)
+                    try:
+                        return Spawned(pid, os.pidfd_open(pid), self.reap)
+                    except ProcessLookupError:  # the spawner died since: init reaped it
+                        return Spawned.ended(pid)
         return _exec(command, log_to, env, new_session)
 
     def reap(self, pid: int) -> None:

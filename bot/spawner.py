@@ -227,13 +227,18 @@ def _reap_earlier() -> None:
             time.sleep(0.01)
 
 
+def _argv(command: Sequence[str]) -> list[str]:
+    """``molt <command>`` as a new Python runs it: a forked child names itself the same."""
+    return [sys.executable, "-m", "bot.cli", *command]
+
+
 def _exec(
     command: Sequence[str], log_to: Path | None, env: Mapping[str, str] | None, session: bool
 ) -> subprocess.Popen[bytes]:
     out = open(log_to, "ab") if log_to else None  # noqa: SIM115 - the child holds it
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", "bot.cli", *command],
+            _argv(command),
             env={**_environment(), **(env or {})},
             stdin=subprocess.DEVNULL,
             stdout=out,
@@ -307,7 +312,7 @@ def _become(request: dict[str, Any], ready: int, main: Main) -> NoReturn:
         os.close(ready)
         command = request["command"]
         sys.argv = [main.__code__.co_filename, *command]
-        sys.orig_argv = [sys.executable, "-m", "bot.cli", *command]
+        sys.orig_argv = _argv(command)
         code = _exit_code(main, command)
         atexit._run_exitfuncs()
     except BaseException:
